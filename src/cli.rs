@@ -1,0 +1,250 @@
+//! The command line, in clap. Global connection flags are parsed by us, because kubectl
+//! forwards none of its own to a plugin.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "PostgreSQL on Kubernetes from one command line: versioned migrations with the LearnFlow schema built in";
+
+const EXAMPLES: &str = "\
+Examples:
+  # Apply the built-in LearnFlow schema to a database
+  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow
+
+  # See what is applied and what is pending, as JSON
+  kubectl pg migrate status --dsn \"$DATABASE_URL\" -o json";
+
+/// `kubectl pg`: PostgreSQL on Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl-pg", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags valid after any subcommand, as kubectl's own global flags are.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The name of the kubeconfig context to use
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The name of the kubeconfig cluster to use
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// The name of the kubeconfig user to use
+    #[arg(long, global = true, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Namespace (default: the context's namespace, else "postgres")
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Username to impersonate for the operation
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+    /// Group to impersonate for the operation; repeat for several groups
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub as_group: Vec<String>,
+    /// How long to wait for a single API request (e.g. 30s, 1m; 0 waits forever)
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// When to colour the output (NO_COLOR in the environment means never, unless "always")
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply, revert and inspect versioned SQL migrations
+    #[command(after_help = MIGRATE_EXAMPLES)]
+    Migrate(MigrateArgs),
+}
+
+const MIGRATE_EXAMPLES: &str = "\
+Migration files are NNN_name.up.sql / NNN_name.down.sql. Each migration runs in one transaction
+together with its history row (table kubectl_pg_migrations). A file whose first line is
+`-- kubectl-pg:no-transaction` runs statement by statement (CREATE INDEX CONCURRENTLY).
+
+Examples:
+  # Apply every pending migration of the built-in LearnFlow set
+  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow
+
+  # Show the plan only
+  kubectl pg migrate up --dry-run --dir ./migrations
+
+  # Revert the last two migrations, or everything
+  kubectl pg migrate down --steps 2 --dsn \"$DATABASE_URL\"
+  kubectl pg migrate down --to 0 --dsn \"$DATABASE_URL\"
+
+  # Start a new migration in ./migrations
+  kubectl pg migrate create add_user_tags --dir ./migrations";
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub options: MigrateOptions,
+    #[command(subcommand)]
+    pub action: MigrateAction,
+}
+
+/// Options shared by every `migrate` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateOptions {
+    /// Directory of migration files (default: the LearnFlow set built into the binary)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+    /// Connect to this database directly (postgresql://user:password@host:port/db?sslmode=...)
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub dsn: Option<String>,
+    /// Print the plan (versions, checksums, transaction mode) and change nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// How long to wait for the migration lock and for table locks inside a migration (0: forever)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Abort any statement of a migration that runs longer than this
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// Apply pending migrations older than the latest applied one instead of refusing
+    #[arg(long, global = true)]
+    pub allow_out_of_order: bool,
+    /// Output format of status: table, json or yaml
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Apply pending migrations (all, or up to --to)
+    Up {
+        /// Stop after this version
+        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+        to: Option<i64>,
+    },
+    /// Revert applied migrations (one by default)
+    Down {
+        /// How many migrations to revert
+        #[arg(long, value_name = "N", conflicts_with = "to")]
+        steps: Option<usize>,
+        /// Revert every migration above this version (0 reverts all)
+        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+        to: Option<i64>,
+    },
+    /// Show applied, pending, changed and missing migrations
+    Status,
+    /// Write the next-numbered pair of empty migration files into --dir
+    Create {
+        /// Name of the migration (letters, digits, '_' and '-')
+        name: String,
+    },
+    /// Record an existing schema as applied up to VERSION, without running anything
+    Baseline {
+        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+        version: i64,
+    },
+    /// Accept the current file of an applied migration: re-record its checksum
+    Repair {
+        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+        version: i64,
+        /// Confirm the repair
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A migration version: digits, leading zeros allowed (`003`).
+pub fn parse_version(s: &str) -> Result<i64, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a migration version (digits, like 003)"));
+    }
+    s.parse().map_err(|_| format!("{s:?} is too large for a migration version"))
+}
+
+/// Durations as kubectl writes them: `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let invalid = || format!("invalid duration {s:?}: use a number with a unit, like 500ms, 30s, 5m or 1h");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(invalid());
+        }
+        let value: f64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(invalid()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(value * factor).map_err(|_| invalid())?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "10x", "-1s", "1.5.2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("003"), Ok(3));
+        assert!(parse_version("v3").is_err());
+        assert!(parse_version("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn global_flags_go_after_subcommands() {
+        let cli = Cli::try_parse_from(["kubectl-pg", "migrate", "up", "-n", "db", "--context", "kind", "--to", "2"]).unwrap();
+        assert_eq!(cli.global.namespace.as_deref(), Some("db"));
+        assert_eq!(cli.global.context.as_deref(), Some("kind"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The one error type of the crate and its mapping to the documented exit codes.
+
+use std::fmt;
+
+/// Everything that can stop a command. `main` turns it into one `error:` line, optional
+/// `hint:` lines, and the exit code of [`Error::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad flags or arguments (exit 1).
+    #[error("{message}")]
+    InvalidInput { message: String, hint: Option<String> },
+
+    /// A migration file that cannot be used: malformed name, duplicate version, bad encoding (exit 1).
+    #[error("{path}: {message}")]
+    MigrationFile {
+        path: String,
+        message: String,
+        hint: Option<String>,
+    },
+
+    /// A local file operation failed (exit 1).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The database could not be reached, or the connection was lost for good (exit 8).
+    #[error("cannot connect to the database at {target}: {reason}")]
+    Connection { target: String, reason: String },
+
+    /// A migration could not be applied, or the history forbids running (exit 7).
+    #[error("{message}")]
+    Migration { message: String, hints: Vec<String> },
+
+    /// Applied migrations whose files changed since (exit 7).
+    #[error("checksum drift: {} applied migration(s) changed since they were applied", .0.len())]
+    Drift(Vec<Drift>),
+
+    /// Another runner held the migration lock past `--lock-timeout` (exit 7).
+    #[error("timed out after {waited} waiting for the migration lock{}", holder_text(.holder))]
+    LockTimeout {
+        waited: String,
+        holder: Option<LockHolder>,
+    },
+
+    /// An unexpected database error outside a migration (exit 1).
+    #[error("{context}: {message}")]
+    Database { context: String, message: String },
+}
+
+/// An applied migration whose file no longer matches the recorded checksum.
+#[derive(Debug, Clone)]
+pub struct Drift {
+    pub migration: String,
+    pub recorded: String,
+    pub current: String,
+}
+
+/// The session holding the migration lock, from `pg_stat_activity`.
+#[derive(Debug, Clone)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub since: String,
+}
+
+impl fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let app = if self.application_name.is_empty() {
+            "unnamed client"
+        } else {
+            &self.application_name
+        };
+        let addr = self.client_addr.as_deref().unwrap_or("local socket");
+        write!(f, "pid {} ({app}, from {addr}, connected since {})", self.pid, self.since)
+    }
+}
+
+fn holder_text(holder: &Option<LockHolder>) -> String {
+    match holder {
+        Some(h) => format!(": held by {h}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// The exit code of the seed's table (`0`–`8`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::InvalidInput { .. } | Error::MigrationFile { .. } | Error::Io { .. } | Error::Database { .. } => 1,
+            Error::Migration { .. } | Error::Drift(_) | Error::LockTimeout { .. } => 7,
+            Error::Connection { .. } => 8,
+        }
+    }
+
+    /// Lines that tell the user how to go on, printed after the error as `hint: …`.
+    pub fn hints(&self) -> Vec<String> {
+        match self {
+            Error::InvalidInput { hint, .. } | Error::MigrationFile { hint, .. } => hint.iter().cloned().collect(),
+            Error::Migration { hints, .. } => hints.clone(),
+            Error::Drift(drifts) => {
+                let mut hints: Vec<String> = drifts
+                    .iter()
+                    .map(|d| format!("{}: recorded {} now {}", d.migration, d.recorded, d.current))
+                    .collect();
+                hints.push(
+                    "restore the applied files, or accept the change with `kubectl pg migrate repair --version V --yes`"
+                        .into(),
+                );
+                hints
+            }
+            Error::LockTimeout { holder, .. } => {
+                let mut hints = vec!["another `kubectl pg migrate` is running; wait for it or raise --lock-timeout".to_string()];
+                if let Some(h) = holder {
+                    hints.push(format!("to stop it: SELECT pg_terminate_backend({})", h.pid));
+                }
+                hints
+            }
+            Error::Connection { .. } => vec![
+                "check the address, credentials and sslmode in --dsn / DATABASE_URL, and that the server is running"
+                    .into(),
+            ],
+            Error::Io { .. } | Error::Database { .. } => Vec::new(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn migration(message: impl Into<String>) -> Self {
+        Error::Migration {
+            message: message.into(),
+            hints: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_seed_table() {
+        assert_eq!(Error::invalid("x").exit_code(), 1);
+        assert_eq!(Error::migration("x").exit_code(), 7);
+        assert_eq!(Error::Drift(vec![]).exit_code(), 7);
+        let conn = Error::Connection {
+            target: "h".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(conn.exit_code(), 8);
+    }
+
+    #[test]
+    fn lock_timeout_names_the_holder() {
+        let e = Error::LockTimeout {
+            waited: "1s".into(),
+            holder: Some(LockHolder {
+                pid: 42,
+                application_name: "kubectl-pg".into(),
+                client_addr: Some("10.0.0.7".into()),
+                since: "2026-11-25 10:00:00+00".into(),
+            }),
+        };
+        let text = e.to_string();
+        assert!(text.contains("pid 42") && text.contains("10.0.0.7") && text.contains("kubectl-pg"), "{text}");
+        assert!(e.hints().iter().any(|h| h.contains("pg_terminate_backend(42)")));
+    }
+}

@@ -1,0 +1,33 @@
+//! kubectl-pg: PostgreSQL on Kubernetes from one command line.
+//!
+//! The binary is a thin shell around [`run`]; every failure is an [`Error`] whose
+//! [`Error::exit_code`] is the process's exit code.
+
+pub mod cli;
+pub mod database;
+pub mod error;
+pub mod migrate;
+pub mod migration;
+pub mod output;
+
+pub use error::Error;
+
+use cli::{Cli, Command};
+
+/// Runs a parsed command line to completion.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    output::init_color(cli.global.color);
+    // One thread is plenty for a CLI and starts fastest.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "cannot start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Migrate(args) => migrate::run(args, &cli.global).await,
+        }
+    })
+}

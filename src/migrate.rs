@@ -1,0 +1,362 @@
+//! `kubectl pg migrate`: the command around the migration engine.
+
+use owo_colors::Stream;
+
+use crate::cli::{GlobalArgs, MigrateAction, MigrateArgs, MigrateOptions, OutputFormat};
+use crate::database::{connect_with_retry, Connector, DsnConnector};
+use crate::error::Error;
+use crate::migration::engine::describe;
+use crate::migration::history::{self, literal, History};
+use crate::migration::plan::{self, Step};
+use crate::migration::status::MigrationStatus;
+use crate::migration::{DownTarget, Event, Goal, MigrationSet, Runner, Settings};
+use crate::output::{self, emit, paint, Tone};
+
+/// Runs one `migrate` subcommand.
+pub async fn run(args: MigrateArgs, _global: &GlobalArgs) -> Result<(), Error> {
+    let options = &args.options;
+    if let MigrateAction::Create { name } = &args.action {
+        return create(options, name);
+    }
+    let set = MigrationSet::load(options.dir.as_deref())?;
+    set.check_transaction_modes()?;
+    let connector = match &options.dsn {
+        Some(dsn) => Some(DsnConnector::new(dsn)?),
+        None => None,
+    };
+    if options.dry_run {
+        let steps = match &args.action {
+            MigrateAction::Up { to } => Some(Goal::Up { to: *to }),
+            MigrateAction::Down { steps, to } => Some(Goal::Down(down_target(*steps, *to))),
+            _ => None,
+        };
+        if let Some(goal) = steps {
+            let history = read_history(connector.as_ref()).await?;
+            let planned = match goal {
+                Goal::Up { to } => plan::plan_up(&set, &history, to, options.allow_out_of_order)?,
+                Goal::Down(target) => plan::plan_down(&set, &history, target)?,
+            };
+            emit(&render_plan(&planned, &target_name(connector.as_ref())));
+            return Ok(());
+        }
+    }
+    let connector = connector.ok_or_else(no_database)?;
+    match &args.action {
+        MigrateAction::Up { to } => apply(&connector, &set, options, Goal::Up { to: *to }).await,
+        MigrateAction::Down { steps, to } => {
+            apply(&connector, &set, options, Goal::Down(down_target(*steps, *to))).await
+        }
+        MigrateAction::Status => status(&connector, &set, options.output).await,
+        MigrateAction::Baseline { version } => baseline(&connector, &set, options, *version).await,
+        MigrateAction::Repair { version, yes } => repair(&connector, &set, options, *version, *yes).await,
+        MigrateAction::Create { name } => create(options, name),
+    }
+}
+
+fn down_target(steps: Option<usize>, to: Option<i64>) -> DownTarget {
+    match (steps, to) {
+        (_, Some(to)) => DownTarget::To(to),
+        (steps, None) => DownTarget::Steps(steps.unwrap_or(1)),
+    }
+}
+
+fn no_database() -> Error {
+    Error::InvalidInput {
+        message: "no database to migrate: give --dsn or set DATABASE_URL".into(),
+        hint: Some("for example: kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow".into()),
+    }
+}
+
+fn target_name(connector: Option<&DsnConnector>) -> String {
+    connector.map_or_else(|| "an empty database (no --dsn given)".into(), |c| c.target())
+}
+
+fn settings(options: &MigrateOptions) -> Settings {
+    let os_user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    Settings {
+        lock_timeout: options.lock_timeout,
+        statement_timeout: options.statement_timeout,
+        allow_out_of_order: options.allow_out_of_order,
+        applied_by: format!("{os_user}@{host}"),
+    }
+}
+
+/// Reads the history without changing anything; no database means an empty history.
+async fn read_history(connector: Option<&DsnConnector>) -> Result<History, Error> {
+    let Some(connector) = connector else {
+        return Ok(History::default());
+    };
+    let client = connect_with_retry(connector).await?;
+    history::read(&client).await.map_err(|e| Error::Database {
+        context: "cannot read the migration history".into(),
+        message: describe(&e),
+    })
+}
+
+fn render_plan(steps: &[Step<'_>], target: &str) -> String {
+    if steps.is_empty() {
+        return format!("Nothing to do for {target}: no migration to run.\n");
+    }
+    let mut out = format!("Plan for {target} (dry run: nothing is changed)\n\n");
+    let rows = steps
+        .iter()
+        .map(|s| {
+            let script = s.script();
+            let mode = if script.no_transaction {
+                "no-transaction"
+            } else {
+                "transaction"
+            };
+            let mut mode = mode.to_string();
+            if s.resume_from > 0 {
+                mode.push_str(&format!(" (resumes at statement {})", s.resume_from + 1));
+            }
+            vec![
+                s.migration.label.clone(),
+                s.migration.name.clone(),
+                s.direction.as_str().to_string(),
+                mode,
+                script.checksum.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&output::table(&["VERSION", "NAME", "DIRECTION", "MODE", "CHECKSUM (SHA-256)"], rows));
+    for s in steps {
+        let statements = s.script().non_transactional();
+        if statements.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n{} runs outside a transaction, statement by statement; these cannot run in one:\n",
+            s.script().origin
+        ));
+        for (statement, reason) in statements {
+            let first_line = statement.sql.lines().next().unwrap_or_default();
+            out.push_str(&format!("  line {}: {reason}: {first_line}\n", statement.line));
+        }
+    }
+    out
+}
+
+async fn apply(connector: &DsnConnector, set: &MigrationSet, options: &MigrateOptions, goal: Goal) -> Result<(), Error> {
+    let settings = settings(options);
+    let mut runner = Runner::new(connector, set, &settings);
+    let mut on_event = |event: Event| match event {
+        Event::Applied { id, millis } => emit(&format!("{} {id} ({millis} ms)\n", paint("applied", Tone::Good, Stream::Stdout))),
+        Event::Reverted { id, millis } => {
+            emit(&format!("{} {id} ({millis} ms)\n", paint("reverted", Tone::Warn, Stream::Stdout)))
+        }
+        Event::Resumed { id, statement } => eprintln!("resuming {id} at statement {statement}"),
+        Event::Reconnected { reason } => eprintln!(
+            "{} connection lost ({reason}); reconnected, re-reading the history",
+            paint("warning:", Tone::Warn, Stream::Stderr)
+        ),
+    };
+    let count = runner.run(goal, &mut on_event).await?;
+    let verb = match goal {
+        Goal::Up { .. } => "applied",
+        Goal::Down(_) => "reverted",
+    };
+    if count == 0 {
+        emit(&format!("Nothing to do: no migration to {}.\n", if verb == "applied" { "apply" } else { "revert" }));
+    } else {
+        emit(&format!("{count} migration(s) {verb}.\n"));
+    }
+    Ok(())
+}
+
+async fn status(connector: &DsnConnector, set: &MigrationSet, format: OutputFormat) -> Result<(), Error> {
+    let history = read_history(Some(connector)).await?;
+    let doc = MigrationStatus::build(set, &history, connector.target());
+    if let Some(text) = output::document(format, &doc)? {
+        emit(&text);
+        return Ok(());
+    }
+    let wide = format == OutputFormat::Wide;
+    let rows = doc
+        .migrations
+        .iter()
+        .map(|m| {
+            use crate::migration::status::State;
+            let tone = match m.state {
+                State::Applied | State::Baseline => Tone::Good,
+                State::Pending => Tone::Dim,
+                State::Partial => Tone::Warn,
+                State::Drifted | State::Missing => Tone::Bad,
+            };
+            let mut row = vec![
+                m.version.clone(),
+                m.name.clone(),
+                paint(m.state.as_str(), tone, Stream::Stdout),
+                m.applied_at.clone().unwrap_or_else(|| "-".into()),
+                m.execution_ms.map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
+            ];
+            if wide {
+                row.push(if m.no_transaction { "no-transaction" } else { "transaction" }.into());
+                row.push(m.applied_by.clone().unwrap_or_else(|| "-".into()));
+                row.push(m.checksum.clone());
+            } else {
+                row.push(m.checksum[..12.min(m.checksum.len())].to_string());
+            }
+            row
+        })
+        .collect();
+    let headers: &[&str] = if wide {
+        &["VERSION", "NAME", "STATE", "APPLIED AT", "DURATION", "MODE", "APPLIED BY", "CHECKSUM"]
+    } else {
+        &["VERSION", "NAME", "STATE", "APPLIED AT", "DURATION", "CHECKSUM"]
+    };
+    let mut out = format!(
+        "Database: {}\nSource:   {}\nApplied:  {} (latest {})   Pending: {}\n\n",
+        doc.database,
+        doc.source,
+        doc.applied,
+        doc.latest_version.as_deref().unwrap_or("none"),
+        doc.pending
+    );
+    out.push_str(&output::table(headers, rows));
+    emit(&out);
+    Ok(())
+}
+
+/// Opens a session holding the migration lock, with the tables created.
+async fn locked_session(
+    connector: &DsnConnector,
+    options: &MigrateOptions,
+) -> Result<(tokio_postgres::Client, History), Error> {
+    let client = connect_with_retry(connector).await?;
+    match history::lock_and_read(&client, options.lock_timeout.as_millis()).await {
+        Ok(history) => Ok((client, history)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => Err(Error::LockTimeout {
+            waited: crate::migration::engine::format_duration(options.lock_timeout),
+            holder: history::lock_holder(&client).await,
+        }),
+        Err(e) => Err(Error::Database {
+            context: "cannot read the migration history".into(),
+            message: describe(&e),
+        }),
+    }
+}
+
+async fn baseline(connector: &DsnConnector, set: &MigrationSet, options: &MigrateOptions, version: i64) -> Result<(), Error> {
+    let included: Vec<_> = set.migrations.iter().filter(|m| m.version <= version).collect();
+    if included.is_empty() {
+        return Err(Error::invalid(format!("no migration file has a version at or below {version}")));
+    }
+    let (client, history) = locked_session(connector, options).await?;
+    if !history.applied.is_empty() {
+        return Err(Error::Migration {
+            message: format!(
+                "cannot baseline: the history already records {} migration(s) (latest {})",
+                history.applied.len(),
+                history.max_applied().map(|v| set.label(v)).unwrap_or_default()
+            ),
+            hints: vec!["baseline is for databases whose schema was created without kubectl-pg".into()],
+        });
+    }
+    let by = settings(options).applied_by;
+    let mut batch = String::from("BEGIN;\n");
+    for m in &included {
+        batch.push_str(&format!(
+            "INSERT INTO {} (version, name, checksum, down_checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {}, NULL, current_user || {});\n",
+            history::TABLE,
+            m.version,
+            literal(&m.name),
+            literal(&m.up.checksum),
+            history::literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
+            literal(&format!(" via {by} (baseline)")),
+        ));
+    }
+    batch.push_str("COMMIT;");
+    if options.dry_run {
+        emit(&format!(
+            "Would record {} migration(s) as applied without running them: {}\n",
+            included.len(),
+            included.iter().map(|m| m.id()).collect::<Vec<_>>().join(", ")
+        ));
+        return Ok(());
+    }
+    client.simple_query(&batch).await.map_err(|e| Error::migration(format!("baseline failed: {}", describe(&e))))?;
+    for m in &included {
+        emit(&format!("{} {} (not run)\n", paint("baselined", Tone::Good, Stream::Stdout), m.id()));
+    }
+    emit(&format!("Database recorded as migrated up to {}.\n", set.label(version)));
+    Ok(())
+}
+
+async fn repair(
+    connector: &DsnConnector,
+    set: &MigrationSet,
+    options: &MigrateOptions,
+    version: i64,
+    yes: bool,
+) -> Result<(), Error> {
+    let migration = set
+        .get(version)
+        .ok_or_else(|| Error::invalid(format!("no migration file has version {version}")))?;
+    if !yes {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "repair rewrites the recorded checksum of {}: confirm with --yes",
+                migration.id()
+            ),
+            hint: Some("check first that the applied schema matches the changed file".into()),
+        });
+    }
+    let (client, history) = locked_session(connector, options).await?;
+    let recorded = history
+        .applied
+        .get(&version)
+        .ok_or_else(|| Error::migration(format!("{} is not applied: nothing to repair", migration.id())))?;
+    let new_down = migration.down.as_ref().map(|d| d.checksum.as_str());
+    if recorded.checksum == migration.up.checksum && recorded.down_checksum.as_deref() == new_down {
+        emit(&format!("{} already matches its file: nothing to repair.\n", migration.id()));
+        return Ok(());
+    }
+    let by = settings(options).applied_by;
+    let audit = format!(
+        "repaired {}: checksum {} -> {} (recorded by {} on {}; repaired by {by})",
+        migration.id(),
+        recorded.checksum,
+        migration.up.checksum,
+        recorded.applied_by,
+        recorded.applied_at
+    );
+    if options.dry_run {
+        emit(&format!("would have {audit}\n"));
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE {} SET checksum = {}, down_checksum = {}, name = {} WHERE version = {}",
+        history::TABLE,
+        literal(&migration.up.checksum),
+        history::literal_opt(new_down),
+        literal(&migration.name),
+        version
+    );
+    client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| Error::migration(format!("repair failed: {}", describe(&e))))?;
+    emit(&format!("{audit}\n"));
+    Ok(())
+}
+
+fn create(options: &MigrateOptions, name: &str) -> Result<(), Error> {
+    let dir = options.dir.as_deref().ok_or_else(|| Error::InvalidInput {
+        message: "create needs --dir: the built-in LearnFlow set cannot be changed".into(),
+        hint: Some(format!("for example: kubectl pg migrate create {name} --dir ./migrations")),
+    })?;
+    let (up, down) = crate::migration::source::create_pair(dir, name)?;
+    emit(&format!("created {}\ncreated {}\n", up.display(), down.display()));
+    Ok(())
+}
+

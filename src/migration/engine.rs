@@ -1,0 +1,409 @@
+//! Runs a plan against a database: one transaction per migration together with its history
+//! row, statement-by-statement progress for no-transaction files, and recovery from a lost
+//! connection (reconnect, retake the lock, re-read the history, continue).
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::{ErrorPosition, SqlState};
+use tokio_postgres::Client;
+
+use super::history::{self, literal, literal_opt, History};
+use super::plan::{Direction, DownTarget, Step};
+use super::source::MigrationSet;
+use crate::database::{connect_with_retry, is_connection_loss, Connector};
+use crate::error::Error;
+
+/// How the runner behaves; from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bound on waiting for the advisory lock and for table locks inside migrations (0: no bound).
+    pub lock_timeout: Duration,
+    /// Bound on each statement inside migrations; `None` leaves the server's setting.
+    pub statement_timeout: Option<Duration>,
+    pub allow_out_of_order: bool,
+    /// Recorded in `applied_by`, beside the database user.
+    pub applied_by: String,
+}
+
+/// Something the runner did, reported as it happens.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Applied { id: String, millis: u128 },
+    Reverted { id: String, millis: u128 },
+    /// A no-transaction migration picked up where an earlier run stopped.
+    Resumed { id: String, statement: usize },
+    /// The session was lost and a new one was opened.
+    Reconnected { reason: String },
+}
+
+/// What `up`/`down` should do.
+#[derive(Debug, Clone, Copy)]
+pub enum Goal {
+    Up { to: Option<i64> },
+    Down(DownTarget),
+}
+
+/// How many times in a row a session may be lost without a migration completing.
+const MAX_LOSSES_WITHOUT_PROGRESS: u32 = 10;
+
+/// Drives one `up` or `down` run.
+pub struct Runner<'a, C: Connector> {
+    connector: &'a C,
+    set: &'a MigrationSet,
+    settings: &'a Settings,
+    client: Option<Client>,
+}
+
+enum StepError {
+    /// The session is gone; reconnect and re-read the history.
+    Lost(String),
+    Failed(Error),
+}
+
+impl<'a, C: Connector> Runner<'a, C> {
+    pub fn new(connector: &'a C, set: &'a MigrationSet, settings: &'a Settings) -> Self {
+        Self {
+            connector,
+            set,
+            settings,
+            client: None,
+        }
+    }
+
+    /// Runs until the goal is reached; returns the number of migrations run.
+    pub async fn run(&mut self, mut goal: Goal, on_event: &mut dyn FnMut(Event)) -> Result<usize, Error> {
+        let mut done = 0;
+        let mut losses = 0;
+        'session: loop {
+            let history = match self.open_session().await {
+                Ok(history) => history,
+                Err(StepError::Lost(reason)) => {
+                    losses += 1;
+                    if losses > MAX_LOSSES_WITHOUT_PROGRESS {
+                        return Err(self.gave_up(reason));
+                    }
+                    continue;
+                }
+                Err(StepError::Failed(e)) => return Err(e),
+            };
+            let steps = match goal {
+                Goal::Up { to } => super::plan::plan_up(self.set, &history, to, self.settings.allow_out_of_order)?,
+                Goal::Down(target) => super::plan::plan_down(self.set, &history, target)?,
+            };
+            if let (Goal::Down(DownTarget::Steps(_)), Some(last)) = (goal, steps.last()) {
+                // Pin the target, so that after an unacknowledged COMMIT the re-planned run
+                // does not revert one migration more than asked.
+                goal = Goal::Down(DownTarget::To(last.migration.version - 1));
+            }
+            for step in steps {
+                if step.resume_from > 0 {
+                    on_event(Event::Resumed {
+                        id: step.migration.id(),
+                        statement: step.resume_from + 1,
+                    });
+                }
+                let started = Instant::now();
+                match self.run_step(&step).await {
+                    Ok(()) => {
+                        done += 1;
+                        losses = 0;
+                        let id = step.migration.id();
+                        let millis = started.elapsed().as_millis();
+                        on_event(match step.direction {
+                            Direction::Up => Event::Applied { id, millis },
+                            Direction::Down => Event::Reverted { id, millis },
+                        });
+                    }
+                    Err(StepError::Lost(reason)) => {
+                        losses += 1;
+                        if losses > MAX_LOSSES_WITHOUT_PROGRESS {
+                            return Err(self.gave_up(reason));
+                        }
+                        self.client = None;
+                        on_event(Event::Reconnected { reason });
+                        continue 'session;
+                    }
+                    Err(StepError::Failed(e)) => return Err(e),
+                }
+            }
+            return Ok(done);
+        }
+    }
+
+    fn gave_up(&self, reason: String) -> Error {
+        Error::Connection {
+            target: self.connector.target(),
+            reason: format!("connection lost {MAX_LOSSES_WITHOUT_PROGRESS} times without progress; last: {reason}"),
+        }
+    }
+
+    /// Connects, takes the lock and reads the history.
+    async fn open_session(&mut self) -> Result<History, StepError> {
+        self.client = None;
+        let client = connect_with_retry(self.connector).await.map_err(StepError::Failed)?;
+        let result = history::lock_and_read(&client, self.settings.lock_timeout.as_millis()).await;
+        match result {
+            Ok(history) => {
+                self.client = Some(client);
+                Ok(history)
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let holder = history::lock_holder(&client).await;
+                Err(StepError::Failed(Error::LockTimeout {
+                    waited: format_duration(self.settings.lock_timeout),
+                    holder,
+                }))
+            }
+            Err(e) if is_connection_loss(&e, &client) => Err(StepError::Lost(describe(&e))),
+            Err(e) => Err(StepError::Failed(Error::Database {
+                context: "cannot read the migration history".into(),
+                message: describe(&e),
+            })),
+        }
+    }
+
+    async fn run_step(&self, step: &Step<'_>) -> Result<(), StepError> {
+        if step.script().no_transaction {
+            self.run_statements(step).await
+        } else {
+            self.run_transaction(step).await
+        }
+    }
+
+    fn client(&self) -> Result<&Client, StepError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StepError::Lost("no session".into()))
+    }
+
+    /// `SET LOCAL` lines for the migration's transaction.
+    fn local_settings(&self) -> String {
+        let mut sql = format!("SET LOCAL lock_timeout = {};\n", self.settings.lock_timeout.as_millis());
+        if let Some(t) = self.settings.statement_timeout {
+            sql.push_str(&format!("SET LOCAL statement_timeout = {};\n", t.as_millis()));
+        }
+        sql
+    }
+
+    /// The statement that records the step in the history, inside the step's transaction.
+    fn record_sql(&self, step: &Step<'_>) -> String {
+        let m = step.migration;
+        match step.direction {
+            Direction::Up => format!(
+                "INSERT INTO {table} (version, name, checksum, down_checksum, execution_ms, applied_by) \
+                 VALUES ({version}, {name}, {checksum}, {down}, \
+                 (extract(epoch FROM clock_timestamp() - now()) * 1000)::integer, {by})",
+                table = history::TABLE,
+                version = m.version,
+                name = literal(&m.name),
+                checksum = literal(&m.up.checksum),
+                down = literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
+                by = literal(&self.settings.applied_by),
+            ),
+            Direction::Down => format!("DELETE FROM {} WHERE version = {}", history::TABLE, m.version),
+        }
+    }
+
+    /// Body and history row in one transaction, sent as one simple-query batch (one round trip).
+    async fn run_transaction(&self, step: &Step<'_>) -> Result<(), StepError> {
+        let client = self.client()?;
+        let script = step.script();
+        let prefix = format!("BEGIN;\n{}", self.local_settings());
+        // The newline guards against a body ending in a line comment; the lexer has already
+        // rejected bodies ending inside a quote or block comment.
+        let batch = format!("{prefix}{}\n;\n{};\nCOMMIT;", script.sql, self.record_sql(step));
+        match client.simple_query(&batch).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_connection_loss(&e, client) => Err(StepError::Lost(describe(&e))),
+            Err(e) => {
+                // The explicit transaction is aborted: end it so the session stays usable.
+                let _ = client.simple_query("ROLLBACK").await;
+                let line = error_line(&e, prefix.chars().count(), &script.sql);
+                Err(StepError::Failed(self.step_failed(step, line, &e, None)))
+            }
+        }
+    }
+
+    /// A no-transaction script, one statement at a time, progress recorded after each.
+    async fn run_statements(&self, step: &Step<'_>) -> Result<(), StepError> {
+        let client = self.client()?;
+        let script = step.script();
+        let m = step.migration;
+        let direction = step.direction.as_str();
+        let lost = |e: &tokio_postgres::Error| StepError::Lost(describe(e));
+        let mut setup = format!(
+            "INSERT INTO {table} (version, direction, checksum, statements_done) VALUES ({v}, '{direction}', {c}, {done}) \
+             ON CONFLICT (version, direction) DO NOTHING;",
+            table = history::PROGRESS_TABLE,
+            v = m.version,
+            c = literal(&script.checksum),
+            done = step.resume_from,
+        );
+        if let Some(t) = self.settings.statement_timeout {
+            setup.push_str(&format!("SET statement_timeout = {};", t.as_millis()));
+        }
+        self.simple(client, &setup).await?;
+        for (index, statement) in script.statements.iter().enumerate().skip(step.resume_from) {
+            if let Err(e) = client.simple_query(&statement.sql).await {
+                if is_connection_loss(&e, client) {
+                    return Err(lost(&e));
+                }
+                let offset = statement_line_offset(&e, &statement.sql);
+                let invalid = if lexer_is_concurrent_index(statement) {
+                    invalid_indexes(client).await
+                } else {
+                    Vec::new()
+                };
+                let line = Some(statement.line + offset);
+                return Err(StepError::Failed(self.step_failed(step, line, &e, Some((index + 1, invalid)))));
+            }
+            let progress = format!(
+                "UPDATE {} SET statements_done = {}, updated_at = now() WHERE version = {} AND direction = '{direction}'",
+                history::PROGRESS_TABLE,
+                index + 1,
+                m.version
+            );
+            self.simple(client, &progress).await?;
+        }
+        let finish = format!(
+            "BEGIN; {record}; DELETE FROM {progress} WHERE version = {v} AND direction = '{direction}'; COMMIT;{reset}",
+            record = self.record_sql(step),
+            progress = history::PROGRESS_TABLE,
+            v = m.version,
+            reset = if self.settings.statement_timeout.is_some() { " RESET statement_timeout;" } else { "" },
+        );
+        self.simple(client, &finish).await
+    }
+
+    /// Bookkeeping statements: any failure is treated as a lost session and retried.
+    async fn simple(&self, client: &Client, sql: &str) -> Result<(), StepError> {
+        match client.simple_query(sql).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_connection_loss(&e, client) => Err(StepError::Lost(describe(&e))),
+            Err(e) => {
+                let _ = client.simple_query("ROLLBACK").await;
+                Err(StepError::Failed(Error::Database {
+                    context: "cannot record migration progress".into(),
+                    message: describe(&e),
+                }))
+            }
+        }
+    }
+
+    fn step_failed(
+        &self,
+        step: &Step<'_>,
+        line: Option<usize>,
+        e: &tokio_postgres::Error,
+        statement: Option<(usize, Vec<String>)>,
+    ) -> Error {
+        let script = step.script();
+        let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+        let mut hints = Vec::new();
+        if let Some(db) = e.as_db_error() {
+            if let Some(detail) = db.detail() {
+                hints.push(format!("detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                hints.push(hint.to_string());
+            }
+            if *db.code() == SqlState::LOCK_NOT_AVAILABLE {
+                hints.push("a table it needs is locked by another session; retry later or raise --lock-timeout".into());
+            }
+            if *db.code() == SqlState::QUERY_CANCELED {
+                hints.push("the statement ran past --statement-timeout".into());
+            }
+        }
+        let rolled_back = match &statement {
+            None => "nothing was applied: the migration and its history row were rolled back".to_string(),
+            Some((n, invalid)) => {
+                for index in invalid {
+                    hints.push(format!(
+                        "index {index} was left INVALID by the failed concurrent build: DROP INDEX CONCURRENTLY {index}; then run the command again"
+                    ));
+                }
+                format!(
+                    "statements before #{n} are applied and recorded; the next run resumes at statement #{n}"
+                )
+            }
+        };
+        hints.push(rolled_back);
+        Error::Migration {
+            message: format!(
+                "migration {} ({}) failed{at}: {} [{}]",
+                step.migration.id(),
+                step.direction.as_str(),
+                describe(e),
+                script.origin
+            ),
+            hints,
+        }
+    }
+}
+
+fn lexer_is_concurrent_index(statement: &super::lexer::Statement) -> bool {
+    matches!(
+        super::lexer::non_transactional_reason(statement),
+        Some("CREATE INDEX CONCURRENTLY") | Some("REINDEX CONCURRENTLY")
+    )
+}
+
+/// Indexes left invalid by a failed concurrent build, schema-qualified.
+async fn invalid_indexes(client: &Client) -> Vec<String> {
+    let sql = "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_index i \
+               JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
+    match client.simple_query(sql).await {
+        Ok(messages) => messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The server's message, or the client error with its causes.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Maps the server's error position (characters into the batch) to a line of the file.
+fn error_line(e: &tokio_postgres::Error, prefix_chars: usize, body: &str) -> Option<usize> {
+    let ErrorPosition::Original(pos) = e.as_db_error()?.position()? else {
+        return None;
+    };
+    let offset = (*pos as usize).checked_sub(prefix_chars + 1)?;
+    let before: String = body.chars().take(offset).collect();
+    if before.chars().count() < offset {
+        return None;
+    }
+    Some(before.matches('\n').count() + 1)
+}
+
+/// Lines into a single statement where the server says the error is.
+fn statement_line_offset(e: &tokio_postgres::Error, sql: &str) -> usize {
+    error_line(e, 0, sql).map_or(0, |l| l - 1)
+}
+
+/// `60s`, `1500ms`.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -1,0 +1,12 @@
+//! The migration engine: files, SQL lexer, history, plans and the runner.
+
+pub mod engine;
+pub mod history;
+pub mod lexer;
+pub mod plan;
+pub mod source;
+pub mod status;
+
+pub use engine::{Event, Goal, Runner, Settings};
+pub use plan::DownTarget;
+pub use source::MigrationSet;

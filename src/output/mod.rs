@@ -1,0 +1,95 @@
+//! Rendering: colour rules, machine-readable documents and tables.
+
+use owo_colors::{OwoColorize, Stream};
+use serde::Serialize;
+
+use crate::cli::{ColorChoice, OutputFormat};
+use crate::error::Error;
+
+/// The `apiVersion` of every document we print.
+pub const API_VERSION: &str = "kubectl-pg/v1";
+
+/// Applies `--color` and `NO_COLOR` once for the whole process; with `auto`, colour is used
+/// only on a terminal.
+pub fn init_color(choice: ColorChoice) {
+    match choice {
+        ColorChoice::Always => owo_colors::set_override(true),
+        ColorChoice::Never => owo_colors::set_override(false),
+        ColorChoice::Auto if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) => {
+            owo_colors::set_override(false)
+        }
+        ColorChoice::Auto => {}
+    }
+}
+
+/// The semantic colours of our output.
+#[derive(Debug, Clone, Copy)]
+pub enum Tone {
+    Good,
+    Warn,
+    Bad,
+    Dim,
+}
+
+/// `text` in `tone` when colour is on for `stream`.
+pub fn paint(text: &str, tone: Tone, stream: Stream) -> String {
+    match tone {
+        Tone::Good => text.if_supports_color(stream, |t| t.green()).to_string(),
+        Tone::Warn => text.if_supports_color(stream, |t| t.yellow()).to_string(),
+        Tone::Bad => text.if_supports_color(stream, |t| t.red()).to_string(),
+        Tone::Dim => text.if_supports_color(stream, |t| t.dimmed()).to_string(),
+    }
+}
+
+/// Writes results to stdout. A closed pipe (`| head`) is not an error worth a panic.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Serialises a document as JSON or YAML; `None` for the human formats.
+pub fn document<T: Serialize>(format: OutputFormat, value: &T) -> Result<Option<String>, Error> {
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(value).map_err(|e| Error::invalid(e.to_string()))? + "\n",
+        OutputFormat::Yaml => serde_saphyr::to_string(value).map_err(|e| Error::invalid(e.to_string()))?,
+        OutputFormat::Table | OutputFormat::Wide => return Ok(None),
+    };
+    Ok(Some(text))
+}
+
+/// A plain, aligned table in kubectl's style: upper-case headers, no borders.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    use tabled::builder::Builder;
+    use tabled::settings::{Padding, Style};
+    let mut builder = Builder::default();
+    builder.push_record(headers.iter().map(|h| h.to_string()));
+    for row in rows {
+        builder.push_record(row);
+    }
+    let mut table = builder.build();
+    table.with(Style::blank()).with(Padding::new(0, 2, 0, 0));
+    let mut out: String = table
+        .to_string()
+        .lines()
+        .map(|l| l.trim_end().to_string() + "\n")
+        .collect();
+    if out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_aligned_without_borders() {
+        let t = table(&["VERSION", "NAME"], vec![vec!["001".into(), "users".into()], vec!["10".into(), "x".into()]]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "VERSION   NAME");
+        assert_eq!(lines[1], "001       users");
+        assert_eq!(lines[2], "10        x");
+    }
+}

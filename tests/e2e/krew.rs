@@ -1,0 +1,373 @@
+//! Krew packaging: `krew/package` and `krew/render` turn built binaries into
+//! archives and a manifest that krew accepts.
+//!
+//! The scripts are what the release workflow runs, so they are exercised as is
+//! (through `python3`), on fake binaries: what matters here is the archive
+//! layout, the manifest structure and that each checksum belongs to its
+//! archive, not what the binary does. Tests that only need render's view of a
+//! distribution directory write placeholder files instead of packaging, and
+//! independent script runs are started together, which keeps the module's
+//! wall time to a few interpreter starts.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const VERSION: &str = "v0.1.0";
+/// Stands in for the GitHub download URL, so nothing points at a real release.
+const BASE_URL: &str = "https://downloads.example.invalid/kubectl-pg/v0.1.0";
+
+/// Every platform the manifest must offer, as krew's os/arch selector labels.
+const PLATFORMS: [(&str, &str); 5] = [
+    ("linux", "amd64"),
+    ("linux", "arm64"),
+    ("darwin", "amd64"),
+    ("darwin", "arm64"),
+    ("windows", "amd64"),
+];
+
+/// Every object kind kubectl-pg touches; the caveats must tell users about
+/// each, since krew shows them at install time and RBAC failures are the
+/// first thing a new user hits.
+const RBAC_RESOURCES: [&str; 12] = [
+    "statefulsets",
+    "services",
+    "secrets",
+    "persistentvolumeclaims",
+    "pods",
+    "pods/portforward",
+    "pods/exec",
+    "events",
+    "storageclasses",
+    "resourcequotas",
+    "selfsubjectaccessreviews",
+    "namespaces",
+];
+
+fn krew_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("krew").join(name)
+}
+
+/// Starts python3 without waiting, so independent runs overlap.
+fn spawn_python3<I, S>(args: I) -> Child
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let spawned = Command::new("python3")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    match spawned {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "python3 was not found on PATH; the krew packaging scripts (krew/package, \
+             krew/render) are Python 3 and these tests need it to run them"
+        ),
+        Err(e) => panic!("could not start python3: {e}"),
+    }
+}
+
+fn finish(child: Child) -> Output {
+    child.wait_with_output().expect("waiting for python3")
+}
+
+fn expect_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+fn expect_failure(out: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{what} should have failed but exited 0; stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+    );
+    assert!(!stderr.trim().is_empty(), "{what} failed without saying why");
+    stderr
+}
+
+fn archive_name(version: &str, os: &str, arch: &str) -> String {
+    let ext = if os == "windows" { "zip" } else { "tar.gz" };
+    format!("kubectl-pg_{version}_{os}_{arch}.{ext}")
+}
+
+fn bin_name(os: &str) -> &'static str {
+    if os == "windows" {
+        "kubectl-pg.exe"
+    } else {
+        "kubectl-pg"
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Semantic version tag as krew-index wants it: `v` + MAJOR.MINOR.PATCH, no
+/// leading zeros, optional `-PRERELEASE` of dot-separated identifiers.
+/// Written out by hand on purpose: it is the independent check of what the
+/// scripts accept.
+fn is_semver_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix('v') else {
+        return false;
+    };
+    let numeric =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    let (core, pre) = match rest.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (rest, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
+        return false;
+    }
+    pre.map_or(true, |pre| {
+        pre.split('.').all(|id| {
+            !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && (!id.bytes().all(|b| b.is_ascii_digit()) || numeric(id))
+        })
+    })
+}
+
+/// Packages a distinct fake binary for every platform into `dir/dist`.
+/// Distinct contents mean distinct checksums, so a manifest that paired one
+/// platform's URI with another's sha256 would not go unnoticed.
+fn package_all(dir: &Path, version: &str) -> PathBuf {
+    let dist = dir.join("dist");
+    let license = dir.join("LICENSE");
+    fs::write(&license, "Apache License, Version 2.0 (test copy)\n").unwrap();
+    let children: Vec<Child> = PLATFORMS
+        .iter()
+        .map(|(os, arch)| {
+            let binary = dir.join(format!("kubectl-pg-{os}-{arch}"));
+            fs::write(&binary, format!("fake kubectl-pg for {os}/{arch}\n").repeat(32)).unwrap();
+            spawn_python3([
+            krew_script("package").as_os_str(),
+            "--version".as_ref(),
+            version.as_ref(),
+            "--os".as_ref(),
+            os.as_ref(),
+            "--arch".as_ref(),
+            arch.as_ref(),
+            "--binary".as_ref(),
+            binary.as_os_str(),
+            "--license".as_ref(),
+            license.as_os_str(),
+            "--out".as_ref(),
+            dist.as_os_str(),
+            ])
+        })
+        .collect();
+    for ((os, arch), child) in PLATFORMS.into_iter().zip(children) {
+        let out = finish(child);
+        expect_success(&out, &format!("krew/package for {os}/{arch}"));
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let expected = dist.join(archive_name(version, os, arch));
+        assert_eq!(
+            Path::new(printed.trim()),
+            expected,
+            "krew/package should print the archive it wrote"
+        );
+        assert!(expected.is_file(), "{} was not written", expected.display());
+    }
+    dist
+}
+
+/// A distribution directory holding placeholder archives for `platforms`:
+/// render only hashes archives, it never opens them.
+fn placeholder_dist(dir: &Path, version: &str, platforms: &[(&str, &str)]) -> PathBuf {
+    let dist = dir.join("dist");
+    fs::create_dir_all(&dist).unwrap();
+    for (os, arch) in platforms {
+        fs::write(dist.join(archive_name(version, os, arch)), format!("{os}/{arch}")).unwrap();
+    }
+    dist
+}
+
+fn spawn_render(dist: &Path, version: &str) -> Child {
+    spawn_python3([
+        krew_script("render").as_os_str(),
+        "--version".as_ref(),
+        version.as_ref(),
+        "--dist".as_ref(),
+        dist.as_os_str(),
+        "--base-url".as_ref(),
+        BASE_URL.as_ref(),
+    ])
+}
+
+/// Starts listing member name -> permission bits of each archive, read by
+/// Python's tarfile and zipfile so the test needs neither `tar` nor `unzip`.
+fn spawn_archive_listing(archives: &[PathBuf]) -> Child {
+    const LIST: &str = r#"
+import json, sys, tarfile, zipfile
+out = {}
+for path in sys.argv[1:]:
+    if path.endswith(".zip"):
+        with zipfile.ZipFile(path) as z:
+            out[path] = {i.filename: (i.external_attr >> 16) & 0o7777 for i in z.infolist()}
+    else:
+        with tarfile.open(path, "r:gz") as t:
+            out[path] = {m.name: m.mode for m in t.getmembers() if m.isfile()}
+print(json.dumps(out))
+"#;
+    let mut args: Vec<&OsStr> = vec!["-c".as_ref(), LIST.as_ref()];
+    args.extend(archives.iter().map(|p| p.as_os_str()));
+    spawn_python3(args)
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("manifest has no string at {pointer}: {v:#}"))
+}
+
+#[test]
+fn semver_tag_check_agrees_with_the_spec() {
+    for ok in ["v0.1.0", "v1.22.333", "v0.2.0-rc.1", "v1.0.0-alpha", "v1.0.0-0.3.7", "v1.0.0-x-y.z"] {
+        assert!(is_semver_tag(ok), "{ok} is a semver tag");
+    }
+    for bad in [
+        "0.1.0", "v0.1", "v0.1.0.1", "v01.0.0", "v0.01.0", "v0.1.0-", "v0.1.0-rc..1", "v0.1.0-01",
+        "v0.1.0+build", "V0.1.0", "latest", "",
+    ] {
+        assert!(!is_semver_tag(bad), "{bad:?} is not a semver tag");
+    }
+}
+
+#[test]
+fn package_and_render_produce_a_valid_krew_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dist = package_all(tmp.path(), VERSION);
+    let archives: Vec<PathBuf> = PLATFORMS
+        .iter()
+        .map(|(os, arch)| dist.join(archive_name(VERSION, os, arch)))
+        .collect();
+    let render = spawn_render(&dist, VERSION);
+    let listing = spawn_archive_listing(&archives);
+
+    let out = finish(render);
+    expect_success(&out, "krew/render");
+    let text = String::from_utf8(out.stdout).expect("manifest is UTF-8");
+    assert!(!text.contains("{{"), "template placeholders left in the manifest:\n{text}");
+    let doc: Value = serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("rendered manifest is not valid YAML: {e}\n{text}"));
+
+    assert_eq!(str_at(&doc, "/apiVersion"), "krew.googlecontainertools.github.com/v1alpha2");
+    assert_eq!(str_at(&doc, "/kind"), "Plugin");
+    assert_eq!(str_at(&doc, "/metadata/name"), "pg");
+    let version = str_at(&doc, "/spec/version");
+    assert_eq!(version, VERSION);
+    assert!(is_semver_tag(version), "spec.version {version:?} is not a semver tag");
+    assert_eq!(str_at(&doc, "/spec/homepage"), "https://github.com/kubectl-pg/kubectl-pg");
+    let short = str_at(&doc, "/spec/shortDescription");
+    assert!(!short.is_empty() && !short.contains('\n'), "krew wants a one-line shortDescription");
+    assert!(!str_at(&doc, "/spec/description").trim().is_empty());
+    let caveats = str_at(&doc, "/spec/caveats");
+    for resource in RBAC_RESOURCES {
+        assert!(caveats.contains(resource), "caveats do not mention RBAC for {resource}");
+    }
+
+    let platforms = doc
+        .pointer("/spec/platforms")
+        .and_then(Value::as_array)
+        .expect("spec.platforms is a list");
+    let out = finish(listing);
+    expect_success(&out, "listing the archives");
+    let members: BTreeMap<String, BTreeMap<String, u32>> =
+        serde_json::from_slice(&out.stdout).expect("archive listing is JSON");
+
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for platform in platforms {
+        let os = str_at(platform, "/selector/matchLabels/os");
+        let arch = str_at(platform, "/selector/matchLabels/arch");
+        *seen.entry((os.to_owned(), arch.to_owned())).or_default() += 1;
+        let name = archive_name(VERSION, os, arch);
+        let archive = dist.join(&name);
+
+        assert_eq!(str_at(platform, "/uri"), format!("{BASE_URL}/{name}"), "uri of {os}/{arch}");
+
+        let sha = str_at(platform, "/sha256");
+        let bytes = fs::read(&archive).unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
+        assert_eq!(sha, sha256_hex(&bytes), "sha256 of {os}/{arch} is not the sha256 of {name}");
+
+        let bin = str_at(platform, "/bin");
+        assert_eq!(bin, bin_name(os), "bin of {os}/{arch}");
+        let listing = &members[archive.to_str().unwrap()];
+        assert_eq!(
+            listing.get(bin),
+            Some(&0o755),
+            "{name} should hold {bin} at its root with mode 0755; it holds {listing:?}"
+        );
+        assert!(listing.contains_key("LICENSE"), "{name} has no LICENSE: {listing:?}");
+        // krew fails the install when a `files` entry matches nothing.
+        for from in platform["files"].as_array().into_iter().flatten() {
+            let from = from["from"].as_str().expect("files[].from is a string");
+            assert!(listing.contains_key(from), "files entry {from:?} is not in {name}: {listing:?}");
+        }
+    }
+    let expected: BTreeMap<(String, String), usize> =
+        PLATFORMS.iter().map(|(os, arch)| ((os.to_string(), arch.to_string()), 1)).collect();
+    assert_eq!(seen, expected, "each os/arch pair must appear exactly once");
+}
+
+#[test]
+fn render_fails_when_an_archive_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let without_windows: Vec<_> = PLATFORMS.iter().copied().filter(|(os, _)| *os != "windows").collect();
+    let dist = placeholder_dist(tmp.path(), VERSION, &without_windows);
+
+    let out = finish(spawn_render(&dist, VERSION));
+    let stderr = expect_failure(&out, "krew/render without the windows archive");
+    let missing = archive_name(VERSION, "windows", "amd64");
+    assert!(stderr.contains(&missing), "the error should name {missing}: {stderr}");
+}
+
+#[test]
+fn render_accepts_only_semver_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A pre-release tag is a valid krew version: it renders.
+    let pre = "v0.2.0-rc.1";
+    assert!(is_semver_tag(pre));
+    let dist = placeholder_dist(&tmp.path().join("pre"), pre, &PLATFORMS);
+    let accepted = spawn_render(&dist, pre);
+
+    // Anything else is refused for the version itself, before any archive is
+    // looked for (the directory is empty, so a missing-archive error would
+    // show the check did not happen first).
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let bad_tags = ["0.1.0", "v0.1", "v01.0.0", "v0.1.0-", "v0.1.0.1", "latest"];
+    let refused: Vec<Child> = bad_tags.iter().map(|bad| spawn_render(&empty, bad)).collect();
+
+    let out = finish(accepted);
+    expect_success(&out, "krew/render of a pre-release");
+    let doc: Value = serde_saphyr::from_str(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    assert_eq!(str_at(&doc, "/spec/version"), pre);
+
+    for (bad, child) in bad_tags.into_iter().zip(refused) {
+        assert!(!is_semver_tag(bad));
+        let out = finish(child);
+        let stderr = expect_failure(&out, &format!("krew/render --version {bad}"));
+        assert!(
+            stderr.contains("not a semantic version"),
+            "render should reject {bad:?} as a version, said: {stderr}"
+        );
+    }
+}
