@@ -17,9 +17,13 @@ fn main() {
     for name in names {
         let path = dir.join(&name);
         println!("cargo:rerun-if-changed={}", path.display());
-        out.push_str(&format!("    ({name:?}, include_bytes!({:?}) as &[u8]),\n", path.display().to_string()));
+        out.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?}) as &[u8]),\n",
+            path.display().to_string()
+        ));
     }
     out.push(']');
-    let target = Path::new(&env::var("OUT_DIR").expect("OUT_DIR is set by cargo")).join("embedded_migrations.rs");
+    let target = Path::new(&env::var("OUT_DIR").expect("OUT_DIR is set by cargo"))
+        .join("embedded_migrations.rs");
     fs::write(target, out).expect("OUT_DIR is writable");
 }

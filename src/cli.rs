@@ -106,7 +106,13 @@ pub struct MigrateOptions {
     #[arg(long, global = true, value_name = "PATH")]
     pub dir: Option<PathBuf>,
     /// Connect to this database directly (postgresql://user:password@host:port/db?sslmode=...)
-    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub dsn: Option<String>,
     /// Print the plan (versions, checksums, transaction mode) and change nothing
     #[arg(long, global = true)]
@@ -175,14 +181,18 @@ pub enum MigrateAction {
 /// A migration version: digits, leading zeros allowed (`003`).
 pub fn parse_version(s: &str) -> Result<i64, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{s:?} is not a migration version (digits, like 003)"));
+        return Err(format!(
+            "{s:?} is not a migration version (digits, like 003)"
+        ));
     }
-    s.parse().map_err(|_| format!("{s:?} is too large for a migration version"))
+    s.parse()
+        .map_err(|_| format!("{s:?} is too large for a migration version"))
 }
 
 /// Durations as kubectl writes them: `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {s:?}: use a number with a unit, like 500ms, 30s, 5m or 1h");
+    let invalid =
+        || format!("invalid duration {s:?}: use a number with a unit, like 500ms, 30s, 5m or 1h");
     let s = s.trim();
     if s.is_empty() {
         return Err(invalid());
@@ -193,13 +203,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(invalid());
         }
         let value: f64 = rest[..digits].parse().map_err(|_| invalid())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -243,7 +257,18 @@ mod tests {
 
     #[test]
     fn global_flags_go_after_subcommands() {
-        let cli = Cli::try_parse_from(["kubectl-pg", "migrate", "up", "-n", "db", "--context", "kind", "--to", "2"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "kubectl-pg",
+            "migrate",
+            "up",
+            "-n",
+            "db",
+            "--context",
+            "kind",
+            "--to",
+            "2",
+        ])
+        .unwrap();
         assert_eq!(cli.global.namespace.as_deref(), Some("db"));
         assert_eq!(cli.global.context.as_deref(), Some("kind"));
     }

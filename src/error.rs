@@ -8,7 +8,10 @@ use std::fmt;
 pub enum Error {
     /// Bad flags or arguments (exit 1).
     #[error("{message}")]
-    InvalidInput { message: String, hint: Option<String> },
+    InvalidInput {
+        message: String,
+        hint: Option<String>,
+    },
 
     /// A migration file that cannot be used: malformed name, duplicate version, bad encoding (exit 1).
     #[error("{path}: {message}")]
@@ -75,7 +78,11 @@ impl fmt::Display for LockHolder {
             &self.application_name
         };
         let addr = self.client_addr.as_deref().unwrap_or("local socket");
-        write!(f, "pid {} ({app}, from {addr}, connected since {})", self.pid, self.since)
+        write!(
+            f,
+            "pid {} ({app}, from {addr}, connected since {})",
+            self.pid, self.since
+        )
     }
 }
 
@@ -90,7 +97,10 @@ impl Error {
     /// The exit code of the seed's table (`0`–`8`).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::InvalidInput { .. } | Error::MigrationFile { .. } | Error::Io { .. } | Error::Database { .. } => 1,
+            Error::InvalidInput { .. }
+            | Error::MigrationFile { .. }
+            | Error::Io { .. }
+            | Error::Database { .. } => 1,
             Error::Migration { .. } | Error::Drift(_) | Error::LockTimeout { .. } => 7,
             Error::Connection { .. } => 8,
         }
@@ -170,7 +180,13 @@ mod tests {
             }),
         };
         let text = e.to_string();
-        assert!(text.contains("pid 42") && text.contains("10.0.0.7") && text.contains("kubectl-pg"), "{text}");
-        assert!(e.hints().iter().any(|h| h.contains("pg_terminate_backend(42)")));
+        assert!(
+            text.contains("pid 42") && text.contains("10.0.0.7") && text.contains("kubectl-pg"),
+            "{text}"
+        );
+        assert!(e
+            .hints()
+            .iter()
+            .any(|h| h.contains("pg_terminate_backend(42)")));
     }
 }

@@ -44,11 +44,19 @@ pub async fn run(args: MigrateArgs, _global: &GlobalArgs) -> Result<(), Error> {
     match &args.action {
         MigrateAction::Up { to } => apply(&connector, &set, options, Goal::Up { to: *to }).await,
         MigrateAction::Down { steps, to } => {
-            apply(&connector, &set, options, Goal::Down(down_target(*steps, *to))).await
+            apply(
+                &connector,
+                &set,
+                options,
+                Goal::Down(down_target(*steps, *to)),
+            )
+            .await
         }
         MigrateAction::Status => status(&connector, &set, options.output).await,
         MigrateAction::Baseline { version } => baseline(&connector, &set, options, *version).await,
-        MigrateAction::Repair { version, yes } => repair(&connector, &set, options, *version, *yes).await,
+        MigrateAction::Repair { version, yes } => {
+            repair(&connector, &set, options, *version, *yes).await
+        }
         MigrateAction::Create { name } => create(options, name),
     }
 }
@@ -68,7 +76,10 @@ fn no_database() -> Error {
 }
 
 fn target_name(connector: Option<&DsnConnector>) -> String {
-    connector.map_or_else(|| "an empty database (no --dsn given)".into(), |c| c.target())
+    connector.map_or_else(
+        || "an empty database (no --dsn given)".into(),
+        |c| c.target(),
+    )
 }
 
 fn settings(options: &MigrateOptions) -> Settings {
@@ -128,7 +139,10 @@ fn render_plan(steps: &[Step<'_>], target: &str) -> String {
             ]
         })
         .collect();
-    out.push_str(&output::table(&["VERSION", "NAME", "DIRECTION", "MODE", "CHECKSUM (SHA-256)"], rows));
+    out.push_str(&output::table(
+        &["VERSION", "NAME", "DIRECTION", "MODE", "CHECKSUM (SHA-256)"],
+        rows,
+    ));
     for s in steps {
         let statements = s.script().non_transactional();
         if statements.is_empty() {
@@ -140,20 +154,32 @@ fn render_plan(steps: &[Step<'_>], target: &str) -> String {
         ));
         for (statement, reason) in statements {
             let first_line = statement.sql.lines().next().unwrap_or_default();
-            out.push_str(&format!("  line {}: {reason}: {first_line}\n", statement.line));
+            out.push_str(&format!(
+                "  line {}: {reason}: {first_line}\n",
+                statement.line
+            ));
         }
     }
     out
 }
 
-async fn apply(connector: &DsnConnector, set: &MigrationSet, options: &MigrateOptions, goal: Goal) -> Result<(), Error> {
+async fn apply(
+    connector: &DsnConnector,
+    set: &MigrationSet,
+    options: &MigrateOptions,
+    goal: Goal,
+) -> Result<(), Error> {
     let settings = settings(options);
     let mut runner = Runner::new(connector, set, &settings);
     let mut on_event = |event: Event| match event {
-        Event::Applied { id, millis } => emit(&format!("{} {id} ({millis} ms)\n", paint("applied", Tone::Good, Stream::Stdout))),
-        Event::Reverted { id, millis } => {
-            emit(&format!("{} {id} ({millis} ms)\n", paint("reverted", Tone::Warn, Stream::Stdout)))
-        }
+        Event::Applied { id, millis } => emit(&format!(
+            "{} {id} ({millis} ms)\n",
+            paint("applied", Tone::Good, Stream::Stdout)
+        )),
+        Event::Reverted { id, millis } => emit(&format!(
+            "{} {id} ({millis} ms)\n",
+            paint("reverted", Tone::Warn, Stream::Stdout)
+        )),
         Event::Resumed { id, statement } => eprintln!("resuming {id} at statement {statement}"),
         Event::Reconnected { reason } => eprintln!(
             "{} connection lost ({reason}); reconnected, re-reading the history",
@@ -166,14 +192,21 @@ async fn apply(connector: &DsnConnector, set: &MigrationSet, options: &MigrateOp
         Goal::Down(_) => "reverted",
     };
     if count == 0 {
-        emit(&format!("Nothing to do: no migration to {}.\n", if verb == "applied" { "apply" } else { "revert" }));
+        emit(&format!(
+            "Nothing to do: no migration to {}.\n",
+            if verb == "applied" { "apply" } else { "revert" }
+        ));
     } else {
         emit(&format!("{count} migration(s) {verb}.\n"));
     }
     Ok(())
 }
 
-async fn status(connector: &DsnConnector, set: &MigrationSet, format: OutputFormat) -> Result<(), Error> {
+async fn status(
+    connector: &DsnConnector,
+    set: &MigrationSet,
+    format: OutputFormat,
+) -> Result<(), Error> {
     let history = read_history(Some(connector)).await?;
     let doc = MigrationStatus::build(set, &history, connector.target());
     if let Some(text) = output::document(format, &doc)? {
@@ -197,10 +230,18 @@ async fn status(connector: &DsnConnector, set: &MigrationSet, format: OutputForm
                 m.name.clone(),
                 paint(m.state.as_str(), tone, Stream::Stdout),
                 m.applied_at.clone().unwrap_or_else(|| "-".into()),
-                m.execution_ms.map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
+                m.execution_ms
+                    .map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
             ];
             if wide {
-                row.push(if m.no_transaction { "no-transaction" } else { "transaction" }.into());
+                row.push(
+                    if m.no_transaction {
+                        "no-transaction"
+                    } else {
+                        "transaction"
+                    }
+                    .into(),
+                );
                 row.push(m.applied_by.clone().unwrap_or_else(|| "-".into()));
                 row.push(m.checksum.clone());
             } else {
@@ -210,9 +251,25 @@ async fn status(connector: &DsnConnector, set: &MigrationSet, format: OutputForm
         })
         .collect();
     let headers: &[&str] = if wide {
-        &["VERSION", "NAME", "STATE", "APPLIED AT", "DURATION", "MODE", "APPLIED BY", "CHECKSUM"]
+        &[
+            "VERSION",
+            "NAME",
+            "STATE",
+            "APPLIED AT",
+            "DURATION",
+            "MODE",
+            "APPLIED BY",
+            "CHECKSUM",
+        ]
     } else {
-        &["VERSION", "NAME", "STATE", "APPLIED AT", "DURATION", "CHECKSUM"]
+        &[
+            "VERSION",
+            "NAME",
+            "STATE",
+            "APPLIED AT",
+            "DURATION",
+            "CHECKSUM",
+        ]
     };
     let mut out = format!(
         "Database: {}\nSource:   {}\nApplied:  {} (latest {})   Pending: {}\n\n",
@@ -235,10 +292,12 @@ async fn locked_session(
     let client = connect_with_retry(connector).await?;
     match history::lock_and_read(&client, options.lock_timeout.as_millis()).await {
         Ok(history) => Ok((client, history)),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => Err(Error::LockTimeout {
-            waited: crate::migration::engine::format_duration(options.lock_timeout),
-            holder: history::lock_holder(&client).await,
-        }),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(Error::LockTimeout {
+                waited: crate::migration::engine::format_duration(options.lock_timeout),
+                holder: history::lock_holder(&client).await,
+            })
+        }
         Err(e) => Err(Error::Database {
             context: "cannot read the migration history".into(),
             message: describe(&e),
@@ -246,10 +305,21 @@ async fn locked_session(
     }
 }
 
-async fn baseline(connector: &DsnConnector, set: &MigrationSet, options: &MigrateOptions, version: i64) -> Result<(), Error> {
-    let included: Vec<_> = set.migrations.iter().filter(|m| m.version <= version).collect();
+async fn baseline(
+    connector: &DsnConnector,
+    set: &MigrationSet,
+    options: &MigrateOptions,
+    version: i64,
+) -> Result<(), Error> {
+    let included: Vec<_> = set
+        .migrations
+        .iter()
+        .filter(|m| m.version <= version)
+        .collect();
     if included.is_empty() {
-        return Err(Error::invalid(format!("no migration file has a version at or below {version}")));
+        return Err(Error::invalid(format!(
+            "no migration file has a version at or below {version}"
+        )));
     }
     let (client, history) = locked_session(connector, options).await?;
     if !history.applied.is_empty() {
@@ -257,9 +327,14 @@ async fn baseline(connector: &DsnConnector, set: &MigrationSet, options: &Migrat
             message: format!(
                 "cannot baseline: the history already records {} migration(s) (latest {})",
                 history.applied.len(),
-                history.max_applied().map(|v| set.label(v)).unwrap_or_default()
+                history
+                    .max_applied()
+                    .map(|v| set.label(v))
+                    .unwrap_or_default()
             ),
-            hints: vec!["baseline is for databases whose schema was created without kubectl-pg".into()],
+            hints: vec![
+                "baseline is for databases whose schema was created without kubectl-pg".into(),
+            ],
         });
     }
     let by = settings(options).applied_by;
@@ -280,15 +355,29 @@ async fn baseline(connector: &DsnConnector, set: &MigrationSet, options: &Migrat
         emit(&format!(
             "Would record {} migration(s) as applied without running them: {}\n",
             included.len(),
-            included.iter().map(|m| m.id()).collect::<Vec<_>>().join(", ")
+            included
+                .iter()
+                .map(|m| m.id())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         return Ok(());
     }
-    client.simple_query(&batch).await.map_err(|e| Error::migration(format!("baseline failed: {}", describe(&e))))?;
+    client
+        .simple_query(&batch)
+        .await
+        .map_err(|e| Error::migration(format!("baseline failed: {}", describe(&e))))?;
     for m in &included {
-        emit(&format!("{} {} (not run)\n", paint("baselined", Tone::Good, Stream::Stdout), m.id()));
+        emit(&format!(
+            "{} {} (not run)\n",
+            paint("baselined", Tone::Good, Stream::Stdout),
+            m.id()
+        ));
     }
-    emit(&format!("Database recorded as migrated up to {}.\n", set.label(version)));
+    emit(&format!(
+        "Database recorded as migrated up to {}.\n",
+        set.label(version)
+    ));
     Ok(())
 }
 
@@ -312,13 +401,18 @@ async fn repair(
         });
     }
     let (client, history) = locked_session(connector, options).await?;
-    let recorded = history
-        .applied
-        .get(&version)
-        .ok_or_else(|| Error::migration(format!("{} is not applied: nothing to repair", migration.id())))?;
+    let recorded = history.applied.get(&version).ok_or_else(|| {
+        Error::migration(format!(
+            "{} is not applied: nothing to repair",
+            migration.id()
+        ))
+    })?;
     let new_down = migration.down.as_ref().map(|d| d.checksum.as_str());
     if recorded.checksum == migration.up.checksum && recorded.down_checksum.as_deref() == new_down {
-        emit(&format!("{} already matches its file: nothing to repair.\n", migration.id()));
+        emit(&format!(
+            "{} already matches its file: nothing to repair.\n",
+            migration.id()
+        ));
         return Ok(());
     }
     let by = settings(options).applied_by;
@@ -353,10 +447,15 @@ async fn repair(
 fn create(options: &MigrateOptions, name: &str) -> Result<(), Error> {
     let dir = options.dir.as_deref().ok_or_else(|| Error::InvalidInput {
         message: "create needs --dir: the built-in LearnFlow set cannot be changed".into(),
-        hint: Some(format!("for example: kubectl pg migrate create {name} --dir ./migrations")),
+        hint: Some(format!(
+            "for example: kubectl pg migrate create {name} --dir ./migrations"
+        )),
     })?;
     let (up, down) = crate::migration::source::create_pair(dir, name)?;
-    emit(&format!("created {}\ncreated {}\n", up.display(), down.display()));
+    emit(&format!(
+        "created {}\ncreated {}\n",
+        up.display(),
+        down.display()
+    ));
     Ok(())
 }
-

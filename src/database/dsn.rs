@@ -32,11 +32,12 @@ pub struct Dsn {
 
 impl Dsn {
     pub fn parse(dsn: &str) -> Result<Self, Error> {
-        let (rest, sslmode, root_cert) = if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
-            split_uri(dsn)
-        } else {
-            split_keyvalue(dsn)
-        };
+        let (rest, sslmode, root_cert) =
+            if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
+                split_uri(dsn)
+            } else {
+                split_keyvalue(dsn)
+            };
         let tls = match sslmode.as_deref() {
             None | Some("prefer") | Some("allow") => TlsMode::Prefer,
             Some("disable") => TlsMode::Disable,
@@ -46,20 +47,29 @@ impl Dsn {
             Some(other) => {
                 return Err(Error::InvalidInput {
                     message: format!("invalid sslmode {other:?} in the connection string"),
-                    hint: Some("use disable, allow, prefer, require, verify-ca or verify-full".into()),
+                    hint: Some(
+                        "use disable, allow, prefer, require, verify-ca or verify-full".into(),
+                    ),
                 })
             }
         };
-        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| Error::InvalidInput {
-            message: format!("invalid connection string: {e}"),
-            hint: Some("expected postgresql://user:password@host:port/database?sslmode=require".into()),
-        })?;
+        let mut config =
+            tokio_postgres::Config::from_str(&rest).map_err(|e| Error::InvalidInput {
+                message: format!("invalid connection string: {e}"),
+                hint: Some(
+                    "expected postgresql://user:password@host:port/database?sslmode=require".into(),
+                ),
+            })?;
         config.ssl_mode(match tls {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
             _ => SslMode::Require,
         });
-        Ok(Self { config, tls, root_cert })
+        Ok(Self {
+            config,
+            tls,
+            root_cert,
+        })
     }
 
     /// `user@host:port/db`, for messages: never the password.
@@ -204,12 +214,18 @@ mod tests {
         assert_eq!(d.root_cert.as_deref(), Some("/tmp/ca.pem"));
         assert_eq!(d.config.get_password(), Some(&b"p@ss"[..]));
         assert_eq!(d.target(), "u@db.example:6543/app");
-        assert_eq!(d.config.get_connect_timeout(), Some(&std::time::Duration::from_secs(3)));
+        assert_eq!(
+            d.config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
     }
 
     #[test]
     fn keyvalue_with_quotes() {
-        let d = Dsn::parse("host=127.0.0.1 port = 5433 user=me password='a b\\'c' dbname=x sslmode=verify-ca").unwrap();
+        let d = Dsn::parse(
+            "host=127.0.0.1 port = 5433 user=me password='a b\\'c' dbname=x sslmode=verify-ca",
+        )
+        .unwrap();
         assert_eq!(d.tls, TlsMode::VerifyCa);
         assert_eq!(d.config.get_password(), Some(&b"a b'c"[..]));
         assert_eq!(d.target(), "me@127.0.0.1:5433/x");
@@ -218,7 +234,10 @@ mod tests {
     #[test]
     fn defaults_and_errors() {
         assert_eq!(Dsn::parse("postgres://h/db").unwrap().tls, TlsMode::Prefer);
-        assert_eq!(Dsn::parse("postgres://h/db?sslmode=disable").unwrap().tls, TlsMode::Disable);
+        assert_eq!(
+            Dsn::parse("postgres://h/db?sslmode=disable").unwrap().tls,
+            TlsMode::Disable
+        );
         assert!(Dsn::parse("postgres://h/db?sslmode=bogus").is_err());
         assert!(Dsn::parse("host=h port=notanumber").is_err());
         assert_eq!(percent_decode("a%2"), "a%2");

@@ -28,12 +28,23 @@ pub struct Settings {
 /// Something the runner did, reported as it happens.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Applied { id: String, millis: u128 },
-    Reverted { id: String, millis: u128 },
+    Applied {
+        id: String,
+        millis: u128,
+    },
+    Reverted {
+        id: String,
+        millis: u128,
+    },
     /// A no-transaction migration picked up where an earlier run stopped.
-    Resumed { id: String, statement: usize },
+    Resumed {
+        id: String,
+        statement: usize,
+    },
     /// The session was lost and a new one was opened.
-    Reconnected { reason: String },
+    Reconnected {
+        reason: String,
+    },
 }
 
 /// What `up`/`down` should do.
@@ -71,7 +82,11 @@ impl<'a, C: Connector> Runner<'a, C> {
     }
 
     /// Runs until the goal is reached; returns the number of migrations run.
-    pub async fn run(&mut self, mut goal: Goal, on_event: &mut dyn FnMut(Event)) -> Result<usize, Error> {
+    pub async fn run(
+        &mut self,
+        mut goal: Goal,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<usize, Error> {
         let mut done = 0;
         let mut losses = 0;
         'session: loop {
@@ -87,7 +102,9 @@ impl<'a, C: Connector> Runner<'a, C> {
                 Err(StepError::Failed(e)) => return Err(e),
             };
             let steps = match goal {
-                Goal::Up { to } => super::plan::plan_up(self.set, &history, to, self.settings.allow_out_of_order)?,
+                Goal::Up { to } => {
+                    super::plan::plan_up(self.set, &history, to, self.settings.allow_out_of_order)?
+                }
                 Goal::Down(target) => super::plan::plan_down(self.set, &history, target)?,
             };
             if let (Goal::Down(DownTarget::Steps(_)), Some(last)) = (goal, steps.last()) {
@@ -140,7 +157,9 @@ impl<'a, C: Connector> Runner<'a, C> {
     /// Connects, takes the lock and reads the history.
     async fn open_session(&mut self) -> Result<History, StepError> {
         self.client = None;
-        let client = connect_with_retry(self.connector).await.map_err(StepError::Failed)?;
+        let client = connect_with_retry(self.connector)
+            .await
+            .map_err(StepError::Failed)?;
         let result = history::lock_and_read(&client, self.settings.lock_timeout.as_millis()).await;
         match result {
             Ok(history) => {
@@ -178,9 +197,15 @@ impl<'a, C: Connector> Runner<'a, C> {
 
     /// `SET LOCAL` lines for the migration's transaction.
     fn local_settings(&self) -> String {
-        let mut sql = format!("SET LOCAL lock_timeout = {};\n", self.settings.lock_timeout.as_millis());
+        let mut sql = format!(
+            "SET LOCAL lock_timeout = {};\n",
+            self.settings.lock_timeout.as_millis()
+        );
         if let Some(t) = self.settings.statement_timeout {
-            sql.push_str(&format!("SET LOCAL statement_timeout = {};\n", t.as_millis()));
+            sql.push_str(&format!(
+                "SET LOCAL statement_timeout = {};\n",
+                t.as_millis()
+            ));
         }
         sql
     }
@@ -192,13 +217,13 @@ impl<'a, C: Connector> Runner<'a, C> {
             Direction::Up => format!(
                 "INSERT INTO {table} (version, name, checksum, down_checksum, execution_ms, applied_by) \
                  VALUES ({version}, {name}, {checksum}, {down}, \
-                 (extract(epoch FROM clock_timestamp() - now()) * 1000)::integer, {by})",
+                 (extract(epoch FROM clock_timestamp() - now()) * 1000)::integer, current_user || {by})",
                 table = history::TABLE,
                 version = m.version,
                 name = literal(&m.name),
                 checksum = literal(&m.up.checksum),
                 down = literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
-                by = literal(&self.settings.applied_by),
+                by = literal(&format!(" via {}", self.settings.applied_by)),
             ),
             Direction::Down => format!("DELETE FROM {} WHERE version = {}", history::TABLE, m.version),
         }
@@ -211,7 +236,11 @@ impl<'a, C: Connector> Runner<'a, C> {
         let prefix = format!("BEGIN;\n{}", self.local_settings());
         // The newline guards against a body ending in a line comment; the lexer has already
         // rejected bodies ending inside a quote or block comment.
-        let batch = format!("{prefix}{}\n;\n{};\nCOMMIT;", script.sql, self.record_sql(step));
+        let batch = format!(
+            "{prefix}{}\n;\n{};\nCOMMIT;",
+            script.sql,
+            self.record_sql(step)
+        );
         match client.simple_query(&batch).await {
             Ok(_) => Ok(()),
             Err(e) if is_connection_loss(&e, client) => Err(StepError::Lost(describe(&e))),
@@ -255,7 +284,12 @@ impl<'a, C: Connector> Runner<'a, C> {
                     Vec::new()
                 };
                 let line = Some(statement.line + offset);
-                return Err(StepError::Failed(self.step_failed(step, line, &e, Some((index + 1, invalid)))));
+                return Err(StepError::Failed(self.step_failed(
+                    step,
+                    line,
+                    &e,
+                    Some((index + 1, invalid)),
+                )));
             }
             let progress = format!(
                 "UPDATE {} SET statements_done = {}, updated_at = now() WHERE version = {} AND direction = '{direction}'",
@@ -315,7 +349,8 @@ impl<'a, C: Connector> Runner<'a, C> {
             }
         }
         let rolled_back = match &statement {
-            None => "nothing was applied: the migration and its history row were rolled back".to_string(),
+            None => "nothing was applied: the migration and its history row were rolled back"
+                .to_string(),
             Some((n, invalid)) => {
                 for index in invalid {
                     hints.push(format!(

@@ -13,7 +13,8 @@ pub const PROGRESS_TABLE: &str = "kubectl_pg_migration_progress";
 
 /// The advisory lock key: a hash of the history table's qualified name, so two projects
 /// with their histories in different schemas do not block each other.
-pub const LOCK_KEY_SQL: &str = "('x' || left(md5(current_schema() || '.kubectl_pg_migrations'), 16))::bit(64)::bigint";
+pub const LOCK_KEY_SQL: &str =
+    "('x' || left(md5(current_schema() || '.kubectl_pg_migrations'), 16))::bit(64)::bigint";
 
 pub const CREATE_TABLES_SQL: &str = "CREATE TABLE IF NOT EXISTS kubectl_pg_migrations (
     version       bigint PRIMARY KEY,
@@ -70,7 +71,9 @@ pub struct History {
 
 impl History {
     pub fn partial(&self, version: i64, up: bool) -> Option<&Partial> {
-        self.partial.iter().find(|p| p.version == version && p.up == up)
+        self.partial
+            .iter()
+            .find(|p| p.version == version && p.up == up)
     }
 
     pub fn max_applied(&self) -> Option<i64> {
@@ -80,7 +83,10 @@ impl History {
 
 /// Takes the advisory lock (waiting at most `lock_timeout_ms`; 0 waits forever), creates the
 /// tables when absent and reads the history, all in one round trip.
-pub async fn lock_and_read(client: &Client, lock_timeout_ms: u128) -> Result<History, tokio_postgres::Error> {
+pub async fn lock_and_read(
+    client: &Client,
+    lock_timeout_ms: u128,
+) -> Result<History, tokio_postgres::Error> {
     let batch = format!(
         "SET lock_timeout = {lock_timeout_ms}; SELECT pg_advisory_lock({LOCK_KEY_SQL}); \
          {CREATE_TABLES_SQL}; {SELECT_APPLIED_SQL}; {SELECT_PROGRESS_SQL}"
@@ -111,7 +117,11 @@ fn first_row(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
     messages
         .iter()
         .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect()),
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
             _ => None,
         })
         .unwrap_or_default()
@@ -162,6 +172,7 @@ pub async fn lock_holder(client: &Client) -> Option<crate::error::LockHolder> {
          to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND l.classid::bigint = (({LOCK_KEY_SQL}) >> 32) & 4294967295 \
          AND l.objid::bigint = ({LOCK_KEY_SQL}) & 4294967295 LIMIT 1"
     );

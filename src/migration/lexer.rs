@@ -147,9 +147,8 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, LexError> {
                 words_in_statement += 1;
                 // Only CREATE FUNCTION/PROCEDURE bodies can be `BEGIN ATOMIC`.
                 if first_word == "CREATE" {
-                    if word == "ATOMIC" && prev_word == "BEGIN" {
-                        atomic_depth += 1;
-                    } else if atomic_depth > 0 && word == "CASE" {
+                    let opens_body = word == "ATOMIC" && prev_word == "BEGIN";
+                    if opens_body || (atomic_depth > 0 && word == "CASE") {
                         atomic_depth += 1;
                     } else if atomic_depth > 0 && word == "END" {
                         atomic_depth -= 1;
@@ -185,7 +184,9 @@ fn dollar_tag(bytes: &[u8], i: usize) -> Option<usize> {
         Some(&c) if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {}
         _ => return None,
     }
-    while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_' || bytes[j] >= 0x80) {
+    while j < bytes.len()
+        && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_' || bytes[j] >= 0x80)
+    {
         j += 1;
     }
     (bytes.get(j) == Some(&b'$')).then_some(j + 1 - i)
@@ -228,7 +229,12 @@ fn skip_quoted(
     })
 }
 
-fn push_statement(out: &mut Vec<Statement>, sql: &str, start: usize, end: usize) -> Result<(), LexError> {
+fn push_statement(
+    out: &mut Vec<Statement>,
+    sql: &str,
+    start: usize,
+    end: usize,
+) -> Result<(), LexError> {
     let text = &sql[start..end];
     let (keywords, first) = leading_keywords(text);
     let Some(first) = first else {
@@ -294,9 +300,8 @@ pub fn non_transactional_reason(statement: &Statement) -> Option<&'static str> {
     let k: Vec<&str> = statement.keywords.iter().map(String::as_str).collect();
     let has = |w: &str| k.contains(&w);
     match k.as_slice() {
-        ["CREATE", "INDEX", "CONCURRENTLY", ..] | ["CREATE", "UNIQUE", "INDEX", "CONCURRENTLY", ..] => {
-            Some("CREATE INDEX CONCURRENTLY")
-        }
+        ["CREATE", "INDEX", "CONCURRENTLY", ..]
+        | ["CREATE", "UNIQUE", "INDEX", "CONCURRENTLY", ..] => Some("CREATE INDEX CONCURRENTLY"),
         ["DROP", "INDEX", "CONCURRENTLY", ..] => Some("DROP INDEX CONCURRENTLY"),
         ["REINDEX", ..] if has("CONCURRENTLY") => Some("REINDEX CONCURRENTLY"),
         ["REINDEX", "SYSTEM", ..] | ["REINDEX", "DATABASE", ..] => Some("REINDEX DATABASE/SYSTEM"),
@@ -373,7 +378,10 @@ mod tests {
 
     #[test]
     fn escape_strings_allow_backslash_quotes() {
-        assert_eq!(sqls(r"select E'a\';b'; select 2"), [r"select E'a\';b'", "select 2"]);
+        assert_eq!(
+            sqls(r"select E'a\';b'; select 2"),
+            [r"select E'a\';b'", "select 2"]
+        );
         // Without E, a backslash is an ordinary character.
         assert_eq!(sqls(r"select 'a\'; select 2"), [r"select 'a\'", "select 2"]);
     }
@@ -390,7 +398,10 @@ mod tests {
 
     #[test]
     fn dollar_inside_identifiers_is_not_a_quote() {
-        assert_eq!(sqls("select a$b$c from t; select 2"), ["select a$b$c from t", "select 2"]);
+        assert_eq!(
+            sqls("select a$b$c from t; select 2"),
+            ["select a$b$c from t", "select 2"]
+        );
     }
 
     #[test]
@@ -413,20 +424,30 @@ mod tests {
 
     #[test]
     fn reports_lines_and_keywords() {
-        let out = split("-- header\n\nCREATE INDEX CONCURRENTLY i ON t (a);\n  /* c */ vacuum t;").unwrap();
+        let out = split("-- header\n\nCREATE INDEX CONCURRENTLY i ON t (a);\n  /* c */ vacuum t;")
+            .unwrap();
         assert_eq!(out[0].line, 3);
         assert_eq!(out[0].keywords[..3], ["CREATE", "INDEX", "CONCURRENTLY"]);
         assert_eq!(out[1].line, 4);
-        assert_eq!(non_transactional_reason(&out[0]), Some("CREATE INDEX CONCURRENTLY"));
+        assert_eq!(
+            non_transactional_reason(&out[0]),
+            Some("CREATE INDEX CONCURRENTLY")
+        );
         assert_eq!(non_transactional_reason(&out[1]), Some("VACUUM"));
     }
 
     #[test]
     fn classifies_statements() {
         let one = |s: &str| split(s).unwrap().remove(0);
-        assert!(non_transactional_reason(&one("create unique index concurrently if not exists i on t(a)")).is_some());
+        assert!(non_transactional_reason(&one(
+            "create unique index concurrently if not exists i on t(a)"
+        ))
+        .is_some());
         assert!(non_transactional_reason(&one("create index i on t(a)")).is_none());
-        assert!(non_transactional_reason(&one("alter table p detach partition c concurrently")).is_some());
+        assert!(
+            non_transactional_reason(&one("alter table p detach partition c concurrently"))
+                .is_some()
+        );
         assert!(non_transactional_reason(&one("reindex index concurrently i")).is_some());
         assert!(transaction_control(&one("COMMIT")).is_some());
         assert!(transaction_control(&one("begin")).is_some());

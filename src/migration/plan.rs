@@ -65,10 +65,18 @@ pub fn check_history(set: &MigrationSet, history: &History) -> Result<(), Error>
     }
     for partial in &history.partial {
         if let Some(m) = set.get(partial.version) {
-            let script = if partial.up { Some(&m.up) } else { m.down.as_ref() };
+            let script = if partial.up {
+                Some(&m.up)
+            } else {
+                m.down.as_ref()
+            };
             if let Some(script) = script.filter(|s| s.checksum != partial.checksum) {
                 drifts.push(Drift {
-                    migration: format!("{} ({}, partly applied)", m.id(), if partial.up { "up" } else { "down" }),
+                    migration: format!(
+                        "{} ({}, partly applied)",
+                        m.id(),
+                        if partial.up { "up" } else { "down" }
+                    ),
                     recorded: partial.checksum.clone(),
                     current: script.checksum.clone(),
                 });
@@ -84,9 +92,7 @@ pub fn check_history(set: &MigrationSet, history: &History) -> Result<(), Error>
                 "applied migration(s) missing from the migration files: {}",
                 missing.join(", ")
             ),
-            hints: vec![
-                "run with the --dir that applied them, or restore the files".into(),
-            ],
+            hints: vec!["run with the --dir that applied them, or restore the files".into()],
         });
     }
     Ok(())
@@ -107,7 +113,11 @@ pub fn plan_up<'a>(
         .filter(|m| to.is_none_or(|to| m.version <= to))
         .collect();
     if let Some(max) = history.max_applied() {
-        let late: Vec<String> = pending.iter().filter(|m| m.version < max).map(|m| m.id()).collect();
+        let late: Vec<String> = pending
+            .iter()
+            .filter(|m| m.version < max)
+            .map(|m| m.id())
+            .collect();
         if !late.is_empty() && !allow_out_of_order {
             return Err(Error::Migration {
                 message: format!(
@@ -116,7 +126,8 @@ pub fn plan_up<'a>(
                     late.join(", ")
                 ),
                 hints: vec![
-                    "renumber them above the latest applied version, or pass --allow-out-of-order".into(),
+                    "renumber them above the latest applied version, or pass --allow-out-of-order"
+                        .into(),
                 ],
             });
         }
@@ -134,7 +145,11 @@ pub fn plan_up<'a>(
 }
 
 /// The applied migrations to revert, newest first.
-pub fn plan_down<'a>(set: &'a MigrationSet, history: &History, target: DownTarget) -> Result<Vec<Step<'a>>, Error> {
+pub fn plan_down<'a>(
+    set: &'a MigrationSet,
+    history: &History,
+    target: DownTarget,
+) -> Result<Vec<Step<'a>>, Error> {
     check_history(set, history)?;
     let applied = history.applied.keys().rev();
     let versions: Vec<i64> = match target {
@@ -144,18 +159,25 @@ pub fn plan_down<'a>(set: &'a MigrationSet, history: &History, target: DownTarge
     let mut steps = Vec::new();
     for version in versions {
         // check_history guarantees every applied version has its files.
-        let Some(migration) = set.get(version) else { continue };
+        let Some(migration) = set.get(version) else {
+            continue;
+        };
         if migration.down.is_none() {
             return Err(Error::MigrationFile {
                 path: migration.up.origin.clone(),
-                message: format!("no down migration ({}.down.sql) to revert it with", migration.id()),
+                message: format!(
+                    "no down migration ({}.down.sql) to revert it with",
+                    migration.id()
+                ),
                 hint: Some("write the down file, then run the command again".into()),
             });
         }
         steps.push(Step {
             migration,
             direction: Direction::Down,
-            resume_from: history.partial(version, false).map_or(0, |p| p.statements_done),
+            resume_from: history
+                .partial(version, false)
+                .map_or(0, |p| p.statements_done),
         });
     }
     Ok(steps)
@@ -205,10 +227,19 @@ mod tests {
     fn up_plans_pending_in_order_and_stops_at_target() {
         let set = three();
         let mut history = History::default();
-        assert_eq!(versions(&plan_up(&set, &history, None, false).unwrap()), [1, 2, 3]);
-        assert_eq!(versions(&plan_up(&set, &history, Some(2), false).unwrap()), [1, 2]);
+        assert_eq!(
+            versions(&plan_up(&set, &history, None, false).unwrap()),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            versions(&plan_up(&set, &history, Some(2), false).unwrap()),
+            [1, 2]
+        );
         history.applied.insert(1, applied(&set, 1));
-        assert_eq!(versions(&plan_up(&set, &history, None, false).unwrap()), [2, 3]);
+        assert_eq!(
+            versions(&plan_up(&set, &history, None, false).unwrap()),
+            [2, 3]
+        );
     }
 
     #[test]
@@ -230,7 +261,9 @@ mod tests {
         let mut changed = applied(&set, 1);
         changed.checksum = "0".repeat(64);
         history.applied.insert(1, changed);
-        assert!(matches!(plan_up(&set, &history, None, false), Err(Error::Drift(d)) if d.len() == 1));
+        assert!(
+            matches!(plan_up(&set, &history, None, false), Err(Error::Drift(d)) if d.len() == 1)
+        );
         let mut history = History::default();
         let mut gone = applied(&set, 1);
         gone.version = 9;
@@ -246,8 +279,14 @@ mod tests {
         for v in [1, 2] {
             history.applied.insert(v, applied(&set, v));
         }
-        assert_eq!(versions(&plan_down(&set, &history, DownTarget::Steps(1)).unwrap()), [2]);
-        assert_eq!(versions(&plan_down(&set, &history, DownTarget::To(0)).unwrap()), [2, 1]);
+        assert_eq!(
+            versions(&plan_down(&set, &history, DownTarget::Steps(1)).unwrap()),
+            [2]
+        );
+        assert_eq!(
+            versions(&plan_down(&set, &history, DownTarget::To(0)).unwrap()),
+            [2, 1]
+        );
         history.applied.insert(3, applied(&set, 3));
         let err = plan_down(&set, &history, DownTarget::To(1)).unwrap_err();
         assert_eq!(err.exit_code(), 1);
@@ -267,6 +306,9 @@ mod tests {
         let plan = plan_up(&set, &history, None, false).unwrap();
         assert_eq!(plan[1].resume_from, 4);
         history.partial[0].checksum = "x".into();
-        assert!(matches!(plan_up(&set, &history, None, false), Err(Error::Drift(_))));
+        assert!(matches!(
+            plan_up(&set, &history, None, false),
+            Err(Error::Drift(_))
+        ));
     }
 }

@@ -122,7 +122,10 @@ impl MigrationSet {
             if let Some((_, existing)) = map.get(&parsed.version) {
                 return Err(Error::MigrationFile {
                     path: script.origin.clone(),
-                    message: format!("version {} is also used by {}", parsed.label, existing.origin),
+                    message: format!(
+                        "version {} is also used by {}",
+                        parsed.label, existing.origin
+                    ),
                     hint: Some("every migration needs a version of its own".into()),
                 });
             }
@@ -212,7 +215,9 @@ impl FileName {
             || label.len() > 18
             || !label.bytes().all(|b| b.is_ascii_digit())
             || name.is_empty()
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return None;
         }
@@ -230,7 +235,10 @@ impl Script {
     pub fn from_bytes(origin: String, bytes: &[u8]) -> Result<Self, Error> {
         let text = std::str::from_utf8(bytes).map_err(|e| Error::MigrationFile {
             path: origin.clone(),
-            message: format!("not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+            message: format!(
+                "not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
             hint: Some("save the file as UTF-8".into()),
         })?;
         let sql = canonicalize(text);
@@ -310,11 +318,15 @@ pub fn checksum(text: &str) -> String {
 pub fn create_pair(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), Error> {
     let valid = !name.is_empty()
         && name.len() <= 100
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !valid {
         return Err(Error::InvalidInput {
             message: format!("invalid migration name {name:?}: use letters, digits, '_' and '-'"),
-            hint: Some("for example: kubectl pg migrate create add_user_tags --dir migrations".into()),
+            hint: Some(
+                "for example: kubectl pg migrate create add_user_tags --dir migrations".into(),
+            ),
         });
     }
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -372,9 +384,15 @@ mod tests {
     #[test]
     fn canonical_form_ignores_bom_and_line_endings_only() {
         let lf = "select 1;\nselect 2;\n";
-        assert_eq!(checksum(&canonicalize("\u{feff}select 1;\r\nselect 2;\r\n")), checksum(lf));
+        assert_eq!(
+            checksum(&canonicalize("\u{feff}select 1;\r\nselect 2;\r\n")),
+            checksum(lf)
+        );
         assert_eq!(canonicalize("a\rb"), "a\nb");
-        assert_ne!(checksum(&canonicalize("select 1; \nselect 2;\n")), checksum(lf));
+        assert_ne!(
+            checksum(&canonicalize("select 1; \nselect 2;\n")),
+            checksum(lf)
+        );
     }
 
     #[test]
@@ -388,37 +406,63 @@ mod tests {
     #[test]
     fn parses_names() {
         let f = FileName::parse("007_add-tags_2.down.sql").unwrap();
-        assert_eq!((f.version, f.label.as_str(), f.name.as_str(), f.up), (7, "007", "add-tags_2", false));
-        for bad in ["1.up.sql", "_x.up.sql", "01_x.sql", "a1_x.up.sql", "01_.up.sql", "01_x y.up.sql"] {
+        assert_eq!(
+            (f.version, f.label.as_str(), f.name.as_str(), f.up),
+            (7, "007", "add-tags_2", false)
+        );
+        for bad in [
+            "1.up.sql",
+            "_x.up.sql",
+            "01_x.sql",
+            "a1_x.up.sql",
+            "01_.up.sql",
+            "01_x y.up.sql",
+        ] {
             assert!(FileName::parse(bad).is_none(), "{bad}");
         }
     }
 
     #[test]
     fn rejects_broken_sets() {
-        let dup = MigrationSet::from_files(vec![raw("1_a.up.sql", ""), raw("001_b.up.sql", "")], None);
+        let dup =
+            MigrationSet::from_files(vec![raw("1_a.up.sql", ""), raw("001_b.up.sql", "")], None);
         assert!(dup.unwrap_err().to_string().contains("also used by"));
         let orphan = MigrationSet::from_files(vec![raw("002_a.down.sql", "")], None);
         assert!(orphan.unwrap_err().to_string().contains("without its up"));
-        let mismatch = MigrationSet::from_files(vec![raw("002_a.up.sql", ""), raw("002_b.down.sql", "")], None);
+        let mismatch = MigrationSet::from_files(
+            vec![raw("002_a.up.sql", ""), raw("002_b.down.sql", "")],
+            None,
+        );
         assert!(mismatch.is_err());
         let bad = RawFile {
             file_name: "003_x.up.sql".into(),
             origin: "003_x.up.sql".into(),
             bytes: vec![b's', 0xff, 0xfe],
         };
-        assert!(MigrationSet::from_files(vec![bad], None).unwrap_err().to_string().contains("UTF-8"));
+        assert!(MigrationSet::from_files(vec![bad], None)
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8"));
     }
 
     #[test]
     fn transaction_modes_are_checked() {
-        let set = MigrationSet::from_files(vec![raw("1_i.up.sql", "create index concurrently i on t (a);")], None).unwrap();
-        assert!(set.check_transaction_modes().unwrap_err().to_string().contains("CONCURRENTLY"));
+        let set = MigrationSet::from_files(
+            vec![raw("1_i.up.sql", "create index concurrently i on t (a);")],
+            None,
+        )
+        .unwrap();
+        assert!(set
+            .check_transaction_modes()
+            .unwrap_err()
+            .to_string()
+            .contains("CONCURRENTLY"));
         let ok = format!("{NO_TRANSACTION_DIRECTIVE}\ncreate index concurrently i on t (a);");
         let set = MigrationSet::from_files(vec![raw("1_i.up.sql", &ok)], None).unwrap();
         assert!(set.migrations[0].up.no_transaction);
         set.check_transaction_modes().unwrap();
-        let commit = MigrationSet::from_files(vec![raw("1_c.up.sql", "select 1; commit;")], None).unwrap();
+        let commit =
+            MigrationSet::from_files(vec![raw("1_c.up.sql", "select 1; commit;")], None).unwrap();
         assert!(commit.check_transaction_modes().is_err());
     }
 }

@@ -86,14 +86,20 @@ impl MigrationStatus {
                 state,
                 no_transaction: m.up.no_transaction,
                 checksum: m.up.checksum.clone(),
-                recorded_checksum: recorded.filter(|r| r.checksum != m.up.checksum).map(|r| r.checksum.clone()),
+                recorded_checksum: recorded
+                    .filter(|r| r.checksum != m.up.checksum)
+                    .map(|r| r.checksum.clone()),
                 applied_at: recorded.map(|r| r.applied_at.clone()),
                 execution_ms: recorded.and_then(|r| r.execution_ms),
                 applied_by: recorded.map(|r| r.applied_by.clone()),
                 statements_done: partial.map(|p| p.statements_done),
             });
         }
-        for r in history.applied.values().filter(|r| set.get(r.version).is_none()) {
+        for r in history
+            .applied
+            .values()
+            .filter(|r| set.get(r.version).is_none())
+        {
             entries.push(MigrationEntry {
                 version: set.label(r.version),
                 name: r.name.clone(),

@@ -51,8 +51,12 @@ pub fn emit(text: &str) {
 /// Serialises a document as JSON or YAML; `None` for the human formats.
 pub fn document<T: Serialize>(format: OutputFormat, value: &T) -> Result<Option<String>, Error> {
     let text = match format {
-        OutputFormat::Json => serde_json::to_string_pretty(value).map_err(|e| Error::invalid(e.to_string()))? + "\n",
-        OutputFormat::Yaml => serde_saphyr::to_string(value).map_err(|e| Error::invalid(e.to_string()))?,
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(value).map_err(|e| Error::invalid(e.to_string()))? + "\n"
+        }
+        OutputFormat::Yaml => {
+            serde_saphyr::to_string(value).map_err(|e| Error::invalid(e.to_string()))?
+        }
         OutputFormat::Table | OutputFormat::Wide => return Ok(None),
     };
     Ok(Some(text))
@@ -86,7 +90,13 @@ mod tests {
 
     #[test]
     fn tables_are_aligned_without_borders() {
-        let t = table(&["VERSION", "NAME"], vec![vec!["001".into(), "users".into()], vec!["10".into(), "x".into()]]);
+        let t = table(
+            &["VERSION", "NAME"],
+            vec![
+                vec!["001".into(), "users".into()],
+                vec!["10".into(), "x".into()],
+            ],
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "VERSION   NAME");
         assert_eq!(lines[1], "001       users");

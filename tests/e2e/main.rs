@@ -1,1 +1,55 @@
+//! End-to-end tests: the real binary against a real PostgreSQL server.
 
+mod cli;
+mod krew;
+mod migrate;
+mod pg;
+
+use std::process::{Command, Output};
+
+/// Runs `kubectl-pg` with `args`, colour off and no DATABASE_URL from the environment.
+pub fn kpg(args: &[&str]) -> Output {
+    kpg_command(args).output().expect("kubectl-pg runs")
+}
+
+pub fn kpg_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-pg"));
+    command
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("DATABASE_URL");
+    command
+}
+
+/// The exit code, stdout and stderr of a run, for assertion messages.
+pub trait OutputExt {
+    fn code(&self) -> i32;
+    fn stdout_text(&self) -> String;
+    fn stderr_text(&self) -> String;
+    fn describe(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code(),
+            self.stdout_text(),
+            self.stderr_text()
+        )
+    }
+}
+
+impl OutputExt for Output {
+    fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Asserts the exit code, showing the whole run when it differs.
+#[track_caller]
+pub fn expect_code(output: &Output, code: i32) {
+    assert_eq!(output.code(), code, "{}", output.describe());
+}

@@ -1,0 +1,914 @@
+//! `kubectl pg migrate` against a real PostgreSQL.
+
+use std::path::Path;
+
+use crate::pg::TestDb;
+use crate::{expect_code, kpg, kpg_command, OutputExt};
+
+fn migrate(db: &TestDb, args: &[&str]) -> std::process::Output {
+    let dsn = db.dsn();
+    let mut all = vec!["migrate"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--dsn", &dsn]);
+    kpg(&all)
+}
+
+fn write(dir: &Path, name: &str, body: &str) {
+    std::fs::write(dir.join(name), body).unwrap();
+}
+
+fn dir_arg(dir: &tempfile::TempDir) -> String {
+    dir.path().display().to_string()
+}
+
+fn applied_versions(db: &TestDb) -> Vec<i64> {
+    db.query("SELECT version FROM kubectl_pg_migrations ORDER BY version")
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect()
+}
+
+fn table_exists(db: &TestDb, table: &str) -> bool {
+    db.scalar(&format!("SELECT to_regclass('{table}') IS NOT NULL"))
+        .as_deref()
+        == Some("t")
+}
+
+/// Columns, constraints, indexes and triggers of the public schema, as comparable text.
+fn schema_snapshot(db: &TestDb) -> Vec<String> {
+    let sql = "SELECT 'col ' || table_name || '.' || column_name || ' ' || data_type || coalesce('(' || character_maximum_length || ')', '') \
+                 || ' null=' || is_nullable || ' default=' || coalesce(column_default, '-') \
+               FROM information_schema.columns WHERE table_schema = 'public' AND table_name NOT LIKE 'kubectl_pg_%' \
+               UNION ALL SELECT 'con ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid) \
+               FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text NOT LIKE 'kubectl_pg_%' \
+               UNION ALL SELECT 'idx ' || indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename NOT LIKE 'kubectl_pg_%' \
+               UNION ALL SELECT 'trg ' || tgname || ' ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal \
+               UNION ALL SELECT 'fn ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace \
+               ORDER BY 1";
+    db.query(sql)
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect()
+}
+
+#[test]
+fn learnflow_schema_matches_the_seed() {
+    let db = TestDb::new();
+    let out = migrate(&db, &["up"]);
+    expect_code(&out, 0);
+    assert!(
+        out.stdout_text().contains("applied 001_users"),
+        "{}",
+        out.describe()
+    );
+    let snapshot = schema_snapshot(&db).join("\n");
+    let expected = [
+        // users
+        "col users.id integer null=NO default=nextval('users_id_seq'::regclass)",
+        "col users.username character varying(255) null=NO default=-",
+        "col users.email character varying(255) null=NO default=-",
+        "col users.role character varying(50) null=YES default='student'::character varying",
+        "col users.created_at timestamp without time zone null=YES default=now()",
+        "col users.updated_at timestamp without time zone null=YES default=now()",
+        "con users users_username_key UNIQUE (username)",
+        "con users users_email_key UNIQUE (email)",
+        "con users users_pkey PRIMARY KEY (id)",
+        "idx CREATE INDEX idx_users_username ON public.users USING btree (username)",
+        "idx CREATE INDEX idx_users_email ON public.users USING btree (email)",
+        "idx CREATE INDEX idx_users_role ON public.users USING btree (role)",
+        // progress
+        "col progress.user_id integer null=NO default=-",
+        "col progress.topic character varying(255) null=NO default=-",
+        "col progress.mastery_score integer null=YES default=0",
+        "col progress.last_practiced timestamp without time zone null=YES default=-",
+        "col progress.streak_days integer null=YES default=0",
+        "con progress progress_user_id_fkey FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
+        "con progress progress_user_id_topic_key UNIQUE (user_id, topic)",
+        "idx CREATE INDEX idx_progress_user_id ON public.progress USING btree (user_id)",
+        "idx CREATE INDEX idx_progress_topic ON public.progress USING btree (topic)",
+        "idx CREATE INDEX idx_progress_mastery ON public.progress USING btree (mastery_score)",
+        // submissions
+        "col submissions.exercise_id integer null=NO default=-",
+        "col submissions.code text null=NO default=-",
+        "col submissions.feedback text null=YES default=-",
+        "col submissions.score integer null=YES default=-",
+        "col submissions.submitted_at timestamp without time zone null=YES default=now()",
+        "con submissions submissions_user_id_fkey FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
+        "con submissions submissions_exercise_id_fkey FOREIGN KEY (exercise_id) REFERENCES exercises(id) ON DELETE CASCADE",
+        "idx CREATE INDEX idx_submissions_user_id ON public.submissions USING btree (user_id)",
+        "idx CREATE INDEX idx_submissions_exercise_id ON public.submissions USING btree (exercise_id)",
+        "idx CREATE INDEX idx_submissions_submitted_at ON public.submissions USING btree (submitted_at DESC)",
+        // exercises
+        "col exercises.title character varying(255) null=NO default=-",
+        "col exercises.description text null=YES default=-",
+        "col exercises.difficulty character varying(20) null=YES default=-",
+        "col exercises.test_cases jsonb null=YES default=-",
+        "col exercises.solution text null=YES default=-",
+        "col exercises.topic character varying(100) null=YES default=-",
+        "idx CREATE INDEX idx_exercises_topic ON public.exercises USING btree (topic)",
+        "idx CREATE INDEX idx_exercises_difficulty ON public.exercises USING btree (difficulty)",
+        // struggle_alerts
+        "col struggle_alerts.topic character varying(255) null=NO default=-",
+        "col struggle_alerts.error_pattern text null=YES default=-",
+        "col struggle_alerts.first_detected timestamp without time zone null=YES default=now()",
+        "col struggle_alerts.resolved_at timestamp without time zone null=YES default=-",
+        "col struggle_alerts.notified boolean null=YES default=false",
+        "con struggle_alerts struggle_alerts_user_id_fkey FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE",
+        "idx CREATE INDEX idx_struggle_user_id ON public.struggle_alerts USING btree (user_id)",
+        "idx CREATE INDEX idx_struggle_topic ON public.struggle_alerts USING btree (topic)",
+        "idx CREATE INDEX idx_struggle_resolved ON public.struggle_alerts USING btree (resolved_at)",
+        "idx CREATE INDEX idx_struggle_notified ON public.struggle_alerts USING btree (notified) WHERE (notified = false)",
+        // curriculum
+        "col curriculum.module_name character varying(255) null=NO default=-",
+        "col curriculum.topic_name character varying(255) null=NO default=-",
+        "col curriculum.order_index integer null=YES default=-",
+        "col curriculum.dependencies jsonb null=YES default=-",
+        "col curriculum.estimated_minutes integer null=YES default=-",
+        "idx CREATE INDEX idx_curriculum_module ON public.curriculum USING btree (module_name)",
+        "idx CREATE INDEX idx_curriculum_order ON public.curriculum USING btree (order_index)",
+        "trg users_set_updated_at CREATE TRIGGER users_set_updated_at BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION learnflow_set_updated_at()",
+    ];
+    for line in expected {
+        assert!(
+            snapshot.lines().any(|l| l == line),
+            "missing `{line}` in:\n{snapshot}"
+        );
+    }
+    let tables = db.scalar(
+        "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_name NOT LIKE 'kubectl_pg_%'",
+    );
+    assert_eq!(
+        tables.as_deref(),
+        Some("curriculum,exercises,progress,struggle_alerts,submissions,users")
+    );
+
+    // The constraints a DBA adds, and the trigger, do their job.
+    db.query("INSERT INTO users (username, email) VALUES ('ada', 'ada@example.org')");
+    for bad in [
+        "INSERT INTO users (username, email, role) VALUES ('bob', 'bob@x', 'hacker')",
+        "INSERT INTO exercises (title, difficulty) VALUES ('t', 'impossible')",
+        "INSERT INTO progress (user_id, topic, mastery_score) VALUES (1, 'loops', 101)",
+        "INSERT INTO users (username, email) VALUES ('ada', 'other@example.org')",
+    ] {
+        let err = std::panic::catch_unwind(|| db.query(bad));
+        assert!(err.is_err(), "accepted: {bad}");
+    }
+    db.query(
+        "UPDATE users SET updated_at = '2000-01-01', email = 'ada@new.org' WHERE username = 'ada'",
+    );
+    assert_eq!(
+        db.scalar("SELECT updated_at > now() - interval '1 minute' FROM users")
+            .as_deref(),
+        Some("t")
+    );
+    // Cascade from users.
+    db.query("INSERT INTO progress (user_id, topic) VALUES (1, 'loops'); DELETE FROM users;");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM progress").as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn up_down_to_zero_and_up_again_leave_the_same_schema() {
+    let db = TestDb::new();
+    expect_code(&migrate(&db, &["up"]), 0);
+    let first = schema_snapshot(&db);
+    let down = migrate(&db, &["down", "--to", "0"]);
+    expect_code(&down, 0);
+    assert!(
+        down.stdout_text().contains("reverted 001_users"),
+        "{}",
+        down.describe()
+    );
+    assert!(
+        schema_snapshot(&db).is_empty(),
+        "{:?}",
+        schema_snapshot(&db)
+    );
+    assert!(applied_versions(&db).is_empty());
+    expect_code(&migrate(&db, &["up"]), 0);
+    assert_eq!(schema_snapshot(&db), first);
+    // A second up is a no-op.
+    let again = migrate(&db, &["up"]);
+    expect_code(&again, 0);
+    assert!(
+        again.stdout_text().contains("Nothing to do"),
+        "{}",
+        again.describe()
+    );
+}
+
+#[test]
+fn up_to_down_steps_and_status() {
+    let db = TestDb::new();
+    expect_code(&migrate(&db, &["up", "--to", "003"]), 0);
+    assert_eq!(applied_versions(&db), [1, 2, 3]);
+    expect_code(&migrate(&db, &["down"]), 0);
+    assert_eq!(applied_versions(&db), [1, 2]);
+    assert!(!table_exists(&db, "progress"));
+    expect_code(&migrate(&db, &["down", "--steps", "2"]), 0);
+    assert!(applied_versions(&db).is_empty());
+    expect_code(&migrate(&db, &["up", "--to", "2"]), 0);
+
+    let json = migrate(&db, &["status", "-o", "json"]);
+    expect_code(&json, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(doc["apiVersion"], "kubectl-pg/v1");
+    assert_eq!(doc["kind"], "MigrationStatus");
+    assert_eq!(doc["applied"], 2);
+    assert_eq!(doc["pending"], 4);
+    assert_eq!(doc["latest_version"], "002");
+    assert_eq!(doc["migrations"][0]["state"], "applied");
+    assert_eq!(doc["migrations"][0]["checksum"].as_str().unwrap().len(), 64);
+    assert!(doc["migrations"][0]["applied_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("postgres via "));
+    assert_eq!(doc["migrations"][5]["state"], "pending");
+
+    let yaml = migrate(&db, &["status", "-o", "yaml"]);
+    expect_code(&yaml, 0);
+    assert!(
+        yaml.stdout_text().contains("kind: MigrationStatus"),
+        "{}",
+        yaml.describe()
+    );
+    let table = migrate(&db, &["status"]);
+    expect_code(&table, 0);
+    let text = table.stdout_text();
+    assert!(
+        text.contains("VERSION") && text.contains("CHECKSUM"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("003 "))
+        .unwrap_or_default();
+    assert!(
+        row.contains("progress") && row.contains("pending"),
+        "{text}"
+    );
+    let wide = migrate(&db, &["status", "-o", "wide"]);
+    assert!(
+        wide.stdout_text().contains("APPLIED BY"),
+        "{}",
+        wide.describe()
+    );
+}
+
+#[test]
+fn status_of_an_untouched_database_changes_nothing() {
+    let db = TestDb::new();
+    let out = migrate(&db, &["status", "-o", "json"]);
+    expect_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["applied"], 0);
+    assert!(!table_exists(&db, "kubectl_pg_migrations"));
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let db = TestDb::new();
+    let out = migrate(&db, &["up", "--dry-run"]);
+    expect_code(&out, 0);
+    let text = out.stdout_text();
+    let checksum = kubectl_pg::migration::MigrationSet::embedded()
+        .unwrap()
+        .migrations[0]
+        .up
+        .checksum
+        .clone();
+    assert!(
+        text.contains("001")
+            && text.contains("users")
+            && text.contains("transaction")
+            && text.contains(&checksum),
+        "{text}"
+    );
+    assert!(!table_exists(&db, "kubectl_pg_migrations"));
+    assert!(!table_exists(&db, "users"));
+
+    // Without a database the plan is made against an empty history.
+    let offline = kpg(&["migrate", "up", "--dry-run"]);
+    expect_code(&offline, 0);
+    assert!(
+        offline.stdout_text().contains("006"),
+        "{}",
+        offline.describe()
+    );
+}
+
+#[test]
+fn checksum_drift_is_refused_but_crlf_and_bom_copies_are_not_drift() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_a.up.sql",
+        "CREATE TABLE a (id int);\n-- note\n",
+    );
+    write(dir.path(), "001_a.down.sql", "DROP TABLE a;\n");
+    let d = dir_arg(&dir);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    let recorded = db
+        .scalar("SELECT checksum FROM kubectl_pg_migrations")
+        .unwrap();
+
+    // The same file as a Windows checkout would write it.
+    write(
+        dir.path(),
+        "001_a.up.sql",
+        "\u{feff}CREATE TABLE a (id int);\r\n-- note\r\n",
+    );
+    let same = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&same, 0);
+    assert!(
+        same.stdout_text().contains("Nothing to do"),
+        "{}",
+        same.describe()
+    );
+
+    // A real change.
+    write(
+        dir.path(),
+        "001_a.up.sql",
+        "CREATE TABLE a (id bigint);\n-- note\n",
+    );
+    write(dir.path(), "002_b.up.sql", "CREATE TABLE b (id int);\n");
+    let drift = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&drift, 7);
+    let err = drift.stderr_text();
+    let current = kubectl_pg::migration::source::checksum("CREATE TABLE a (id bigint);\n-- note\n");
+    assert!(
+        err.contains("checksum drift") && err.contains(&recorded) && err.contains(&current),
+        "{err}"
+    );
+    assert!(
+        !table_exists(&db, "b"),
+        "nothing may run after a failed check"
+    );
+    let status = migrate(&db, &["status", "--dir", &d, "-o", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["migrations"][0]["state"], "drifted");
+    assert_eq!(doc["migrations"][0]["recorded_checksum"], recorded.as_str());
+
+    // repair needs --yes, then records the new checksum with an audit line.
+    expect_code(&migrate(&db, &["repair", "--version", "1", "--dir", &d]), 1);
+    let repaired = migrate(&db, &["repair", "--version", "001", "--yes", "--dir", &d]);
+    expect_code(&repaired, 0);
+    let line = repaired.stdout_text();
+    assert!(
+        line.contains("repaired 001_a") && line.contains(&recorded) && line.contains(&current),
+        "{line}"
+    );
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    assert!(table_exists(&db, "b"));
+}
+
+#[test]
+fn applied_version_missing_from_files_is_refused() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    write(dir.path(), "002_b.up.sql", "CREATE TABLE b (id int);");
+    let d = dir_arg(&dir);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    std::fs::remove_file(dir.path().join("002_b.up.sql")).unwrap();
+    write(dir.path(), "003_c.up.sql", "CREATE TABLE c (id int);");
+    let out = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&out, 7);
+    assert!(out.stderr_text().contains("002_b"), "{}", out.describe());
+    assert!(!table_exists(&db, "c"));
+}
+
+#[test]
+fn out_of_order_needs_the_flag() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    write(dir.path(), "003_c.up.sql", "CREATE TABLE c (id int);");
+    let d = dir_arg(&dir);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    write(dir.path(), "002_b.up.sql", "CREATE TABLE b (id int);");
+    let refused = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&refused, 7);
+    assert!(
+        refused.stderr_text().contains("002_b")
+            && refused.stderr_text().contains("--allow-out-of-order")
+    );
+    expect_code(
+        &migrate(&db, &["up", "--dir", &d, "--allow-out-of-order"]),
+        0,
+    );
+    assert_eq!(applied_versions(&db), [1, 2, 3]);
+}
+
+#[test]
+fn bad_files_exit_1_naming_the_file_and_apply_nothing() {
+    let db = TestDb::new();
+    // (files, text the error must contain, arguments)
+    type Case<'a> = (&'a [(&'a str, &'a [u8])], &'a str, &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            &[("001_a.up.sql", b"select 1;"), ("1_b.up.sql", b"select 1;")],
+            "also used by",
+            &["up"],
+        ),
+        (
+            &[
+                ("001_a.up.sql", b"select 1;"),
+                ("001-bad.up.sql", b"select 1;"),
+            ],
+            "001-bad.up.sql",
+            &["up"],
+        ),
+        (
+            &[
+                ("001_a.up.sql", b"select 1;"),
+                ("002_b.up.sql", b"select '\xff';"),
+            ],
+            "UTF-8",
+            &["up"],
+        ),
+        (
+            &[("001_a.up.sql", b"select 'open;")],
+            "unterminated",
+            &["up"],
+        ),
+        (
+            &[("001_a.up.sql", b"create index concurrently i on t (a);")],
+            "CONCURRENTLY",
+            &["up"],
+        ),
+        (
+            &[("001_a.up.sql", b"create index concurrently i on t (a);")],
+            "no-transaction",
+            &["up", "--dry-run"],
+        ),
+        (
+            &[("001_a.up.sql", b"create table a (i int); commit;")],
+            "COMMIT",
+            &["up"],
+        ),
+        (
+            &[("001_a.down.sql", b"select 1;")],
+            "without its up",
+            &["up"],
+        ),
+    ];
+    for (files, needle, args) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in *files {
+            std::fs::write(dir.path().join(name), body).unwrap();
+        }
+        let d = dir_arg(&dir);
+        let mut all = args.to_vec();
+        all.extend(["--dir", &d]);
+        let out = migrate(&db, &all);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains(needle),
+            "expected {needle:?}:\n{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr_text().contains(&d),
+            "the file is named:\n{}",
+            out.describe()
+        );
+    }
+    assert!(!table_exists(&db, "kubectl_pg_migrations"));
+
+    // An up without its down is fine until down is asked for.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    let d = dir_arg(&dir);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    let down = migrate(&db, &["down", "--dir", &d]);
+    expect_code(&down, 1);
+    assert!(
+        down.stderr_text().contains("001_a.up.sql")
+            && down.stderr_text().contains("no down migration")
+    );
+    assert!(table_exists(&db, "a"));
+}
+
+#[test]
+fn a_failing_migration_is_not_applied_at_all() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    write(
+        dir.path(),
+        "002_b.up.sql",
+        "CREATE TABLE b (id int);\nINSERT INTO b VALUES (1);\n\nSELECT * FROM no_such_table;\n",
+    );
+    write(dir.path(), "003_c.up.sql", "CREATE TABLE c (id int);");
+    let out = migrate(&db, &["up", "--dir", &dir_arg(&dir)]);
+    expect_code(&out, 7);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("002_b") && err.contains("line 4") && err.contains("no_such_table"),
+        "{err}"
+    );
+    assert!(err.contains("rolled back"), "{err}");
+    assert_eq!(applied_versions(&db), [1]);
+    assert!(!table_exists(&db, "b") && !table_exists(&db, "c"));
+}
+
+#[test]
+fn statement_timeout_applies_inside_migrations() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_slow.up.sql",
+        "CREATE TABLE s (id int);\nSELECT pg_sleep(5);\n",
+    );
+    let out = migrate(
+        &db,
+        &[
+            "up",
+            "--dir",
+            &dir_arg(&dir),
+            "--statement-timeout",
+            "200ms",
+        ],
+    );
+    expect_code(&out, 7);
+    assert!(
+        out.stderr_text().contains("statement timeout"),
+        "{}",
+        out.describe()
+    );
+    assert!(!table_exists(&db, "s"));
+}
+
+#[test]
+fn lock_timeout_names_the_holder() {
+    let db = TestDb::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let holder = runtime.block_on(async {
+        let mut config: tokio_postgres::Config = db.dsn().parse().unwrap();
+        config.application_name("lock-holder-test");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let sql = format!(
+            "SELECT pg_advisory_lock({})",
+            kubectl_pg::migration::history::LOCK_KEY_SQL
+        );
+        client.simple_query(&sql).await.unwrap();
+        let pid = client
+            .simple_query("SELECT pg_backend_pid()")
+            .await
+            .unwrap();
+        let pid = match &pid[1] {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_string(),
+            _ => panic!(),
+        };
+        (client, pid)
+    });
+    let out = migrate(&db, &["up", "--lock-timeout", "300ms"]);
+    expect_code(&out, 7);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("migration lock") && err.contains(&format!("pid {}", holder.1)),
+        "{err}"
+    );
+    assert!(
+        err.contains("lock-holder-test")
+            && err.contains("127.0.0.1")
+            && err.contains("connected since"),
+        "{err}"
+    );
+    assert!(!table_exists(&db, "users"));
+    drop(holder);
+}
+
+#[test]
+fn baseline_records_an_existing_schema() {
+    let db = TestDb::new();
+    expect_code(&migrate(&db, &["up", "--to", "3"]), 0);
+    db.query("DROP TABLE kubectl_pg_migrations");
+    let out = migrate(&db, &["baseline", "--version", "3"]);
+    expect_code(&out, 0);
+    assert!(
+        out.stdout_text().contains("baselined 003_progress"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(applied_versions(&db), [1, 2, 3]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&migrate(&db, &["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(status["migrations"][0]["state"], "baseline");
+    // The rest applies on top; a second baseline is refused.
+    expect_code(&migrate(&db, &["up"]), 0);
+    assert_eq!(applied_versions(&db), [1, 2, 3, 4, 5, 6]);
+    expect_code(&migrate(&db, &["baseline", "--version", "6"]), 7);
+}
+
+#[test]
+fn create_writes_the_next_numbered_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir_arg(&dir);
+    let first = kpg(&["migrate", "create", "add_tags", "--dir", &d]);
+    expect_code(&first, 0);
+    assert!(
+        dir.path().join("001_add_tags.up.sql").exists()
+            && dir.path().join("001_add_tags.down.sql").exists()
+    );
+    write(dir.path(), "0041_x.up.sql", "select 1;");
+    expect_code(&kpg(&["migrate", "create", "more", "--dir", &d]), 0);
+    assert!(
+        dir.path().join("0042_more.up.sql").exists(),
+        "keeps the widest numbering"
+    );
+    expect_code(&kpg(&["migrate", "create", "bad name", "--dir", &d]), 1);
+    expect_code(&kpg(&["migrate", "create", "x"]), 1);
+}
+
+#[test]
+fn concurrent_runners_apply_each_migration_exactly_once() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_log.up.sql",
+        "CREATE TABLE run_log (version int NOT NULL);",
+    );
+    for v in 2..=20 {
+        // No IF NOT EXISTS: a second application would fail the run.
+        write(
+            dir.path(),
+            &format!("{v:03}_m.up.sql"),
+            &format!("CREATE TABLE t{v} (id int);\nINSERT INTO run_log VALUES ({v});\n"),
+        );
+    }
+    let d = dir_arg(&dir);
+    let dsn = db.dsn();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            kpg_command(&["migrate", "up", "--dir", &d, "--dsn", &dsn])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut applied_total = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        expect_code(&out, 0);
+        applied_total += out.stdout_text().matches("applied 0").count();
+    }
+    assert_eq!(
+        applied_total, 20,
+        "every migration applied by exactly one runner"
+    );
+    assert_eq!(applied_versions(&db), (1..=20).collect::<Vec<_>>());
+    assert_eq!(
+        db.scalar("SELECT count(*) = count(DISTINCT version) AND count(*) = 19 FROM run_log")
+            .as_deref(),
+        Some("t")
+    );
+}
+
+#[test]
+fn killed_backends_mid_run_are_survived_without_double_or_half_application() {
+    use rand::{Rng, SeedableRng};
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_log.up.sql",
+        "CREATE TABLE run_log (version int NOT NULL);",
+    );
+    for v in 2..=50 {
+        write(
+            dir.path(),
+            &format!("{v:03}_m.up.sql"),
+            &format!("CREATE TABLE t{v} (id int);\nSELECT pg_sleep(0.01);\nINSERT INTO run_log VALUES ({v});\n"),
+        );
+    }
+    let seed: u64 = rand::rng().random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut child = kpg_command(&["migrate", "up", "--dir", &dir_arg(&dir), "--dsn", &db.dsn()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kill_sql = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = 'kubectl-pg' AND datname = '{}'",
+        db.name
+    );
+    let mut kills = 0;
+    while kills < 12 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(20..90)));
+        if db.scalar(&kill_sql).as_deref() != Some("0") {
+            kills += 1;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.code(),
+        0,
+        "seed {seed}, {kills} kills\n{}",
+        out.describe()
+    );
+    assert!(
+        kills >= 3,
+        "the run ended before enough kills (seed {seed}, {kills})"
+    );
+    assert!(
+        out.stderr_text().contains("reconnected"),
+        "seed {seed}\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        applied_versions(&db),
+        (1..=50).collect::<Vec<_>>(),
+        "seed {seed}"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) = 49 AND count(DISTINCT version) = 49 FROM run_log")
+            .as_deref(),
+        Some("t"),
+        "seed {seed}"
+    );
+    let tables = db.scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename ~ '^t[0-9]+$'",
+    );
+    assert_eq!(tables.as_deref(), Some("49"), "seed {seed}");
+}
+
+#[test]
+fn a_no_transaction_migration_resumes_at_the_failed_statement() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_idx.up.sql",
+        "-- kubectl-pg:no-transaction\n\
+         CREATE TABLE items (code text);\n\
+         INSERT INTO items VALUES ('a'), ('a');\n\
+         CREATE UNIQUE INDEX CONCURRENTLY items_code ON items (code);\n\
+         CREATE INDEX CONCURRENTLY items_code_len ON items (length(code));\n",
+    );
+    write(dir.path(), "001_idx.down.sql", "DROP TABLE items;");
+    let d = dir_arg(&dir);
+    let plan = migrate(&db, &["up", "--dir", &d, "--dry-run"]);
+    expect_code(&plan, 0);
+    assert!(
+        plan.stdout_text().contains("no-transaction")
+            && plan
+                .stdout_text()
+                .contains("line 4: CREATE INDEX CONCURRENTLY"),
+        "{}",
+        plan.describe()
+    );
+
+    let failed = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&failed, 7);
+    let err = failed.stderr_text();
+    assert!(
+        err.contains("line 4") && err.contains("statement #3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("public.items_code") && err.contains("INVALID"),
+        "{err}"
+    );
+    assert!(applied_versions(&db).is_empty());
+    let status: serde_json::Value =
+        serde_json::from_slice(&migrate(&db, &["status", "--dir", &d, "-o", "json"]).stdout)
+            .unwrap();
+    assert_eq!(status["migrations"][0]["state"], "partial");
+    assert_eq!(status["migrations"][0]["statements_done"], 2);
+
+    // Fix the data and the invalid index, run again: statements 1 and 2 must not run twice.
+    db.query("DELETE FROM items; INSERT INTO items VALUES ('a'), ('b'); DROP INDEX items_code;");
+    let resumed = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&resumed, 0);
+    assert!(
+        resumed
+            .stderr_text()
+            .contains("resuming 001_idx at statement 3"),
+        "{}",
+        resumed.describe()
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM items").as_deref(),
+        Some("2")
+    );
+    assert_eq!(applied_versions(&db), [1]);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+            .as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM kubectl_pg_migration_progress")
+            .as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
+fn connection_failures_exit_8() {
+    let port = crate::pg::free_port();
+    let out = kpg(&[
+        "migrate",
+        "up",
+        "--dsn",
+        &format!("postgresql://u:p@127.0.0.1:{port}/db?connect_timeout=1"),
+    ]);
+    expect_code(&out, 8);
+    assert!(
+        out.stderr_text()
+            .contains(&format!("u@127.0.0.1:{port}/db")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr_text().contains(":p@"),
+        "never print the password"
+    );
+
+    let server = crate::pg::server();
+    let wrong = format!(
+        "postgresql://postgres:wrong@127.0.0.1:{}/postgres?sslmode=disable",
+        server.port
+    );
+    let out = kpg(&["migrate", "status", "--dsn", &wrong]);
+    expect_code(&out, 8);
+    assert!(
+        out.stderr_text().contains("password authentication failed"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn tls_modes_follow_libpq() {
+    let db = TestDb::new();
+    let server = crate::pg::server();
+    let base = format!(
+        "postgresql://postgres:{}@127.0.0.1:{}/{}",
+        crate::pg::PASSWORD,
+        server.port,
+        db.name
+    );
+    let cert = server.cert.display().to_string();
+    expect_code(
+        &kpg(&[
+            "migrate",
+            "up",
+            "--to",
+            "1",
+            "--dsn",
+            &format!("{base}?sslmode=require"),
+        ]),
+        0,
+    );
+    assert_eq!(
+        db.scalar("SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name = 'kubectl-pg'"),
+        None,
+        "session closed"
+    );
+    let full = kpg(&[
+        "migrate",
+        "status",
+        "--dsn",
+        &format!("{base}?sslmode=verify-full&sslrootcert={cert}"),
+    ]);
+    expect_code(&full, 0);
+    // The certificate is not trusted without sslrootcert (system roots only).
+    let untrusted = kpg(&[
+        "migrate",
+        "status",
+        "--dsn",
+        &format!("{base}?sslmode=verify-full"),
+    ]);
+    expect_code(&untrusted, 8);
+    // verify-ca skips the host name check; verify-full does not.
+    let other_name = format!(
+        "postgresql://postgres:{}@localhost:{}/{}?sslrootcert={cert}",
+        crate::pg::PASSWORD,
+        server.port,
+        db.name
+    );
+    let _ = other_name;
+    let dsn_kv = format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname={} sslmode=verify-ca sslrootcert={cert}",
+        server.port,
+        crate::pg::PASSWORD,
+        db.name
+    );
+    expect_code(&kpg(&["migrate", "status", "--dsn", &dsn_kv]), 0);
+}
