@@ -73,12 +73,18 @@ pub enum Command {
 }
 
 const MIGRATE_EXAMPLES: &str = "\
+Without --dsn, migrate reaches the release's database through the cluster: a port-forward to its
+pod (no local port), with the credentials of its Secret.
+
 Migration files are NNN_name.up.sql / NNN_name.down.sql. Each migration runs in one transaction
 together with its history row (table kubectl_pg_migrations). A file whose first line is
 `-- kubectl-pg:no-transaction` runs statement by statement (CREATE INDEX CONCURRENTLY).
 
 Examples:
-  # Apply every pending migration of the built-in LearnFlow set
+  # Apply every pending migration of the built-in LearnFlow set to release postgres in namespace postgres
+  kubectl pg migrate up -n postgres
+
+  # ... or to any database you can reach
   kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow
 
   # Show the plan only
@@ -143,12 +149,18 @@ pub enum OutputFormat {
 pub enum MigrateAction {
     /// Apply pending migrations (all, or up to --to)
     Up {
+        /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
+        #[arg(value_name = "RELEASE")]
+        release: Option<String>,
         /// Stop after this version
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
         to: Option<i64>,
     },
     /// Revert applied migrations (one by default)
     Down {
+        /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
+        #[arg(value_name = "RELEASE")]
+        release: Option<String>,
         /// How many migrations to revert
         #[arg(long, value_name = "N", conflicts_with = "to")]
         steps: Option<usize>,
@@ -157,7 +169,11 @@ pub enum MigrateAction {
         to: Option<i64>,
     },
     /// Show applied, pending, changed and missing migrations
-    Status,
+    Status {
+        /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
+        #[arg(value_name = "RELEASE")]
+        release: Option<String>,
+    },
     /// Write the next-numbered pair of empty migration files into --dir
     Create {
         /// Name of the migration (letters, digits, '_' and '-')
@@ -165,17 +181,37 @@ pub enum MigrateAction {
     },
     /// Record an existing schema as applied up to VERSION, without running anything
     Baseline {
+        /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
+        #[arg(value_name = "RELEASE")]
+        release: Option<String>,
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
         version: i64,
     },
     /// Accept the current file of an applied migration: re-record its checksum
     Repair {
+        /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
+        #[arg(value_name = "RELEASE")]
+        release: Option<String>,
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
         version: i64,
         /// Confirm the repair
         #[arg(long)]
         yes: bool,
     },
+}
+
+impl MigrateAction {
+    /// The RELEASE argument, for the subcommands that take one.
+    pub fn release(&self) -> Option<&str> {
+        match self {
+            MigrateAction::Up { release, .. }
+            | MigrateAction::Down { release, .. }
+            | MigrateAction::Status { release }
+            | MigrateAction::Baseline { release, .. }
+            | MigrateAction::Repair { release, .. } => release.as_deref(),
+            MigrateAction::Create { .. } => None,
+        }
+    }
 }
 
 /// A migration version: digits, leading zeros allowed (`003`).

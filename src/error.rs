@@ -48,6 +48,43 @@ pub enum Error {
         holder: Option<LockHolder>,
     },
 
+    /// No usable kubeconfig, context, cluster or user (exit 2).
+    #[error("{message}")]
+    Kubeconfig {
+        message: String,
+        hint: Option<String>,
+    },
+
+    /// The API server could not be reached or refused our credentials (exit 2).
+    #[error("cannot reach Kubernetes (context {context:?}, server {server}): {reason}")]
+    ClusterUnreachable {
+        context: String,
+        server: String,
+        reason: String,
+        hint: Option<String>,
+    },
+
+    /// RBAC denied a request (exit 6 for writes: the user may not create what is needed; 2 for reads).
+    #[error("forbidden: {user} cannot {verb} {resource} in namespace {namespace:?} (context {context:?})")]
+    Forbidden {
+        verb: String,
+        resource: String,
+        namespace: String,
+        user: String,
+        context: String,
+    },
+
+    /// The release, or a part of it, does not exist (exit 1).
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        hint: Option<String>,
+    },
+
+    /// An API error we did not expect (exit 1).
+    #[error("Kubernetes API error while trying to {action}: {message}")]
+    Api { action: String, message: String },
+
     /// An unexpected database error outside a migration (exit 1).
     #[error("{context}: {message}")]
     Database { context: String, message: String },
@@ -100,7 +137,14 @@ impl Error {
             Error::InvalidInput { .. }
             | Error::MigrationFile { .. }
             | Error::Io { .. }
-            | Error::Database { .. } => 1,
+            | Error::Database { .. }
+            | Error::NotFound { .. }
+            | Error::Api { .. } => 1,
+            Error::Kubeconfig { .. } | Error::ClusterUnreachable { .. } => 2,
+            Error::Forbidden { verb, .. } => match verb.as_str() {
+                "create" | "update" | "patch" | "delete" => 6,
+                _ => 2,
+            },
             Error::Migration { .. } | Error::Drift(_) | Error::LockTimeout { .. } => 7,
             Error::Connection { .. } => 8,
         }
@@ -109,7 +153,14 @@ impl Error {
     /// Lines that tell the user how to go on, printed after the error as `hint: …`.
     pub fn hints(&self) -> Vec<String> {
         match self {
-            Error::InvalidInput { hint, .. } | Error::MigrationFile { hint, .. } => hint.iter().cloned().collect(),
+            Error::InvalidInput { hint, .. }
+            | Error::MigrationFile { hint, .. }
+            | Error::Kubeconfig { hint, .. }
+            | Error::ClusterUnreachable { hint, .. }
+            | Error::NotFound { hint, .. } => hint.iter().cloned().collect(),
+            Error::Forbidden { verb, resource, namespace, .. } => vec![format!(
+                "ask a cluster admin for a Role allowing {verb} on {resource} in {namespace} (check: kubectl auth can-i {verb} {resource} -n {namespace})"
+            )],
             Error::Migration { hints, .. } => hints.clone(),
             Error::Drift(drifts) => {
                 let mut hints: Vec<String> = drifts
@@ -129,11 +180,14 @@ impl Error {
                 }
                 hints
             }
+            Error::Connection { target, .. } if target.contains("port-forward") || target.starts_with("release ") => vec![
+                "check the release's pod: kubectl pg status, or kubectl get pods -l app.kubernetes.io/name=postgresql".into(),
+            ],
             Error::Connection { .. } => vec![
                 "check the address, credentials and sslmode in --dsn / DATABASE_URL, and that the server is running"
                     .into(),
             ],
-            Error::Io { .. } | Error::Database { .. } => Vec::new(),
+            Error::Io { .. } | Error::Database { .. } | Error::Api { .. } => Vec::new(),
         }
     }
 

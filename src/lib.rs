@@ -4,6 +4,7 @@
 //! [`Error::exit_code`] is the process's exit code.
 
 pub mod cli;
+pub mod cluster;
 pub mod database;
 pub mod error;
 pub mod migrate;

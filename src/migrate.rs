@@ -3,6 +3,9 @@
 use owo_colors::Stream;
 
 use crate::cli::{GlobalArgs, MigrateAction, MigrateArgs, MigrateOptions, OutputFormat};
+use crate::cluster::release;
+use crate::cluster::tunnel::TunnelConnector;
+use crate::cluster::Cluster;
 use crate::database::{connect_with_retry, Connector, DsnConnector};
 use crate::error::Error;
 use crate::migration::engine::describe;
@@ -12,29 +15,49 @@ use crate::migration::status::MigrationStatus;
 use crate::migration::{DownTarget, Event, Goal, MigrationSet, Runner, Settings};
 use crate::output::{self, emit, paint, Tone};
 
-/// Runs one `migrate` subcommand.
-pub async fn run(args: MigrateArgs, _global: &GlobalArgs) -> Result<(), Error> {
+/// Runs one `migrate` subcommand: against `--dsn` when given, else against the release's
+/// database through the cluster.
+pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     let options = &args.options;
     if let MigrateAction::Create { name } = &args.action {
         return create(options, name);
     }
     let set = MigrationSet::load(options.dir.as_deref())?;
     set.check_transaction_modes()?;
-    let connector = match &options.dsn {
-        Some(dsn) => Some(DsnConnector::new(dsn)?),
-        None => None,
+    if let Some(dsn) = &options.dsn {
+        return run_with(&args, &set, Some(DsnConnector::new(dsn)?)).await;
+    }
+    let cluster = match Cluster::connect(global).await {
+        Ok(cluster) => cluster,
+        // A plan needs no database: without one, plan against an empty history.
+        Err(Error::Kubeconfig { .. }) if options.dry_run && global.kubeconfig.is_none() => {
+            eprintln!("note: no --dsn and no kubeconfig: planning against an empty history");
+            return run_with::<DsnConnector>(&args, &set, None).await;
+        }
+        Err(e) => return Err(e),
     };
+    let release = release::resolve(&cluster, args.action.release()).await?;
+    let target = release::find_target(&cluster, &release).await?;
+    run_with(&args, &set, Some(TunnelConnector::new(&cluster, &target))).await
+}
+
+async fn run_with<C: Connector>(
+    args: &MigrateArgs,
+    set: &MigrationSet,
+    connector: Option<C>,
+) -> Result<(), Error> {
+    let options = &args.options;
     if options.dry_run {
-        let steps = match &args.action {
-            MigrateAction::Up { to } => Some(Goal::Up { to: *to }),
-            MigrateAction::Down { steps, to } => Some(Goal::Down(down_target(*steps, *to))),
+        let goal = match &args.action {
+            MigrateAction::Up { to, .. } => Some(Goal::Up { to: *to }),
+            MigrateAction::Down { steps, to, .. } => Some(Goal::Down(down_target(*steps, *to))),
             _ => None,
         };
-        if let Some(goal) = steps {
+        if let Some(goal) = goal {
             let history = read_history(connector.as_ref()).await?;
             let planned = match goal {
-                Goal::Up { to } => plan::plan_up(&set, &history, to, options.allow_out_of_order)?,
-                Goal::Down(target) => plan::plan_down(&set, &history, target)?,
+                Goal::Up { to } => plan::plan_up(set, &history, to, options.allow_out_of_order)?,
+                Goal::Down(target) => plan::plan_down(set, &history, target)?,
             };
             emit(&render_plan(&planned, &target_name(connector.as_ref())));
             return Ok(());
@@ -42,20 +65,22 @@ pub async fn run(args: MigrateArgs, _global: &GlobalArgs) -> Result<(), Error> {
     }
     let connector = connector.ok_or_else(no_database)?;
     match &args.action {
-        MigrateAction::Up { to } => apply(&connector, &set, options, Goal::Up { to: *to }).await,
-        MigrateAction::Down { steps, to } => {
+        MigrateAction::Up { to, .. } => apply(&connector, set, options, Goal::Up { to: *to }).await,
+        MigrateAction::Down { steps, to, .. } => {
             apply(
                 &connector,
-                &set,
+                set,
                 options,
                 Goal::Down(down_target(*steps, *to)),
             )
             .await
         }
-        MigrateAction::Status => status(&connector, &set, options.output).await,
-        MigrateAction::Baseline { version } => baseline(&connector, &set, options, *version).await,
-        MigrateAction::Repair { version, yes } => {
-            repair(&connector, &set, options, *version, *yes).await
+        MigrateAction::Status { .. } => status(&connector, set, options.output).await,
+        MigrateAction::Baseline { version, .. } => {
+            baseline(&connector, set, options, *version).await
+        }
+        MigrateAction::Repair { version, yes, .. } => {
+            repair(&connector, set, options, *version, *yes).await
         }
         MigrateAction::Create { name } => create(options, name),
     }
@@ -70,12 +95,12 @@ fn down_target(steps: Option<usize>, to: Option<i64>) -> DownTarget {
 
 fn no_database() -> Error {
     Error::InvalidInput {
-        message: "no database to migrate: give --dsn or set DATABASE_URL".into(),
+        message: "no database to migrate: give --dsn or set DATABASE_URL, or use a kubeconfig".into(),
         hint: Some("for example: kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow".into()),
     }
 }
 
-fn target_name(connector: Option<&DsnConnector>) -> String {
+fn target_name<C: Connector>(connector: Option<&C>) -> String {
     connector.map_or_else(
         || "an empty database (no --dsn given)".into(),
         |c| c.target(),
@@ -101,7 +126,7 @@ fn settings(options: &MigrateOptions) -> Settings {
 }
 
 /// Reads the history without changing anything; no database means an empty history.
-async fn read_history(connector: Option<&DsnConnector>) -> Result<History, Error> {
+async fn read_history<C: Connector>(connector: Option<&C>) -> Result<History, Error> {
     let Some(connector) = connector else {
         return Ok(History::default());
     };
@@ -163,8 +188,8 @@ fn render_plan(steps: &[Step<'_>], target: &str) -> String {
     out
 }
 
-async fn apply(
-    connector: &DsnConnector,
+async fn apply<C: Connector>(
+    connector: &C,
     set: &MigrationSet,
     options: &MigrateOptions,
     goal: Goal,
@@ -202,8 +227,8 @@ async fn apply(
     Ok(())
 }
 
-async fn status(
-    connector: &DsnConnector,
+async fn status<C: Connector>(
+    connector: &C,
     set: &MigrationSet,
     format: OutputFormat,
 ) -> Result<(), Error> {
@@ -285,8 +310,8 @@ async fn status(
 }
 
 /// Opens a session holding the migration lock, with the tables created.
-async fn locked_session(
-    connector: &DsnConnector,
+async fn locked_session<C: Connector>(
+    connector: &C,
     options: &MigrateOptions,
 ) -> Result<(tokio_postgres::Client, History), Error> {
     let client = connect_with_retry(connector).await?;
@@ -305,8 +330,8 @@ async fn locked_session(
     }
 }
 
-async fn baseline(
-    connector: &DsnConnector,
+async fn baseline<C: Connector>(
+    connector: &C,
     set: &MigrationSet,
     options: &MigrateOptions,
     version: i64,
@@ -381,8 +406,8 @@ async fn baseline(
     Ok(())
 }
 
-async fn repair(
-    connector: &DsnConnector,
+async fn repair<C: Connector>(
+    connector: &C,
     set: &MigrationSet,
     options: &MigrateOptions,
     version: i64,

@@ -1,0 +1,234 @@
+//! Reaching a cluster the way kubectl does: kubeconfig resolution (`--kubeconfig`, else
+//! `$KUBECONFIG` merged, else `~/.kube/config`), `--context`/`--cluster`/`--user`,
+//! impersonation, `--request-timeout`, and the namespace rule of DESIGN.md. API errors are
+//! turned into our exit codes here, in one place.
+
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::{Client, Config};
+
+use crate::cli::GlobalArgs;
+use crate::error::Error;
+
+/// The namespace used when neither `-n` nor the context names one (the seed's default).
+pub const DEFAULT_NAMESPACE: &str = "postgres";
+
+/// A client for one context, with what messages need to name it.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    pub namespace: String,
+    /// The context name, for messages.
+    pub context: String,
+    /// The API server URL, for messages.
+    pub server: String,
+    /// Who we act as, for RBAC messages.
+    pub user: String,
+}
+
+impl Cluster {
+    /// Builds a client from the kubeconfig and flags; no request is sent yet.
+    pub async fn connect(global: &GlobalArgs) -> Result<Self, Error> {
+        let kubeconfig = load_kubeconfig(global)?;
+        let context = global
+            .context
+            .clone()
+            .or_else(|| kubeconfig.current_context.clone())
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Error::Kubeconfig {
+                message: "the kubeconfig has no current context".into(),
+                hint: Some(
+                    "pick one with --context NAME, or `kubectl config use-context NAME`".into(),
+                ),
+            })?;
+        let named = kubeconfig.contexts.iter().find(|c| c.name == context);
+        let Some(named) = named else {
+            let known: Vec<&str> = kubeconfig
+                .contexts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            return Err(Error::Kubeconfig {
+                message: format!("context {context:?} not found in the kubeconfig"),
+                hint: Some(if known.is_empty() {
+                    "the kubeconfig defines no contexts".into()
+                } else {
+                    format!("known contexts: {}", known.join(", "))
+                }),
+            });
+        };
+        if let Some(user) = &global.user {
+            if !kubeconfig.auth_infos.iter().any(|u| &u.name == user) {
+                return Err(Error::Kubeconfig {
+                    message: format!("user {user:?} not found in the kubeconfig"),
+                    hint: Some(
+                        "list them with: kubectl config view -o jsonpath='{.users[*].name}'".into(),
+                    ),
+                });
+            }
+        }
+        let context_namespace = named.context.as_ref().and_then(|c| c.namespace.clone());
+        let context_user = named.context.as_ref().and_then(|c| c.user.clone());
+        let options = KubeConfigOptions {
+            context: Some(context.clone()),
+            cluster: global.cluster.clone(),
+            user: global.user.clone(),
+        };
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| kubeconfig_error(&e, &context))?;
+        if let Some(user) = &global.as_user {
+            config.auth_info.impersonate = Some(user.clone());
+        }
+        if !global.as_group.is_empty() {
+            config.auth_info.impersonate_groups = Some(global.as_group.clone());
+        }
+        if let Some(timeout) = global.request_timeout.filter(|t| !t.is_zero()) {
+            config.connect_timeout = Some(timeout);
+            config.read_timeout = Some(timeout);
+            config.write_timeout = Some(timeout);
+        }
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let user = global
+            .as_user
+            .clone()
+            .or_else(|| global.user.clone())
+            .or(context_user)
+            .unwrap_or_else(|| "the current user".into());
+        let client = Client::try_from(config).map_err(|e| Error::ClusterUnreachable {
+            context: context.clone(),
+            server: server.clone(),
+            reason: chain(&e),
+            hint: None,
+        })?;
+        let namespace = global
+            .namespace
+            .clone()
+            .or(context_namespace)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        Ok(Self {
+            client,
+            namespace,
+            context,
+            server,
+            user,
+        })
+    }
+
+    /// Turns a failed API call into our error: exit 2 when the cluster cannot be reached or
+    /// refuses our credentials, 6/2 when RBAC forbids the verb, 1 otherwise.
+    pub fn error(&self, verb: &str, resource: &str, e: kube::Error) -> Error {
+        match e {
+            kube::Error::Api(status) => match status.code {
+                401 => Error::ClusterUnreachable {
+                    context: self.context.clone(),
+                    server: self.server.clone(),
+                    reason: "Unauthorized: the server rejected our credentials".into(),
+                    hint: Some("refresh the credentials of this context (token expired?), or pick another with --context".into()),
+                },
+                403 => Error::Forbidden {
+                    verb: verb.into(),
+                    resource: resource.into(),
+                    namespace: self.namespace.clone(),
+                    user: self.user.clone(),
+                    context: self.context.clone(),
+                },
+                _ => Error::Api {
+                    action: format!("{verb} {resource} in namespace {:?}", self.namespace),
+                    message: if status.message.is_empty() {
+                        format!("{} ({})", status.reason, status.code)
+                    } else {
+                        status.message.clone()
+                    },
+                },
+            },
+            other => Error::ClusterUnreachable {
+                context: self.context.clone(),
+                server: self.server.clone(),
+                reason: chain(&other),
+                hint: Some(unreachable_hint(&other)),
+            },
+        }
+    }
+}
+
+fn unreachable_hint(e: &kube::Error) -> String {
+    let text = chain(e).to_lowercase();
+    if text.contains("certificate") || text.contains("tls") {
+        "the server's certificate is not trusted by the kubeconfig's certificate-authority".into()
+    } else {
+        "check that the cluster is running and reachable (kubectl cluster-info), or pick another --context".into()
+    }
+}
+
+/// An error with its causes, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn load_kubeconfig(global: &GlobalArgs) -> Result<Kubeconfig, Error> {
+    let result = match &global.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path),
+        None => Kubeconfig::read(),
+    };
+    result.map_err(|e| match e {
+        KubeconfigError::FindPath => Error::Kubeconfig {
+            message: "no kubeconfig found: $KUBECONFIG is unset and ~/.kube/config does not exist".into(),
+            hint: Some("point to one with --kubeconfig PATH or KUBECONFIG, or create a cluster (kind create cluster)".into()),
+        },
+        KubeconfigError::ReadConfig(io, path)
+            if io.kind() == std::io::ErrorKind::NotFound && global.kubeconfig.is_none() =>
+        {
+            Error::Kubeconfig {
+                message: if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) {
+                    format!("kubeconfig {} named by $KUBECONFIG does not exist", path.display())
+                } else {
+                    format!("no kubeconfig found at {} ($KUBECONFIG is not set)", path.display())
+                },
+                hint: Some(
+                    "point to one with --kubeconfig PATH or KUBECONFIG, or create a cluster (kind create cluster)".into(),
+                ),
+            }
+        }
+        KubeconfigError::ReadConfig(io, path) => Error::Kubeconfig {
+            message: format!("cannot read kubeconfig {}: {io}", path.display()),
+            hint: Some("check the --kubeconfig path or $KUBECONFIG".into()),
+        },
+        other => Error::Kubeconfig {
+            message: format!("invalid kubeconfig: {}", chain(&other)),
+            hint: None,
+        },
+    })
+}
+
+fn kubeconfig_error(e: &KubeconfigError, context: &str) -> Error {
+    let (message, hint) = match e {
+        KubeconfigError::LoadContext(name) => (
+            format!("context {name:?} not found in the kubeconfig"),
+            None,
+        ),
+        KubeconfigError::LoadClusterOfContext(name) => (
+            format!("cluster {name:?} of context {context:?} not found in the kubeconfig"),
+            Some("pick an existing cluster with --cluster NAME".to_string()),
+        ),
+        other => (
+            format!("cannot use context {context:?}: {}", chain(other)),
+            None,
+        ),
+    };
+    Error::Kubeconfig { message, hint }
+}

@@ -1,0 +1,8 @@
+//! Everything that talks to Kubernetes: client construction, a release's objects, and
+//! database sessions tunnelled through the API server.
+
+pub mod access;
+pub mod release;
+pub mod tunnel;
+
+pub use access::Cluster;

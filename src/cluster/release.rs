@@ -1,0 +1,311 @@
+//! A release's objects (DESIGN.md): their names and labels, name validation, choosing the
+//! release when none is named, and finding its pod and credentials.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams};
+
+use super::access::Cluster;
+use crate::error::Error;
+
+/// The release name used when none is given and the namespace holds none to choose from.
+pub const DEFAULT_RELEASE: &str = "postgres";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
+pub const MANAGED_BY: &str = "kubectl-pg";
+pub const DATABASE_PORT: u16 = 5432;
+
+/// `R-credentials`
+pub fn secret_name(release: &str) -> String {
+    format!("{release}-credentials")
+}
+
+/// `R-0`: the single pod of the StatefulSet.
+pub fn pod_name(release: &str) -> String {
+    format!("{release}-0")
+}
+
+/// `app.kubernetes.io/name=postgresql,app.kubernetes.io/instance=R`
+pub fn selector(release: &str) -> String {
+    format!("{LABEL_NAME}=postgresql,{LABEL_INSTANCE}={release}")
+}
+
+/// `R.N.svc.cluster.local`
+pub fn service_host(release: &str, namespace: &str) -> String {
+    format!("{release}.{namespace}.svc.cluster.local")
+}
+
+/// Checks a DNS-1123 label of at most `max` characters.
+pub fn validate_label(field: &str, value: &str, max: usize) -> Result<(), Error> {
+    let bytes = value.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= max
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric();
+    if valid {
+        return Ok(());
+    }
+    Err(Error::InvalidInput {
+        message: format!(
+            "invalid {field} {value:?}: must be a DNS-1123 label of at most {max} characters \
+             (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+        ),
+        hint: None,
+    })
+}
+
+/// Release names become StatefulSet names: 52 characters at most, or pod creation fails.
+pub fn validate_release(release: &str) -> Result<(), Error> {
+    validate_label("release name", release, 52)
+}
+
+pub fn validate_namespace(namespace: &str) -> Result<(), Error> {
+    validate_label("namespace", namespace, 63)
+}
+
+/// The release to act on: the one named, else the only one in the namespace, else `postgres`.
+pub async fn resolve(cluster: &Cluster, named: Option<&str>) -> Result<String, Error> {
+    validate_namespace(&cluster.namespace)?;
+    if let Some(release) = named {
+        validate_release(release)?;
+        return Ok(release.to_string());
+    }
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let params = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let list = sets
+        .list_metadata(&params)
+        .await
+        .map_err(|e| cluster.error("list", "statefulsets", e))?;
+    let mut names: Vec<String> = list
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    names.sort();
+    match names.len() {
+        0 => Ok(DEFAULT_RELEASE.to_string()),
+        1 => Ok(names.remove(0)),
+        _ => Err(Error::InvalidInput {
+            message: format!(
+                "namespace {:?} holds {} releases ({}): name one",
+                cluster.namespace,
+                names.len(),
+                names.join(", ")
+            ),
+            hint: Some(format!(
+                "for example: kubectl pg status {} -n {}",
+                names[0], cluster.namespace
+            )),
+        }),
+    }
+}
+
+/// The database credentials of a release, from its Secret.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    pub database: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads `username`, `password` and `database` (required) and `host`, `port` (optional).
+    pub fn from_secret(secret: &Secret) -> Result<Self, Error> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let mut values = BTreeMap::new();
+        for (key, value) in secret.data.iter().flatten() {
+            values.insert(key.clone(), String::from_utf8_lossy(&value.0).into_owned());
+        }
+        for (key, value) in secret.string_data.iter().flatten() {
+            values.insert(key.clone(), value.clone());
+        }
+        let missing: Vec<&str> = ["username", "password", "database"]
+            .into_iter()
+            .filter(|k| values.get(*k).is_none_or(|v| v.is_empty()))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::InvalidInput {
+                message: format!("Secret {name:?} lacks the key(s) {}", missing.join(", ")),
+                hint: Some("the Secret needs the keys username, password and database".into()),
+            });
+        }
+        let take = |k: &str| values.get(k).cloned().unwrap_or_default();
+        Ok(Self {
+            username: take("username"),
+            password: take("password"),
+            database: take("database"),
+            host: values.get("host").cloned().filter(|h| !h.is_empty()),
+            port: values.get("port").and_then(|p| p.parse().ok()),
+        })
+    }
+}
+
+/// The running database of a release: its ready pod and its credentials.
+pub struct Target {
+    pub release: String,
+    pub namespace: String,
+    pub pod: String,
+    pub port: u16,
+    pub credentials: Credentials,
+}
+
+/// Finds the release's ready pod and reads its Secret, both at once.
+pub async fn find_target(cluster: &Cluster, release: &str) -> Result<Target, Error> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let pod_params = ListParams::default().labels(&selector(release));
+    let secret_name = secret_name(release);
+    let (pods, secret) = tokio::join!(pods.list(&pod_params), secrets.get_opt(&secret_name));
+    let pods = pods.map_err(|e| cluster.error("list", "pods", e))?;
+    let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
+    let namespace = cluster.namespace.clone();
+    if pods.items.is_empty() && secret.is_none() {
+        return Err(Error::NotFound {
+            message: format!(
+                "release {release:?} not found in namespace {namespace:?} (context {:?})",
+                cluster.context
+            ),
+            hint: Some(format!(
+                "install it with: kubectl pg install {release} -n {namespace}"
+            )),
+        });
+    }
+    let secret = secret.ok_or_else(|| Error::NotFound {
+        message: format!(
+            "Secret {secret_name:?} of release {release:?} not found in namespace {namespace:?}"
+        ),
+        hint: Some(format!(
+            "kubectl pg install {release} -n {namespace} recreates it"
+        )),
+    })?;
+    let credentials = Credentials::from_secret(&secret)?;
+    let ready = pods.items.iter().find(|p| is_ready(p));
+    let Some(pod) = ready else {
+        let state = pods
+            .items
+            .first()
+            .map(describe_pod)
+            .unwrap_or_else(|| "no pod exists".into());
+        return Err(Error::Connection {
+            target: format!("release {release} in namespace {namespace}"),
+            reason: format!("no ready pod ({state})"),
+        });
+    };
+    let port = database_port(pod);
+    Ok(Target {
+        release: release.to_string(),
+        namespace,
+        pod: pod
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| pod_name(release)),
+        port,
+        credentials,
+    })
+}
+
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `pod R-0 is Pending (ContainerCreating)`, for messages.
+pub fn describe_pod(pod: &Pod) -> String {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
+    let waiting = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+        });
+    match waiting {
+        Some(reason) => format!("pod {name} is {phase} ({reason})"),
+        None => format!("pod {name} is {phase}, not ready"),
+    }
+}
+
+/// The container port named `postgresql`, else 5432.
+fn database_port(pod: &Pod) -> u16 {
+    pod.spec
+        .as_ref()
+        .into_iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("postgresql"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(DATABASE_PORT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    #[test]
+    fn validates_names() {
+        assert!(validate_release("postgres").is_ok());
+        assert!(validate_release(&"a".repeat(52)).is_ok());
+        assert!(validate_release(&"a".repeat(53)).is_err());
+        for bad in ["", "Pg", "-pg", "pg-", "p_g", "p.g"] {
+            assert!(validate_release(bad).is_err(), "{bad}");
+        }
+        assert!(validate_namespace(&"n".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn credentials_name_missing_keys() {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("pg-credentials".into());
+        secret.data = Some(BTreeMap::from([(
+            "username".to_string(),
+            ByteString(b"app".to_vec()),
+        )]));
+        let err = Credentials::from_secret(&secret).unwrap_err().to_string();
+        assert!(
+            err.contains("password, database") && err.contains("pg-credentials"),
+            "{err}"
+        );
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("password".into(), ByteString(b"p@ss word".to_vec()));
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("database".into(), ByteString(b"learnflow".to_vec()));
+        let c = Credentials::from_secret(&secret).unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.database.as_str()),
+            ("app", "learnflow")
+        );
+        assert!(!format!("{c:?}").contains("p@ss"));
+    }
+}

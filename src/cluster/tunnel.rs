@@ -1,0 +1,88 @@
+//! A database session through the Kubernetes API: a port-forward stream to the pod
+//! (no local port is bound) handed to tokio-postgres. Each `connect` opens a new stream, so
+//! a dropped tunnel is re-established by reconnecting.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, NoTls};
+
+use super::access::{chain, Cluster};
+use super::release::Target;
+use crate::database::{connection_error, Connector, APPLICATION_NAME};
+use crate::error::Error;
+
+/// Connects to a release's database through a port-forward to its pod.
+pub struct TunnelConnector {
+    pods: Api<Pod>,
+    pod: String,
+    port: u16,
+    config: tokio_postgres::Config,
+    target: String,
+}
+
+impl TunnelConnector {
+    pub fn new(cluster: &Cluster, target: &Target) -> Self {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&target.credentials.username)
+            .password(&target.credentials.password)
+            .dbname(&target.credentials.database)
+            .application_name(APPLICATION_NAME)
+            // The tunnel is the API server's TLS connection already.
+            .ssl_mode(SslMode::Disable);
+        Self {
+            pods: Api::namespaced(cluster.client.clone(), &target.namespace),
+            pod: target.pod.clone(),
+            port: target.port,
+            config,
+            target: format!(
+                "{}@{}/{} (pod {}/{}, context {:?}, via port-forward)",
+                target.credentials.username,
+                target.release,
+                target.credentials.database,
+                target.namespace,
+                target.pod,
+                cluster.context
+            ),
+        }
+    }
+}
+
+impl Connector for TunnelConnector {
+    fn target(&self) -> String {
+        self.target.clone()
+    }
+
+    async fn connect(&self) -> Result<Client, Error> {
+        let fail = |reason: String| Error::Connection {
+            target: self.target.clone(),
+            reason,
+        };
+        let mut forwarder = self
+            .pods
+            .portforward(&self.pod, &[self.port])
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "port-forward to pod {} failed: {}",
+                    self.pod,
+                    chain(&e)
+                ))
+            })?;
+        let stream = forwarder
+            .take_stream(self.port)
+            .ok_or_else(|| fail("the port-forward opened no stream".into()))?;
+        let (client, connection) = self
+            .config
+            .connect_raw(stream, NoTls)
+            .await
+            .map_err(|e| connection_error(&self.target, &e))?;
+        // The forwarder must live as long as the session it carries.
+        tokio::spawn(async move {
+            let _ = connection.await;
+            let _ = forwarder.join().await;
+        });
+        Ok(client)
+    }
+}
