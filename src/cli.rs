@@ -67,9 +67,56 @@ pub enum ColorChoice {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print the connection string of a release's database, read from its Secret
+    #[command(after_help = DSN_EXAMPLES)]
+    Dsn(DsnArgs),
     /// Apply, revert and inspect versioned SQL migrations
     #[command(after_help = MIGRATE_EXAMPLES)]
     Migrate(MigrateArgs),
+}
+
+const DSN_EXAMPLES: &str = "\
+Examples:
+  # The in-cluster connection string of release postgres in namespace postgres
+  kubectl pg dsn -n postgres
+
+  # Export it for a script, or as PG* variables
+  export DATABASE_URL=$(kubectl pg dsn)
+  eval \"$(kubectl pg dsn --format env)\"
+
+  # The address a laptop can use (LoadBalancer or NodePort service)
+  kubectl pg dsn --external
+
+  # The DatabaseConnection document, password hidden
+  kubectl pg dsn -o json --mask";
+
+/// `kubectl pg dsn`
+#[derive(Debug, Args)]
+pub struct DsnArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// How to write the connection
+    #[arg(long, value_enum, default_value_t = DsnFormat::Uri)]
+    pub format: DsnFormat,
+    /// Give the address reachable from outside the cluster (LoadBalancer ingress or NodePort)
+    #[arg(long)]
+    pub external: bool,
+    /// Hide the password
+    #[arg(long)]
+    pub mask: bool,
+    /// Print the DatabaseConnection document as json or yaml
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DsnFormat {
+    Uri,
+    Env,
+    Json,
+    Jdbc,
+    Keyvalue,
+    Pgpass,
 }
 
 const MIGRATE_EXAMPLES: &str = "\

@@ -5,7 +5,9 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod connection;
 pub mod database;
+pub mod dsn;
 pub mod error;
 pub mod migrate;
 pub mod migration;
@@ -29,6 +31,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     runtime.block_on(async move {
         match cli.command {
             Command::Migrate(args) => migrate::run(args, &cli.global).await,
+            Command::Dsn(args) => dsn::run(args, &cli.global).await,
         }
     })
 }

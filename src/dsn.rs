@@ -1,0 +1,128 @@
+//! `kubectl pg dsn`: the connection string of a release, read from its Secret.
+
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use kube::api::{Api, ListParams};
+
+use crate::cli::{DsnArgs, DsnFormat, GlobalArgs};
+use crate::cluster::release::{self, Credentials, DATABASE_PORT};
+use crate::cluster::Cluster;
+use crate::connection::DatabaseConnection;
+use crate::error::Error;
+use crate::output::{self, emit};
+
+pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let cluster = Cluster::connect(global).await?;
+    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let secret_name = release::secret_name(&release);
+    let (secret, external) = tokio::join!(secrets.get_opt(&secret_name), async {
+        if args.external {
+            Some(external_address(&cluster, &release).await)
+        } else {
+            None
+        }
+    });
+    let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?.ok_or_else(|| Error::NotFound {
+        message: format!(
+            "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
+            cluster.namespace
+        ),
+        hint: Some(format!("is the release installed? kubectl pg status -n {}", cluster.namespace)),
+    })?;
+    let credentials = Credentials::from_secret(&secret)?;
+    let (host, port) = match external {
+        Some(address) => address?,
+        None => (
+            release::service_host(&release, &cluster.namespace),
+            credentials.port.unwrap_or(DATABASE_PORT),
+        ),
+    };
+    let mut connection =
+        DatabaseConnection::new(host, port, credentials.database, credentials.username, credentials.password);
+    if args.mask {
+        connection = connection.masked();
+    }
+    if let Some(format) = args.output {
+        if let Some(text) = output::document(format, &connection)? {
+            emit(&text);
+            return Ok(());
+        }
+    }
+    let text = match args.format {
+        DsnFormat::Uri => connection.connection_string.clone() + "\n",
+        DsnFormat::Env => connection.env(),
+        DsnFormat::Json => output::document(crate::cli::OutputFormat::Json, &connection)?.unwrap_or_default(),
+        DsnFormat::Jdbc => connection.jdbc() + "\n",
+        DsnFormat::Keyvalue => connection.keyvalue() + "\n",
+        DsnFormat::Pgpass => connection.pgpass() + "\n",
+    };
+    emit(&text);
+    Ok(())
+}
+
+/// The address a laptop can use: a LoadBalancer's ingress, or a node address and NodePort.
+async fn external_address(cluster: &Cluster, release: &str) -> Result<(String, u16), Error> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let service = services
+        .get_opt(release)
+        .await
+        .map_err(|e| cluster.error("get", "services", e))?
+        .ok_or_else(|| Error::NotFound {
+            message: format!("Service {release:?} not found in namespace {:?}", cluster.namespace),
+            hint: None,
+        })?;
+    let spec = service.spec.clone().unwrap_or_default();
+    let port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("postgresql"))
+        .or_else(|| spec.ports.iter().flatten().next());
+    let none = |why: String| Error::NotFound {
+        message: format!("no address outside the cluster for release {release:?}: {why}"),
+        hint: Some(format!(
+            "use `kubectl pg psql {release} -n {ns}`, or `kubectl port-forward svc/{release} 5432:5432 -n {ns}` and connect to 127.0.0.1:5432",
+            ns = cluster.namespace
+        )),
+    };
+    match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "LoadBalancer" => {
+            let ingress = service
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .and_then(|i| i.into_iter().next());
+            let host = ingress.and_then(|i| i.ip.or(i.hostname));
+            let port = port.map_or(DATABASE_PORT as i32, |p| p.port);
+            match host {
+                Some(host) => Ok((host, port as u16)),
+                None => Err(none("its LoadBalancer has no ingress address yet".into())),
+            }
+        }
+        "NodePort" => {
+            let node_port = port.and_then(|p| p.node_port).ok_or_else(|| none("no nodePort assigned".into()))?;
+            let nodes: Api<Node> = Api::all(cluster.client.clone());
+            let list = nodes
+                .list(&ListParams::default().limit(1))
+                .await
+                .map_err(|e| cluster.error("list", "nodes", e))?;
+            let addresses = list
+                .items
+                .into_iter()
+                .flat_map(|n| n.status.and_then(|s| s.addresses).unwrap_or_default());
+            let mut best = None;
+            for a in addresses {
+                if a.type_ == "ExternalIP" {
+                    best = Some(a.address);
+                    break;
+                }
+                if a.type_ == "InternalIP" && best.is_none() {
+                    best = Some(a.address);
+                }
+            }
+            best.map(|host| (host, node_port as u16))
+                .ok_or_else(|| none("no node reports an address".into()))
+        }
+        other => Err(none(format!("its Service is of type {other}"))),
+    }
+}
