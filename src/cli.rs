@@ -67,12 +67,40 @@ pub enum ColorChoice {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open psql in the release's pod (kubectl exec), or a local psql with --local
+    #[command(after_help = PSQL_EXAMPLES)]
+    Psql(PsqlArgs),
     /// Print the connection string of a release's database, read from its Secret
     #[command(after_help = DSN_EXAMPLES)]
     Dsn(DsnArgs),
     /// Apply, revert and inspect versioned SQL migrations
     #[command(after_help = MIGRATE_EXAMPLES)]
     Migrate(MigrateArgs),
+}
+
+const PSQL_EXAMPLES: &str = "\
+Examples:
+  # An interactive psql as the release's user, in its database
+  kubectl pg psql -n postgres
+
+  # One query, or a script on stdin (no TTY is asked for when stdin is not a terminal)
+  kubectl pg psql -- -c 'select version()'
+  echo 'select 1' | kubectl pg psql
+
+  # Your local psql through an in-process port-forward (password passed in the environment)
+  kubectl pg psql --local";
+
+/// `kubectl pg psql`
+#[derive(Debug, Args)]
+pub struct PsqlArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// Run the local psql through a port-forward instead of psql in the pod
+    #[arg(long)]
+    pub local: bool,
+    /// Arguments for psql, after `--` (-U and -d given here win over the release's)
+    #[arg(last = true, value_name = "PSQL_ARGS")]
+    pub psql_args: Vec<String>,
 }
 
 const DSN_EXAMPLES: &str = "\

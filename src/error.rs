@@ -85,6 +85,10 @@ pub enum Error {
     #[error("Kubernetes API error while trying to {action}: {message}")]
     Api { action: String, message: String },
 
+    /// A child process (psql) ended with this code; it already said why.
+    #[error("exited with code {0}")]
+    Exit(u8),
+
     /// An unexpected database error outside a migration (exit 1).
     #[error("{context}: {message}")]
     Database { context: String, message: String },
@@ -147,6 +151,7 @@ impl Error {
             },
             Error::Migration { .. } | Error::Drift(_) | Error::LockTimeout { .. } => 7,
             Error::Connection { .. } => 8,
+            Error::Exit(code) => *code,
         }
     }
 
@@ -187,7 +192,7 @@ impl Error {
                 "check the address, credentials and sslmode in --dsn / DATABASE_URL, and that the server is running"
                     .into(),
             ],
-            Error::Io { .. } | Error::Database { .. } | Error::Api { .. } => Vec::new(),
+            Error::Io { .. } | Error::Database { .. } | Error::Api { .. } | Error::Exit(_) => Vec::new(),
         }
     }
 

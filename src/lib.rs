@@ -12,6 +12,7 @@ pub mod error;
 pub mod migrate;
 pub mod migration;
 pub mod output;
+pub mod psql;
 
 pub use error::Error;
 
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         match cli.command {
             Command::Migrate(args) => migrate::run(args, &cli.global).await,
             Command::Dsn(args) => dsn::run(args, &cli.global).await,
+            Command::Psql(args) => psql::run(args, &cli.global).await,
         }
     })
 }

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     };
     match kubectl_pg::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(kubectl_pg::Error::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("{} {e}", paint("error:", Tone::Bad, Stream::Stderr));
             for hint in e.hints() {
