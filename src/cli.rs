@@ -67,6 +67,9 @@ pub enum ColorChoice {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show a release's phase, pods, storage, database and migrations, or list every release
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
     /// Open psql in the release's pod (kubectl exec), or a local psql with --local
     #[command(after_help = PSQL_EXAMPLES)]
     Psql(PsqlArgs),
@@ -76,6 +79,51 @@ pub enum Command {
     /// Apply, revert and inspect versioned SQL migrations
     #[command(after_help = MIGRATE_EXAMPLES)]
     Migrate(MigrateArgs),
+}
+
+const STATUS_EXAMPLES: &str = "\
+Phases: NotDeployed, Deploying, Ready (pod ready), Healthy (ready and a query answered), Failed.
+Exit code 0 whenever the status could be read, whatever the phase.
+
+Examples:
+  # The release of namespace postgres in detail (every release as a table when there are several)
+  kubectl pg status -n postgres
+
+  # Every release in every namespace, with more columns
+  kubectl pg status -A -o wide
+
+  # The DeploymentStatus document for scripts
+  kubectl pg status postgres -o json
+
+  # Wait until the database answers (exit 4 on timeout, 5 when the release failed)
+  kubectl pg status --wait --timeout 2m";
+
+/// `kubectl pg status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The release (default: the only one in the namespace; a table when there are several)
+    pub release: Option<String>,
+    /// List the releases of every namespace
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Output format: table, wide, json or yaml
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Wait until the release is healthy (or ready)
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "healthy", value_name = "PHASE")]
+    pub wait: Option<WaitFor>,
+    /// How long --wait waits
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Count pending migrations against this directory instead of the built-in set
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WaitFor {
+    Ready,
+    Healthy,
 }
 
 const PSQL_EXAMPLES: &str = "\

@@ -22,7 +22,13 @@ pub struct DatabaseConnection {
 pub const MASK: &str = "********";
 
 impl DatabaseConnection {
-    pub fn new(host: String, port: u16, database: String, username: String, password: String) -> Self {
+    pub fn new(
+        host: String,
+        port: u16,
+        database: String,
+        username: String,
+        password: String,
+    ) -> Self {
         let mut connection = Self {
             api_version: API_VERSION,
             kind: "DatabaseConnection",
@@ -144,7 +150,10 @@ fn libpq_value(s: &str) -> String {
 
 /// Single-quotes a value for POSIX shells when it holds anything but safe characters.
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._/:@%+=,".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._/:@%+=,".contains(&b))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -172,7 +181,9 @@ mod tests {
         );
         assert_eq!(conn().connection_string, conn().uri());
         let masked = conn().masked();
-        assert!(masked.connection_string.contains(MASK) && !masked.connection_string.contains("p%40"));
+        assert!(
+            masked.connection_string.contains(MASK) && !masked.connection_string.contains("p%40")
+        );
     }
 
     #[test]
@@ -182,7 +193,10 @@ mod tests {
             c.keyvalue(),
             "host=pg.db.svc.cluster.local port=5432 dbname=learnflow user='app user' password='p@ss:w/rd\\'s\\\\'"
         );
-        assert_eq!(c.pgpass(), "pg.db.svc.cluster.local:5432:learnflow:app user:p@ss\\:w/rd's\\\\");
+        assert_eq!(
+            c.pgpass(),
+            "pg.db.svc.cluster.local:5432:learnflow:app user:p@ss\\:w/rd's\\\\"
+        );
         assert!(c.jdbc().starts_with("jdbc:postgresql://pg.db.svc.cluster.local:5432/learnflow?user=app%20user&password=p%40ss"));
         let env = c.env();
         assert!(env.contains("PGUSER='app user'\n"), "{env}");

@@ -22,13 +22,18 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
             None
         }
     });
-    let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?.ok_or_else(|| Error::NotFound {
-        message: format!(
-            "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
-            cluster.namespace
-        ),
-        hint: Some(format!("is the release installed? kubectl pg status -n {}", cluster.namespace)),
-    })?;
+    let secret = secret
+        .map_err(|e| cluster.error("get", "secrets", e))?
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
+                "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
+                cluster.namespace
+            ),
+            hint: Some(format!(
+                "is the release installed? kubectl pg status -n {}",
+                cluster.namespace
+            )),
+        })?;
     let credentials = Credentials::from_secret(&secret)?;
     let (host, port) = match external {
         Some(address) => address?,
@@ -37,8 +42,13 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
             credentials.port.unwrap_or(DATABASE_PORT),
         ),
     };
-    let mut connection =
-        DatabaseConnection::new(host, port, credentials.database, credentials.username, credentials.password);
+    let mut connection = DatabaseConnection::new(
+        host,
+        port,
+        credentials.database,
+        credentials.username,
+        credentials.password,
+    );
     if args.mask {
         connection = connection.masked();
     }
@@ -51,7 +61,9 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     let text = match args.format {
         DsnFormat::Uri => connection.connection_string.clone() + "\n",
         DsnFormat::Env => connection.env(),
-        DsnFormat::Json => output::document(crate::cli::OutputFormat::Json, &connection)?.unwrap_or_default(),
+        DsnFormat::Json => {
+            output::document(crate::cli::OutputFormat::Json, &connection)?.unwrap_or_default()
+        }
         DsnFormat::Jdbc => connection.jdbc() + "\n",
         DsnFormat::Keyvalue => connection.keyvalue() + "\n",
         DsnFormat::Pgpass => connection.pgpass() + "\n",
@@ -68,7 +80,10 @@ async fn external_address(cluster: &Cluster, release: &str) -> Result<(String, u
         .await
         .map_err(|e| cluster.error("get", "services", e))?
         .ok_or_else(|| Error::NotFound {
-            message: format!("Service {release:?} not found in namespace {:?}", cluster.namespace),
+            message: format!(
+                "Service {release:?} not found in namespace {:?}",
+                cluster.namespace
+            ),
             hint: None,
         })?;
     let spec = service.spec.clone().unwrap_or_default();
@@ -78,12 +93,14 @@ async fn external_address(cluster: &Cluster, release: &str) -> Result<(String, u
         .flatten()
         .find(|p| p.name.as_deref() == Some("postgresql"))
         .or_else(|| spec.ports.iter().flatten().next());
-    let none = |why: String| Error::NotFound {
+    let none = |why: String| {
+        Error::NotFound {
         message: format!("no address outside the cluster for release {release:?}: {why}"),
         hint: Some(format!(
             "use `kubectl pg psql {release} -n {ns}`, or `kubectl port-forward svc/{release} 5432:5432 -n {ns}` and connect to 127.0.0.1:5432",
             ns = cluster.namespace
         )),
+    }
     };
     match spec.type_.as_deref().unwrap_or("ClusterIP") {
         "LoadBalancer" => {
@@ -100,7 +117,9 @@ async fn external_address(cluster: &Cluster, release: &str) -> Result<(String, u
             }
         }
         "NodePort" => {
-            let node_port = port.and_then(|p| p.node_port).ok_or_else(|| none("no nodePort assigned".into()))?;
+            let node_port = port
+                .and_then(|p| p.node_port)
+                .ok_or_else(|| none("no nodePort assigned".into()))?;
             let nodes: Api<Node> = Api::all(cluster.client.clone());
             let list = nodes
                 .list(&ListParams::default().limit(1))

@@ -85,6 +85,15 @@ pub enum Error {
     #[error("Kubernetes API error while trying to {action}: {message}")]
     Api { action: String, message: String },
 
+    /// A release did not reach the wanted state: timeout (4), health (5), resources (6), or
+    /// a bad image or configuration (1); the code comes from the diagnosis.
+    #[error("{message}")]
+    Deployment {
+        message: String,
+        hints: Vec<String>,
+        code: u8,
+    },
+
     /// A child process (psql) ended with this code; it already said why.
     #[error("exited with code {0}")]
     Exit(u8),
@@ -151,7 +160,7 @@ impl Error {
             },
             Error::Migration { .. } | Error::Drift(_) | Error::LockTimeout { .. } => 7,
             Error::Connection { .. } => 8,
-            Error::Exit(code) => *code,
+            Error::Exit(code) | Error::Deployment { code, .. } => *code,
         }
     }
 
@@ -166,7 +175,7 @@ impl Error {
             Error::Forbidden { verb, resource, namespace, .. } => vec![format!(
                 "ask a cluster admin for a Role allowing {verb} on {resource} in {namespace} (check: kubectl auth can-i {verb} {resource} -n {namespace})"
             )],
-            Error::Migration { hints, .. } => hints.clone(),
+            Error::Migration { hints, .. } | Error::Deployment { hints, .. } => hints.clone(),
             Error::Drift(drifts) => {
                 let mut hints: Vec<String> = drifts
                     .iter()

@@ -7,12 +7,14 @@ pub mod cli;
 pub mod cluster;
 pub mod connection;
 pub mod database;
+pub mod deployment;
 pub mod dsn;
 pub mod error;
 pub mod migrate;
 pub mod migration;
 pub mod output;
 pub mod psql;
+pub mod status;
 
 pub use error::Error;
 
@@ -34,6 +36,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Migrate(args) => migrate::run(args, &cli.global).await,
             Command::Dsn(args) => dsn::run(args, &cli.global).await,
             Command::Psql(args) => psql::run(args, &cli.global).await,
+            Command::Status(args) => status::run(args, &cli.global).await,
         }
     })
 }

@@ -24,7 +24,13 @@ pub async fn run(args: PsqlArgs, global: &GlobalArgs) -> Result<(), Error> {
         run_local(&cluster, &target, &args.psql_args).await?
     } else {
         let kubectl = kubectl_path()?;
-        let argv = exec_argv(global, &cluster.namespace, &target, &args.psql_args, std::io::stdin().is_terminal());
+        let argv = exec_argv(
+            global,
+            &cluster.namespace,
+            &target,
+            &args.psql_args,
+            std::io::stdin().is_terminal(),
+        );
         let status = tokio::process::Command::new(&kubectl)
             .args(&argv)
             .status()
@@ -48,31 +54,48 @@ fn kubectl_path() -> Result<PathBuf, Error> {
     }
     find_in_path("kubectl").ok_or_else(|| Error::InvalidInput {
         message: "kubectl not found on PATH".into(),
-        hint: Some("install kubectl, set KUBECTL_PATH, or use `kubectl pg psql --local` with a local psql".into()),
+        hint: Some(
+            "install kubectl, set KUBECTL_PATH, or use `kubectl pg psql --local` with a local psql"
+                .into(),
+        ),
     })
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// Whether the user's psql arguments already choose the user or database.
 fn has_flag(args: &[String], short: &str, long: &str) -> bool {
-    args.iter()
-        .take_while(|a| *a != "--")
-        .any(|a| a == short || a.starts_with(&format!("{long}=")) || a == long || (a.starts_with(short) && a.len() > 2))
+    args.iter().take_while(|a| *a != "--").any(|a| {
+        a == short
+            || a.starts_with(&format!("{long}="))
+            || a == long
+            || (a.starts_with(short) && a.len() > 2)
+    })
 }
 
 /// `kubectl <connection flags> -n N exec -i [-t] POD -c postgres -- psql -U user -d db ARGS`.
-pub fn exec_argv(global: &GlobalArgs, namespace: &str, target: &Target, psql_args: &[String], tty: bool) -> Vec<String> {
+pub fn exec_argv(
+    global: &GlobalArgs,
+    namespace: &str,
+    target: &Target,
+    psql_args: &[String],
+    tty: bool,
+) -> Vec<String> {
     let mut argv = Vec::new();
     let mut flag = |name: &str, value: &Option<String>| {
         if let Some(v) = value {
             argv.push(format!("--{name}={v}"));
         }
     };
-    flag("kubeconfig", &global.kubeconfig.as_ref().map(|p| p.display().to_string()));
+    flag(
+        "kubeconfig",
+        &global.kubeconfig.as_ref().map(|p| p.display().to_string()),
+    );
     flag("context", &global.context);
     flag("cluster", &global.cluster);
     flag("user", &global.user);
@@ -83,11 +106,22 @@ pub fn exec_argv(global: &GlobalArgs, namespace: &str, target: &Target, psql_arg
     if let Some(t) = global.request_timeout {
         argv.push(format!("--request-timeout={}s", t.as_secs()));
     }
-    argv.extend(["--namespace".into(), namespace.into(), "exec".into(), "-i".into()]);
+    argv.extend([
+        "--namespace".into(),
+        namespace.into(),
+        "exec".into(),
+        "-i".into(),
+    ]);
     if tty {
         argv.push("-t".into());
     }
-    argv.extend([target.pod.clone(), "-c".into(), CONTAINER.into(), "--".into(), "psql".into()]);
+    argv.extend([
+        target.pod.clone(),
+        "-c".into(),
+        CONTAINER.into(),
+        "--".into(),
+        "psql".into(),
+    ]);
     if !has_flag(psql_args, "-U", "--username") {
         argv.extend(["-U".into(), target.credentials.username.clone()]);
     }
@@ -102,7 +136,10 @@ pub fn exec_argv(global: &GlobalArgs, namespace: &str, target: &Target, psql_arg
 async fn run_local(cluster: &Cluster, target: &Target, psql_args: &[String]) -> Result<i32, Error> {
     let psql = find_in_path("psql").ok_or_else(|| Error::InvalidInput {
         message: "psql not found on PATH (needed by --local)".into(),
-        hint: Some("install the PostgreSQL client (apt-get install postgresql-client), or drop --local".into()),
+        hint: Some(
+            "install the PostgreSQL client (apt-get install postgresql-client), or drop --local"
+                .into(),
+        ),
     })?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -176,8 +213,24 @@ mod tests {
     fn forwards_every_connection_flag() {
         use clap::Parser;
         let cli = crate::cli::Cli::parse_from([
-            "kubectl-pg", "psql", "--kubeconfig", "/k", "--context", "c", "--cluster", "cl", "--user", "u", "--as", "a",
-            "--as-group", "g1", "--as-group", "g2", "-n", "db",
+            "kubectl-pg",
+            "psql",
+            "--kubeconfig",
+            "/k",
+            "--context",
+            "c",
+            "--cluster",
+            "cl",
+            "--user",
+            "u",
+            "--as",
+            "a",
+            "--as-group",
+            "g1",
+            "--as-group",
+            "g2",
+            "-n",
+            "db",
         ]);
         let argv = exec_argv(&cli.global, "db", &target(), &[], false).join(" ");
         assert_eq!(
@@ -192,8 +245,14 @@ mod tests {
     fn user_psql_flags_win() {
         use clap::Parser;
         let cli = crate::cli::Cli::parse_from(["kubectl-pg", "psql"]);
-        let args: Vec<String> = ["-Uother", "--dbname=x", "-c", "select 1"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["-Uother", "--dbname=x", "-c", "select 1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let argv = exec_argv(&cli.global, "db", &target(), &args, true).join(" ");
-        assert!(argv.ends_with("exec -i -t pg-0 -c postgres -- psql -Uother --dbname=x -c select 1"), "{argv}");
+        assert!(
+            argv.ends_with("exec -i -t pg-0 -c postgres -- psql -Uother --dbname=x -c select 1"),
+            "{argv}"
+        );
     }
 }

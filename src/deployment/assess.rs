@@ -1,0 +1,384 @@
+//! The seed's state machine (NotDeployed → Deploying → Ready → Healthy, or Failed), decided
+//! from observed objects alone, with every problem found and the exit code it calls for.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+
+use super::observe::Observed;
+use crate::cluster::release;
+
+/// How long a PVC may stay unbound before the release counts as Failed.
+pub const PVC_GRACE_SECONDS: i64 = 120;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    NotDeployed,
+    Deploying,
+    Ready,
+    Healthy,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::NotDeployed => "NotDeployed",
+            Phase::Deploying => "Deploying",
+            Phase::Ready => "Ready",
+            Phase::Healthy => "Healthy",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The release cannot become ready without a fix.
+    Error,
+    Warning,
+}
+
+/// Something wrong, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    pub reason: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// The exit code a failure of this kind calls for (DESIGN.md table).
+    #[serde(skip)]
+    pub exit_code: u8,
+}
+
+impl Problem {
+    fn error(reason: &str, message: String, hint: Option<String>, exit_code: u8) -> Self {
+        Self {
+            severity: Severity::Error,
+            reason: reason.into(),
+            message,
+            hint,
+            exit_code,
+        }
+    }
+
+    fn warning(reason: &str, message: String, hint: Option<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            reason: reason.into(),
+            message,
+            hint,
+            exit_code: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    pub phase: Phase,
+    pub problems: Vec<Problem>,
+}
+
+impl Assessment {
+    /// The first blocking problem, if the release failed.
+    pub fn failure(&self) -> Option<&Problem> {
+        self.problems.iter().find(|p| p.severity == Severity::Error)
+    }
+}
+
+/// Decides the phase. `database_ok` is the result of a real query, when one was made.
+pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) -> Assessment {
+    let mut problems = Vec::new();
+    if !observed.exists() {
+        return Assessment {
+            phase: Phase::NotDeployed,
+            problems,
+        };
+    }
+    let pod = observed.pod();
+    if let Some(pod) = pod {
+        pod_problems(pod, &mut problems);
+    }
+    pvc_problems(observed, now, &mut problems);
+    for event in &observed.events {
+        let reason = event.reason.as_deref().unwrap_or_default();
+        let message = event.message.clone().unwrap_or_default();
+        let kind = event.involved_object.kind.as_deref().unwrap_or_default();
+        if kind == "StatefulSet" && reason == "FailedCreate" {
+            let quota = message.contains("exceeded quota");
+            problems.push(Problem::error(
+                if quota { "QuotaExceeded" } else { "FailedCreate" },
+                message,
+                Some(if quota {
+                    "raise the namespace's ResourceQuota or lower --cpu-request/--memory-request/--storage-size".into()
+                } else {
+                    "the StatefulSet controller cannot create the pod; see kubectl describe statefulset".into()
+                }),
+                6,
+            ));
+        }
+    }
+    if observed.statefulset.is_some() && observed.secret.is_none() {
+        problems.push(Problem::warning(
+            "SecretMissing",
+            format!(
+                "Secret {} is missing",
+                release::secret_name(&observed.release)
+            ),
+            Some(format!(
+                "kubectl pg install {} -n {} recreates it and resets the password in the database",
+                observed.release, observed.namespace
+            )),
+        ));
+    }
+    dedup(&mut problems);
+    let ready = pod.is_some_and(release::is_ready);
+    let phase = if problems.iter().any(|p| p.severity == Severity::Error) && !ready {
+        Phase::Failed
+    } else if ready && database_ok == Some(true) {
+        Phase::Healthy
+    } else if ready {
+        if database_ok == Some(false) {
+            problems.push(Problem::warning(
+                "DatabaseUnreachable",
+                "the pod is ready but the database did not answer a query".into(),
+                Some("check the credentials in the Secret and the server log: kubectl logs <pod> -c postgres".into()),
+            ));
+        }
+        Phase::Ready
+    } else {
+        Phase::Deploying
+    };
+    Assessment { phase, problems }
+}
+
+fn pod_problems(pod: &Pod, problems: &mut Vec<Problem>) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(status) = &pod.status else { return };
+    for condition in status.conditions.iter().flatten() {
+        if condition.type_ == "PodScheduled"
+            && condition.status == "False"
+            && condition.reason.as_deref() == Some("Unschedulable")
+        {
+            let message = condition
+                .message
+                .clone()
+                .unwrap_or_else(|| "no node can run the pod".into());
+            problems.push(Problem::error(
+                "Unschedulable",
+                format!("pod {name} cannot be scheduled: {message}"),
+                Some(
+                    "free capacity in the cluster, or lower --cpu-request/--memory-request".into(),
+                ),
+                6,
+            ));
+        }
+    }
+    let image_of = |container: &str| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == container))
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default()
+    };
+    for cs in status.container_statuses.iter().flatten() {
+        if cs.restart_count > 0 {
+            problems.push(Problem::warning(
+                "Restarts",
+                format!(
+                    "container {} of pod {name} restarted {} time(s)",
+                    cs.name, cs.restart_count
+                ),
+                Some(format!(
+                    "see why: kubectl logs {name} -c {} --previous",
+                    cs.name
+                )),
+            ));
+        }
+        let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let reason = waiting.reason.clone().unwrap_or_default();
+        let detail = waiting
+            .message
+            .clone()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        match reason.as_str() {
+            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => problems.push(Problem::error(
+                &reason,
+                format!("cannot pull image {}{detail}", image_of(&cs.name)),
+                Some("check the image name and tag (--image, --postgres-version) and the registry's reachability".into()),
+                1,
+            )),
+            "CrashLoopBackOff" => problems.push(Problem::error(
+                &reason,
+                format!("container {} of pod {name} keeps crashing{detail}", cs.name),
+                Some(format!("read its log: kubectl logs {name} -c {} --previous", cs.name)),
+                5,
+            )),
+            "CreateContainerConfigError" | "CreateContainerError" => problems.push(Problem::error(
+                &reason,
+                format!("container {} of pod {name} cannot be created{detail}", cs.name),
+                None,
+                1,
+            )),
+            _ => {}
+        }
+    }
+}
+
+fn pvc_problems(observed: &Observed, now: Timestamp, problems: &mut Vec<Problem>) {
+    let Some(pvc) = &observed.pvc else { return };
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    let phase = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
+    if phase == "Bound" {
+        return;
+    }
+    let failed_event = observed.events.iter().rev().find(|e| {
+        e.involved_object.name.as_deref() == Some(name.as_str())
+            && matches!(
+                e.reason.as_deref(),
+                Some("ProvisioningFailed") | Some("FailedBinding")
+            )
+    });
+    let age = pvc
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| now.as_second() - t.0.as_second())
+        .unwrap_or_default();
+    let hint = Some(
+        "name an existing StorageClass with --storage-class, or mark one as default".to_string(),
+    );
+    if let Some(event) = failed_event {
+        problems.push(Problem::error(
+            event.reason.as_deref().unwrap_or("ProvisioningFailed"),
+            format!(
+                "PVC {name} is not bound: {}",
+                event.message.clone().unwrap_or_default()
+            ),
+            hint,
+            6,
+        ));
+    } else if age > PVC_GRACE_SECONDS {
+        problems.push(Problem::error(
+            "PVCUnbound",
+            format!("PVC {name} has been {phase} for {age}s"),
+            hint,
+            6,
+        ));
+    }
+}
+
+fn dedup(problems: &mut Vec<Problem>) {
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert((p.reason.clone(), p.message.clone())));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
+
+    fn observed_with(pod: Pod) -> Observed {
+        Observed {
+            release: "pg".into(),
+            namespace: "db".into(),
+            statefulset: Some(StatefulSet::default()),
+            pods: vec![pod],
+            secret: Some(Default::default()),
+            ..Observed::default()
+        }
+    }
+
+    fn pod(ready: bool, waiting: Option<&str>) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("pg-0".into());
+        pod.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "postgres".into(),
+                state: waiting.map(|r| ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(r.into()),
+                        message: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn phases() {
+        let now = Timestamp::now();
+        assert_eq!(
+            assess(&Observed::default(), now, None).phase,
+            Phase::NotDeployed
+        );
+        assert_eq!(
+            assess(&observed_with(pod(false, None)), now, None).phase,
+            Phase::Deploying
+        );
+        assert_eq!(
+            assess(&observed_with(pod(true, None)), now, None).phase,
+            Phase::Ready
+        );
+        assert_eq!(
+            assess(&observed_with(pod(true, None)), now, Some(true)).phase,
+            Phase::Healthy
+        );
+        let unreachable = assess(&observed_with(pod(true, None)), now, Some(false));
+        assert_eq!(unreachable.phase, Phase::Ready);
+        assert_eq!(unreachable.problems[0].reason, "DatabaseUnreachable");
+    }
+
+    #[test]
+    fn failures_carry_their_exit_codes() {
+        let now = Timestamp::now();
+        for (reason, code) in [
+            ("CrashLoopBackOff", 5),
+            ("ImagePullBackOff", 1),
+            ("ErrImagePull", 1),
+        ] {
+            let a = assess(&observed_with(pod(false, Some(reason))), now, None);
+            assert_eq!(a.phase, Phase::Failed, "{reason}");
+            assert_eq!(a.failure().unwrap().exit_code, code, "{reason}");
+        }
+        let mut unschedulable = pod(false, None);
+        unschedulable
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()
+            .push(PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some("0/1 nodes are available: 1 Insufficient cpu.".into()),
+                ..Default::default()
+            });
+        let a = assess(&observed_with(unschedulable), now, None);
+        assert_eq!(a.failure().unwrap().exit_code, 6);
+        assert!(a.failure().unwrap().message.contains("Insufficient cpu"));
+    }
+}

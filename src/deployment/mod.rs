@@ -1,0 +1,10 @@
+//! A release as deployed: what exists (observe), what state it is in (assess), whether its
+//! database answers (probe), and the DeploymentStatus document (report).
+
+pub mod assess;
+pub mod observe;
+pub mod probe;
+pub mod report;
+
+pub use assess::{assess, Phase};
+pub use observe::{observe, Observed};

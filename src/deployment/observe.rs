@@ -1,0 +1,136 @@
+//! Reading everything that makes up a release, every read at once.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, ListParams};
+
+use crate::cluster::release::{self, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::cluster::Cluster;
+use crate::error::Error;
+
+/// The objects of one release as the API server has them now.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub release: String,
+    pub namespace: String,
+    pub statefulset: Option<StatefulSet>,
+    pub pods: Vec<Pod>,
+    pub pvc: Option<PersistentVolumeClaim>,
+    pub service: Option<Service>,
+    pub secret: Option<Secret>,
+    /// Events about the StatefulSet, its pod and its PVC, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// `data-R-0`
+pub fn pvc_name(release: &str) -> String {
+    format!("data-{release}-0")
+}
+
+impl Observed {
+    /// Whether any object of the release exists.
+    pub fn exists(&self) -> bool {
+        self.statefulset.is_some()
+            || !self.pods.is_empty()
+            || self.secret.is_some()
+            || self.service.is_some()
+    }
+
+    pub fn pod(&self) -> Option<&Pod> {
+        self.pods.first()
+    }
+}
+
+/// Reads the release's StatefulSet, pods, PVC, Service, Secret and events concurrently.
+pub async fn observe(cluster: &Cluster, namespace: &str, release: &str) -> Result<Observed, Error> {
+    let client = &cluster.client;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let pod_params = ListParams::default().labels(&release::selector(release));
+    let pvc = pvc_name(release);
+    let secret = release::secret_name(release);
+    let event_params = ListParams::default();
+    let (sts, pod_list, pvc, service, secret, event_list) = tokio::join!(
+        sets.get_opt(release),
+        pods.list(&pod_params),
+        pvcs.get_opt(&pvc),
+        services.get_opt(release),
+        secrets.get_opt(&secret),
+        events.list(&event_params),
+    );
+    let statefulset = sts.map_err(|e| cluster.error("get", "statefulsets", e))?;
+    let mut pods = pod_list
+        .map_err(|e| cluster.error("list", "pods", e))?
+        .items;
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let pvc = pvc.map_err(|e| cluster.error("get", "persistentvolumeclaims", e))?;
+    let service = service.map_err(|e| cluster.error("get", "services", e))?;
+    let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
+    // Events are a diagnosis aid: a user who may not list them still gets a status.
+    let mut events: Vec<Event> = event_list.map(|l| l.items).unwrap_or_default();
+    let mut names = vec![release.to_string(), pvc_name(release)];
+    names.extend(pods.iter().filter_map(|p| p.metadata.name.clone()));
+    names.push(release::pod_name(release));
+    events.retain(|e| {
+        e.involved_object
+            .name
+            .as_ref()
+            .is_some_and(|n| names.contains(n))
+    });
+    events.sort_by_key(event_time);
+    Ok(Observed {
+        release: release.to_string(),
+        namespace: namespace.to_string(),
+        statefulset,
+        pods,
+        pvc,
+        service,
+        secret,
+        events,
+    })
+}
+
+/// The releases in a namespace (or every namespace), as (namespace, name), sorted.
+pub async fn list_releases(
+    cluster: &Cluster,
+    all_namespaces: bool,
+) -> Result<Vec<(String, String)>, Error> {
+    let sets: Api<StatefulSet> = if all_namespaces {
+        Api::all(cluster.client.clone())
+    } else {
+        Api::namespaced(cluster.client.clone(), &cluster.namespace)
+    };
+    let params = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let list = sets
+        .list_metadata(&params)
+        .await
+        .map_err(|e| cluster.error("list", "statefulsets", e))?;
+    let mut releases: Vec<(String, String)> = list
+        .items
+        .into_iter()
+        .filter_map(|s| Some((s.metadata.namespace.unwrap_or_default(), s.metadata.name?)))
+        .collect();
+    releases.sort();
+    Ok(releases)
+}
+
+/// When an event last happened, as RFC 3339 text (sortable).
+pub fn event_time(event: &Event) -> String {
+    event
+        .last_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .or_else(|| event.event_time.as_ref().map(|t| t.0.to_string()))
+        .or_else(|| {
+            event
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,188 @@
+//! The `DeploymentStatus` document (DESIGN.md field names), for tables and `-o json|yaml`.
+
+use serde::Serialize;
+
+use super::assess::{Assessment, Problem};
+use super::observe::Observed;
+use super::probe::DbCheck;
+use crate::cluster::release::{self, Credentials, DATABASE_PORT};
+use crate::connection::DatabaseConnection;
+use crate::migration::status::MigrationStatus;
+use crate::migration::MigrationSet;
+use crate::output::API_VERSION;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PvcInfo {
+    pub name: String,
+    pub phase: String,
+    pub size: Option<String>,
+    pub storage_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentStatus {
+    #[serde(rename = "apiVersion")]
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub release: String,
+    pub namespace: String,
+    pub phase: String,
+    pub pods_ready: usize,
+    pub pods_total: usize,
+    pub restarts: i32,
+    pub pvc_bound: bool,
+    pub pvc: Option<PvcInfo>,
+    pub database_accessible: bool,
+    pub round_trip_ms: Option<f64>,
+    pub server_version: Option<String>,
+    pub migrations_applied: usize,
+    pub latest_migration: Option<String>,
+    pub migrations_pending: Option<usize>,
+    pub image: Option<String>,
+    pub service_type: Option<String>,
+    pub endpoint: Option<String>,
+    /// The connection string, password masked.
+    pub connection_string: Option<String>,
+    pub last_updated: Option<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// `kind: DeploymentStatusList`, for several releases.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentStatusList {
+    #[serde(rename = "apiVersion")]
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub items: Vec<DeploymentStatus>,
+}
+
+impl DeploymentStatusList {
+    pub fn new(items: Vec<DeploymentStatus>) -> Self {
+        Self {
+            api_version: API_VERSION,
+            kind: "DeploymentStatusList",
+            items,
+        }
+    }
+}
+
+impl DeploymentStatus {
+    pub fn build(
+        observed: &Observed,
+        assessment: &Assessment,
+        db: &DbCheck,
+        set: Option<&MigrationSet>,
+    ) -> Self {
+        let pods_ready = observed
+            .pods
+            .iter()
+            .filter(|p| release::is_ready(p))
+            .count();
+        let restarts = observed
+            .pods
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .map(|c| c.restart_count)
+            .sum();
+        let pvc = observed.pvc.as_ref().map(|p| PvcInfo {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            phase: p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Pending".into()),
+            size: p
+                .status
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .and_then(|c| c.get("storage"))
+                .or_else(|| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.resources.as_ref())
+                        .and_then(|r| r.requests.as_ref())
+                        .and_then(|r| r.get("storage"))
+                })
+                .map(|q| q.0.clone()),
+            storage_class: p.spec.as_ref().and_then(|s| s.storage_class_name.clone()),
+        });
+        let image = observed
+            .statefulset
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone());
+        let service_type = observed
+            .service
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .map(|s| s.type_.clone().unwrap_or_else(|| "ClusterIP".into()));
+        let host = release::service_host(&observed.release, &observed.namespace);
+        let credentials = observed
+            .secret
+            .as_ref()
+            .and_then(|s| Credentials::from_secret(s).ok());
+        let connection_string = credentials.map(|c| {
+            DatabaseConnection::new(
+                host.clone(),
+                c.port.unwrap_or(DATABASE_PORT),
+                c.database,
+                c.username,
+                c.password,
+            )
+            .masked()
+            .connection_string
+        });
+        let history = db.history.as_ref();
+        let migration = match (history, set) {
+            (Some(h), Some(set)) => Some(MigrationStatus::build(set, h, String::new())),
+            _ => None,
+        };
+        Self {
+            api_version: API_VERSION,
+            kind: "DeploymentStatus",
+            release: observed.release.clone(),
+            namespace: observed.namespace.clone(),
+            phase: assessment.phase.as_str().into(),
+            pods_ready,
+            pods_total: observed.pods.len(),
+            restarts,
+            pvc_bound: pvc.as_ref().is_some_and(|p| p.phase == "Bound"),
+            pvc,
+            database_accessible: db.accessible,
+            round_trip_ms: db.round_trip_ms,
+            server_version: db.server_version.clone(),
+            migrations_applied: history.map_or(0, |h| h.applied.len()),
+            latest_migration: migration.as_ref().and_then(|m| m.latest_version.clone()),
+            migrations_pending: migration.as_ref().map(|m| m.pending),
+            image,
+            service_type,
+            endpoint: observed
+                .service
+                .as_ref()
+                .map(|_| format!("{host}:{DATABASE_PORT}")),
+            connection_string,
+            last_updated: last_updated(observed),
+            problems: assessment.problems.clone(),
+        }
+    }
+}
+
+/// The latest change we can see: a pod condition transition, else the objects' creation.
+fn last_updated(observed: &Observed) -> Option<String> {
+    let conditions = observed
+        .pods
+        .iter()
+        .flat_map(|p| p.status.iter().flat_map(|s| s.conditions.iter().flatten()))
+        .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0));
+    let created = observed
+        .statefulset
+        .iter()
+        .filter_map(|s| s.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    conditions.chain(created).max().map(|t| t.to_string())
+}

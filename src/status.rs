@@ -1,0 +1,398 @@
+//! `kubectl pg status`: one release in detail, or every release as a table; `--wait` for a phase.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::watcher;
+use owo_colors::Stream;
+
+use crate::cli::{GlobalArgs, OutputFormat, StatusArgs, WaitFor};
+use crate::cluster::release::{self};
+use crate::cluster::Cluster;
+use crate::deployment::assess::{Assessment, Severity};
+use crate::deployment::probe::{self, DbCheck};
+use crate::deployment::report::{DeploymentStatus, DeploymentStatusList};
+use crate::deployment::{assess, observe, Phase};
+use crate::error::Error;
+use crate::migration::MigrationSet;
+use crate::output::{self, emit, paint, Tone};
+
+/// How long the database check may take before the view is shown without it.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let cluster = Cluster::connect(global).await?;
+    let set = MigrationSet::load(args.dir.as_deref())?;
+    if let Some(release) = &args.release {
+        release::validate_release(release)?;
+    }
+    release::validate_namespace(&cluster.namespace)?;
+    let single = match (&args.release, args.all_namespaces) {
+        (Some(r), _) => Some(r.clone()),
+        (None, true) => None,
+        (None, false) => {
+            let releases = observe::list_releases(&cluster, false).await?;
+            match releases.len() {
+                0 => Some(release::DEFAULT_RELEASE.to_string()),
+                1 => Some(releases[0].1.clone()),
+                _ => None,
+            }
+        }
+    };
+    let Some(release) = single else {
+        if args.wait.is_some() {
+            return Err(Error::invalid("--wait needs one release: name it"));
+        }
+        return list(&cluster, &set, args.all_namespaces, args.output).await;
+    };
+    let namespace = cluster.namespace.clone();
+    match args.wait {
+        None => {
+            let status = read(&cluster, &namespace, &release, &set).await?.0;
+            render_one(&status, args.output)
+        }
+        Some(want) => {
+            wait(
+                &cluster,
+                &namespace,
+                &release,
+                &set,
+                want,
+                args.timeout,
+                args.output,
+            )
+            .await
+        }
+    }
+}
+
+/// Observes, probes the database when the pod is ready, and assesses one release.
+pub async fn read(
+    cluster: &Cluster,
+    namespace: &str,
+    release: &str,
+    set: &MigrationSet,
+) -> Result<(DeploymentStatus, Assessment), Error> {
+    let observed = observe::observe(cluster, namespace, release).await?;
+    let db = if observed.pod().is_some_and(release::is_ready) {
+        probe::check(cluster, &observed, PROBE_TIMEOUT).await
+    } else {
+        DbCheck::default()
+    };
+    let mut assessment = assess::assess(
+        &observed,
+        Timestamp::now(),
+        observed.pod().map(|_| db.accessible),
+    );
+    if let (Some(error), Phase::Ready) = (&db.error, assessment.phase) {
+        if let Some(p) = assessment
+            .problems
+            .iter_mut()
+            .find(|p| p.reason == "DatabaseUnreachable")
+        {
+            p.message = format!("{}: {error}", p.message);
+        }
+    }
+    Ok((
+        DeploymentStatus::build(&observed, &assessment, &db, Some(set)),
+        assessment,
+    ))
+}
+
+async fn list(
+    cluster: &Cluster,
+    set: &MigrationSet,
+    all: bool,
+    format: OutputFormat,
+) -> Result<(), Error> {
+    let releases = observe::list_releases(cluster, all).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (namespace, name)) in releases.into_iter().enumerate() {
+        let (cluster, set) = (cluster.clone(), set.clone());
+        tasks.spawn(async move { (index, read(&cluster, &namespace, &name, &set).await) });
+    }
+    let mut items = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) =
+            joined.map_err(|e| Error::invalid(format!("status task failed: {e}")))?;
+        items.push((index, result?.0));
+    }
+    items.sort_by_key(|(i, _)| *i);
+    let items: Vec<DeploymentStatus> = items.into_iter().map(|(_, s)| s).collect();
+    if let Some(text) = output::document(format, &DeploymentStatusList::new(items.clone()))? {
+        emit(&text);
+        return Ok(());
+    }
+    if items.is_empty() {
+        let scope = if all {
+            "any namespace".to_string()
+        } else {
+            format!("namespace {:?}", cluster.namespace)
+        };
+        eprintln!("No releases found in {scope}.");
+        return Ok(());
+    }
+    let wide = format == OutputFormat::Wide;
+    let mut headers = Vec::new();
+    if all {
+        headers.push("NAMESPACE");
+    }
+    headers.extend([
+        "NAME",
+        "PHASE",
+        "READY",
+        "PVC",
+        "DATABASE",
+        "MIGRATIONS",
+        "LAST UPDATED",
+    ]);
+    if wide {
+        headers.extend(["IMAGE", "SERVICE", "ENDPOINT", "PROBLEMS"]);
+    }
+    let rows = items
+        .iter()
+        .map(|s| {
+            let mut row = Vec::new();
+            if all {
+                row.push(s.namespace.clone());
+            }
+            row.extend([
+                s.release.clone(),
+                paint(&s.phase, phase_tone(&s.phase), Stream::Stdout),
+                format!("{}/{}", s.pods_ready, s.pods_total),
+                s.pvc
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |p| p.phase.clone()),
+                if s.database_accessible {
+                    s.round_trip_ms
+                        .map_or_else(|| "ok".into(), |ms| format!("ok ({ms} ms)"))
+                } else {
+                    "-".into()
+                },
+                match (s.migrations_applied, &s.migrations_pending) {
+                    (0, None) => "-".into(),
+                    (n, Some(p)) => format!("{n} ({p} pending)"),
+                    (n, None) => n.to_string(),
+                },
+                s.last_updated.clone().unwrap_or_else(|| "-".into()),
+            ]);
+            if wide {
+                row.extend([
+                    s.image.clone().unwrap_or_else(|| "-".into()),
+                    s.service_type.clone().unwrap_or_else(|| "-".into()),
+                    s.endpoint.clone().unwrap_or_else(|| "-".into()),
+                    s.problems.len().to_string(),
+                ]);
+            }
+            row
+        })
+        .collect();
+    emit(&output::table(&headers, rows));
+    Ok(())
+}
+
+fn phase_tone(phase: &str) -> Tone {
+    match phase {
+        "Healthy" => Tone::Good,
+        "Ready" | "Deploying" => Tone::Warn,
+        "Failed" => Tone::Bad,
+        _ => Tone::Dim,
+    }
+}
+
+/// Prints one release: the document for json/yaml, else an aligned view.
+pub fn render_one(status: &DeploymentStatus, format: OutputFormat) -> Result<(), Error> {
+    if let Some(text) = output::document(format, status)? {
+        emit(&text);
+        return Ok(());
+    }
+    emit(&detail_view(status, format == OutputFormat::Wide));
+    Ok(())
+}
+
+fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
+    let dash = || "-".to_string();
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Release", s.release.clone()),
+        ("Namespace", s.namespace.clone()),
+        (
+            "Phase",
+            paint(&s.phase, phase_tone(&s.phase), Stream::Stdout),
+        ),
+        (
+            "Pods",
+            format!(
+                "{}/{} ready ({} restarts)",
+                s.pods_ready, s.pods_total, s.restarts
+            ),
+        ),
+        (
+            "PVC",
+            s.pvc.as_ref().map_or_else(dash, |p| {
+                format!(
+                    "{} {} {} ({})",
+                    p.name,
+                    p.phase,
+                    p.size.clone().unwrap_or_default(),
+                    p.storage_class
+                        .clone()
+                        .unwrap_or_else(|| "default class".into())
+                )
+            }),
+        ),
+        (
+            "Database",
+            if s.database_accessible {
+                format!(
+                    "accessible, {} ms round trip, PostgreSQL {}",
+                    s.round_trip_ms.unwrap_or_default(),
+                    s.server_version.clone().unwrap_or_default()
+                )
+            } else {
+                "not accessible".into()
+            },
+        ),
+        (
+            "Migrations",
+            match &s.migrations_pending {
+                Some(pending) => format!(
+                    "{} applied (latest {}), {pending} pending",
+                    s.migrations_applied,
+                    s.latest_migration.clone().unwrap_or_else(|| "none".into())
+                ),
+                None => dash(),
+            },
+        ),
+        ("Image", s.image.clone().unwrap_or_else(dash)),
+        (
+            "Service",
+            match (&s.service_type, &s.endpoint) {
+                (Some(t), Some(e)) => format!("{t} {e}"),
+                _ => dash(),
+            },
+        ),
+        (
+            "Connection",
+            s.connection_string.clone().unwrap_or_else(dash),
+        ),
+        ("Last updated", s.last_updated.clone().unwrap_or_else(dash)),
+    ];
+    if !wide {
+        rows.retain(|(k, _)| *k != "Last updated" || s.phase != "NotDeployed");
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    let mut out: String = rows
+        .iter()
+        .map(|(k, v)| format!("{:<width$}{v}\n", format!("{k}:")))
+        .collect();
+    if s.phase == "NotDeployed" {
+        out.push_str(&format!(
+            "\nNothing deployed. Install it with: kubectl pg install {} -n {}\n",
+            s.release, s.namespace
+        ));
+    }
+    if !s.problems.is_empty() {
+        out.push_str("\nProblems:\n");
+        for p in &s.problems {
+            let (mark, tone) = match p.severity {
+                Severity::Error => ("error", Tone::Bad),
+                Severity::Warning => ("warning", Tone::Warn),
+            };
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                paint(mark, tone, Stream::Stdout),
+                p.reason,
+                p.message
+            ));
+            if let Some(hint) = &p.hint {
+                out.push_str(&format!("    hint: {hint}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Waits, driven by watches on the release's pods, PVCs and events, until the release reaches
+/// `want` (exit 0), fails (exit 5), or the timeout passes (exit 4).
+async fn wait(
+    cluster: &Cluster,
+    namespace: &str,
+    release: &str,
+    set: &MigrationSet,
+    want: WaitFor,
+    timeout: Duration,
+    format: OutputFormat,
+) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let selector = release::selector(release);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), namespace);
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), namespace);
+    let mut changes = futures_util::stream::select_all(vec![
+        watcher(pods, watcher::Config::default().labels(&selector))
+            .map(|_| ())
+            .boxed(),
+        watcher(pvcs, watcher::Config::default())
+            .map(|_| ())
+            .boxed(),
+        watcher(events, watcher::Config::default())
+            .map(|_| ())
+            .boxed(),
+    ]);
+    let mut last_line = String::new();
+    loop {
+        let (status, assessment) = read(cluster, namespace, release, set).await?;
+        let reached = match want {
+            WaitFor::Ready => matches!(assessment.phase, Phase::Ready | Phase::Healthy),
+            WaitFor::Healthy => assessment.phase == Phase::Healthy,
+        };
+        if reached {
+            return render_one(&status, format);
+        }
+        if assessment.phase == Phase::Failed {
+            render_one(&status, format)?;
+            let failure = assessment
+                .failure()
+                .map(|p| p.message.clone())
+                .unwrap_or_default();
+            return Err(Error::Deployment {
+                message: format!("release {release} failed: {failure}"),
+                hints: assessment
+                    .failure()
+                    .and_then(|p| p.hint.clone())
+                    .into_iter()
+                    .collect(),
+                code: 5,
+            });
+        }
+        let line = format!(
+            "waiting for {release} to be {want:?}: phase {}",
+            status.phase
+        );
+        if line != last_line {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        // A ready pod whose database does not answer yet changes no object: look again soon.
+        let recheck = tokio::time::sleep(Duration::from_millis(500));
+        tokio::select! {
+            _ = changes.next() => {}
+            _ = recheck, if assessment.phase == Phase::Ready => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                render_one(&status, format)?;
+                return Err(Error::Deployment {
+                    message: format!(
+                        "timed out after {}s waiting for release {release} to be {want:?} (phase {})",
+                        timeout.as_secs(),
+                        status.phase
+                    ),
+                    hints: vec![format!("see what it is waiting for: kubectl describe pod -l {selector} -n {namespace}")],
+                    code: 4,
+                });
+            }
+        }
+    }
+}
