@@ -67,6 +67,12 @@ pub enum ColorChoice {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Deploy PostgreSQL (StatefulSet, Services, Secret, PVC) and wait until it is healthy
+    #[command(after_help = INSTALL_EXAMPLES)]
+    Install(InstallArgs),
+    /// Delete a release (the PVC and its data are kept unless --delete-data)
+    #[command(after_help = UNINSTALL_EXAMPLES)]
+    Uninstall(UninstallArgs),
     /// Show a release's phase, pods, storage, database and migrations, or list every release
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
@@ -79,6 +85,120 @@ pub enum Command {
     /// Apply, revert and inspect versioned SQL migrations
     #[command(after_help = MIGRATE_EXAMPLES)]
     Migrate(MigrateArgs),
+}
+
+const INSTALL_EXAMPLES: &str = "\
+Profiles (each value overridable by its flag):
+  dev   8Gi, default StorageClass, no requests/limits, ClusterIP service, generated password
+  prod  20Gi, requests 500m/512Mi, limits 2000m/2Gi, LoadBalancer service, --existing-secret required
+
+Examples:
+  # A development database in namespace postgres, LearnFlow schema applied
+  kubectl pg install -n postgres --migrate
+
+  # Print the manifests only (no cluster needed), ready for kubectl apply -f -
+  kubectl pg install --dry-run -o yaml
+
+  # Production values with credentials you manage
+  kubectl pg install orders -n prod --profile prod --existing-secret orders-db --storage-class gp3
+
+  # Change resources of a running release and wait for the rollout
+  kubectl pg install orders -n prod --upgrade --memory-limit 4Gi";
+
+const UNINSTALL_EXAMPLES: &str = "\
+Examples:
+  # Remove release postgres; its PVC (the data) is kept for a later install
+  kubectl pg uninstall -n postgres
+
+  # Remove everything, data included, without a prompt
+  kubectl pg uninstall -n postgres --delete-data --yes";
+
+/// `kubectl pg install`
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The release name (default: postgres)
+    pub release: Option<String>,
+    /// Values to start from
+    #[arg(long, value_enum, default_value_t = Profile::Dev)]
+    pub profile: Profile,
+    /// PostgreSQL major version (14-18), each pinned to an exact image tag
+    #[arg(long, default_value_t = crate::manifests::spec::DEFAULT_MAJOR, value_name = "MAJOR")]
+    pub postgres_version: u32,
+    /// Use this image instead of the pinned one
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The database created at first start
+    #[arg(long, default_value = "learnflow")]
+    pub database: String,
+    /// The database superuser
+    #[arg(long, default_value = "postgres")]
+    pub username: String,
+    /// Size of the data volume (default: 8Gi for dev, 20Gi for prod)
+    #[arg(long, value_name = "QUANTITY")]
+    pub storage_size: Option<String>,
+    /// StorageClass of the data volume (default: the cluster's default class)
+    #[arg(long, value_name = "NAME")]
+    pub storage_class: Option<String>,
+    #[arg(long, value_name = "QUANTITY")]
+    pub cpu_request: Option<String>,
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory_request: Option<String>,
+    #[arg(long, value_name = "QUANTITY")]
+    pub cpu_limit: Option<String>,
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory_limit: Option<String>,
+    /// ClusterIP, NodePort or LoadBalancer (default: ClusterIP for dev, LoadBalancer for prod)
+    #[arg(long, value_name = "TYPE")]
+    pub service_type: Option<String>,
+    /// Take the credentials from this Secret (keys username, password, database); never modified
+    #[arg(long, value_name = "NAME")]
+    pub existing_secret: Option<String>,
+    /// Read the password from stdin (16 characters at least) instead of generating one
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Apply the new spec to an existing release and wait for the rollout
+    #[arg(long)]
+    pub upgrade: bool,
+    /// Apply migrations once healthy (the built-in LearnFlow set, or --dir)
+    #[arg(long)]
+    pub migrate: bool,
+    /// Migrations to apply with --migrate
+    #[arg(long, value_name = "PATH", requires = "migrate")]
+    pub dir: Option<PathBuf>,
+    /// How long to wait for the release to become healthy
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Print the manifests and change nothing (no cluster needed)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Show the password in the summary's connection string
+    #[arg(long)]
+    pub show_password: bool,
+    /// Output: the summary as table, json or yaml; with --dry-run the manifests as yaml (default) or json
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    Dev,
+    Prod,
+}
+
+/// `kubectl pg uninstall`
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// Also delete the PVC and the data in it
+    #[arg(long)]
+    pub delete_data: bool,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// How long to wait for the objects to be gone
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 const STATUS_EXAMPLES: &str = "\

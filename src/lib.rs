@@ -10,11 +10,14 @@ pub mod database;
 pub mod deployment;
 pub mod dsn;
 pub mod error;
+pub mod install;
+pub mod manifests;
 pub mod migrate;
 pub mod migration;
 pub mod output;
 pub mod psql;
 pub mod status;
+pub mod uninstall;
 
 pub use error::Error;
 
@@ -35,6 +38,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         match cli.command {
             Command::Migrate(args) => migrate::run(args, &cli.global).await,
             Command::Dsn(args) => dsn::run(args, &cli.global).await,
+            Command::Install(args) => install::run(args, &cli.global).await,
+            Command::Uninstall(args) => uninstall::run(args, &cli.global).await,
             Command::Psql(args) => psql::run(args, &cli.global).await,
             Command::Status(args) => status::run(args, &cli.global).await,
         }

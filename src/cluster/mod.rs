@@ -2,6 +2,7 @@
 //! database sessions tunnelled through the API server.
 
 pub mod access;
+pub mod exec;
 pub mod release;
 pub mod tunnel;
 

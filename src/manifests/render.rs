@@ -1,0 +1,313 @@
+//! The objects of a release (DESIGN.md), hardened as the best charts do, as JSON ready for
+//! server-side apply or `kubectl apply -f -`.
+
+use serde_json::{json, Value};
+
+use super::spec::InstallSpec;
+use crate::cluster::release::{
+    self, DATABASE_PORT, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME,
+    LABEL_VERSION, MANAGED_BY,
+};
+use crate::deployment::observe::pvc_name;
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "kubectl-pg";
+/// The official image runs PostgreSQL as this uid/gid (Debian variants).
+const POSTGRES_UID: i64 = 999;
+
+/// The labels on every object of a release.
+pub fn labels(spec: &InstallSpec) -> Value {
+    json!({
+        LABEL_NAME: "postgresql",
+        LABEL_INSTANCE: spec.release,
+        LABEL_COMPONENT: "primary",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_VERSION: spec.major.to_string(),
+    })
+}
+
+fn selector(spec: &InstallSpec) -> Value {
+    json!({ LABEL_NAME: "postgresql", LABEL_INSTANCE: spec.release })
+}
+
+fn metadata(spec: &InstallSpec, name: &str) -> Value {
+    json!({ "name": name, "namespace": spec.namespace, "labels": labels(spec) })
+}
+
+/// Where the volume is mounted and where PGDATA lives: a subdirectory of the volume up to 17
+/// (initdb refuses a directory holding `lost+found`); from 18 the image's own layout under
+/// `/var/lib/postgresql`.
+fn data_layout(major: u32) -> (&'static str, Option<&'static str>) {
+    if major >= 18 {
+        ("/var/lib/postgresql", None)
+    } else {
+        (
+            "/var/lib/postgresql/data",
+            Some("/var/lib/postgresql/data/pgdata"),
+        )
+    }
+}
+
+/// `Secret R-credentials` with the given password.
+pub fn secret(spec: &InstallSpec, password: &str) -> Value {
+    let host = release::service_host(&spec.release, &spec.namespace);
+    let connection = crate::connection::DatabaseConnection::new(
+        host.clone(),
+        DATABASE_PORT,
+        spec.database.clone(),
+        spec.username.clone(),
+        password.to_string(),
+    );
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(spec, &release::secret_name(&spec.release)),
+        "type": "kubernetes.io/basic-auth",
+        "stringData": {
+            "username": spec.username,
+            "password": password,
+            "database": spec.database,
+            "host": host,
+            "port": DATABASE_PORT.to_string(),
+            "uri": connection.uri(),
+        }
+    })
+}
+
+/// `Service R` (ClusterIP, NodePort or LoadBalancer).
+pub fn service(spec: &InstallSpec) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(spec, &spec.release),
+        "spec": {
+            "type": spec.service_type,
+            "selector": selector(spec),
+            "ports": [{ "name": "postgresql", "port": DATABASE_PORT, "targetPort": "postgresql", "protocol": "TCP" }],
+        }
+    })
+}
+
+/// `Service R-hl`: headless, publishing not-ready addresses for the StatefulSet's DNS.
+pub fn headless_service(spec: &InstallSpec) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(spec, &format!("{}-hl", spec.release)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector(spec),
+            "ports": [{ "name": "postgresql", "port": DATABASE_PORT, "targetPort": "postgresql", "protocol": "TCP" }],
+        }
+    })
+}
+
+fn resources(spec: &InstallSpec) -> Value {
+    let pairs = |cpu: &Option<String>, memory: &Option<String>| -> serde_json::Map<String, Value> {
+        [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), json!(v))))
+            .collect()
+    };
+    let mut out = serde_json::Map::new();
+    let requests = pairs(&spec.cpu_request, &spec.memory_request);
+    let limits = pairs(&spec.cpu_limit, &spec.memory_limit);
+    if !requests.is_empty() {
+        out.insert("requests".into(), Value::Object(requests));
+    }
+    if !limits.is_empty() {
+        out.insert("limits".into(), Value::Object(limits));
+    }
+    Value::Object(out)
+}
+
+fn secret_env(spec: &InstallSpec, name: &str, key: &str) -> Value {
+    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": spec.secret_name(), "key": key } } })
+}
+
+/// `StatefulSet R`: one replica of the pinned official image.
+pub fn statefulset(spec: &InstallSpec) -> Value {
+    let (mount, pgdata) = data_layout(spec.major);
+    let mut env = vec![
+        secret_env(spec, "POSTGRES_USER", "username"),
+        secret_env(spec, "POSTGRES_PASSWORD", "password"),
+        secret_env(spec, "POSTGRES_DB", "database"),
+    ];
+    if let Some(pgdata) = pgdata {
+        env.push(json!({ "name": "PGDATA", "value": pgdata }));
+    }
+    // Over TCP, not the socket: during first start-up the image runs a temporary server on
+    // the socket only, which must not count as ready.
+    let probe = |period: u32, failures: u32| {
+        json!({
+            "exec": { "command": ["sh", "-c", "exec pg_isready -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -h 127.0.0.1 -p 5432"] },
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+            "failureThreshold": failures,
+        })
+    };
+    let mut storage = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": { "requests": { "storage": spec.storage_size } },
+    });
+    if let Some(class) = &spec.storage_class {
+        storage["storageClassName"] = json!(class);
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(spec, &spec.release),
+        "spec": {
+            "replicas": 1,
+            "serviceName": format!("{}-hl", spec.release),
+            "podManagementPolicy": "OrderedReady",
+            "updateStrategy": { "type": "RollingUpdate" },
+            "selector": { "matchLabels": selector(spec) },
+            "template": {
+                "metadata": { "labels": labels(spec) },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    // Long enough for a fast shutdown (checkpoint) before SIGKILL.
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": {
+                        "runAsUser": POSTGRES_UID,
+                        "runAsGroup": POSTGRES_UID,
+                        "fsGroup": POSTGRES_UID,
+                        "fsGroupChangePolicy": "OnRootMismatch",
+                        "runAsNonRoot": true,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
+                    "containers": [{
+                        "name": "postgres",
+                        "image": spec.image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "ports": [{ "name": "postgresql", "containerPort": DATABASE_PORT, "protocol": "TCP" }],
+                        "env": env,
+                        "resources": resources(spec),
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "runAsNonRoot": true,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
+                        "startupProbe": probe(5, 60),
+                        "readinessProbe": probe(5, 3),
+                        "livenessProbe": probe(10, 6),
+                        "volumeMounts": [
+                            { "name": "data", "mountPath": mount },
+                            { "name": "run", "mountPath": "/var/run/postgresql" },
+                            { "name": "tmp", "mountPath": "/tmp" },
+                            { "name": "shm", "mountPath": "/dev/shm" },
+                        ],
+                    }],
+                    "volumes": [
+                        { "name": "run", "emptyDir": {} },
+                        { "name": "tmp", "emptyDir": {} },
+                        { "name": "shm", "emptyDir": { "medium": "Memory", "sizeLimit": "256Mi" } },
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "metadata": { "name": "data", "labels": labels(spec) },
+                "spec": storage,
+            }],
+            "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Retain", "whenScaled": "Retain" },
+        }
+    })
+}
+
+/// Every object, in apply order (Secret first: the pod reads it).
+pub fn all(spec: &InstallSpec, password: Option<&str>) -> Vec<Value> {
+    let mut objects = Vec::new();
+    if let (None, Some(password)) = (&spec.existing_secret, password) {
+        objects.push(secret(spec, password));
+    }
+    objects.extend([headless_service(spec), service(spec), statefulset(spec)]);
+    objects
+}
+
+/// The PVC the StatefulSet's template creates.
+pub fn data_pvc_name(spec: &InstallSpec) -> String {
+    pvc_name(&spec.release)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(major: u32) -> InstallSpec {
+        InstallSpec {
+            release: "pg".into(),
+            namespace: "db".into(),
+            major,
+            image: format!("postgres:{major}"),
+            database: "learnflow".into(),
+            username: "postgres".into(),
+            storage_size: "8Gi".into(),
+            storage_class: None,
+            cpu_request: None,
+            memory_request: None,
+            cpu_limit: None,
+            memory_limit: None,
+            service_type: "ClusterIP".into(),
+            existing_secret: None,
+        }
+    }
+
+    #[test]
+    fn statefulset_is_hardened_and_reads_credentials_from_the_secret() {
+        let sts = statefulset(&spec(17));
+        let pod = &sts["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["securityContext"]["runAsUser"], 999);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        let text = sts.to_string();
+        assert!(
+            !text.contains("\"value\":\"secret"),
+            "no inline credentials"
+        );
+        assert_eq!(
+            c["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            "pg-credentials"
+        );
+        assert_eq!(c["env"][3]["value"], "/var/lib/postgresql/data/pgdata");
+        assert_eq!(
+            c["volumeMounts"][0]["mountPath"],
+            "/var/lib/postgresql/data"
+        );
+        assert!(
+            c["resources"].as_object().unwrap().is_empty(),
+            "dev profile sets no resources"
+        );
+        let v18 = statefulset(&spec(18));
+        assert_eq!(
+            v18["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+            "/var/lib/postgresql"
+        );
+        assert_eq!(
+            v18["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn every_object_is_labelled() {
+        for object in all(&spec(18), Some("x".repeat(32).as_str())) {
+            let labels = &object["metadata"]["labels"];
+            assert_eq!(labels[LABEL_MANAGED_BY], "kubectl-pg", "{object}");
+            assert_eq!(labels[LABEL_INSTANCE], "pg");
+            assert_eq!(labels[LABEL_VERSION], "18");
+        }
+    }
+}

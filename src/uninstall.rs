@@ -1,0 +1,146 @@
+//! `kubectl pg uninstall`: delete what install created and wait until it is gone; the PVC
+//! (the data) stays unless `--delete-data`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams};
+use kube::runtime::wait::{await_condition, conditions};
+
+use crate::cli::{GlobalArgs, UninstallArgs};
+use crate::cluster::release::{self, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::cluster::Cluster;
+use crate::deployment::observe::{self, pvc_name};
+use crate::error::Error;
+use crate::output::emit;
+
+pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let cluster = Cluster::connect(global).await?;
+    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let ns = cluster.namespace.clone();
+    let observed = observe::observe(&cluster, &ns, &release).await?;
+    if !observed.exists() && observed.pvc.is_none() {
+        emit(&format!(
+            "release {release} not found in namespace {ns}: nothing to uninstall\n"
+        ));
+        return Ok(());
+    }
+    if args.delete_data && observed.pvc.is_some() && !args.yes {
+        confirm(&format!(
+            "delete PVC {} and every row of release {release}'s database?",
+            pvc_name(&release)
+        ))?;
+    }
+    let client = cluster.client.clone();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let params = DeleteParams::background();
+    let ours = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+        labels
+            .and_then(|l| l.get(LABEL_MANAGED_BY))
+            .map(String::as_str)
+            == Some(MANAGED_BY)
+    };
+    // Only the Secret we created: a user's --existing-secret is theirs.
+    let delete_secret = observed
+        .secret
+        .as_ref()
+        .is_some_and(|s| ours(s.metadata.labels.as_ref()));
+    let headless = format!("{release}-hl");
+    let secret_name = release::secret_name(&release);
+    let pvc = pvc_name(&release);
+    let (a, b, c) = tokio::join!(
+        sets.delete(&release, &params),
+        services.delete(&release, &params),
+        services.delete(&headless, &params),
+    );
+    deleted(&cluster, a, "statefulsets")?;
+    deleted(&cluster, b, "services")?;
+    deleted(&cluster, c, "services")?;
+    if delete_secret {
+        deleted(
+            &cluster,
+            secrets.delete(&secret_name, &params).await,
+            "secrets",
+        )?;
+    }
+    // The pod holds the volume: it must be gone before the PVC can go.
+    let pod_name = release::pod_name(&release);
+    let pod_uid = observed.pod().and_then(|p| p.metadata.uid.clone());
+    let wait = async {
+        if let Some(uid) = &pod_uid {
+            let _ = await_condition(pods.clone(), &pod_name, conditions::is_deleted(uid)).await;
+        }
+        if args.delete_data {
+            if let Some(uid) = observed.pvc.as_ref().and_then(|p| p.metadata.uid.clone()) {
+                deleted(
+                    &cluster,
+                    pvcs.delete(&pvc, &params).await,
+                    "persistentvolumeclaims",
+                )?;
+                let _ = await_condition(pvcs.clone(), &pvc, conditions::is_deleted(&uid)).await;
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    match tokio::time::timeout(args.timeout, wait).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Error::Deployment {
+                message: format!(
+                    "timed out after {}s waiting for release {release} to be deleted",
+                    args.timeout.as_secs()
+                ),
+                hints: vec![format!(
+                    "kubectl get pods,pvc -n {ns} -l {}",
+                    release::selector(&release)
+                )],
+                code: 4,
+            })
+        }
+    }
+    emit(&format!(
+        "release {release} uninstalled from namespace {ns}\n"
+    ));
+    if !args.delete_data && observed.pvc.is_some() {
+        emit(&format!(
+            "PVC {pvc} kept with the data: `kubectl pg install {release} -n {ns}` reuses it; --delete-data removes it\n"
+        ));
+    }
+    Ok(())
+}
+
+/// A delete that succeeded, or found nothing to delete.
+fn deleted<T>(
+    cluster: &Cluster,
+    result: Result<T, kube::Error>,
+    resource: &str,
+) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(cluster.error("delete", resource, e)),
+    }
+}
+
+fn confirm(question: &str) -> Result<(), Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::InvalidInput {
+            message: "--delete-data needs --yes when not run on a terminal".into(),
+            hint: Some("add --yes to confirm that the data may be deleted".into()),
+        });
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::invalid("uninstall cancelled"))
+    }
+}
