@@ -4,6 +4,7 @@
 use std::{env, fs, path::Path};
 
 fn main() {
+    stamp_build();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<String> = fs::read_dir(&dir)
@@ -26,4 +27,35 @@ fn main() {
     let target = Path::new(&env::var("OUT_DIR").expect("OUT_DIR is set by cargo"))
         .join("embedded_migrations.rs");
     fs::write(target, out).expect("OUT_DIR is writable");
+}
+
+/// Records the git commit and build date for `kubectl pg version` (SOURCE_DATE_EPOCH wins,
+/// so release builds are reproducible).
+fn stamp_build() {
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let commit =
+        run("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let date = match env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) => run(
+            "date",
+            &["-u", "-d", &format!("@{epoch}"), "+%Y-%m-%dT%H:%M:%SZ"],
+        ),
+        Err(_) => run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+    }
+    .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=KUBECTL_PG_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=KUBECTL_PG_BUILD_DATE={date}");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let head = Path::new(env!("CARGO_MANIFEST_DIR")).join(".git/HEAD");
+    if head.exists() {
+        println!("cargo:rerun-if-changed={}", head.display());
+    }
 }

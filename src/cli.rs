@@ -6,15 +6,23 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-const ABOUT: &str = "PostgreSQL on Kubernetes from one command line: versioned migrations with the LearnFlow schema built in";
+const ABOUT: &str =
+    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn";
 
 const EXAMPLES: &str = "\
 Examples:
-  # Apply the built-in LearnFlow schema to a database
-  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow
+  # Deploy PostgreSQL into namespace postgres, wait until healthy, apply the LearnFlow schema
+  kubectl pg install -n postgres --migrate
 
-  # See what is applied and what is pending, as JSON
-  kubectl pg migrate status --dsn \"$DATABASE_URL\" -o json";
+  # How is it doing?
+  kubectl pg status -n postgres
+
+  # A psql session in the pod, and the connection string for an app
+  kubectl pg psql -n postgres
+  kubectl pg dsn -n postgres
+
+  # Migrations against any database you can reach
+  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow";
 
 /// `kubectl pg`: PostgreSQL on Kubernetes.
 #[derive(Debug, Parser)]
@@ -58,6 +66,38 @@ pub struct GlobalArgs {
     pub color: ColorChoice,
 }
 
+impl GlobalArgs {
+    /// Empty flags, filled in by [`GlobalArgs::set`] while completing a partial command line.
+    pub fn default_for_completion() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            cluster: None,
+            user: None,
+            namespace: None,
+            as_user: None,
+            as_group: Vec::new(),
+            request_timeout: None,
+            color: ColorChoice::Never,
+        }
+    }
+
+    /// Records a connection flag seen on a partial command line.
+    pub fn set(&mut self, flag: &str, value: &str) {
+        let value = value.to_string();
+        match flag {
+            "kubeconfig" => self.kubeconfig = Some(value.into()),
+            "context" => self.context = Some(value),
+            "cluster" => self.cluster = Some(value),
+            "user" => self.user = Some(value),
+            "n" | "namespace" => self.namespace = Some(value),
+            "as" => self.as_user = Some(value),
+            "as-group" => self.as_group.push(value),
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
     Auto,
@@ -76,15 +116,52 @@ pub enum Command {
     /// Show a release's phase, pods, storage, database and migrations, or list every release
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
+    /// Apply, revert and inspect versioned SQL migrations
+    #[command(after_help = MIGRATE_EXAMPLES)]
+    Migrate(MigrateArgs),
     /// Open psql in the release's pod (kubectl exec), or a local psql with --local
     #[command(after_help = PSQL_EXAMPLES)]
     Psql(PsqlArgs),
     /// Print the connection string of a release's database, read from its Secret
     #[command(after_help = DSN_EXAMPLES)]
     Dsn(DsnArgs),
-    /// Apply, revert and inspect versioned SQL migrations
-    #[command(after_help = MIGRATE_EXAMPLES)]
-    Migrate(MigrateArgs),
+    /// Print the plugin's version, build, supported PostgreSQL majors and the cluster's version
+    #[command(after_help = VERSION_EXAMPLES)]
+    Version(VersionArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell)
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+const VERSION_EXAMPLES: &str = "\
+Examples:
+  kubectl pg version
+  kubectl pg version -o json";
+
+const COMPLETION_EXAMPLES: &str = "\
+`kubectl pg <TAB>` completion is provided by the kubectl_complete-pg executable installed
+beside kubectl-pg (kubectl 1.26+ calls it). These scripts complete the kubectl-pg binary itself.
+
+Examples:
+  # bash
+  source <(kubectl pg completion bash)
+  # zsh
+  kubectl pg completion zsh > \"${fpath[1]}/_kubectl-pg\"
+  # fish
+  kubectl pg completion fish > ~/.config/fish/completions/kubectl-pg.fish";
+
+/// `kubectl pg version`
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Output format: table (text), json or yaml
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Do not contact the cluster
+    #[arg(long)]
+    pub client: bool,
 }
 
 const INSTALL_EXAMPLES: &str = "\

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod completion;
 pub mod connection;
 pub mod database;
 pub mod deployment;
@@ -18,10 +19,22 @@ pub mod output;
 pub mod psql;
 pub mod status;
 pub mod uninstall;
+pub mod version;
 
 pub use error::Error;
 
 use cli::{Cli, Command};
+
+/// Answers kubectl's `__complete` request (see [`completion::complete`]).
+pub fn complete(args: &[String]) -> String {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(completion::complete(args)),
+        Err(_) => ":4\n".into(),
+    }
+}
 
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> Result<(), Error> {
@@ -37,6 +50,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     runtime.block_on(async move {
         match cli.command {
             Command::Migrate(args) => migrate::run(args, &cli.global).await,
+            Command::Version(args) => version::run(args, &cli.global).await,
+            Command::Completion { shell } => {
+                output::emit(&completion::script(shell));
+                Ok(())
+            }
             Command::Dsn(args) => dsn::run(args, &cli.global).await,
             Command::Install(args) => install::run(args, &cli.global).await,
             Command::Uninstall(args) => uninstall::run(args, &cli.global).await,

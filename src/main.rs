@@ -1,13 +1,34 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use owo_colors::Stream;
 
 use kubectl_pg::cli::Cli;
-use kubectl_pg::output::{paint, Tone};
+use kubectl_pg::output::{emit, paint, Tone};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // kubectl's plugin completion (through kubectl_complete-pg) speaks Cobra's protocol.
+    if args.get(1).is_some_and(|a| a == "__complete") {
+        let words: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        emit(&kubectl_pg::complete(&words));
+        return ExitCode::SUCCESS;
+    }
+    let mut command = Cli::command();
+    let invoked_as_plugin = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n.to_string_lossy().starts_with("kubectl-"));
+    if invoked_as_plugin {
+        command = command.bin_name("kubectl pg");
+    }
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
