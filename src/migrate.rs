@@ -34,6 +34,12 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
             eprintln!("note: no --dsn and no kubeconfig: planning against an empty history");
             return run_with::<DsnConnector>(&args, &set, None).await;
         }
+        Err(Error::Kubeconfig { message, .. }) => {
+            return Err(Error::Kubeconfig {
+                message,
+                hint: Some("give --dsn URL (or DATABASE_URL) to migrate a database directly, or a kubeconfig to reach the release's".into()),
+            })
+        }
         Err(e) => return Err(e),
     };
     let release = release::resolve(&cluster, args.action.release()).await?;

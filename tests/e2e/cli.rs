@@ -44,11 +44,17 @@ fn usage_errors_exit_1_not_2() {
 
 #[test]
 fn migrate_without_a_database_says_how_to_give_one() {
-    let out = kpg(&["migrate", "up"]);
-    expect_code(&out, 1);
+    // No --dsn and no kubeconfig: Kubernetes is not accessible (2), and the hint names --dsn.
+    let home = tempfile::tempdir().unwrap();
+    let out = crate::kpg_command(&["migrate", "up"])
+        .env("HOME", home.path())
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    expect_code(&out, 2);
     let err = out.stderr_text();
     assert!(
-        err.starts_with("error: no database to migrate") && err.contains("hint: "),
+        err.starts_with("error: no kubeconfig found") && err.contains("hint: give --dsn"),
         "{err}"
     );
 }

@@ -1,6 +1,9 @@
 //! End-to-end tests: the real binary against a real PostgreSQL server.
 
+mod apiserver;
+mod apiserver_tests;
 mod cli;
+mod cluster;
 mod krew;
 mod migrate;
 mod pg;

@@ -150,7 +150,7 @@ fn is_root() -> bool {
 }
 
 /// When root, the account the server runs as, with its uid and gid.
-fn service_account() -> Option<(String, u32, u32)> {
+pub fn service_account() -> Option<(String, u32, u32)> {
     if !is_root() {
         return None;
     }
