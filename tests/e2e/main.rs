@@ -7,6 +7,7 @@ mod cluster;
 mod krew;
 mod migrate;
 mod pg;
+mod real_cluster;
 
 use std::process::{Command, Output};
 
