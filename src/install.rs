@@ -10,12 +10,11 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Event, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use owo_colors::Stream;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -516,27 +515,7 @@ async fn wait_ready(
     let deadline = tokio::time::Instant::now() + timeout;
     let ns = &spec.namespace;
     let selector = release::selector(&spec.release);
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), ns);
-    let events: Api<Event> = Api::namespaced(cluster.client.clone(), ns);
-    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
-    let mut changes = futures_util::stream::select_all(vec![
-        watcher(pods, watcher::Config::default().labels(&selector))
-            .map(|_| ())
-            .boxed(),
-        watcher(pvcs, watcher::Config::default())
-            .map(|_| ())
-            .boxed(),
-        watcher(events, watcher::Config::default())
-            .map(|_| ())
-            .boxed(),
-        watcher(
-            sets,
-            watcher::Config::default().fields(&format!("metadata.name={}", spec.release)),
-        )
-        .map(|_| ())
-        .boxed(),
-    ]);
+    let mut changes = crate::deployment::changes::changes(cluster, ns, &spec.release);
     let mut last = String::new();
     loop {
         let observed = observe::observe(cluster, ns, &spec.release).await?;

@@ -3,10 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
-use kube::runtime::watcher;
 use owo_colors::Stream;
 
 use crate::cli::{GlobalArgs, OutputFormat, StatusArgs, WaitFor};
@@ -328,20 +325,7 @@ async fn wait(
 ) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + timeout;
     let selector = release::selector(release);
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), namespace);
-    let events: Api<Event> = Api::namespaced(cluster.client.clone(), namespace);
-    let mut changes = futures_util::stream::select_all(vec![
-        watcher(pods, watcher::Config::default().labels(&selector))
-            .map(|_| ())
-            .boxed(),
-        watcher(pvcs, watcher::Config::default())
-            .map(|_| ())
-            .boxed(),
-        watcher(events, watcher::Config::default())
-            .map(|_| ())
-            .boxed(),
-    ]);
+    let mut changes = crate::deployment::changes::changes(cluster, namespace, release);
     let mut last_line = String::new();
     loop {
         let (status, assessment) = read(cluster, namespace, release, set).await?;

@@ -2,6 +2,7 @@
 //! database answers (probe), and the DeploymentStatus document (report).
 
 pub mod assess;
+pub mod changes;
 pub mod observe;
 pub mod probe;
 pub mod report;
