@@ -468,6 +468,9 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum MigrateAction {
     /// Apply pending migrations (all, or up to --to)
+    #[command(
+        after_help = "Examples:\n  kubectl pg migrate up -n postgres\n  kubectl pg migrate up --to 003 --dsn \"$DATABASE_URL\"\n  kubectl pg migrate up --dir ./migrations --dry-run"
+    )]
     Up {
         /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
         #[arg(value_name = "RELEASE")]
@@ -477,6 +480,9 @@ pub enum MigrateAction {
         to: Option<i64>,
     },
     /// Revert applied migrations (one by default)
+    #[command(
+        after_help = "Examples:\n  kubectl pg migrate down -n postgres\n  kubectl pg migrate down --steps 2\n  kubectl pg migrate down --to 0 --dry-run"
+    )]
     Down {
         /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
         #[arg(value_name = "RELEASE")]
@@ -489,17 +495,24 @@ pub enum MigrateAction {
         to: Option<i64>,
     },
     /// Show applied, pending, changed and missing migrations
+    #[command(
+        after_help = "Examples:\n  kubectl pg migrate status -n postgres\n  kubectl pg migrate status --dsn \"$DATABASE_URL\" -o json"
+    )]
     Status {
         /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
         #[arg(value_name = "RELEASE")]
         release: Option<String>,
     },
     /// Write the next-numbered pair of empty migration files into --dir
+    #[command(
+        after_help = "Examples:\n  kubectl pg migrate create add_user_tags --dir ./migrations"
+    )]
     Create {
         /// Name of the migration (letters, digits, '_' and '-')
         name: String,
     },
     /// Record an existing schema as applied up to VERSION, without running anything
+    #[command(after_help = "Examples:\n  kubectl pg migrate baseline --version 006 -n postgres")]
     Baseline {
         /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
         #[arg(value_name = "RELEASE")]
@@ -508,6 +521,9 @@ pub enum MigrateAction {
         version: i64,
     },
     /// Accept the current file of an applied migration: re-record its checksum
+    #[command(
+        after_help = "Examples:\n  kubectl pg migrate repair --version 003 --yes --dir ./migrations"
+    )]
     Repair {
         /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
         #[arg(value_name = "RELEASE")]
@@ -591,6 +607,25 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_examples() {
+        fn check(command: &clap::Command, path: &str) {
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    help.contains("Examples:"),
+                    "`{path} --help` has no Examples section"
+                );
+                check(sub, &path);
+            }
+        }
+        check(&Cli::command(), "kubectl pg");
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
         pod_problems(pod, &mut problems);
     }
     pvc_problems(observed, now, &mut problems);
+    image_drift(observed, &mut problems);
     for event in &observed.events {
         let reason = event.reason.as_deref().unwrap_or_default();
         let message = event.message.clone().unwrap_or_default();
@@ -230,6 +231,51 @@ fn pod_problems(pod: &Pod, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The running image against the StatefulSet's, and the StatefulSet's against the image
+/// pinned for its PostgreSQL major.
+fn image_drift(observed: &Observed, problems: &mut Vec<Problem>) {
+    let Some(sts) = &observed.statefulset else {
+        return;
+    };
+    let wanted = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone());
+    let Some(wanted) = wanted else { return };
+    let running = observed
+        .pod()
+        .and_then(|p| p.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone());
+    if let Some(running) = running.filter(|r| *r != wanted) {
+        problems.push(Problem::warning(
+            "ImageDrift",
+            format!("the pod runs {running} but the StatefulSet asks for {wanted}"),
+            Some("a rollout is pending or stuck: kubectl rollout status statefulset".into()),
+        ));
+    }
+    let major = sts
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(release::LABEL_VERSION))
+        .and_then(|v| v.parse::<u32>().ok());
+    if let Some(pinned) = major.and_then(crate::manifests::spec::pinned_image) {
+        if pinned != wanted {
+            problems.push(Problem::warning(
+                "UnpinnedImage",
+                format!("image {wanted} is not the one pinned for PostgreSQL {} ({pinned})", major.unwrap_or_default()),
+                Some(format!(
+                    "intended with --image; else kubectl pg install {} -n {} --upgrade moves to the pinned image",
+                    observed.release, observed.namespace
+                )),
+            ));
+        }
+    }
+}
+
 fn pvc_problems(observed: &Observed, now: Timestamp, problems: &mut Vec<Problem>) {
     let Some(pvc) = &observed.pvc else { return };
     let name = pvc.metadata.name.clone().unwrap_or_default();
@@ -348,6 +394,28 @@ mod tests {
         let unreachable = assess(&observed_with(pod(true, None)), now, Some(false));
         assert_eq!(unreachable.phase, Phase::Ready);
         assert_eq!(unreachable.problems[0].reason, "DatabaseUnreachable");
+    }
+
+    #[test]
+    fn image_drift_is_reported() {
+        let sts: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app.kubernetes.io/version": "18"}},
+            "spec": {"selector": {}, "serviceName": "pg-hl", "template": {"spec": {"containers": [{"name": "postgres", "image": "postgres:18.0"}]}}}
+        }))
+        .unwrap();
+        let mut running = pod(true, None);
+        running.spec = serde_json::from_value(
+            serde_json::json!({"containers": [{"name": "postgres", "image": "postgres:17.7"}]}),
+        )
+        .unwrap();
+        let mut observed = observed_with(running);
+        observed.statefulset = Some(sts);
+        let reasons: Vec<String> = assess(&observed, Timestamp::now(), Some(true))
+            .problems
+            .into_iter()
+            .map(|p| p.reason)
+            .collect();
+        assert_eq!(reasons, ["ImageDrift", "UnpinnedImage"]);
     }
 
     #[test]
