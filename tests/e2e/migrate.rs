@@ -250,6 +250,21 @@ fn up_to_down_steps_and_status() {
         row.contains("progress") && row.contains("pending"),
         "{text}"
     );
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when NO_COLOR is set and stdout is no terminal"
+    );
+    let coloured = migrate(&db, &["status", "--color", "always"]);
+    assert!(
+        coloured.stdout_text().contains("\x1b["),
+        "{}",
+        coloured.describe()
+    );
+    let never = kpg_command(&["migrate", "status", "--color", "never", "--dsn", &db.dsn()])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!never.stdout_text().contains('\x1b'));
     let wide = migrate(&db, &["status", "-o", "wide"]);
     assert!(
         wide.stdout_text().contains("APPLIED BY"),
@@ -865,6 +880,20 @@ fn tls_modes_follow_libpq() {
         db.name
     );
     let cert = server.cert.display().to_string();
+    server.require_tls(&db.name);
+    // Without TLS the server now refuses; sslmode=require encrypts without checking the certificate.
+    let plain = kpg(&[
+        "migrate",
+        "status",
+        "--dsn",
+        &format!("{base}?sslmode=disable"),
+    ]);
+    expect_code(&plain, 8);
+    assert!(
+        plain.stderr_text().contains("pg_hba.conf"),
+        "{}",
+        plain.describe()
+    );
     expect_code(
         &kpg(&[
             "migrate",
@@ -876,11 +905,8 @@ fn tls_modes_follow_libpq() {
         ]),
         0,
     );
-    assert_eq!(
-        db.scalar("SELECT bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name = 'kubectl-pg'"),
-        None,
-        "session closed"
-    );
+    // libpq's default (prefer) takes TLS when offered.
+    expect_code(&kpg(&["migrate", "status", "--dsn", &base]), 0);
     let full = kpg(&[
         "migrate",
         "status",
@@ -896,19 +922,28 @@ fn tls_modes_follow_libpq() {
         &format!("{base}?sslmode=verify-full"),
     ]);
     expect_code(&untrusted, 8);
-    // verify-ca skips the host name check; verify-full does not.
-    let other_name = format!(
-        "postgresql://postgres:{}@localhost:{}/{}?sslrootcert={cert}",
-        crate::pg::PASSWORD,
-        server.port,
-        db.name
+    // verify-ca skips the host name check; verify-full does not. The certificate names
+    // 127.0.0.1 and localhost; hostaddr connects while host names another server.
+    let named = |mode: &str| {
+        format!(
+            "host=db.example.invalid hostaddr=127.0.0.1 port={} user=postgres password={} dbname={} sslmode={mode} sslrootcert={cert}",
+            server.port,
+            crate::pg::PASSWORD,
+            db.name
+        )
+    };
+    expect_code(
+        &kpg(&["migrate", "status", "--dsn", &named("verify-ca")]),
+        0,
     );
-    let _ = other_name;
-    let dsn_kv = format!(
-        "host=127.0.0.1 port={} user=postgres password={} dbname={} sslmode=verify-ca sslrootcert={cert}",
-        server.port,
-        crate::pg::PASSWORD,
-        db.name
+    let mismatch = kpg(&["migrate", "status", "--dsn", &named("verify-full")]);
+    expect_code(&mismatch, 8);
+    assert!(
+        mismatch
+            .stderr_text()
+            .to_lowercase()
+            .contains("certificate"),
+        "{}",
+        mismatch.describe()
     );
-    expect_code(&kpg(&["migrate", "status", "--dsn", &dsn_kv]), 0);
 }

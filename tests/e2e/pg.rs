@@ -19,6 +19,8 @@ pub struct Server {
     pub port: u16,
     /// The CA-less self-signed certificate the server presents (PEM path), valid for 127.0.0.1.
     pub cert: PathBuf,
+    /// The data directory (pg_hba.conf lives here).
+    pub data: PathBuf,
     _tmp: tempfile::TempDir,
     // Closing this pipe (when the test process exits) stops the server.
     _stop: Mutex<ChildStdin>,
@@ -71,6 +73,14 @@ impl TestDb {
 }
 
 impl Server {
+    /// Makes the server refuse connections to `db` that do not use TLS.
+    pub fn require_tls(&self, db: &str) {
+        let path = self.data.join("pg_hba.conf");
+        let current = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("hostnossl {db} all all reject\n{current}")).unwrap();
+        query(&self.dsn("postgres"), "SELECT pg_reload_conf()");
+    }
+
     pub fn dsn(&self, db: &str) -> String {
         format!(
             "postgresql://postgres:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable",
@@ -291,6 +301,7 @@ fn start() -> Server {
     Server {
         port,
         cert: dir.join("server.crt"),
+        data: dir.join("data"),
         _tmp: tmp,
         _stop: Mutex::new(stdin),
         _child: Mutex::new(child),
