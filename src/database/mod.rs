@@ -90,7 +90,8 @@ fn is_permanent(e: &Error) -> bool {
         || matches!(e, Error::Connection { reason, .. }
             if reason.contains("password authentication failed")
                 || reason.contains("does not exist")
-                || reason.contains("no pg_hba.conf entry"))
+                || reason.contains("certificate")
+                || reason.contains("pg_hba.conf"))
 }
 
 /// Opens a session, retrying with bounded exponential backoff (about 6 s in all), so a
