@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use owo_colors::Stream;
 
 use crate::cli::{GlobalArgs, OutputFormat, StatusArgs, WaitFor};
-use crate::cluster::release::{self};
+use crate::cluster::release;
 use crate::cluster::Cluster;
 use crate::deployment::assess::{Assessment, Severity};
 use crate::deployment::probe::{self, DbCheck};

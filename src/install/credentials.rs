@@ -1,0 +1,158 @@
+//! Credentials: the password (generated or from stdin), the Secret that holds it, and
+//! setting it inside an existing database.
+
+use std::io::Read;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use rand::Rng;
+
+use crate::cluster::release::{self, Credentials};
+use crate::cluster::{exec, Cluster};
+use crate::error::Error;
+use crate::manifests::render::{self};
+use crate::manifests::InstallSpec;
+
+/// Length of generated passwords.
+pub const PASSWORD_LENGTH: usize = 32;
+pub(super) fn read_password() -> Result<String, Error> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|source| Error::Io {
+            context: "cannot read the password from stdin".into(),
+            source,
+        })?;
+    let password = text.trim_end_matches(['\n', '\r']).to_string();
+    if password.chars().count() < 16 {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "the password from stdin has {} characters: 16 at least",
+                password.chars().count()
+            ),
+            hint: None,
+        });
+    }
+    Ok(password)
+}
+
+/// 32 characters from the OS-seeded CSPRNG, letters and digits (safe in URIs and shells).
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..PASSWORD_LENGTH)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+pub(super) struct SecretOutcome {
+    pub(super) credentials: Credentials,
+    pub(super) created: bool,
+}
+
+/// Our Secret: created when absent, never overwritten. A user's Secret: checked, never touched.
+pub(super) async fn ensure_secret(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    password: Option<String>,
+) -> Result<SecretOutcome, Error> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let name = spec.secret_name();
+    if let Some(existing) = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?
+    {
+        if password.is_some() {
+            eprintln!("note: Secret {name} exists; its password is kept and the one from stdin is ignored");
+        }
+        return Ok(SecretOutcome {
+            credentials: Credentials::from_secret(&existing)?,
+            created: false,
+        });
+    }
+    if spec.existing_secret.is_some() {
+        return Err(Error::NotFound {
+            message: format!("--existing-secret {name:?} not found in namespace {:?}", spec.namespace),
+            hint: Some(format!(
+                "kubectl create secret generic {name} -n {} --from-literal=username={} --from-literal=password=… --from-literal=database={}",
+                spec.namespace, spec.username, spec.database
+            )),
+        });
+    }
+    let password = password.unwrap_or_else(generate_password);
+    let object: Secret = serde_json::from_value(render::secret(spec, &password))
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    match secrets.create(&PostParams::default(), &object).await {
+        Ok(_) => {}
+        // Someone else created it meanwhile: theirs wins, as it would have on a rerun.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let theirs = secrets
+                .get(&name)
+                .await
+                .map_err(|e| cluster.error("get", "secrets", e))?;
+            return Ok(SecretOutcome {
+                credentials: Credentials::from_secret(&theirs)?,
+                created: false,
+            });
+        }
+        Err(e) => return Err(cluster.error("create", "secrets", e)),
+    }
+    Ok(SecretOutcome {
+        credentials: Credentials {
+            username: spec.username.clone(),
+            password,
+            database: spec.database.clone(),
+            host: None,
+            port: None,
+        },
+        created: true,
+    })
+}
+
+/// Sets the Secret's password on the role, through exec in the pod over the local socket
+/// (trusted there), the statement on stdin so it never shows on a command line.
+pub(super) async fn set_password_in_database(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    credentials: &Credentials,
+) -> Result<(), Error> {
+    let quote_ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let sql = format!(
+        "ALTER ROLE {} PASSWORD {};\n",
+        quote_ident(&credentials.username),
+        crate::migration::history::literal(&credentials.password)
+    );
+    let output = exec::run(
+        cluster,
+        &spec.namespace,
+        &release::pod_name(&spec.release),
+        crate::psql::CONTAINER,
+        &[
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-X",
+            "-q",
+            "-U",
+            &credentials.username,
+            "-d",
+            "postgres",
+        ],
+        &sql,
+    )
+    .await?;
+    if !output.success {
+        return Err(Error::Deployment {
+            message: format!(
+                "could not set the new password in the existing database: {}",
+                output
+                    .message
+                    .unwrap_or_else(|| output.stderr.trim().to_string())
+            ),
+            hints: vec!["set it by hand: kubectl pg psql, then ALTER ROLE … PASSWORD …".into()],
+            code: 5,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! `kubectl pg install`: validate, preflight, apply with server-side apply, wait (watches),
+//! diagnose, health-check, migrate, summarise.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+
+use crate::cli::{GlobalArgs, InstallArgs, OutputFormat};
+use crate::cluster::release::{self, Credentials};
+use crate::cluster::tunnel::TunnelConnector;
+use crate::cluster::Cluster;
+use crate::deployment::observe;
+use crate::deployment::probe;
+use crate::error::Error;
+use crate::manifests::render::{self, FIELD_MANAGER};
+use crate::manifests::InstallSpec;
+use crate::migration::{Goal, MigrationSet, Runner, Settings};
+use crate::output::{self, emit};
+
+mod credentials;
+mod preflight;
+mod rollout;
+
+use credentials::{ensure_secret, read_password, set_password_in_database};
+pub use credentials::{generate_password, PASSWORD_LENGTH};
+use preflight::preflight;
+use rollout::wait_ready;
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let password = if args.password_stdin {
+        Some(read_password()?)
+    } else {
+        None
+    };
+    if args.dry_run {
+        return dry_run(&args, global, password);
+    }
+    let cluster = Cluster::connect(global).await?;
+    let release = match &args.release {
+        Some(r) => r.clone(),
+        None => release::DEFAULT_RELEASE.to_string(),
+    };
+    let spec = InstallSpec::from_args(&args, &release, &cluster.namespace)?;
+    let migrations = if args.migrate {
+        Some(MigrationSet::load(args.dir.as_deref())?)
+    } else {
+        None
+    };
+    if let Some(set) = &migrations {
+        set.check_transaction_modes()?;
+    }
+
+    let existing = preflight(&cluster, &spec).await?;
+    if existing.statefulset && !args.upgrade {
+        eprintln!(
+            "release {} is already deployed in namespace {}: nothing changed (use --upgrade to apply a new spec)",
+            spec.release, spec.namespace
+        );
+        return summary(&cluster, &spec, &args).await;
+    }
+    if !existing.namespace {
+        create_namespace(&cluster, &spec.namespace).await?;
+        eprintln!("created namespace {}", spec.namespace);
+    }
+    let secret = ensure_secret(&cluster, &spec, password).await?;
+    // A new password for a volume that already holds a database: it must be set inside.
+    let reset_password = secret.created && existing.pvc;
+
+    let started = std::time::Instant::now();
+    apply(&cluster, &spec).await?;
+    eprintln!(
+        "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
+        if secret.created { ", Secret" } else { "" }
+    );
+    wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
+    eprintln!(
+        "pod {} ready after {:.1}s",
+        release::pod_name(&spec.release),
+        started.elapsed().as_secs_f32()
+    );
+    if reset_password {
+        set_password_in_database(&cluster, &spec, &secret.credentials).await?;
+        eprintln!("the existing database's password was set to the new Secret's");
+    }
+    health_check(&cluster, &spec, &secret.credentials).await?;
+    if let Some(set) = migrations {
+        migrate(&cluster, &spec, &secret.credentials, &set).await?;
+    }
+    summary(&cluster, &spec, &args).await
+}
+
+/// Prints the manifests; reads no cluster (the namespace comes from -n, else the default).
+fn dry_run(args: &InstallArgs, global: &GlobalArgs, password: Option<String>) -> Result<(), Error> {
+    let namespace = global
+        .namespace
+        .clone()
+        .unwrap_or_else(|| crate::cluster::access::DEFAULT_NAMESPACE.into());
+    let release = args
+        .release
+        .clone()
+        .unwrap_or_else(|| release::DEFAULT_RELEASE.into());
+    let spec = InstallSpec::from_args(args, &release, &namespace)?;
+    if spec.existing_secret.is_none() && password.is_none() {
+        eprintln!("note: the Secret carries a freshly generated password; `kubectl pg install` never overwrites an existing one, `kubectl apply` would");
+    }
+    let password = password.unwrap_or_else(generate_password);
+    let mut objects = render::all(&spec, Some(&password));
+    objects.insert(
+        0,
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": spec.namespace } }),
+    );
+    let text = match args.output {
+        Some(OutputFormat::Json) => {
+            serde_json::to_string_pretty(
+                &json!({ "apiVersion": "v1", "kind": "List", "items": objects }),
+            )
+            .map_err(|e| Error::invalid(e.to_string()))?
+                + "\n"
+        }
+        _ => {
+            let mut text = String::new();
+            for object in &objects {
+                text.push_str("---\n");
+                text.push_str(
+                    &serde_saphyr::to_string(object).map_err(|e| Error::invalid(e.to_string()))?,
+                );
+            }
+            text
+        }
+    };
+    emit(&text);
+    Ok(())
+}
+
+async fn create_namespace(cluster: &Cluster, name: &str) -> Result<(), Error> {
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        // Created meanwhile by someone else: just as good.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(cluster.error("create", "namespaces", e)),
+    }
+}
+
+/// Server-side apply of the Services and the StatefulSet, at once.
+async fn apply(cluster: &Cluster, spec: &InstallSpec) -> Result<(), Error> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let headless = render::headless_service(spec);
+    let service = render::service(spec);
+    let sts = render::statefulset(spec);
+    let name = |v: &Value| {
+        v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (headless_name, service_name) = (name(&headless), name(&service));
+    let (headless, service, sts) = (
+        Patch::Apply(&headless),
+        Patch::Apply(&service),
+        Patch::Apply(&sts),
+    );
+    let (a, b, c) = tokio::join!(
+        services.patch(&headless_name, &params, &headless),
+        services.patch(&service_name, &params, &service),
+        sets.patch(&spec.release, &params, &sts),
+    );
+    a.map_err(|e| apply_error(cluster, "services", e))?;
+    b.map_err(|e| apply_error(cluster, "services", e))?;
+    c.map_err(|e| apply_error(cluster, "statefulsets", e))?;
+    Ok(())
+}
+
+fn apply_error(cluster: &Cluster, resource: &str, e: kube::Error) -> Error {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => {
+            Error::Deployment {
+                message: format!("insufficient resources: {}", s.message),
+                hints: vec![
+                    "raise the namespace's ResourceQuota or lower the release's requests".into(),
+                ],
+                code: 6,
+            }
+        }
+        _ => cluster.error("patch", resource, e),
+    }
+}
+
+/// A real query through a port-forward: exit 8 when no session opens, 5 when it cannot answer.
+async fn health_check(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    credentials: &Credentials,
+) -> Result<(), Error> {
+    let observed = observe::observe(cluster, &spec.namespace, &spec.release).await?;
+    let mut observed = observed;
+    if observed.secret.is_none() || spec.existing_secret.is_some() {
+        // The probe reads credentials from the observed Secret; give it the ones in use.
+        let object = render::secret(spec, &credentials.password);
+        observed.secret = serde_json::from_value(object).ok();
+    }
+    let check = probe::check(cluster, &observed, HEALTH_TIMEOUT).await;
+    match (check.accessible, check.error) {
+        (true, _) => Ok(()),
+        (false, Some(error))
+            if error.contains("cannot connect") || error.contains("port-forward") =>
+        {
+            Err(Error::Connection {
+                target: format!("release {} in namespace {}", spec.release, spec.namespace),
+                reason: error,
+            })
+        }
+        (false, error) => Err(Error::Deployment {
+            message: format!(
+                "health check failed: {}",
+                error.unwrap_or_else(|| "no answer".into())
+            ),
+            hints: vec![format!(
+                "kubectl logs {} -n {} -c postgres",
+                release::pod_name(&spec.release),
+                spec.namespace
+            )],
+            code: 5,
+        }),
+    }
+}
+
+async fn migrate(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    credentials: &Credentials,
+    set: &MigrationSet,
+) -> Result<(), Error> {
+    let target = release::Target {
+        release: spec.release.clone(),
+        namespace: spec.namespace.clone(),
+        pod: release::pod_name(&spec.release),
+        port: release::DATABASE_PORT,
+        credentials: credentials.clone(),
+    };
+    let connector = TunnelConnector::new(cluster, &target);
+    let settings = Settings {
+        lock_timeout: Duration::from_secs(60),
+        statement_timeout: None,
+        allow_out_of_order: false,
+        applied_by: "kubectl pg install".into(),
+    };
+    let mut runner = Runner::new(&connector, set, &settings);
+    let count = runner
+        .run(Goal::Up { to: None }, &mut |event| {
+            if let crate::migration::Event::Applied { id, millis } = event {
+                eprintln!("applied {id} ({millis} ms)");
+            }
+        })
+        .await?;
+    eprintln!("{count} migration(s) applied");
+    Ok(())
+}
+
+async fn summary(cluster: &Cluster, spec: &InstallSpec, args: &InstallArgs) -> Result<(), Error> {
+    let set = MigrationSet::load(args.dir.as_deref())?;
+    let (mut status, _) =
+        crate::status::read(cluster, &spec.namespace, &spec.release, &set).await?;
+    if args.show_password {
+        let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+        if let Ok(secret) = secrets.get(&spec.secret_name()).await {
+            if let Ok(c) = Credentials::from_secret(&secret) {
+                let host = release::service_host(&spec.release, &spec.namespace);
+                status.connection_string = Some(
+                    crate::connection::DatabaseConnection::new(
+                        host,
+                        release::DATABASE_PORT,
+                        c.database,
+                        c.username,
+                        c.password,
+                    )
+                    .connection_string,
+                );
+            }
+        }
+    }
+    let format = args.output.unwrap_or(OutputFormat::Table);
+    if output::document(format, &status)?.is_none() && std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    crate::status::render_one(&status, format)
+}

@@ -1,0 +1,226 @@
+//! Preflight: what exists, the StorageClass, ResourceQuotas and RBAC, checked at once
+//! before anything is created (exit 6 naming the missing piece).
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, ResourceQuota};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ListParams, PostParams};
+
+use crate::cluster::Cluster;
+use crate::error::Error;
+use crate::manifests::render::{self};
+use crate::manifests::spec::quantity_value;
+use crate::manifests::InstallSpec;
+
+/// What already exists.
+pub(super) struct Existing {
+    pub(super) namespace: bool,
+    pub(super) statefulset: bool,
+    pub(super) pvc: bool,
+}
+
+/// Checks, all at once, what exists, the StorageClass, quotas and permissions; exit 6 with
+/// the missing piece named.
+pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<Existing, Error> {
+    let client = &cluster.client;
+    let ns = &spec.namespace;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvc_name = render::data_pvc_name(spec);
+    let all = ListParams::default();
+    let (namespace, class_list, quota_list, sts, pvc, access) = tokio::join!(
+        namespaces.get_opt(ns),
+        classes.list(&all),
+        quotas.list(&all),
+        sets.get_opt(&spec.release),
+        pvcs.get_opt(&pvc_name),
+        permissions(cluster, ns),
+    );
+    let namespace = namespace.map_err(|e| cluster.error("get", "namespaces", e))?;
+    let sts = sts.map_err(|e| cluster.error("get", "statefulsets", e))?;
+    let pvc = pvc.map_err(|e| cluster.error("get", "persistentvolumeclaims", e))?;
+    access?;
+    let classes = class_list
+        .map_err(|e| cluster.error("list", "storageclasses", e))?
+        .items;
+    let pvc_bound = pvc
+        .as_ref()
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phase.as_deref())
+        == Some("Bound");
+    // An existing bound PVC is reused: it needs no class.
+    if !pvc_bound {
+        check_storage_class(&classes, spec)?;
+    }
+    // A namespace that does not exist yet has no quota.
+    if namespace.is_some() {
+        let quotas = quota_list
+            .map_err(|e| cluster.error("list", "resourcequotas", e))?
+            .items;
+        check_quotas(&quotas, spec, pvc.is_some())?;
+    }
+    Ok(Existing {
+        namespace: namespace.is_some(),
+        statefulset: sts.is_some(),
+        pvc: pvc.is_some(),
+    })
+}
+
+fn check_storage_class(classes: &[StorageClass], spec: &InstallSpec) -> Result<(), Error> {
+    let names: Vec<&str> = classes
+        .iter()
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    let resources = |message: String, hint: String| Error::Deployment {
+        message,
+        hints: vec![hint],
+        code: 6,
+    };
+    match &spec.storage_class {
+        Some(class) if !names.contains(&class.as_str()) => Err(resources(
+            format!("StorageClass {class:?} does not exist"),
+            if names.is_empty() {
+                "the cluster has no StorageClass: install a provisioner (kind and k3d ship one)"
+                    .into()
+            } else {
+                format!("existing classes: {}", names.join(", "))
+            },
+        )),
+        Some(_) => Ok(()),
+        None => {
+            let default = classes.iter().any(|c| {
+                c.metadata.annotations.as_ref().is_some_and(|a| {
+                    a.get("storageclass.kubernetes.io/is-default-class")
+                        .map(String::as_str)
+                        == Some("true")
+                })
+            });
+            if default {
+                Ok(())
+            } else if names.is_empty() {
+                Err(resources(
+                    "insufficient storage: the cluster has no StorageClass to provision the data volume".into(),
+                    "install a storage provisioner, or create the PersistentVolume by hand".into(),
+                ))
+            } else {
+                Err(resources(
+                    "insufficient storage: no default StorageClass, and --storage-class was not given".into(),
+                    format!("pick one with --storage-class ({})", names.join(", ")),
+                ))
+            }
+        }
+    }
+}
+
+/// Fails when a ResourceQuota leaves no room for what the release requests.
+fn check_quotas(
+    quotas: &[ResourceQuota],
+    spec: &InstallSpec,
+    pvc_exists: bool,
+) -> Result<(), Error> {
+    let mut wanted: Vec<(&str, f64, String)> = Vec::new();
+    let mut want = |key: &'static str, value: &Option<String>| {
+        if let Some(v) = value
+            .as_ref()
+            .and_then(|v| quantity_value(v).map(|q| (q, v.clone())))
+        {
+            wanted.push((key, v.0, v.1));
+        }
+    };
+    want("requests.cpu", &spec.cpu_request);
+    want("requests.memory", &spec.memory_request);
+    want("limits.cpu", &spec.cpu_limit);
+    want("limits.memory", &spec.memory_limit);
+    if !pvc_exists {
+        want("requests.storage", &Some(spec.storage_size.clone()));
+        wanted.push(("persistentvolumeclaims", 1.0, "1".into()));
+    }
+    wanted.push(("pods", 1.0, "1".into()));
+    for quota in quotas {
+        let name = quota.metadata.name.clone().unwrap_or_default();
+        let status = quota.status.clone().unwrap_or_default();
+        let hard = status
+            .hard
+            .or_else(|| quota.spec.as_ref().and_then(|s| s.hard.clone()))
+            .unwrap_or_default();
+        let used = status.used.unwrap_or_default();
+        for (key, amount, text) in &wanted {
+            let Some(limit) = hard.get(*key).and_then(|q| quantity_value(&q.0)) else {
+                continue;
+            };
+            let in_use = used
+                .get(*key)
+                .and_then(|q| quantity_value(&q.0))
+                .unwrap_or(0.0);
+            if in_use + amount > limit + 1e-9 {
+                return Err(Error::Deployment {
+                    message: format!(
+                        "insufficient resources: ResourceQuota {name:?} allows {key} {}, {} in use, the release needs {text}",
+                        hard[*key].0,
+                        used.get(*key).map_or("0".to_string(), |q| q.0.clone()),
+                    ),
+                    hints: vec!["raise the quota, or lower the release's requests (--cpu-request, --memory-request, --storage-size)".into()],
+                    code: 6,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SelfSubjectAccessReviews for everything install creates, all at once.
+async fn permissions(cluster: &Cluster, namespace: &str) -> Result<(), Error> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
+    let checks = [
+        ("apps", "statefulsets", "patch"),
+        ("", "services", "patch"),
+        ("", "secrets", "create"),
+        ("", "pods", "list"),
+        ("", "pods/portforward", "create"),
+    ];
+    let asks = checks.iter().map(|(group, resource, verb)| {
+        let (resource, subresource) = resource
+            .split_once('/')
+            .map_or((*resource, None), |(r, s)| (r, Some(s)));
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    subresource: subresource.map(str::to_string),
+                    verb: Some(verb.to_string()),
+                    namespace: Some(namespace.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews = reviews.clone();
+        async move { reviews.create(&PostParams::default(), &review).await }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    for ((_, resource, verb), answer) in checks.iter().zip(answers) {
+        let review = answer.map_err(|e| cluster.error("create", "selfsubjectaccessreviews", e))?;
+        if !review.status.is_some_and(|s| s.allowed) {
+            return Err(Error::Forbidden {
+                verb: if *verb == "list" {
+                    "create".into()
+                } else {
+                    verb.to_string()
+                },
+                resource: resource.to_string(),
+                namespace: namespace.to_string(),
+                user: cluster.user.clone(),
+                context: cluster.context.clone(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Waiting for the pod (and, on upgrade, the rollout), driven by watches, with live
+//! progress and a diagnosis when it fails.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, LogParams};
+use owo_colors::Stream;
+
+use crate::cluster::release;
+use crate::cluster::Cluster;
+use crate::deployment::{assess, observe, Phase};
+use crate::error::Error;
+use crate::manifests::InstallSpec;
+use crate::output::{paint, Tone};
+
+/// Waits, driven by watches, until the pod is ready with the current spec; diagnoses failures.
+pub(super) async fn wait_ready(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    timeout: Duration,
+    upgrade: bool,
+) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let ns = &spec.namespace;
+    let selector = release::selector(&spec.release);
+    let mut changes = crate::deployment::changes::changes(cluster, ns, &spec.release);
+    let mut last = String::new();
+    loop {
+        let observed = observe::observe(cluster, ns, &spec.release).await?;
+        let assessment = assess(&observed, Timestamp::now(), None);
+        let rolled_out = !upgrade || rollout_done(observed.statefulset.as_ref());
+        if matches!(assessment.phase, Phase::Ready | Phase::Healthy) && rolled_out {
+            return Ok(());
+        }
+        if let Some(failure) = assessment.failure() {
+            let mut hints: Vec<String> = failure.hint.iter().cloned().collect();
+            if failure.reason == "CrashLoopBackOff" {
+                hints.extend(last_log_lines(cluster, ns, &release::pod_name(&spec.release)).await);
+            }
+            return Err(Error::Deployment {
+                message: failure.message.clone(),
+                hints,
+                code: failure.exit_code,
+            });
+        }
+        let line = progress_line(&observed, &assessment);
+        if line != last {
+            eprintln!("{}", paint(&line, Tone::Dim, Stream::Stderr));
+            last = line;
+        }
+        tokio::select! {
+            _ = changes.next() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Error::Deployment {
+                    message: format!("timed out after {}s: {}", timeout.as_secs(), progress_line(&observed, &assessment)),
+                    hints: vec![format!("see what it waits for: kubectl describe pod -n {ns} -l {selector}")],
+                    code: 4,
+                });
+            }
+        }
+    }
+}
+
+fn rollout_done(sts: Option<&StatefulSet>) -> bool {
+    let Some(sts) = sts else { return false };
+    let generation = sts.metadata.generation.unwrap_or_default();
+    sts.status.as_ref().is_some_and(|s| {
+        s.observed_generation.unwrap_or_default() >= generation
+            && s.ready_replicas.unwrap_or_default() >= 1
+            && s.update_revision.is_some()
+            && s.current_revision == s.update_revision
+    })
+}
+
+/// `phase Deploying: pod pg-0 is Pending (ContainerCreating), PVC Bound, latest event: …`
+fn progress_line(
+    observed: &observe::Observed,
+    assessment: &crate::deployment::assess::Assessment,
+) -> String {
+    let pod = observed
+        .pod()
+        .map_or_else(|| "no pod yet".into(), release::describe_pod);
+    let pvc = observed
+        .pvc
+        .as_ref()
+        .and_then(|p| p.status.as_ref()?.phase.clone())
+        .unwrap_or_else(|| "not created".into());
+    let event = observed
+        .events
+        .last()
+        .map(|e| {
+            format!(
+                ", latest event: {} {}",
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "phase {}: {pod}, PVC {pvc}{event}",
+        assessment.phase.as_str()
+    )
+}
+
+async fn last_log_lines(cluster: &Cluster, namespace: &str, pod: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let params = LogParams {
+        container: Some(crate::psql::CONTAINER.into()),
+        tail_lines: Some(10),
+        previous: true,
+        ..LogParams::default()
+    };
+    match pods.logs(pod, &params).await {
+        Ok(text) => text.lines().map(|l| format!("log: {l}")).collect(),
+        Err(_) => Vec::new(),
+    }
+}
