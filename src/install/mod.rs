@@ -58,10 +58,23 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
 
     let existing = preflight(&cluster, &spec).await?;
     if existing.statefulset && !args.upgrade {
-        eprintln!(
-            "release {} is already deployed in namespace {}: nothing changed (use --upgrade to apply a new spec)",
-            spec.release, spec.namespace
-        );
+        // The spec stays; only a lost Secret is repaired, so the data is not locked out.
+        let secret = ensure_secret(&cluster, &spec, password).await?;
+        if secret.created {
+            eprintln!(
+                "Secret {} was missing: created it with a new password",
+                spec.secret_name()
+            );
+            wait_ready(&cluster, &spec, args.timeout, false).await?;
+            set_password_in_database(&cluster, &spec, &secret.credentials).await?;
+            health_check(&cluster, &spec, &secret.credentials).await?;
+            eprintln!("the database's password was set to the new Secret's");
+        } else {
+            eprintln!(
+                "release {} is already deployed in namespace {}: nothing changed (use --upgrade to apply a new spec)",
+                spec.release, spec.namespace
+            );
+        }
         return summary(&cluster, &spec, &args).await;
     }
     if !existing.namespace {
