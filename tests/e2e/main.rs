@@ -11,7 +11,8 @@ mod real_cluster;
 
 use std::process::{Command, Output};
 
-/// Runs `kubectl-pg` with `args`, colour off and no DATABASE_URL from the environment.
+/// Runs `kubectl-pg` with `args`, colour off, no DATABASE_URL and no kubeconfig from the
+/// environment.
 pub fn kpg(args: &[&str]) -> Output {
     kpg_command(args).output().expect("kubectl-pg runs")
 }

@@ -14,7 +14,13 @@ fn real_cluster_scenarios() {
     let run = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--context", &context, "-n", &ns]);
-        kpg_command(&all).output().unwrap()
+        let mut command = kpg_command(&all);
+        // The user's own kubeconfig, which kpg_command hides from every other test.
+        match std::env::var_os("KUBECONFIG") {
+            Some(path) => command.env("KUBECONFIG", path),
+            None => command.env_remove("KUBECONFIG"),
+        };
+        command.output().unwrap()
     };
     let install = run(&["install", "--migrate", "--timeout", "10m", "-o", "json"]);
     expect_code(&install, 0);
