@@ -121,6 +121,7 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
             ));
         }
     }
+    warning_events(observed, &mut problems);
     if observed.statefulset.is_some() && observed.secret.is_none() {
         problems.push(Problem::warning(
             "SecretMissing",
@@ -227,6 +228,43 @@ fn pod_problems(pod: &Pod, problems: &mut Vec<Problem>) {
                 1,
             )),
             _ => {}
+        }
+    }
+}
+
+/// Reasons already turned into a problem of their own from conditions and container states.
+const DIAGNOSED_REASONS: &[&str] = &[
+    "FailedScheduling",
+    "Failed",
+    "BackOff",
+    "ProvisioningFailed",
+    "FailedBinding",
+    "FailedCreate",
+];
+
+/// The latest Warning events not diagnosed otherwise (probe failures, mounts, …), three at most.
+fn warning_events(observed: &Observed, problems: &mut Vec<Problem>) {
+    let mut seen = Vec::new();
+    for event in observed.events.iter().rev() {
+        let reason = event.reason.clone().unwrap_or_default();
+        if event.type_.as_deref() != Some("Warning")
+            || DIAGNOSED_REASONS.contains(&reason.as_str())
+            || seen.contains(&reason)
+        {
+            continue;
+        }
+        let object = event.involved_object.name.clone().unwrap_or_default();
+        problems.push(Problem::warning(
+            &reason,
+            format!("{object}: {}", event.message.clone().unwrap_or_default()),
+            Some(format!(
+                "kubectl get events -n {} --field-selector involvedObject.name={object}",
+                observed.namespace
+            )),
+        ));
+        seen.push(reason);
+        if seen.len() == 3 {
+            break;
         }
     }
 }
@@ -394,6 +432,29 @@ mod tests {
         let unreachable = assess(&observed_with(pod(true, None)), now, Some(false));
         assert_eq!(unreachable.phase, Phase::Ready);
         assert_eq!(unreachable.problems[0].reason, "DatabaseUnreachable");
+    }
+
+    #[test]
+    fn undiagnosed_warning_events_are_listed() {
+        let event = |reason: &str, kind: &str| -> k8s_openapi::api::core::v1::Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": reason}, "type": kind, "reason": reason,
+                "message": "m", "involvedObject": {"name": "pg-0"}
+            }))
+            .unwrap()
+        };
+        let mut observed = observed_with(pod(true, None));
+        observed.events = vec![
+            event("Unhealthy", "Warning"),
+            event("Pulled", "Normal"),
+            event("BackOff", "Warning"),
+        ];
+        let reasons: Vec<String> = assess(&observed, Timestamp::now(), Some(true))
+            .problems
+            .into_iter()
+            .map(|p| p.reason)
+            .collect();
+        assert_eq!(reasons, ["Unhealthy"]);
     }
 
     #[test]

@@ -734,6 +734,20 @@ fn dsn_in_every_format_connects() {
         lb.describe()
     );
 
+    install(&cluster, "np", "node", &["--service-type", "NodePort"]);
+    let np = run(&cluster, &["dsn", "node", "-n", "np", "--external"]);
+    expect_code(&np, 0);
+    let service = cluster
+        .get_json("/api/v1/namespaces/np/services/node")
+        .unwrap();
+    let node_port = service["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!(
+        np.stdout_text()
+            .contains(&format!("@127.0.0.1:{node_port}/learnflow")),
+        "{}",
+        np.describe()
+    );
+
     // A Secret without the expected keys.
     cluster.apply_json(&serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
