@@ -97,12 +97,18 @@ pub fn exec(
     let spec = ExecSpec {
         command,
         stdin: query.flag("stdin") && query.get("stdin").is_some(),
-        stdout: query.get("stdout").is_none_or(|v| v == "1" || v == "true"),
-        stderr: query.get("stderr").is_none_or(|v| v == "1" || v == "true"),
+        // Absent means false, as PodExecOptions decodes them.
+        stdout: query.flag("stdout") && query.get("stdout").is_some(),
+        stderr: query.flag("stderr") && query.get("stderr").is_some(),
         tty: query.flag("tty") && query.get("tty").is_some(),
         env,
         run_as_service: true,
     };
+    if !(spec.stdin || spec.stdout || spec.stderr) {
+        return Err(ApiError::bad_request(
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ));
+    }
     let key = websocket_key(req)?;
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
