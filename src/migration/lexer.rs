@@ -437,6 +437,28 @@ mod tests {
     }
 
     #[test]
+    fn never_panics_on_arbitrary_input() {
+        use rand::{Rng, SeedableRng};
+        const PIECES: &[&str] = &[
+            "'", "\"", "$", "$$", "$a$", "--", "/*", "*/", "\n", ";", "E'", "\\", "begin",
+            "atomic", "end", "case", "create", "é", "日本", "x", " ", "1",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..24);
+            let input: String = (0..len)
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect();
+            if let Ok(statements) = split(&input) {
+                for s in &statements {
+                    let _ = non_transactional_reason(s);
+                    let _ = transaction_control(s);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn classifies_statements() {
         let one = |s: &str| split(s).unwrap().remove(0);
         assert!(non_transactional_reason(&one(
