@@ -236,6 +236,15 @@ fn install_is_healthy_migrated_and_idempotent() {
         .unwrap();
     assert_eq!(secret["metadata"]["resourceVersion"], secret_version);
 
+    // --show-password puts the real password in the summary's connection string.
+    let shown = run(
+        &cluster,
+        &["install", "-n", "learn", "--show-password", "-o", "json"],
+    );
+    expect_code(&shown, 0);
+    let dsn = run(&cluster, &["dsn", "-n", "learn"]);
+    assert_eq!(json(&shown)["connection_string"], dsn.stdout_text().trim());
+
     // --upgrade applies new resources and waits for the rollout.
     let up = run(
         &cluster,
