@@ -53,14 +53,22 @@ pub async fn observe(cluster: &Cluster, namespace: &str, release: &str) -> Resul
     let pod_params = ListParams::default().labels(&release::selector(release));
     let pvc = pvc_name(release);
     let secret = release::secret_name(release);
-    let event_params = ListParams::default();
-    let (sts, pod_list, pvc, service, secret, event_list) = tokio::join!(
+    // Only the events about the release's own objects, selected by the server.
+    let event_params: Vec<ListParams> = [
+        release.to_string(),
+        release::pod_name(release),
+        pvc_name(release),
+    ]
+    .iter()
+    .map(|name| ListParams::default().fields(&format!("involvedObject.name={name}")))
+    .collect();
+    let (sts, pod_list, pvc, service, secret, event_lists) = tokio::join!(
         sets.get_opt(release),
         pods.list(&pod_params),
         pvcs.get_opt(&pvc),
         services.get_opt(release),
         secrets.get_opt(&secret),
-        events.list(&event_params),
+        futures_util::future::join_all(event_params.iter().map(|p| events.list(p))),
     );
     let statefulset = sts.map_err(|e| cluster.error("get", "statefulsets", e))?;
     let mut pods = pod_list
@@ -71,16 +79,10 @@ pub async fn observe(cluster: &Cluster, namespace: &str, release: &str) -> Resul
     let service = service.map_err(|e| cluster.error("get", "services", e))?;
     let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
     // Events are a diagnosis aid: a user who may not list them still gets a status.
-    let mut events: Vec<Event> = event_list.map(|l| l.items).unwrap_or_default();
-    let mut names = vec![release.to_string(), pvc_name(release)];
-    names.extend(pods.iter().filter_map(|p| p.metadata.name.clone()));
-    names.push(release::pod_name(release));
-    events.retain(|e| {
-        e.involved_object
-            .name
-            .as_ref()
-            .is_some_and(|n| names.contains(n))
-    });
+    let mut events: Vec<Event> = event_lists
+        .into_iter()
+        .flat_map(|list| list.map(|l| l.items).unwrap_or_default())
+        .collect();
     events.sort_by_key(event_time);
     Ok(Observed {
         release: release.to_string(),
