@@ -5,7 +5,18 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::store::Store;
 use super::validation::parse_quantity;
+
+/// The kinds whose objects count against a quota.
+const CHARGED: [&str; 6] = [
+    "pods",
+    "persistentvolumeclaims",
+    "services",
+    "secrets",
+    "configmaps",
+    "statefulsets",
+];
 
 /// What an object charges against each quota key it touches.
 pub fn charges(kind: &str, object: &Value) -> BTreeMap<String, f64> {
@@ -96,6 +107,17 @@ pub fn usage<'a>(objects: impl Iterator<Item = (&'a str, &'a Value)>) -> BTreeMa
         }
     }
     used
+}
+
+/// What the objects now stored in `ns` use, summed per quota key.
+pub fn namespace_usage(store: &Store, ns: &str) -> BTreeMap<String, f64> {
+    let mut objects = Vec::new();
+    for plural in CHARGED {
+        let t = store.by_plural(plural);
+        let (items, _) = store.list(&t, Some(ns));
+        objects.extend(items.into_iter().map(|o| (t.kind.clone(), o)));
+    }
+    usage(objects.iter().map(|(k, o)| (k.as_str(), o)))
 }
 
 /// Renders an amount like the quota it is compared with (`2Gi`, `500m`, `3`).

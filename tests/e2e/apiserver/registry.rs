@@ -174,20 +174,7 @@ impl Registry {
         if quotas.is_empty() {
             return Ok(());
         }
-        let mut objects = Vec::new();
-        for plural in [
-            "pods",
-            "persistentvolumeclaims",
-            "services",
-            "secrets",
-            "configmaps",
-            "statefulsets",
-        ] {
-            let t = self.store.by_plural(plural);
-            let (items, _) = self.store.list(&t, Some(ns));
-            objects.extend(items.into_iter().map(|o| (t.kind.clone(), o)));
-        }
-        let used = quota::usage(objects.iter().map(|(k, o)| (k.as_str(), o)));
+        let used = quota::namespace_usage(&self.store, ns);
         quota::admit(&rt.kind, object, &quotas, &used)
             .map_err(|detail| ApiError::quota_exceeded(rt, meta::name(object), &detail))
     }

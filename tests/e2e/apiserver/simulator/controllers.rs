@@ -648,20 +648,7 @@ pub fn quota_status(sim: &Sim, ns: &str) {
     if quotas.is_empty() {
         return;
     }
-    let mut objects = Vec::new();
-    for plural in [
-        "pods",
-        "persistentvolumeclaims",
-        "services",
-        "secrets",
-        "configmaps",
-        "statefulsets",
-    ] {
-        let t = sim.store.by_plural(plural);
-        let (items, _) = sim.store.list(&t, Some(ns));
-        objects.extend(items.into_iter().map(|o| (t.kind.clone(), o)));
-    }
-    let used = quota::usage(objects.iter().map(|(k, o)| (k.as_str(), o)));
+    let used = quota::namespace_usage(&sim.store, ns);
     for q in quotas {
         let hard = q["spec"]["hard"].clone();
         let mut used_json = json!({});
