@@ -1248,41 +1248,12 @@ mod tests {
         }
     }
 
-    fn query_pairs(query: &str) -> Vec<(String, String)> {
-        fn decode(s: &str) -> String {
-            let bytes = s.as_bytes();
-            let mut out = Vec::with_capacity(bytes.len());
-            let mut i = 0;
-            while i < bytes.len() {
-                match bytes[i] {
-                    b'+' => out.push(b' '),
-                    b'%' if i + 2 < bytes.len() => {
-                        let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-                        out.push(u8::from_str_radix(hex, 16).unwrap());
-                        i += 2;
-                    }
-                    b => out.push(b),
-                }
-                i += 1;
-            }
-            String::from_utf8(out).unwrap()
-        }
-        query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (decode(k), decode(v))
-            })
-            .collect()
-    }
-
     async fn upgrade(
         mut req: Request<Incoming>,
         setup: Setup,
     ) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
         let path = req.uri().path().to_string();
-        let query = query_pairs(req.uri().query().unwrap_or(""));
+        let query = super::super::http::Query::parse(req.uri().query());
         let offered = req
             .headers()
             .get("sec-websocket-protocol")
@@ -1310,14 +1281,10 @@ mod tests {
             };
             let ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            let flag = |name: &str| query.iter().any(|(k, v)| k == name && v == "true");
+            let flag = |name: &str| query.get(name) == Some("true");
             if exec {
                 let spec = ExecSpec {
-                    command: query
-                        .iter()
-                        .filter(|(k, _)| k == "command")
-                        .map(|(_, v)| v.clone())
-                        .collect(),
+                    command: query.all("command"),
                     stdin: flag("stdin"),
                     stdout: flag("stdout"),
                     stderr: flag("stderr"),
@@ -1328,9 +1295,9 @@ mod tests {
                 serve_exec(ws, protocol, spec).await;
             } else {
                 let ports = query
+                    .all("ports")
                     .iter()
-                    .filter(|(k, _)| k == "ports")
-                    .flat_map(|(_, v)| v.split(',').map(|p| p.parse::<u16>().unwrap()))
+                    .flat_map(|v| v.split(',').map(|p| p.parse::<u16>().unwrap()))
                     .collect();
                 serve_portforward(ws, protocol, ports, setup.target, setup.budget).await;
             }
