@@ -8,7 +8,7 @@ use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::{connect_with_retry, Connector, DsnConnector};
 use crate::error::Error;
-use crate::migration::engine::describe;
+use crate::migration::engine::{describe, lock_failure};
 use crate::migration::history::{self, literal, History};
 use crate::migration::plan::{self, Step};
 use crate::migration::status::MigrationStatus;
@@ -323,16 +323,7 @@ async fn locked_session<C: Connector>(
     let client = connect_with_retry(connector).await?;
     match history::lock_and_read(&client, options.lock_timeout.as_millis()).await {
         Ok(history) => Ok((client, history)),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            Err(Error::LockTimeout {
-                waited: crate::migration::engine::format_duration(options.lock_timeout),
-                holder: history::lock_holder(&client).await,
-            })
-        }
-        Err(e) => Err(Error::Database {
-            context: "cannot read the migration history".into(),
-            message: describe(&e),
-        }),
+        Err(e) => Err(lock_failure(&client, &e, options.lock_timeout).await),
     }
 }
 

@@ -166,18 +166,15 @@ impl<'a, C: Connector> Runner<'a, C> {
                 self.client = Some(client);
                 Ok(history)
             }
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                let holder = history::lock_holder(&client).await;
-                Err(StepError::Failed(Error::LockTimeout {
-                    waited: format_duration(self.settings.lock_timeout),
-                    holder,
-                }))
+            Err(e)
+                if e.code() != Some(&SqlState::LOCK_NOT_AVAILABLE)
+                    && is_connection_loss(&e, &client) =>
+            {
+                Err(StepError::Lost(describe(&e)))
             }
-            Err(e) if is_connection_loss(&e, &client) => Err(StepError::Lost(describe(&e))),
-            Err(e) => Err(StepError::Failed(Error::Database {
-                context: "cannot read the migration history".into(),
-                message: describe(&e),
-            })),
+            Err(e) => Err(StepError::Failed(
+                lock_failure(&client, &e, self.settings.lock_timeout).await,
+            )),
         }
     }
 
@@ -397,6 +394,24 @@ async fn invalid_indexes(client: &Client) -> Vec<String> {
             })
             .collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+/// The error for a failed [`history::lock_and_read`]: a lock timeout names the holder.
+pub async fn lock_failure(
+    client: &Client,
+    e: &tokio_postgres::Error,
+    lock_timeout: Duration,
+) -> Error {
+    if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+        return Error::LockTimeout {
+            waited: format_duration(lock_timeout),
+            holder: history::lock_holder(client).await,
+        };
+    }
+    Error::Database {
+        context: "cannot read the migration history".into(),
+        message: describe(e),
     }
 }
 
