@@ -1,18 +1,19 @@
-//! Starts the e2e test API server by hand and leaves it running, so a real `kubectl` (and
-//! `kubectl pg`) can be pointed at it:
+//! Starts the e2e tests' real control plane by hand (building it first when missing) and
+//! leaves it running, so `kubectl` and `kubectl pg` can be pointed at it:
 //!
 //! ```text
 //! cargo run --example test-cluster -- --kubeconfig /tmp/e2e.kubeconfig
 //! ```
+//!
+//! Ctrl-C stops every process it started.
 
+#[path = "../tests/e2e/k8s.rs"]
 #[allow(dead_code)]
-#[path = "../tests/e2e/pg.rs"]
-mod pg;
-
-#[path = "../tests/e2e/apiserver/mod.rs"]
-mod apiserver;
+mod k8s;
 
 use std::path::PathBuf;
+
+const USAGE: &str = "usage: test-cluster [--kubeconfig PATH]";
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -24,42 +25,26 @@ fn main() {
                 target = Some(PathBuf::from(&other["--kubeconfig=".len()..]))
             }
             "-h" | "--help" => {
-                println!("usage: test-cluster [--kubeconfig PATH]");
+                println!("{USAGE}");
                 return;
             }
             other => {
-                eprintln!(
-                    "error: unexpected argument {other:?}\nusage: test-cluster [--kubeconfig PATH]"
-                );
+                eprintln!("error: unexpected argument {other:?}\n{USAGE}");
                 std::process::exit(1);
             }
         }
     }
-    let cluster = apiserver::TestCluster::start();
-    let path =
-        target.unwrap_or_else(|| std::env::temp_dir().join("kubectl-pg-test-cluster.kubeconfig"));
-    let text = std::fs::read_to_string(&cluster.kubeconfig).expect("kubeconfig written");
-    std::fs::write(&path, &text).expect("write the kubeconfig");
-    println!("Test API server listening on {}", cluster.url);
-    println!("Kubeconfig written to {}:\n", path.display());
-    println!("{text}");
-    println!("Try it:");
-    println!("  export KUBECONFIG={}", path.display());
-    println!("  kubectl get ns");
-    println!("  kubectl apply --server-side -f your-manifests.yaml");
+    let plane = k8s::control_plane();
+    let path = target.unwrap_or_else(|| plane.kubeconfig.clone());
+    if path != plane.kubeconfig {
+        std::fs::copy(&plane.kubeconfig, &path).expect("write the kubeconfig");
+    }
+    println!("kubeconfig: {}", path.display());
+    println!("kubectl: {}", plane.kubectl.display());
+    println!("Kubernetes v{} at {}; state and logs in {}", plane.version, plane.server, plane.state.display());
+    println!("\nTry it:\n  export KUBECONFIG={}\n  {} get nodes", path.display(), plane.kubectl.display());
     println!("\nPods run real PostgreSQL servers on this machine. Press Ctrl-C to stop.");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
-        let _ = tx.send(());
-    });
-    let _ = rx.recv();
-    println!("\nStopping…");
-    drop(cluster);
+    // Ctrl-C reaches the whole process group: kpg-cluster stops its components and pods
+    // itself; this process only waits for it to finish.
+    k8s::wait();
 }

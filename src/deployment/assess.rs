@@ -250,6 +250,7 @@ fn warning_events(observed: &Observed, problems: &mut Vec<Problem>) {
         if event.type_.as_deref() != Some("Warning")
             || DIAGNOSED_REASONS.contains(&reason.as_str())
             || seen.contains(&reason)
+            || superseded(observed, event)
         {
             continue;
         }
@@ -267,6 +268,34 @@ fn warning_events(observed: &Observed, problems: &mut Vec<Problem>) {
             break;
         }
     }
+}
+
+/// Whether a pod event no longer describes the pod: it was about an earlier pod of the same
+/// name, or it happened before the pod last became Ready (a startup probe that failed while
+/// the server was still starting, as the kubelet reports on every start).
+fn superseded(observed: &Observed, event: &k8s_openapi::api::core::v1::Event) -> bool {
+    let Some(pod) = observed.pod() else {
+        return false;
+    };
+    let about = &event.involved_object;
+    if about.kind.as_deref() != Some("Pod") || about.name != pod.metadata.name {
+        return false;
+    }
+    if about.uid.is_some() && about.uid != pod.metadata.uid {
+        return true;
+    }
+    let ready_since = pod
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0));
+    let happened = event
+        .last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| event.event_time.as_ref().map(|t| t.0));
+    matches!((ready_since, happened), (Some(ready), Some(at)) if at <= ready)
 }
 
 /// The running image against the StatefulSet's, and the StatefulSet's against the image
@@ -455,6 +484,37 @@ mod tests {
             .map(|p| p.reason)
             .collect();
         assert_eq!(reasons, ["Unhealthy"]);
+    }
+
+    #[test]
+    fn probe_failures_before_the_pod_became_ready_are_not_problems() {
+        let at = |reason: &str, time: &str, uid: &str| -> k8s_openapi::api::core::v1::Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": reason}, "type": "Warning", "reason": reason,
+                "message": "m", "lastTimestamp": time,
+                "involvedObject": {"kind": "Pod", "name": "pg-0", "uid": uid}
+            }))
+            .unwrap()
+        };
+        let mut ready = pod(true, None);
+        ready.metadata.uid = Some("u1".into());
+        let status = ready.status.get_or_insert_with(Default::default);
+        status.conditions = Some(vec![serde_json::from_value(serde_json::json!({
+            "type": "Ready", "status": "True", "lastTransitionTime": "2026-12-01T10:00:10Z"
+        }))
+        .unwrap()]);
+        let mut observed = observed_with(ready);
+        observed.events = vec![
+            at("Unhealthy", "2026-12-01T10:00:05Z", "u1"),
+            at("FailedMount", "2026-12-01T09:00:00Z", "u0"),
+        ];
+        assert!(assess(&observed, Timestamp::now(), Some(true))
+            .problems
+            .is_empty());
+        observed.events.push(at("Unhealthy", "2026-12-01T10:05:00Z", "u1"));
+        let problems = assess(&observed, Timestamp::now(), Some(true)).problems;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].reason, "Unhealthy");
     }
 
     #[test]

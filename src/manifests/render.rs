@@ -133,6 +133,9 @@ pub fn statefulset(spec: &InstallSpec) -> Value {
         secret_env(spec, "POSTGRES_USER", "username"),
         secret_env(spec, "POSTGRES_PASSWORD", "password"),
         secret_env(spec, "POSTGRES_DB", "database"),
+        // The image's initdb trusts 127.0.0.1 and ::1, which is where a port-forward arrives:
+        // require the password on every TCP connection, so a health check proves it.
+        json!({ "name": "POSTGRES_INITDB_ARGS", "value": "--auth-host=scram-sha-256" }),
     ];
     if let Some(pgdata) = pgdata {
         env.push(json!({ "name": "PGDATA", "value": pgdata }));
@@ -278,7 +281,9 @@ mod tests {
             c["env"][1]["valueFrom"]["secretKeyRef"]["name"],
             "pg-credentials"
         );
-        assert_eq!(c["env"][3]["value"], "/var/lib/postgresql/data/pgdata");
+        assert_eq!(c["env"][3]["name"], "POSTGRES_INITDB_ARGS");
+        assert_eq!(c["env"][3]["value"], "--auth-host=scram-sha-256");
+        assert_eq!(c["env"][4]["value"], "/var/lib/postgresql/data/pgdata");
         assert_eq!(
             c["volumeMounts"][0]["mountPath"],
             "/var/lib/postgresql/data"
@@ -297,7 +302,8 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            3
+            4,
+            "18 keeps PGDATA at the image's default"
         );
     }
 

@@ -1,13 +1,13 @@
 //! End-to-end tests: the real binary against a real PostgreSQL server.
 
-mod apiserver;
-mod apiserver_tests;
 mod cli;
 mod cluster;
+mod k8s;
 mod krew;
 mod migrate;
 mod pg;
 mod real_cluster;
+mod scope;
 
 use std::process::{Command, Output};
 
