@@ -169,7 +169,7 @@ async fn list(
                 } else {
                     "-".into()
                 },
-                match (s.migrations_applied, &s.migrations_pending) {
+                match (s.migrations_applied_count, &s.migrations_pending) {
                     (0, None) => "-".into(),
                     (n, Some(p)) => format!("{n} ({p} pending)"),
                     (n, None) => n.to_string(),
@@ -257,7 +257,7 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
             match &s.migrations_pending {
                 Some(pending) => format!(
                     "{} applied (latest {}), {pending} pending",
-                    s.migrations_applied,
+                    s.migrations_applied_count,
                     s.latest_migration.clone().unwrap_or_else(|| "none".into())
                 ),
                 None => dash(),

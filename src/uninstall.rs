@@ -5,11 +5,12 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::wait::{await_condition, conditions};
 
 use crate::cli::{GlobalArgs, UninstallArgs};
-use crate::cluster::release::{self, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::cluster::release::{self, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::cluster::Cluster;
 use crate::deployment::observe::{self, pvc_name};
 use crate::error::Error;
@@ -38,36 +39,64 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let params = DeleteParams::background();
-    let ours = |labels: Option<&std::collections::BTreeMap<String, String>>| {
-        labels
-            .and_then(|l| l.get(LABEL_MANAGED_BY))
-            .map(String::as_str)
-            == Some(MANAGED_BY)
+    let ours = |meta: &ObjectMeta| {
+        let labels = meta.labels.as_ref();
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        get(LABEL_MANAGED_BY) == Some(MANAGED_BY) && get(LABEL_INSTANCE) == Some(release.as_str())
     };
-    // Only the Secret we created: a user's --existing-secret is theirs.
-    let delete_secret = observed
-        .secret
-        .as_ref()
-        .is_some_and(|s| ours(s.metadata.labels.as_ref()));
     let headless = format!("{release}-hl");
     let secret_name = release::secret_name(&release);
     let pvc = pvc_name(&release);
-    let (a, b, c) = tokio::join!(
-        sets.delete(&release, &params),
-        services.delete(&release, &params),
-        services.delete(&headless, &params),
+    let (set, main, hl, secret) = tokio::join!(
+        sets.get_opt(&release),
+        services.get_opt(&release),
+        services.get_opt(&headless),
+        secrets.get_opt(&secret_name),
     );
-    deleted(&cluster, a, "statefulsets")?;
-    deleted(&cluster, b, "services")?;
-    deleted(&cluster, c, "services")?;
-    if delete_secret {
-        deleted(
-            &cluster,
-            secrets.delete(&secret_name, &params).await,
-            "secrets",
-        )?;
+    let read = |r: Result<Option<ObjectMeta>, kube::Error>, resource: &str| {
+        r.map_err(|e| cluster.error("get", resource, e))
+    };
+    let set = read(set.map(|o| o.map(|o| o.metadata)), "statefulsets")?;
+    let main = read(main.map(|o| o.map(|o| o.metadata)), "services")?;
+    let hl = read(hl.map(|o| o.map(|o| o.metadata)), "services")?;
+    let secret = read(secret.map(|o| o.map(|o| o.metadata)), "secrets")?;
+    // Only what install made for this release: a Service or Secret of the same name that is
+    // someone else's is named and left alone. The credentials stay with the claim (same data,
+    // same password) and go with --delete-data; a user's --existing-secret is never ours.
+    let mut targets = vec![
+        ("statefulsets", "StatefulSet", set),
+        ("services", "Service", main),
+        ("services", "Service", hl),
+    ];
+    let keeps_secret = !args.delete_data && secret.as_ref().is_some_and(&ours);
+    if args.delete_data {
+        targets.push(("secrets", "Secret", secret));
     }
+    for (resource, kind, meta) in targets {
+        let Some(meta) = meta else { continue };
+        let name = meta.name.clone().unwrap_or_default();
+        if !ours(&meta) {
+            emit(&format!(
+                "left {kind} {name} alone: it was not created by kubectl-pg for release {release}\n"
+            ));
+            continue;
+        }
+        // The UID precondition: never delete an object re-created meanwhile by someone else.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: meta.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        let result = match resource {
+            "statefulsets" => sets.delete(&name, &params).await.map(|_| ()),
+            "services" => services.delete(&name, &params).await.map(|_| ()),
+            _ => secrets.delete(&name, &params).await.map(|_| ()),
+        };
+        deleted(&cluster, result, resource)?;
+    }
+    let params = DeleteParams::background();
     // The pod holds the volume: it must be gone before the PVC can go.
     let pod_name = release::pod_name(&release);
     let pod_uid = observed.pod().and_then(|p| p.metadata.uid.clone());
@@ -107,8 +136,13 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
         "release {release} uninstalled from namespace {ns}\n"
     ));
     if !args.delete_data && observed.pvc.is_some() {
+        let with = if keeps_secret {
+            format!(" and Secret {secret_name}")
+        } else {
+            String::new()
+        };
         emit(&format!(
-            "PVC {pvc} kept with the data: `kubectl pg install {release} -n {ns}` reuses it; --delete-data removes it\n"
+            "PVC {pvc}{with} kept with the data: `kubectl pg install {release} -n {ns}` reuses it (same data, same password); --delete-data removes it\n"
         ));
     }
     Ok(())

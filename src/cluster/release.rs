@@ -62,9 +62,19 @@ pub fn validate_label(field: &str, value: &str, max: usize) -> Result<(), Error>
     })
 }
 
-/// Release names become StatefulSet names: 52 characters at most, or pod creation fails.
+/// Release names become StatefulSet names (52 characters at most, or pod creation fails) and
+/// Service names, which are DNS-1035 labels: they start with a letter.
 pub fn validate_release(release: &str) -> Result<(), Error> {
-    validate_label("release name", release, 52)
+    validate_label("release name", release, 52)?;
+    if release.as_bytes()[0].is_ascii_lowercase() {
+        return Ok(());
+    }
+    Err(Error::InvalidInput {
+        message: format!(
+            "invalid release name {release:?}: it names Services, which must start with a letter (DNS-1035)"
+        ),
+        hint: Some(format!("for example: pg-{release}")),
+    })
 }
 
 pub fn validate_namespace(namespace: &str) -> Result<(), Error> {
@@ -272,7 +282,7 @@ mod tests {
         assert!(validate_release("postgres").is_ok());
         assert!(validate_release(&"a".repeat(52)).is_ok());
         assert!(validate_release(&"a".repeat(53)).is_err());
-        for bad in ["", "Pg", "-pg", "pg-", "p_g", "p.g"] {
+        for bad in ["", "Pg", "-pg", "pg-", "p_g", "p.g", "1abc", "9"] {
             assert!(validate_release(bad).is_err(), "{bad}");
         }
         assert!(validate_namespace(&"n".repeat(63)).is_ok());

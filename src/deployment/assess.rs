@@ -99,7 +99,7 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
     }
     let pod = observed.pod();
     if let Some(pod) = pod {
-        pod_problems(pod, &mut problems);
+        pod_problems(pod, now, &mut problems);
     }
     pvc_problems(observed, now, &mut problems);
     image_drift(observed, &mut problems);
@@ -107,7 +107,17 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
         let reason = event.reason.as_deref().unwrap_or_default();
         let message = event.message.clone().unwrap_or_default();
         let kind = event.involved_object.kind.as_deref().unwrap_or_default();
-        if kind == "StatefulSet" && reason == "FailedCreate" {
+        // A pod that exists now was created after any FailedCreate older than it: history
+        // (a quota since raised), not the state of the release.
+        let after_pod = match (
+            pod.and_then(|p| p.metadata.creation_timestamp.as_ref()),
+            event_instant(event),
+        ) {
+            (Some(created), Some(at)) => at > created.0,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if kind == "StatefulSet" && reason == "FailedCreate" && after_pod {
             let quota = message.contains("exceeded quota");
             problems.push(Problem::error(
                 if quota { "QuotaExceeded" } else { "FailedCreate" },
@@ -156,7 +166,21 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
     Assessment { phase, problems }
 }
 
-fn pod_problems(pod: &Pod, problems: &mut Vec<Problem>) {
+/// How long a pod may stay Unschedulable before it counts as a failure: an autoscaler adding a
+/// node, or volumes binding, makes it transient.
+pub const UNSCHEDULABLE_GRACE_SECONDS: i64 = 60;
+
+/// When an event last happened: its series' newest occurrence, else its last timestamp.
+fn event_instant(event: &k8s_openapi::api::core::v1::Event) -> Option<Timestamp> {
+    event
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+        .or_else(|| event.last_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| event.event_time.as_ref().map(|t| t.0))
+}
+
+fn pod_problems(pod: &Pod, now: Timestamp, problems: &mut Vec<Problem>) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let Some(status) = &pod.status else { return };
     for condition in status.conditions.iter().flatten() {
@@ -168,14 +192,19 @@ fn pod_problems(pod: &Pod, problems: &mut Vec<Problem>) {
                 .message
                 .clone()
                 .unwrap_or_else(|| "no node can run the pod".into());
-            problems.push(Problem::error(
-                "Unschedulable",
-                format!("pod {name} cannot be scheduled: {message}"),
-                Some(
-                    "free capacity in the cluster, or lower --cpu-request/--memory-request".into(),
-                ),
-                6,
-            ));
+            let since = condition
+                .last_transition_time
+                .as_ref()
+                .map_or(0, |t| now.duration_since(t.0).as_secs());
+            let hint = Some(
+                "free capacity in the cluster, or lower --cpu-request/--memory-request".into(),
+            );
+            let text = format!("pod {name} cannot be scheduled: {message}");
+            problems.push(if since > UNSCHEDULABLE_GRACE_SECONDS {
+                Problem::error("Unschedulable", text, hint, 6)
+            } else {
+                Problem::warning("Unschedulable", text, hint)
+            });
         }
     }
     let image_of = |container: &str| {
@@ -511,7 +540,9 @@ mod tests {
         assert!(assess(&observed, Timestamp::now(), Some(true))
             .problems
             .is_empty());
-        observed.events.push(at("Unhealthy", "2026-12-01T10:05:00Z", "u1"));
+        observed
+            .events
+            .push(at("Unhealthy", "2026-12-01T10:05:00Z", "u1"));
         let problems = assess(&observed, Timestamp::now(), Some(true)).problems;
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].reason, "Unhealthy");
@@ -564,9 +595,16 @@ mod tests {
                 status: "False".into(),
                 reason: Some("Unschedulable".into()),
                 message: Some("0/1 nodes are available: 1 Insufficient cpu.".into()),
+                last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    now - std::time::Duration::from_secs(5),
+                )),
                 ..Default::default()
             });
-        let a = assess(&observed_with(unschedulable), now, None);
+        let transient = assess(&observed_with(unschedulable.clone()), now, None);
+        assert!(transient.failure().is_none(), "an autoscaler may be acting");
+        assert_eq!(transient.phase, Phase::Deploying);
+        let later = now + std::time::Duration::from_secs(UNSCHEDULABLE_GRACE_SECONDS as u64 + 1);
+        let a = assess(&observed_with(unschedulable), later, None);
         assert_eq!(a.failure().unwrap().exit_code, 6);
         assert!(a.failure().unwrap().message.contains("Insufficient cpu"));
     }

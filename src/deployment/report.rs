@@ -35,7 +35,9 @@ pub struct DeploymentStatus {
     pub database_accessible: bool,
     pub round_trip_ms: Option<f64>,
     pub server_version: Option<String>,
-    pub migrations_applied: usize,
+    /// The applied versions, as the seed defines the field (`["001", …]`).
+    pub migrations_applied: Vec<String>,
+    pub migrations_applied_count: usize,
     pub latest_migration: Option<String>,
     pub migrations_pending: Option<usize>,
     pub image: Option<String>,
@@ -157,7 +159,13 @@ impl DeploymentStatus {
             database_accessible: db.accessible,
             round_trip_ms: db.round_trip_ms,
             server_version: db.server_version.clone(),
-            migrations_applied: history.map_or(0, |h| h.applied.len()),
+            migrations_applied: history.map_or_else(Vec::new, |h| {
+                h.applied
+                    .keys()
+                    .map(|&v| set.map_or_else(|| format!("{v:03}"), |s| s.label(v)))
+                    .collect()
+            }),
+            migrations_applied_count: history.map_or(0, |h| h.applied.len()),
             latest_migration: migration.as_ref().and_then(|m| m.latest_version.clone()),
             migrations_pending: migration.as_ref().map(|m| m.pending),
             image,

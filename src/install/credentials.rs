@@ -23,7 +23,21 @@ pub(super) fn read_password() -> Result<String, Error> {
             context: "cannot read the password from stdin".into(),
             source,
         })?;
-    let password = text.trim_end_matches(['\n', '\r']).to_string();
+    check_password(text.trim_end_matches(['\n', '\r']))
+}
+
+/// A password must survive every format `dsn` prints and psql's `\password`: 16 characters at
+/// least and no control characters (a newline inside would be a second line of input).
+fn check_password(password: &str) -> Result<String, Error> {
+    if let Some(c) = password.chars().find(|c| c.is_control()) {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "the password from stdin contains the control character {:?}: use printable characters only",
+                c
+            ),
+            hint: Some("pipe exactly one line: printf '%s\\n' \"$PASSWORD\" | kubectl pg install --password-stdin".into()),
+        });
+    }
     if password.chars().count() < 16 {
         return Err(Error::InvalidInput {
             message: format!(
@@ -33,7 +47,7 @@ pub(super) fn read_password() -> Result<String, Error> {
             hint: None,
         });
     }
-    Ok(password)
+    Ok(password.to_string())
 }
 
 /// 32 characters from the OS-seeded CSPRNG, letters and digits (safe in URIs and shells).
@@ -155,4 +169,23 @@ pub(super) async fn set_password_in_database(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_and_printable() {
+        assert!(check_password("a-long-enough-password").is_ok());
+        assert!(check_password("short").is_err());
+        for bad in [
+            "a-long-enough\npassword",
+            "a-long-enough\rpassword",
+            "a-long-enough\0password",
+        ] {
+            let err = check_password(bad).unwrap_err().to_string();
+            assert!(err.contains("control character"), "{err}");
+        }
+    }
 }

@@ -78,6 +78,20 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         return summary(&cluster, &spec, &args).await;
     }
     if !existing.namespace {
+        // A user's Secret cannot live in a namespace that does not exist yet: say so before
+        // anything is created, rather than leave an empty namespace behind.
+        if let Some(name) = &spec.existing_secret {
+            return Err(Error::NotFound {
+                message: format!(
+                    "--existing-secret {name:?} not found: namespace {:?} does not exist",
+                    spec.namespace
+                ),
+                hint: Some(format!(
+                    "kubectl create namespace {ns} && kubectl create secret generic {name} -n {ns} --type kubernetes.io/basic-auth --from-literal=password=…",
+                    ns = spec.namespace
+                )),
+            });
+        }
         create_namespace(&cluster, &spec.namespace).await?;
         eprintln!("created namespace {}", spec.namespace);
     }

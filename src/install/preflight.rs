@@ -5,10 +5,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, ResourceQuota};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, ResourceQuota, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
 
+use crate::cluster::release;
 use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::manifests::render::{self};
@@ -34,16 +36,30 @@ pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<E
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let pvc_name = render::data_pvc_name(spec);
     let all = ListParams::default();
-    let (namespace, class_list, quota_list, sts, pvc, access) = tokio::join!(
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let headless = format!("{}-hl", spec.release);
+    let (namespace, class_list, quota_list, sts, pvc, access, (main, hl)) = tokio::join!(
         namespaces.get_opt(ns),
         classes.list(&all),
         quotas.list(&all),
         sets.get_opt(&spec.release),
         pvcs.get_opt(&pvc_name),
         permissions(cluster, ns),
+        async { tokio::join!(services.get_opt(&spec.release), services.get_opt(&headless)) },
     );
     let namespace = namespace.map_err(|e| cluster.error("get", "namespaces", e))?;
     let sts = sts.map_err(|e| cluster.error("get", "statefulsets", e))?;
+    let main = main.map_err(|e| cluster.error("get", "services", e))?;
+    let hl = hl.map_err(|e| cluster.error("get", "services", e))?;
+    for (kind, meta) in [
+        ("StatefulSet", sts.as_ref().map(|o| &o.metadata)),
+        ("Service", main.as_ref().map(|o| &o.metadata)),
+        ("Service", hl.as_ref().map(|o| &o.metadata)),
+    ] {
+        if let Some(meta) = meta {
+            check_owned(kind, meta, spec)?;
+        }
+    }
     let pvc = pvc.map_err(|e| cluster.error("get", "persistentvolumeclaims", e))?;
     access?;
     let classes = class_list
@@ -69,6 +85,33 @@ pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<E
         namespace: namespace.is_some(),
         statefulset: sts.is_some(),
         pvc: pvc.is_some(),
+    })
+}
+
+/// An object of the release's names that kubectl-pg did not make for this release is someone
+/// else's: install must not take it over (server-side apply would, with `force`).
+fn check_owned(kind: &str, meta: &ObjectMeta, spec: &InstallSpec) -> Result<(), Error> {
+    let label = |k: &str| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .map(String::as_str)
+    };
+    if label(release::LABEL_MANAGED_BY) == Some(release::MANAGED_BY)
+        && label(release::LABEL_INSTANCE) == Some(spec.release.as_str())
+    {
+        return Ok(());
+    }
+    let name = meta.name.as_deref().unwrap_or_default();
+    Err(Error::InvalidInput {
+        message: format!(
+            "{kind} {name:?} already exists in namespace {:?} and was not created by kubectl-pg for release {:?}: refusing to change it",
+            spec.namespace, spec.release
+        ),
+        hint: Some(format!(
+            "choose another release name (kubectl pg install NAME -n {}), or remove the {kind} yourself if it is no longer used",
+            spec.namespace
+        )),
     })
 }
 

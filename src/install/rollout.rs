@@ -55,6 +55,14 @@ pub(super) async fn wait_ready(
         tokio::select! {
             _ = changes.next() => {}
             _ = tokio::time::sleep_until(deadline) => {
+                // Still unschedulable at the deadline: no longer transient, whatever the grace.
+                if let Some(p) = assessment.problems.iter().find(|p| p.reason == "Unschedulable") {
+                    return Err(Error::Deployment {
+                        message: p.message.clone(),
+                        hints: p.hint.iter().cloned().collect(),
+                        code: 6,
+                    });
+                }
                 return Err(Error::Deployment {
                     message: format!("timed out after {}s: {}", timeout.as_secs(), progress_line(&observed, &assessment)),
                     hints: vec![format!("see what it waits for: kubectl describe pod -n {ns} -l {selector}")],

@@ -151,6 +151,18 @@ impl InstallSpec {
                 )));
             }
         }
+        if self.username.starts_with("pg_") {
+            return Err(Error::invalid(format!(
+                "invalid --username {:?}: names starting with pg_ are reserved by PostgreSQL",
+                self.username
+            )));
+        }
+        if matches!(self.database.as_str(), "template0" | "template1") {
+            return Err(Error::invalid(format!(
+                "invalid --database {:?}: the template databases cannot hold an application",
+                self.database
+            )));
+        }
         if let Some(secret) = &self.existing_secret {
             check_subdomain(secret)?;
         }
@@ -242,6 +254,42 @@ mod tests {
         assert_eq!(quantity_value("2"), Some(2.0));
         for bad in ["", "Gi", "8GB", "-1Gi", "abc", "1.2.3"] {
             assert!(check_quantity("--storage-size", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        let spec = |username: &str, database: &str| InstallSpec {
+            release: "pg".into(),
+            namespace: "db".into(),
+            major: 18,
+            image: "postgres:18".into(),
+            database: database.into(),
+            username: username.into(),
+            storage_size: "8Gi".into(),
+            storage_class: None,
+            cpu_request: None,
+            memory_request: None,
+            cpu_limit: None,
+            memory_limit: None,
+            service_type: "ClusterIP".into(),
+            existing_secret: None,
+        };
+        assert!(spec("app", "learnflow").validate(false).is_ok());
+        for (user, db) in [
+            ("pg_app", "learnflow"),
+            ("app", "template0"),
+            ("app", "template1"),
+        ] {
+            let err = spec(user, db).validate(false).unwrap_err().to_string();
+            assert!(
+                err.contains(if user == "app" {
+                    "--database"
+                } else {
+                    "--username"
+                }),
+                "{err}"
+            );
         }
     }
 

@@ -26,7 +26,8 @@ fn real_cluster_scenarios() {
     expect_code(&install, 0);
     let doc: serde_json::Value = serde_json::from_slice(&install.stdout).unwrap();
     assert_eq!(doc["phase"], "Healthy", "{}", install.describe());
-    assert_eq!(doc["migrations_applied"], 6);
+    assert_eq!(doc["migrations_applied_count"], 6);
+    assert_eq!(doc["migrations_applied"][5], "006");
     expect_code(&run(&["install"]), 0);
     let status = run(&["status", "-o", "json"]);
     expect_code(&status, 0);

@@ -78,7 +78,7 @@ func entrypoint(args []string) {
 	socket := mkdir("/var/run/postgresql")
 	tmp := mkdir("/tmp")
 	path := os.Getenv("KPG_BIN") + ":" + os.Getenv("KPG_CLIENTS") + ":/usr/bin:/bin"
-	env := append(os.Environ(), "PATH="+path, "PGDATA="+pgdata, "TMPDIR="+tmp)
+	env := setEnv(os.Environ(), "PATH="+path, "PGDATA="+pgdata, "TMPDIR="+tmp)
 	run := func(name string, a ...string) error {
 		cmd := exec.Command(name, a...)
 		cmd.Env, cmd.Stdout, cmd.Stderr = env, os.Stderr, os.Stderr
@@ -135,7 +135,7 @@ func entrypoint(args []string) {
 			os.Exit(1)
 		}
 		if db != "postgres" {
-			env = append(env, "PGPASSWORD="+password)
+			env = setEnv(env, "PGPASSWORD="+password)
 			sql := fmt.Sprintf("CREATE DATABASE \"%s\";", strings.ReplaceAll(db, "\"", "\"\""))
 			if err := run(bin("psql"), "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "-h", socket, "-p", "5432", "-U", user, "-d", "postgres", "-c", sql); err != nil {
 				os.Exit(1)
@@ -150,6 +150,25 @@ func entrypoint(args []string) {
 	}
 	argv := append(args, "-c", "unix_socket_directories="+socket)
 	die("exec postgres: %v", syscall.Exec(bin("postgres"), argv, env))
+}
+
+// setEnv replaces or adds variables: exec(2) passes duplicates on, and getenv(3) reads the
+// first.
+func setEnv(env []string, vars ...string) []string {
+	out := make([]string, 0, len(env)+len(vars))
+	for _, kv := range env {
+		key, _, _ := strings.Cut(kv, "=")
+		keep := true
+		for _, v := range vars {
+			if strings.HasPrefix(v, key+"=") {
+				keep = false
+			}
+		}
+		if keep {
+			out = append(out, kv)
+		}
+	}
+	return append(out, vars...)
 }
 
 func appendFile(path, text string) {

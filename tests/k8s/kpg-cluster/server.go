@@ -141,7 +141,7 @@ func (c *container) execEnv(env []string) []string {
 	if c.image.kind == imagePostgres {
 		path = c.image.bin + ":" + clientsBin(c.pod.n.cfg.pgRoot) + ":" + path
 		socket, _ := c.pod.hostPath(&c.spec, "/var/run/postgresql")
-		out = append(out, "PGHOST="+socket)
+		out = setEnv(out, "PGHOST="+socket)
 		if !hasKey(env, "PGDATA") {
 			def := "/var/lib/postgresql/data"
 			if c.image.major >= 18 {
@@ -151,7 +151,7 @@ func (c *container) execEnv(env []string) []string {
 			out = append(out, "PGDATA="+host)
 		}
 	}
-	return append(out, "PATH="+path)
+	return setEnv(out, "PATH="+path)
 }
 
 func hasKey(env []string, key string) bool {
