@@ -195,21 +195,21 @@ Examples:
 pub struct InstallArgs {
     /// The release name (default: postgres)
     pub release: Option<String>,
-    /// Values to start from
-    #[arg(long, value_enum, default_value_t = Profile::Dev)]
-    pub profile: Profile,
-    /// PostgreSQL major version (14-18), each pinned to an exact image tag
-    #[arg(long, default_value_t = crate::manifests::spec::DEFAULT_MAJOR, value_name = "MAJOR")]
-    pub postgres_version: u32,
+    /// Values to start from (default: dev; with --upgrade, the deployed values)
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
+    /// PostgreSQL major version (14-18, default 18), each pinned to an exact image tag
+    #[arg(long, value_name = "MAJOR")]
+    pub postgres_version: Option<u32>,
     /// Use this image instead of the pinned one
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
-    /// The database created at first start
-    #[arg(long, default_value = "learnflow")]
-    pub database: String,
-    /// The database superuser
-    #[arg(long, default_value = "postgres")]
-    pub username: String,
+    /// The database created at first start (default: learnflow)
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+    /// The database superuser (default: postgres)
+    #[arg(long, value_name = "NAME")]
+    pub username: Option<String>,
     /// Size of the data volume (default: 8Gi for dev, 20Gi for prod)
     #[arg(long, value_name = "QUANTITY")]
     pub storage_size: Option<String>,

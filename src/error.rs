@@ -65,7 +65,7 @@ pub enum Error {
     },
 
     /// RBAC denied a request (exit 6 for writes: the user may not create what is needed; 2 for reads).
-    #[error("forbidden: {user} cannot {verb} {resource} in namespace {namespace:?} (context {context:?})")]
+    #[error("forbidden: {user} cannot {verb} {resource}{} (context {context:?})", where_text(namespace))]
     Forbidden {
         verb: String,
         resource: String,
@@ -172,6 +172,9 @@ impl Error {
             | Error::Kubeconfig { hint, .. }
             | Error::ClusterUnreachable { hint, .. }
             | Error::NotFound { hint, .. } => hint.iter().cloned().collect(),
+            Error::Forbidden { verb, resource, namespace, .. } if namespace.is_empty() => vec![format!(
+                "{resource} are cluster-wide: ask a cluster admin for a ClusterRole allowing {verb} on them, bound with a ClusterRoleBinding (check: kubectl auth can-i {verb} {resource})"
+            )],
             Error::Forbidden { verb, resource, namespace, .. } => vec![format!(
                 "ask a cluster admin for a Role allowing {verb} on {resource} in {namespace} (check: kubectl auth can-i {verb} {resource} -n {namespace})"
             )],
@@ -256,5 +259,14 @@ mod tests {
             .hints()
             .iter()
             .any(|h| h.contains("pg_terminate_backend(42)")));
+    }
+}
+
+/// ` in namespace "N"`, or ` (cluster-wide)` for a resource that lives in no namespace.
+fn where_text(namespace: &str) -> String {
+    if namespace.is_empty() {
+        " (cluster-wide)".into()
+    } else {
+        format!(" in namespace {namespace:?}")
     }
 }

@@ -133,7 +133,11 @@ impl Cluster {
                 403 => Error::Forbidden {
                     verb: verb.into(),
                     resource: resource.into(),
-                    namespace: self.namespace.clone(),
+                    namespace: if CLUSTER_SCOPED.contains(&resource) {
+                        String::new()
+                    } else {
+                        self.namespace.clone()
+                    },
                     user: self.user.clone(),
                     context: self.context.clone(),
                 },
@@ -232,3 +236,11 @@ fn kubeconfig_error(e: &KubeconfigError, context: &str) -> Error {
     };
     Error::Kubeconfig { message, hint }
 }
+
+/// Resources that live in no namespace: a Role cannot grant them.
+const CLUSTER_SCOPED: &[&str] = &[
+    "nodes",
+    "storageclasses",
+    "persistentvolumes",
+    "selfsubjectaccessreviews",
+];

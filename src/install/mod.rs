@@ -5,11 +5,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
-use crate::cli::{GlobalArgs, InstallArgs, OutputFormat};
+use crate::cli::{GlobalArgs, InstallArgs, OutputFormat, Profile};
 use crate::cluster::release::{self, Credentials};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
@@ -17,7 +17,7 @@ use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::error::Error;
 use crate::manifests::render::{self, FIELD_MANAGER};
-use crate::manifests::InstallSpec;
+use crate::manifests::{self, InstallSpec, Requested};
 use crate::migration::{Goal, MigrationSet, Runner, Settings};
 use crate::output::{self, emit};
 
@@ -46,7 +46,17 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         Some(r) => r.clone(),
         None => release::DEFAULT_RELEASE.to_string(),
     };
-    let spec = InstallSpec::from_args(&args, &release, &cluster.namespace)?;
+    let req = requested(&args);
+    // An upgrade starts from what is deployed; everything else from the profile and flags.
+    let live = if args.upgrade {
+        read_live(&cluster, &release).await?
+    } else {
+        None
+    };
+    let spec = match &live {
+        Some(live) => InstallSpec::for_upgrade(&req, &live.spec)?,
+        None => InstallSpec::from_request(&req, &release, &cluster.namespace)?,
+    };
     let migrations = if args.migrate {
         Some(MigrationSet::load(args.dir.as_deref())?)
     } else {
@@ -100,7 +110,13 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     let reset_password = secret.created && existing.pvc;
 
     let started = std::time::Instant::now();
-    apply(&cluster, &spec).await?;
+    let templates = live
+        .as_ref()
+        .and_then(|l| manifests::live::claim_templates(&l.sts));
+    apply(&cluster, &spec, templates.as_ref()).await?;
+    if let Some(live) = &live {
+        forced_rollback(&cluster, &spec, live).await?;
+    }
     eprintln!(
         "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
         if secret.created { ", Secret" } else { "" }
@@ -132,7 +148,7 @@ fn dry_run(args: &InstallArgs, global: &GlobalArgs, password: Option<String>) ->
         .release
         .clone()
         .unwrap_or_else(|| release::DEFAULT_RELEASE.into());
-    let spec = InstallSpec::from_args(args, &release, &namespace)?;
+    let spec = InstallSpec::from_request(&requested(args), &release, &namespace)?;
     if spec.existing_secret.is_none() && password.is_none() {
         eprintln!("note: the Secret carries a freshly generated password; `kubectl pg install` never overwrites an existing one, `kubectl apply` would");
     }
@@ -177,25 +193,136 @@ async fn create_namespace(cluster: &Cluster, name: &str) -> Result<(), Error> {
     }
 }
 
-/// Server-side apply of the Services and the StatefulSet, at once.
-async fn apply(cluster: &Cluster, spec: &InstallSpec) -> Result<(), Error> {
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+/// The flags as given: an unset flag is `None`, so an upgrade keeps the live value.
+fn requested(args: &InstallArgs) -> Requested {
+    Requested {
+        prod: args.profile.map(|p| p == Profile::Prod),
+        major: args.postgres_version,
+        image: args.image.clone(),
+        database: args.database.clone(),
+        username: args.username.clone(),
+        storage_size: args.storage_size.clone(),
+        storage_class: args.storage_class.clone(),
+        cpu_request: args.cpu_request.clone(),
+        memory_request: args.memory_request.clone(),
+        cpu_limit: args.cpu_limit.clone(),
+        memory_limit: args.memory_limit.clone(),
+        service_type: args.service_type.clone(),
+        existing_secret: args.existing_secret.clone(),
+    }
+}
+
+/// A deployed release as it runs: its StatefulSet, its values, and whether its pod is Ready.
+struct Live {
+    sts: StatefulSet,
+    spec: InstallSpec,
+    pod: Option<Pod>,
+}
+
+async fn read_live(cluster: &Cluster, release: &str) -> Result<Option<Live>, Error> {
+    release::validate_release(release)?;
+    let ns = &cluster.namespace;
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let pod_name = release::pod_name(release);
+    let (sts, svc, pod) = tokio::join!(
+        sets.get_opt(release),
+        services.get_opt(release),
+        pods.get_opt(&pod_name),
+    );
+    let Some(sts) = sts.map_err(|e| cluster.error("get", "statefulsets", e))? else {
+        return Ok(None);
+    };
+    let svc = svc.map_err(|e| cluster.error("get", "services", e))?;
+    let pod = pod.map_err(|e| cluster.error("get", "pods", e))?;
+    let first = manifests::live::read(&sts, svc.as_ref(), None);
+    let credentials = match secrets.get_opt(&first.secret_name()).await {
+        Ok(Some(secret)) => Credentials::from_secret(&secret).ok(),
+        _ => None,
+    };
+    let spec = manifests::live::read(&sts, svc.as_ref(), credentials.as_ref());
+    Ok(Some(Live { sts, spec, pod }))
+}
+
+/// The StatefulSet docs' forced rollback: an OrderedReady StatefulSet never replaces a pod
+/// that is not Running and Ready, so a pod stuck under the old template (a bad image, a
+/// missing key, a crash loop) is deleted once the fixed template is applied.
+async fn forced_rollback(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> Result<(), Error> {
+    let Some(pod) = &live.pod else { return Ok(()) };
+    if release::is_ready(pod) {
+        return Ok(());
+    }
     let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &spec.namespace);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let now = sets
+        .get(&spec.release)
+        .await
+        .map_err(|e| cluster.error("get", "statefulsets", e))?;
+    if now.metadata.generation == live.sts.metadata.generation {
+        return Ok(()); // the template did not change: deleting the pod would fix nothing
+    }
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let name = release::pod_name(&spec.release);
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match pods.delete(&name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
+        Err(e) => return Err(cluster.error("delete", "pods", e)),
+    }
+    eprintln!(
+        "deleted pod {name}, which was not Ready under the old template: a StatefulSet never replaces such a pod itself (forced rollback)"
+    );
+    Ok(())
+}
+
+/// Server-side apply of the Services and the StatefulSet: first as a dry run of all three, so
+/// a change the server refuses changes nothing, then for real, at once. `claim_templates`, on
+/// an upgrade, are the live ones, applied unchanged.
+async fn apply(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    claim_templates: Option<&Value>,
+) -> Result<(), Error> {
     let headless = render::headless_service(spec);
     let service = render::service(spec);
-    let sts = render::statefulset(spec);
+    let mut sts = render::statefulset(spec);
+    if let Some(templates) = claim_templates {
+        sts["spec"]["volumeClaimTemplates"] = templates.clone();
+    }
+    apply_objects(cluster, spec, &headless, &service, &sts, true).await?;
+    apply_objects(cluster, spec, &headless, &service, &sts, false).await
+}
+
+async fn apply_objects(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    headless: &Value,
+    service: &Value,
+    sts: &Value,
+    dry_run: bool,
+) -> Result<(), Error> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = dry_run;
     let name = |v: &Value| {
         v["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string()
     };
-    let (headless_name, service_name) = (name(&headless), name(&service));
+    let (headless_name, service_name) = (name(headless), name(service));
     let (headless, service, sts) = (
-        Patch::Apply(&headless),
-        Patch::Apply(&service),
-        Patch::Apply(&sts),
+        Patch::Apply(headless),
+        Patch::Apply(service),
+        Patch::Apply(sts),
     );
     let (a, b, c) = tokio::join!(
         services.patch(&headless_name, &params, &headless),
@@ -210,6 +337,16 @@ async fn apply(cluster: &Cluster, spec: &InstallSpec) -> Result<(), Error> {
 
 fn apply_error(cluster: &Cluster, resource: &str, e: kube::Error) -> Error {
     match &e {
+        kube::Error::Api(s) if s.code == 422 && s.message.contains("Forbidden: updates to statefulset spec") => {
+            Error::InvalidInput {
+                message: "the server refused the change to the StatefulSet: only its pod template, replicas, update strategy and retention policy can change (its volumeClaimTemplates, selector and serviceName are fixed at creation); nothing was changed".into(),
+                hint: Some("to change the data volume, grow the claim (kubectl patch pvc), or move the data with kubectl pg dump and restore".into()),
+            }
+        }
+        kube::Error::Api(s) if s.code == 422 => Error::InvalidInput {
+            message: format!("the server refused the change ({}); nothing was changed", s.message),
+            hint: None,
+        },
         kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => {
             Error::Deployment {
                 message: format!("insufficient resources: {}", s.message),

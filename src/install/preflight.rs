@@ -225,7 +225,13 @@ async fn permissions(cluster: &Cluster, namespace: &str) -> Result<(), Error> {
         ("", "services", "patch"),
         ("", "secrets", "create"),
         ("", "pods", "list"),
+        // kube-rs opens port-forward and exec over WebSocket: a GET upgraded, which from 1.35
+        // the apiserver authorises as both get and create.
+        ("", "pods/portforward", "get"),
         ("", "pods/portforward", "create"),
+        ("", "pods/exec", "get"),
+        ("", "pods/exec", "create"),
+        ("", "events", "watch"),
     ];
     let asks = checks.iter().map(|(group, resource, verb)| {
         let (resource, subresource) = resource

@@ -36,7 +36,10 @@ pub(super) async fn wait_ready(
         if matches!(assessment.phase, Phase::Ready | Phase::Healthy) && rolled_out {
             return Ok(());
         }
-        if let Some(failure) = assessment.failure() {
+        // During an upgrade the pod of the old revision may be failing: that is what the new
+        // template is meant to fix, so only the new revision's pod can fail the wait.
+        let old_pod = upgrade && !pod_has_update_revision(&observed);
+        if let Some(failure) = assessment.failure().filter(|_| !old_pod) {
             let mut hints: Vec<String> = failure.hint.iter().cloned().collect();
             if failure.reason == "CrashLoopBackOff" {
                 hints.extend(last_log_lines(cluster, ns, &release::pod_name(&spec.release)).await);
@@ -71,6 +74,27 @@ pub(super) async fn wait_ready(
             }
         }
     }
+}
+
+/// Whether the pod runs the StatefulSet's newest template, as far as the controller has seen
+/// it (until it observes the new generation, it cannot tell).
+fn pod_has_update_revision(observed: &observe::Observed) -> bool {
+    let Some(sts) = observed.statefulset.as_ref() else {
+        return false;
+    };
+    let status = sts.status.as_ref();
+    if status.and_then(|s| s.observed_generation) < sts.metadata.generation {
+        return false;
+    }
+    let update = status.and_then(|s| s.update_revision.clone());
+    let pod = observed.pod().and_then(|p| {
+        p.metadata
+            .labels
+            .as_ref()?
+            .get("controller-revision-hash")
+            .cloned()
+    });
+    matches!((update, pod), (Some(u), Some(p)) if u == p)
 }
 
 fn rollout_done(sts: Option<&StatefulSet>) -> bool {

@@ -1,7 +1,8 @@
-//! A release's Kubernetes objects: the install values (spec) and the objects made from them
-//! (render).
+//! A release's Kubernetes objects: the install values (spec), the objects made from them
+//! (render), and the values read back from a deployed release (live).
 
+pub mod live;
 pub mod render;
 pub mod spec;
 
-pub use spec::InstallSpec;
+pub use spec::{InstallSpec, Requested};

@@ -26,6 +26,15 @@ pub fn labels(spec: &InstallSpec) -> Value {
     })
 }
 
+/// The labels of the data claim: those of the release but the version.
+fn claim_labels(spec: &InstallSpec) -> Value {
+    let mut labels = labels(spec);
+    if let Some(map) = labels.as_object_mut() {
+        map.remove(LABEL_VERSION);
+    }
+    labels
+}
+
 fn selector(spec: &InstallSpec) -> Value {
     json!({ LABEL_NAME: "postgresql", LABEL_INSTANCE: spec.release })
 }
@@ -213,7 +222,8 @@ pub fn statefulset(spec: &InstallSpec) -> Value {
                 },
             },
             "volumeClaimTemplates": [{
-                "metadata": { "name": "data", "labels": labels(spec) },
+                // No version label: the templates never change, and the version does.
+                "metadata": { "name": "data", "labels": claim_labels(spec) },
                 "spec": storage,
             }],
             "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Retain", "whenScaled": "Retain" },

@@ -1,7 +1,6 @@
 //! What to deploy: the seed's Helm-style values (dev and prod profiles), each overridable by
 //! its flag, validated before any API call.
 
-use crate::cli::{InstallArgs, Profile};
 use crate::cluster::release::{validate_namespace, validate_release};
 use crate::error::Error;
 
@@ -45,24 +44,55 @@ pub struct InstallSpec {
     pub existing_secret: Option<String>,
 }
 
+/// What the user asked for on the command line: each field is set only when its flag was
+/// given, so an upgrade can tell a flag from a default.
+#[derive(Debug, Clone, Default)]
+pub struct Requested {
+    /// `--profile prod` (Some(true)) or `--profile dev` (Some(false)).
+    pub prod: Option<bool>,
+    pub major: Option<u32>,
+    pub image: Option<String>,
+    pub database: Option<String>,
+    pub username: Option<String>,
+    pub storage_size: Option<String>,
+    pub storage_class: Option<String>,
+    pub cpu_request: Option<String>,
+    pub memory_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: Option<String>,
+    pub service_type: Option<String>,
+    pub existing_secret: Option<String>,
+}
+
+fn unsupported_major(major: u32) -> Error {
+    Error::InvalidInput {
+        message: format!("unsupported --postgres-version {major}"),
+        hint: Some(format!(
+            "supported majors: {}",
+            IMAGES
+                .iter()
+                .map(|(m, _)| m.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The major an image's tag names (`postgres:16.4-bookworm` → 16), when it names one.
+pub fn image_major(image: &str) -> Option<u32> {
+    let name = image.split('@').next()?;
+    let (_, tag) = name.rsplit_once(':').filter(|(n, _)| !n.ends_with('/'))?;
+    tag.split(['.', '-']).next()?.parse().ok()
+}
+
 impl InstallSpec {
-    /// Applies the profile, then the flags, then validates everything.
-    pub fn from_args(args: &InstallArgs, release: &str, namespace: &str) -> Result<Self, Error> {
+    /// A new release: the profile, then the flags, then validates everything.
+    pub fn from_request(req: &Requested, release: &str, namespace: &str) -> Result<Self, Error> {
         validate_release(release)?;
         validate_namespace(namespace)?;
-        let prod = args.profile == Profile::Prod;
-        let major = args.postgres_version;
-        let pinned = pinned_image(major).ok_or_else(|| Error::InvalidInput {
-            message: format!("unsupported --postgres-version {major}"),
-            hint: Some(format!(
-                "supported majors: {}",
-                IMAGES
-                    .iter()
-                    .map(|(m, _)| m.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        })?;
+        let prod = req.prod.unwrap_or(false);
+        let major = req.major.unwrap_or(DEFAULT_MAJOR);
+        let pinned = pinned_image(major).ok_or_else(|| unsupported_major(major))?;
         let pick = |flag: &Option<String>, prod_value: &str| -> Option<String> {
             flag.clone()
                 .or_else(|| prod.then(|| prod_value.to_string()))
@@ -71,23 +101,131 @@ impl InstallSpec {
             release: release.to_string(),
             namespace: namespace.to_string(),
             major,
-            image: args.image.clone().unwrap_or_else(|| pinned.to_string()),
-            database: args.database.clone(),
-            username: args.username.clone(),
-            storage_size: args
+            image: req.image.clone().unwrap_or_else(|| pinned.to_string()),
+            database: req.database.clone().unwrap_or_else(|| "learnflow".into()),
+            username: req.username.clone().unwrap_or_else(|| "postgres".into()),
+            storage_size: req
                 .storage_size
                 .clone()
                 .unwrap_or_else(|| if prod { "20Gi" } else { "8Gi" }.to_string()),
-            storage_class: args.storage_class.clone().filter(|c| !c.is_empty()),
-            cpu_request: pick(&args.cpu_request, "500m"),
-            memory_request: pick(&args.memory_request, "512Mi"),
-            cpu_limit: pick(&args.cpu_limit, "2000m"),
-            memory_limit: pick(&args.memory_limit, "2Gi"),
-            service_type: args
+            storage_class: req.storage_class.clone().filter(|c| !c.is_empty()),
+            cpu_request: pick(&req.cpu_request, "500m"),
+            memory_request: pick(&req.memory_request, "512Mi"),
+            cpu_limit: pick(&req.cpu_limit, "2000m"),
+            memory_limit: pick(&req.memory_limit, "2Gi"),
+            service_type: req
                 .service_type
                 .clone()
                 .unwrap_or_else(|| if prod { "LoadBalancer" } else { "ClusterIP" }.to_string()),
-            existing_secret: args.existing_secret.clone(),
+            existing_secret: req.existing_secret.clone(),
+        };
+        spec.validate(prod)?;
+        Ok(spec)
+    }
+
+    /// `install --upgrade`: the deployed release's values, each overridden only by a flag that
+    /// was given. The major and the data volume never change here: those are refused with the
+    /// command that does change them.
+    pub fn for_upgrade(req: &Requested, live: &InstallSpec) -> Result<Self, Error> {
+        let upgrade_hint = |major: u32| {
+            format!(
+                "a major upgrade keeps the data: kubectl pg upgrade {} -n {} --postgres-version {major}",
+                live.release, live.namespace
+            )
+        };
+        let asked_major = req
+            .major
+            .or_else(|| req.image.as_deref().and_then(image_major));
+        if let Some(major) = asked_major.filter(|m| *m != live.major) {
+            pinned_image(major).ok_or_else(|| unsupported_major(major))?;
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "release {} runs PostgreSQL {}: --upgrade never changes the major version (asked for {major})",
+                    live.release, live.major
+                ),
+                hint: Some(upgrade_hint(major)),
+            });
+        }
+        if let Some(size) = &req.storage_size {
+            check_quantity("--storage-size", size)?;
+            if quantity_value(size) != quantity_value(&live.storage_size) {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "the data volume is {}: --upgrade cannot change --storage-size (a StatefulSet's volumeClaimTemplates never change)",
+                        live.storage_size
+                    ),
+                    hint: Some(format!(
+                        "grow the claim itself: kubectl patch pvc {} -n {} -p '{{\"spec\":{{\"resources\":{{\"requests\":{{\"storage\":\"{size}\"}}}}}}}}'",
+                        crate::deployment::observe::pvc_name(&live.release),
+                        live.namespace
+                    )),
+                });
+            }
+        }
+        if let Some(class) = req
+            .storage_class
+            .as_ref()
+            .filter(|c| live.storage_class.as_ref() != Some(*c))
+        {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "the data volume's StorageClass is {}: --upgrade cannot change it to {class:?}",
+                    live.storage_class
+                        .as_deref()
+                        .unwrap_or("the cluster default")
+                ),
+                hint: Some(
+                    "move the data with kubectl pg dump and kubectl pg restore into a new release"
+                        .into(),
+                ),
+            });
+        }
+        let prod = req.prod.unwrap_or(false);
+        let profile = |flag: &Option<String>, live: &Option<String>, prod_value: &str| {
+            flag.clone().or_else(|| {
+                if req.prod == Some(true) {
+                    Some(prod_value.to_string())
+                } else {
+                    live.clone()
+                }
+            })
+        };
+        let spec = Self {
+            release: live.release.clone(),
+            namespace: live.namespace.clone(),
+            major: live.major,
+            image: req.image.clone().unwrap_or_else(|| {
+                if req.major.is_some() {
+                    pinned_image(live.major).unwrap_or(&live.image).to_string()
+                } else {
+                    live.image.clone()
+                }
+            }),
+            database: req
+                .database
+                .clone()
+                .unwrap_or_else(|| live.database.clone()),
+            username: req
+                .username
+                .clone()
+                .unwrap_or_else(|| live.username.clone()),
+            storage_size: live.storage_size.clone(),
+            storage_class: live.storage_class.clone(),
+            cpu_request: profile(&req.cpu_request, &live.cpu_request, "500m"),
+            memory_request: profile(&req.memory_request, &live.memory_request, "512Mi"),
+            cpu_limit: profile(&req.cpu_limit, &live.cpu_limit, "2000m"),
+            memory_limit: profile(&req.memory_limit, &live.memory_limit, "2Gi"),
+            service_type: req.service_type.clone().unwrap_or_else(|| {
+                if req.prod == Some(true) {
+                    "LoadBalancer".into()
+                } else {
+                    live.service_type.clone()
+                }
+            }),
+            existing_secret: req
+                .existing_secret
+                .clone()
+                .or_else(|| live.existing_secret.clone()),
         };
         spec.validate(prod)?;
         Ok(spec)

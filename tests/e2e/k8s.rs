@@ -25,6 +25,7 @@ pub struct ControlPlane {
     pub version: String,
     // Closing it (when the test process exits) stops the control plane and every pod.
     _stdin: Mutex<ChildStdin>,
+    #[allow(dead_code)] // read by wait(), which only the hand-run example calls
     child: Mutex<Child>,
 }
 
@@ -69,7 +70,12 @@ fn start() -> ControlPlane {
         .expect("state dir")
         .keep();
     let mut child = Command::new(var("KPG_CLUSTER"))
-        .args(["-bin", &var("KPG_K8S_BIN"), "-postgres", &var("KPG_POSTGRES")])
+        .args([
+            "-bin",
+            &var("KPG_K8S_BIN"),
+            "-postgres",
+            &var("KPG_POSTGRES"),
+        ])
         .arg("-dir")
         .arg(&state)
         .arg("-stdin")
@@ -155,6 +161,7 @@ impl ControlPlane {
 
 /// Waits until the control plane's process ends: Ctrl-C reaches it through the terminal's
 /// process group and it stops its components and pods itself.
+#[allow(dead_code)] // the hand-run example's; the tests never wait for the end
 pub fn wait() {
     if let Some(plane) = PLANE.get() {
         let _ = plane.child.lock().unwrap().wait();

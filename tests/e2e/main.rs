@@ -4,8 +4,13 @@ mod cli;
 mod cluster;
 mod k8s;
 mod krew;
+mod lifecycle;
+mod kubectl;
 mod migrate;
 mod pg;
+// Until the tests against the real apiserver use all of it.
+#[allow(dead_code)]
+mod proxy;
 mod real_cluster;
 mod scope;
 

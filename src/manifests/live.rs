@@ -1,0 +1,129 @@
+//! The inverse of `render`: the values a deployed release runs with, read back from its live
+//! StatefulSet and Service, so `install --upgrade` starts from what is deployed.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Container, Service};
+use serde_json::Value;
+
+use super::spec::{image_major, InstallSpec, DEFAULT_MAJOR};
+use crate::cluster::release::{self, LABEL_VERSION};
+
+/// The deployed values. `database` and `username` are those of the Secret when it could be read
+/// (`credentials`), else the defaults.
+pub fn read(
+    sts: &StatefulSet,
+    service: Option<&Service>,
+    credentials: Option<&release::Credentials>,
+) -> InstallSpec {
+    let release = sts.metadata.name.clone().unwrap_or_default();
+    let namespace = sts.metadata.namespace.clone().unwrap_or_default();
+    let spec = sts.spec.as_ref();
+    let container: Option<&Container> = spec
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.iter().find(|c| c.name == "postgres"));
+    let image = container.and_then(|c| c.image.clone()).unwrap_or_default();
+    let label_major = sts
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_VERSION))
+        .and_then(|v| v.split('.').next()?.parse().ok());
+    let major = label_major
+        .or_else(|| image_major(&image))
+        .unwrap_or(DEFAULT_MAJOR);
+    let resource = |kind: &str, name: &str| -> Option<String> {
+        let r = container?.resources.as_ref()?;
+        let map = if kind == "requests" {
+            r.requests.as_ref()
+        } else {
+            r.limits.as_ref()
+        };
+        map?.get(name).map(|q| q.0.clone())
+    };
+    let claim = spec.and_then(|s| s.volume_claim_templates.as_ref()?.first());
+    let claim_spec = claim.and_then(|c| c.spec.as_ref());
+    let storage_size = claim_spec
+        .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage"))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "8Gi".into());
+    let storage_class = claim_spec.and_then(|s| s.storage_class_name.clone());
+    let secret = container
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == "POSTGRES_PASSWORD"))
+        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .map(|r| r.name.clone());
+    let existing_secret = secret.filter(|s| *s != release::secret_name(&release));
+    InstallSpec {
+        major,
+        image,
+        database: credentials.map_or_else(|| "learnflow".into(), |c| c.database.clone()),
+        username: credentials.map_or_else(|| "postgres".into(), |c| c.username.clone()),
+        storage_size,
+        storage_class,
+        cpu_request: resource("requests", "cpu"),
+        memory_request: resource("requests", "memory"),
+        cpu_limit: resource("limits", "cpu"),
+        memory_limit: resource("limits", "memory"),
+        service_type: service
+            .and_then(|s| s.spec.as_ref()?.type_.clone())
+            .unwrap_or_else(|| "ClusterIP".into()),
+        existing_secret,
+        release,
+        namespace,
+    }
+}
+
+/// The live `volumeClaimTemplates`, as the apiserver stores them: an upgrade applies them
+/// unchanged, since any change is refused (they are immutable) and would change nothing anyway.
+pub fn claim_templates(sts: &StatefulSet) -> Option<Value> {
+    let templates = sts.spec.as_ref()?.volume_claim_templates.as_ref()?;
+    let mut value = serde_json::to_value(templates).ok()?;
+    for t in value.as_array_mut()? {
+        if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| matches!(k.as_str(), "name" | "labels" | "annotations"));
+        }
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::render;
+
+    #[test]
+    fn reads_back_what_render_wrote() {
+        let mut spec = InstallSpec {
+            release: "pg".into(),
+            namespace: "db".into(),
+            major: 16,
+            image: "postgres:16.11".into(),
+            database: "learnflow".into(),
+            username: "postgres".into(),
+            storage_size: "12Gi".into(),
+            storage_class: Some("fast".into()),
+            cpu_request: Some("250m".into()),
+            memory_request: None,
+            cpu_limit: None,
+            memory_limit: Some("4Gi".into()),
+            service_type: "LoadBalancer".into(),
+            existing_secret: Some("orders-db".into()),
+        };
+        let sts: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
+        let svc: Service = serde_json::from_value(render::service(&spec)).unwrap();
+        let live = read(&sts, Some(&svc), None);
+        assert_eq!(live.major, 16);
+        assert_eq!(live.image, "postgres:16.11");
+        assert_eq!(live.storage_size, "12Gi");
+        assert_eq!(live.storage_class.as_deref(), Some("fast"));
+        assert_eq!(live.cpu_request.as_deref(), Some("250m"));
+        assert_eq!(live.memory_limit.as_deref(), Some("4Gi"));
+        assert_eq!(live.service_type, "LoadBalancer");
+        assert_eq!(live.existing_secret.as_deref(), Some("orders-db"));
+        spec.existing_secret = None;
+        let ours: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
+        assert_eq!(read(&ours, None, None).existing_secret, None);
+        let templates = claim_templates(&ours).unwrap();
+        assert_eq!(templates[0]["metadata"]["name"], "data");
+    }
+}

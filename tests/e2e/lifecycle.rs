@@ -1,0 +1,258 @@
+//! Install, upgrade and uninstall keep what a team relies on, on the real control plane:
+//! `--upgrade` starts from the live release, a stuck pod is repaired by a fixed template,
+//! nothing that is not the release's is written or deleted.
+
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::scope::Scope;
+use crate::{expect_code, OutputExt};
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+}
+
+fn jsonpath(scope: &Scope, what: &str, path: &str) -> String {
+    let out = scope.kubectl_ns(&["get", what, "-o", &format!("jsonpath={path}")]);
+    assert!(out.status.success(), "{}", out.describe());
+    out.stdout_text()
+}
+
+#[test]
+fn upgrade_starts_from_the_live_release_and_repairs_a_stuck_pod() {
+    let scope = Scope::new("kpg-upgrade");
+    let ns = scope.ns.as_str();
+    let install = scope.kpg(&[
+        "install",
+        "orders",
+        "-n",
+        ns,
+        "--postgres-version",
+        "16",
+        "--service-type",
+        "NodePort",
+        "--memory-limit",
+        "1Gi",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    expect_code(&install, 0);
+    assert_eq!(json(&install)["phase"], "Healthy");
+    let password = jsonpath(&scope, "secret/orders-credentials", "{.data.password}");
+
+    // A flag given changes its value; every other value is the live one.
+    let upgrade = scope.kpg(&[
+        "install",
+        "orders",
+        "-n",
+        ns,
+        "--upgrade",
+        "--memory-limit",
+        "2Gi",
+        "--timeout",
+        "120s",
+    ]);
+    expect_code(&upgrade, 0);
+    assert_eq!(jsonpath(&scope, "svc/orders", "{.spec.type}"), "NodePort");
+    let container = "{.spec.template.spec.containers[0]";
+    assert_eq!(
+        jsonpath(&scope, "sts/orders", &format!("{container}.image}}")),
+        "postgres:16.11"
+    );
+    assert_eq!(
+        jsonpath(
+            &scope,
+            "sts/orders",
+            &format!("{container}.resources.limits.memory}}")
+        ),
+        "2Gi"
+    );
+    assert_eq!(
+        jsonpath(&scope, "secret/orders-credentials", "{.data.password}"),
+        password,
+        "the Secret is never rewritten"
+    );
+    let secrets = scope.kubectl_ns(&["get", "secrets", "-o", "name"]);
+    assert_eq!(secrets.stdout_text().trim(), "secret/orders-credentials");
+
+    // The major and the volume never change through --upgrade: refused before any write.
+    let generation = jsonpath(&scope, "sts/orders", "{.metadata.generation}");
+    for (flag, value, needle) in [
+        ("--postgres-version", "18", "kubectl pg upgrade orders"),
+        ("--image", "postgres:17.7", "kubectl pg upgrade orders"),
+        ("--storage-size", "20Gi", "kubectl patch pvc data-orders-0"),
+        ("--storage-class", "immediate", "StorageClass"),
+    ] {
+        let out = scope.kpg(&["install", "orders", "-n", ns, "--upgrade", flag, value]);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains(needle),
+            "{flag}: {}",
+            out.describe()
+        );
+    }
+    assert_eq!(
+        jsonpath(&scope, "sts/orders", "{.metadata.generation}"),
+        generation
+    );
+
+    // A bad image sticks under OrderedReady; the fixed template deletes the stuck pod.
+    let bad = scope.kpg(&[
+        "install",
+        "orders",
+        "-n",
+        ns,
+        "--upgrade",
+        "--image",
+        "registry.invalid/postgres:16.11",
+        "--timeout",
+        "60s",
+    ]);
+    expect_code(&bad, 1);
+    assert!(
+        bad.stderr_text().contains("cannot pull image"),
+        "{}",
+        bad.describe()
+    );
+    let fixed = scope.kpg(&[
+        "install",
+        "orders",
+        "-n",
+        ns,
+        "--upgrade",
+        "--image",
+        "postgres:16.11",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    expect_code(&fixed, 0);
+    assert!(
+        fixed.stderr_text().contains("forced rollback"),
+        "{}",
+        fixed.describe()
+    );
+    assert_eq!(json(&fixed)["phase"], "Healthy");
+    assert_eq!(
+        json(&fixed)["server_version"].as_str().unwrap()[..3],
+        *"16."
+    );
+}
+
+#[test]
+fn nothing_that_is_not_the_release_is_written_or_deleted() {
+    let scope = Scope::new("kpg-owned");
+    let ns = scope.ns.as_str();
+    let theirs = scope.kubectl_ns(&[
+        "create",
+        "service",
+        "externalname",
+        "postgres",
+        "--external-name",
+        "db.example.com",
+    ]);
+    assert!(theirs.status.success(), "{}", theirs.describe());
+    let refused = scope.kpg(&["install", "-n", ns]);
+    expect_code(&refused, 1);
+    assert!(
+        refused
+            .stderr_text()
+            .contains("Service \"postgres\" already exists"),
+        "{}",
+        refused.describe()
+    );
+    let statefulsets = scope.kubectl_ns(&["get", "sts,secrets", "-o", "name"]);
+    assert_eq!(statefulsets.stdout_text().trim(), "", "nothing was created");
+
+    // Another release in the same namespace; uninstall leaves the user's Service alone.
+    expect_code(
+        &scope.kpg(&["install", "app", "-n", ns, "--timeout", "120s"]),
+        0,
+    );
+    let password = jsonpath(&scope, "secret/app-credentials", "{.data.password}");
+    let uninstall = scope.kpg(&["uninstall", "app", "-n", ns]);
+    expect_code(&uninstall, 0);
+    assert_eq!(
+        jsonpath(&scope, "svc/postgres", "{.spec.type}"),
+        "ExternalName"
+    );
+    // The password stays with the data; a reinstall finds both.
+    assert!(
+        uninstall
+            .stdout_text()
+            .contains("Secret app-credentials kept"),
+        "{}",
+        uninstall.describe()
+    );
+    let again = scope.kpg(&[
+        "install",
+        "app",
+        "-n",
+        ns,
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    expect_code(&again, 0);
+    assert_eq!(json(&again)["phase"], "Healthy");
+    assert_eq!(
+        jsonpath(&scope, "secret/app-credentials", "{.data.password}"),
+        password
+    );
+    let all = scope.kpg(&["uninstall", "app", "-n", ns, "--delete-data", "--yes"]);
+    expect_code(&all, 0);
+    let left = scope.kubectl_ns(&["get", "secrets,pvc", "-o", "name"]);
+    assert_eq!(left.stdout_text().trim(), "", "{}", left.describe());
+}
+
+#[test]
+fn impossible_values_are_refused_before_any_change() {
+    let scope = Scope::new("kpg-refuse");
+    let ns = scope.ns.as_str();
+    let fresh = scope.another_namespace("kpg-refuse-new");
+    for (args, needle) in [
+        (
+            vec!["install", "1abc", "-n", ns],
+            "must start with a letter",
+        ),
+        (
+            vec!["install", "-n", ns, "--username", "pg_app"],
+            "--username",
+        ),
+        (
+            vec!["install", "-n", ns, "--database", "template1"],
+            "--database",
+        ),
+        (
+            vec!["install", "-n", &fresh, "--existing-secret", "nope"],
+            "--existing-secret \"nope\"",
+        ),
+    ] {
+        let out = scope.kpg(&args);
+        assert_ne!(out.code(), 0, "{}", out.describe());
+        assert!(
+            out.stderr_text().contains(needle),
+            "{needle}: {}",
+            out.describe()
+        );
+    }
+    let out = scope.kpg_stdin(
+        &["install", "-n", ns, "--password-stdin"],
+        "a-long-enough\npassword-on-two-lines\n",
+    );
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("control character"),
+        "{}",
+        out.describe()
+    );
+    let created = scope.kubectl(&["get", "namespace", &fresh]);
+    assert!(!created.status.success(), "no namespace is left behind");
+    let objects = scope.kubectl_ns(&["get", "sts,svc,secrets", "-o", "name"]);
+    assert_eq!(objects.stdout_text().trim(), "");
+}
