@@ -467,3 +467,380 @@ fn render_accepts_only_semver_tags() {
         );
     }
 }
+
+// ---- krew itself, and the caveats on a real cluster ------------------------------------------
+
+/// The built binary as a release ships it: stripped when `strip` is there (the release profile
+/// strips too), which keeps packaging a debug build to seconds.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn release_like_binary(dir: &Path) -> PathBuf {
+    let built = Path::new(env!("CARGO_BIN_EXE_kubectl-pg"));
+    let stripped = dir.join("kubectl-pg");
+    match Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(built)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => stripped,
+        _ => built.to_path_buf(),
+    }
+}
+
+/// `krew install --manifest --archive` of the real binary packaged by krew/package, with the
+/// manifest krew/render made; then kubectl finds the plugin in KREW_ROOT/bin and `kubectl pg
+/// version` reaches the control plane. A manifest whose sha256 is not the archive's is refused.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn krew_installs_the_plugin_and_kubectl_runs_it() {
+    let plane = crate::k8s::control_plane();
+    let tmp = tempfile::tempdir().unwrap();
+    let license = tmp.path().join("LICENSE");
+    fs::write(&license, "Apache License, Version 2.0 (test copy)\n").unwrap();
+    let binary = release_like_binary(tmp.path());
+    // The other platforms only need an archive to hash.
+    let others: Vec<_> = PLATFORMS
+        .iter()
+        .copied()
+        .filter(|p| *p != ("linux", "amd64"))
+        .collect();
+    let dist = placeholder_dist(tmp.path(), VERSION, &others);
+    let out = finish(spawn_python3([
+        krew_script("package").as_os_str(),
+        "--version".as_ref(),
+        VERSION.as_ref(),
+        "--os".as_ref(),
+        "linux".as_ref(),
+        "--arch".as_ref(),
+        "amd64".as_ref(),
+        "--binary".as_ref(),
+        binary.as_os_str(),
+        "--license".as_ref(),
+        license.as_os_str(),
+        "--out".as_ref(),
+        dist.as_os_str(),
+    ]));
+    expect_success(&out, "krew/package of the built binary");
+    let archive = dist.join(archive_name(VERSION, "linux", "amd64"));
+    let out = finish(spawn_render(&dist, VERSION));
+    expect_success(&out, "krew/render");
+    let manifest = tmp.path().join("pg.yaml");
+    fs::write(&manifest, &out.stdout).unwrap();
+
+    let krew_root = tmp.path().join("krew");
+    let home = tmp.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let krew = |args: &[&OsStr]| {
+        Command::new(&plane.krew)
+            .args(args)
+            .env("KREW_ROOT", &krew_root)
+            .env("HOME", &home)
+            .env("KREW_NO_UPGRADE_CHECK", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("krew runs")
+    };
+    let flag = |name: &str, path: &Path| {
+        let mut arg = std::ffi::OsString::from(format!("--{name}="));
+        arg.push(path);
+        arg
+    };
+
+    // An archive that is not the one the manifest hashes: refused, nothing installed.
+    let wrong = dist.join(archive_name(VERSION, "linux", "arm64"));
+    let refused = krew(&[
+        "install".as_ref(),
+        &flag("manifest", &manifest),
+        &flag("archive", &wrong),
+    ]);
+    let stderr = expect_failure(&refused, "krew install of an archive with another sha256");
+    assert!(stderr.contains("checksum does not match"), "{stderr}");
+    assert!(!krew_root.join("bin/kubectl-pg").exists());
+
+    let installed = krew(&[
+        "install".as_ref(),
+        &flag("manifest", &manifest),
+        &flag("archive", &archive),
+    ]);
+    expect_success(&installed, "krew install --manifest --archive");
+    let said = String::from_utf8_lossy(&installed.stderr);
+    assert!(said.contains("Installed plugin: pg"), "{said}");
+    assert!(said.contains("Caveats:"), "krew shows the caveats: {said}");
+    // What `krew list` reads (it needs an index this offline test does not fetch).
+    let receipt = fs::read_to_string(krew_root.join("receipts/pg.yaml"))
+        .expect("krew wrote a receipt for pg");
+    assert!(
+        receipt.contains(&format!("version: {VERSION}")),
+        "{receipt}"
+    );
+
+    // kubectl's plugin lookup, with KREW_ROOT/bin the only directory on PATH (kubectl itself
+    // is called by its path), so no other kubectl-pg can answer.
+    let bin = krew_root.join("bin");
+    let kubectl = |args: &[&str]| {
+        Command::new(&plane.kubectl)
+            .args(args)
+            .env("PATH", &bin)
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .env("HOME", &home)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl runs")
+    };
+    let plugins = kubectl(&["plugin", "list"]);
+    expect_success(&plugins, "kubectl plugin list");
+    let listed = String::from_utf8_lossy(&plugins.stdout);
+    let expected = bin.join("kubectl-pg");
+    assert!(
+        listed.lines().any(|l| Path::new(l.trim()) == expected),
+        "kubectl plugin list does not show {}:\n{listed}",
+        expected.display()
+    );
+    let version = kubectl(&["pg", "version", "-o", "json"]);
+    expect_success(&version, "kubectl pg version");
+    let doc: Value = serde_json::from_slice(&version.stdout).unwrap_or_else(|e| {
+        panic!(
+            "kubectl pg version -o json is not JSON ({e}): {}",
+            String::from_utf8_lossy(&version.stdout)
+        )
+    });
+    assert_eq!(doc["kind"], "Version");
+    assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        doc["server_version"],
+        format!("v{}", plane.version),
+        "the plugin reached the control plane through kubectl's environment"
+    );
+}
+
+/// One rule of the caveats, `RESOURCE[.GROUP]: VERBS  (remark)`.
+#[derive(Debug)]
+struct CaveatRule {
+    group: String,
+    resource: String,
+    verbs: Vec<String>,
+}
+
+/// The caveats' RBAC, read from the template: the rules of the section "In the namespace of
+/// the release" and those of "At cluster scope". Every line of a section must be a rule, so
+/// a permission written any other way fails here instead of being silently left out.
+fn caveat_rules() -> (Vec<CaveatRule>, Vec<CaveatRule>) {
+    const VERBS: [&str; 8] = [
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
+    let template = fs::read_to_string(krew_script("pg.yaml")).unwrap();
+    let caveats: Vec<&str> = template
+        .lines()
+        .skip_while(|l| l.trim_end() != "  caveats: |")
+        .skip(1)
+        .take_while(|l| l.trim().is_empty() || l.starts_with("    "))
+        .collect();
+    assert!(!caveats.is_empty(), "krew/pg.yaml has no caveats block");
+    let (mut namespaced, mut cluster) = (Vec::new(), Vec::new());
+    let mut section: Option<&mut Vec<CaveatRule>> = None;
+    for line in caveats {
+        let line = line.trim();
+        if line.is_empty() {
+            section = None;
+        } else if line.starts_with("In the namespace of the release") {
+            section = Some(&mut namespaced);
+        } else if line.starts_with("At cluster scope") {
+            section = Some(&mut cluster);
+        } else if let Some(rules) = section.as_mut() {
+            let (name, rest) = line
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("caveat line {line:?} is not RESOURCE[.GROUP]: VERBS"));
+            let verbs: Vec<String> = rest
+                .split('(')
+                .next()
+                .unwrap()
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .collect();
+            for verb in &verbs {
+                assert!(
+                    VERBS.contains(&verb.as_str()),
+                    "caveat line {line:?}: {verb:?} is not an RBAC verb"
+                );
+            }
+            let (resource, group) = name.split_once('.').unwrap_or((name, ""));
+            assert!(
+                resource
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'/'),
+                "caveat line {line:?}: {resource:?} is not a resource"
+            );
+            rules.push(CaveatRule {
+                group: group.to_string(),
+                resource: resource.to_string(),
+                verbs,
+            });
+        }
+    }
+    (namespaced, cluster)
+}
+
+fn rules_yaml(rules: &[CaveatRule]) -> String {
+    let quoted = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    rules
+        .iter()
+        .map(|r| {
+            format!(
+                "- apiGroups: [{:?}]\n  resources: [{:?}]\n  verbs: [{}]\n",
+                r.group,
+                r.resource,
+                quoted(&r.verbs)
+            )
+        })
+        .collect()
+}
+
+/// A ClusterRole and ClusterRoleBinding, removed when dropped (namespaces are the scope's).
+struct ClusterGrant<'a> {
+    plane: &'a crate::k8s::ControlPlane,
+    name: String,
+}
+
+impl Drop for ClusterGrant<'_> {
+    fn drop(&mut self) {
+        let _ = self.plane.kubectl(&[
+            "delete",
+            "clusterrolebinding,clusterrole",
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// A ServiceAccount holding exactly the caveats' permissions (a Role in its namespace, a
+/// ClusterRole for the cluster-scoped part) runs the everyday commands in that namespace, which
+/// its kubeconfig context names: install, status, dsn, psql, migrate up/status, uninstall.
+#[test]
+fn the_caveats_rbac_is_enough_for_every_day_commands() {
+    use crate::scope::Scope;
+    use crate::OutputExt;
+
+    let (namespaced, cluster) = caveat_rules();
+    for resource in RBAC_RESOURCES {
+        assert!(
+            namespaced
+                .iter()
+                .chain(&cluster)
+                .any(|r| r.resource == resource),
+            "no caveat rule for {resource}"
+        );
+    }
+    let scope = Scope::new("kpg-caveats");
+    let ns = scope.ns.as_str();
+    let name = "caveats";
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  \
+         namespace: {ns}\nrules:\n{}",
+        rules_yaml(&namespaced)
+    );
+    let kubeconfig = scope.service_account_kubeconfig(name, &role);
+    let grant = ClusterGrant {
+        plane: scope.plane,
+        name: format!("{ns}-caveats"),
+    };
+    let cluster_yaml = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {g}\n\
+         rules:\n{rules}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+         metadata:\n  name: {g}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  \
+         name: {g}\nsubjects:\n- kind: ServiceAccount\n  name: {name}\n  namespace: {ns}\n",
+        g = grant.name,
+        rules = rules_yaml(&cluster)
+    );
+    let out = scope
+        .plane
+        .kubectl_stdin(&["apply", "-f", "-"], &cluster_yaml);
+    assert!(out.status.success(), "{}", out.describe());
+
+    // No -n: the namespace comes from the ServiceAccount's context.
+    let run = |args: &[&str]| {
+        let mut command = scope.kpg_command(args);
+        command.env("KUBECONFIG", &kubeconfig);
+        crate::k8s::run_with_stdin(&mut command, "")
+    };
+    let install = run(&["install", "--timeout", "120s", "-o", "json"]);
+    crate::expect_code(&install, 0);
+    let doc: Value = serde_json::from_slice(&install.stdout).unwrap();
+    assert_eq!(doc["phase"], "Healthy", "{}", install.describe());
+    assert_eq!(doc["namespace"], ns);
+
+    let status = run(&["status", "-o", "json"]);
+    crate::expect_code(&status, 0);
+    let doc: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["phase"], "Healthy", "{}", status.describe());
+    assert_eq!(doc["database_accessible"], true, "{}", status.describe());
+
+    let dsn = run(&["dsn"]);
+    crate::expect_code(&dsn, 0);
+    let password = scope.kubectl_ns(&[
+        "get",
+        "secret",
+        "postgres-credentials",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    let password = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        password.stdout_text().trim(),
+    )
+    .unwrap();
+    let password = String::from_utf8(password).unwrap();
+    assert_eq!(
+        dsn.stdout_text().trim(),
+        format!("postgresql://postgres:{password}@postgres.{ns}.svc.cluster.local:5432/learnflow"),
+    );
+
+    let psql = run(&["psql", "--", "-At", "-c", "select 1"]);
+    crate::expect_code(&psql, 0);
+    assert_eq!(psql.stdout_text().trim(), "1", "{}", psql.describe());
+
+    let up = run(&["migrate", "up"]);
+    crate::expect_code(&up, 0);
+    let migrations = run(&["migrate", "status", "-o", "json"]);
+    crate::expect_code(&migrations, 0);
+    let doc: Value = serde_json::from_slice(&migrations.stdout).unwrap();
+    assert_eq!(doc["kind"], "MigrationStatus");
+    assert_eq!(doc["pending"], 0, "{}", migrations.describe());
+    assert!(
+        doc["applied"].as_u64().is_some_and(|n| n > 0),
+        "{}",
+        migrations.describe()
+    );
+
+    let uninstall = run(&["uninstall", "--delete-data", "--yes"]);
+    crate::expect_code(&uninstall, 0);
+    let left = scope.kubectl_ns(&["get", "statefulsets,services,secrets", "-o", "name"]);
+    assert!(left.status.success(), "{}", left.describe());
+    assert_eq!(left.stdout_text().trim(), "", "left behind after uninstall");
+    // The claim may still be finalising; it must at least be on its way out.
+    let claims = scope.kubectl_ns(&["get", "pvc", "-o", "json"]);
+    assert!(claims.status.success(), "{}", claims.describe());
+    let claims: Value = serde_json::from_slice(&claims.stdout).unwrap();
+    for claim in claims["items"].as_array().unwrap() {
+        assert!(
+            claim["metadata"]["deletionTimestamp"].is_string(),
+            "PVC kept after uninstall --delete-data: {claim:#}"
+        );
+    }
+    drop(grant);
+}
