@@ -1,10 +1,10 @@
 //! `kubectl pg dsn`: the connection string of a release, read from its Secret.
 
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
 
 use crate::cli::{DsnArgs, DsnFormat, GlobalArgs};
-use crate::cluster::release::{self, Credentials, DATABASE_PORT};
+use crate::cluster::release::{self, DATABASE_PORT};
 use crate::cluster::Cluster;
 use crate::connection::DatabaseConnection;
 use crate::error::Error;
@@ -13,28 +13,26 @@ use crate::output::{self, emit};
 pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(global).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
-    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let secret_name = release::secret_name(&release);
-    let (secret, external) = tokio::join!(secrets.get_opt(&secret_name), async {
+    let (found, external) = tokio::join!(release::secret_of(&cluster, &release), async {
         if args.external {
             Some(external_address(&cluster, &release).await)
         } else {
             None
         }
     });
-    let secret = secret
-        .map_err(|e| cluster.error("get", "secrets", e))?
-        .ok_or_else(|| Error::NotFound {
-            message: format!(
-                "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
-                cluster.namespace
-            ),
-            hint: Some(format!(
-                "is the release installed? kubectl pg status -n {}",
-                cluster.namespace
-            )),
-        })?;
-    let credentials = Credentials::from_secret(&secret)?;
+    let (source, secret) = found?;
+    let secret_name = &source.secret;
+    let secret = secret.ok_or_else(|| Error::NotFound {
+        message: format!(
+            "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
+            cluster.namespace
+        ),
+        hint: Some(format!(
+            "is the release installed? kubectl pg status -n {}",
+            cluster.namespace
+        )),
+    })?;
+    let credentials = source.resolve(&secret)?;
     let (host, port) = match external {
         Some(address) => address?,
         None => (

@@ -170,6 +170,99 @@ impl Credentials {
     }
 }
 
+/// A value of the container's environment: a key of a Secret, or a literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Key(String),
+    Literal(String),
+}
+
+/// Where a release's credentials come from, read off its StatefulSet: the Secret its pods read
+/// the password from (ours, `R-credentials`, or the user's `--existing-secret`), and the user
+/// and database, as keys of that Secret or literal values. The release remembers them in the
+/// one place that decides what the server was initialised with: the pod's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialSource {
+    pub secret: String,
+    pub username: EnvValue,
+    pub database: EnvValue,
+}
+
+impl CredentialSource {
+    /// The source of a release: from its StatefulSet when it exists, else ours.
+    pub fn of(release: &str, sts: Option<&StatefulSet>) -> Self {
+        let env = sts
+            .and_then(|s| s.spec.as_ref()?.template.spec.as_ref())
+            .and_then(|p| p.containers.iter().find(|c| c.name == "postgres"))
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default();
+        let find = |name: &str| env.iter().find(|e| e.name == name);
+        let value = |name: &str, key: &str| match find(name) {
+            Some(e) if e.value_from.is_none() => {
+                EnvValue::Literal(e.value.clone().unwrap_or_default())
+            }
+            Some(e) => EnvValue::Key(
+                e.value_from
+                    .as_ref()
+                    .and_then(|v| v.secret_key_ref.as_ref())
+                    .map_or_else(|| key.to_string(), |r| r.key.clone()),
+            ),
+            None => EnvValue::Key(key.to_string()),
+        };
+        let secret = find("POSTGRES_PASSWORD")
+            .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .map_or_else(|| secret_name(release), |r| r.name.clone());
+        Self {
+            secret,
+            username: value("POSTGRES_USER", "username"),
+            database: value("POSTGRES_DB", "database"),
+        }
+    }
+
+    /// Whether the Secret is the one kubectl-pg made (and may recreate): never a user's.
+    pub fn is_ours(&self, release: &str) -> bool {
+        self.secret == secret_name(release)
+    }
+
+    /// The credentials in `secret`, as the pod reads them.
+    pub fn resolve(&self, secret: &Secret) -> Result<Credentials, Error> {
+        let mut values = BTreeMap::new();
+        for (key, value) in secret.data.iter().flatten() {
+            values.insert(key.clone(), String::from_utf8_lossy(&value.0).into_owned());
+        }
+        for (key, value) in secret.string_data.iter().flatten() {
+            values.insert(key.clone(), value.clone());
+        }
+        let get = |v: &EnvValue| -> Result<String, Error> {
+            match v {
+                EnvValue::Literal(text) => Ok(text.clone()),
+                EnvValue::Key(key) => values
+                    .get(key)
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .ok_or_else(|| missing_key(&self.secret, key)),
+            }
+        };
+        Ok(Credentials {
+            username: get(&self.username)?,
+            password: get(&EnvValue::Key("password".into()))?,
+            database: get(&self.database)?,
+            host: values.get("host").cloned().filter(|h| !h.is_empty()),
+            port: values.get("port").and_then(|p| p.parse().ok()),
+        })
+    }
+}
+
+/// A key the release needs is not in its Secret (exit 1).
+pub fn missing_key(secret: &str, key: &str) -> Error {
+    Error::InvalidInput {
+        message: format!("Secret {secret:?} has no key {key:?}"),
+        hint: Some(format!(
+            "a kubernetes.io/basic-auth Secret holds password (required) and username: kubectl create secret generic {secret} --type kubernetes.io/basic-auth --from-literal=password=…"
+        )),
+    }
+}
+
 /// The running database of a release: its ready pod and its credentials.
 pub struct Target {
     pub release: String,
@@ -179,15 +272,37 @@ pub struct Target {
     pub credentials: Credentials,
 }
 
+/// The release's credential source and its Secret (None when missing). Ours is read together
+/// with the StatefulSet; a user's Secret, which the StatefulSet names, costs a second read.
+pub async fn secret_of(
+    cluster: &Cluster,
+    release: &str,
+) -> Result<(CredentialSource, Option<Secret>), Error> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let ours = secret_name(release);
+    let (sts, secret) = tokio::join!(sets.get_opt(release), secrets.get_opt(&ours));
+    let sts = sts.map_err(|e| cluster.error("get", "statefulsets", e))?;
+    let source = CredentialSource::of(release, sts.as_ref());
+    let secret = if source.is_ours(release) {
+        secret.map_err(|e| cluster.error("get", "secrets", e))?
+    } else {
+        secrets
+            .get_opt(&source.secret)
+            .await
+            .map_err(|e| cluster.error("get", "secrets", e))?
+    };
+    Ok((source, secret))
+}
+
 /// Finds the release's ready pod and reads its Secret, both at once.
 pub async fn find_target(cluster: &Cluster, release: &str) -> Result<Target, Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let pod_params = ListParams::default().labels(&selector(release));
-    let secret_name = secret_name(release);
-    let (pods, secret) = tokio::join!(pods.list(&pod_params), secrets.get_opt(&secret_name));
+    let (pods, found) = tokio::join!(pods.list(&pod_params), secret_of(cluster, release));
     let pods = pods.map_err(|e| cluster.error("list", "pods", e))?;
-    let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
+    let (source, secret) = found?;
+    let secret_name = source.secret.clone();
     let namespace = cluster.namespace.clone();
     if pods.items.is_empty() && secret.is_none() {
         return Err(Error::NotFound {
@@ -204,11 +319,13 @@ pub async fn find_target(cluster: &Cluster, release: &str) -> Result<Target, Err
         message: format!(
             "Secret {secret_name:?} of release {release:?} not found in namespace {namespace:?}"
         ),
-        hint: Some(format!(
-            "kubectl pg install {release} -n {namespace} recreates it"
-        )),
+        hint: Some(if source.is_ours(release) {
+            format!("kubectl pg install {release} -n {namespace} recreates it")
+        } else {
+            "it is the release's --existing-secret: restore it (kubectl-pg never writes it)".into()
+        }),
     })?;
-    let credentials = Credentials::from_secret(&secret)?;
+    let credentials = source.resolve(&secret)?;
     let ready = pods.items.iter().find(|p| is_ready(p));
     let Some(pod) = ready else {
         let state = pods

@@ -133,17 +133,29 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
     }
     warning_events(observed, &mut problems);
     if observed.statefulset.is_some() && observed.secret.is_none() {
-        problems.push(Problem::warning(
-            "SecretMissing",
-            format!(
-                "Secret {} is missing",
-                release::secret_name(&observed.release)
-            ),
-            Some(format!(
-                "kubectl pg install {} -n {} recreates it and resets the password in the database",
-                observed.release, observed.namespace
-            )),
-        ));
+        let source = observed.credential_source();
+        // Only our own Secret may be recreated (with a new password set in the database); a
+        // user's --existing-secret is theirs, and a new password there would lock the apps out.
+        problems.push(if source.is_ours(&observed.release) {
+            Problem::warning(
+                "SecretMissing",
+                format!("Secret {} is missing", source.secret),
+                Some(format!(
+                    "kubectl pg install {} -n {} recreates it and resets the password in the database",
+                    observed.release, observed.namespace
+                )),
+            )
+        } else {
+            Problem::error(
+                "ExistingSecretMissing",
+                format!(
+                    "Secret {} (the release's --existing-secret) is missing: the pod cannot start again without it",
+                    source.secret
+                ),
+                Some("restore it from where your team keeps it; kubectl-pg never writes it".into()),
+                1,
+            )
+        });
     }
     dedup(&mut problems);
     let ready = pod.is_some_and(release::is_ready);

@@ -28,6 +28,17 @@ pub fn pvc_name(release: &str) -> String {
 }
 
 impl Observed {
+    /// Where the release's credentials come from (its StatefulSet says).
+    pub fn credential_source(&self) -> release::CredentialSource {
+        release::CredentialSource::of(&self.release, self.statefulset.as_ref())
+    }
+
+    /// The credentials the pod uses, when its Secret was read.
+    pub fn credentials(&self) -> Option<Result<release::Credentials, Error>> {
+        let secret = self.secret.as_ref()?;
+        Some(self.credential_source().resolve(secret))
+    }
+
     /// Whether any object of the release exists.
     pub fn exists(&self) -> bool {
         self.statefulset.is_some()
@@ -77,7 +88,16 @@ pub async fn observe(cluster: &Cluster, namespace: &str, release: &str) -> Resul
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let pvc = pvc.map_err(|e| cluster.error("get", "persistentvolumeclaims", e))?;
     let service = service.map_err(|e| cluster.error("get", "services", e))?;
-    let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
+    // The release's own Secret is read at once; a user's, named by the StatefulSet, after.
+    let source = release::CredentialSource::of(release, statefulset.as_ref());
+    let secret = if source.is_ours(release) {
+        secret.map_err(|e| cluster.error("get", "secrets", e))?
+    } else {
+        secrets
+            .get_opt(&source.secret)
+            .await
+            .map_err(|e| cluster.error("get", "secrets", e))?
+    };
     // Events are a diagnosis aid: a user who may not list them still gets a status.
     let mut events: Vec<Event> = event_lists
         .into_iter()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::SimpleQueryMessage;
 
 use super::observe::Observed;
-use crate::cluster::release::{self, Credentials, Target, DATABASE_PORT};
+use crate::cluster::release::{self, Target, DATABASE_PORT};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::Connector;
@@ -27,7 +27,7 @@ pub async fn check(cluster: &Cluster, observed: &Observed, timeout: Duration) ->
     let Some(pod) = observed.pod().filter(|p| release::is_ready(p)) else {
         return DbCheck::default();
     };
-    let credentials = match observed.secret.as_ref().map(Credentials::from_secret) {
+    let credentials = match observed.credentials() {
         Some(Ok(c)) => c,
         Some(Err(e)) => return failed(e.to_string()),
         None => return failed("the release's Secret is missing".into()),

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::assess::{Assessment, Problem};
 use super::observe::Observed;
 use super::probe::DbCheck;
-use crate::cluster::release::{self, Credentials, DATABASE_PORT};
+use crate::cluster::release::{self, DATABASE_PORT};
 use crate::connection::DatabaseConnection;
 use crate::migration::status::MigrationStatus;
 use crate::migration::MigrationSet;
@@ -125,10 +125,7 @@ impl DeploymentStatus {
             .and_then(|s| s.spec.as_ref())
             .map(|s| s.type_.clone().unwrap_or_else(|| "ClusterIP".into()));
         let host = release::service_host(&observed.release, &observed.namespace);
-        let credentials = observed
-            .secret
-            .as_ref()
-            .and_then(|s| Credentials::from_secret(s).ok());
+        let credentials = observed.credentials().and_then(Result::ok);
         let connection_string = credentials.map(|c| {
             DatabaseConnection::new(
                 host.clone(),

@@ -50,6 +50,38 @@ fn check_password(password: &str) -> Result<String, Error> {
     Ok(password.to_string())
 }
 
+/// The credentials in a user's `kubernetes.io/basic-auth` Secret: `password` required,
+/// `username` optional (else `--username`); the database is `--database`.
+pub(super) fn user_secret_credentials(
+    secret: &Secret,
+    spec: &InstallSpec,
+) -> Result<Credentials, Error> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let value = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .cloned()
+            })
+            .filter(|v| !v.is_empty())
+    };
+    let password = value("password").ok_or_else(|| release::missing_key(&name, "password"))?;
+    Ok(Credentials {
+        username: value("username").unwrap_or_else(|| spec.username.clone()),
+        password,
+        database: spec.database.clone(),
+        host: None,
+        port: None,
+    })
+}
+
 /// 32 characters from the OS-seeded CSPRNG, letters and digits (safe in URIs and shells).
 pub fn generate_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -80,8 +112,13 @@ pub(super) async fn ensure_secret(
         if password.is_some() {
             eprintln!("note: Secret {name} exists; its password is kept and the one from stdin is ignored");
         }
+        let credentials = if spec.existing_secret.is_some() {
+            user_secret_credentials(&existing, spec)?
+        } else {
+            Credentials::from_secret(&existing)?
+        };
         return Ok(SecretOutcome {
-            credentials: Credentials::from_secret(&existing)?,
+            credentials,
             created: false,
         });
     }

@@ -106,6 +106,11 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         eprintln!("created namespace {}", spec.namespace);
     }
     let secret = ensure_secret(&cluster, &spec, password).await?;
+    // A user's Secret may name the user; the pod then starts with that one.
+    let mut spec = spec;
+    if spec.existing_secret.is_some() {
+        spec.username = secret.credentials.username.clone();
+    }
     // A new password for a volume that already holds a database: it must be set inside.
     let reset_password = secret.created && existing.pvc;
 

@@ -138,10 +138,23 @@ fn secret_env(spec: &InstallSpec, name: &str, key: &str) -> Value {
 /// `StatefulSet R`: one replica of the pinned official image.
 pub fn statefulset(spec: &InstallSpec) -> Value {
     let (mount, pgdata) = data_layout(spec.major);
+    // A user's Secret is basic-auth shaped (password, perhaps username): the user and the
+    // database are then literals, decided at install from the Secret and the flags.
+    let (user, database) = if spec.existing_secret.is_some() {
+        (
+            json!({ "name": "POSTGRES_USER", "value": spec.username }),
+            json!({ "name": "POSTGRES_DB", "value": spec.database }),
+        )
+    } else {
+        (
+            secret_env(spec, "POSTGRES_USER", "username"),
+            secret_env(spec, "POSTGRES_DB", "database"),
+        )
+    };
     let mut env = vec![
-        secret_env(spec, "POSTGRES_USER", "username"),
+        user,
         secret_env(spec, "POSTGRES_PASSWORD", "password"),
-        secret_env(spec, "POSTGRES_DB", "database"),
+        database,
         // The image's initdb trusts 127.0.0.1 and ::1, which is where a port-forward arrives:
         // require the password on every TCP connection, so a health check proves it.
         json!({ "name": "POSTGRES_INITDB_ARGS", "value": "--auth-host=scram-sha-256" }),

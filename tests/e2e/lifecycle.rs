@@ -256,3 +256,125 @@ fn impossible_values_are_refused_before_any_change() {
     let objects = scope.kubectl_ns(&["get", "sts,svc,secrets", "-o", "name"]);
     assert_eq!(objects.stdout_text().trim(), "");
 }
+
+#[test]
+fn an_existing_secret_is_used_by_every_command_and_never_touched() {
+    let scope = Scope::new("kpg-secret");
+    let ns = scope.ns.as_str();
+    let create = |args: &[&str]| {
+        let mut all = vec![
+            "create",
+            "secret",
+            "generic",
+            "orders-db",
+            "--type",
+            "kubernetes.io/basic-auth",
+        ];
+        all.extend_from_slice(args);
+        let out = scope.kubectl_ns(&all);
+        assert!(out.status.success(), "{}", out.describe());
+    };
+    // No password key: exit 1 naming the Secret and the key, before anything changes.
+    create(&["--from-literal=username=orders"]);
+    let out = scope.kpg(&[
+        "install",
+        "orders",
+        "-n",
+        ns,
+        "--existing-secret",
+        "orders-db",
+    ]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text()
+            .contains("\"orders-db\" has no key \"password\""),
+        "{}",
+        out.describe()
+    );
+    let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
+    assert_eq!(nothing.stdout_text().trim(), "");
+    scope.kubectl_ns(&["delete", "secret", "orders-db"]);
+    create(&[
+        "--from-literal=username=orders",
+        "--from-literal=password=an-orders-password-42",
+    ]);
+    let before = jsonpath(&scope, "secret/orders-db", "{.metadata.resourceVersion}");
+
+    let install = scope.kpg(&[
+        "install",
+        "orders",
+        "-n",
+        ns,
+        "--profile",
+        "prod",
+        "--existing-secret",
+        "orders-db",
+        "--service-type",
+        "ClusterIP",
+        "--cpu-request",
+        "100m",
+        "--memory-request",
+        "64Mi",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    expect_code(&install, 0);
+    let doc = json(&install);
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    assert!(doc["connection_string"]
+        .as_str()
+        .unwrap()
+        .starts_with("postgresql://orders:"));
+
+    let status = json(&scope.kpg(&["status", "orders", "-n", ns, "-o", "json"]));
+    assert_eq!(status["phase"], "Healthy", "{status}");
+    assert!(
+        !status.to_string().contains("SecretMissing"),
+        "the user's Secret is the release's: {status}"
+    );
+    let dsn = scope.kpg(&["dsn", "orders", "-n", ns]);
+    expect_code(&dsn, 0);
+    assert!(dsn
+        .stdout_text()
+        .starts_with("postgresql://orders:an-orders-password-42@"));
+    let psql = scope.kpg(&[
+        "psql",
+        "orders",
+        "-n",
+        ns,
+        "--",
+        "-Atc",
+        "select current_user",
+    ]);
+    expect_code(&psql, 0);
+    assert_eq!(psql.stdout_text().trim(), "orders");
+    expect_code(&scope.kpg(&["migrate", "up", "-n", ns]), 0);
+    // An upgrade keeps the Secret without being told again.
+    expect_code(
+        &scope.kpg(&[
+            "install",
+            "orders",
+            "-n",
+            ns,
+            "--upgrade",
+            "--memory-limit",
+            "1Gi",
+            "--timeout",
+            "120s",
+        ]),
+        0,
+    );
+    expect_code(
+        &scope.kpg(&["uninstall", "orders", "-n", ns, "--delete-data", "--yes"]),
+        0,
+    );
+    assert_eq!(
+        jsonpath(&scope, "secret/orders-db", "{.metadata.resourceVersion}"),
+        before,
+        "never written, never deleted"
+    );
+    let secrets = scope.kubectl_ns(&["get", "secrets", "-o", "name"]);
+    assert_eq!(secrets.stdout_text().trim(), "secret/orders-db");
+}
