@@ -94,6 +94,8 @@ pub fn generate_password() -> String {
 pub(super) struct SecretOutcome {
     pub(super) credentials: Credentials,
     pub(super) created: bool,
+    /// The UID of the Secret this run created, so a failed reset can take it back.
+    pub(super) created_uid: Option<String>,
 }
 
 /// Our Secret: created when absent, never overwritten. A user's Secret: checked, never touched.
@@ -120,6 +122,7 @@ pub(super) async fn ensure_secret(
         return Ok(SecretOutcome {
             credentials,
             created: false,
+            created_uid: None,
         });
     }
     if spec.existing_secret.is_some() {
@@ -134,8 +137,8 @@ pub(super) async fn ensure_secret(
     let password = password.unwrap_or_else(generate_password);
     let object: Secret = serde_json::from_value(render::secret(spec, &password))
         .map_err(|e| Error::invalid(e.to_string()))?;
-    match secrets.create(&PostParams::default(), &object).await {
-        Ok(_) => {}
+    let created_uid = match secrets.create(&PostParams::default(), &object).await {
+        Ok(created) => created.metadata.uid,
         // Someone else created it meanwhile: theirs wins, as it would have on a rerun.
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let theirs = secrets
@@ -145,10 +148,11 @@ pub(super) async fn ensure_secret(
             return Ok(SecretOutcome {
                 credentials: Credentials::from_secret(&theirs)?,
                 created: false,
+                created_uid: None,
             });
         }
         Err(e) => return Err(cluster.error("create", "secrets", e)),
-    }
+    };
     Ok(SecretOutcome {
         credentials: Credentials {
             username: spec.username.clone(),
@@ -158,7 +162,44 @@ pub(super) async fn ensure_secret(
             port: None,
         },
         created: true,
+        created_uid,
     })
+}
+
+/// Sets a new Secret's password in the database that already exists on the volume. If that
+/// fails, the new Secret is deleted again: a Secret that does not open the database would lock
+/// the apps out, and without it the next install retries the reset.
+pub(super) async fn reset_or_take_back(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    outcome: &SecretOutcome,
+) -> Result<(), Error> {
+    let Err(error) = set_password_in_database(cluster, spec, &outcome.credentials).await else {
+        return Ok(());
+    };
+    take_back(cluster, spec, outcome).await;
+    Err(error)
+}
+
+/// Deletes the Secret this run created (and only that one: the UID is the precondition).
+pub(super) async fn take_back(cluster: &Cluster, spec: &InstallSpec, outcome: &SecretOutcome) {
+    if outcome.created_uid.is_none() {
+        return;
+    }
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: outcome.created_uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    if secrets.delete(&spec.secret_name(), &params).await.is_ok() {
+        eprintln!(
+            "deleted the new Secret {} again: the database still has its old password; rerun install to retry",
+            spec.secret_name()
+        );
+    }
 }
 
 /// Sets the Secret's password on the role, through exec in the pod over the local socket
@@ -169,10 +210,12 @@ pub(super) async fn set_password_in_database(
     credentials: &Credentials,
 ) -> Result<(), Error> {
     let quote_ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    // A SCRAM verifier, not the password: a statement log can then hold nothing usable.
+    let verifier = postgres_protocol::password::scram_sha_256(credentials.password.as_bytes());
     let sql = format!(
         "ALTER ROLE {} PASSWORD {};\n",
         quote_ident(&credentials.username),
-        crate::migration::history::literal(&credentials.password)
+        crate::migration::history::literal(&verifier)
     );
     let output = exec::run(
         cluster,
@@ -197,9 +240,11 @@ pub(super) async fn set_password_in_database(
         return Err(Error::Deployment {
             message: format!(
                 "could not set the new password in the existing database: {}",
-                output
-                    .message
-                    .unwrap_or_else(|| output.stderr.trim().to_string())
+                // psql's own words say why; the exec status only says that it failed.
+                Some(output.stderr.trim().to_string())
+                    .filter(|e| !e.is_empty())
+                    .or(output.message)
+                    .unwrap_or_else(|| "psql failed".into())
             ),
             hints: vec!["set it by hand: kubectl pg psql, then ALTER ROLE … PASSWORD …".into()],
             code: 5,

@@ -25,7 +25,7 @@ mod credentials;
 mod preflight;
 mod rollout;
 
-use credentials::{ensure_secret, read_password, set_password_in_database};
+use credentials::{ensure_secret, read_password, reset_or_take_back, take_back};
 pub use credentials::{generate_password, PASSWORD_LENGTH};
 use preflight::preflight;
 use rollout::wait_ready;
@@ -75,8 +75,11 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
                 "Secret {} was missing: created it with a new password",
                 spec.secret_name()
             );
-            wait_ready(&cluster, &spec, args.timeout, false).await?;
-            set_password_in_database(&cluster, &spec, &secret.credentials).await?;
+            if let Err(e) = wait_ready(&cluster, &spec, args.timeout, false).await {
+                take_back(&cluster, &spec, &secret).await;
+                return Err(e);
+            }
+            reset_or_take_back(&cluster, &spec, &secret).await?;
             health_check(&cluster, &spec, &secret.credentials).await?;
             eprintln!("the database's password was set to the new Secret's");
         } else {
@@ -133,7 +136,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         started.elapsed().as_secs_f32()
     );
     if reset_password {
-        set_password_in_database(&cluster, &spec, &secret.credentials).await?;
+        reset_or_take_back(&cluster, &spec, &secret).await?;
         eprintln!("the existing database's password was set to the new Secret's");
     }
     health_check(&cluster, &spec, &secret.credentials).await?;

@@ -378,3 +378,49 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
     let secrets = scope.kubectl_ns(&["get", "secrets", "-o", "name"]);
     assert_eq!(secrets.stdout_text().trim(), "secret/orders-db");
 }
+
+#[test]
+fn a_lost_secret_is_replaced_only_when_the_database_takes_its_password() {
+    let scope = Scope::new("kpg-lost");
+    let ns = scope.ns.as_str();
+    let install = |extra: &[&str]| {
+        let mut args = vec!["install", "-n", ns, "--timeout", "120s"];
+        args.extend_from_slice(extra);
+        scope.kpg(&args)
+    };
+    expect_code(&install(&["--username", "app"]), 0);
+    let gone = scope.kubectl_ns(&["delete", "secret", "postgres-credentials"]);
+    assert!(gone.status.success(), "{}", gone.describe());
+    // A new Secret for user "postgres", which this database does not have: the reset fails
+    // with psql's own message, and the new Secret is taken back.
+    let wrong = install(&[]);
+    assert_ne!(wrong.code(), 0, "{}", wrong.describe());
+    assert!(
+        wrong
+            .stderr_text()
+            .contains("role \"postgres\" does not exist"),
+        "{}",
+        wrong.describe()
+    );
+    let secrets = scope.kubectl_ns(&["get", "secrets", "-o", "name"]);
+    assert_eq!(secrets.stdout_text().trim(), "", "{}", wrong.describe());
+    // The rerun retries, and the database takes the password, sent as a SCRAM verifier.
+    let right = install(&["--username", "app", "-o", "json"]);
+    expect_code(&right, 0);
+    assert_eq!(json(&right)["phase"], "Healthy");
+    let stored = scope.kubectl_ns(&[
+        "exec",
+        "postgres-0",
+        "-c",
+        "postgres",
+        "--",
+        "psql",
+        "-U",
+        "app",
+        "-d",
+        "postgres",
+        "-Atc",
+        "select rolpassword like 'SCRAM-SHA-256$%' from pg_authid where rolname = 'app'",
+    ]);
+    assert_eq!(stored.stdout_text().trim(), "t", "{}", stored.describe());
+}
