@@ -253,6 +253,48 @@ pub(super) async fn set_password_in_database(
     Ok(())
 }
 
+/// Brings a release initialised before the manifests set `--auth-host=scram-sha-256` to the
+/// same rule: initdb's `trust` for 127.0.0.1 and ::1 (where a port-forward arrives) becomes
+/// scram-sha-256 in pg_hba.conf, and the server reloads it. The local socket stays trusted,
+/// as the image has it.
+pub(super) async fn require_password_on_loopback(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+) -> Result<(), Error> {
+    const SCRIPT: &str = r#"f="$PGDATA/pg_hba.conf"
+rule='^(host[[:space:]]+(all|replication)[[:space:]]+all[[:space:]]+(127\.0\.0\.1/32|::1/128)[[:space:]]+)trust'
+grep -Eq "$rule" "$f" || exit 0
+sed -E "s#$rule#\1scram-sha-256#" "$f" > "$f.kubectl-pg" && cat "$f.kubectl-pg" > "$f" && rm -f "$f.kubectl-pg"
+psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/dev/null && echo changed
+"#;
+    let output = exec::run(
+        cluster,
+        &spec.namespace,
+        &release::pod_name(&spec.release),
+        crate::psql::CONTAINER,
+        &["sh", "-s"],
+        SCRIPT,
+    )
+    .await?;
+    if !output.success {
+        return Err(Error::Deployment {
+            message: format!(
+                "could not require the password on loopback connections: {}",
+                Some(output.stderr.trim().to_string())
+                    .filter(|e| !e.is_empty())
+                    .or(output.message)
+                    .unwrap_or_default()
+            ),
+            hints: vec!["edit pg_hba.conf by hand: host lines for 127.0.0.1/32 and ::1/128 should say scram-sha-256".into()],
+            code: 5,
+        });
+    }
+    if output.stdout.contains("changed") {
+        eprintln!("pg_hba.conf: loopback TCP connections now need the password too (scram-sha-256), as new releases do");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,9 +84,16 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
             eprintln!("the database's password was set to the new Secret's");
         } else {
             eprintln!(
-                "release {} is already deployed in namespace {}: nothing changed (use --upgrade to apply a new spec)",
+                "release {} is already deployed in namespace {}: its spec is kept (use --upgrade to apply a new one)",
                 spec.release, spec.namespace
             );
+            // A rerun of an interrupted or failed install finishes what is missing: the wait
+            // (a Failed release exits non-zero), the health check, pending migrations.
+            wait_ready(&cluster, &spec, args.timeout, false).await?;
+            health_check(&cluster, &spec, &secret.credentials).await?;
+        }
+        if let Some(set) = &migrations {
+            migrate(&cluster, &spec, &secret.credentials, set).await?;
         }
         return summary(&cluster, &spec, &args).await;
     }
@@ -138,6 +145,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if reset_password {
         reset_or_take_back(&cluster, &spec, &secret).await?;
         eprintln!("the existing database's password was set to the new Secret's");
+    }
+    if live.is_some() {
+        credentials::require_password_on_loopback(&cluster, &spec).await?;
     }
     health_check(&cluster, &spec, &secret.credentials).await?;
     if let Some(set) = migrations {

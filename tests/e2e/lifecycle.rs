@@ -424,3 +424,89 @@ fn a_lost_secret_is_replaced_only_when_the_database_takes_its_password() {
     ]);
     assert_eq!(stored.stdout_text().trim(), "t", "{}", stored.describe());
 }
+
+#[test]
+fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
+    let scope = Scope::new("kpg-hba");
+    let ns = scope.ns.as_str();
+    // A release as the manifests made it before they set --auth-host=scram-sha-256: the
+    // image's initdb then trusts 127.0.0.1, where a port-forward arrives.
+    let manifests = scope.kpg(&["install", "-n", ns, "--dry-run", "-o", "json"]);
+    expect_code(&manifests, 0);
+    let mut doc = json(&manifests);
+    for item in doc["items"].as_array_mut().unwrap() {
+        if item["kind"] == "StatefulSet" {
+            let env = &mut item["spec"]["template"]["spec"]["containers"][0]["env"];
+            env.as_array_mut()
+                .unwrap()
+                .retain(|e| e["name"] != "POSTGRES_INITDB_ARGS");
+        }
+    }
+    let applied = scope.plane.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "kubectl-pg",
+            "-f",
+            "-",
+        ],
+        &doc.to_string(),
+    );
+    assert!(applied.status.success(), "{}", applied.describe());
+    let ready = scope.kubectl_ns(&["rollout", "status", "sts/postgres", "--timeout", "120s"]);
+    assert!(ready.status.success(), "{}", ready.describe());
+    let no_password = [
+        "exec",
+        "postgres-0",
+        "-c",
+        "postgres",
+        "--",
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-w",
+        "-Atc",
+        "select 1",
+    ];
+    let before = scope.kubectl_ns(&no_password);
+    assert_eq!(
+        before.stdout_text().trim(),
+        "1",
+        "trusted: {}",
+        before.describe()
+    );
+
+    let upgrade = scope.kpg(&[
+        "install",
+        "-n",
+        ns,
+        "--upgrade",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    expect_code(&upgrade, 0);
+    assert!(
+        upgrade.stderr_text().contains("pg_hba.conf"),
+        "{}",
+        upgrade.describe()
+    );
+    assert_eq!(
+        json(&upgrade)["phase"],
+        "Healthy",
+        "the Secret's password works"
+    );
+    let after = scope.kubectl_ns(&no_password);
+    assert!(!after.status.success(), "{}", after.describe());
+    assert!(
+        after.stderr_text().contains("no password supplied"),
+        "{}",
+        after.describe()
+    );
+}
