@@ -101,6 +101,26 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
     if let Some(pod) = pod {
         pod_problems(pod, now, &mut problems);
     }
+    let scaled_to_zero = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.replicas)
+        == Some(0);
+    if scaled_to_zero && pod.is_none() {
+        // Nothing will start by itself: a wait for Ready must end, saying what to do.
+        problems.push(Problem::error(
+            "Stopped",
+            format!(
+                "StatefulSet {} is scaled to 0 replicas: the database is stopped",
+                observed.release
+            ),
+            Some(format!(
+                "start it again: kubectl scale statefulset {} -n {} --replicas 1",
+                observed.release, observed.namespace
+            )),
+            5,
+        ));
+    }
     pvc_problems(observed, now, &mut problems);
     image_drift(observed, &mut problems);
     for event in &observed.events {
@@ -315,10 +335,11 @@ fn warning_events(observed: &Observed, problems: &mut Vec<Problem>) {
 /// name, or it happened before the pod last became Ready (a startup probe that failed while
 /// the server was still starting, as the kubelet reports on every start).
 fn superseded(observed: &Observed, event: &k8s_openapi::api::core::v1::Event) -> bool {
-    let Some(pod) = observed.pod() else {
-        return false;
-    };
     let about = &event.involved_object;
+    let Some(pod) = observed.pod() else {
+        // The pod it was about is gone.
+        return about.kind.as_deref() == Some("Pod");
+    };
     if about.kind.as_deref() != Some("Pod") || about.name != pod.metadata.name {
         return false;
     }

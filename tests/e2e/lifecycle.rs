@@ -509,4 +509,23 @@ fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
         "{}",
         after.describe()
     );
+
+    // Scaled to zero, the release is reported stopped, and a wait for it ends at once.
+    let scaled = scope.kubectl_ns(&["scale", "sts/postgres", "--replicas", "0"]);
+    assert!(scaled.status.success(), "{}", scaled.describe());
+    let deleted = scope.kubectl_ns(&[
+        "wait",
+        "--for=delete",
+        "pod/postgres-0",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(deleted.status.success(), "{}", deleted.describe());
+    let wait = scope.kpg(&["status", "-n", ns, "--wait", "--timeout", "60s"]);
+    expect_code(&wait, 5);
+    assert!(
+        wait.stderr_text().contains("scaled to 0") && wait.stderr_text().contains("--replicas 1"),
+        "{}",
+        wait.describe()
+    );
 }
