@@ -230,6 +230,10 @@ pub struct InstallArgs {
     /// Take the credentials from this Secret (keys username, password, database); never modified
     #[arg(long, value_name = "NAME")]
     pub existing_secret: Option<String>,
+    /// The cluster's DNS domain, for the hosts in the Secret, dsn and status (default:
+    /// cluster.local; remembered by the release)
+    #[arg(long, value_name = "DOMAIN")]
+    pub cluster_domain: Option<String>,
     /// Read the password from stdin (16 characters at least) instead of generating one
     #[arg(long)]
     pub password_stdin: bool,

@@ -36,7 +36,9 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     let (host, port) = match external {
         Some(address) => address?,
         None => (
-            release::service_host(&release, &cluster.namespace),
+            credentials.host.clone().unwrap_or_else(|| {
+                release::service_host(&release, &cluster.namespace, &source.cluster_domain)
+            }),
             credentials.port.unwrap_or(DATABASE_PORT),
         ),
     };

@@ -65,7 +65,10 @@ pub enum Error {
     },
 
     /// RBAC denied a request (exit 6 for writes: the user may not create what is needed; 2 for reads).
-    #[error("forbidden: {user} cannot {verb} {resource}{} (context {context:?})", where_text(namespace))]
+    #[error(
+        "forbidden: {user} cannot {verb} {resource}{} (context {context:?})",
+        where_text(namespace)
+    )]
     Forbidden {
         verb: String,
         resource: String,

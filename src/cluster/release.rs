@@ -35,9 +35,26 @@ pub fn selector(release: &str) -> String {
     format!("{LABEL_NAME}=postgresql,{LABEL_INSTANCE}={release}")
 }
 
-/// `R.N.svc.cluster.local`
-pub fn service_host(release: &str, namespace: &str) -> String {
-    format!("{release}.{namespace}.svc.cluster.local")
+/// The cluster DNS domain most clusters use; `install --cluster-domain` records another.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// The StatefulSet annotation that remembers the cluster domain install was given.
+pub const ANNOTATION_CLUSTER_DOMAIN: &str = "kubectl-pg.io/cluster-domain";
+
+/// `R.N.svc.DOMAIN`
+pub fn service_host(release: &str, namespace: &str, domain: &str) -> String {
+    format!("{release}.{namespace}.svc.{domain}")
+}
+
+/// The cluster domain a release was installed with (its StatefulSet's annotation).
+pub fn cluster_domain(sts: Option<&StatefulSet>) -> String {
+    sts.and_then(|s| {
+        s.metadata
+            .annotations
+            .as_ref()?
+            .get(ANNOTATION_CLUSTER_DOMAIN)
+            .cloned()
+    })
+    .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_string())
 }
 
 /// Checks a DNS-1123 label of at most `max` characters.
@@ -184,6 +201,8 @@ pub enum EnvValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialSource {
     pub secret: String,
+    /// The cluster DNS domain of the release's hosts.
+    pub cluster_domain: String,
     pub username: EnvValue,
     pub database: EnvValue,
 }
@@ -214,6 +233,7 @@ impl CredentialSource {
             .map_or_else(|| secret_name(release), |r| r.name.clone());
         Self {
             secret,
+            cluster_domain: cluster_domain(sts),
             username: value("POSTGRES_USER", "username"),
             database: value("POSTGRES_DB", "database"),
         }

@@ -124,7 +124,11 @@ impl DeploymentStatus {
             .as_ref()
             .and_then(|s| s.spec.as_ref())
             .map(|s| s.type_.clone().unwrap_or_else(|| "ClusterIP".into()));
-        let host = release::service_host(&observed.release, &observed.namespace);
+        let host = release::service_host(
+            &observed.release,
+            &observed.namespace,
+            &release::cluster_domain(observed.statefulset.as_ref()),
+        );
         let credentials = observed.credentials().and_then(Result::ok);
         let connection_string = credentials.map(|c| {
             DatabaseConnection::new(

@@ -227,6 +227,7 @@ fn requested(args: &InstallArgs) -> Requested {
         memory_limit: args.memory_limit.clone(),
         service_type: args.service_type.clone(),
         existing_secret: args.existing_secret.clone(),
+        cluster_domain: args.cluster_domain.clone(),
     }
 }
 
@@ -457,7 +458,8 @@ async fn summary(cluster: &Cluster, spec: &InstallSpec, args: &InstallArgs) -> R
         let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
         if let Ok(secret) = secrets.get(&spec.secret_name()).await {
             if let Ok(c) = Credentials::from_secret(&secret) {
-                let host = release::service_host(&spec.release, &spec.namespace);
+                let host =
+                    release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
                 status.connection_string = Some(
                     crate::connection::DatabaseConnection::new(
                         host,

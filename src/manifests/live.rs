@@ -68,6 +68,7 @@ pub fn read(
             .and_then(|s| s.spec.as_ref()?.type_.clone())
             .unwrap_or_else(|| "ClusterIP".into()),
         existing_secret,
+        cluster_domain: release::cluster_domain(Some(sts)),
         release,
         namespace,
     }
@@ -108,6 +109,7 @@ mod tests {
             memory_limit: Some("4Gi".into()),
             service_type: "LoadBalancer".into(),
             existing_secret: Some("orders-db".into()),
+            cluster_domain: "corp.example".into(),
         };
         let sts: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
         let svc: Service = serde_json::from_value(render::service(&spec)).unwrap();
@@ -120,6 +122,7 @@ mod tests {
         assert_eq!(live.memory_limit.as_deref(), Some("4Gi"));
         assert_eq!(live.service_type, "LoadBalancer");
         assert_eq!(live.existing_secret.as_deref(), Some("orders-db"));
+        assert_eq!(live.cluster_domain, "corp.example");
         spec.existing_secret = None;
         let ours: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
         assert_eq!(read(&ours, None, None).existing_secret, None);

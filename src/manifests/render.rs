@@ -59,7 +59,7 @@ fn data_layout(major: u32) -> (&'static str, Option<&'static str>) {
 
 /// `Secret R-credentials` with the given password.
 pub fn secret(spec: &InstallSpec, password: &str) -> Value {
-    let host = release::service_host(&spec.release, &spec.namespace);
+    let host = release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
     let connection = crate::connection::DatabaseConnection::new(
         host.clone(),
         DATABASE_PORT,
@@ -182,7 +182,13 @@ pub fn statefulset(spec: &InstallSpec) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": metadata(spec, &spec.release),
+        "metadata": {
+            "name": spec.release,
+            "namespace": spec.namespace,
+            "labels": labels(spec),
+            // What no field holds: the domain of the hosts in the Secret, dsn and status.
+            "annotations": { release::ANNOTATION_CLUSTER_DOMAIN: spec.cluster_domain },
+        },
         "spec": {
             "replicas": 1,
             "serviceName": format!("{}-hl", spec.release),
@@ -279,6 +285,7 @@ mod tests {
             memory_limit: None,
             service_type: "ClusterIP".into(),
             existing_secret: None,
+            cluster_domain: "cluster.local".into(),
         }
     }
 

@@ -42,6 +42,8 @@ pub struct InstallSpec {
     pub service_type: String,
     /// A Secret the user manages; the credentials come from it and we never touch it.
     pub existing_secret: Option<String>,
+    /// The cluster's DNS domain, for the hosts in the Secret, `dsn` and `status`.
+    pub cluster_domain: String,
 }
 
 /// What the user asked for on the command line: each field is set only when its flag was
@@ -62,6 +64,7 @@ pub struct Requested {
     pub memory_limit: Option<String>,
     pub service_type: Option<String>,
     pub existing_secret: Option<String>,
+    pub cluster_domain: Option<String>,
 }
 
 fn unsupported_major(major: u32) -> Error {
@@ -118,6 +121,10 @@ impl InstallSpec {
                 .clone()
                 .unwrap_or_else(|| if prod { "LoadBalancer" } else { "ClusterIP" }.to_string()),
             existing_secret: req.existing_secret.clone(),
+            cluster_domain: req
+                .cluster_domain
+                .clone()
+                .unwrap_or_else(|| crate::cluster::release::DEFAULT_CLUSTER_DOMAIN.into()),
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -226,6 +233,10 @@ impl InstallSpec {
                 .existing_secret
                 .clone()
                 .or_else(|| live.existing_secret.clone()),
+            cluster_domain: req
+                .cluster_domain
+                .clone()
+                .unwrap_or_else(|| live.cluster_domain.clone()),
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -304,6 +315,12 @@ impl InstallSpec {
         if let Some(secret) = &self.existing_secret {
             check_subdomain(secret)?;
         }
+        check_subdomain(&self.cluster_domain).map_err(|_| {
+            Error::invalid(format!(
+                "invalid --cluster-domain {:?}: a DNS name such as cluster.local",
+                self.cluster_domain
+            ))
+        })?;
         if let Some(class) = &self.storage_class {
             check_subdomain(class)?;
         }
@@ -412,6 +429,7 @@ mod tests {
             memory_limit: None,
             service_type: "ClusterIP".into(),
             existing_secret: None,
+            cluster_domain: "cluster.local".into(),
         };
         assert!(spec("app", "learnflow").validate(false).is_ok());
         for (user, db) in [

@@ -34,6 +34,8 @@ fn upgrade_starts_from_the_live_release_and_repairs_a_stuck_pod() {
         "NodePort",
         "--memory-limit",
         "1Gi",
+        "--cluster-domain",
+        "corp.example",
         "--timeout",
         "120s",
         "-o",
@@ -77,6 +79,22 @@ fn upgrade_starts_from_the_live_release_and_repairs_a_stuck_pod() {
     );
     let secrets = scope.kubectl_ns(&["get", "secrets", "-o", "name"]);
     assert_eq!(secrets.stdout_text().trim(), "secret/orders-credentials");
+    // The cluster domain is remembered: status and dsn use it after the upgrade too.
+    let status = json(&scope.kpg(&["status", "orders", "-n", ns, "-o", "json"]));
+    assert!(
+        status["connection_string"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("@orders.{ns}.svc.corp.example:5432/")),
+        "{status}"
+    );
+    let dsn = scope.kpg(&["dsn", "orders", "-n", ns, "--format", "env"]);
+    assert!(
+        dsn.stdout_text()
+            .contains(&format!("PGHOST=orders.{ns}.svc.corp.example")),
+        "{}",
+        dsn.describe()
+    );
 
     // The major and the volume never change through --upgrade: refused before any write.
     let generation = jsonpath(&scope, "sts/orders", "{.metadata.generation}");
@@ -227,6 +245,10 @@ fn impossible_values_are_refused_before_any_change() {
         (
             vec!["install", "-n", ns, "--database", "template1"],
             "--database",
+        ),
+        (
+            vec!["install", "-n", ns, "--cluster-domain", "not a domain"],
+            "--cluster-domain",
         ),
         (
             vec!["install", "-n", &fresh, "--existing-secret", "nope"],
