@@ -2,6 +2,8 @@
 //!
 //! The binary is a thin shell around [`run`]; every failure is an [`Error`] whose
 //! [`Error::exit_code`] is the process's exit code.
+// Output goes through output::emit and note!: print macros panic on a closed stream.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cli;
 pub mod cluster;

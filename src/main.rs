@@ -31,18 +31,21 @@ fn main() -> ExitCode {
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            // clap's usage errors exit 2, which is ours for "Kubernetes not accessible".
-            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+            let printed = e.print().is_ok();
+            // clap's usage errors exit 2, which is ours for "Kubernetes not accessible"; help
+            // or version that could not be written whole is a failure too.
+            return ExitCode::from(if e.use_stderr() || !printed { 1 } else { 0 });
         }
     };
     match kubectl_pg::run(cli) {
+        // A result cut short (stdout closed or full) is not a success.
+        Ok(()) if kubectl_pg::output::stdout_failed() => ExitCode::from(1),
         Ok(()) => ExitCode::SUCCESS,
         Err(kubectl_pg::Error::Exit(code)) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{} {e}", paint("error:", Tone::Bad, Stream::Stderr));
+            kubectl_pg::note!("{} {e}", paint("error:", Tone::Bad, Stream::Stderr));
             for hint in e.hints() {
-                eprintln!("{} {hint}", paint("hint:", Tone::Dim, Stream::Stderr));
+                kubectl_pg::note!("{} {hint}", paint("hint:", Tone::Dim, Stream::Stderr));
             }
             ExitCode::from(e.exit_code())
         }

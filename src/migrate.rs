@@ -31,7 +31,7 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
         Ok(cluster) => cluster,
         // A plan needs no database: without one, plan against an empty history.
         Err(Error::Kubeconfig { .. }) if options.dry_run && global.kubeconfig.is_none() => {
-            eprintln!("note: no --dsn and no kubeconfig: planning against an empty history");
+            crate::note!("note: no --dsn and no kubeconfig: planning against an empty history");
             return run_with::<DsnConnector>(&args, &set, None).await;
         }
         Err(Error::Kubeconfig { message, .. }) => {
@@ -211,8 +211,8 @@ async fn apply<C: Connector>(
             "{} {id} ({millis} ms)\n",
             paint("reverted", Tone::Warn, Stream::Stdout)
         )),
-        Event::Resumed { id, statement } => eprintln!("resuming {id} at statement {statement}"),
-        Event::Reconnected { reason } => eprintln!(
+        Event::Resumed { id, statement } => crate::note!("resuming {id} at statement {statement}"),
+        Event::Reconnected { reason } => crate::note!(
             "{} connection lost ({reason}); reconnected, re-reading the history",
             paint("warning:", Tone::Warn, Stream::Stderr)
         ),

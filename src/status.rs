@@ -129,7 +129,7 @@ async fn list(
         } else {
             format!("namespace {:?}", cluster.namespace)
         };
-        eprintln!("No releases found in {scope}.");
+        crate::note!("No releases found in {scope}.");
         return Ok(());
     }
     let wide = format == OutputFormat::Wide;
@@ -357,7 +357,7 @@ async fn wait(
             status.phase
         );
         if line != last_line {
-            eprintln!("{line}");
+            crate::note!("{line}");
             last_line = line;
         }
         // A ready pod whose database does not answer yet changes no object: look again soon.

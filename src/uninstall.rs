@@ -168,7 +168,7 @@ fn confirm(question: &str) -> Result<(), Error> {
             hint: Some("add --yes to confirm that the data may be deleted".into()),
         });
     }
-    eprint!("{question} [y/N] ");
+    crate::note_inline!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);

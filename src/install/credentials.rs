@@ -112,7 +112,7 @@ pub(super) async fn ensure_secret(
         .map_err(|e| cluster.error("get", "secrets", e))?
     {
         if password.is_some() {
-            eprintln!("note: Secret {name} exists; its password is kept and the one from stdin is ignored");
+            crate::note!("note: Secret {name} exists; its password is kept and the one from stdin is ignored");
         }
         let credentials = if spec.existing_secret.is_some() {
             user_secret_credentials(&existing, spec)?
@@ -195,7 +195,7 @@ pub(super) async fn take_back(cluster: &Cluster, spec: &InstallSpec, outcome: &S
         ..Default::default()
     };
     if secrets.delete(&spec.secret_name(), &params).await.is_ok() {
-        eprintln!(
+        crate::note!(
             "deleted the new Secret {} again: the database still has its old password; rerun install to retry",
             spec.secret_name()
         );
@@ -290,7 +290,7 @@ psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/de
         });
     }
     if output.stdout.contains("changed") {
-        eprintln!("pg_hba.conf: loopback TCP connections now need the password too (scram-sha-256), as new releases do");
+        crate::note!("pg_hba.conf: loopback TCP connections now need the password too (scram-sha-256), as new releases do");
     }
     Ok(())
 }

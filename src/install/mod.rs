@@ -71,7 +71,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         // The spec stays; only a lost Secret is repaired, so the data is not locked out.
         let secret = ensure_secret(&cluster, &spec, password).await?;
         if secret.created {
-            eprintln!(
+            crate::note!(
                 "Secret {} was missing: created it with a new password",
                 spec.secret_name()
             );
@@ -81,9 +81,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
             }
             reset_or_take_back(&cluster, &spec, &secret).await?;
             health_check(&cluster, &spec, &secret.credentials).await?;
-            eprintln!("the database's password was set to the new Secret's");
+            crate::note!("the database's password was set to the new Secret's");
         } else {
-            eprintln!(
+            crate::note!(
                 "release {} is already deployed in namespace {}: its spec is kept (use --upgrade to apply a new one)",
                 spec.release, spec.namespace
             );
@@ -113,7 +113,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
             });
         }
         create_namespace(&cluster, &spec.namespace).await?;
-        eprintln!("created namespace {}", spec.namespace);
+        crate::note!("created namespace {}", spec.namespace);
     }
     let secret = ensure_secret(&cluster, &spec, password).await?;
     // A user's Secret may name the user; the pod then starts with that one.
@@ -132,19 +132,19 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(live) = &live {
         forced_rollback(&cluster, &spec, live).await?;
     }
-    eprintln!(
+    crate::note!(
         "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
         if secret.created { ", Secret" } else { "" }
     );
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
-    eprintln!(
+    crate::note!(
         "pod {} ready after {:.1}s",
         release::pod_name(&spec.release),
         started.elapsed().as_secs_f32()
     );
     if reset_password {
         reset_or_take_back(&cluster, &spec, &secret).await?;
-        eprintln!("the existing database's password was set to the new Secret's");
+        crate::note!("the existing database's password was set to the new Secret's");
     }
     if live.is_some() {
         credentials::require_password_on_loopback(&cluster, &spec).await?;
@@ -168,7 +168,7 @@ fn dry_run(args: &InstallArgs, global: &GlobalArgs, password: Option<String>) ->
         .unwrap_or_else(|| release::DEFAULT_RELEASE.into());
     let spec = InstallSpec::from_request(&requested(args), &release, &namespace)?;
     if spec.existing_secret.is_none() && password.is_none() {
-        eprintln!("note: the Secret carries a freshly generated password; `kubectl pg install` never overwrites an existing one, `kubectl apply` would");
+        crate::note!("note: the Secret carries a freshly generated password; `kubectl pg install` never overwrites an existing one, `kubectl apply` would");
     }
     let password = password.unwrap_or_else(generate_password);
     let mut objects = render::all(&spec, Some(&password));
@@ -295,7 +295,7 @@ async fn forced_rollback(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> 
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
         Err(e) => return Err(cluster.error("delete", "pods", e)),
     }
-    eprintln!(
+    crate::note!(
         "deleted pod {name}, which was not Ready under the old template: a StatefulSet never replaces such a pod itself (forced rollback)"
     );
     Ok(())
@@ -442,11 +442,11 @@ async fn migrate(
     let count = runner
         .run(Goal::Up { to: None }, &mut |event| {
             if let crate::migration::Event::Applied { id, millis } = event {
-                eprintln!("applied {id} ({millis} ms)");
+                crate::note!("applied {id} ({millis} ms)");
             }
         })
         .await?;
-    eprintln!("{count} migration(s) applied");
+    crate::note!("{count} migration(s) applied");
     Ok(())
 }
 
@@ -475,7 +475,7 @@ async fn summary(cluster: &Cluster, spec: &InstallSpec, args: &InstallArgs) -> R
     }
     let format = args.output.unwrap_or(OutputFormat::Table);
     if output::document(format, &status)?.is_none() && std::io::stderr().is_terminal() {
-        eprintln!();
+        crate::note!();
     }
     crate::status::render_one(&status, format)
 }

@@ -52,7 +52,7 @@ pub(super) async fn wait_ready(
         }
         let line = progress_line(&observed, &assessment);
         if line != last {
-            eprintln!("{}", paint(&line, Tone::Dim, Stream::Stderr));
+            crate::note!("{}", paint(&line, Tone::Dim, Stream::Stderr));
             last = line;
         }
         tokio::select! {

@@ -41,11 +41,47 @@ pub fn paint(text: &str, tone: Tone, stream: Stream) -> String {
     }
 }
 
-/// Writes results to stdout. A closed pipe (`| head`) is not an error worth a panic.
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes results to stdout. A closed or full stdout never panics; it is remembered, and the
+/// command then exits non-zero (`stdout_failed`): a script must not take a cut result for a
+/// whole one.
 pub fn emit(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        STDOUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a result could not be written whole.
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `eprintln!` that never panics: progress and diagnostics are best effort, and a closed or
+/// full stderr (`2>&1 | head -c 10`, `2>/dev/full`) must not kill a command mid-way.
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (a prompt without its newline).
+#[macro_export]
+macro_rules! note_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut err = std::io::stderr();
+        let _ = write!(err, $($arg)*);
+        let _ = err.flush();
+    }};
 }
 
 /// Serialises a document as JSON or YAML; `None` for the human formats.

@@ -58,3 +58,64 @@ fn migrate_without_a_database_says_how_to_give_one() {
         "{err}"
     );
 }
+
+/// A closed or full stream never aborts a command: diagnostics are best effort, and a result
+/// that could not be written whole is a non-zero exit.
+#[test]
+fn full_or_closed_streams_never_abort() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let run = |args: &[&str], stdout_full: bool, stderr_full: bool| {
+        let mut command = crate::kpg_command(args);
+        command.env("KUBECONFIG", "/nonexistent/kubeconfig");
+        if stdout_full {
+            command.stdout(full());
+        }
+        if stderr_full {
+            command.stderr(full());
+        }
+        command.output().unwrap()
+    };
+    // Results that cannot be written: exit 1, never a signal.
+    for args in [
+        &["install", "--dry-run"][..],
+        &["--version"],
+        &["--help"],
+        &["completion", "bash"],
+    ] {
+        let out = run(args, true, false);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", out.describe());
+    }
+    // Progress and errors on a full stderr: the exit code is still the documented one.
+    let out = run(&["install", "--dry-run"], false, true);
+    expect_code(&out, 0);
+    let out = run(&["status"], false, true);
+    expect_code(&out, 2);
+    // stderr closed altogether.
+    let mut command = crate::kpg_command(&["status"]);
+    command
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .stderr(std::process::Stdio::null());
+    let closed = exit_with_stderr_closed(command);
+    assert_eq!(closed, Some(2));
+}
+
+/// Runs `command` with its stderr descriptor closed (not /dev/null).
+fn exit_with_stderr_closed(mut command: std::process::Command) -> Option<i32> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: close(2) is async-signal-safe, which is all pre_exec may call.
+    unsafe {
+        command.pre_exec(|| {
+            extern "C" {
+                fn close(fd: i32) -> i32;
+            }
+            close(2);
+            Ok(())
+        });
+    }
+    command.status().unwrap().code()
+}
