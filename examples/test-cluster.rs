@@ -41,8 +41,17 @@ fn main() {
     }
     println!("kubeconfig: {}", path.display());
     println!("kubectl: {}", plane.kubectl.display());
-    println!("Kubernetes v{} at {}; state and logs in {}", plane.version, plane.server, plane.state.display());
-    println!("\nTry it:\n  export KUBECONFIG={}\n  {} get nodes", path.display(), plane.kubectl.display());
+    println!(
+        "Kubernetes v{} at {}; state and logs in {}",
+        plane.version,
+        plane.server,
+        plane.state.display()
+    );
+    println!(
+        "\nTry it:\n  export KUBECONFIG={}\n  {} get nodes",
+        path.display(),
+        plane.kubectl.display()
+    );
     println!("\nPods run real PostgreSQL servers on this machine. Press Ctrl-C to stop.");
     // Ctrl-C reaches the whole process group: kpg-cluster stops its components and pods
     // itself; this process only waits for it to finish.

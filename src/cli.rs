@@ -109,7 +109,7 @@ pub enum ColorChoice {
 pub enum Command {
     /// Deploy PostgreSQL (StatefulSet, Services, Secret, PVC) and wait until it is healthy
     #[command(after_help = INSTALL_EXAMPLES)]
-    Install(InstallArgs),
+    Install(Box<InstallArgs>),
     /// Delete a release (the PVC and its data are kept unless --delete-data)
     #[command(after_help = UNINSTALL_EXAMPLES)]
     Uninstall(UninstallArgs),

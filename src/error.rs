@@ -226,6 +226,15 @@ impl Error {
     }
 }
 
+/// ` in namespace "N"`, or ` (cluster-wide)` for a resource that lives in no namespace.
+fn where_text(namespace: &str) -> String {
+    if namespace.is_empty() {
+        " (cluster-wide)".into()
+    } else {
+        format!(" in namespace {namespace:?}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,14 +271,5 @@ mod tests {
             .hints()
             .iter()
             .any(|h| h.contains("pg_terminate_backend(42)")));
-    }
-}
-
-/// ` in namespace "N"`, or ` (cluster-wide)` for a resource that lives in no namespace.
-fn where_text(namespace: &str) -> String {
-    if namespace.is_empty() {
-        " (cluster-wide)".into()
-    } else {
-        format!(" in namespace {namespace:?}")
     }
 }

@@ -58,7 +58,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 Ok(())
             }
             Command::Dsn(args) => dsn::run(args, &cli.global).await,
-            Command::Install(args) => install::run(args, &cli.global).await,
+            Command::Install(args) => install::run(*args, &cli.global).await,
             Command::Uninstall(args) => uninstall::run(args, &cli.global).await,
             Command::Psql(args) => psql::run(args, &cli.global).await,
             Command::Status(args) => status::run(args, &cli.global).await,

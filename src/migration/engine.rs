@@ -89,6 +89,8 @@ impl<'a, C: Connector> Runner<'a, C> {
     ) -> Result<usize, Error> {
         let mut done = 0;
         let mut losses = 0;
+        // The step whose session was lost: its COMMIT may have landed without its reply.
+        let mut in_flight: Option<(i64, Direction, String, Instant)> = None;
         'session: loop {
             let history = match self.open_session().await {
                 Ok(history) => history,
@@ -101,6 +103,23 @@ impl<'a, C: Connector> Runner<'a, C> {
                 }
                 Err(StepError::Failed(e)) => return Err(e),
             };
+            // The re-read history settles it: a migration recorded (or gone, going down) was
+            // run by us, and counts as such.
+            if let Some((version, direction, id, started)) = in_flight.take() {
+                let applied = history.applied.contains_key(&version);
+                let millis = started.elapsed().as_millis();
+                match direction {
+                    Direction::Up if applied => {
+                        done += 1;
+                        on_event(Event::Applied { id, millis });
+                    }
+                    Direction::Down if !applied => {
+                        done += 1;
+                        on_event(Event::Reverted { id, millis });
+                    }
+                    _ => {}
+                }
+            }
             let steps = match goal {
                 Goal::Up { to } => {
                     super::plan::plan_up(self.set, &history, to, self.settings.allow_out_of_order)?
@@ -137,6 +156,12 @@ impl<'a, C: Connector> Runner<'a, C> {
                             return Err(self.gave_up(reason));
                         }
                         self.client = None;
+                        in_flight = Some((
+                            step.migration.version,
+                            step.direction,
+                            step.migration.id(),
+                            started,
+                        ));
                         on_event(Event::Reconnected { reason });
                         continue 'session;
                     }

@@ -1,42 +1,32 @@
-//! The plugin's cluster commands against the test API server (and its real PostgreSQL pods):
+//! The plugin's cluster commands against the real control plane (and its real PostgreSQL pods):
 //! access and its errors, install/uninstall, status, dsn, psql, migrate through the cluster.
+//! Every test works in a namespace of its own (`Scope`); faults are real ones (RBAC, a bogus
+//! token, a closed port, another CA, the scheduler, image pulls, a data directory of another
+//! major), and the fault-injecting proxy where a real server cannot fail on demand.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::apiserver::{Insufficient, TestCluster};
+use crate::proxy;
+use crate::scope::Scope;
 use crate::{expect_code, kpg_command, OutputExt};
 
-/// Runs kubectl-pg against `cluster`'s kubeconfig.
-fn run(cluster: &TestCluster, args: &[&str]) -> Output {
-    run_with(cluster, args, "")
-}
-
-fn run_with(cluster: &TestCluster, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut command = kpg_command(args);
-    command
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("HOME", cluster.dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().expect("kubectl-pg runs");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
+/// Generous for a first install on a loaded machine (a fresh one is Healthy in ~7 s).
+const INSTALL_TIMEOUT: &str = "120s";
 
 fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", output.describe()))
 }
 
 /// Installs release `release` in `ns` and checks it became Healthy.
-fn install(cluster: &TestCluster, ns: &str, release: &str, extra: &[&str]) -> Value {
+fn install(scope: &Scope, ns: &str, release: &str, extra: &[&str]) -> Value {
+    install_stdin(scope, ns, release, extra, "")
+}
+
+fn install_stdin(scope: &Scope, ns: &str, release: &str, extra: &[&str], stdin: &str) -> Value {
     let mut args = vec![
         "install",
         release,
@@ -45,30 +35,174 @@ fn install(cluster: &TestCluster, ns: &str, release: &str, extra: &[&str]) -> Va
         "-o",
         "json",
         "--timeout",
-        "60s",
+        INSTALL_TIMEOUT,
     ];
     args.extend_from_slice(extra);
-    let out = run(cluster, &args);
+    let out = scope.kpg_stdin(&args, stdin);
     expect_code(&out, 0);
     let doc = json(&out);
     assert_eq!(doc["phase"], "Healthy", "{}", out.describe());
     doc
 }
 
-fn kubectl() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
+/// `kubectl get WHAT -n NS -o json` as the admin; None when it does not exist.
+fn get(scope: &Scope, ns: &str, what: &str) -> Option<Value> {
+    let out = scope.kubectl(&[
+        "get",
+        what,
+        "-n",
+        ns,
+        "-o",
+        "json",
+        "--ignore-not-found",
+        "--show-managed-fields",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl get {what}: {}",
+        out.describe()
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(json(&out))
+    }
+}
+
+#[track_caller]
+fn kubectl_ok(out: Output) -> Output {
+    assert!(out.status.success(), "{}", out.describe());
+    out
+}
+
+/// Waits (kubectl's own watch) until the StatefulSet's rollout is complete.
+fn rollout_complete(scope: &Scope, ns: &str, release: &str) {
+    kubectl_ok(scope.kubectl(&[
+        "rollout",
+        "status",
+        &format!("statefulset/{release}"),
+        "-n",
+        ns,
+        "--timeout",
+        INSTALL_TIMEOUT,
+    ]));
+}
+
+/// A real `kubectl port-forward` to a pod's 5432 on a free local port, stopped on drop.
+struct PortForward {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+}
+
+impl PortForward {
+    fn start(scope: &Scope, ns: &str, pod: &str) -> PortForward {
+        let log = scope
+            .dir
+            .path()
+            .join(format!("port-forward-{ns}-{pod}.log"));
+        let mut child = Command::new(&scope.plane.kubectl)
+            .args([
+                "port-forward",
+                "-n",
+                ns,
+                &format!("pod/{pod}"),
+                ":5432",
+                "--address",
+                "127.0.0.1",
+            ])
+            .env("KUBECONFIG", &scope.plane.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("kubectl port-forward runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // "Forwarding from 127.0.0.1:PORT -> 5432"
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let Some(addr) = first
+            .strip_prefix("Forwarding from ")
+            .and_then(|rest| rest.split(" -> ").next())
+            .map(str::to_string)
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "kubectl port-forward pod/{pod} -n {ns}: {first:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        // Keep reading: kubectl writes a line per connection and must not hit a closed pipe.
+        std::thread::spawn(move || for _ in lines {});
+        PortForward { child, addr }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens a session with `dsn` and closes it: Err with the server's answer when it refuses.
+fn try_connect(dsn: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config: tokio_postgres::Config = dsn.parse().map_err(|e| format!("{e}"))?;
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        tokio::spawn(connection);
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(())
+    })
+}
+
+/// The fault-injecting proxy in front of the apiserver, and a kubeconfig pointing at it.
+fn proxy(scope: &Scope) -> (proxy::Proxy, String) {
+    let pem = |name: &str| std::fs::read_to_string(scope.plane.pki(name)).unwrap();
+    let proxy = proxy::Proxy::start(proxy::Upstream {
+        url: scope.plane.server.clone(),
+        ca_pem: pem("ca.crt"),
+        client_cert_pem: pem("admin.crt"),
+        client_key_pem: pem("admin.key"),
+    });
+    let path = scope.dir.path().join("proxy.kubeconfig");
+    proxy.kubeconfig(&path);
+    (proxy, path.display().to_string())
+}
+
+fn write_file(scope: &Scope, name: &str, body: &str) -> String {
+    let path = scope.dir.path().join(name);
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+/// The admin kubeconfig with `namespace` set on its context.
+fn with_context_namespace(scope: &Scope, name: &str, namespace: &str) -> String {
+    let text = std::fs::read_to_string(&scope.plane.kubeconfig).unwrap();
+    let marker = "  context:\n    cluster: kpg-test\n";
+    let edited = text.replace(marker, &format!("{marker}    namespace: {namespace}\n"));
+    assert_ne!(text, edited, "the kubeconfig layout changed:\n{text}");
+    write_file(scope, name, &edited)
 }
 
 #[test]
 fn kubeconfig_context_and_namespace_resolution() {
-    let cluster = TestCluster::start();
+    let scope = Scope::new("kpg-resolve");
     // No kubeconfig at all.
     let none = kpg_command(&["dsn"])
-        .env("HOME", cluster.dir())
+        .env("HOME", scope.dir.path())
         .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .unwrap();
     expect_code(&none, 2);
@@ -78,79 +212,101 @@ fn kubeconfig_context_and_namespace_resolution() {
         none.describe()
     );
     // Unknown context, named with the known ones.
-    let unknown = run(&cluster, &["status", "--context", "nope"]);
+    let unknown = scope.kpg(&["status", "--context", "nope"]);
     expect_code(&unknown, 2);
     assert!(
-        unknown.stderr_text().contains("\"nope\"") && unknown.stderr_text().contains("e2e"),
+        unknown.stderr_text().contains("\"nope\"") && unknown.stderr_text().contains("kpg-test"),
         "{}",
         unknown.describe()
     );
+
     // The context's namespace is used, -n wins over it; the default is "postgres".
-    let text = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
-    let with_ns = text.replace(
-        "    cluster: e2e\n",
-        "    cluster: e2e\n    namespace: ctxns\n",
-    );
-    assert_ne!(text, with_ns, "the kubeconfig layout changed:\n{text}");
-    let path = cluster.dir().join("ctx-ns.kubeconfig");
-    std::fs::write(&path, with_ns).unwrap();
-    let p = path.display().to_string();
-    let ctx = run(&cluster, &["dsn", "--kubeconfig", &p]);
-    expect_code(&ctx, 1);
+    let absent = scope.another_namespace("kpg-ctxns");
+    let ctx = with_context_namespace(&scope, "ctx-ns.kubeconfig", &absent);
+    let dsn = scope.kpg(&["dsn", "--kubeconfig", &ctx]);
+    expect_code(&dsn, 1);
     assert!(
-        ctx.stderr_text().contains("\"ctxns\""),
+        dsn.stderr_text().contains(&format!("\"{absent}\"")),
         "{}",
-        ctx.describe()
+        dsn.describe()
     );
-    let flag = run(&cluster, &["dsn", "--kubeconfig", &p, "-n", "other"]);
-    assert!(
-        flag.stderr_text().contains("\"other\""),
-        "{}",
-        flag.describe()
+    let namespace_of = |args: &[&str]| {
+        let mut all = vec!["status", "-o", "json"];
+        all.extend_from_slice(args);
+        let out = scope.kpg(&all);
+        expect_code(&out, 0);
+        let doc = json(&out);
+        assert_eq!(doc["phase"], "NotDeployed", "{}", out.describe());
+        doc["namespace"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(namespace_of(&["--kubeconfig", &ctx]), absent);
+    assert_eq!(
+        namespace_of(&["--kubeconfig", &ctx, "-n", &scope.ns]),
+        scope.ns
     );
-    let default = run(&cluster, &["dsn"]);
-    assert!(
-        default.stderr_text().contains("\"postgres\""),
-        "{}",
-        default.describe()
-    );
-    // Several kubeconfig files merged through KUBECONFIG: the first sets the context.
-    let merged = format!("{}:{}", cluster.kubeconfig.display(), path.display());
-    let out = kpg_command(&["status", "-o", "json"])
-        .env("KUBECONFIG", merged)
-        .output()
-        .unwrap();
-    expect_code(&out, 0);
-    assert_eq!(json(&out)["phase"], "NotDeployed");
+    assert_eq!(namespace_of(&[]), "postgres");
+
+    // Several kubeconfig files merged through KUBECONFIG: the first one's context wins.
+    let ours = with_context_namespace(&scope, "ours.kubeconfig", &scope.ns);
+    let admin = scope.plane.kubeconfig.display().to_string();
+    for (merged, expected) in [
+        (format!("{ours}:{admin}"), scope.ns.as_str()),
+        (format!("{admin}:{ours}"), "postgres"),
+    ] {
+        let out = scope
+            .kpg_command(&["status", "-o", "json"])
+            .env("KUBECONFIG", &merged)
+            .output()
+            .unwrap();
+        expect_code(&out, 0);
+        let doc = json(&out);
+        assert_eq!(doc["phase"], "NotDeployed", "{merged}: {}", out.describe());
+        assert_eq!(doc["namespace"], expected, "{merged}: {}", out.describe());
+    }
 }
 
 #[test]
 fn unreachable_unauthorised_and_forbidden_clusters() {
-    let cluster = TestCluster::start();
-    let text = std::fs::read_to_string(&cluster.kubeconfig).unwrap();
-    let write = |name: &str, body: String| {
-        let path = cluster.dir().join(name);
-        std::fs::write(&path, body).unwrap();
-        path.display().to_string()
-    };
-    let bad_token = write("bad-token", text.replace(&cluster.token, "wrong-token"));
-    let out = run(&cluster, &["status", "--kubeconfig", &bad_token]);
+    let scope = Scope::new("kpg-access");
+    let text = std::fs::read_to_string(&scope.plane.kubeconfig).unwrap();
+    let ca = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap()
+        .to_string();
+    let server = scope.plane.server.clone();
+
+    // A token the apiserver does not know.
+    let bad_token = write_file(
+        &scope,
+        "bad-token",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kpg-test\n  cluster:\n    server: {server}\n    \
+             certificate-authority-data: {ca}\nusers:\n- name: bogus\n  user:\n    token: not-a-real-token\n\
+             contexts:\n- name: bogus\n  context:\n    cluster: kpg-test\n    user: bogus\n\
+             current-context: bogus\n"
+        ),
+    );
+    let out = scope.kpg(&["status", "-n", &scope.ns, "--kubeconfig", &bad_token]);
     expect_code(&out, 2);
     assert!(
-        out.stderr_text().contains("Unauthorized") && out.stderr_text().contains(&cluster.url),
+        out.stderr_text().contains("Unauthorized") && out.stderr_text().contains(&server),
         "{}",
         out.describe()
     );
 
+    // Nothing listens on the port.
     let port = crate::pg::free_port();
-    let refused = write(
+    let refused = write_file(
+        &scope,
         "refused",
-        text.replace(&cluster.url, &format!("https://127.0.0.1:{port}")),
+        &text.replace(&server, &format!("https://127.0.0.1:{port}")),
     );
-    let out = run(&cluster, &["status", "--kubeconfig", &refused]);
+    let out = scope.kpg(&["status", "-n", &scope.ns, "--kubeconfig", &refused]);
     expect_code(&out, 2);
     assert!(
-        out.stderr_text().contains("context \"e2e\""),
+        out.stderr_text().contains("context \"kpg-test\"")
+            && out.stderr_text().contains(&port.to_string()),
         "{}",
         out.describe()
     );
@@ -159,10 +315,8 @@ fn unreachable_unauthorised_and_forbidden_clusters() {
     let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     use base64::Engine;
     let other_ca = base64::engine::general_purpose::STANDARD.encode(other.cert.pem());
-    let ours = base64::engine::general_purpose::STANDARD.encode(&cluster.ca_pem);
-    assert!(text.contains(&ours), "the kubeconfig embeds the CA");
-    let tls = write("tls", text.replace(&ours, &other_ca));
-    let out = run(&cluster, &["status", "--kubeconfig", &tls]);
+    let tls = write_file(&scope, "tls", &text.replace(&ca, &other_ca));
+    let out = scope.kpg(&["status", "-n", &scope.ns, "--kubeconfig", &tls]);
     expect_code(&out, 2);
     assert!(
         out.stderr_text().to_lowercase().contains("certificate"),
@@ -170,122 +324,172 @@ fn unreachable_unauthorised_and_forbidden_clusters() {
         out.describe()
     );
 
-    cluster.faults.deny("get", "secrets");
-    let out = run(&cluster, &["dsn", "-n", "default"]);
+    // RBAC: a ServiceAccount that may read everything of a release but its Secrets.
+    let reader = scope.service_account_kubeconfig(
+        "no-secrets",
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: no-secrets\n  \
+             namespace: {ns}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods, services, persistentvolumeclaims, events]\n  \
+             verbs: [get, list, watch]\n- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch]\n",
+            ns = scope.ns
+        ),
+    );
+    let reader = reader.display().to_string();
+    let out = scope.kpg(&["dsn", "--kubeconfig", &reader]);
     expect_code(&out, 2);
     assert!(
-        out.stderr_text().contains("cannot get secrets"),
+        out.stderr_text().contains("cannot get secrets")
+            && out.stderr_text().contains("no-secrets"),
         "{}",
         out.describe()
     );
-    cluster.faults.deny("patch", "statefulsets");
-    let out = run(&cluster, &["install", "-n", "default"]);
+
+    // A ServiceAccount that may do everything install needs in its namespace (the krew
+    // caveats' Role, `get` on its own namespace included) but patch StatefulSets: refused
+    // before anything is created.
+    let installer = scope.service_account_kubeconfig(
+        "no-sts-patch",
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: no-sts-patch\n  \
+             namespace: {ns}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods, pods/exec, pods/portforward, pods/log, \
+             services, secrets, persistentvolumeclaims, events, resourcequotas, configmaps]\n  verbs: [\"*\"]\n\
+             - apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [get]\n\
+             - apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch, create, update, delete]\n",
+            ns = scope.ns
+        ),
+    );
+    let installer = installer.display().to_string();
+    let out = scope.kpg(&[
+        "install",
+        "--kubeconfig",
+        &installer,
+        "--timeout",
+        INSTALL_TIMEOUT,
+    ]);
     expect_code(&out, 6);
     assert!(
         out.stderr_text().contains("patch statefulsets"),
         "{}",
         out.describe()
     );
+    let left =
+        kubectl_ok(scope.kubectl_ns(&["get", "statefulsets,services,secrets", "-o", "name"]));
+    assert!(
+        !left.stdout_text().contains("postgres"),
+        "nothing was created: {}",
+        left.describe()
+    );
 }
 
 #[test]
 fn install_is_healthy_migrated_and_idempotent() {
-    let cluster = TestCluster::start();
-    let doc = install(&cluster, "learn", "postgres", &["--migrate"]);
+    let scope = Scope::new("kpg-install");
+    let ns = scope.ns.as_str();
+    let doc = install(&scope, ns, "postgres", &["--migrate"]);
     assert_eq!(doc["apiVersion"], "kubectl-pg/v1");
     assert_eq!(doc["kind"], "DeploymentStatus");
     assert_eq!(doc["pods_ready"], 1);
     assert_eq!(doc["pvc_bound"], true);
     assert_eq!(doc["database_accessible"], true);
-    assert_eq!(doc["migrations_applied"], 6);
+    // DESIGN.md: `migrations_applied` is the list of applied versions.
+    assert_eq!(
+        doc["migrations_applied"],
+        serde_json::json!(["001", "002", "003", "004", "005", "006"]),
+        "{doc}"
+    );
     assert_eq!(doc["migrations_pending"], 0);
     assert_eq!(doc["pvc"]["size"], "8Gi");
     assert!(doc["connection_string"]
         .as_str()
         .unwrap()
         .contains("********"));
-    let sts = cluster
-        .get_json("/apis/apps/v1/namespaces/learn/statefulsets/postgres")
-        .unwrap();
+    // The controller's last status update lands before we take the versions.
+    rollout_complete(&scope, ns, "postgres");
+    let sts = get(&scope, ns, "statefulset/postgres").unwrap();
     assert_eq!(
         sts["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "kubectl-pg"
     );
-    assert_eq!(sts["metadata"]["managedFields"][0]["manager"], "kubectl-pg");
-    let secret = cluster
-        .get_json("/api/v1/namespaces/learn/secrets/postgres-credentials")
-        .unwrap();
+    assert!(
+        sts["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["manager"] == "kubectl-pg" && f["operation"] == "Apply"),
+        "server-side applied as kubectl-pg: {}",
+        sts["metadata"]["managedFields"]
+    );
+    let secret = get(&scope, ns, "secret/postgres-credentials").unwrap();
     assert_eq!(secret["type"], "kubernetes.io/basic-auth");
+    let pvc = get(&scope, ns, "pvc/data-postgres-0").unwrap();
+    assert_eq!(pvc["status"]["phase"], "Bound");
+    assert_eq!(pvc["spec"]["storageClassName"], "standard");
 
     // A second install changes nothing.
     let version = sts["metadata"]["resourceVersion"].clone();
     let secret_version = secret["metadata"]["resourceVersion"].clone();
-    let again = run(&cluster, &["install", "-n", "learn"]);
+    let again = scope.kpg(&["install", "-n", ns, "--timeout", INSTALL_TIMEOUT]);
     expect_code(&again, 0);
     assert!(
         again.stderr_text().contains("already deployed"),
         "{}",
         again.describe()
     );
-    let sts = cluster
-        .get_json("/apis/apps/v1/namespaces/learn/statefulsets/postgres")
-        .unwrap();
+    let sts = get(&scope, ns, "statefulset/postgres").unwrap();
     assert_eq!(sts["metadata"]["resourceVersion"], version);
-    let secret = cluster
-        .get_json("/api/v1/namespaces/learn/secrets/postgres-credentials")
-        .unwrap();
+    let secret = get(&scope, ns, "secret/postgres-credentials").unwrap();
     assert_eq!(secret["metadata"]["resourceVersion"], secret_version);
 
     // --show-password puts the real password in the summary's connection string.
-    let shown = run(
-        &cluster,
-        &["install", "-n", "learn", "--show-password", "-o", "json"],
-    );
+    let shown = scope.kpg(&["install", "-n", ns, "--show-password", "-o", "json"]);
     expect_code(&shown, 0);
-    let dsn = run(&cluster, &["dsn", "-n", "learn"]);
+    let dsn = scope.kpg(&["dsn", "-n", ns]);
+    expect_code(&dsn, 0);
     assert_eq!(json(&shown)["connection_string"], dsn.stdout_text().trim());
 
     // --upgrade applies new resources and waits for the rollout.
-    let up = run(
-        &cluster,
-        &[
-            "install",
-            "-n",
-            "learn",
-            "--upgrade",
-            "--cpu-request",
-            "250m",
-            "--memory-limit",
-            "1Gi",
-            "-o",
-            "json",
-        ],
-    );
+    let old_pod = get(&scope, ns, "pod/postgres-0").unwrap();
+    let up = scope.kpg(&[
+        "install",
+        "-n",
+        ns,
+        "--upgrade",
+        "--cpu-request",
+        "250m",
+        "--memory-limit",
+        "1Gi",
+        "-o",
+        "json",
+        "--timeout",
+        INSTALL_TIMEOUT,
+    ]);
     expect_code(&up, 0);
-    assert_eq!(json(&up)["phase"], "Healthy");
-    let sts = cluster
-        .get_json("/apis/apps/v1/namespaces/learn/statefulsets/postgres")
-        .unwrap();
+    assert_eq!(json(&up)["phase"], "Healthy", "{}", up.describe());
+    let sts = get(&scope, ns, "statefulset/postgres").unwrap();
     let resources = &sts["spec"]["template"]["spec"]["containers"][0]["resources"];
     assert_eq!(resources["requests"]["cpu"], "250m");
     assert_eq!(resources["limits"]["memory"], "1Gi");
-    let pod = cluster
-        .get_json("/api/v1/namespaces/learn/pods/postgres-0")
-        .unwrap();
+    let pod = get(&scope, ns, "pod/postgres-0").unwrap();
+    assert_ne!(
+        pod["metadata"]["uid"], old_pod["metadata"]["uid"],
+        "the pod was replaced"
+    );
     assert_eq!(
         pod["spec"]["containers"][0]["resources"]["requests"]["cpu"], "250m",
         "the pod was rolled"
     );
+    assert_eq!(pod["status"]["phase"], "Running");
 }
 
 #[test]
 fn uninstall_keeps_the_data_and_the_secret_can_be_recreated() {
-    let cluster = TestCluster::start();
-    install(&cluster, "keep", "db", &[]);
+    let scope = Scope::new("kpg-keep");
+    let ns = scope.ns.as_str();
+    install(&scope, ns, "db", &[]);
     let psql = |args: &[&str]| {
-        let mut all = vec!["psql", "db", "-n", "keep", "--local", "--"];
+        let mut all = vec!["psql", "db", "-n", ns, "--local", "--"];
         all.extend_from_slice(args);
-        run(&cluster, &all)
+        scope.kpg(&all)
     };
     expect_code(
         &psql(&[
@@ -294,46 +498,49 @@ fn uninstall_keeps_the_data_and_the_secret_can_be_recreated() {
         ]),
         0,
     );
-    let password = run(&cluster, &["dsn", "db", "-n", "keep", "-o", "json"]);
-    let password = json(&password)["password"].as_str().unwrap().to_string();
+    let password = |scope: &Scope| {
+        let out = scope.kpg(&["dsn", "db", "-n", ns, "-o", "json"]);
+        expect_code(&out, 0);
+        json(&out)["password"].as_str().unwrap().to_string()
+    };
+    let first_password = password(&scope);
+    let pv = get(&scope, ns, "pvc/data-db-0").unwrap()["spec"]["volumeName"].clone();
 
-    let gone = run(&cluster, &["uninstall", "db", "-n", "keep"]);
+    let gone = scope.kpg(&["uninstall", "db", "-n", ns]);
     expect_code(&gone, 0);
     assert!(
-        gone.stdout_text().contains("PVC data-db-0 kept"),
+        gone.stdout_text().contains("PVC data-db-0") && gone.stdout_text().contains("kept"),
         "{}",
         gone.describe()
     );
-    assert!(cluster
-        .get_json("/apis/apps/v1/namespaces/keep/statefulsets/db")
-        .is_none());
+    assert!(get(&scope, ns, "statefulset/db").is_none());
+    assert!(get(&scope, ns, "service/db").is_none());
+    assert!(get(&scope, ns, "service/db-hl").is_none());
     assert!(
-        cluster
-            .get_json("/api/v1/namespaces/keep/pods/db-0")
-            .is_none(),
+        get(&scope, ns, "pod/db-0").is_none(),
         "uninstall waits for the pod"
     );
-    assert!(cluster
-        .get_json("/api/v1/namespaces/keep/persistentvolumeclaims/data-db-0")
-        .is_some());
-    // Our Secret went with the release; install again: the data is there, under a new password
-    // set inside the existing database.
-    install(&cluster, "keep", "db", &[]);
+    assert_eq!(
+        get(&scope, ns, "pvc/data-db-0").unwrap()["spec"]["volumeName"],
+        pv,
+        "the same claim and volume"
+    );
+    // DESIGN.md: our Secret is kept with the PVC (same data, same password).
+    assert!(
+        get(&scope, ns, "secret/db-credentials").is_some(),
+        "the credentials Secret is kept with the data"
+    );
+    install(&scope, ns, "db", &[]);
     let out = psql(&["-At", "-c", "SELECT t FROM notes"]);
     expect_code(&out, 0);
     assert_eq!(out.stdout_text().trim(), "kept");
-    let new_password = json(&run(&cluster, &["dsn", "db", "-n", "keep", "-o", "json"]))["password"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_ne!(new_password, password);
+    assert_eq!(password(&scope), first_password, "same data, same password");
 
-    // The Secret deleted under a running release: install restores access.
-    assert!(cluster.delete("/api/v1/namespaces/keep/secrets/db-credentials"));
-    let status = json(&run(
-        &cluster,
-        &["status", "db", "-n", "keep", "-o", "json"],
-    ));
+    // The Secret deleted under a running release: status says so, install restores access
+    // with a new password set inside the existing database.
+    kubectl_ok(scope.kubectl_ns(&["delete", "secret", "db-credentials"]));
+    let status = scope.kpg(&["status", "db", "-n", ns, "-o", "json"]);
+    let status = json(&status);
     assert!(
         status["problems"]
             .as_array()
@@ -342,42 +549,86 @@ fn uninstall_keeps_the_data_and_the_secret_can_be_recreated() {
             .any(|p| p["reason"] == "SecretMissing"),
         "{status}"
     );
-    let again = run(
-        &cluster,
-        &["install", "db", "-n", "keep", "--upgrade", "-o", "json"],
-    );
+    let again = scope.kpg(&[
+        "install",
+        "db",
+        "-n",
+        ns,
+        "--upgrade",
+        "-o",
+        "json",
+        "--timeout",
+        INSTALL_TIMEOUT,
+    ]);
     expect_code(&again, 0);
+    assert_eq!(json(&again)["phase"], "Healthy", "{}", again.describe());
+    let new_password = password(&scope);
+    assert_ne!(new_password, first_password, "a new Secret, a new password");
     let out = psql(&["-At", "-c", "SELECT t FROM notes"]);
     expect_code(&out, 0);
     assert_eq!(out.stdout_text().trim(), "kept");
+    // The new password is the database's: it opens a session, the old one no longer does.
+    {
+        let forward = PortForward::start(&scope, ns, "db-0");
+        let dsn = |password: &str| {
+            format!(
+                "postgresql://postgres:{}@{}/learnflow?sslmode=disable",
+                urlencode(password),
+                forward.addr
+            )
+        };
+        try_connect(&dsn(&new_password)).unwrap();
+        assert!(
+            try_connect(&dsn(&first_password)).is_err(),
+            "the old password still opens a session"
+        );
+    }
 
-    // --delete-data needs --yes off a terminal, then removes the PVC.
-    expect_code(
-        &run(
-            &cluster,
-            &["uninstall", "db", "-n", "keep", "--delete-data"],
-        ),
-        1,
+    // --delete-data needs --yes off a terminal, then removes the PVC and our Secret.
+    let refused = scope.kpg(&["uninstall", "db", "-n", ns, "--delete-data"]);
+    expect_code(&refused, 1);
+    assert!(
+        get(&scope, ns, "statefulset/db").is_some(),
+        "nothing deleted"
     );
     expect_code(
-        &run(
-            &cluster,
-            &["uninstall", "db", "-n", "keep", "--delete-data", "--yes"],
-        ),
+        &scope.kpg(&["uninstall", "db", "-n", ns, "--delete-data", "--yes"]),
         0,
     );
-    assert!(cluster
-        .get_json("/api/v1/namespaces/keep/persistentvolumeclaims/data-db-0")
-        .is_none());
-    let absent = run(&cluster, &["uninstall", "db", "-n", "keep"]);
+    assert!(get(&scope, ns, "pvc/data-db-0").is_none());
+    assert!(get(&scope, ns, "secret/db-credentials").is_none());
+    let absent = scope.kpg(&["uninstall", "db", "-n", ns]);
     expect_code(&absent, 0);
-    assert!(absent.stdout_text().contains("nothing to uninstall"));
+    assert!(
+        absent.stdout_text().contains("nothing to uninstall"),
+        "{}",
+        absent.describe()
+    );
+}
+
+/// Percent-encodes everything but unreserved characters, for a password in a URI.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[test]
-fn install_failures_are_diagnosed_with_their_exit_codes() {
-    let cluster = TestCluster::start();
-    // Invalid input: exit 1 before any API call.
+fn invalid_input_is_refused_before_any_api_call() {
+    let scope = Scope::new("kpg-invalid");
+    let (proxy, kubeconfig) = proxy(&scope);
+    // The proxy works: a real command goes through it.
+    let status = scope.kpg(&["status", "-n", &scope.ns, "--kubeconfig", &kubeconfig]);
+    expect_code(&status, 0);
+    assert!(
+        !proxy.requests().is_empty(),
+        "status went through the proxy"
+    );
     for (args, needle) in [
         (&["install", "Bad_Name"][..], "release name"),
         (&["install", "--storage-size", "8GB"], "--storage-size"),
@@ -390,9 +641,15 @@ fn install_failures_are_diagnosed_with_their_exit_codes() {
             &["install", "--cpu-request", "2", "--cpu-limit", "1"],
             "above",
         ),
+        (&["install", "-n", "Not_A_Namespace"], "namespace"),
     ] {
-        let before = cluster.requests().len();
-        let out = run(&cluster, args);
+        proxy.clear_requests();
+        let mut all = args.to_vec();
+        all.extend(["--kubeconfig", &kubeconfig]);
+        if !args.contains(&"-n") {
+            all.extend(["-n", &scope.ns]);
+        }
+        let out = scope.kpg(&all);
         expect_code(&out, 1);
         assert!(
             out.stderr_text().contains(needle),
@@ -400,112 +657,228 @@ fn install_failures_are_diagnosed_with_their_exit_codes() {
             out.describe()
         );
         assert_eq!(
-            cluster.requests().len(),
-            before,
-            "no API call before validation"
+            proxy.requests(),
+            [],
+            "no API call before validation: {args:?}"
         );
     }
-    let short = run_with(&cluster, &["install", "--password-stdin"], "too-short\n");
+    proxy.clear_requests();
+    let short = scope.kpg_stdin(
+        &[
+            "install",
+            "-n",
+            &scope.ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--password-stdin",
+        ],
+        "too-short\n",
+    );
     expect_code(&short, 1);
+    assert!(
+        short.stderr_text().contains("16"),
+        "the rule is named: {}",
+        short.describe()
+    );
+    assert_eq!(proxy.requests(), [], "no API call before validation");
+    let left = kubectl_ok(scope.kubectl_ns(&["get", "statefulsets,secrets", "-o", "name"]));
+    assert!(
+        !left.stdout_text().contains("postgres"),
+        "{}",
+        left.describe()
+    );
+}
 
-    cluster.faults.set_no_default_storage_class(true);
-    let out = run(&cluster, &["install", "-n", "f1"]);
+/// Restores the default-class annotation of StorageClass `standard`, even when the test fails.
+struct DefaultClassRestored<'a>(&'a Scope);
+
+impl Drop for DefaultClassRestored<'_> {
+    fn drop(&mut self) {
+        let out = self.0.kubectl(&[
+            "annotate",
+            "storageclass",
+            "standard",
+            "storageclass.kubernetes.io/is-default-class=true",
+            "--overwrite",
+        ]);
+        if !out.status.success() {
+            eprintln!(
+                "could not restore the default StorageClass: {}",
+                out.describe()
+            );
+        }
+    }
+}
+
+#[test]
+fn install_without_a_default_storage_class() {
+    let scope = Scope::exclusive("kpg-nodefault");
+    // Declared after the scope: dropped first, while no other test runs.
+    let _restore = DefaultClassRestored(&scope);
+    kubectl_ok(scope.kubectl(&[
+        "annotate",
+        "storageclass",
+        "standard",
+        "storageclass.kubernetes.io/is-default-class-",
+    ]));
+    let out = scope.kpg(&["install", "-n", &scope.ns, "--timeout", INSTALL_TIMEOUT]);
     expect_code(&out, 6);
     assert!(
-        out.stderr_text().contains("StorageClass"),
-        "{}",
+        out.stderr_text().contains("StorageClass")
+            && out.stderr_text().contains("standard")
+            && out.stderr_text().contains("immediate"),
+        "names the classes to pick from: {}",
         out.describe()
     );
-    let out = run(
-        &cluster,
-        &["install", "-n", "f1", "--storage-class", "fast"],
-    );
+    let out = scope.kpg(&[
+        "install",
+        "-n",
+        &scope.ns,
+        "--storage-class",
+        "fast",
+        "--timeout",
+        INSTALL_TIMEOUT,
+    ]);
     expect_code(&out, 6);
     assert!(out.stderr_text().contains("\"fast\""), "{}", out.describe());
-    cluster.faults.set_no_default_storage_class(false);
+    let left = kubectl_ok(scope.kubectl_ns(&["get", "statefulsets,pvc", "-o", "name"]));
+    assert_eq!(left.stdout_text(), "", "nothing was created");
+}
 
-    cluster.faults.set_unschedulable(Some(Insufficient::Cpu));
-    let out = run(&cluster, &["install", "-n", "f2"]);
-    expect_code(&out, 6);
-    assert!(
-        out.stderr_text().contains("Insufficient cpu"),
-        "{}",
-        out.describe()
-    );
-    let status = json(&run(&cluster, &["status", "-n", "f2", "-o", "json"]));
-    assert_eq!(status["phase"], "Failed");
-    cluster.faults.set_unschedulable(None);
-
-    cluster.faults.set_image_pull_failure(true);
-    let out = run(
-        &cluster,
-        &["install", "-n", "f3", "--image", "postgres:99.9"],
-    );
-    expect_code(&out, 1);
-    assert!(
-        out.stderr_text().contains("postgres:99.9"),
-        "{}",
-        out.describe()
-    );
-    cluster.faults.set_image_pull_failure(false);
-
-    cluster.faults.set_crash_loop(true);
-    let out = run(&cluster, &["install", "-n", "f4"]);
-    expect_code(&out, 5);
-    assert!(
-        out.stderr_text().contains("CrashLoopBackOff") || out.stderr_text().contains("crashing"),
-        "{}",
-        out.describe()
-    );
-    assert!(
-        out.stderr_text().contains("log: "),
-        "the last log lines are shown: {}",
-        out.describe()
-    );
-    let wait = run(
-        &cluster,
-        &["status", "-n", "f4", "--wait", "--timeout", "30s"],
-    );
-    expect_code(&wait, 5);
-    cluster.faults.set_crash_loop(false);
-
-    // Deadline before the pod can be ready.
-    let out = run(&cluster, &["install", "-n", "f5", "--timeout", "1ms"]);
-    expect_code(&out, 4);
-    assert!(
-        out.stderr_text().contains("timed out"),
-        "{}",
-        out.describe()
-    );
-
-    // A quota without room for the storage.
-    cluster.ensure_namespace("f6");
-    cluster.apply_json(&serde_json::json!({
-        "apiVersion": "v1", "kind": "ResourceQuota",
-        "metadata": {"name": "small", "namespace": "f6"},
-        "spec": {"hard": {"requests.storage": "5Gi"}},
-    }));
-    let out = run(&cluster, &["install", "-n", "f6"]);
-    expect_code(&out, 6);
-    assert!(
-        out.stderr_text().contains("small") && out.stderr_text().contains("requests.storage"),
-        "{}",
-        out.describe()
-    );
+#[test]
+fn install_failures_are_diagnosed_with_their_exit_codes() {
+    let scope = Scope::new("kpg-fail");
+    let run_install = |ns: &str, extra: &[&str]| {
+        let mut args = vec!["install", "-n", ns];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--timeout") {
+            args.extend(["--timeout", INSTALL_TIMEOUT]);
+        }
+        scope.kpg(&args)
+    };
+    let unschedulable = scope.another_namespace("kpg-cpu");
+    let image = scope.another_namespace("kpg-image");
+    let crash = scope.another_namespace("kpg-crash");
+    let quota = scope.another_namespace("kpg-quota");
+    // The cases wait on different parts of the cluster: run them side by side.
+    std::thread::scope(|threads| {
+        threads.spawn(|| {
+            // More CPU than the node has: the real scheduler's verdict. Unschedulable is
+            // transient (an autoscaler may act) until the grace period or, sooner here, the
+            // deadline passes.
+            let out = run_install(
+                &unschedulable,
+                &[
+                    "--cpu-request",
+                    "64",
+                    "--cpu-limit",
+                    "64",
+                    "--timeout",
+                    "20s",
+                ],
+            );
+            expect_code(&out, 6);
+            assert!(
+                out.stderr_text().contains("Insufficient cpu"),
+                "{}",
+                out.describe()
+            );
+            let status = scope.kpg(&["status", "-n", &unschedulable, "-o", "json"]);
+            expect_code(&status, 0);
+            let status = json(&status);
+            assert!(
+                status["problems"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["reason"] == "Unschedulable"
+                        && p["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains("Insufficient cpu")),
+                "{status}"
+            );
+        });
+        threads.spawn(|| {
+            // A tag no registry has.
+            let out = run_install(&image, &["--image", "postgres:99.9"]);
+            expect_code(&out, 1);
+            assert!(
+                out.stderr_text().contains("postgres:99.9"),
+                "{}",
+                out.describe()
+            );
+        });
+        threads.spawn(|| {
+            // A data directory of PostgreSQL 17 started by a 16 server: it crash-loops.
+            install(&scope, &crash, "postgres", &["--postgres-version", "17"]);
+            expect_code(&scope.kpg(&["uninstall", "-n", &crash]), 0);
+            assert!(get(&scope, &crash, "pvc/data-postgres-0").is_some());
+            let out = run_install(&crash, &["--postgres-version", "16"]);
+            expect_code(&out, 5);
+            let err = out.stderr_text();
+            assert!(
+                err.contains("CrashLoopBackOff") || err.contains("crashing"),
+                "{}",
+                out.describe()
+            );
+            assert!(
+                err.contains("log: ") && err.contains("incompatible"),
+                "the last log lines are shown: {}",
+                out.describe()
+            );
+            let wait = scope.kpg(&["status", "-n", &crash, "--wait", "--timeout", "30s"]);
+            expect_code(&wait, 5);
+        });
+        threads.spawn(|| {
+            // A quota without room for the storage.
+            kubectl_ok(scope.kubectl(&["create", "namespace", &quota]));
+            kubectl_ok(scope.plane.kubectl_stdin(
+                &["apply", "-n", &quota, "-f", "-"],
+                "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: small\nspec:\n  hard:\n    requests.storage: 5Gi\n",
+            ));
+            let out = run_install(&quota, &[]);
+            expect_code(&out, 6);
+            assert!(
+                out.stderr_text().contains("small")
+                    && out.stderr_text().contains("requests.storage"),
+                "{}",
+                out.describe()
+            );
+            let left = kubectl_ok(scope.kubectl(&["get", "statefulsets,pvc", "-n", &quota, "-o", "name"]));
+            assert_eq!(left.stdout_text(), "", "nothing was created");
+        });
+        threads.spawn(|| {
+            // A deadline before the pod can be ready.
+            let out = run_install(&scope.ns, &["--timeout", "1ms"]);
+            expect_code(&out, 4);
+            assert!(
+                out.stderr_text().contains("timed out"),
+                "{}",
+                out.describe()
+            );
+        });
+    });
 }
 
 #[test]
 fn dry_run_manifests_are_accepted_by_the_api_server() {
-    let cluster = TestCluster::start();
-    let out = run(
-        &cluster,
-        &["install", "web", "-n", "dry", "--dry-run", "-o", "json"],
-    );
+    let scope = Scope::new("kpg-dry");
+    let ns = scope.ns.as_str();
+    let (proxy, kubeconfig) = proxy(&scope);
+    let out = scope.kpg(&[
+        "install",
+        "web",
+        "-n",
+        ns,
+        "--dry-run",
+        "-o",
+        "json",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
     expect_code(&out, 0);
-    assert!(
-        cluster.requests().is_empty(),
-        "--dry-run touches no cluster"
-    );
+    assert_eq!(proxy.requests(), [], "--dry-run touches no cluster");
     let list = json(&out);
     assert_eq!(list["kind"], "List");
     let kinds: Vec<&str> = list["items"]
@@ -518,11 +891,22 @@ fn dry_run_manifests_are_accepted_by_the_api_server() {
         kinds,
         ["Namespace", "Secret", "Service", "Service", "StatefulSet"]
     );
-    for object in list["items"].as_array().unwrap() {
-        cluster.apply_json(object);
-    }
-    cluster.wait_ready("dry", "web-0", Duration::from_secs(60));
-    let yaml = run(&cluster, &["install", "web", "-n", "dry", "--dry-run"]);
+    // Applied as they are, with the server's strict field validation, they make a database.
+    let manifest = write_file(&scope, "manifest.json", &out.stdout_text());
+    kubectl_ok(scope.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=kubectl-pg",
+        "--validate=strict",
+        "-f",
+        &manifest,
+    ]));
+    rollout_complete(&scope, ns, "web");
+    let status = scope.kpg(&["status", "web", "-n", ns, "-o", "json"]);
+    expect_code(&status, 0);
+    assert_eq!(json(&status)["phase"], "Healthy", "{}", status.describe());
+
+    let yaml = scope.kpg(&["install", "web", "-n", ns, "--dry-run"]);
     expect_code(&yaml, 0);
     assert!(
         yaml.stdout_text()
@@ -530,50 +914,47 @@ fn dry_run_manifests_are_accepted_by_the_api_server() {
         "{}",
         yaml.describe()
     );
-    if let Some(kubectl) = kubectl() {
-        let manifest = cluster.dir().join("manifest.yaml");
-        std::fs::write(&manifest, yaml.stdout_text()).unwrap();
-        let out = std::process::Command::new(kubectl)
-            .args([
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--dry-run=server",
-                "--field-manager=kubectl-pg",
-                "--validate=false",
-                "-f",
-            ])
-            .arg(&manifest)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply --dry-run=server: {}",
-            out.describe()
-        );
-    } else {
-        eprintln!("kubectl not on PATH: skipping the kubectl apply --dry-run=server check");
-    }
+    let manifest = write_file(&scope, "manifest.yaml", &yaml.stdout_text());
+    kubectl_ok(scope.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--dry-run=server",
+        "--field-manager=kubectl-pg",
+        "--validate=strict",
+        "-f",
+        &manifest,
+    ]));
 }
 
 #[test]
 fn status_in_table_json_and_across_namespaces() {
-    let cluster = TestCluster::start();
-    let none = run(&cluster, &["status", "-n", "empty", "-o", "json"]);
+    let scope = Scope::new("kpg-status");
+    let a = scope.ns.as_str();
+    let none = scope.kpg(&["status", "-n", a, "-o", "json"]);
     expect_code(&none, 0);
     assert_eq!(json(&none)["phase"], "NotDeployed");
-    let table = run(&cluster, &["status", "-n", "empty"]);
+    let table = scope.kpg(&["status", "-n", a]);
     expect_code(&table, 0);
     assert!(
         table.stdout_text().contains("NotDeployed")
-            && table.stdout_text().contains("kubectl pg install")
+            && table.stdout_text().contains("kubectl pg install"),
+        "{}",
+        table.describe()
     );
 
-    install(&cluster, "a", "one", &["--migrate"]);
-    install(&cluster, "a", "two", &[]);
-    install(&cluster, "b", "three", &["--service-type", "LoadBalancer"]);
-    let detail = run(&cluster, &["status", "one", "-n", "a"]);
+    let b = scope.another_namespace("kpg-status-b");
+    std::thread::scope(|threads| {
+        threads.spawn(|| install(&scope, a, "one", &["--migrate"]));
+        threads.spawn(|| install(&scope, a, "two", &[]));
+        threads.spawn(|| install(&scope, &b, "three", &["--service-type", "LoadBalancer"]));
+    });
+    let image = get(&scope, a, "statefulset/one").unwrap()["spec"]["template"]["spec"]
+        ["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let detail = scope.kpg(&["status", "one", "-n", a]);
     expect_code(&detail, 0);
     let text = detail.stdout_text();
     for needle in [
@@ -583,112 +964,204 @@ fn status_in_table_json_and_across_namespaces() {
         "data-one-0 Bound 8Gi",
         "round trip",
         "6 applied (latest 006), 0 pending",
-        "postgres:18.1",
+        &image,
         "********",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
     // Several releases: a table; -A adds the namespace column.
-    let listed = run(&cluster, &["status", "-n", "a"]);
+    let listed = scope.kpg(&["status", "-n", a]);
     expect_code(&listed, 0);
     assert!(
         listed.stdout_text().starts_with("NAME"),
         "{}",
         listed.describe()
     );
-    let all = run(&cluster, &["status", "-A"]);
+    assert_eq!(
+        listed.stdout_text().lines().count(),
+        3,
+        "{}",
+        listed.describe()
+    );
+    // Other tests' releases are in the cluster too: look at ours.
+    let all = scope.kpg(&["status", "-A"]);
     expect_code(&all, 0);
     let all_text = all.stdout_text();
-    let lines: Vec<&str> = all_text.lines().collect();
-    assert!(lines[0].starts_with("NAMESPACE"), "{lines:?}");
-    assert_eq!(lines.len(), 4, "{lines:?}");
-    let docs = json(&run(&cluster, &["status", "-A", "-o", "json"]));
+    assert!(all_text.starts_with("NAMESPACE"), "{all_text}");
+    let ours: Vec<&str> = all_text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{a} ")) || l.starts_with(&format!("{b} ")))
+        .collect();
+    assert_eq!(ours.len(), 3, "{all_text}");
+    assert!(ours.iter().all(|l| l.contains("Healthy")), "{all_text}");
+    let docs = scope.kpg(&["status", "-A", "-o", "json"]);
+    expect_code(&docs, 0);
+    let docs = json(&docs);
     assert_eq!(docs["kind"], "DeploymentStatusList");
-    assert_eq!(docs["items"].as_array().unwrap().len(), 3);
-    let wide = run(&cluster, &["status", "-A", "-o", "wide"]);
+    let mut mine: Vec<(String, String)> = docs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["namespace"] == a || d["namespace"] == b.as_str())
+        .map(|d| {
+            (
+                d["namespace"].as_str().unwrap().to_string(),
+                d["release"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    mine.sort();
+    assert_eq!(
+        mine,
+        [
+            (a.to_string(), "one".to_string()),
+            (a.to_string(), "two".to_string()),
+            (b.clone(), "three".to_string()),
+        ]
+    );
+    let wide = scope.kpg(&["status", "-A", "-o", "wide"]);
+    expect_code(&wide, 0);
     assert!(
-        wide.stdout_text().contains("LoadBalancer"),
+        wide.stdout_text()
+            .lines()
+            .any(|l| l.starts_with(&format!("{b} ")) && l.contains("LoadBalancer")),
         "{}",
         wide.describe()
     );
-    let yaml = run(&cluster, &["status", "two", "-n", "a", "-o", "yaml"]);
-    assert!(yaml.stdout_text().contains("kind: DeploymentStatus"));
+    let yaml = scope.kpg(&["status", "two", "-n", a, "-o", "yaml"]);
+    expect_code(&yaml, 0);
+    assert!(
+        yaml.stdout_text().contains("kind: DeploymentStatus"),
+        "{}",
+        yaml.describe()
+    );
 
     // --wait: met at once when healthy; a timeout on a release that never comes.
-    expect_code(&run(&cluster, &["status", "one", "-n", "a", "--wait"]), 0);
-    expect_code(
-        &run(&cluster, &["status", "one", "-n", "a", "--wait=ready"]),
-        0,
-    );
-    let never = run(
-        &cluster,
-        &["status", "ghost", "-n", "a", "--wait", "--timeout", "300ms"],
-    );
+    expect_code(&scope.kpg(&["status", "one", "-n", a, "--wait"]), 0);
+    expect_code(&scope.kpg(&["status", "one", "-n", a, "--wait=ready"]), 0);
+    let never = scope.kpg(&["status", "ghost", "-n", a, "--wait", "--timeout", "300ms"]);
     expect_code(&never, 4);
 
-    // The database killed: Ready, not Healthy, and the problem is listed.
-    cluster.faults.kill_postgres("a", "two-0");
-    let recovered = run(
-        &cluster,
-        &[
-            "status",
-            "two",
-            "-n",
-            "a",
-            "--wait",
+    // PostgreSQL killed in its pod: the container restarts, and the release is Healthy again.
+    kubectl_ok(scope.kubectl_ns(&[
+        "exec",
+        "two-0",
+        "-c",
+        "postgres",
+        "--",
+        "sh",
+        "-c",
+        "kill -9 $(head -1 \"$PGDATA/postmaster.pid\")",
+    ]));
+    // Seen by kubectl's watches: the restart counted (the pod is not Ready then), then Ready.
+    for condition in [
+        "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+        "--for=condition=Ready",
+    ] {
+        kubectl_ok(scope.kubectl_ns(&[
+            "wait",
+            "pod/two-0",
+            condition,
             "--timeout",
-            "60s",
-            "-o",
-            "json",
-        ],
-    );
+            INSTALL_TIMEOUT,
+        ]));
+    }
+    let recovered = scope.kpg(&[
+        "status",
+        "two",
+        "-n",
+        a,
+        "--wait",
+        "--timeout",
+        INSTALL_TIMEOUT,
+        "-o",
+        "json",
+    ]);
     expect_code(&recovered, 0);
-    assert_eq!(json(&recovered)["restarts"], 1);
+    let recovered = json(&recovered);
+    assert_eq!(recovered["phase"], "Healthy", "{recovered}");
+    assert_eq!(recovered["restarts"], 1, "{recovered}");
+    assert!(
+        recovered["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["reason"] == "Restarts"),
+        "the restart is listed: {recovered}"
+    );
 }
 
 #[test]
 fn dsn_in_every_format_connects() {
-    let cluster = TestCluster::start();
+    let scope = Scope::new("kpg-dsn");
+    let ns = scope.ns.as_str();
     let password = "p@ss:w/rd 'quoted' & more%";
-    let out = run_with(
-        &cluster,
-        &[
-            "install",
-            "app",
-            "-n",
-            "d",
-            "--password-stdin",
-            "--username",
-            "app_user",
-            "--database",
-            "app_db",
-        ],
-        &format!("{password}\n"),
-    );
-    expect_code(&out, 0);
-    let uri = run(&cluster, &["dsn", "-n", "d"]);
-    expect_code(&uri, 0);
-    let uri = uri.stdout_text().trim().to_string();
+    std::thread::scope(|threads| {
+        threads.spawn(|| {
+            install_stdin(
+                &scope,
+                ns,
+                "app",
+                &[
+                    "--password-stdin",
+                    "--username",
+                    "app_user",
+                    "--database",
+                    "app_db",
+                ],
+                &format!("{password}\n"),
+            )
+        });
+        threads.spawn(|| install(&scope, ns, "pub", &["--service-type", "LoadBalancer"]));
+        threads.spawn(|| install(&scope, ns, "node", &["--service-type", "NodePort"]));
+    });
+    // Several releases and none named: say so and list them.
+    let which = scope.kpg(&["dsn", "-n", ns]);
+    expect_code(&which, 1);
+    for release in ["app", "pub", "node"] {
+        assert!(
+            which.stderr_text().contains(release),
+            "{release}: {}",
+            which.describe()
+        );
+    }
+    let dsn = |args: &[&str]| {
+        let mut all = vec!["dsn", "app", "-n", ns];
+        all.extend_from_slice(args);
+        let out = scope.kpg(&all);
+        expect_code(&out, 0);
+        out.stdout_text()
+    };
+    let host = format!("app.{ns}.svc.cluster.local");
+    let uri = dsn(&[]).trim().to_string();
     assert_eq!(
         uri,
-        "postgresql://app_user:p%40ss%3Aw%2Frd%20%27quoted%27%20%26%20more%25@app.d.svc.cluster.local:5432/app_db"
+        format!("postgresql://app_user:p%40ss%3Aw%2Frd%20%27quoted%27%20%26%20more%25@{host}:5432/app_db")
     );
-    // The connection string works: same credentials, pointed at the pod's server.
-    let addr = cluster.postgres_addr("d", "app-0").unwrap();
-    let local = uri.replace("app.d.svc.cluster.local:5432", &addr.to_string()) + "?sslmode=disable";
-    let rows = crate::pg::query(&local, "SELECT current_user, current_database()");
-    assert_eq!(
-        rows[0],
-        [Some("app_user".to_string()), Some("app_db".to_string())]
-    );
+    // The connection string works: same credentials, pointed at the pod through a real
+    // kubectl port-forward. A wrong password does not.
+    {
+        let forward = PortForward::start(&scope, ns, "app-0");
+        let local = uri.replace(&format!("{host}:5432"), &forward.addr) + "?sslmode=disable";
+        let rows = crate::pg::query(&local, "SELECT current_user, current_database()");
+        assert_eq!(
+            rows[0],
+            [Some("app_user".to_string()), Some("app_db".to_string())]
+        );
+        let wrong = local.replace("more%25", "less");
+        assert!(
+            try_connect(&wrong).is_err(),
+            "a wrong password opens a session through the port-forward"
+        );
+    }
 
-    let env = run(&cluster, &["dsn", "-n", "d", "--format", "env"]).stdout_text();
+    let env = dsn(&["--format", "env"]);
     assert!(
         env.contains("PGUSER=app_user\n")
             && env.contains("PGPASSWORD='p@ss:w/rd '\\''quoted'\\'' & more%'\n"),
         "{env}"
     );
-    let sh = std::process::Command::new("sh")
+    let sh = Command::new("sh")
         .args(["-c", &format!("{env}\nprintf %s \"$PGPASSWORD\"")])
         .output()
         .unwrap();
@@ -697,58 +1170,68 @@ fn dsn_in_every_format_connects() {
         password,
         "eval gives back the password"
     );
-    let doc = json(&run(&cluster, &["dsn", "-n", "d", "-o", "json"]));
+    let doc: Value = serde_json::from_str(&dsn(&["-o", "json"])).unwrap();
     assert_eq!(doc["kind"], "DatabaseConnection");
     assert_eq!(doc["password"], password);
     assert_eq!(doc["port"], 5432);
-    let masked = json(&run(
-        &cluster,
-        &["dsn", "-n", "d", "--format", "json", "--mask"],
-    ));
+    let masked: Value = serde_json::from_str(&dsn(&["--format", "json", "--mask"])).unwrap();
     assert_eq!(masked["password"], "********");
-    let jdbc = run(&cluster, &["dsn", "-n", "d", "--format", "jdbc"]).stdout_text();
+    let jdbc = dsn(&["--format", "jdbc"]);
     assert!(
-        jdbc.starts_with(
-            "jdbc:postgresql://app.d.svc.cluster.local:5432/app_db?user=app_user&password=p%40ss"
-        ),
+        jdbc.starts_with(&format!(
+            "jdbc:postgresql://{host}:5432/app_db?user=app_user&password=p%40ss"
+        )),
         "{jdbc}"
     );
-    let kv = run(&cluster, &["dsn", "-n", "d", "--format", "keyvalue"]).stdout_text();
+    let kv = dsn(&["--format", "keyvalue"]);
     assert!(
         kv.contains("password='p@ss:w/rd \\'quoted\\' & more%'"),
         "{kv}"
     );
-    let pgpass = run(&cluster, &["dsn", "-n", "d", "--format", "pgpass"]).stdout_text();
+    let pgpass = dsn(&["--format", "pgpass"]);
     assert_eq!(
         pgpass.trim(),
-        "app.d.svc.cluster.local:5432:app_db:app_user:p@ss\\:w/rd 'quoted' & more%"
+        format!("{host}:5432:app_db:app_user:p@ss\\:w/rd 'quoted' & more%")
     );
-    let yaml = run(&cluster, &["dsn", "-n", "d", "-o", "yaml"]).stdout_text();
+    let yaml = dsn(&["-o", "yaml"]);
     assert!(yaml.contains("kind: DatabaseConnection"), "{yaml}");
 
-    // --external: none for ClusterIP, the ingress for a LoadBalancer.
-    let external = run(&cluster, &["dsn", "-n", "d", "--external"]);
+    // --external: none for ClusterIP.
+    let external = scope.kpg(&["dsn", "app", "-n", ns, "--external"]);
     expect_code(&external, 1);
     assert!(
         external.stderr_text().contains("kubectl pg psql"),
         "{}",
         external.describe()
     );
-    install(&cluster, "lb", "pub", &["--service-type", "LoadBalancer"]);
-    let lb = run(&cluster, &["dsn", "pub", "-n", "lb", "--external"]);
+    // A LoadBalancer: no address while no controller gave one (as on kind), then its ingress.
+    let pending = scope.kpg(&["dsn", "pub", "-n", ns, "--external"]);
+    expect_code(&pending, 1);
+    assert!(
+        pending.stderr_text().contains("no ingress address yet"),
+        "{}",
+        pending.describe()
+    );
+    kubectl_ok(scope.kubectl_ns(&[
+        "patch",
+        "service",
+        "pub",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"127.0.0.1"}]}}}"#,
+    ]));
+    let lb = scope.kpg(&["dsn", "pub", "-n", ns, "--external"]);
     expect_code(&lb, 0);
     assert!(
         lb.stdout_text().contains("@127.0.0.1:5432/learnflow"),
         "{}",
         lb.describe()
     );
-
-    install(&cluster, "np", "node", &["--service-type", "NodePort"]);
-    let np = run(&cluster, &["dsn", "node", "-n", "np", "--external"]);
+    // A NodePort: the node's address and the port the apiserver allocated.
+    let np = scope.kpg(&["dsn", "node", "-n", ns, "--external"]);
     expect_code(&np, 0);
-    let service = cluster
-        .get_json("/api/v1/namespaces/np/services/node")
-        .unwrap();
+    let service = get(&scope, ns, "service/node").unwrap();
     let node_port = service["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
     assert!(
         np.stdout_text()
@@ -757,16 +1240,16 @@ fn dsn_in_every_format_connects() {
         np.describe()
     );
 
-    // A Secret without the expected keys.
-    cluster.apply_json(&serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "broken-credentials", "namespace": "d"},
-        "stringData": {"username": "x"},
-    }));
-    let broken = run(&cluster, &["dsn", "broken", "-n", "d"]);
+    // A Secret without a password.
+    kubectl_ok(scope.plane.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: broken-credentials\nstringData:\n  username: x\n",
+    ));
+    let broken = scope.kpg(&["dsn", "broken", "-n", ns]);
     expect_code(&broken, 1);
     assert!(
-        broken.stderr_text().contains("password, database"),
+        broken.stderr_text().contains("broken-credentials")
+            && broken.stderr_text().contains("\"password\""),
         "{}",
         broken.describe()
     );
@@ -774,61 +1257,65 @@ fn dsn_in_every_format_connects() {
 
 #[test]
 fn psql_in_the_pod_and_local() {
-    let cluster = TestCluster::start();
-    install(&cluster, "p", "postgres", &[]);
-    if kubectl().is_some() {
-        let out = run(
-            &cluster,
-            &["psql", "-n", "p", "--", "-At", "-c", "select 40 + 2"],
-        );
-        expect_code(&out, 0);
-        assert_eq!(out.stdout_text().trim(), "42");
-        let piped = run_with(
-            &cluster,
-            &["psql", "-n", "p", "--", "-At"],
-            "select current_database();\n",
-        );
-        expect_code(&piped, 0);
-        assert_eq!(piped.stdout_text().trim(), "learnflow");
-        let failed = run(
-            &cluster,
-            &[
-                "psql",
-                "-n",
-                "p",
-                "--",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                "select nope",
-            ],
-        );
-        assert_ne!(
-            failed.code(),
-            0,
-            "psql's exit code is ours: {}",
-            failed.describe()
-        );
-    }
-    let local = run(
-        &cluster,
-        &[
-            "psql",
-            "-n",
-            "p",
-            "--local",
-            "--",
-            "-At",
-            "-c",
-            "select current_user",
-        ],
+    let scope = Scope::new("kpg-psql");
+    let ns = scope.ns.as_str();
+    install(&scope, ns, "postgres", &[]);
+    // Through the real kubectl exec (the built kubectl is first on PATH).
+    let out = scope.kpg(&["psql", "-n", ns, "--", "-At", "-c", "select 40 + 2"]);
+    expect_code(&out, 0);
+    assert_eq!(out.stdout_text().trim(), "42");
+    let piped = scope.kpg_stdin(
+        &["psql", "-n", ns, "--", "-At"],
+        "select current_database();\n",
     );
+    expect_code(&piped, 0);
+    assert_eq!(piped.stdout_text().trim(), "learnflow");
+    let failed = scope.kpg(&[
+        "psql",
+        "-n",
+        ns,
+        "--",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "select nope",
+    ]);
+    assert_ne!(
+        failed.code(),
+        0,
+        "psql's exit code is ours: {}",
+        failed.describe()
+    );
+    assert!(
+        failed.stderr_text().contains("nope"),
+        "psql's error reaches us: {}",
+        failed.describe()
+    );
+    // A local psql through the in-process port-forward.
+    let local = scope.kpg(&[
+        "psql",
+        "-n",
+        ns,
+        "--local",
+        "--",
+        "-At",
+        "-c",
+        "select current_user",
+    ]);
     expect_code(&local, 0);
     assert_eq!(local.stdout_text().trim(), "postgres");
 
-    // Every connection flag reaches kubectl.
-    let fake = cluster.dir().join("fake-kubectl");
-    let record = cluster.dir().join("argv");
+    // Every connection flag reaches kubectl. The plugin itself finds the pod as the impersonated
+    // user, whom RBAC lets in through this namespace's binding only.
+    kubectl_ok(scope.kubectl_ns(&[
+        "create",
+        "rolebinding",
+        "alice-admin",
+        "--clusterrole=admin",
+        "--user=alice",
+    ]));
+    let fake = scope.dir.path().join("fake-kubectl");
+    let record = scope.dir.path().join("argv");
     std::fs::write(
         &fake,
         format!(
@@ -839,30 +1326,31 @@ fn psql_in_the_pod_and_local() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let out = kpg_command(&[
-        "psql",
-        "-n",
-        "p",
-        "--kubeconfig",
-        &kubeconfig,
-        "--context",
-        "e2e",
-        "--user",
-        "e2e",
-        "--as",
-        "alice",
-        "--as-group",
-        "dev",
-        "--as-group",
-        "ops",
-        "--",
-        "-c",
-        "select 1",
-    ])
-    .env("KUBECTL_PATH", &fake)
-    .output()
-    .unwrap();
+    let kubeconfig = scope.plane.kubeconfig.display().to_string();
+    let out = scope
+        .kpg_command(&[
+            "psql",
+            "-n",
+            ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--context",
+            "kpg-test",
+            "--user",
+            "kubernetes-admin",
+            "--as",
+            "alice",
+            "--as-group",
+            "dev",
+            "--as-group",
+            "ops",
+            "--",
+            "-c",
+            "select 1",
+        ])
+        .env("KUBECTL_PATH", &fake)
+        .output()
+        .unwrap();
     assert_eq!(
         out.code(),
         7,
@@ -872,12 +1360,12 @@ fn psql_in_the_pod_and_local() {
     let argv = std::fs::read_to_string(&record).unwrap();
     for needle in [
         format!("--kubeconfig={kubeconfig}"),
-        "--context=e2e".into(),
-        "--user=e2e".into(),
+        "--context=kpg-test".into(),
+        "--user=kubernetes-admin".into(),
         "--as=alice".into(),
         "--as-group=dev".into(),
         "--as-group=ops".into(),
-        "--namespace\np\nexec\n-i\npostgres-0\n-c\npostgres\n--\npsql\n-U\npostgres\n-d\nlearnflow\n-c\nselect 1".into(),
+        format!("--namespace\n{ns}\nexec\n-i\npostgres-0\n-c\npostgres\n--\npsql\n-U\npostgres\n-d\nlearnflow\n-c\nselect 1"),
     ] {
         assert!(argv.contains(&needle), "{needle:?} missing from:\n{argv}");
     }
@@ -885,8 +1373,8 @@ fn psql_in_the_pod_and_local() {
         !argv.contains("\n-t\n"),
         "no TTY when stdin is not a terminal"
     );
-    let missing = kpg_command(&["psql", "-n", "p"])
-        .env("KUBECONFIG", &cluster.kubeconfig)
+    let missing = scope
+        .kpg_command(&["psql", "-n", ns])
         .env("KUBECTL_PATH", "")
         .env("PATH", "/nonexistent")
         .output()
@@ -897,7 +1385,8 @@ fn psql_in_the_pod_and_local() {
         "{}",
         missing.describe()
     );
-    let no_release = run(&cluster, &["psql", "-n", "nothing-here"]);
+    let elsewhere = scope.another_namespace("kpg-nothing");
+    let no_release = scope.kpg(&["psql", "-n", &elsewhere]);
     expect_code(&no_release, 1);
     assert!(
         no_release.stderr_text().contains("not found"),
@@ -908,8 +1397,9 @@ fn psql_in_the_pod_and_local() {
 
 #[test]
 fn migrate_through_the_cluster_survives_a_dropped_stream() {
-    let cluster = TestCluster::start();
-    install(&cluster, "m", "postgres", &[]);
+    let scope = Scope::new("kpg-migrate");
+    let ns = scope.ns.as_str();
+    install(&scope, ns, "postgres", &[]);
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
@@ -924,54 +1414,88 @@ fn migrate_through_the_cluster_survives_a_dropped_stream() {
         );
     }
     let d = dir.path().display().to_string();
-    let plan = run(
-        &cluster,
-        &["migrate", "up", "-n", "m", "--dir", &d, "--dry-run"],
-    );
+    let (proxy, kubeconfig) = proxy(&scope);
+    let plan = scope.kpg(&[
+        "migrate",
+        "up",
+        "-n",
+        ns,
+        "--dir",
+        &d,
+        "--dry-run",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
     expect_code(&plan, 0);
     assert!(
         plan.stdout_text().contains("via port-forward"),
         "{}",
         plan.describe()
     );
-    // The stream is cut after some traffic; the engine reconnects through a new port-forward.
-    cluster.faults.drop_portforward_after(6000);
-    let out = run(&cluster, &["migrate", "up", "-n", "m", "--dir", &d]);
+    // The port-forward stream is cut after some traffic; the engine reconnects through a new one.
+    proxy.clear_requests();
+    proxy.drop_upgraded_after(6000);
+    let out = scope.kpg(&[
+        "migrate",
+        "up",
+        "-n",
+        ns,
+        "--dir",
+        &d,
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
     expect_code(&out, 0);
     assert!(
         out.stderr_text().contains("reconnected"),
         "{}",
         out.describe()
     );
-    assert_eq!(
-        out.stdout_text().matches("applied 0").count(),
-        30,
-        "{}",
-        out.describe()
+    let forwards = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query.contains("/portforward"))
+        .count();
+    assert!(
+        forwards >= 2,
+        "a second port-forward: {:?}",
+        proxy.requests()
     );
-    let status = json(&run(
-        &cluster,
-        &["migrate", "status", "-n", "m", "--dir", &d, "-o", "json"],
-    ));
-    assert_eq!(status["applied"], 30);
-    assert_eq!(status["pending"], 0);
-    let addr = cluster.postgres_addr("m", "postgres-0").unwrap();
-    let secret = json(&run(&cluster, &["dsn", "-n", "m", "-o", "json"]));
+    let status = scope.kpg(&["migrate", "status", "-n", ns, "--dir", &d, "-o", "json"]);
+    expect_code(&status, 0);
+    let status = json(&status);
+    assert_eq!(status["applied"], 30, "{status}");
+    assert_eq!(status["pending"], 0, "{status}");
+    // Each migration ran exactly once, seen from outside the plugin.
+    let secret = scope.kpg(&["dsn", "-n", ns, "-o", "json"]);
+    expect_code(&secret, 0);
+    let forward = PortForward::start(&scope, ns, "postgres-0");
     let dsn = format!(
-        "postgresql://postgres:{}@{addr}/learnflow?sslmode=disable",
-        secret["password"].as_str().unwrap()
+        "postgresql://postgres:{}@{}/learnflow?sslmode=disable",
+        urlencode(json(&secret)["password"].as_str().unwrap()),
+        forward.addr
     );
     let counts = crate::pg::query(
         &dsn,
         "SELECT count(*), count(DISTINCT version) FROM run_log",
     );
     assert_eq!(counts[0], [Some("29".to_string()), Some("29".to_string())]);
+    // Every migration this run applied is reported, also one whose commit was only confirmed
+    // by the history read after the reconnection.
+    for v in 1..=30 {
+        assert!(
+            out.stdout_text().contains(&format!("{v:03}_")),
+            "{v:03} not reported: {}",
+            out.describe()
+        );
+    }
     // No release: exit 1 naming it.
-    let none = run(&cluster, &["migrate", "status", "-n", "nowhere"]);
+    let nowhere = scope.another_namespace("kpg-nowhere");
+    let none = scope.kpg(&["migrate", "status", "-n", &nowhere]);
     expect_code(&none, 1);
     assert!(
         none.stderr_text()
-            .contains("not found in namespace \"nowhere\""),
+            .contains(&format!("not found in namespace \"{nowhere}\"")),
         "{}",
         none.describe()
     );

@@ -4,8 +4,8 @@ mod cli;
 mod cluster;
 mod k8s;
 mod krew;
-mod lifecycle;
 mod kubectl;
+mod lifecycle;
 mod migrate;
 mod pg;
 // Until the tests against the real apiserver use all of it.

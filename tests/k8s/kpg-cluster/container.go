@@ -79,6 +79,7 @@ func (c *container) logPath(restart int32) string {
 func (c *container) loop() {
 	backoff := 10 * time.Second
 	pullBackoff := 10 * time.Second
+	crashed := false
 	for !c.pod.gone.Load() {
 		img, err := resolveImage(c.spec.Image, c.pod.n.cfg.pgRoot)
 		if err != nil {
@@ -142,7 +143,12 @@ func (c *container) loop() {
 			return
 		}
 		if time.Since(began) > 10*time.Minute {
-			backoff = 10 * time.Second
+			backoff, crashed = 10*time.Second, false
+		}
+		// As the kubelet: the first exit restarts at once, back-off starts with the second.
+		if !crashed {
+			crashed = true
+			continue
 		}
 		message := fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", backoff, c.spec.Name, c.pod.name, c.pod.ns, c.pod.uid)
 		c.event(corev1.EventTypeWarning, "BackOff", "Back-off restarting failed container %s in pod %s_%s(%s)", c.spec.Name, c.pod.name, c.pod.ns, c.pod.uid)
