@@ -18,6 +18,16 @@ pub struct ExecOutput {
     pub message: Option<String>,
 }
 
+impl ExecOutput {
+    /// Why it failed: the command's own words (stderr), else the kubelet's status.
+    pub fn reason(&self) -> String {
+        Some(self.stderr.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .or_else(|| self.message.clone())
+            .unwrap_or_else(|| "the command failed".into())
+    }
+}
+
 /// Runs `command` in `container` of `pod`, feeding `stdin`; the command line never carries
 /// secrets, stdin does.
 pub async fn run(

@@ -239,6 +239,24 @@ impl CredentialSource {
         }
     }
 
+    /// The release's Secret, given the read of ours made alongside the StatefulSet's: that one
+    /// when it is the release's, else a read of the user's Secret the StatefulSet names.
+    pub async fn secret_from(
+        &self,
+        cluster: &Cluster,
+        namespace: &str,
+        release: &str,
+        ours: Result<Option<Secret>, kube::Error>,
+    ) -> Result<Option<Secret>, Error> {
+        let result = if self.is_ours(release) {
+            ours
+        } else {
+            let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), namespace);
+            secrets.get_opt(&self.secret).await
+        };
+        result.map_err(|e| cluster.error("get", "secrets", e))
+    }
+
     /// Whether the Secret is the one kubectl-pg made (and may recreate): never a user's.
     pub fn is_ours(&self, release: &str) -> bool {
         self.secret == secret_name(release)
@@ -304,14 +322,9 @@ pub async fn secret_of(
     let (sts, secret) = tokio::join!(sets.get_opt(release), secrets.get_opt(&ours));
     let sts = sts.map_err(|e| cluster.error("get", "statefulsets", e))?;
     let source = CredentialSource::of(release, sts.as_ref());
-    let secret = if source.is_ours(release) {
-        secret.map_err(|e| cluster.error("get", "secrets", e))?
-    } else {
-        secrets
-            .get_opt(&source.secret)
-            .await
-            .map_err(|e| cluster.error("get", "secrets", e))?
-    };
+    let secret = source
+        .secret_from(cluster, &cluster.namespace, release, secret)
+        .await?;
     Ok((source, secret))
 }
 

@@ -90,14 +90,9 @@ pub async fn observe(cluster: &Cluster, namespace: &str, release: &str) -> Resul
     let service = service.map_err(|e| cluster.error("get", "services", e))?;
     // The release's own Secret is read at once; a user's, named by the StatefulSet, after.
     let source = release::CredentialSource::of(release, statefulset.as_ref());
-    let secret = if source.is_ours(release) {
-        secret.map_err(|e| cluster.error("get", "secrets", e))?
-    } else {
-        secrets
-            .get_opt(&source.secret)
-            .await
-            .map_err(|e| cluster.error("get", "secrets", e))?
-    };
+    let secret = source
+        .secret_from(cluster, namespace, release, secret)
+        .await?;
     // Events are a diagnosis aid: a user who may not list them still gets a status.
     let mut events: Vec<Event> = event_lists
         .into_iter()

@@ -240,11 +240,7 @@ pub(super) async fn set_password_in_database(
         return Err(Error::Deployment {
             message: format!(
                 "could not set the new password in the existing database: {}",
-                // psql's own words say why; the exec status only says that it failed.
-                Some(output.stderr.trim().to_string())
-                    .filter(|e| !e.is_empty())
-                    .or(output.message)
-                    .unwrap_or_else(|| "psql failed".into())
+                output.reason()
             ),
             hints: vec!["set it by hand: kubectl pg psql, then ALTER ROLE … PASSWORD …".into()],
             code: 5,
@@ -280,10 +276,7 @@ psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/de
         return Err(Error::Deployment {
             message: format!(
                 "could not require the password on loopback connections: {}",
-                Some(output.stderr.trim().to_string())
-                    .filter(|e| !e.is_empty())
-                    .or(output.message)
-                    .unwrap_or_default()
+                output.reason()
             ),
             hints: vec!["edit pg_hba.conf by hand: host lines for 127.0.0.1/32 and ::1/128 should say scram-sha-256".into()],
             code: 5,

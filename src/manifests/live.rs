@@ -95,21 +95,15 @@ mod tests {
     #[test]
     fn reads_back_what_render_wrote() {
         let mut spec = InstallSpec {
-            release: "pg".into(),
-            namespace: "db".into(),
-            major: 16,
             image: "postgres:16.11".into(),
-            database: "learnflow".into(),
-            username: "postgres".into(),
             storage_size: "12Gi".into(),
             storage_class: Some("fast".into()),
             cpu_request: Some("250m".into()),
-            memory_request: None,
-            cpu_limit: None,
             memory_limit: Some("4Gi".into()),
             service_type: "LoadBalancer".into(),
             existing_secret: Some("orders-db".into()),
             cluster_domain: "corp.example".into(),
+            ..InstallSpec::example(16)
         };
         let sts: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
         let svc: Service = serde_json::from_value(render::service(&spec)).unwrap();

@@ -270,23 +270,7 @@ mod tests {
     use super::*;
 
     fn spec(major: u32) -> InstallSpec {
-        InstallSpec {
-            release: "pg".into(),
-            namespace: "db".into(),
-            major,
-            image: format!("postgres:{major}"),
-            database: "learnflow".into(),
-            username: "postgres".into(),
-            storage_size: "8Gi".into(),
-            storage_class: None,
-            cpu_request: None,
-            memory_request: None,
-            cpu_limit: None,
-            memory_limit: None,
-            service_type: "ClusterIP".into(),
-            existing_secret: None,
-            cluster_domain: "cluster.local".into(),
-        }
+        InstallSpec::example(major)
     }
 
     #[test]

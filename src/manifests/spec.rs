@@ -399,6 +399,30 @@ pub fn quantity_value(value: &str) -> Option<f64> {
 }
 
 #[cfg(test)]
+impl InstallSpec {
+    /// Release `pg` in namespace `db`, the dev profile's values.
+    pub fn example(major: u32) -> Self {
+        InstallSpec {
+            release: "pg".into(),
+            namespace: "db".into(),
+            major,
+            image: format!("postgres:{major}"),
+            database: "learnflow".into(),
+            username: "postgres".into(),
+            storage_size: "8Gi".into(),
+            storage_class: None,
+            cpu_request: None,
+            memory_request: None,
+            cpu_limit: None,
+            memory_limit: None,
+            service_type: "ClusterIP".into(),
+            existing_secret: None,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -415,21 +439,9 @@ mod tests {
     #[test]
     fn reserved_names_are_refused() {
         let spec = |username: &str, database: &str| InstallSpec {
-            release: "pg".into(),
-            namespace: "db".into(),
-            major: 18,
-            image: "postgres:18".into(),
-            database: database.into(),
             username: username.into(),
-            storage_size: "8Gi".into(),
-            storage_class: None,
-            cpu_request: None,
-            memory_request: None,
-            cpu_limit: None,
-            memory_limit: None,
-            service_type: "ClusterIP".into(),
-            existing_secret: None,
-            cluster_domain: "cluster.local".into(),
+            database: database.into(),
+            ..InstallSpec::example(18)
         };
         assert!(spec("app", "learnflow").validate(false).is_ok());
         for (user, db) in [
