@@ -439,13 +439,8 @@ fn restricted_pod_security_admits_the_release() {
     assert_eq!(phase, "Running");
     let events = json(scope.kubectl_ns(&["get", "events", "-o", "json"]));
     let events = events["items"].as_array().unwrap();
-    let created = events.iter().any(|e| {
-        e["reason"] == "SuccessfulCreate"
-            && e["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("Create Pod {POD}")))
-    });
-    assert!(created, "no SuccessfulCreate event for {POD}: {events:#?}");
+    // The pod running is the proof of admission; the controller records its events
+    // asynchronously, so only the absence of a refusal is checked here.
     for event in events {
         let message = event["message"].as_str().unwrap_or_default();
         assert!(
