@@ -448,10 +448,10 @@ pub struct MigrateOptions {
     #[arg(long, global = true)]
     pub dry_run: bool,
     /// How long to wait for the migration lock and for table locks inside a migration (0: forever)
-    #[arg(long, global = true, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", default_value = "60s", value_parser = parse_pg_timeout)]
     pub lock_timeout: Duration,
     /// Abort any statement of a migration that runs longer than this
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_pg_timeout)]
     pub statement_timeout: Option<Duration>,
     /// Apply pending migrations older than the latest applied one instead of refusing
     #[arg(long, global = true)]
@@ -480,7 +480,7 @@ pub enum MigrateAction {
         #[arg(value_name = "RELEASE")]
         release: Option<String>,
         /// Stop after this version
-        #[arg(long, value_name = "VERSION", value_parser = parse_version)]
+        #[arg(long, value_name = "VERSION", value_parser = parse_up_version)]
         to: Option<i64>,
     },
     /// Revert applied migrations (one by default)
@@ -492,8 +492,8 @@ pub enum MigrateAction {
         #[arg(value_name = "RELEASE")]
         release: Option<String>,
         /// How many migrations to revert
-        #[arg(long, value_name = "N", conflicts_with = "to")]
-        steps: Option<usize>,
+        #[arg(long, value_name = "N", conflicts_with = "to", value_parser = clap::value_parser!(u64).range(1..))]
+        steps: Option<u64>,
         /// Revert every migration above this version (0 reverts all)
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
         to: Option<i64>,
@@ -565,8 +565,43 @@ pub fn parse_version(s: &str) -> Result<i64, String> {
         .map_err(|_| format!("{s:?} is too large for a migration version"))
 }
 
-/// Durations as kubectl writes them: `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
+/// `--to` of `migrate up`: a version, which starts at 1 (`down --to 0` reverts everything).
+pub fn parse_up_version(s: &str) -> Result<i64, String> {
+    match parse_version(s)? {
+        0 => Err("0 is no migration version: versions start at 1".into()),
+        v => Ok(v),
+    }
+}
+
+/// The longest duration any flag takes: longer ones overflow a deadline, and mean "forever"
+/// anyway (0 says so where it is allowed).
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Durations as kubectl writes them: `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is
+/// seconds; at most a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_any_duration(s)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is too long: at most 8784h (a year); 0 waits forever where a flag allows it"
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration PostgreSQL takes as a timeout setting: whole milliseconds up to 2147483647
+/// (about 24.8 days), its int limit.
+pub fn parse_pg_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_any_duration(s)?;
+    if d.as_millis() > i32::MAX as u128 {
+        return Err(format!(
+            "{s:?} is more than PostgreSQL accepts: at most 2147483647ms (about 596h)"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_any_duration(s: &str) -> Result<Duration, String> {
     let invalid =
         || format!("invalid duration {s:?}: use a number with a unit, like 500ms, 30s, 5m or 1h");
     let s = s.trim();

@@ -24,6 +24,7 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     let set = MigrationSet::load(options.dir.as_deref())?;
     set.check_transaction_modes()?;
+    check_target(&args.action, &set)?;
     if let Some(dsn) = &options.dsn {
         return run_with(&args, &set, Some(DsnConnector::new(dsn)?)).await;
     }
@@ -92,10 +93,33 @@ async fn run_with<C: Connector>(
     }
 }
 
-fn down_target(steps: Option<usize>, to: Option<i64>) -> DownTarget {
+/// `--to` names a migration of the set (or 0, going down): checked before any connection.
+fn check_target(action: &MigrateAction, set: &MigrationSet) -> Result<(), Error> {
+    let to = match action {
+        MigrateAction::Up { to: Some(v), .. } => *v,
+        MigrateAction::Down { to: Some(v), .. } if *v != 0 => *v,
+        _ => return Ok(()),
+    };
+    if set.get(to).is_some() {
+        return Ok(());
+    }
+    let known: Vec<String> = set.migrations.iter().map(|m| m.label.clone()).collect();
+    Err(Error::InvalidInput {
+        message: format!("--to {to}: no migration has that version"),
+        hint: Some(if known.is_empty() {
+            "the set holds no migration".into()
+        } else {
+            format!("versions in the set: {}", known.join(", "))
+        }),
+    })
+}
+
+fn down_target(steps: Option<u64>, to: Option<i64>) -> DownTarget {
     match (steps, to) {
         (_, Some(to)) => DownTarget::To(to),
-        (steps, None) => DownTarget::Steps(steps.unwrap_or(1)),
+        (steps, None) => {
+            DownTarget::Steps(usize::try_from(steps.unwrap_or(1)).unwrap_or(usize::MAX))
+        }
     }
 }
 

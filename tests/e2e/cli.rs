@@ -119,3 +119,44 @@ fn exit_with_stderr_closed(mut command: std::process::Command) -> Option<i32> {
     }
     command.status().unwrap().code()
 }
+
+/// Values no run could honour are refused before any connection, naming the flag.
+#[test]
+fn impossible_durations_counts_and_versions_are_refused() {
+    for (args, needle) in [
+        (&["status", "--timeout", "99999999999999s"][..], "--timeout"),
+        (
+            &["status", "--request-timeout", "100000h"],
+            "--request-timeout",
+        ),
+        (
+            &["migrate", "up", "--lock-timeout", "700h"],
+            "--lock-timeout",
+        ),
+        (
+            &["migrate", "up", "--statement-timeout", "600h"],
+            "--statement-timeout",
+        ),
+        (&["migrate", "down", "--steps", "0"], "--steps"),
+        (&["migrate", "up", "--to", "0"], "--to"),
+        (
+            &[
+                "migrate",
+                "up",
+                "--to",
+                "999",
+                "--dsn",
+                "postgresql://127.0.0.1:1/x",
+            ],
+            "--to 999",
+        ),
+    ] {
+        let out = crate::kpg(args);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains(needle),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+}
