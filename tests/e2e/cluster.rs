@@ -1504,3 +1504,62 @@ fn migrate_through_the_cluster_survives_a_dropped_stream() {
 fn write(dir: &Path, name: &str, body: &str) {
     std::fs::write(dir.join(name), body).unwrap();
 }
+
+/// API faults the real apiserver does not make on demand, through the proxy: a 500, a server
+/// that never answers, a watch that drops in the middle of an install.
+#[test]
+fn api_faults_give_their_exit_codes_and_watch_drops_are_survived() {
+    let scope = Scope::new("kpg-faults");
+    let ns = scope.ns.as_str();
+    let (proxy, kubeconfig) = proxy(&scope);
+    let via = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--kubeconfig", &kubeconfig, "-n", ns]);
+        scope.kpg(&all)
+    };
+    // A 500 is an unexpected API error: exit 1 with the server's message, no retry loop.
+    proxy.fail_next(1, 500, proxy::Matcher::path("/statefulsets"));
+    let out = via(&["status"]);
+    expect_code(&out, 1);
+    assert!(out.stderr_text().contains("error"), "{}", out.describe());
+    // A server that accepts and never answers is bounded by --request-timeout.
+    proxy.hang(proxy::Matcher::path("/statefulsets"));
+    let started = std::time::Instant::now();
+    let out = via(&["status", "--request-timeout", "2s"]);
+    assert_ne!(out.code(), 0, "{}", out.describe());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    proxy.clear_hang();
+    // Watches cut while install waits: it watches again and finishes.
+    let install = {
+        let mut command = scope.kpg_command(&[
+            "install",
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            ns,
+            "--timeout",
+            "120s",
+            "-o",
+            "json",
+        ]);
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().unwrap()
+    };
+    assert!(
+        proxy.wait_for(std::time::Duration::from_secs(60), |r| r
+            .iter()
+            .any(|r| r.path_and_query.contains("watch=true"))),
+        "install watches"
+    );
+    proxy.drop_watches();
+    let out = install.wait_with_output().unwrap();
+    expect_code(&out, 0);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["phase"], "Healthy", "{}", out.describe());
+}
