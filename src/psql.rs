@@ -104,7 +104,8 @@ pub fn exec_argv(
         argv.push(format!("--as-group={group}"));
     }
     if let Some(t) = global.request_timeout {
-        argv.push(format!("--request-timeout={}s", t.as_secs()));
+        // Whole milliseconds, so 500ms stays 500ms (as whole seconds it became 0s: no timeout).
+        argv.push(format!("--request-timeout={}ms", t.as_millis()));
     }
     argv.extend([
         "--namespace".into(),
@@ -253,6 +254,17 @@ mod tests {
         assert!(
             argv.ends_with("exec -i -t pg-0 -c postgres -- psql -Uother --dbname=x -c select 1"),
             "{argv}"
+        );
+    }
+
+    #[test]
+    fn request_timeout_reaches_kubectl_exactly() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::parse_from(["kubectl-pg", "psql", "--request-timeout", "500ms"]);
+        let argv = exec_argv(&cli.global, "db", &target(), &[], false);
+        assert!(
+            argv.contains(&"--request-timeout=500ms".to_string()),
+            "{argv:?}"
         );
     }
 }
