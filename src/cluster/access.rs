@@ -184,10 +184,26 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The files of `$KUBECONFIG` merged in order, skipping the ones that do not exist, as kubectl
+/// does; `None` when every file is missing (the error then names the first).
+fn read_kubeconfig_list(list: &std::ffi::OsStr) -> Option<Result<Kubeconfig, KubeconfigError>> {
+    let existing: Vec<std::path::PathBuf> = std::env::split_paths(list)
+        .filter(|p| !p.as_os_str().is_empty() && p.exists())
+        .collect();
+    let (first, rest) = existing.split_first()?;
+    let mut merged = Kubeconfig::read_from(first);
+    for path in rest {
+        merged = merged.and_then(|m| m.merge(Kubeconfig::read_from(path)?));
+    }
+    Some(merged)
+}
+
 fn load_kubeconfig(global: &GlobalArgs) -> Result<Kubeconfig, Error> {
-    let result = match &global.kubeconfig {
-        Some(path) => Kubeconfig::read_from(path),
-        None => Kubeconfig::read(),
+    let list = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
+    let result = match (&global.kubeconfig, &list) {
+        (Some(path), _) => Kubeconfig::read_from(path),
+        (None, Some(list)) => read_kubeconfig_list(list).unwrap_or_else(Kubeconfig::read),
+        (None, None) => Kubeconfig::read(),
     };
     result.map_err(|e| match e {
         KubeconfigError::FindPath => Error::Kubeconfig {

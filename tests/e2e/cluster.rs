@@ -1563,3 +1563,29 @@ fn api_faults_give_their_exit_codes_and_watch_drops_are_survived() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["phase"], "Healthy", "{}", out.describe());
 }
+
+/// A KUBECONFIG list whose files are not all there: the missing ones are skipped, as kubectl
+/// skips them.
+#[test]
+fn kubeconfig_lists_skip_missing_files() {
+    let scope = Scope::new("kpg-kclist");
+    let missing = scope.dir.path().join("not-there.kubeconfig");
+    let list = std::env::join_paths([missing.as_path(), scope.plane.kubeconfig.as_path()]).unwrap();
+    let out = scope
+        .kpg_command(&["status", "-n", &scope.ns, "-o", "json"])
+        .env("KUBECONFIG", &list)
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+    let none = scope
+        .kpg_command(&["status", "-n", &scope.ns])
+        .env("KUBECONFIG", missing.as_os_str())
+        .output()
+        .unwrap();
+    expect_code(&none, 2);
+    assert!(
+        none.stderr_text().contains("does not exist"),
+        "{}",
+        none.describe()
+    );
+}
