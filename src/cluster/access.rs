@@ -68,6 +68,15 @@ impl Cluster {
         }
         let context_namespace = named.context.as_ref().and_then(|c| c.namespace.clone());
         let context_user = named.context.as_ref().and_then(|c| c.user.clone());
+        let cluster_name = global
+            .cluster
+            .clone()
+            .or_else(|| named.context.as_ref().map(|c| c.cluster.clone()));
+        let kubeconfig_proxy = kubeconfig
+            .clusters
+            .iter()
+            .find(|c| Some(&c.name) == cluster_name.as_ref())
+            .and_then(|c| c.cluster.as_ref()?.proxy_url.clone());
         let options = KubeConfigOptions {
             context: Some(context.clone()),
             cluster: global.cluster.clone(),
@@ -76,6 +85,16 @@ impl Cluster {
         let mut config = Config::from_custom_kubeconfig(kubeconfig, &options)
             .await
             .map_err(|e| kubeconfig_error(&e, &context))?;
+        // kube reads only HTTPS_PROXY and matches NO_PROXY against the proxy itself; choose as
+        // kubectl does instead.
+        config.proxy_url =
+            super::proxy::choose(&config.cluster_url, kubeconfig_proxy.as_deref(), |name| {
+                std::env::var(name).ok()
+            })
+            .map_err(|message| Error::Kubeconfig {
+                message,
+                hint: Some("fix proxy-url in the kubeconfig, or HTTPS_PROXY / HTTP_PROXY".into()),
+            })?;
         if let Some(user) = &global.as_user {
             config.auth_info.impersonate = Some(user.clone());
         }

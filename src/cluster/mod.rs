@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod exec;
+pub mod proxy;
 pub mod release;
 pub mod tunnel;
 

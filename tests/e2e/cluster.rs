@@ -1589,3 +1589,145 @@ fn kubeconfig_lists_skip_missing_files() {
         none.describe()
     );
 }
+
+/// A CONNECT proxy on loopback that resolves `kubernetes.default.svc` (a name of the
+/// apiserver's certificate that no resolver here knows) to 127.0.0.1: a request that arrives at
+/// the apiserver by that name went through it.
+struct ConnectProxy {
+    port: u16,
+    tunnels: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectProxy {
+    fn start() -> ConnectProxy {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tunnels = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = tunnels.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    let target = line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    let target = target.replace("kubernetes.default.svc", "127.0.0.1");
+                    let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                        let _ = (&client).write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                        return;
+                    };
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = (&client).write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    let (mut up_read, mut up_write) = (upstream.try_clone().unwrap(), upstream);
+                    let mut down_write = client;
+                    let pending = reader.buffer().to_vec();
+                    let _ = up_write.write_all(&pending);
+                    let mut down_read = reader.into_inner();
+                    let forward = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut down_read, &mut up_write);
+                        let _ = up_write.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut up_read, &mut down_write);
+                    let _ = down_write.shutdown(std::net::Shutdown::Write);
+                    let _ = forward.join();
+                });
+            }
+        });
+        ConnectProxy { port, tunnels }
+    }
+
+    fn tunnels(&self) -> usize {
+        self.tunnels.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// kubectl's proxy habits: HTTPS_PROXY (either case) and the kubeconfig's proxy-url reach the
+/// apiserver through a real CONNECT proxy, port-forward streams included; NO_PROXY covering the
+/// server goes direct.
+#[test]
+fn proxies_are_used_as_kubectl_uses_them() {
+    let scope = Scope::new("kpg-proxy");
+    let ns = scope.ns.as_str();
+    let proxy = ConnectProxy::start();
+    let admin = std::fs::read_to_string(&scope.plane.kubeconfig).unwrap();
+    let port = scope.plane.server.rsplit(':').next().unwrap();
+    let by_name = admin.replace(
+        &scope.plane.server,
+        &format!("https://kubernetes.default.svc:{port}"),
+    );
+    let plain = write_file(&scope, "by-name.kubeconfig", &by_name);
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let run = |kubeconfig: &str, env: &[(&str, &str)], args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--kubeconfig", kubeconfig, "-n", ns]);
+        let mut command = scope.kpg_command(&all);
+        for name in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            command.env_remove(name);
+        }
+        command.envs(env.iter().copied());
+        command.output().unwrap()
+    };
+    expect_code(&scope.kpg(&["install", "-n", ns, "--timeout", "120s"]), 0);
+
+    let out = run(
+        &plain,
+        &[("HTTPS_PROXY", &proxy_url)],
+        &["status", "-o", "json"],
+    );
+    expect_code(&out, 0);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["phase"], "Healthy",
+        "the port-forward went through it too: {doc}"
+    );
+    let used = proxy.tunnels();
+    assert!(used > 0, "{}", out.describe());
+    let out = run(
+        &plain,
+        &[("https_proxy", &proxy_url)],
+        &["migrate", "status"],
+    );
+    expect_code(&out, 0);
+    assert!(proxy.tunnels() > used);
+
+    let direct = proxy.tunnels();
+    let out = run(
+        &plain,
+        &[
+            ("HTTPS_PROXY", &proxy_url),
+            ("NO_PROXY", "example.org,.svc"),
+        ],
+        &["status"],
+    );
+    expect_code(&out, 2);
+    assert_eq!(proxy.tunnels(), direct, "NO_PROXY: not through the proxy");
+
+    let with_proxy_url = by_name.replace(
+        &format!("    server: https://kubernetes.default.svc:{port}\n"),
+        &format!("    server: https://kubernetes.default.svc:{port}\n    proxy-url: {proxy_url}\n"),
+    );
+    assert_ne!(with_proxy_url, by_name, "the kubeconfig layout changed");
+    let configured = write_file(&scope, "proxy-url.kubeconfig", &with_proxy_url);
+    let out = run(&configured, &[], &["status", "-o", "json"]);
+    expect_code(&out, 0);
+    assert!(proxy.tunnels() > direct);
+}
