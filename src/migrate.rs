@@ -12,7 +12,7 @@ use crate::migration::engine::{describe, lock_failure};
 use crate::migration::history::{self, literal, History};
 use crate::migration::plan::{self, Step};
 use crate::migration::status::MigrationStatus;
-use crate::migration::{DownTarget, Event, Goal, MigrationSet, Runner, Settings};
+use crate::migration::{DownTarget, Event, Goal, Interrupt, MigrationSet, Runner, Settings};
 use crate::output::{self, emit, paint, Tone};
 
 /// Runs one `migrate` subcommand: against `--dsn` when given, else against the release's
@@ -225,7 +225,8 @@ async fn apply<C: Connector>(
     goal: Goal,
 ) -> Result<(), Error> {
     let settings = settings(options);
-    let mut runner = Runner::new(connector, set, &settings);
+    let interrupt = Interrupt::default();
+    let mut runner = Runner::new(connector, set, &settings).with_interrupt(&interrupt);
     let mut on_event = |event: Event| match event {
         Event::Applied { id, millis } => emit(&format!(
             "{} {id} ({millis} ms)\n",
@@ -241,7 +242,23 @@ async fn apply<C: Connector>(
             paint("warning:", Tone::Warn, Stream::Stderr)
         ),
     };
-    let count = runner.run(goal, &mut on_event).await?;
+    let run = runner.run(goal, &mut on_event);
+    tokio::pin!(run);
+    let count = tokio::select! {
+        result = &mut run => result?,
+        code = interrupted() => {
+            interrupt.request(code);
+            crate::note!("interrupted: cancelling the statement in flight; its migration rolls back");
+            if let Err(e) = interrupt.cancel_in_flight(connector).await {
+                crate::note!("could not send the cancel request: {e}");
+            }
+            // The runner ends on the cancelled statement: nothing commits after we exit.
+            match run.await {
+                Ok(_) => return Err(Error::Exit(code)),
+                Err(e) => return Err(e),
+            }
+        }
+    };
     let verb = match goal {
         Goal::Up { .. } => "applied",
         Goal::Down(_) => "reverted",
@@ -255,6 +272,21 @@ async fn apply<C: Connector>(
         emit(&format!("{count} migration(s) {verb}.\n"));
     }
     Ok(())
+}
+
+/// The first SIGINT or SIGTERM, as the exit code a shell gives it (130, 143).
+async fn interrupted() -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
+    }
 }
 
 async fn status<C: Connector>(

@@ -25,6 +25,43 @@ pub struct Settings {
     pub applied_by: String,
 }
 
+/// A request to stop, from a signal. The runner starts no further step and reports the exit
+/// code; [`Interrupt::cancel_in_flight`] cancels the statement running in its session, so the
+/// migration's transaction rolls back and nothing commits after the command exits.
+#[derive(Debug, Default)]
+pub struct Interrupt {
+    code: std::sync::atomic::AtomicU8,
+    backend: std::sync::Mutex<Option<i32>>,
+}
+
+impl Interrupt {
+    /// Asks the runner to stop; `code` is the exit code (130 for SIGINT, 143 for SIGTERM).
+    pub fn request(&self, code: u8) {
+        self.code.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn requested(&self) -> Option<u8> {
+        Some(self.code.load(std::sync::atomic::Ordering::SeqCst)).filter(|c| *c != 0)
+    }
+
+    /// PostgreSQL's cancel of the runner's backend, from a session of its own (the runner's is
+    /// busy): the statement in flight ends with query_canceled and its transaction rolls back.
+    pub async fn cancel_in_flight<C: Connector>(&self, connector: &C) -> Result<bool, Error> {
+        let Some(pid) = *self.backend.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return Ok(false);
+        };
+        let client = connector.connect().await?;
+        let row = client
+            .query_one("SELECT pg_cancel_backend($1)", &[&pid])
+            .await
+            .map_err(|e| Error::Connection {
+                target: connector.target(),
+                reason: describe(&e),
+            })?;
+        Ok(row.get(0))
+    }
+}
+
 /// Something the runner did, reported as it happens.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -63,6 +100,7 @@ pub struct Runner<'a, C: Connector> {
     set: &'a MigrationSet,
     settings: &'a Settings,
     client: Option<Client>,
+    interrupt: Option<&'a Interrupt>,
 }
 
 enum StepError {
@@ -78,7 +116,18 @@ impl<'a, C: Connector> Runner<'a, C> {
             set,
             settings,
             client: None,
+            interrupt: None,
         }
+    }
+
+    /// Lets a signal stop the run: see [`Interrupt`].
+    pub fn with_interrupt(mut self, interrupt: &'a Interrupt) -> Self {
+        self.interrupt = Some(interrupt);
+        self
+    }
+
+    fn interrupted(&self) -> Option<Error> {
+        self.interrupt?.requested().map(Error::Exit)
     }
 
     /// Runs until the goal is reached; returns the number of migrations run.
@@ -132,6 +181,9 @@ impl<'a, C: Connector> Runner<'a, C> {
                 goal = Goal::Down(DownTarget::To(last.migration.version - 1));
             }
             for step in steps {
+                if let Some(stop) = self.interrupted() {
+                    return Err(stop);
+                }
                 if step.resume_from > 0 {
                     on_event(Event::Resumed {
                         id: step.migration.id(),
@@ -149,6 +201,9 @@ impl<'a, C: Connector> Runner<'a, C> {
                             Direction::Up => Event::Applied { id, millis },
                             Direction::Down => Event::Reverted { id, millis },
                         });
+                    }
+                    Err(_) if self.interrupt.is_some_and(|i| i.requested().is_some()) => {
+                        return Err(self.interrupted().unwrap_or(Error::Exit(130)));
                     }
                     Err(StepError::Lost(reason)) => {
                         losses += 1;
@@ -188,6 +243,15 @@ impl<'a, C: Connector> Runner<'a, C> {
         let result = history::lock_and_read(&client, self.settings.lock_timeout.as_millis()).await;
         match result {
             Ok(history) => {
+                if let Some(interrupt) = self.interrupt {
+                    // The backend a signal's cancel must reach.
+                    let pid: Option<i32> = client
+                        .query_one("SELECT pg_backend_pid()", &[])
+                        .await
+                        .ok()
+                        .map(|row| row.get(0));
+                    *interrupt.backend.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+                }
                 self.client = Some(client);
                 Ok(history)
             }

@@ -7,6 +7,6 @@ pub mod plan;
 pub mod source;
 pub mod status;
 
-pub use engine::{Event, Goal, Runner, Settings};
+pub use engine::{Event, Goal, Interrupt, Runner, Settings};
 pub use plan::DownTarget;
 pub use source::MigrationSet;

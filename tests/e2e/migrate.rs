@@ -947,3 +947,58 @@ fn tls_modes_follow_libpq() {
         mismatch.describe()
     );
 }
+
+/// SIGINT or SIGTERM during a migration cancels its statement through PostgreSQL's cancel
+/// request: the migration rolls back, nothing commits after the command exits, and the exit
+/// code is the shell's (130, 143).
+#[test]
+fn a_signal_cancels_the_migration_in_flight() {
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let db = TestDb::new();
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);\n");
+        write(
+            dir.path(),
+            "002_b.up.sql",
+            "CREATE TABLE b (id int);\nSELECT pg_sleep(60);\n",
+        );
+        let dsn = db.dsn();
+        let child = crate::kpg_command(&["migrate", "up", "--dir", &dir_arg(&dir), "--dsn", &dsn])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait on the condition: the sleep is running in the migration's transaction.
+        let started = std::time::Instant::now();
+        while db
+            .scalar("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()")
+            .as_deref()
+            != Some("1")
+        {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the migration never started");
+            std::thread::yield_now();
+        }
+        let kill = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        expect_code(&out, code);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "cancelled, not waited out"
+        );
+        assert!(
+            out.stderr_text().contains("interrupted"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(applied_versions(&db), [1]);
+        assert!(!table_exists(&db, "b"), "nothing of 002 committed");
+        let busy = db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+        );
+        assert_eq!(busy.as_deref(), Some("0"), "no statement left running");
+    }
+}
