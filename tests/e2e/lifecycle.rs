@@ -222,6 +222,15 @@ fn nothing_that_is_not_the_release_is_written_or_deleted() {
         jsonpath(&scope, "secret/app-credentials", "{.data.password}"),
         password
     );
+    // A rerun over the deployed release finishes what is missing: here, the migrations.
+    let rerun = scope.kpg(&["install", "app", "-n", ns, "--migrate", "-o", "json"]);
+    expect_code(&rerun, 0);
+    assert_eq!(
+        json(&rerun)["migrations_applied_count"],
+        6,
+        "{}",
+        rerun.describe()
+    );
     let all = scope.kpg(&["uninstall", "app", "-n", ns, "--delete-data", "--yes"]);
     expect_code(&all, 0);
     let left = scope.kubectl_ns(&["get", "secrets,pvc", "-o", "name"]);
