@@ -79,6 +79,12 @@ fn start() -> ControlPlane {
         .arg("-dir")
         .arg(&state)
         .arg("-stdin")
+        // The volumes of every test's PostgreSQL: gone with the run, unless asked to keep them.
+        .args(
+            std::env::var_os("KPG_KEEP_STATE")
+                .is_none()
+                .then_some("-remove-dir"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -32,6 +32,7 @@ var (
 	stateDir    = flag.String("dir", "", "state directory (a new temporary one when empty)")
 	kubeconfig  = flag.String("kubeconfig", "", "where to write the admin kubeconfig (default DIR/admin.kubeconfig)")
 	watchStdin  = flag.Bool("stdin", false, "stop when standard input closes")
+	removeDir   = flag.Bool("remove-dir", false, "remove the state directory (volumes, logs) once stopped")
 	nodeCPU     = flag.String("node-cpu", "4", "the node's allocatable cpu")
 	nodeMemory  = flag.String("node-memory", "16Gi", "the node's allocatable memory")
 	startupWait = flag.Duration("startup-timeout", 3*time.Minute, "how long the control plane may take to answer")
@@ -163,6 +164,9 @@ func main() {
 		cancel()
 		stopNode()
 		sup.stop()
+		if *removeDir && code == 0 {
+			_ = os.RemoveAll(dir)
+		}
 		os.Exit(code)
 	}
 	signals := make(chan os.Signal, 1)
