@@ -451,3 +451,81 @@ fn restricted_pod_security_admits_the_release() {
     let table = ok(scope.kubectl_ns(&["get", "events"]));
     assert!(!table.contains("violates PodSecurity"), "{table}");
 }
+
+/// Storage as a cloud cluster has it: the default class binds on the first consumer and grows
+/// (the resizer sets the capacity), the `immediate` class binds at once and cannot grow.
+#[test]
+fn volumes_bind_and_grow_as_their_class_allows() {
+    let scope = Scope::new("kpg-storage");
+    let claim = |name: &str, class: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{accessModes: [ReadWriteOnce], storageClassName: {class}, resources: {{requests: {{storage: 1Gi}}}}}}\n",
+            ns = scope.ns
+        )
+    };
+    let applied = scope.plane.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "{}---\n{}",
+            claim("fixed", "immediate"),
+            claim("grows", "standard")
+        ),
+    );
+    assert!(applied.status.success(), "{}", applied.describe());
+    ok(scope.kubectl_ns(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Bound",
+        "pvc/fixed",
+        "--timeout=60s",
+    ]));
+    let pending = ok(scope.kubectl_ns(&["get", "pvc", "grows", "-o", "jsonpath={.status.phase}"]));
+    assert_eq!(pending, "Pending", "WaitForFirstConsumer: no consumer yet");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: consumer, namespace: {ns}}}\nspec:\n  containers:\n  - \
+         {{name: c, image: busybox, command: [sleep, '3600']}}\n  volumes:\n  - {{name: v, persistentVolumeClaim: {{claimName: grows}}}}\n",
+        ns = scope.ns
+    );
+    let created = scope.plane.kubectl_stdin(&["apply", "-f", "-"], &pod);
+    assert!(created.status.success(), "{}", created.describe());
+    ok(scope.kubectl_ns(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Bound",
+        "pvc/grows",
+        "--timeout=60s",
+    ]));
+
+    let grow = |name: &str| {
+        scope.kubectl_ns(&[
+            "patch",
+            "pvc",
+            name,
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+        ])
+    };
+    let refused = grow("fixed");
+    assert!(!refused.status.success(), "{}", refused.describe());
+    assert!(
+        refused
+            .stderr_text()
+            .contains("storageclass that provisions the pvc must support resize"),
+        "{}",
+        refused.describe()
+    );
+    let grown = grow("grows");
+    assert!(grown.status.success(), "{}", grown.describe());
+    ok(scope.kubectl_ns(&[
+        "wait",
+        "--for=jsonpath={.status.capacity.storage}=2Gi",
+        "pvc/grows",
+        "--timeout=60s",
+    ]));
+    let events = ok(scope.kubectl_ns(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=grows",
+    ]));
+    assert!(events.contains("ProvisioningSucceeded"), "{events}");
+}

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 )
 
@@ -150,27 +151,56 @@ func (n *node) resize(ctx context.Context, pvc *corev1.PersistentVolumeClaim) {
 		return
 	}
 	claims := n.client.CoreV1().PersistentVolumeClaims(pvc.Namespace)
-	live, err := claims.Get(ctx, pvc.Name, metav1.GetOptions{})
-	if err != nil {
-		return
+	// Other controllers write the claim's status too (the Unused condition): re-read on conflict.
+	updateStatus := func(change func(*corev1.PersistentVolumeClaim)) (*corev1.PersistentVolumeClaim, error) {
+		var out *corev1.PersistentVolumeClaim
+		err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+			live, err := claims.Get(ctx, pvc.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			change(live)
+			out, err = claims.UpdateStatus(ctx, live, metav1.UpdateOptions{})
+			return err
+		})
+		return out, err
 	}
-	live.Status.Conditions = []corev1.PersistentVolumeClaimCondition{{Type: corev1.PersistentVolumeClaimResizing, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}
-	if live, err = claims.UpdateStatus(ctx, live, metav1.UpdateOptions{}); err != nil {
+	withoutResizing := func(conditions []corev1.PersistentVolumeClaimCondition) []corev1.PersistentVolumeClaimCondition {
+		var kept []corev1.PersistentVolumeClaimCondition
+		for _, c := range conditions {
+			if c.Type != corev1.PersistentVolumeClaimResizing && c.Type != corev1.PersistentVolumeClaimFileSystemResizePending {
+				kept = append(kept, c)
+			}
+		}
+		return kept
+	}
+	live, err := updateStatus(func(c *corev1.PersistentVolumeClaim) {
+		c.Status.Conditions = append(withoutResizing(c.Status.Conditions), corev1.PersistentVolumeClaimCondition{
+			Type: corev1.PersistentVolumeClaimResizing, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now(),
+		})
+	})
+	if err != nil {
 		return
 	}
 	n.recorder.Eventf(live, corev1.EventTypeNormal, "Resizing", "External resizer is resizing volume %s", live.Spec.VolumeName)
-	pv, err := n.client.CoreV1().PersistentVolumes().Get(ctx, live.Spec.VolumeName, metav1.GetOptions{})
+	err = retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		pv, err := n.client.CoreV1().PersistentVolumes().Get(ctx, live.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		pv.Spec.Capacity[corev1.ResourceStorage] = want
+		_, err = n.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
 		return
 	}
-	pv.Spec.Capacity[corev1.ResourceStorage] = want
-	if _, err := n.client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
-		return
-	}
-	live.Status.Capacity = corev1.ResourceList{corev1.ResourceStorage: want}
-	live.Status.Conditions = nil
-	live.Status.AllocatedResources = corev1.ResourceList{corev1.ResourceStorage: want}
-	if _, err := claims.UpdateStatus(ctx, live, metav1.UpdateOptions{}); err == nil {
+	live, err = updateStatus(func(c *corev1.PersistentVolumeClaim) {
+		c.Status.Capacity = corev1.ResourceList{corev1.ResourceStorage: want}
+		c.Status.AllocatedResources = corev1.ResourceList{corev1.ResourceStorage: want}
+		c.Status.Conditions = withoutResizing(c.Status.Conditions)
+	})
+	if err == nil {
 		n.recorder.Eventf(live, corev1.EventTypeNormal, "VolumeResizeSuccessful", "resize volume %q by resizer %q finished successfully", live.Spec.VolumeName, provisioner)
 	}
 }
