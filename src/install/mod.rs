@@ -97,6 +97,24 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
         return summary(&cluster, &spec, &args).await;
     }
+    if let Some(major) = existing
+        .pvc_major
+        .filter(|m| *m != spec.major && live.is_none())
+    {
+        // The server of another major would not read these files: 17 over 16 crash-loops, 18
+        // over 17 starts a new, empty database beside them and reports Healthy.
+        return Err(Error::InvalidInput {
+            message: format!(
+                "PVC {} holds PostgreSQL {major} data: installing {} over it would not use that data",
+                render::data_pvc_name(&spec),
+                spec.major
+            ),
+            hint: Some(format!(
+                "install it as it was: kubectl pg install {} -n {} --postgres-version {major}; then move majors with kubectl pg upgrade",
+                spec.release, spec.namespace
+            )),
+        });
+    }
     if !existing.namespace {
         // A user's Secret cannot live in a namespace that does not exist yet: say so before
         // anything is created, rather than leave an empty namespace behind.
@@ -137,6 +155,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         if secret.created { ", Secret" } else { "" }
     );
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
+    if existing.pvc_major.is_none() {
+        record_data_major(&cluster, &spec).await;
+    }
     crate::note!(
         "pod {} ready after {:.1}s",
         release::pod_name(&spec.release),
@@ -209,6 +230,21 @@ async fn create_namespace(cluster: &Cluster, name: &str) -> Result<(), Error> {
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(cluster.error("create", "namespaces", e)),
     }
+}
+
+/// Records on the data claim which major initialised it, so a later install of another major
+/// over the kept claim is refused. Best effort: a user without `patch` on claims keeps going.
+async fn record_data_major(cluster: &Cluster, spec: &InstallSpec) {
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let patch = json!({ "metadata": { "annotations": { preflight::ANNOTATION_DATA_MAJOR: spec.major.to_string() } } });
+    let _ = pvcs
+        .patch(
+            &render::data_pvc_name(spec),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await;
 }
 
 /// The flags as given: an unset flag is `None`, so an upgrade keeps the live value.

@@ -22,6 +22,8 @@ pub(super) struct Existing {
     pub(super) namespace: bool,
     pub(super) statefulset: bool,
     pub(super) pvc: bool,
+    /// The PostgreSQL major the kept data volume holds, when recorded.
+    pub(super) pvc_major: Option<u32>,
 }
 
 /// Checks, all at once, what exists, the StorageClass, quotas and permissions; exit 6 with
@@ -81,11 +83,31 @@ pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<E
             .items;
         check_quotas(&quotas, spec, pvc.is_some())?;
     }
+    let pvc_major = pvc.as_ref().and_then(data_major);
     Ok(Existing {
         namespace: namespace.is_some(),
         statefulset: sts.is_some(),
         pvc: pvc.is_some(),
+        pvc_major,
     })
+}
+
+/// The annotation on the data claim that records the major of the data in it.
+pub(super) const ANNOTATION_DATA_MAJOR: &str = "kubectl-pg.io/postgres-major";
+
+/// The major a claim's data was initialised with: our annotation, else the version label that
+/// claims made by older versions of kubectl-pg carry from the StatefulSet's template.
+fn data_major(pvc: &PersistentVolumeClaim) -> Option<u32> {
+    let meta = &pvc.metadata;
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_DATA_MAJOR))
+        .or_else(|| {
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(release::LABEL_VERSION))
+        })
+        .and_then(|v| v.split('.').next()?.parse().ok())
 }
 
 /// An object of the release's names that kubectl-pg did not make for this release is someone

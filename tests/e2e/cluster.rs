@@ -814,6 +814,23 @@ fn install_failures_are_diagnosed_with_their_exit_codes() {
             install(&scope, &crash, "postgres", &["--postgres-version", "17"]);
             expect_code(&scope.kpg(&["uninstall", "-n", &crash]), 0);
             assert!(get(&scope, &crash, "pvc/data-postgres-0").is_some());
+            // The claim records its major: another one is refused before any change.
+            let refused = run_install(&crash, &["--postgres-version", "16"]);
+            expect_code(&refused, 1);
+            assert!(
+                refused.stderr_text().contains("holds PostgreSQL 17 data"),
+                "{}",
+                refused.describe()
+            );
+            // A claim that does not say (made by hand, or by an older kubectl-pg): the server
+            // itself refuses the files, and the pod crash-loops.
+            kubectl_ok(scope.kubectl(&[
+                "annotate",
+                "-n",
+                &crash,
+                "pvc/data-postgres-0",
+                "kubectl-pg.io/postgres-major-",
+            ]));
             let out = run_install(&crash, &["--postgres-version", "16"]);
             expect_code(&out, 5);
             let err = out.stderr_text();
