@@ -24,6 +24,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"k8s.io/klog/v2"
 )
 
 var (
@@ -137,6 +139,10 @@ func main() {
 		return
 	}
 	flag.Parse()
+	// The streaming library logs every stream a client closes; the components' own logs are in
+	// DIR/logs, and this process reports its errors itself.
+	klog.LogToStderr(false)
+	klog.SetOutput(io.Discard)
 	if *binDir == "" || *pgRoot == "" {
 		fail("-bin and -postgres are required")
 	}
