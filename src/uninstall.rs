@@ -6,11 +6,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::wait::{await_condition, conditions};
 
 use crate::cli::{GlobalArgs, UninstallArgs};
-use crate::cluster::release::{self, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::cluster::release;
 use crate::cluster::Cluster;
 use crate::deployment::observe::{self, pvc_name};
 use crate::error::Error;
@@ -39,11 +39,7 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let ours = |meta: &ObjectMeta| {
-        let labels = meta.labels.as_ref();
-        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-        get(LABEL_MANAGED_BY) == Some(MANAGED_BY) && get(LABEL_INSTANCE) == Some(release.as_str())
-    };
+    let ours = |meta: &ObjectMeta| release::made_for(meta, &release);
     let headless = format!("{release}-hl");
     let secret_name = release::secret_name(&release);
     let pvc = pvc_name(&release);
@@ -81,14 +77,7 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
             ));
             continue;
         }
-        // The UID precondition: never delete an object re-created meanwhile by someone else.
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: meta.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
+        let params = release::delete_only(meta.uid.clone());
         let result = match resource {
             "statefulsets" => sets.delete(&name, &params).await.map(|_| ()),
             "services" => services.delete(&name, &params).await.map(|_| ()),

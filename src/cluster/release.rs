@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 
 use super::access::Cluster;
@@ -33,6 +34,30 @@ pub fn pod_name(release: &str) -> String {
 /// `app.kubernetes.io/name=postgresql,app.kubernetes.io/instance=R`
 pub fn selector(release: &str) -> String {
     format!("{LABEL_NAME}=postgresql,{LABEL_INSTANCE}={release}")
+}
+
+/// Whether kubectl-pg made the object for this release (its managed-by and instance labels):
+/// only those does it change or delete.
+pub fn made_for(meta: &ObjectMeta, release: &str) -> bool {
+    let label = |k: &str| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .map(String::as_str)
+    };
+    label(LABEL_MANAGED_BY) == Some(MANAGED_BY) && label(LABEL_INSTANCE) == Some(release)
+}
+
+/// Delete parameters that delete only the object with this UID: never one re-created
+/// meanwhile under the same name by someone else. Dependents go in the background.
+pub fn delete_only(uid: Option<String>) -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..kube::api::DeleteParams::background()
+    }
 }
 
 /// The cluster DNS domain most clusters use; `install --cluster-domain` records another.
@@ -159,13 +184,7 @@ impl Credentials {
     /// Reads `username`, `password` and `database` (required) and `host`, `port` (optional).
     pub fn from_secret(secret: &Secret) -> Result<Self, Error> {
         let name = secret.metadata.name.clone().unwrap_or_default();
-        let mut values = BTreeMap::new();
-        for (key, value) in secret.data.iter().flatten() {
-            values.insert(key.clone(), String::from_utf8_lossy(&value.0).into_owned());
-        }
-        for (key, value) in secret.string_data.iter().flatten() {
-            values.insert(key.clone(), value.clone());
-        }
+        let values = secret_values(secret);
         let missing: Vec<&str> = ["username", "password", "database"]
             .into_iter()
             .filter(|k| values.get(*k).is_none_or(|v| v.is_empty()))
@@ -264,13 +283,7 @@ impl CredentialSource {
 
     /// The credentials in `secret`, as the pod reads them.
     pub fn resolve(&self, secret: &Secret) -> Result<Credentials, Error> {
-        let mut values = BTreeMap::new();
-        for (key, value) in secret.data.iter().flatten() {
-            values.insert(key.clone(), String::from_utf8_lossy(&value.0).into_owned());
-        }
-        for (key, value) in secret.string_data.iter().flatten() {
-            values.insert(key.clone(), value.clone());
-        }
+        let values = secret_values(secret);
         let get = |v: &EnvValue| -> Result<String, Error> {
             match v {
                 EnvValue::Literal(text) => Ok(text.clone()),
@@ -289,6 +302,18 @@ impl CredentialSource {
             port: values.get("port").and_then(|p| p.parse().ok()),
         })
     }
+}
+
+/// A Secret's keys and values as text (`data`, then `stringData`, which the server merges).
+pub fn secret_values(secret: &Secret) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    for (key, value) in secret.data.iter().flatten() {
+        values.insert(key.clone(), String::from_utf8_lossy(&value.0).into_owned());
+    }
+    for (key, value) in secret.string_data.iter().flatten() {
+        values.insert(key.clone(), value.clone());
+    }
+    values
 }
 
 /// A key the release needs is not in its Secret (exit 1).

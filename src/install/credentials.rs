@@ -57,21 +57,8 @@ pub(super) fn user_secret_credentials(
     spec: &InstallSpec,
 ) -> Result<Credentials, Error> {
     let name = secret.metadata.name.clone().unwrap_or_default();
-    let value = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .cloned()
-            })
-            .filter(|v| !v.is_empty())
-    };
+    let values = release::secret_values(secret);
+    let value = |key: &str| values.get(key).filter(|v| !v.is_empty()).cloned();
     let password = value("password").ok_or_else(|| release::missing_key(&name, "password"))?;
     Ok(Credentials {
         username: value("username").unwrap_or_else(|| spec.username.clone()),
@@ -187,13 +174,7 @@ pub(super) async fn take_back(cluster: &Cluster, spec: &InstallSpec, outcome: &S
         return;
     }
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
-    let params = kube::api::DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: outcome.created_uid.clone(),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
+    let params = release::delete_only(outcome.created_uid.clone());
     if secrets.delete(&spec.secret_name(), &params).await.is_ok() {
         crate::note!(
             "deleted the new Secret {} again: the database still has its old password; rerun install to retry",

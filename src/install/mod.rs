@@ -282,21 +282,24 @@ async fn read_live(cluster: &Cluster, release: &str) -> Result<Option<Live>, Err
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
     let pod_name = release::pod_name(release);
-    let (sts, svc, pod) = tokio::join!(
+    let ours = release::secret_name(release);
+    let (sts, svc, pod, secret) = tokio::join!(
         sets.get_opt(release),
         services.get_opt(release),
         pods.get_opt(&pod_name),
+        secrets.get_opt(&ours),
     );
     let Some(sts) = sts.map_err(|e| cluster.error("get", "statefulsets", e))? else {
         return Ok(None);
     };
     let svc = svc.map_err(|e| cluster.error("get", "services", e))?;
     let pod = pod.map_err(|e| cluster.error("get", "pods", e))?;
-    let first = manifests::live::read(&sts, svc.as_ref(), None);
-    let credentials = match secrets.get_opt(&first.secret_name()).await {
-        Ok(Some(secret)) => Credentials::from_secret(&secret).ok(),
-        _ => None,
-    };
+    // The credentials as the pod reads them: a user's basic-auth Secret may lack username.
+    let source = release::CredentialSource::of(release, Some(&sts));
+    let credentials = source
+        .secret_from(cluster, ns, release, secret)
+        .await?
+        .and_then(|s| source.resolve(&s).ok());
     let spec = manifests::live::read(&sts, svc.as_ref(), credentials.as_ref());
     Ok(Some(Live { sts, spec, pod }))
 }
@@ -319,13 +322,7 @@ async fn forced_rollback(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> 
     }
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &spec.namespace);
     let name = release::pod_name(&spec.release);
-    let params = kube::api::DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: pod.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
+    let params = release::delete_only(pod.metadata.uid.clone());
     match pods.delete(&name, &params).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),

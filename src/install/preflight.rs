@@ -113,15 +113,7 @@ fn data_major(pvc: &PersistentVolumeClaim) -> Option<u32> {
 /// An object of the release's names that kubectl-pg did not make for this release is someone
 /// else's: install must not take it over (server-side apply would, with `force`).
 fn check_owned(kind: &str, meta: &ObjectMeta, spec: &InstallSpec) -> Result<(), Error> {
-    let label = |k: &str| {
-        meta.labels
-            .as_ref()
-            .and_then(|l| l.get(k))
-            .map(String::as_str)
-    };
-    if label(release::LABEL_MANAGED_BY) == Some(release::MANAGED_BY)
-        && label(release::LABEL_INSTANCE) == Some(spec.release.as_str())
-    {
+    if release::made_for(meta, &spec.release) {
         return Ok(());
     }
     let name = meta.name.as_deref().unwrap_or_default();

@@ -47,12 +47,8 @@ pub fn read(
         .map(|q| q.0.clone())
         .unwrap_or_else(|| "8Gi".into());
     let storage_class = claim_spec.and_then(|s| s.storage_class_name.clone());
-    let secret = container
-        .and_then(|c| c.env.as_ref())
-        .and_then(|env| env.iter().find(|e| e.name == "POSTGRES_PASSWORD"))
-        .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
-        .map(|r| r.name.clone());
-    let existing_secret = secret.filter(|s| *s != release::secret_name(&release));
+    let source = release::CredentialSource::of(&release, Some(sts));
+    let existing_secret = (!source.is_ours(&release)).then_some(source.secret);
     InstallSpec {
         major,
         image,

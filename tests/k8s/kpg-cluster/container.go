@@ -334,38 +334,38 @@ func (c *container) resolveEnv() ([]string, error) {
 			v = expand(v)
 		case e.ValueFrom.SecretKeyRef != nil:
 			ref := e.ValueFrom.SecretKeyRef
-			optional := ref.Optional != nil && *ref.Optional
-			s, err := client.Secrets(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+			val, ok, err := keyRef("Secret", pod.Namespace, ref.Name, ref.Key, ref.Optional, func() (map[string]string, error) {
+				sec, err := client.Secrets(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+				if err != nil {
+					return nil, err
+				}
+				data := map[string]string{}
+				for k, b := range sec.Data {
+					data[k] = string(b)
+				}
+				return data, nil
+			})
 			if err != nil {
-				if optional {
-					continue
-				}
-				return nil, fmt.Errorf("secret %q not found", ref.Name)
+				return nil, err
 			}
-			b, ok := s.Data[ref.Key]
 			if !ok {
-				if optional {
-					continue
-				}
-				return nil, fmt.Errorf("couldn't find key %s in Secret %s/%s", ref.Key, pod.Namespace, ref.Name)
+				continue
 			}
-			v = string(b)
+			v = val
 		case e.ValueFrom.ConfigMapKeyRef != nil:
 			ref := e.ValueFrom.ConfigMapKeyRef
-			optional := ref.Optional != nil && *ref.Optional
-			cm, err := client.ConfigMaps(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+			val, ok, err := keyRef("ConfigMap", pod.Namespace, ref.Name, ref.Key, ref.Optional, func() (map[string]string, error) {
+				cm, err := client.ConfigMaps(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+				if err != nil {
+					return nil, err
+				}
+				return cm.Data, nil
+			})
 			if err != nil {
-				if optional {
-					continue
-				}
-				return nil, fmt.Errorf("configmap %q not found", ref.Name)
+				return nil, err
 			}
-			val, ok := cm.Data[ref.Key]
 			if !ok {
-				if optional {
-					continue
-				}
-				return nil, fmt.Errorf("couldn't find key %s in ConfigMap %s/%s", ref.Key, pod.Namespace, ref.Name)
+				continue
 			}
 			v = val
 		case e.ValueFrom.FieldRef != nil:
@@ -396,6 +396,27 @@ func (c *container) resolveEnv() ([]string, error) {
 	c.env = env
 	c.mu.Unlock()
 	return env, nil
+}
+
+// keyRef reads one key of a Secret or ConfigMap as the kubelet does: a missing object or key is
+// an error unless the reference is optional, when the variable is left out (ok false).
+func keyRef(kind, ns, name, key string, optional *bool, read func() (map[string]string, error)) (string, bool, error) {
+	skip := optional != nil && *optional
+	data, err := read()
+	if err != nil {
+		if skip {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("%s %q not found", strings.ToLower(kind), name)
+	}
+	val, found := data[key]
+	if !found {
+		if skip {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("couldn't find key %s in %s %s/%s", key, kind, ns, name)
+	}
+	return val, true, nil
 }
 
 // lineWriter stores container output as the CRI log format: "TIME STREAM F LINE".
