@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::output::{ColorChoice, OutputFormat};
+
 const ABOUT: &str =
     "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn";
 
@@ -67,6 +69,20 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
+    /// The connection flags in the cluster layer's own terms.
+    pub fn connect_options(&self) -> crate::cluster::access::ConnectOptions {
+        crate::cluster::access::ConnectOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            cluster: self.cluster.clone(),
+            user: self.user.clone(),
+            namespace: self.namespace.clone(),
+            as_user: self.as_user.clone(),
+            as_group: self.as_group.clone(),
+            request_timeout: self.request_timeout,
+        }
+    }
+
     /// Empty flags, filled in by [`GlobalArgs::set`] while completing a partial command line.
     pub fn default_for_completion() -> Self {
         Self {
@@ -96,13 +112,6 @@ impl GlobalArgs {
             _ => {}
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ColorChoice {
-    Auto,
-    Always,
-    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -459,14 +468,6 @@ pub struct MigrateOptions {
     /// Output format of status: table, json or yaml
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Wide,
-    Json,
-    Yaml,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,25 +7,18 @@
 
 pub mod cli;
 pub mod cluster;
-pub mod completion;
-pub mod connection;
+pub mod commands;
 pub mod database;
 pub mod deployment;
-pub mod dsn;
 pub mod error;
-pub mod install;
 pub mod manifests;
-pub mod migrate;
 pub mod migration;
 pub mod output;
-pub mod psql;
-pub mod status;
-pub mod uninstall;
-pub mod version;
 
 pub use error::Error;
 
 use cli::{Cli, Command};
+use commands::{completion, dsn, install, migrate, psql, status, uninstall, version};
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
 pub fn complete(args: &[String]) -> String {

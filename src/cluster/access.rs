@@ -6,11 +6,24 @@
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 
-use crate::cli::GlobalArgs;
 use crate::error::Error;
 
 /// The namespace used when neither `-n` nor the context names one (the seed's default).
 pub const DEFAULT_NAMESPACE: &str = "postgres";
+
+/// kubectl's connection flags, as the cluster layer takes them.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+    pub cluster: Option<String>,
+    pub user: Option<String>,
+    pub namespace: Option<String>,
+    pub as_user: Option<String>,
+    pub as_group: Vec<String>,
+    /// Bounds each API request; zero means none.
+    pub request_timeout: Option<std::time::Duration>,
+}
 
 /// A client for one context, with what messages need to name it.
 #[derive(Clone)]
@@ -27,7 +40,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Builds a client from the kubeconfig and flags; no request is sent yet.
-    pub async fn connect(global: &GlobalArgs) -> Result<Self, Error> {
+    pub async fn connect(global: &ConnectOptions) -> Result<Self, Error> {
         let kubeconfig = load_kubeconfig(global)?;
         let context = global
             .context
@@ -217,7 +230,7 @@ fn read_kubeconfig_list(list: &std::ffi::OsStr) -> Option<Result<Kubeconfig, Kub
     Some(merged)
 }
 
-fn load_kubeconfig(global: &GlobalArgs) -> Result<Kubeconfig, Error> {
+fn load_kubeconfig(global: &ConnectOptions) -> Result<Kubeconfig, Error> {
     let list = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
     let result = match (&global.kubeconfig, &list) {
         (Some(path), _) => Kubeconfig::read_from(path),

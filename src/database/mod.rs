@@ -1,6 +1,7 @@
 //! Database connections: from a connection string (`--dsn`), with libpq's TLS modes, and the
 //! retry policy every command shares.
 
+pub mod connection;
 pub mod dsn;
 pub mod tls;
 

@@ -6,7 +6,7 @@ use super::assess::{Assessment, Problem};
 use super::observe::Observed;
 use super::probe::DbCheck;
 use crate::cluster::release::{self, DATABASE_PORT};
-use crate::connection::DatabaseConnection;
+use crate::database::connection::DatabaseConnection;
 use crate::migration::status::MigrationStatus;
 use crate::migration::MigrationSet;
 use crate::output::API_VERSION;

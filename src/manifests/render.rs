@@ -14,6 +14,8 @@ use crate::deployment::observe::pvc_name;
 pub const FIELD_MANAGER: &str = "kubectl-pg";
 /// The official image runs PostgreSQL as this uid/gid (Debian variants).
 const POSTGRES_UID: i64 = 999;
+/// The server's container in the pod: exec, logs and probes name it.
+pub const CONTAINER: &str = "postgres";
 
 /// The labels on every object of a release.
 pub fn labels(spec: &InstallSpec) -> Value {
@@ -60,7 +62,7 @@ fn data_layout(major: u32) -> (&'static str, Option<&'static str>) {
 /// `Secret R-credentials` with the given password.
 pub fn secret(spec: &InstallSpec, password: &str) -> Value {
     let host = release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
-    let connection = crate::connection::DatabaseConnection::new(
+    let connection = crate::database::connection::DatabaseConnection::new(
         host.clone(),
         DATABASE_PORT,
         spec.database.clone(),
@@ -211,7 +213,7 @@ pub fn statefulset(spec: &InstallSpec) -> Value {
                         "seccompProfile": { "type": "RuntimeDefault" },
                     },
                     "containers": [{
-                        "name": "postgres",
+                        "name": CONTAINER,
                         "image": spec.image,
                         "imagePullPolicy": "IfNotPresent",
                         "ports": [{ "name": "postgresql", "containerPort": DATABASE_PORT, "protocol": "TCP" }],

@@ -3,8 +3,24 @@
 use owo_colors::{OwoColorize, Stream};
 use serde::Serialize;
 
-use crate::cli::{ColorChoice, OutputFormat};
 use crate::error::Error;
+
+/// When to colour (`--color`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// How a result is printed (`-o`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
 
 /// The `apiVersion` of every document we print.
 pub const API_VERSION: &str = "kubectl-pg/v1";

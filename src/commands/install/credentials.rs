@@ -202,7 +202,7 @@ pub(super) async fn set_password_in_database(
         cluster,
         &spec.namespace,
         &release::pod_name(&spec.release),
-        crate::psql::CONTAINER,
+        crate::manifests::render::CONTAINER,
         &[
             "psql",
             "-v",
@@ -248,7 +248,7 @@ psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/de
         cluster,
         &spec.namespace,
         &release::pod_name(&spec.release),
-        crate::psql::CONTAINER,
+        crate::manifests::render::CONTAINER,
         &["sh", "-s"],
         SCRIPT,
     )

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::output::emit;
 
 pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let cluster = Cluster::connect(global).await?;
+    let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let ns = cluster.namespace.clone();
     let observed = observe::observe(&cluster, &ns, &release).await?;

@@ -62,7 +62,7 @@ pub async fn run(args: VersionArgs, global: &GlobalArgs) -> Result<(), Error> {
 
 async fn server_version(global: &GlobalArgs) -> Option<String> {
     let lookup = async {
-        let cluster = Cluster::connect(global).await.ok()?;
+        let cluster = Cluster::connect(&global.connect_options()).await.ok()?;
         cluster
             .client
             .apiserver_version()

@@ -41,7 +41,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if args.dry_run {
         return dry_run(&args, global, password);
     }
-    let cluster = Cluster::connect(global).await?;
+    let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = match &args.release {
         Some(r) => r.clone(),
         None => release::DEFAULT_RELEASE.to_string(),
@@ -486,7 +486,7 @@ async fn migrate(
 async fn summary(cluster: &Cluster, spec: &InstallSpec, args: &InstallArgs) -> Result<(), Error> {
     let set = MigrationSet::load(args.dir.as_deref())?;
     let (mut status, _) =
-        crate::status::read(cluster, &spec.namespace, &spec.release, &set).await?;
+        crate::commands::status::read(cluster, &spec.namespace, &spec.release, &set).await?;
     if args.show_password {
         let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
         if let Ok(secret) = secrets.get(&spec.secret_name()).await {
@@ -494,7 +494,7 @@ async fn summary(cluster: &Cluster, spec: &InstallSpec, args: &InstallArgs) -> R
                 let host =
                     release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
                 status.connection_string = Some(
-                    crate::connection::DatabaseConnection::new(
+                    crate::database::connection::DatabaseConnection::new(
                         host,
                         release::DATABASE_PORT,
                         c.database,
@@ -510,5 +510,5 @@ async fn summary(cluster: &Cluster, spec: &InstallSpec, args: &InstallArgs) -> R
     if output::document(format, &status)?.is_none() && std::io::stderr().is_terminal() {
         crate::note!();
     }
-    crate::status::render_one(&status, format)
+    crate::commands::status::render_one(&status, format)
 }

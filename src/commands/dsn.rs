@@ -6,12 +6,12 @@ use kube::api::{Api, ListParams};
 use crate::cli::{DsnArgs, DsnFormat, GlobalArgs};
 use crate::cluster::release::{self, DATABASE_PORT};
 use crate::cluster::Cluster;
-use crate::connection::DatabaseConnection;
+use crate::database::connection::DatabaseConnection;
 use crate::error::Error;
 use crate::output::{self, emit};
 
 pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let cluster = Cluster::connect(global).await?;
+    let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let (found, external) = tokio::join!(release::secret_of(&cluster, &release), async {
         if args.external {

@@ -28,7 +28,7 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(dsn) = &options.dsn {
         return run_with(&args, &set, Some(DsnConnector::new(dsn)?)).await;
     }
-    let cluster = match Cluster::connect(global).await {
+    let cluster = match Cluster::connect(&global.connect_options()).await {
         Ok(cluster) => cluster,
         // A plan needs no database: without one, plan against an empty history.
         Err(Error::Kubeconfig { .. }) if options.dry_run && global.kubeconfig.is_none() => {

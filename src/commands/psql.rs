@@ -12,12 +12,10 @@ use crate::cli::{GlobalArgs, PsqlArgs};
 use crate::cluster::release::{self, Target};
 use crate::cluster::Cluster;
 use crate::error::Error;
-
-/// The container that runs PostgreSQL in our pods.
-pub const CONTAINER: &str = "postgres";
+use crate::manifests::render::CONTAINER;
 
 pub async fn run(args: PsqlArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let cluster = Cluster::connect(global).await?;
+    let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let target = release::find_target(&cluster, &release).await?;
     let code = if args.local {

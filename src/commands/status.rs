@@ -21,7 +21,7 @@ use crate::output::{self, emit, paint, Tone};
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let cluster = Cluster::connect(global).await?;
+    let cluster = Cluster::connect(&global.connect_options()).await?;
     let set = MigrationSet::load(args.dir.as_deref())?;
     if let Some(release) = &args.release {
         release::validate_release(release)?;

@@ -141,7 +141,7 @@ fn progress_line(
 async fn last_log_lines(cluster: &Cluster, namespace: &str, pod: &str) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let params = LogParams {
-        container: Some(crate::psql::CONTAINER.into()),
+        container: Some(crate::manifests::render::CONTAINER.into()),
         tail_lines: Some(10),
         previous: true,
         ..LogParams::default()

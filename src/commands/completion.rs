@@ -122,7 +122,7 @@ fn flags(command: &clap::Command, root: &clap::Command) -> Vec<String> {
 
 async fn namespaces(global: &GlobalArgs) -> Vec<String> {
     let lookup = async {
-        let cluster = Cluster::connect(global).await.ok()?;
+        let cluster = Cluster::connect(&global.connect_options()).await.ok()?;
         let api: Api<Namespace> = Api::all(cluster.client.clone());
         let list = api.list_metadata(&ListParams::default()).await.ok()?;
         Some(
@@ -141,7 +141,7 @@ async fn namespaces(global: &GlobalArgs) -> Vec<String> {
 
 async fn releases(global: &GlobalArgs) -> Vec<String> {
     let lookup = async {
-        let cluster = Cluster::connect(global).await.ok()?;
+        let cluster = Cluster::connect(&global.connect_options()).await.ok()?;
         let list = crate::deployment::observe::list_releases(&cluster, false)
             .await
             .ok()?;

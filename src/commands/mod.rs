@@ -1,0 +1,11 @@
+//! One module per command: each turns its arguments into the domain's options, runs it, and
+//! prints the result. Nothing below this folder imports it or `cli`.
+
+pub mod completion;
+pub mod dsn;
+pub mod install;
+pub mod migrate;
+pub mod psql;
+pub mod status;
+pub mod uninstall;
+pub mod version;
