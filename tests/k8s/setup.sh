@@ -52,7 +52,9 @@ if [ ! -f "$k8s/.complete" ]; then
 fi
 
 # The node agent is ours and changes with the tests: go build is incremental, so always run it.
-(cd "$here" && go build -o "$cache/bin/kpg-cluster" ./kpg-cluster)
+# One binary per checkout, so two work trees testing at once each run their own node.
+node="$cache/bin/kpg-cluster-$(printf %s "$here" | sha256sum | cut -c1-12)"
+(cd "$here" && go build -o "$node" ./kpg-cluster)
 
 krew="$cache/krew-v0.4.3"
 if [ ! -x "$krew/krew" ]; then
@@ -94,6 +96,6 @@ ln -sfn 18 "$pg/clients"
 chmod -R a+rX "$cache"
 
 echo "KPG_K8S_BIN=$k8s"
-echo "KPG_CLUSTER=$cache/bin/kpg-cluster"
+echo "KPG_CLUSTER=$node"
 echo "KPG_POSTGRES=$pg"
 echo "KPG_KREW=$krew/krew"
