@@ -130,12 +130,31 @@ impl Cluster {
             .or_else(|| global.user.clone())
             .or(context_user)
             .unwrap_or_else(|| "the current user".into());
-        let client = Client::try_from(config).map_err(|e| Error::ClusterUnreachable {
+        // `--request-timeout 0` waits forever, as kubectl's does; unset is a default.
+        let bound = |default| match global.request_timeout {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+            None => Some(default),
+        };
+        super::credential_plugin::resolve(
+            &mut config.auth_info,
+            bound(super::credential_plugin::DEFAULT_PLUGIN_TIMEOUT),
+        )
+        .await
+        .map_err(|reason| Error::ClusterUnreachable {
             context: context.clone(),
             server: server.clone(),
-            reason: chain(&e),
-            hint: None,
+            reason,
+            hint: Some("check the exec plugin of the kubeconfig user (users[].user.exec)".into()),
         })?;
+        let deadline = bound(super::transport::DEFAULT_REQUEST_TIMEOUT);
+        let client =
+            super::transport::client(config, deadline).map_err(|e| Error::ClusterUnreachable {
+                context: context.clone(),
+                server: server.clone(),
+                reason: chain(&e),
+                hint: None,
+            })?;
         let namespace = global
             .namespace
             .clone()

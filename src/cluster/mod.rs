@@ -2,9 +2,11 @@
 //! database sessions tunnelled through the API server.
 
 pub mod access;
+pub mod credential_plugin;
 pub mod exec;
 pub mod proxy;
 pub mod release;
+pub mod transport;
 pub mod tunnel;
 
 pub use access::Cluster;

@@ -1550,6 +1550,26 @@ fn api_faults_give_their_exit_codes_and_watch_drops_are_survived() {
         started.elapsed()
     );
     proxy.clear_hang();
+    // A body trickled a byte at a time makes progress on every read; the request timeout
+    // still bounds the whole response.
+    proxy.trickle(
+        std::time::Duration::from_millis(200),
+        proxy::Matcher::path("/statefulsets"),
+    );
+    let started = std::time::Instant::now();
+    let out = via(&["status", "--request-timeout", "2s"]);
+    expect_code(&out, 2);
+    assert!(
+        out.stderr_text().contains("request timeout"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    proxy.clear_faults();
     // Watches cut while install waits: it watches again and finishes.
     let install = {
         let mut command = scope.kpg_command(&[

@@ -529,3 +529,85 @@ fn volumes_bind_and_grow_as_their_class_allows() {
     ]));
     assert!(events.contains("ProvisioningSucceeded"), "{events}");
 }
+
+/// A kubeconfig whose user is the exec credential plugin `script` (a shell script body).
+fn exec_plugin_kubeconfig(scope: &Scope, name: &str, script: &str) -> std::path::PathBuf {
+    let token_config = scope.service_account_kubeconfig(
+        name,
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  \
+             namespace: {ns}\nrules:\n- apiGroups: [\"\", apps]\n  resources: [\"*\"]\n  verbs: [get, list, watch]\n",
+            ns = scope.ns
+        ),
+    );
+    let text = std::fs::read_to_string(&token_config).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .to_string();
+    let plugin = scope.dir.path().join(format!("{name}-plugin"));
+    std::fs::write(&plugin, script.replace("TOKEN", &token)).unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&plugin, executable).unwrap();
+    let user = format!(
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      \
+         interactiveMode: Never\n",
+        plugin.display()
+    );
+    let text = text.replace(&format!("    token: {token}\n"), &user);
+    let path = scope.dir.path().join(format!("{name}.exec.kubeconfig"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn an_exec_credential_plugin_runs_once_per_command_and_within_the_timeout() {
+    let scope = Scope::new("kpg-exec-plugin");
+    let count = scope.dir.path().join("runs");
+    let answer = format!(
+        "#!/bin/sh\necho run >> {}\nprintf '%s' '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\
+         \"kind\":\"ExecCredential\",\"status\":{{\"token\":\"TOKEN\"}}}}'\n",
+        count.display()
+    );
+    let kubeconfig = exec_plugin_kubeconfig(&scope, "plugin", &answer);
+    let kubeconfig = kubeconfig.display().to_string();
+    let out = scope.kpg(&["status", "--kubeconfig", &kubeconfig, "-n", &scope.ns]);
+    assert_ne!(out.code(), 2, "the token works: {}", out.describe());
+    let runs = std::fs::read_to_string(&count).unwrap_or_default();
+    assert_eq!(runs.lines().count(), 1, "{runs:?}: {}", out.describe());
+
+    // A plugin that fails: its own message, on one line, exit 2.
+    let failing = exec_plugin_kubeconfig(
+        &scope,
+        "failing",
+        "#!/bin/sh\necho 'token expired: run aws sso login' >&2\nexit 3\n",
+    );
+    let out = scope.kpg(&["status", "--kubeconfig", failing.to_str().unwrap()]);
+    expect_code(&out, 2);
+    assert!(
+        out.stderr_text()
+            .contains("token expired: run aws sso login")
+            && !out.stderr_text().contains("KUBERNETES_EXEC_INFO"),
+        "{}",
+        out.describe()
+    );
+
+    // A plugin that never answers is bounded by --request-timeout.
+    let hanging = exec_plugin_kubeconfig(&scope, "hanging", "#!/bin/sh\nexec sleep 600\n");
+    let started = std::time::Instant::now();
+    let out = scope.kpg(&[
+        "status",
+        "--kubeconfig",
+        hanging.to_str().unwrap(),
+        "--request-timeout",
+        "1s",
+    ]);
+    expect_code(&out, 2);
+    assert!(
+        out.stderr_text().contains("did not answer within"),
+        "{}",
+        out.describe()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

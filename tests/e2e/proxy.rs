@@ -90,6 +90,7 @@ struct Faults {
     failures: Vec<(usize, u16, Matcher)>,
     delays: Vec<(Duration, Matcher)>,
     hangs: Vec<Matcher>,
+    trickles: Vec<(Duration, Matcher)>,
     upgraded_budget: Option<usize>,
 }
 
@@ -105,6 +106,12 @@ impl Faults {
         let hang = self.hangs.iter().any(|m| m.matches(request));
         let delay = self.delays.iter().find(|(_, m)| m.matches(request));
         (failure, hang, delay.map(|(d, _)| *d))
+    }
+
+    /// The pause between bytes of the response to `request`, when it is to trickle.
+    fn trickle(&self, request: &Recorded) -> Option<Duration> {
+        let found = self.trickles.iter().find(|(_, m)| m.matches(request));
+        found.map(|(every, _)| *every)
     }
 
     /// How many of `n` upgraded bytes may pass before the stream is cut, if it is to be cut now.
@@ -274,6 +281,12 @@ impl Proxy {
         self.state.faults().hangs.push(matcher);
     }
 
+    /// Answers requests matching `matcher` one byte of body every `every`: each read makes
+    /// progress, so only a deadline on the whole response ends the wait.
+    pub fn trickle(&self, every: Duration, matcher: Matcher) {
+        self.state.faults().trickles.push((every, matcher));
+    }
+
     pub fn clear_hang(&self) {
         self.state.faults().hangs.clear();
         self.state.hangs_cleared.send_modify(|n| *n += 1);
@@ -407,6 +420,7 @@ async fn handle(
     state.recorded.notify_all();
 
     let (failure, hang, delay) = state.faults().apply(&seen);
+    let trickle = state.faults().trickle(&seen);
     if let Some(status) = failure {
         let (method, pq) = (&seen.method, &seen.path_and_query);
         let message = format!("{method} {pq}: fault injected by the e2e proxy");
@@ -419,7 +433,10 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
     Ok(match forward(&state, req, watch_cut).await {
-        Ok(response) => response,
+        Ok(response) => match trickle {
+            Some(every) => response.map(|body| trickled(body, every).boxed_unsync()),
+            None => response,
+        },
         Err(e) => status_response(502, &format!("e2e proxy: upstream: {e}")),
     })
 }
@@ -535,6 +552,27 @@ fn cuttable(mut body: Incoming, mut cut: watch::Receiver<u64>) -> Chunks {
             if tx.send(frame).await.is_err() || cut {
                 return;
             }
+        }
+    });
+    Chunks(rx)
+}
+
+/// `body`, one byte every `every`.
+fn trickled(body: ProxyBody, every: Duration) -> Chunks {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let Ok(whole) = body.collect().await else {
+            return;
+        };
+        for byte in whole.to_bytes() {
+            if tx
+                .send(Ok(Frame::data(Bytes::from(vec![byte]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(every).await;
         }
     });
     Chunks(rx)
