@@ -20,6 +20,7 @@ mod k8s;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+const MIGRATIONS: usize = 100;
 const ROUNDS: usize = 15;
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -41,6 +42,14 @@ fn timed(command: &mut Command) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     elapsed
+}
+
+fn decode_base64(text: &str) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
 }
 
 fn main() {
@@ -160,7 +169,151 @@ fn main() {
         "  binary size                             {:>7.2} MiB (target < 15)",
         size as f64 / 1048576.0
     );
+
+    // 100 migrations through the cluster (the in-process port-forward) against the same with
+    // --dsn through `kubectl port-forward`: each round a fresh release's database, then a fresh
+    // database on the same server.
+    let dir = tempfile::tempdir().unwrap();
+    for v in 1..=MIGRATIONS {
+        let up = format!(
+            "CREATE TABLE bench_{v} (id serial PRIMARY KEY, payload text NOT NULL);\n\
+             INSERT INTO bench_{v} (payload) SELECT md5(g::text) FROM generate_series(1, 20) g;\n"
+        );
+        std::fs::write(dir.path().join(format!("{v:03}_t{v}.up.sql")), up).unwrap();
+        let down = format!("DROP TABLE bench_{v};\n");
+        std::fs::write(dir.path().join(format!("{v:03}_t{v}.down.sql")), down).unwrap();
+    }
+    let dir_arg = dir.path().to_str().unwrap();
+    let clients = std::env::var("KPG_POSTGRES")
+        .unwrap_or_else(|_| "/var/cache/kubectl-pg-tests/postgres".into());
+    let mut through_cluster = Vec::new();
+    let mut through_dsn = Vec::new();
+    for ns in &namespaces[1..4] {
+        let out = plane.kubectl(&[
+            "get",
+            "secret",
+            "postgres-credentials",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.data.password}",
+        ]);
+        let password = decode_base64(String::from_utf8_lossy(&out.stdout).trim());
+        let mut forward = Command::new(&plane.kubectl)
+            .args(["port-forward", "pod/postgres-0", ":5432", "-n", ns])
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // "Forwarding from 127.0.0.1:PORT -> 5432"
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(forward.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line
+            .split(':')
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        let created = Command::new(format!("{clients}/clients/bin/psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", "CREATE DATABASE bench_dsn"])
+            .env("PGPASSWORD", &password)
+            .output()
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        through_cluster.push(timed(&mut kpg(&[
+            "migrate", "up", "-n", ns, "--dir", dir_arg,
+        ])));
+        let dsn = format!("postgresql://postgres@127.0.0.1:{port}/bench_dsn");
+        through_dsn.push(timed(
+            kpg(&["migrate", "up", "--dir", dir_arg])
+                .env("DATABASE_URL", &dsn)
+                .env("PGPASSWORD", &password),
+        ));
+        let _ = forward.kill();
+        let _ = forward.wait();
+    }
+    let (cluster_ms, dsn_ms) = (median(through_cluster), median(through_dsn));
+    println!(
+        "  migrate up, {MIGRATIONS} migrations, through the cluster {:>7.1} ms",
+        ms(cluster_ms)
+    );
+    println!(
+        "  the same with --dsn via kubectl port-forward {:>7.1} ms",
+        ms(dsn_ms)
+    );
+    println!(
+        "  ratio cluster/--dsn                     {:>7.2}     (target <= 1.30)",
+        cluster_ms.as_secs_f64() / dsn_ms.as_secs_f64()
+    );
+
+    // status -A against kubectl get sts -A -o json, at 5 releases and at 30.
+    let status_all = |label: &str| {
+        let ours = median(
+            (0..ROUNDS)
+                .map(|_| timed(&mut kpg(&["status", "-A", "-o", "json"])))
+                .collect(),
+        );
+        let theirs = median(
+            (0..ROUNDS)
+                .map(|_| {
+                    timed(
+                        Command::new(&plane.kubectl)
+                            .args(["get", "statefulsets", "-A", "-o", "json"])
+                            .env("KUBECONFIG", &plane.kubeconfig),
+                    )
+                })
+                .collect(),
+        );
+        println!(
+            "  status -A -o json at {label:>2} releases       {:>7.1} ms, kubectl get sts -A -o json {:>6.1} ms, ratio {:.2} (target <= 1.00)",
+            ms(ours), ms(theirs), ours.as_secs_f64() / theirs.as_secs_f64()
+        );
+        ours
+    };
+    let at_5 = status_all("5");
+    let more: Vec<String> = (5..30)
+        .map(|round| format!("kpg-bench-{}-{round}", std::process::id()))
+        .collect();
+    let mut installs = Vec::new();
+    for ns in &more {
+        kubectl(&["create", "namespace", ns]);
+        installs.push(
+            kpg(&["install", "-n", ns, "--timeout", "300s"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut child in installs {
+        assert!(child.wait().unwrap().success());
+    }
+    let at_30 = status_all("30");
+    println!(
+        "  status -A growth per release            {:>7.2} ms",
+        (ms(at_30) - ms(at_5)) / 25.0
+    );
+
     let mut delete = vec!["delete", "namespace", "--wait=false"];
-    delete.extend(namespaces.iter().map(String::as_str));
+    delete.extend(namespaces.iter().chain(&more).map(String::as_str));
     kubectl(&delete);
 }

@@ -23,8 +23,8 @@ Examples:
   kubectl pg psql -n postgres
   kubectl pg dsn -n postgres
 
-  # Migrations against any database you can reach
-  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow";
+  # Migrations against any database you can reach (the password from PGPASSWORD, never argv)
+  DATABASE_URL=postgresql://postgres@localhost:5432/learnflow kubectl pg migrate up";
 
 /// `kubectl pg`: PostgreSQL on Kubernetes.
 #[derive(Debug, Parser)]
@@ -417,8 +417,9 @@ Examples:
   # Apply every pending migration of the built-in LearnFlow set to release postgres in namespace postgres
   kubectl pg migrate up -n postgres
 
-  # ... or to any database you can reach
-  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow
+  # ... or to any database you can reach: DATABASE_URL (or --dsn) names it, and a password
+  # it does not hold comes from PGPASSWORD, so it never appears in argv
+  DATABASE_URL=postgresql://postgres@localhost:5432/learnflow kubectl pg migrate up
 
   # Show the plan only
   kubectl pg migrate up --dry-run --dir ./migrations

@@ -126,7 +126,7 @@ fn down_target(steps: Option<u64>, to: Option<i64>) -> DownTarget {
 fn no_database() -> Error {
     Error::InvalidInput {
         message: "no database to migrate: give --dsn or set DATABASE_URL, or use a kubeconfig".into(),
-        hint: Some("for example: kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow".into()),
+        hint: Some("for example: DATABASE_URL=postgresql://postgres@localhost:5432/learnflow kubectl pg migrate up (the password from PGPASSWORD)".into()),
     }
 }
 

@@ -74,6 +74,15 @@ pub async fn read(
     set: &MigrationSet,
 ) -> Result<(DeploymentStatus, Assessment), Error> {
     let observed = observe::observe(cluster, namespace, release).await?;
+    Ok(assess_observed(cluster, observed, set).await)
+}
+
+/// Probes the database when the pod is ready, and assesses what was observed.
+async fn assess_observed(
+    cluster: &Cluster,
+    observed: observe::Observed,
+    set: &MigrationSet,
+) -> (DeploymentStatus, Assessment) {
     let db = if observed.pod().is_some_and(release::is_ready) {
         probe::check(cluster, &observed, PROBE_TIMEOUT).await
     } else {
@@ -93,11 +102,15 @@ pub async fn read(
             p.message = format!("{}: {error}", p.message);
         }
     }
-    Ok((
+    (
         DeploymentStatus::build(&observed, &assessment, &db, Some(set)),
         assessment,
-    ))
+    )
 }
+
+/// Database probes at once in a listing: enough to hide their round trips, few enough not to
+/// open a port-forward per release of a large fleet together.
+const PROBES_AT_ONCE: usize = 8;
 
 async fn list(
     cluster: &Cluster,
@@ -105,20 +118,15 @@ async fn list(
     all: bool,
     format: OutputFormat,
 ) -> Result<(), Error> {
-    let releases = observe::list_releases(cluster, all).await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, (namespace, name)) in releases.into_iter().enumerate() {
-        let (cluster, set) = (cluster.clone(), set.clone());
-        tasks.spawn(async move { (index, read(&cluster, &namespace, &name, &set).await) });
-    }
-    let mut items = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (index, result) =
-            joined.map_err(|e| Error::invalid(format!("status task failed: {e}")))?;
-        items.push((index, result?.0));
-    }
-    items.sort_by_key(|(i, _)| *i);
-    let items: Vec<DeploymentStatus> = items.into_iter().map(|(_, s)| s).collect();
+    use futures_util::StreamExt;
+    let observed = observe::observe_all(cluster, all).await?;
+    // `buffered` keeps the listing's order.
+    let items: Vec<DeploymentStatus> = futures_util::stream::iter(observed)
+        .map(|o| assess_observed(cluster, o, set))
+        .buffered(PROBES_AT_ONCE)
+        .map(|(status, _)| status)
+        .collect()
+        .await;
     if let Some(text) = output::document(format, &DeploymentStatusList::new(items.clone()))? {
         emit(&text);
         return Ok(());

@@ -60,6 +60,13 @@ impl Dsn {
                     "expected postgresql://user:password@host:port/database?sslmode=require".into(),
                 ),
             })?;
+        // As libpq does: a connection string without a password takes PGPASSWORD, so the
+        // password need not appear in argv or in DATABASE_URL.
+        if config.get_password().is_none() {
+            if let Some(password) = std::env::var_os("PGPASSWORD").filter(|p| !p.is_empty()) {
+                config.password(password.as_encoded_bytes());
+            }
+        }
         config.ssl_mode(match tls {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
