@@ -705,3 +705,80 @@ mod tests {
         assert_eq!(cli.global.context.as_deref(), Some("kind"));
     }
 }
+
+/// Fuzzing: any argv must parse or be refused with clap's message, never panic; durations too.
+#[cfg(test)]
+mod fuzz {
+    use clap::{CommandFactory, Parser};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every subcommand name and flag spelling the CLI knows, to reach deep parser states.
+    fn vocabulary() -> Vec<String> {
+        fn walk(command: &clap::Command, words: &mut Vec<String>) {
+            words.push(command.get_name().to_string());
+            for arg in command.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    words.push(format!("--{long}"));
+                    words.push(format!("--{long}="));
+                }
+                if let Some(short) = arg.get_short() {
+                    words.push(format!("-{short}"));
+                }
+                for value in arg.get_possible_values() {
+                    words.push(value.get_name().to_string());
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, words);
+            }
+        }
+        let mut words = Vec::new();
+        walk(&Cli::command(), &mut words);
+        words.extend(
+            [
+                "--",
+                "-",
+                "0",
+                "1s",
+                "99999999999h",
+                "-1",
+                "1e9",
+                "postgres",
+                "",
+            ]
+            .map(String::from),
+        );
+        words
+    }
+
+    fn word() -> impl Strategy<Value = String> {
+        let known = vocabulary();
+        prop_oneof![
+            3 => prop::sample::select(known),
+            1 => any::<String>(),
+            1 => "[0-9]{1,20}(ms|s|m|h|d)?",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(3000))]
+
+        #[test]
+        fn any_argv_parses_or_is_refused(words in prop::collection::vec(word(), 0..8)) {
+            let argv = std::iter::once("kubectl-pg".to_string()).chain(words);
+            if let Err(e) = Cli::try_parse_from(argv) {
+                let _ = e.render().to_string();
+            }
+        }
+
+        #[test]
+        fn durations_parse_or_are_refused(text in any::<String>()) {
+            if let Ok(d) = parse_duration(&text) {
+                prop_assert!(std::time::Instant::now().checked_add(d).is_some());
+            }
+            let _ = parse_pg_timeout(&text);
+        }
+    }
+}

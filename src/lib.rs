@@ -17,6 +17,21 @@ pub mod output;
 
 pub use error::Error;
 
+/// The fuzz tests' case count: `default`, or `KPG_FUZZ_CASES` for a deeper run.
+#[cfg(test)]
+pub(crate) fn fuzz_config(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("KPG_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::Config {
+        cases,
+        // Regressions are kept as tests here, not in files beside the sources.
+        failure_persistence: None,
+        ..Default::default()
+    }
+}
+
 use cli::{Cli, Command};
 use commands::{completion, dsn, install, migrate, psql, status, uninstall, version};
 

@@ -250,3 +250,56 @@ mod tests {
         assert_eq!(percent_decode("a%2"), "a%2");
     }
 }
+
+/// Fuzzing: `--dsn` and `DATABASE_URL` are user input; no string may panic the parser, and a
+/// parsed one never shows its password in messages.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("postgresql://".to_string()),
+            Just("postgres://".to_string()),
+            Just("@".to_string()),
+            Just(":".to_string()),
+            Just("/".to_string()),
+            Just("?".to_string()),
+            Just("&".to_string()),
+            Just("=".to_string()),
+            Just("%".to_string()),
+            Just("%4".to_string()),
+            Just("[::1]".to_string()),
+            Just("sslmode=".to_string()),
+            Just("sslrootcert=".to_string()),
+            Just("host=".to_string()),
+            Just("password='".to_string()),
+            Just("\\".to_string()),
+            Just(" ".to_string()),
+            "[a-z0-9.-]{0,6}",
+            any::<char>().prop_map(|c| c.to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(5000))]
+
+        #[test]
+        fn parse_never_panics(parts in prop::collection::vec(piece(), 0..16)) {
+            let text = parts.concat();
+            if let Ok(dsn) = super::Dsn::parse(&text) {
+                let target = dsn.target();
+                if let Some(password) = dsn.config.get_password() {
+                    let password = String::from_utf8_lossy(password);
+                    let shown = format!(":{password}@");
+                    prop_assert!(!target.contains(&shown), "{target} shows {password}");
+                }
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_any_text(text in any::<String>()) {
+            let _ = super::Dsn::parse(&text);
+        }
+    }
+}

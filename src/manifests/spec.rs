@@ -471,3 +471,68 @@ mod tests {
         assert!(pinned_image(DEFAULT_MAJOR).is_some());
     }
 }
+
+/// Fuzzing: every install flag is user input; validation may refuse any of it, never panic, and
+/// what it accepts is a valid object name and quantity.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::{InstallSpec, Requested};
+
+    fn value() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            "[a-z0-9-]{0,70}",
+            "[0-9]{0,4}(\\.[0-9]{0,3})?(m|Mi|Gi|Ti|k|M|G|e3|E|Ei)?",
+            any::<String>(),
+            Just("pg_x".to_string()),
+            Just("template0".to_string()),
+            Just("LoadBalancer".to_string()),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(2000))]
+
+        #[test]
+        fn validation_never_panics(
+            release in "[a-zA-Z0-9.-]{0,60}",
+            namespace in "[a-z0-9-]{0,70}",
+            major in prop::option::of(0u32..40),
+            fields in prop::collection::vec(value(), 12),
+            prod in prop::option::of(any::<bool>()),
+        ) {
+            let requested = Requested {
+                prod,
+                major,
+                image: fields[0].clone(),
+                database: fields[1].clone(),
+                username: fields[2].clone(),
+                storage_size: fields[3].clone(),
+                storage_class: fields[4].clone(),
+                cpu_request: fields[5].clone(),
+                memory_request: fields[6].clone(),
+                cpu_limit: fields[7].clone(),
+                memory_limit: fields[8].clone(),
+                service_type: fields[9].clone(),
+                existing_secret: fields[10].clone(),
+                cluster_domain: fields[11].clone(),
+            };
+            if let Ok(spec) = InstallSpec::from_request(&requested, &release, &namespace) {
+                prop_assert!(spec.release.len() <= 52 && !spec.release.is_empty());
+                prop_assert!(spec.release.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+                prop_assert!(super::quantity_value(&spec.storage_size).is_some());
+                prop_assert!(!spec.username.starts_with("pg_"));
+                let upgraded = InstallSpec::for_upgrade(&requested, &spec);
+                let _ = upgraded;
+            }
+        }
+
+        #[test]
+        fn quantities_and_images_never_panic(text in any::<String>()) {
+            let _ = super::quantity_value(&text);
+            let _ = super::check_quantity("--storage-size", &text);
+            let _ = super::image_major(&text);
+        }
+    }
+}

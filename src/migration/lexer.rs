@@ -478,3 +478,58 @@ mod tests {
         assert!(transaction_control(&one("create table t (a int)")).is_none());
     }
 }
+
+/// Fuzzing: the lexer meets every file a user can write, so no input may panic it, and what it
+/// splits must cover the input in order.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    /// Fragments that drive the lexer's states: quotes, dollar tags, comments, escapes.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(";".to_string()),
+            Just("'".to_string()),
+            Just("''".to_string()),
+            Just("\"".to_string()),
+            Just("E'\\'".to_string()),
+            Just("$$".to_string()),
+            Just("$tag$".to_string()),
+            Just("$1".to_string()),
+            Just("--".to_string()),
+            Just("\n".to_string()),
+            Just("/*".to_string()),
+            Just("*/".to_string()),
+            Just("BEGIN ATOMIC".to_string()),
+            Just("END".to_string()),
+            Just("CREATE FUNCTION f() AS ".to_string()),
+            Just("\\".to_string()),
+            "[a-zA-Z0-9 _(),.]{0,8}",
+            any::<char>().prop_map(|c| c.to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_config(5000))]
+
+        #[test]
+        fn split_never_panics_on_sql_like_text(parts in prop::collection::vec(fragment(), 0..40)) {
+            let sql = parts.concat();
+            if let Ok(statements) = super::split(&sql) {
+                let mut at = 0;
+                for statement in &statements {
+                    let found = sql[at..].find(statement.sql.as_str());
+                    prop_assert!(found.is_some(), "{:?} not in order in {:?}", statement.sql, sql);
+                    at += found.unwrap();
+                    let _ = super::non_transactional_reason(statement);
+                    let _ = super::transaction_control(statement);
+                }
+            }
+        }
+
+        #[test]
+        fn split_never_panics_on_any_text(sql in any::<String>()) {
+            let _ = super::split(&sql);
+        }
+    }
+}
