@@ -167,6 +167,11 @@ async fn run_local(cluster: &Cluster, target: &Target, psql_args: &[String]) -> 
             });
         }
     });
+    // Ctrl-C reaches psql and us alike (one process group). psql answers it with a cancel
+    // request, which comes through this tunnel, and keeps its session: so we must outlive it,
+    // as kubectl exec does. The handler stays installed until the process ends.
+    let _interrupts =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     let c = &target.credentials;
     let mut command = tokio::process::Command::new(psql);
     command

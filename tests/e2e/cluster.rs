@@ -1321,6 +1321,62 @@ fn psql_in_the_pod_and_local() {
     ]);
     expect_code(&local, 0);
     assert_eq!(local.stdout_text().trim(), "postgres");
+    // Ctrl-C (SIGINT to the whole process group) cancels the running query through the
+    // tunnel, as psql does, instead of killing the tunnel under the session.
+    let mut session = scope.kpg_command(&["psql", "-n", ns, "--local", "--", "-At", "-f", "-"]);
+    std::os::unix::process::CommandExt::process_group(&mut session, 0);
+    let mut session = session
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = "select 'pid ' || pg_backend_pid();\nselect pg_sleep(600);\n";
+    std::io::Write::write_all(&mut session.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let sleeping = || {
+        let out = scope.kubectl_ns(&[
+            "exec",
+            "postgres-0",
+            "-c",
+            "postgres",
+            "--",
+            "psql",
+            "-U",
+            "postgres",
+            "-Atc",
+            "select count(*) from pg_stat_activity where query like 'select pg_sleep(600)%'",
+        ]);
+        out.stdout_text().trim() == "1"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sleeping() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_sleep never started"
+        );
+    }
+    let group = format!("-{}", session.id());
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = session.wait_with_output().unwrap();
+    // psql stops a script that was interrupted (its exit 3); the plugin outlived the signal and
+    // passed that on, and the server cancelled the statement rather than losing the session.
+    expect_code(&out, 3);
+    assert!(out.stdout_text().contains("pid "), "{}", out.describe());
+    assert!(
+        !out.stderr_text().contains("closed the connection"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr_text()
+            .contains("canceling statement due to user request"),
+        "{}",
+        out.describe()
+    );
 
     // Every connection flag reaches kubectl. The plugin itself finds the pod as the impersonated
     // user, whom RBAC lets in through this namespace's binding only.
