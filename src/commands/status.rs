@@ -88,8 +88,17 @@ async fn assess_observed(
     } else {
         DbCheck::default()
     };
+    assemble(&observed, &db, set)
+}
+
+/// The status of what was observed and found in the database, without another request.
+pub fn assemble(
+    observed: &observe::Observed,
+    db: &DbCheck,
+    set: &MigrationSet,
+) -> (DeploymentStatus, Assessment) {
     let mut assessment = assess::assess(
-        &observed,
+        observed,
         Timestamp::now(),
         observed.pod().map(|_| db.accessible),
     );
@@ -103,7 +112,7 @@ async fn assess_observed(
         }
     }
     (
-        DeploymentStatus::build(&observed, &assessment, &db, Some(set)),
+        DeploymentStatus::build(observed, &assessment, db, Some(set)),
         assessment,
     )
 }

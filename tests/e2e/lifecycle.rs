@@ -560,3 +560,56 @@ fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
         wait.describe()
     );
 }
+
+#[test]
+fn an_interrupted_install_is_completed_by_a_rerun() {
+    let scope = Scope::new("kpg-interrupted");
+    let ns = scope.ns.as_str();
+    let mut first = scope.kpg_command(&["install", "-n", ns, "--migrate", "--timeout", "120s"]);
+    let mut first = first
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted while it waits for the pod: the objects exist, nothing is healthy yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !scope
+        .kubectl_ns(&["get", "statefulset", "postgres"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "install applied nothing"
+        );
+    }
+    let pid = first.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = first.wait().unwrap();
+    assert!(!status.success(), "interrupted: {status:?}");
+
+    // The rerun waits, proves the password and applies the migrations the first one did not.
+    let rerun = scope.kpg(&[
+        "install",
+        "-n",
+        ns,
+        "--migrate",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    expect_code(&rerun, 0);
+    let status = json(&rerun);
+    assert_eq!(status["phase"], "Healthy", "{}", rerun.describe());
+    assert!(
+        status["migrations_applied_count"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        rerun.describe()
+    );
+    assert_eq!(status["migrations_pending"], 0, "{}", rerun.describe());
+}

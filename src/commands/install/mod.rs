@@ -70,7 +70,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if existing.statefulset && !args.upgrade {
         // The spec stays; only a lost Secret is repaired, so the data is not locked out.
         let secret = ensure_secret(&cluster, &spec, password).await?;
-        if secret.created {
+        let checked = if secret.created {
             crate::note!(
                 "Secret {} was missing: created it with a new password",
                 spec.secret_name()
@@ -80,8 +80,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
                 return Err(e);
             }
             reset_or_take_back(&cluster, &spec, &secret).await?;
-            health_check(&cluster, &spec, &secret.credentials).await?;
+            let checked = health_check(&cluster, &spec, &secret.credentials).await?;
             crate::note!("the database's password was set to the new Secret's");
+            checked
         } else {
             crate::note!(
                 "release {} is already deployed in namespace {}: its spec is kept (use --upgrade to apply a new one)",
@@ -90,12 +91,12 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
             // A rerun of an interrupted or failed install finishes what is missing: the wait
             // (a Failed release exits non-zero), the health check, pending migrations.
             wait_ready(&cluster, &spec, args.timeout, false).await?;
-            health_check(&cluster, &spec, &secret.credentials).await?;
-        }
+            health_check(&cluster, &spec, &secret.credentials).await?
+        };
         if let Some(set) = &migrations {
             migrate(&cluster, &spec, &secret.credentials, set).await?;
         }
-        return summary(&cluster, &spec, &args).await;
+        return summary(&cluster, &spec, &args, checked).await;
     }
     if let Some(major) = existing
         .pvc_major
@@ -170,11 +171,11 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if live.is_some() {
         credentials::require_password_on_loopback(&cluster, &spec).await?;
     }
-    health_check(&cluster, &spec, &secret.credentials).await?;
+    let checked = health_check(&cluster, &spec, &secret.credentials).await?;
     if let Some(set) = migrations {
         migrate(&cluster, &spec, &secret.credentials, &set).await?;
     }
-    summary(&cluster, &spec, &args).await
+    summary(&cluster, &spec, &args, checked).await
 }
 
 /// Prints the manifests; reads no cluster (the namespace comes from -n, else the default).
@@ -412,12 +413,18 @@ fn apply_error(cluster: &Cluster, resource: &str, e: kube::Error) -> Error {
     }
 }
 
+/// What the health check saw: the summary is made of it, without reading the release again.
+struct Checked {
+    observed: observe::Observed,
+    check: probe::DbCheck,
+}
+
 /// A real query through a port-forward: exit 8 when no session opens, 5 when it cannot answer.
 async fn health_check(
     cluster: &Cluster,
     spec: &InstallSpec,
     credentials: &Credentials,
-) -> Result<(), Error> {
+) -> Result<Checked, Error> {
     let observed = observe::observe(cluster, &spec.namespace, &spec.release).await?;
     let mut observed = observed;
     if observed.secret.is_none() || spec.existing_secret.is_some() {
@@ -426,8 +433,8 @@ async fn health_check(
         observed.secret = serde_json::from_value(object).ok();
     }
     let check = probe::check(cluster, &observed, HEALTH_TIMEOUT).await;
-    match (check.accessible, check.error) {
-        (true, _) => Ok(()),
+    match (check.accessible, check.error.clone()) {
+        (true, _) => Ok(Checked { observed, check }),
         (false, Some(error))
             if error.contains("cannot connect") || error.contains("port-forward") =>
         {
@@ -483,10 +490,20 @@ async fn migrate(
     Ok(())
 }
 
-async fn summary(cluster: &Cluster, spec: &InstallSpec, args: &InstallArgs) -> Result<(), Error> {
+/// Prints the release's status: from the health check's observation when nothing changed
+/// since (install after Ready does its work once), else read again (migrations ran).
+async fn summary(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    args: &InstallArgs,
+    checked: Checked,
+) -> Result<(), Error> {
     let set = MigrationSet::load(args.dir.as_deref())?;
-    let (mut status, _) =
-        crate::commands::status::read(cluster, &spec.namespace, &spec.release, &set).await?;
+    let (mut status, _) = if args.migrate {
+        crate::commands::status::read(cluster, &spec.namespace, &spec.release, &set).await?
+    } else {
+        crate::commands::status::assemble(&checked.observed, &checked.check, &set)
+    };
     if args.show_password {
         let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
         if let Ok(secret) = secrets.get(&spec.secret_name()).await {
