@@ -611,3 +611,60 @@ fn an_exec_credential_plugin_runs_once_per_command_and_within_the_timeout() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn an_expired_oidc_token_is_refreshed_through_the_issuer() {
+    let scope = Scope::new("kpg-oidc");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwt = |exp: u64| {
+        format!(
+            "{}.{}.c2ln",
+            b64.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+            b64.encode(format!(r#"{{"iss":"kpg","sub":"dev","exp":{exp}}}"#))
+        )
+    };
+    let fresh = jwt(4_102_444_800); // 2100-01-01
+    let issuer = crate::proxy::Issuer::start(&fresh);
+    let ca = scope.dir.path().join("issuer-ca.pem");
+    std::fs::write(&ca, &issuer.ca_pem).unwrap();
+    let admin = std::fs::read_to_string(&scope.plane.kubeconfig).unwrap();
+    let authority = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap();
+    let kubeconfig = scope.dir.path().join("oidc.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {authority}\nusers:\n- name: dev\n  user:\n    auth-provider:\n      \
+             name: oidc\n      config:\n        client-id: kubectl-pg\n        client-secret: s3cret\n        \
+             id-token: {}\n        idp-issuer-url: {}\n        refresh-token: r1\ncontexts:\n- name: dev\n  \
+             context:\n    cluster: c\n    user: dev\ncurrent-context: dev\n",
+            scope.plane.server,
+            jwt(1),
+            issuer.url
+        ),
+    )
+    .unwrap();
+    let out = scope
+        .kpg_command(&[
+            "status",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "-n",
+            &scope.ns,
+        ])
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    // The apiserver trusts no OIDC issuer here, so the refreshed token is refused (exit 2); what
+    // matters is that the expired one was refreshed, once, before the request.
+    assert_eq!(issuer.refreshes(), 1, "{}", out.describe());
+    expect_code(&out, 2);
+    assert!(
+        out.stderr_text().contains("Unauthorized"),
+        "{}",
+        out.describe()
+    );
+}
