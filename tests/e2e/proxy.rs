@@ -604,6 +604,69 @@ fn status_response(code: u16, message: &str) -> Response<ProxyBody> {
         .expect("status response")
 }
 
+/// A minimal OpenID Connect issuer on 127.0.0.1: its discovery document, and a token endpoint
+/// that answers every refresh with `id_token`. It counts the refreshes.
+pub struct Issuer {
+    pub url: String,
+    pub ca_pem: String,
+    refreshes: Arc<std::sync::atomic::AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Issuer {
+    pub fn start(id_token: &str) -> Issuer {
+        let ca = ca();
+        let (cert, key) = leaf(&ca, &["127.0.0.1", "localhost"]);
+        let acceptor = acceptor(&cert, &key, WebPkiClientVerifier::no_client_auth());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the issuer");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let url = format!("https://{}", listener.local_addr().expect("issuer address"));
+        let refreshes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (issuer, counted, token) = (url.clone(), refreshes.clone(), id_token.to_string());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("issuer runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("issuer listener");
+                let handler = move |req: Request<Incoming>| {
+                    let (issuer, counted, token) = (issuer.clone(), counted.clone(), token.clone());
+                    async move {
+                        let body = if req.uri().path().ends_with("/openid-configuration") {
+                            serde_json::json!({ "issuer": issuer, "token_endpoint": format!("{issuer}/token") })
+                        } else {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            serde_json::json!({ "id_token": token, "refresh_token": "next", "token_type": "Bearer" })
+                        };
+                        let mut response = Response::new(full(body.to_string()));
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        Ok::<_, Infallible>(response)
+                    }
+                };
+                tokio::select! {
+                    () = serve(listener, acceptor, handler) => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Issuer {
+            url,
+            ca_pem: ca.pem(),
+            refreshes,
+            _stop: stop,
+        }
+    }
+
+    /// How many token refreshes were asked for.
+    pub fn refreshes(&self) -> usize {
+        self.refreshes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -863,68 +926,5 @@ mod tests {
 
         let mut stream = upgrade(&proxy).await;
         assert_eq!(echo(&mut stream, &[7; 100]).await, [7; 100]);
-    }
-}
-
-/// A minimal OpenID Connect issuer on 127.0.0.1: its discovery document, and a token endpoint
-/// that answers every refresh with `id_token`. It counts the refreshes.
-pub struct Issuer {
-    pub url: String,
-    pub ca_pem: String,
-    refreshes: Arc<std::sync::atomic::AtomicUsize>,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Issuer {
-    pub fn start(id_token: &str) -> Issuer {
-        let ca = ca();
-        let (cert, key) = leaf(&ca, &["127.0.0.1", "localhost"]);
-        let acceptor = acceptor(&cert, &key, WebPkiClientVerifier::no_client_auth());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the issuer");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let url = format!("https://{}", listener.local_addr().expect("issuer address"));
-        let refreshes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (issuer, counted, token) = (url.clone(), refreshes.clone(), id_token.to_string());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("issuer runtime");
-            runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).expect("issuer listener");
-                let handler = move |req: Request<Incoming>| {
-                    let (issuer, counted, token) = (issuer.clone(), counted.clone(), token.clone());
-                    async move {
-                        let body = if req.uri().path().ends_with("/openid-configuration") {
-                            serde_json::json!({ "issuer": issuer, "token_endpoint": format!("{issuer}/token") })
-                        } else {
-                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            serde_json::json!({ "id_token": token, "refresh_token": "next", "token_type": "Bearer" })
-                        };
-                        let mut response = Response::new(full(body.to_string()));
-                        response
-                            .headers_mut()
-                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                        Ok::<_, Infallible>(response)
-                    }
-                };
-                tokio::select! {
-                    () = serve(listener, acceptor, handler) => {}
-                    _ = stopped => {}
-                }
-            });
-        });
-        Issuer {
-            url,
-            ca_pem: ca.pem(),
-            refreshes,
-            _stop: stop,
-        }
-    }
-
-    /// How many token refreshes were asked for.
-    pub fn refreshes(&self) -> usize {
-        self.refreshes.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
