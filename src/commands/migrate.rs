@@ -66,9 +66,24 @@ async fn run_with<C: Connector>(
                 Goal::Up { to } => plan::plan_up(set, &history, to, options.allow_out_of_order)?,
                 Goal::Down(target) => plan::plan_down(set, &history, target)?,
             };
-            emit(&render_plan(&planned, &target_name(connector.as_ref())));
+            let target = target_name(connector.as_ref());
+            match output::document(options.output, &PlanDocument::new(&planned, &target))? {
+                Some(text) => emit(&text),
+                None => emit(&render_plan(&planned, &target)),
+            }
             return Ok(());
         }
+    }
+    if is_document(options.output)
+        && !matches!(
+            args.action,
+            MigrateAction::Up { .. } | MigrateAction::Down { .. } | MigrateAction::Status { .. }
+        )
+    {
+        return Err(Error::InvalidInput {
+            message: "-o json|yaml is available for migrate up, down and status only".into(),
+            hint: Some("run `kubectl pg migrate status -o json` afterwards for the result".into()),
+        });
     }
     let connector = connector.ok_or_else(no_database)?;
     match &args.action {
@@ -167,6 +182,47 @@ async fn read_history<C: Connector>(connector: Option<&C>) -> Result<History, Er
     })
 }
 
+/// `kind: MigrationPlan`: what `--dry-run` would run, in order.
+#[derive(serde::Serialize)]
+struct PlanDocument {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    target: String,
+    steps: Vec<PlanStep>,
+}
+
+#[derive(serde::Serialize)]
+struct PlanStep {
+    version: String,
+    name: String,
+    direction: &'static str,
+    transaction: bool,
+    resume_at_statement: Option<usize>,
+    checksum: String,
+}
+
+impl PlanDocument {
+    fn new(steps: &[Step<'_>], target: &str) -> Self {
+        Self {
+            api_version: output::API_VERSION,
+            kind: "MigrationPlan",
+            target: target.to_string(),
+            steps: steps
+                .iter()
+                .map(|s| PlanStep {
+                    version: s.migration.label.clone(),
+                    name: s.migration.name.clone(),
+                    direction: s.direction.as_str(),
+                    transaction: !s.script().no_transaction,
+                    resume_at_statement: (s.resume_from > 0).then_some(s.resume_from + 1),
+                    checksum: s.script().checksum.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 fn render_plan(steps: &[Step<'_>], target: &str) -> String {
     if steps.is_empty() {
         return format!("Nothing to do for {target}: no migration to run.\n");
@@ -227,14 +283,28 @@ async fn apply<C: Connector>(
     let settings = settings(options);
     let interrupt = Interrupt::default();
     let mut runner = Runner::new(connector, set, &settings).with_interrupt(&interrupt);
+    // With -o json|yaml stdout carries the document only; progress goes to stderr.
+    let document = is_document(options.output);
+    let say = |line: String| {
+        if document {
+            crate::note_inline!("{line}");
+        } else {
+            emit(&line);
+        }
+    };
+    let stream = if document {
+        Stream::Stderr
+    } else {
+        Stream::Stdout
+    };
     let mut on_event = |event: Event| match event {
-        Event::Applied { id, millis } => emit(&format!(
+        Event::Applied { id, millis } => say(format!(
             "{} {id} ({millis} ms)\n",
-            paint("applied", Tone::Good, Stream::Stdout)
+            paint("applied", Tone::Good, stream)
         )),
-        Event::Reverted { id, millis } => emit(&format!(
+        Event::Reverted { id, millis } => say(format!(
             "{} {id} ({millis} ms)\n",
-            paint("reverted", Tone::Warn, Stream::Stdout)
+            paint("reverted", Tone::Warn, stream)
         )),
         Event::Resumed { id, statement } => crate::note!("resuming {id} at statement {statement}"),
         Event::Reconnected { reason } => crate::note!(
@@ -264,14 +334,22 @@ async fn apply<C: Connector>(
         Goal::Down(_) => "reverted",
     };
     if count == 0 {
-        emit(&format!(
+        say(format!(
             "Nothing to do: no migration to {}.\n",
             if verb == "applied" { "apply" } else { "revert" }
         ));
     } else {
-        emit(&format!("{count} migration(s) {verb}.\n"));
+        say(format!("{count} migration(s) {verb}.\n"));
+    }
+    if document {
+        // The result is the history as it now stands: the document `migrate status` prints.
+        return status(connector, set, options.output).await;
     }
     Ok(())
+}
+
+fn is_document(format: OutputFormat) -> bool {
+    matches!(format, OutputFormat::Json | OutputFormat::Yaml)
 }
 
 /// The first SIGINT or SIGTERM, as the exit code a shell gives it (130, 143).

@@ -305,6 +305,36 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(!table_exists(&db, "kubectl_pg_migrations"));
     assert!(!table_exists(&db, "users"));
 
+    // -o is honoured: the plan as a document, then the run's result as MigrationStatus on
+    // stdout with the progress on stderr; commands without a document refuse it.
+    let plan = migrate(&db, &["up", "--dry-run", "-o", "json"]);
+    expect_code(&plan, 0);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("a JSON plan");
+    assert_eq!(plan["kind"], "MigrationPlan");
+    assert_eq!(plan["steps"][0]["version"], "001");
+    assert_eq!(plan["steps"][0]["checksum"], checksum.as_str());
+    assert!(!table_exists(&db, "users"));
+    let run = migrate(&db, &["up", "--to", "002", "-o", "json"]);
+    expect_code(&run, 0);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.describe()));
+    assert_eq!(doc["kind"], "MigrationStatus", "{}", run.describe());
+    assert!(
+        run.stderr_text().contains("applied 001"),
+        "{}",
+        run.describe()
+    );
+    let refused = migrate(&db, &["baseline", "--version", "003", "-o", "json"]);
+    expect_code(&refused, 1);
+    let down = migrate(&db, &["down", "--to", "0", "-o", "yaml"]);
+    expect_code(&down, 0);
+    assert!(
+        down.stdout_text().contains("kind: MigrationStatus"),
+        "{}",
+        down.describe()
+    );
+    assert!(!table_exists(&db, "users"));
+
     // Without a database the plan is made against an empty history.
     let offline = kpg(&["migrate", "up", "--dry-run"]);
     expect_code(&offline, 0);
