@@ -451,7 +451,8 @@ pub struct MigrateOptions {
         global = true,
         env = "DATABASE_URL",
         hide_env_values = true,
-        value_name = "URL"
+        value_name = "URL",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     pub dsn: Option<String>,
     /// Print the plan (versions, checksums, transaction mode) and change nothing

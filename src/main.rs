@@ -17,6 +17,12 @@ fn main() -> ExitCode {
         emit(&kubectl_pg::complete(&words));
         return ExitCode::SUCCESS;
     }
+    // An empty DATABASE_URL is no DATABASE_URL (as `export DATABASE_URL=` means to a shell
+    // user), not a connection string to retry; `--dsn ""` is refused by the parser. Nothing
+    // else runs yet, so changing the environment races with no thread.
+    if std::env::var_os("DATABASE_URL").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("DATABASE_URL");
+    }
     let mut command = Cli::command();
     let invoked_as_plugin = args
         .first()

@@ -220,13 +220,22 @@ fn unreachable_hint(e: &kube::Error) -> String {
     }
 }
 
-/// An error with its causes, on one line.
+/// An error with its causes, on one line: each cause's first line (a parser's source diagram
+/// stays out), kube's `ServiceError:` wrapper dropped, a cause the text already holds skipped.
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
+    fn line(e: &dyn std::error::Error) -> String {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("").trim();
+        first
+            .strip_prefix("ServiceError: ")
+            .unwrap_or(first)
+            .to_string()
+    }
+    let mut text = line(e);
     let mut source = e.source();
     while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
+        let next = line(s);
+        if !next.is_empty() && !text.contains(&next) {
             text.push_str(": ");
             text.push_str(&next);
         }

@@ -160,3 +160,49 @@ fn impossible_durations_counts_and_versions_are_refused() {
         );
     }
 }
+
+#[test]
+fn errors_are_one_line_and_empty_connection_strings_are_no_connection_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    // A kubeconfig the YAML parser refuses: one error line, no source diagram.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "apiVersion: v1\nclusters: [\n  - name: x\n").unwrap();
+    let out = kpg(&["status", "--kubeconfig", broken.to_str().unwrap()]);
+    expect_code(&out, 2);
+    let text = out.stderr_text();
+    assert_eq!(
+        text.lines().filter(|l| !l.starts_with("hint:")).count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("-->") && !text.contains(" | "), "{text}");
+    // A server that refuses connections: no Debug-style wrapper names.
+    let refused = dir.path().join("refused.yaml");
+    std::fs::write(
+        &refused,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n\
+         contexts:\n- name: c\n  context: {cluster: c, user: u}\nusers:\n- name: u\n  user: {token: abc}\n\
+         current-context: c\n",
+    )
+    .unwrap();
+    let out = kpg(&["status", "--kubeconfig", refused.to_str().unwrap()]);
+    expect_code(&out, 2);
+    assert!(
+        !out.stderr_text().contains("ServiceError"),
+        "{}",
+        out.describe()
+    );
+
+    // `--dsn ""` is refused at once; an empty DATABASE_URL is as good as unset.
+    let started = std::time::Instant::now();
+    let out = kpg(&["migrate", "status", "--dsn", ""]);
+    expect_code(&out, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    let out = crate::kpg_command(&["migrate", "up", "--dry-run"])
+        .env("DATABASE_URL", "")
+        .env("KUBECONFIG", dir.path().join("none"))
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+    assert!(out.stdout_text().contains("Plan"), "{}", out.describe());
+}
