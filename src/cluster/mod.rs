@@ -3,6 +3,8 @@
 
 pub mod access;
 pub mod exec;
+pub mod forward;
+pub mod logs;
 pub mod proxy;
 pub mod release;
 pub mod tunnel;

@@ -1,0 +1,445 @@
+//! Daily operations on the real control plane: `logs` (followed across restarts), `restart`,
+//! `port-forward` (concurrent sessions, a dropped one, a replaced pod) and `report`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::scope::Scope;
+use crate::{expect_code, OutputExt};
+
+const TIMEOUT: &str = "120s";
+const READY_LINE: &str = "database system is ready to accept connections";
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "{}", out.describe());
+    out
+}
+
+fn jsonpath(scope: &Scope, what: &str, path: &str) -> String {
+    ok(scope.kubectl_ns(&["get", what, "-o", &format!("jsonpath={path}")])).stdout_text()
+}
+
+fn install(scope: &Scope, release: &str) {
+    let out = scope.kpg(&["install", release, "-n", &scope.ns, "--timeout", TIMEOUT]);
+    expect_code(&out, 0);
+}
+
+/// A kubectl-pg run in the background whose stdout lines arrive on a channel.
+struct Background {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Background {
+    fn start(scope: &Scope, args: &[&str]) -> Background {
+        let mut child = scope
+            .kpg_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Background {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads lines until one satisfies `want`, failing after `within`.
+    fn until(&mut self, within: Duration, what: &str, want: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + within;
+        while !want(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "no {what} within {within:?}; lines so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "no exit 20s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Kills the postmaster in the pod: the node restarts the container in the same pod.
+fn crash_server(scope: &Scope, pod: &str) {
+    ok(scope.kubectl_ns(&[
+        "exec",
+        pod,
+        "-c",
+        "postgres",
+        "--",
+        "sh",
+        "-c",
+        "kill -9 $(head -1 \"$PGDATA/postmaster.pid\")",
+    ]));
+}
+
+fn wait_pod(scope: &Scope, pod: &str, condition: &str) {
+    ok(scope.kubectl_ns(&[
+        "wait",
+        &format!("pod/{pod}"),
+        condition,
+        "--timeout",
+        TIMEOUT,
+    ]));
+}
+
+#[test]
+fn logs_follow_across_restarts_and_restart_keeps_the_data() {
+    let scope = Scope::new("kpg-logs");
+    let ns = scope.ns.as_str();
+    install(&scope, "pg");
+
+    let logs = scope.kpg(&["logs", "pg", "-n", ns]);
+    expect_code(&logs, 0);
+    assert!(
+        logs.stdout_text().contains(READY_LINE),
+        "{}",
+        logs.describe()
+    );
+    let tail = scope.kpg(&["logs", "-n", ns, "--tail", "2", "--timestamps"]);
+    expect_code(&tail, 0);
+    let lines: Vec<String> = tail.stdout_text().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{}", tail.describe());
+    assert!(
+        lines.iter().all(|l| l.starts_with("20") && l.contains('T')),
+        "{lines:?}"
+    );
+    let since = scope.kpg(&["logs", "-n", ns, "--since", "1h"]);
+    assert!(
+        since.stdout_text().contains(READY_LINE),
+        "{}",
+        since.describe()
+    );
+
+    // No restart yet: --previous is a clear message, exit 1.
+    let previous = scope.kpg(&["logs", "-n", ns, "--previous"]);
+    expect_code(&previous, 1);
+    let err = previous.stderr_text();
+    assert!(
+        err.contains("no previous container") && err.contains("hint:"),
+        "{}",
+        previous.describe()
+    );
+
+    // Follow, with timestamps so repeats would show. The first start of the image prints the
+    // ready line twice (its initdb server, then the real one): count from what is there.
+    let n0 = count(
+        &logs
+            .stdout_text()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+        READY_LINE,
+    );
+    let mut follow = Background::start(&scope, &["logs", "pg", "-n", ns, "-f", "--timestamps"]);
+    follow.until(Duration::from_secs(30), "ready line", |s| {
+        count(s, READY_LINE) >= n0
+    });
+
+    // The server crashes and its container restarts in the same pod: followed.
+    crash_server(&scope, "pg-0");
+    wait_pod(
+        &scope,
+        "pg-0",
+        "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+    );
+    wait_pod(&scope, "pg-0", "--for=condition=Ready");
+    follow.until(Duration::from_secs(60), "second ready line", |s| {
+        count(s, READY_LINE) > n0
+    });
+    // The previous container's log can be read now.
+    let previous = scope.kpg(&["logs", "-n", ns, "--previous"]);
+    expect_code(&previous, 0);
+    assert!(
+        previous.stdout_text().contains(READY_LINE),
+        "{}",
+        previous.describe()
+    );
+
+    // Data written before a restart is there after it; the pod is a new one.
+    ok(scope.kpg(&[
+        "psql",
+        "-n",
+        ns,
+        "--",
+        "-c",
+        "create table kept (v text); insert into kept values ('still here')",
+    ]));
+    let uid = jsonpath(&scope, "pod/pg-0", "{.metadata.uid}");
+    let restart = scope.kpg(&[
+        "restart",
+        "pg",
+        "-n",
+        ns,
+        "--timeout",
+        TIMEOUT,
+        "-o",
+        "json",
+    ]);
+    expect_code(&restart, 0);
+    let doc = json(&restart);
+    assert_eq!(doc["kind"], "DeploymentStatus", "{doc}");
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    assert_ne!(jsonpath(&scope, "pod/pg-0", "{.metadata.uid}"), uid);
+    assert!(!jsonpath(
+        &scope,
+        "sts/pg",
+        "{.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}"
+    )
+    .is_empty());
+    let kept = scope.kpg(&["psql", "-n", ns, "--", "-At", "-c", "select v from kept"]);
+    assert_eq!(
+        kept.stdout_text().trim(),
+        "still here",
+        "{}",
+        kept.describe()
+    );
+
+    // The follower went on with the new pod, and printed no line twice.
+    follow.until(Duration::from_secs(60), "third ready line", |s| {
+        count(s, READY_LINE) > n0 + 1
+    });
+    let mut sorted = follow.seen.clone();
+    sorted.sort();
+    let before = sorted.len();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        before,
+        "a line came twice:\n{}",
+        follow.seen.join("\n")
+    );
+    // A replaced pod has no previous container.
+    let previous = scope.kpg(&["logs", "-n", ns, "--previous"]);
+    expect_code(&previous, 1);
+    drop(follow);
+
+    // A release that does not exist.
+    let ghost = scope.kpg(&["restart", "ghost", "-n", ns, "--timeout", "5s"]);
+    expect_code(&ghost, 1);
+    assert!(
+        ghost.stderr_text().contains("not found"),
+        "{}",
+        ghost.describe()
+    );
+    let ghost = scope.kpg(&["logs", "ghost", "-n", ns]);
+    expect_code(&ghost, 1);
+}
+
+/// The port printed on the first line: `postgresql://user:pw@127.0.0.1:PORT/db`.
+fn dsn_port(dsn: &str) -> u16 {
+    let after = dsn.rsplit_once('@').unwrap().1;
+    let hostport = after.split('/').next().unwrap();
+    hostport.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// Runs `f` with `n` sessions open at once through `dsn`, on one runtime.
+fn sessions<T>(dsn: &str, n: usize, f: impl AsyncFnOnce(Vec<tokio_postgres::Client>) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config: tokio_postgres::Config = dsn.parse().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect {dsn}: {e:?}"));
+            tokio::spawn(connection);
+            clients.push(client);
+        }
+        f(clients).await
+    })
+}
+
+async fn pid(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
+    Ok(client
+        .query_one("select pg_backend_pid()", &[])
+        .await?
+        .get(0))
+}
+
+#[test]
+fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
+    let scope = Scope::new("kpg-pf");
+    let ns = scope.ns.as_str();
+    install(&scope, "pg");
+
+    // A port asked for that is taken: exit 1, clearly.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let taken = scope.kpg(&["port-forward", "-n", ns, &port]);
+    expect_code(&taken, 1);
+    assert!(
+        taken.stderr_text().contains("already in use"),
+        "{}",
+        taken.describe()
+    );
+    drop(busy);
+
+    // Masked by default.
+    let mut masked = Background::start(&scope, &["port-forward", "pg", "-n", ns]);
+    masked.until(Duration::from_secs(30), "the export line", |s| s.len() >= 2);
+    assert!(
+        masked.seen[0].contains(":********@127.0.0.1:"),
+        "{:?}",
+        masked.seen
+    );
+    assert_eq!(
+        masked.seen[1],
+        format!("export DATABASE_URL='{}'", masked.seen[0])
+    );
+    assert_eq!(masked.terminate(), 0, "SIGTERM is a clean stop");
+
+    let mut forward =
+        Background::start(&scope, &["port-forward", "pg", "-n", ns, "--show-password"]);
+    forward.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
+    let dsn = forward.seen[0].clone();
+    let password = String::from_utf8(base64_decode(&jsonpath(
+        &scope,
+        "secret/pg-credentials",
+        "{.data.password}",
+    )))
+    .unwrap();
+    assert!(dsn.contains(&password), "{dsn}");
+    assert!(dsn_port(&dsn) > 0);
+
+    // Three sessions at once; one of them dropped, the others go on; a new one opens.
+    sessions(&dsn, 3, async |clients| {
+        let mut pids = Vec::new();
+        for c in &clients {
+            pids.push(pid(c).await.unwrap());
+        }
+        let mut distinct = pids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "{pids:?}");
+        clients[0]
+            .execute("select pg_terminate_backend($1)", &[&pids[2]])
+            .await
+            .unwrap();
+        assert!(
+            pid(&clients[2]).await.is_err(),
+            "the dropped session is gone"
+        );
+        assert_eq!(pid(&clients[0]).await.unwrap(), pids[0]);
+        assert_eq!(pid(&clients[1]).await.unwrap(), pids[1]);
+    });
+    sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());
+
+    // The pod is replaced: the same listener reaches the new one.
+    let uid = jsonpath(&scope, "pod/pg-0", "{.metadata.uid}");
+    ok(scope.kubectl_ns(&["delete", "pod", "pg-0", "--timeout", TIMEOUT]));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = scope.kubectl_ns(&["get", "pod", "pg-0", "-o", "jsonpath={.metadata.uid}"]);
+        if now.status.success() && now.stdout_text() != uid {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new pod");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_pod(&scope, "pg-0", "--for=condition=Ready");
+    let started: String = sessions(&dsn, 2, async |clients| {
+        let a = clients[0]
+            .query_one("select pg_postmaster_start_time()::text", &[])
+            .await
+            .unwrap();
+        pid(&clients[1]).await.unwrap();
+        a.get(0)
+    });
+    assert!(!started.is_empty());
+    assert_eq!(forward.terminate(), 0);
+
+    // An application user's DSN comes from its Secret; a missing one is exit 1 with a hint.
+    ok(scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "pg-user-app",
+        "--type",
+        "kubernetes.io/basic-auth",
+        "--from-literal=username=app",
+        "--from-literal=password=app-password-0123456789",
+    ]));
+    let mut app = Background::start(&scope, &["port-forward", "-n", ns, "--user", "app"]);
+    app.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
+    assert!(
+        app.seen[0].starts_with("postgresql://app:********@127.0.0.1:"),
+        "{:?}",
+        app.seen
+    );
+    assert!(app.seen[0].ends_with("/learnflow"), "{:?}", app.seen);
+    drop(app);
+    let ghost = scope.kpg(&["port-forward", "-n", ns, "--user", "ghost"]);
+    expect_code(&ghost, 1);
+    assert!(
+        ghost.stderr_text().contains("user create ghost"),
+        "{}",
+        ghost.describe()
+    );
+
+    // No ready pod: exit 8.
+    ok(scope.kubectl_ns(&["scale", "sts/pg", "--replicas=0"]));
+    ok(scope.kubectl_ns(&["wait", "pod/pg-0", "--for=delete", "--timeout", TIMEOUT]));
+    let none = scope.kpg(&["port-forward", "-n", ns]);
+    expect_code(&none, 8);
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap()
+}
