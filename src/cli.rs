@@ -143,6 +143,9 @@ pub enum Command {
     /// Serve the release's database on a local port (one port-forward stream per connection)
     #[command(name = "port-forward", after_help = PORT_FORWARD_EXAMPLES)]
     PortForward(PortForwardArgs),
+    /// Write a diagnostics bundle (.tar.gz): objects, events, logs, status, settings, versions
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
     /// Print the plugin's version, build, supported PostgreSQL majors and the cluster's version
     #[command(after_help = VERSION_EXAMPLES)]
     Version(VersionArgs),
@@ -258,6 +261,30 @@ pub struct PortForwardArgs {
     /// Print the password in the connection string
     #[arg(long)]
     pub show_password: bool,
+}
+
+const REPORT_EXAMPLES: &str = "\
+The bundle holds the release's objects as YAML (Secret values redacted), the events about
+them, the pod's logs (current and previous), the status document, pg_settings, a summary of
+pg_stat_activity (no query texts), the migration status, and the plugin's, Kubernetes' and
+PostgreSQL's versions. No password is written into it. The file is created with mode 0600.
+
+Examples:
+  # report-postgres-<UTC time>.tar.gz in the current directory
+  kubectl pg report -n postgres
+
+  # A file of your choice, then look inside
+  kubectl pg report orders -n prod -f /tmp/orders.tar.gz
+  tar -tzf /tmp/orders.tar.gz";
+
+/// `kubectl pg report`
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// Where to write the bundle (default: report-<release>-<UTC timestamp>.tar.gz)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 const VERSION_EXAMPLES: &str = "\

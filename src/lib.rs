@@ -19,8 +19,8 @@ pub use error::Error;
 
 use cli::{Cli, Command};
 use commands::{
-    completion, dsn, install, logs, migrate, port_forward, psql, restart, status, uninstall,
-    version,
+    completion, dsn, install, logs, migrate, port_forward, psql, report, restart, status,
+    uninstall, version,
 };
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
@@ -61,6 +61,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Logs(args) => logs::run(args, &cli.global).await,
             Command::Restart(args) => restart::run(args, &cli.global).await,
             Command::PortForward(args) => port_forward::run(args, &cli.global).await,
+            Command::Report(args) => report::run(args, &cli.global).await,
         }
     })
 }

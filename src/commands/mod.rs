@@ -8,6 +8,7 @@ pub mod logs;
 pub mod migrate;
 pub mod port_forward;
 pub mod psql;
+pub mod report;
 pub mod restart;
 pub mod status;
 pub mod uninstall;

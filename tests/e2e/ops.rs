@@ -443,3 +443,207 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .decode(text.trim())
         .unwrap()
 }
+
+/// Every file under `dir`, by path relative to it.
+fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn report_bundles_the_release_without_a_password() {
+    let scope = Scope::new("kpg-report");
+    let ns = scope.ns.as_str();
+    let out = scope.kpg(&["install", "pg", "-n", ns, "--migrate", "--timeout", TIMEOUT]);
+    expect_code(&out, 0);
+    let password = String::from_utf8(base64_decode(&jsonpath(
+        &scope,
+        "secret/pg-credentials",
+        "{.data.password}",
+    )))
+    .unwrap();
+    // An application user's Secret, labelled as the release's.
+    let app_password = "app-user-password-9f8e7d6c5b";
+    ok(scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "pg-user-app",
+        "--type",
+        "kubernetes.io/basic-auth",
+        "--from-literal=username=app",
+        &format!("--from-literal=password={app_password}"),
+    ]));
+    ok(scope.kubectl_ns(&[
+        "label",
+        "secret",
+        "pg-user-app",
+        "app.kubernetes.io/instance=pg",
+        "app.kubernetes.io/managed-by=kubectl-pg",
+    ]));
+    // The password in the server's log, as a careless statement would put it there.
+    ok(scope.kpg_stdin(
+        &["psql", "-n", ns],
+        &format!("DO $$ BEGIN RAISE LOG 'leaked %', '{password}'; END $$;\n"),
+    ));
+
+    let work = tempfile::tempdir().unwrap();
+    let report = scope
+        .kpg_command(&["report", "-n", ns])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    expect_code(&report, 0);
+    assert!(
+        !report.stderr_text().contains("not collected"),
+        "a healthy release is reported whole: {}",
+        report.describe()
+    );
+    let name = report.stdout_text().trim().to_string();
+    assert!(
+        name.starts_with("report-pg-") && name.ends_with("Z.tar.gz"),
+        "{}",
+        report.describe()
+    );
+    let archive = work.path().join(&name);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&archive).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(
+        std::fs::read_dir(work.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+    let unpacked = tempfile::tempdir().unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(unpacked.path())
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{}", tar.describe());
+    let root = unpacked.path().join(name.trim_end_matches(".tar.gz"));
+    let all = files(&root);
+    let text = |path: &str| -> String {
+        let (_, content) = all.iter().find(|(p, _)| p == path).unwrap_or_else(|| {
+            panic!(
+                "no {path} in {:?}",
+                all.iter().map(|(p, _)| p).collect::<Vec<_>>()
+            )
+        });
+        String::from_utf8_lossy(content).into_owned()
+    };
+
+    // No password anywhere, in clear or base64.
+    for secret in [password.as_str(), app_password] {
+        let encoded = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(secret)
+        };
+        for (path, content) in &all {
+            let content = String::from_utf8_lossy(content);
+            assert!(!content.contains(secret), "{path} holds a password");
+            assert!(
+                !content.contains(&encoded),
+                "{path} holds a password in base64"
+            );
+        }
+    }
+    assert!(text("logs/pg-0.log").contains("leaked [REDACTED]"));
+
+    assert!(text("objects/statefulset.yaml").contains("kind: StatefulSet"));
+    assert!(!text("objects/statefulset.yaml").contains("managedFields"));
+    let services = text("objects/services.yaml");
+    assert!(
+        services.contains("name: pg\n") && services.contains("name: pg-hl"),
+        "{services}"
+    );
+    assert!(text("objects/pvc.yaml").contains("name: data-pg-0"));
+    assert!(text("objects/pods.yaml").contains("name: pg-0"));
+    let secrets = text("objects/secrets.yaml");
+    assert!(
+        secrets.contains("name: pg-credentials") && secrets.contains("name: pg-user-app"),
+        "{secrets}"
+    );
+    assert!(
+        secrets.contains("password:"),
+        "the keys are listed: {secrets}"
+    );
+    assert!(text("events.txt").contains("REASON"));
+    let logs = text("logs/pg-0.log");
+    assert!(logs.contains(READY_LINE), "{logs}");
+    assert!(text("logs/pg-0.previous.log.missing.txt").contains("no previous container"));
+    let status: Value = serde_json::from_str(&text("status.json")).unwrap();
+    assert_eq!(status["kind"], "DeploymentStatus");
+    assert_eq!(status["phase"], "Healthy");
+    let settings = text("database/pg_settings.tsv");
+    assert!(
+        settings.starts_with("name\tsetting\t") && settings.contains("\nmax_connections\t"),
+        "{settings}"
+    );
+    let activity = text("database/pg_stat_activity.tsv");
+    assert!(
+        activity.contains("application_name") && activity.contains("kubectl-pg"),
+        "{activity}"
+    );
+    assert!(
+        !activity.contains("\tquery\t") && !activity.contains("pg_stat_activity ORDER"),
+        "{activity}"
+    );
+    let migrations: Value = serde_json::from_str(&text("database/migrations.json")).unwrap();
+    assert_eq!(migrations["kind"], "MigrationStatus");
+    assert_eq!(migrations["applied"], 6);
+    let versions: Value = serde_json::from_str(&text("versions.json")).unwrap();
+    assert!(
+        versions["kubernetes_server"]
+            .as_str()
+            .unwrap()
+            .starts_with('v'),
+        "{versions}"
+    );
+    assert!(
+        versions["postgresql"]
+            .as_str()
+            .unwrap()
+            .starts_with("PostgreSQL 18"),
+        "{versions}"
+    );
+    assert_eq!(versions["plugin"], env!("CARGO_PKG_VERSION"));
+    assert!(text("README.txt").contains("database/pg_settings.tsv"));
+
+    // -f names the file; a release that does not exist writes nothing.
+    let chosen = work.path().join("chosen.tar.gz");
+    let out = scope.kpg(&["report", "pg", "-n", ns, "-f", chosen.to_str().unwrap()]);
+    expect_code(&out, 0);
+    assert!(chosen.is_file());
+    let ghost = scope.kpg(&[
+        "report",
+        "ghost",
+        "-n",
+        ns,
+        "-f",
+        work.path().join("g.tar.gz").to_str().unwrap(),
+    ]);
+    expect_code(&ghost, 1);
+    assert!(!work.path().join("g.tar.gz").exists());
+}
