@@ -64,10 +64,17 @@ pub async fn read(
     let mut cursor = Cursor::default();
     let mut lines = stream.lines();
     while let Some(line) = lines.next().await {
-        let line = line.map_err(|source| Error::Io {
-            context: format!("reading the log of pod {name}"),
-            source,
-        })?;
+        let line = match line {
+            Ok(line) => line,
+            // A cut stream is resumed when following, like one that ended.
+            Err(_) if options.follow => break,
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("reading the log of pod {name}"),
+                    source,
+                })
+            }
+        };
         let text = if options.follow {
             cursor.take(&line, options.timestamps)
         } else {

@@ -647,3 +647,63 @@ fn report_bundles_the_release_without_a_password() {
     expect_code(&ghost, 1);
     assert!(!work.path().join("g.tar.gz").exists());
 }
+
+#[test]
+fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
+    let scope = Scope::new("kpg-pfcut");
+    let ns = scope.ns.as_str();
+    install(&scope, "pg");
+    let pem = |name: &str| std::fs::read_to_string(scope.plane.pki(name)).unwrap();
+    let proxy = crate::proxy::Proxy::start(crate::proxy::Upstream {
+        url: scope.plane.server.clone(),
+        ca_pem: pem("ca.crt"),
+        client_cert_pem: pem("admin.crt"),
+        client_key_pem: pem("admin.key"),
+    });
+    let kubeconfig = scope.dir.path().join("proxy.kubeconfig");
+    proxy.kubeconfig(&kubeconfig);
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut forward = Background::start(
+        &scope,
+        &[
+            "port-forward",
+            "pg",
+            "-n",
+            ns,
+            "127.0.0.1:0",
+            "--show-password",
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+    );
+    forward.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
+    let dsn = forward.seen[0].clone();
+    assert_ne!(dsn_port(&dsn), 0);
+    sessions(&dsn, 3, async |clients| {
+        let mut pids = Vec::new();
+        for c in &clients {
+            pids.push(pid(c).await.unwrap());
+        }
+        // The next byte on any stream cuts that stream: only the third session talks.
+        proxy.drop_upgraded_after(1);
+        assert!(
+            pid(&clients[2]).await.is_err(),
+            "the cut stream ends its session"
+        );
+        proxy.clear_faults();
+        assert_eq!(pid(&clients[0]).await.unwrap(), pids[0]);
+        assert_eq!(pid(&clients[1]).await.unwrap(), pids[1]);
+    });
+    // The listener still serves new connections, each through a stream of its own.
+    sessions(&dsn, 2, async |clients| {
+        pid(&clients[0]).await.unwrap();
+        pid(&clients[1]).await.unwrap();
+    });
+    let streams = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query.contains("/portforward"))
+        .count();
+    assert!(streams >= 5, "one stream per connection: {streams}");
+    assert_eq!(forward.terminate(), 0);
+}
