@@ -707,3 +707,40 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
     assert!(streams >= 5, "one stream per connection: {streams}");
     assert_eq!(forward.terminate(), 0);
 }
+
+#[test]
+fn restart_replaces_a_crash_looping_pod_and_reports_why_it_fails() {
+    let scope = Scope::new("kpg-rsfail");
+    let ns = scope.ns.as_str();
+    install(&scope, "pg");
+    // A setting the server refuses, kept on the volume: every start fails from now on.
+    ok(scope.kubectl_ns(&[
+        "exec",
+        "pg-0",
+        "-c",
+        "postgres",
+        "--",
+        "sh",
+        "-c",
+        "echo 'no_such_setting = 1' >> \"$PGDATA/postgresql.conf\"",
+    ]));
+    crash_server(&scope, "pg-0");
+    wait_pod(&scope, "pg-0", "--for=condition=Ready=false");
+    let uid = jsonpath(&scope, "pod/pg-0", "{.metadata.uid}");
+    // The pod is not Ready, which a StatefulSet never replaces: restart deletes it, and the
+    // new pod's failure is diagnosed with the server's own words.
+    let restart = scope.kpg(&["restart", "pg", "-n", ns, "--timeout", TIMEOUT]);
+    expect_code(&restart, 5);
+    let err = restart.stderr_text();
+    assert!(err.contains("deleted pod pg-0"), "{}", restart.describe());
+    assert!(err.contains("no_such_setting"), "{}", restart.describe());
+    assert_ne!(jsonpath(&scope, "pod/pg-0", "{.metadata.uid}"), uid);
+    // The log of the failed start is there for the asking.
+    let previous = scope.kpg(&["logs", "pg", "-n", ns, "--previous"]);
+    expect_code(&previous, 0);
+    assert!(
+        previous.stdout_text().contains("no_such_setting"),
+        "{}",
+        previous.describe()
+    );
+}
