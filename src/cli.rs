@@ -245,7 +245,10 @@ Examples:
   kubectl pg port-forward --address 0.0.0.0 6543
 
   # The DSN of application user app (made by kubectl pg user create app)
-  kubectl pg port-forward --user app";
+  kubectl pg port-forward --user app
+
+  # The DatabaseConnection document of the local address, for a script
+  kubectl pg port-forward -o json";
 
 /// `kubectl pg port-forward`
 #[derive(Debug, Args)]
@@ -261,6 +264,9 @@ pub struct PortForwardArgs {
     /// Print the password in the connection string
     #[arg(long)]
     pub show_password: bool,
+    /// Print the local DatabaseConnection document as json or yaml instead of the two lines
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
 }
 
 const REPORT_EXAMPLES: &str = "\

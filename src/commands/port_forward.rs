@@ -12,7 +12,7 @@ use crate::cluster::release::{self, secret_values, DATABASE_PORT};
 use crate::cluster::{forward, Cluster};
 use crate::database::connection::DatabaseConnection;
 use crate::error::Error;
-use crate::output::emit;
+use crate::output::{self, emit};
 
 /// The address listened on unless one is given: this machine only.
 const DEFAULT_ADDRESS: &str = "127.0.0.1";
@@ -63,10 +63,18 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     } else {
         connection.masked()
     };
-    emit(&format!(
-        "{dsn}\nexport DATABASE_URL='{dsn}'\n",
-        dsn = shown.connection_string
-    ));
+    match args
+        .output
+        .map(|f| output::document(f, &shown))
+        .transpose()?
+        .flatten()
+    {
+        Some(document) => emit(&document),
+        None => emit(&format!(
+            "{dsn}\nexport DATABASE_URL='{dsn}'\n",
+            dsn = shown.connection_string
+        )),
+    }
     crate::note!(
         "forwarding {local} to release {release} in namespace {} (pod {}:{}; each connection finds the ready pod again); Ctrl-C to stop",
         cluster.namespace,

@@ -263,6 +263,24 @@ fn logs_follow_across_restarts_and_restart_keeps_the_data() {
     expect_code(&previous, 1);
     drop(follow);
 
+    // Following ends when the release is uninstalled.
+    let mut follow = Background::start(&scope, &["logs", "pg", "-n", ns, "-f"]);
+    follow.until(Duration::from_secs(30), "a line", |s| !s.is_empty());
+    expect_code(&scope.kpg(&["uninstall", "pg", "-n", ns, "--yes"]), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = follow.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs -f still runs after uninstall"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0));
+    drop(follow);
+
     // A release that does not exist.
     let ghost = scope.kpg(&["restart", "ghost", "-n", ns, "--timeout", "5s"]);
     expect_code(&ghost, 1);
@@ -422,6 +440,18 @@ fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
     );
     assert!(app.seen[0].ends_with("/learnflow"), "{:?}", app.seen);
     drop(app);
+    let mut doc = Background::start(
+        &scope,
+        &["port-forward", "-n", ns, "-o", "json", "--user", "app"],
+    );
+    doc.until(Duration::from_secs(30), "the document", |s| {
+        s.iter().any(|l| l == "}")
+    });
+    let doc: Value = serde_json::from_str(&doc.seen.join("\n")).unwrap();
+    assert_eq!(doc["kind"], "DatabaseConnection", "{doc}");
+    assert_eq!(doc["username"], "app", "{doc}");
+    assert_eq!(doc["password"], "********", "{doc}");
+    assert_eq!(doc["host"], "127.0.0.1", "{doc}");
     let ghost = scope.kpg(&["port-forward", "-n", ns, "--user", "ghost"]);
     expect_code(&ghost, 1);
     assert!(
