@@ -43,10 +43,6 @@ pub async fn read(
     mut out: impl FnMut(&str) -> bool,
 ) -> Result<(), Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let pod = find_pod(cluster, release)
-        .await?
-        .ok_or_else(|| no_pod(cluster, release))?;
-    let mut name = pod.metadata.name.clone().unwrap_or_default();
     let mut params = LogParams {
         container: Some(CONTAINER.into()),
         follow: options.follow,
@@ -57,63 +53,83 @@ pub async fn read(
         timestamps: options.timestamps || options.follow,
         ..LogParams::default()
     };
-    let stream = pods
-        .log_stream(&name, &params)
-        .await
-        .map_err(|e| log_error(cluster, release, &name, options.previous, e))?;
-    let mut cursor = Cursor::default();
-    let mut lines = stream.lines();
-    while let Some(line) = lines.next().await {
-        let line = match line {
-            Ok(line) => line,
-            // A cut stream is resumed when following, like one that ended.
-            Err(_) if options.follow => break,
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("reading the log of pod {name}"),
-                    source,
-                })
-            }
-        };
-        let text = if options.follow {
-            cursor.take(&line, options.timestamps)
-        } else {
-            Some(line.as_str())
-        };
-        if text.is_some_and(|t| !out(t)) {
-            return Ok(());
-        }
-    }
     if !options.follow {
-        return Ok(());
-    }
-    // The container ended (or the stream was cut): find the server again and go on.
-    params.tail_lines = None;
-    params.since_seconds = None;
-    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    loop {
-        tokio::time::sleep(RETRY).await;
-        let Some(pod) = find_pod(cluster, release).await? else {
-            if sets
-                .get_opt(release)
-                .await
-                .map_err(|e| cluster.error("get", "statefulsets", e))?
-                .is_none()
-            {
-                crate::note!("release {release}'s StatefulSet is gone: no more log to follow");
+        let pod = find_pod(cluster, release)
+            .await?
+            .ok_or_else(|| no_pod(cluster, release))?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let stream = pods
+            .log_stream(&name, &params)
+            .await
+            .map_err(|e| log_error(cluster, release, &name, options.previous, e))?;
+        let mut lines = stream.lines();
+        while let Some(line) = lines.next().await {
+            let line = line.map_err(|source| Error::Io {
+                context: format!("reading the log of pod {name}"),
+                source,
+            })?;
+            if !out(&line) {
                 return Ok(());
             }
-            continue;
+        }
+        return Ok(());
+    }
+
+    // Following: each stream ends when its container exits (or the stream is cut); the
+    // server is then found again, and the log goes on from the last line printed.
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let mut cursor = Cursor::default();
+    let mut first = true;
+    let mut said_waiting = false;
+    loop {
+        if !first {
+            tokio::time::sleep(RETRY).await;
+        }
+        let pod = match find_pod(cluster, release).await {
+            Ok(pod) => pod,
+            // The API server restarting, a network blip: look again.
+            Err(Error::ClusterUnreachable { .. }) if !first => continue,
+            Err(e) => return Err(e),
         };
-        if !container_running(&pod) {
+        let Some(pod) = pod else {
+            if first {
+                return Err(no_pod(cluster, release));
+            }
+            match sets.get_opt(release).await {
+                Ok(None) => {
+                    crate::note!("release {release}'s StatefulSet is gone: no more log to follow");
+                    return Ok(());
+                }
+                Ok(Some(_)) | Err(_) => continue,
+            }
+        };
+        let running = container_running(&pod);
+        if !first && !running {
             continue;
         }
-        name = pod.metadata.name.clone().unwrap_or_default();
-        params.since_time = cursor.since();
-        // A container that stopped again in between refuses or ends at once: look again.
-        let Ok(stream) = pods.log_stream(&name, &params).await else {
-            continue;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if cursor.last.is_some() {
+            // What --tail and --since chose was printed: from now on, the lines after it.
+            params.tail_lines = None;
+            params.since_seconds = None;
+            params.since_time = cursor.since();
+        }
+        let stream = match pods.log_stream(&name, &params).await {
+            Ok(stream) => stream,
+            // Not started yet (ContainerCreating, PodInitializing): wait for it.
+            Err(kube::Error::Api(status)) if first && status.code == 400 && !running => {
+                if !said_waiting {
+                    crate::note!("waiting for the server container of pod {name} to start");
+                    said_waiting = true;
+                }
+                first = false;
+                continue;
+            }
+            Err(e) if first => return Err(log_error(cluster, release, &name, false, e)),
+            // A container that stopped again in between refuses: look again.
+            Err(_) => continue,
         };
+        first = false;
         let mut lines = stream.lines();
         while let Some(Ok(line)) = lines.next().await {
             if cursor
