@@ -773,4 +773,25 @@ fn restart_replaces_a_crash_looping_pod_and_reports_why_it_fails() {
         "{}",
         previous.describe()
     );
+
+    // A report of the broken release: what the database cannot give is a note, not a failure.
+    let bundle = scope.dir.path().join("broken.tar.gz");
+    let report = scope.kpg(&["report", "pg", "-n", ns, "-f", bundle.to_str().unwrap()]);
+    expect_code(&report, 0);
+    assert!(
+        report.stderr_text().contains("not collected: database"),
+        "{}",
+        report.describe()
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let listing = listing.stdout_text();
+    assert!(listing.contains("/logs/pg-0.previous.log\n"), "{listing}");
+    assert!(
+        listing.contains("/status.json\n") && !listing.contains("pg_settings"),
+        "{listing}"
+    );
 }
