@@ -134,6 +134,18 @@ pub enum Command {
     /// Print the connection string of a release's database, read from its Secret
     #[command(after_help = DSN_EXAMPLES)]
     Dsn(DsnArgs),
+    /// Print the server container's log (current or previous), or follow it across restarts
+    #[command(after_help = LOGS_EXAMPLES)]
+    Logs(LogsArgs),
+    /// Restart the release's pod as `kubectl rollout restart` does, and wait until healthy
+    #[command(after_help = RESTART_EXAMPLES)]
+    Restart(RestartArgs),
+    /// Serve the release's database on a local port (one port-forward stream per connection)
+    #[command(name = "port-forward", after_help = PORT_FORWARD_EXAMPLES)]
+    PortForward(PortForwardArgs),
+    /// Write a diagnostics bundle (.tar.gz): objects, events, logs, status, settings, versions
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
     /// Print the plugin's version, build, supported PostgreSQL majors and the cluster's version
     #[command(after_help = VERSION_EXAMPLES)]
     Version(VersionArgs),
@@ -143,6 +155,142 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+const LOGS_EXAMPLES: &str = "\
+The log of the release's pod, container postgres. With -f it keeps following when the
+container restarts or the pod is replaced, without repeating lines; it ends on Ctrl-C, or when
+the release's StatefulSet is gone.
+
+Examples:
+  # The whole log of release postgres in namespace postgres
+  kubectl pg logs -n postgres
+
+  # The last 50 lines, then follow (across restarts), with timestamps
+  kubectl pg logs -f --tail 50 --timestamps
+
+  # The last ten minutes
+  kubectl pg logs --since 10m
+
+  # The log of the container that ran before the last restart (why did it crash?)
+  kubectl pg logs --previous";
+
+/// `kubectl pg logs`
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// Keep printing new lines, following the server across restarts
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u32>,
+    /// Only lines newer than this (e.g. 30s, 10m, 2h)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// The log of the previous container of the pod (before its last restart)
+    #[arg(short = 'p', long, conflicts_with = "follow")]
+    pub previous: bool,
+    /// Start each line with its RFC3339 timestamp
+    #[arg(long)]
+    pub timestamps: bool,
+}
+
+const RESTART_EXAMPLES: &str = "\
+A rollout restart: the StatefulSet's pod template gets the annotation
+kubectl.kubernetes.io/restartedAt (as `kubectl rollout restart` sets it), the controller
+replaces the pod, and the command waits, as install does, until the release is Healthy. The
+data volume is kept. Exit 4 on timeout, 5 when the new pod fails.
+
+Examples:
+  # Restart release postgres in namespace postgres
+  kubectl pg restart -n postgres
+
+  # Restart, wait at most two minutes, print the DeploymentStatus document
+  kubectl pg restart orders -n prod --timeout 2m -o json";
+
+/// `kubectl pg restart`
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// How long to wait for the restarted release to be healthy
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Output: the resulting status as table, json or yaml
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+const PORT_FORWARD_EXAMPLES: &str = "\
+Listens on 127.0.0.1:5432 (or a free port when 5432 is taken) and opens one port-forward
+stream to the release's ready pod for every connection: a dropped stream costs that
+connection only, and each new connection finds the pod again, so the listener survives
+restarts. The connection string and an `export DATABASE_URL=...` line go to stdout (password
+masked unless --show-password); it serves until Ctrl-C (exit 0). Exit 8 when the release has
+no ready pod, 1 when the port asked for is taken.
+
+Here --user NAME names an application user (its Secret R-user-NAME), not a kubeconfig user:
+choose the Kubernetes identity with --context.
+
+Examples:
+  # Serve release postgres of namespace postgres on localhost
+  kubectl pg port-forward -n postgres
+
+  # A given port, the password shown, ready for eval in another shell
+  kubectl pg port-forward orders 15432 --show-password
+
+  # Listen on every interface (others on your network can connect)
+  kubectl pg port-forward --address 0.0.0.0 6543
+
+  # The DSN of application user app (made by kubectl pg user create app)
+  kubectl pg port-forward --user app
+
+  # The DatabaseConnection document of the local address, for a script
+  kubectl pg port-forward -o json";
+
+/// `kubectl pg port-forward`
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The local port, or ADDRESS:PORT (default: 5432 when free, else a free port)
+    #[arg(value_name = "[ADDRESS:]PORT")]
+    pub listen: Option<String>,
+    /// The local address to listen on
+    #[arg(long, value_name = "ADDRESS")]
+    pub address: Option<String>,
+    /// Print the password in the connection string
+    #[arg(long)]
+    pub show_password: bool,
+    /// Print the local DatabaseConnection document as json or yaml instead of the two lines
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+const REPORT_EXAMPLES: &str = "\
+The bundle holds the release's objects as YAML (Secret values redacted), the events about
+them, the pod's logs (current and previous), the status document, pg_settings, a summary of
+pg_stat_activity (no query texts), the migration status, and the plugin's, Kubernetes' and
+PostgreSQL's versions. No password is written into it. The file is created with mode 0600.
+
+Examples:
+  # report-postgres-<UTC time>.tar.gz in the current directory
+  kubectl pg report -n postgres
+
+  # A file of your choice, then look inside
+  kubectl pg report orders -n prod -f /tmp/orders.tar.gz
+  tar -tzf /tmp/orders.tar.gz";
+
+/// `kubectl pg report`
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// Where to write the bundle (default: report-<release>-<UTC timestamp>.tar.gz)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 const VERSION_EXAMPLES: &str = "\

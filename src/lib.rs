@@ -33,7 +33,10 @@ pub(crate) fn fuzz_config(default: u32) -> proptest::test_runner::Config {
 }
 
 use cli::{Cli, Command};
-use commands::{completion, dsn, install, migrate, psql, status, uninstall, version};
+use commands::{
+    completion, dsn, install, logs, migrate, port_forward, psql, report, restart, status,
+    uninstall, version,
+};
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
 pub fn complete(args: &[String]) -> String {
@@ -70,6 +73,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Uninstall(args) => uninstall::run(args, &cli.global).await,
             Command::Psql(args) => psql::run(args, &cli.global).await,
             Command::Status(args) => status::run(args, &cli.global).await,
+            Command::Logs(args) => logs::run(args, &cli.global).await,
+            Command::Restart(args) => restart::run(args, &cli.global).await,
+            Command::PortForward(args) => port_forward::run(args, &cli.global).await,
+            Command::Report(args) => report::run(args, &cli.global).await,
         }
     })
 }

@@ -4,6 +4,8 @@
 pub mod access;
 pub mod credential_plugin;
 pub mod exec;
+pub mod forward;
+pub mod logs;
 pub mod proxy;
 pub mod release;
 pub mod transport;

@@ -436,7 +436,7 @@ pub fn describe_pod(pod: &Pod) -> String {
 }
 
 /// The container port named `postgresql`, else 5432.
-fn database_port(pod: &Pod) -> u16 {
+pub fn database_port(pod: &Pod) -> u16 {
     pod.spec
         .as_ref()
         .into_iter()

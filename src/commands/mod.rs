@@ -4,8 +4,12 @@
 pub mod completion;
 pub mod dsn;
 pub mod install;
+pub mod logs;
 pub mod migrate;
+pub mod port_forward;
 pub mod psql;
+pub mod report;
+pub mod restart;
 pub mod status;
 pub mod uninstall;
 pub mod version;

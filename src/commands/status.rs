@@ -331,7 +331,7 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
 
 /// Waits, driven by watches on the release's pods, PVCs and events, until the release reaches
 /// `want` (exit 0), fails (exit 5), or the timeout passes (exit 4).
-async fn wait(
+pub async fn wait(
     cluster: &Cluster,
     namespace: &str,
     release: &str,

@@ -6,6 +6,7 @@ pub mod changes;
 pub mod observe;
 pub mod probe;
 pub mod report;
+pub mod rollout;
 
 pub use assess::{assess, Phase};
 pub use observe::{observe, Observed};

@@ -1,5 +1,7 @@
 //! Rendering: colour rules, machine-readable documents and tables.
 
+pub mod archive;
+
 use owo_colors::{OwoColorize, Stream};
 use serde::Serialize;
 

@@ -827,6 +827,22 @@ fn the_caveats_rbac_is_enough_for_every_day_commands() {
         migrations.describe()
     );
 
+    // The daily operations need no more than that either.
+    let logs = run(&["logs", "--tail", "5"]);
+    crate::expect_code(&logs, 0);
+    let restart = run(&["restart", "--timeout", "120s", "-o", "json"]);
+    crate::expect_code(&restart, 0);
+    let doc: Value = serde_json::from_slice(&restart.stdout).unwrap();
+    assert_eq!(doc["phase"], "Healthy", "{}", restart.describe());
+    let bundle = scope.dir.path().join("caveats-report.tar.gz");
+    let report = run(&["report", "-f", bundle.to_str().unwrap()]);
+    crate::expect_code(&report, 0);
+    assert!(
+        !report.stderr_text().contains("not collected"),
+        "{}",
+        report.describe()
+    );
+
     let uninstall = run(&["uninstall", "--delete-data", "--yes"]);
     crate::expect_code(&uninstall, 0);
     let left = scope.kubectl_ns(&["get", "statefulsets,services,secrets", "-o", "name"]);

@@ -7,6 +7,7 @@ mod krew;
 mod kubectl;
 mod lifecycle;
 mod migrate;
+mod ops;
 mod pg;
 // Until the tests against the real apiserver use all of it.
 #[allow(dead_code)]

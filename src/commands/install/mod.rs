@@ -23,14 +23,29 @@ use crate::output::{self, emit};
 
 mod credentials;
 mod preflight;
-mod rollout;
 
 use credentials::{ensure_secret, read_password, reset_or_take_back, take_back};
 pub use credentials::{generate_password, PASSWORD_LENGTH};
 use preflight::preflight;
-use rollout::wait_ready;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The watched wait of `deployment::rollout` for this spec's release.
+async fn wait_ready(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    timeout: Duration,
+    upgrade: bool,
+) -> Result<(), Error> {
+    crate::deployment::rollout::wait_ready(
+        cluster,
+        &spec.namespace,
+        &spec.release,
+        timeout,
+        upgrade,
+    )
+    .await
+}
 
 pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     let password = if args.password_stdin {

@@ -1,4 +1,4 @@
-//! Waiting for the pod (and, on upgrade, the rollout), driven by watches, with live
+//! Waiting for the pod (and, on upgrade or restart, the rollout), driven by watches, with live
 //! progress and a diagnosis when it fails.
 
 use std::time::Duration;
@@ -14,23 +14,24 @@ use crate::cluster::release;
 use crate::cluster::Cluster;
 use crate::deployment::{assess, observe, Phase};
 use crate::error::Error;
-use crate::manifests::InstallSpec;
 use crate::output::{paint, Tone};
 
 /// Waits, driven by watches, until the pod is ready with the current spec; diagnoses failures.
-pub(super) async fn wait_ready(
+/// With `upgrade` (a new template was applied: install --upgrade, restart) it also waits for
+/// the rollout to finish, and only the new revision's pod can fail the wait.
+pub async fn wait_ready(
     cluster: &Cluster,
-    spec: &InstallSpec,
+    ns: &str,
+    name: &str,
     timeout: Duration,
     upgrade: bool,
 ) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let ns = &spec.namespace;
-    let selector = release::selector(&spec.release);
-    let mut changes = crate::deployment::changes::changes(cluster, ns, &spec.release);
+    let selector = release::selector(name);
+    let mut changes = crate::deployment::changes::changes(cluster, ns, name);
     let mut last = String::new();
     loop {
-        let observed = observe::observe(cluster, ns, &spec.release).await?;
+        let observed = observe::observe(cluster, ns, name).await?;
         let assessment = assess(&observed, Timestamp::now(), None);
         let rolled_out = !upgrade || rollout_done(observed.statefulset.as_ref());
         if matches!(assessment.phase, Phase::Ready | Phase::Healthy) && rolled_out {
@@ -42,7 +43,7 @@ pub(super) async fn wait_ready(
         if let Some(failure) = assessment.failure().filter(|_| !old_pod) {
             let mut hints: Vec<String> = failure.hint.iter().cloned().collect();
             if failure.reason == "CrashLoopBackOff" {
-                hints.extend(last_log_lines(cluster, ns, &release::pod_name(&spec.release)).await);
+                hints.extend(last_log_lines(cluster, ns, &release::pod_name(name)).await);
             }
             return Err(Error::Deployment {
                 message: failure.message.clone(),

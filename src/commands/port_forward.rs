@@ -1,0 +1,259 @@
+//! `kubectl pg port-forward`: a localhost address for laptop apps and IDEs, carried to the
+//! release's pod one port-forward stream per connection (see `cluster::forward`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use tokio::net::TcpListener;
+
+use crate::cli::{GlobalArgs, PortForwardArgs};
+use crate::cluster::release::{self, secret_values, DATABASE_PORT};
+use crate::cluster::{forward, Cluster};
+use crate::database::connection::DatabaseConnection;
+use crate::error::Error;
+use crate::output::{self, emit};
+
+/// The address listened on unless one is given: this machine only.
+const DEFAULT_ADDRESS: &str = "127.0.0.1";
+
+pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), Error> {
+    // `port-forward 15432`: one argument that is a port, not a release (names start with a
+    // letter; a port is digits, an address has a colon).
+    if args.listen.is_none() && args.release.as_deref().is_some_and(looks_like_port) {
+        args.listen = args.release.take();
+    }
+    let (address, port) = listen_on(args.listen.as_deref(), args.address.as_deref())?;
+    // `--user` names an application user here; the kubeconfig's user comes with --context.
+    let app_user = global.user.clone();
+    let mut options = global.connect_options();
+    options.user = None;
+    let cluster = Cluster::connect(&options).await?;
+    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let target = release::find_target(&cluster, &release).await?;
+    let (username, password, database) = match &app_user {
+        None => {
+            let c = &target.credentials;
+            (c.username.clone(), c.password.clone(), c.database.clone())
+        }
+        Some(name) => {
+            let (username, password, database) =
+                app_user_credentials(&cluster, &release, name).await?;
+            (
+                username,
+                password,
+                database.unwrap_or_else(|| target.credentials.database.clone()),
+            )
+        }
+    };
+    let listener = bind(address, port).await?;
+    let local = listener.local_addr().map_err(|source| Error::Io {
+        context: "cannot read the listening address".into(),
+        source,
+    })?;
+    let connection = DatabaseConnection::new(
+        local.ip().to_string(),
+        local.port(),
+        database,
+        username,
+        password,
+    );
+    let shown = if args.show_password {
+        connection
+    } else {
+        connection.masked()
+    };
+    match args
+        .output
+        .map(|f| output::document(f, &shown))
+        .transpose()?
+        .flatten()
+    {
+        Some(document) => emit(&document),
+        None => emit(&format!(
+            "{dsn}\nexport DATABASE_URL='{dsn}'\n",
+            dsn = shown.connection_string
+        )),
+    }
+    crate::note!(
+        "forwarding {local} to release {release} in namespace {} (pod {}:{}; each connection finds the ready pod again); Ctrl-C to stop",
+        cluster.namespace,
+        target.pod,
+        target.port
+    );
+    tokio::select! {
+        () = forward::serve(listener, cluster, release) => {}
+        () = stop_signal() => {}
+    }
+    crate::note!("stopped forwarding {local}");
+    Ok(())
+}
+
+/// SIGINT or SIGTERM: the listener closes, and the command exits 0 (serving until told to
+/// stop is its normal end).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn looks_like_port(text: &str) -> bool {
+    text.contains(':') || (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The address and port from `[[ADDRESS:]PORT]` and `--address`; port None means "5432 when
+/// free, else any".
+fn listen_on(listen: Option<&str>, flag: Option<&str>) -> Result<(IpAddr, Option<u16>), Error> {
+    let (from_arg, port) = match listen {
+        None => (None, None),
+        Some(text) => {
+            let (addr, port) = match text.rsplit_once(':') {
+                Some((addr, port)) => (
+                    Some(addr.trim_start_matches('[').trim_end_matches(']')),
+                    port,
+                ),
+                None => (None, text),
+            };
+            let port: u16 = port.parse().map_err(|_| Error::InvalidInput {
+                message: format!("invalid port {port:?} in {text:?}"),
+                hint: Some("give PORT or ADDRESS:PORT, like 15432 or 127.0.0.1:15432".into()),
+            })?;
+            (addr.filter(|a| !a.is_empty()), Some(port))
+        }
+    };
+    if let (Some(a), Some(b)) = (from_arg, flag) {
+        if a != b {
+            return Err(Error::invalid(format!(
+                "two addresses to listen on: {a} (in {}) and --address {b}: give one",
+                listen.unwrap_or_default()
+            )));
+        }
+    }
+    let text = from_arg.or(flag).unwrap_or(DEFAULT_ADDRESS);
+    let address = match text {
+        "localhost" => IpAddr::from([127, 0, 0, 1]),
+        other => other.parse().map_err(|_| Error::InvalidInput {
+            message: format!("invalid address to listen on: {other:?}"),
+            hint: Some("an IP address of this machine, like 127.0.0.1, ::1 or 0.0.0.0".into()),
+        })?,
+    };
+    Ok((address, port))
+}
+
+/// The port asked for (taken: exit 1), else 5432 when free, else one the system picks.
+async fn bind(address: IpAddr, port: Option<u16>) -> Result<TcpListener, Error> {
+    let bind_error = |port: u16, source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            Error::InvalidInput {
+                message: format!("port {port} on {address} is already in use"),
+                hint: Some(
+                    "give another port, or none to take 5432 when free and any free port else"
+                        .into(),
+                ),
+            }
+        } else {
+            Error::Io {
+                context: format!("cannot listen on {}", SocketAddr::new(address, port)),
+                source,
+            }
+        }
+    };
+    match port {
+        Some(port) => TcpListener::bind((address, port))
+            .await
+            .map_err(|e| bind_error(port, e)),
+        None => match TcpListener::bind((address, DATABASE_PORT)).await {
+            Ok(listener) => Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                crate::note!("port {DATABASE_PORT} on {address} is in use: taking a free one");
+                TcpListener::bind((address, 0))
+                    .await
+                    .map_err(|e| bind_error(0, e))
+            }
+            Err(e) => Err(bind_error(DATABASE_PORT, e)),
+        },
+    }
+}
+
+/// `R-user-NAME`: the Secret of an application user.
+pub fn app_user_secret(release: &str, user: &str) -> String {
+    format!("{release}-user-{user}")
+}
+
+/// An application user's username, password and (when the Secret names one) database.
+async fn app_user_credentials(
+    cluster: &Cluster,
+    release: &str,
+    user: &str,
+) -> Result<(String, String, Option<String>), Error> {
+    let name = app_user_secret(release, user);
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let secret = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
+                "release {release:?} has no application user {user:?}: Secret {name:?} not found in namespace {:?}",
+                cluster.namespace
+            ),
+            hint: Some(format!(
+                "create it with: kubectl pg user create {user} -n {} (users: kubectl pg user list)",
+                cluster.namespace
+            )),
+        })?;
+    let values = secret_values(&secret);
+    let get = |key: &str| values.get(key).filter(|v| !v.is_empty()).cloned();
+    let password = get("password").ok_or_else(|| release::missing_key(&name, "password"))?;
+    Ok((
+        get("username").unwrap_or_else(|| user.to_string()),
+        password,
+        get("database"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        let local = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(listen_on(None, None).unwrap(), (local, None));
+        assert_eq!(
+            listen_on(Some("15432"), None).unwrap(),
+            (local, Some(15432))
+        );
+        assert_eq!(
+            listen_on(Some("0.0.0.0:6543"), None).unwrap(),
+            (IpAddr::from([0, 0, 0, 0]), Some(6543))
+        );
+        assert_eq!(
+            listen_on(Some("[::1]:6543"), None).unwrap(),
+            ("::1".parse().unwrap(), Some(6543))
+        );
+        assert_eq!(
+            listen_on(Some("7000"), Some("::1")).unwrap(),
+            ("::1".parse().unwrap(), Some(7000))
+        );
+        assert_eq!(
+            listen_on(Some("localhost:0"), None).unwrap(),
+            (local, Some(0))
+        );
+        assert!(listen_on(Some("x"), None).is_err());
+        assert!(listen_on(Some("70000"), None).is_err());
+        assert!(listen_on(Some("10.0.0.1:5"), Some("127.0.0.1")).is_err());
+        assert!(listen_on(None, Some("nohost")).is_err());
+        assert!(looks_like_port("15432") && looks_like_port("[::1]:5432"));
+        assert!(!looks_like_port("orders") && !looks_like_port("pg-2"));
+    }
+}

@@ -1,0 +1,239 @@
+//! A `.tar.gz` of text files, as `kubectl pg report` writes it: private (mode 0600) from its
+//! first byte, written under a temporary name and renamed, so a half-written bundle never
+//! stands under the name asked for; every known secret value is cut out of every file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use crate::error::Error;
+
+/// What replaces a secret value found in a file.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// The files of a bundle, all under one top directory.
+#[derive(Debug, Default)]
+pub struct Bundle {
+    root: String,
+    files: Vec<(String, Vec<u8>)>,
+    secrets: Vec<Vec<u8>>,
+}
+
+impl Bundle {
+    /// A bundle whose files unpack into directory `root`.
+    pub fn new(root: &str) -> Self {
+        Self {
+            root: root.trim_matches('/').to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a file at `path` (relative to the root).
+    pub fn add(&mut self, path: &str, content: impl Into<Vec<u8>>) {
+        self.files.push((path.to_string(), content.into()));
+    }
+
+    /// Values that must appear in no file (passwords, keys): each occurrence, and each
+    /// occurrence of its base64 form, becomes [`REDACTED`] when the bundle is written.
+    /// Values shorter than 6 bytes are left alone: they would shred ordinary text.
+    pub fn never_write(&mut self, value: &[u8]) {
+        if value.len() < 6 {
+            return;
+        }
+        let encoded = serde_json::to_string(&k8s_openapi::ByteString(value.to_vec()))
+            .unwrap_or_default()
+            .trim_matches('"')
+            .as_bytes()
+            .to_vec();
+        for v in [value.to_vec(), encoded] {
+            if !self.secrets.contains(&v) {
+                self.secrets.push(v);
+            }
+        }
+        // Longest first, so a value that contains another is cut whole.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// The paths added so far, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|(p, _)| p.as_str())
+    }
+
+    /// Writes the archive to `path` (mode 0600, via a temporary file beside it); returns
+    /// its size in bytes.
+    pub fn write(&self, path: &Path) -> Result<u64, Error> {
+        let io = |context: String| move |source| Error::Io { context, source };
+        let temp = temp_path(path);
+        let file =
+            create_private(&temp).map_err(io(format!("cannot create {}", temp.display())))?;
+        let result = self.write_to(file);
+        let finished = result.and_then(|file| file.sync_all().map(|()| file));
+        if let Err(source) = finished {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::Io {
+                context: format!("cannot write {}", temp.display()),
+                source,
+            });
+        }
+        if let Err(source) = std::fs::rename(&temp, path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(Error::Io {
+                context: format!("cannot rename {} to {}", temp.display(), path.display()),
+                source,
+            });
+        }
+        std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(io(format!("cannot read {}", path.display())))
+    }
+
+    fn write_to(&self, file: std::fs::File) -> std::io::Result<std::fs::File> {
+        let mtime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut tar = tar::Builder::new(GzEncoder::new(file, Compression::default()));
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o700);
+        dir.set_mtime(mtime);
+        dir.set_size(0);
+        tar.append_data(&mut dir, format!("{}/", self.root), std::io::empty())?;
+        let mut dirs: Vec<String> = Vec::new();
+        for (path, content) in &self.files {
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                if !dirs.iter().any(|d| d == parent) {
+                    dirs.push(parent.to_string());
+                    tar.append_data(
+                        &mut dir,
+                        format!("{}/{parent}/", self.root),
+                        std::io::empty(),
+                    )?;
+                }
+            }
+            let content = scrub(content, &self.secrets);
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(0o600);
+            header.set_mtime(mtime);
+            header.set_size(content.len() as u64);
+            tar.append_data(
+                &mut header,
+                format!("{}/{path}", self.root),
+                content.as_slice(),
+            )?;
+        }
+        let mut gz = tar.into_inner()?;
+        gz.flush()?;
+        gz.finish()
+    }
+}
+
+/// `FILE.tmp-PID` beside `path`, so the rename stays on one file system.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Creates the file readable by its owner only from the start (no window where a umask of
+/// 022 leaves it world-readable).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// `content` with every occurrence of each secret (longest first) replaced.
+pub fn scrub(content: &[u8], secrets: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = content.to_vec();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if !out.windows(secret.len()).any(|w| w == secret.as_slice()) {
+            continue;
+        }
+        let mut next = Vec::with_capacity(out.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(secret) {
+                next.extend_from_slice(REDACTED.as_bytes());
+                i += secret.len();
+            } else {
+                next.push(out[i]);
+                i += 1;
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_their_base64_are_cut_out() {
+        let mut bundle = Bundle::new("r");
+        bundle.never_write(b"s3cret-password");
+        bundle.never_write(b"abc"); // too short to search for
+        let text = b"uri postgresql://u:s3cret-password@h/db, data czNjcmV0LXBhc3N3b3Jk, abc";
+        let out = String::from_utf8(scrub(text, &bundle.secrets)).unwrap();
+        assert_eq!(
+            out,
+            "uri postgresql://u:[REDACTED]@h/db, data [REDACTED], abc"
+        );
+    }
+
+    #[test]
+    fn writes_a_private_archive_under_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tar.gz");
+        let mut bundle = Bundle::new("report-x");
+        bundle.add("a.txt", "hello secret-value-1\n");
+        bundle.add("logs/b.log", "line\n");
+        bundle.never_write(b"secret-value-1");
+        let size = bundle.write(&path).unwrap();
+        assert!(size > 0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let entries: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, ["r.tar.gz"], "no temporary file is left");
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(&path).unwrap(),
+        ));
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            found.push((name, text));
+        }
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "report-x/",
+                "report-x/a.txt",
+                "report-x/logs/",
+                "report-x/logs/b.log"
+            ]
+        );
+        assert_eq!(found[1].1, "hello [REDACTED]\n");
+    }
+}
