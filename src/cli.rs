@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use crate::output::{ColorChoice, OutputFormat};
 
 const ABOUT: &str =
-    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn";
+    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn, user, rotate-password";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -134,6 +134,12 @@ pub enum Command {
     /// Print the connection string of a release's database, read from its Secret
     #[command(after_help = DSN_EXAMPLES)]
     Dsn(DsnArgs),
+    /// Create, list and delete application users: roles that are not the superuser, each with its own Secret
+    #[command(after_help = USER_EXAMPLES)]
+    User(UserArgs),
+    /// Set a new password in the database, then in its Secret (the superuser's, or a user's with --db-user)
+    #[command(after_help = ROTATE_EXAMPLES)]
+    RotatePassword(RotatePasswordArgs),
     /// Print the plugin's version, build, supported PostgreSQL majors and the cluster's version
     #[command(after_help = VERSION_EXAMPLES)]
     Version(VersionArgs),
@@ -373,6 +379,9 @@ Examples:
   # The address a laptop can use (LoadBalancer or NodePort service)
   kubectl pg dsn --external
 
+  # An application user's connection string (kubectl pg user create app_rw)
+  kubectl pg dsn --db-user app_rw --format jdbc
+
   # The DatabaseConnection document, password hidden
   kubectl pg dsn -o json --mask";
 
@@ -387,6 +396,10 @@ pub struct DsnArgs {
     /// Give the address reachable from outside the cluster (LoadBalancer ingress or NodePort)
     #[arg(long)]
     pub external: bool,
+    /// The DSN of this application user (`kubectl pg user create`), from its Secret R-user-NAME
+    /// (`--user` is kubectl's: the kubeconfig user)
+    #[arg(long, value_name = "NAME")]
+    pub db_user: Option<String>,
     /// Hide the password
     #[arg(long)]
     pub mask: bool,
@@ -403,6 +416,121 @@ pub enum DsnFormat {
     Jdbc,
     Keyvalue,
     Pgpass,
+}
+
+const USER_EXAMPLES: &str = "\
+An application user is a PostgreSQL role with LOGIN and no superuser, CREATEDB or CREATEROLE. It
+may connect to its database and read and write the tables of schema public, including tables that
+migrations create later (default privileges of the release's superuser); --readonly: SELECT only.
+Its credentials are in Secret RELEASE-user-NAME (kubernetes.io/basic-auth: username, password,
+database, host, port, uri); the password is sent to the server as a SCRAM verifier.
+
+Examples:
+  # A read-write user for the app, password generated, in the release's database
+  kubectl pg user create app_rw -n postgres
+
+  # A read-only user of release orders, with your own password
+  printf '%s\\n' \"$PASSWORD\" | kubectl pg user create reporting --readonly --password-stdin --release orders
+
+  # The users, their Secrets and roles (drift between the two is flagged)
+  kubectl pg user list -n postgres
+
+  # Its connection string, for the app
+  kubectl pg dsn --db-user app_rw -n postgres
+
+  # Remove the role (its objects go to the superuser) and its Secret
+  kubectl pg user delete app_rw --yes";
+
+/// `kubectl pg user`
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub options: UserOptions,
+    #[command(subcommand)]
+    pub action: UserAction,
+}
+
+/// Options of every `user` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct UserOptions {
+    /// The release (default: the only one in the namespace, else "postgres"); a flag here, as
+    /// NAME is the user
+    #[arg(long, global = true, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// Output format: table, json or yaml
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a role and its Secret RELEASE-user-NAME
+    #[command(
+        after_help = "Examples:\n  kubectl pg user create app_rw\n  kubectl pg user create reporting --readonly --database analytics\n  printf '%s\\n' \"$PASSWORD\" | kubectl pg user create app_rw --password-stdin"
+    )]
+    Create {
+        /// The role name: lower-case letters, digits and '_' (not pg_..., not the superuser)
+        name: String,
+        /// The database it may use (default: the release's)
+        #[arg(long, value_name = "DB")]
+        database: Option<String>,
+        /// SELECT only
+        #[arg(long)]
+        readonly: bool,
+        /// Read the password from stdin (16 characters at least; asked without echo on a terminal)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the users: their Secrets and roles
+    #[command(
+        after_help = "Examples:\n  kubectl pg user list\n  kubectl pg user list --release orders -o json"
+    )]
+    List,
+    /// Drop a user's role (what it owns goes to the superuser) and delete its Secret
+    #[command(
+        after_help = "Examples:\n  kubectl pg user delete app_rw\n  kubectl pg user delete app_rw --release orders --yes"
+    )]
+    Delete {
+        /// The user to delete
+        name: String,
+        /// Do not ask for confirmation (needed when not on a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+const ROTATE_EXAMPLES: &str = "\
+The new password is set in the database first (as a SCRAM verifier), then written to the Secret
+(R-credentials, or R-user-NAME with --db-user); if the Secret cannot be written, the database
+gets the old password back. Apps must reread the Secret: the Deployments and StatefulSets of
+the namespace that use it are listed. A release installed with --existing-secret is refused:
+that Secret is yours to rotate.
+
+Examples:
+  # The superuser's password of release postgres
+  kubectl pg rotate-password -n postgres --yes
+
+  # An application user's
+  kubectl pg rotate-password --db-user app_rw --yes
+
+  # The result as a document (never the password)
+  kubectl pg rotate-password orders --db-user reporting --yes -o json";
+
+/// `kubectl pg rotate-password`
+#[derive(Debug, Args)]
+pub struct RotatePasswordArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// Rotate this application user's password instead of the superuser's (`--user` is
+    /// kubectl's: the kubeconfig user)
+    #[arg(long, value_name = "NAME")]
+    pub db_user: Option<String>,
+    /// Do not ask for confirmation (needed when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the result as json or yaml
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
 }
 
 const MIGRATE_EXAMPLES: &str = "\

@@ -18,7 +18,9 @@ pub mod output;
 pub use error::Error;
 
 use cli::{Cli, Command};
-use commands::{completion, dsn, install, migrate, psql, status, uninstall, version};
+use commands::{
+    completion, dsn, install, migrate, psql, rotate_password, status, uninstall, user, version,
+};
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
 pub fn complete(args: &[String]) -> String {
@@ -55,6 +57,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Uninstall(args) => uninstall::run(args, &cli.global).await,
             Command::Psql(args) => psql::run(args, &cli.global).await,
             Command::Status(args) => status::run(args, &cli.global).await,
+            Command::User(args) => user::run(args, &cli.global).await,
+            Command::RotatePassword(args) => rotate_password::run(args, &cli.global).await,
         }
     })
 }

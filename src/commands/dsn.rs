@@ -1,16 +1,20 @@
 //! `kubectl pg dsn`: the connection string of a release, read from its Secret.
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use kube::api::{Api, ListParams};
 
 use crate::cli::{DsnArgs, DsnFormat, GlobalArgs};
 use crate::cluster::release::{self, DATABASE_PORT};
 use crate::cluster::Cluster;
 use crate::database::connection::DatabaseConnection;
+use crate::database::roles;
 use crate::error::Error;
 use crate::output::{self, emit};
 
 pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
+    if let Some(user) = &args.db_user {
+        roles::validate_user_name(user)?;
+    }
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let (found, external) = tokio::join!(release::secret_of(&cluster, &release), async {
@@ -21,18 +25,23 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
     });
     let (source, secret) = found?;
-    let secret_name = &source.secret;
-    let secret = secret.ok_or_else(|| Error::NotFound {
-        message: format!(
-            "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
-            cluster.namespace
-        ),
-        hint: Some(format!(
-            "is the release installed? kubectl pg status -n {}",
-            cluster.namespace
-        )),
-    })?;
-    let credentials = source.resolve(&secret)?;
+    let credentials = match &args.db_user {
+        Some(user) => user_credentials(&cluster, &release, user).await?,
+        None => {
+            let secret_name = &source.secret;
+            let secret = secret.ok_or_else(|| Error::NotFound {
+                message: format!(
+                    "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
+                    cluster.namespace
+                ),
+                hint: Some(format!(
+                    "is the release installed? kubectl pg status -n {}",
+                    cluster.namespace
+                )),
+            })?;
+            source.resolve(&secret)?
+        }
+    };
     let (host, port) = match external {
         Some(address) => address?,
         None => (
@@ -70,6 +79,31 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     };
     emit(&text);
     Ok(())
+}
+
+/// An application user's credentials, from its Secret `R-user-NAME`.
+async fn user_credentials(
+    cluster: &Cluster,
+    release: &str,
+    user: &str,
+) -> Result<release::Credentials, Error> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let name = roles::secret_name(release, user);
+    let secret = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
+                "user {user} of release {release} not found: no Secret {name} in namespace {:?}",
+                cluster.namespace
+            ),
+            hint: Some(format!(
+                "kubectl pg user list --release {release} -n {ns} shows the users; kubectl pg user create {user} --release {release} -n {ns} makes one",
+                ns = cluster.namespace
+            )),
+        })?;
+    release::Credentials::from_secret(&secret)
 }
 
 /// The address a laptop can use: a LoadBalancer's ingress, or a node address and NodePort.

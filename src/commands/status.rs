@@ -73,7 +73,11 @@ pub async fn read(
     release: &str,
     set: &MigrationSet,
 ) -> Result<(DeploymentStatus, Assessment), Error> {
-    let observed = observe::observe(cluster, namespace, release).await?;
+    let (observed, users) = tokio::join!(
+        observe::observe(cluster, namespace, release),
+        crate::commands::user::summaries(cluster, namespace, release)
+    );
+    let observed = observed?;
     let db = if observed.pod().is_some_and(release::is_ready) {
         probe::check(cluster, &observed, PROBE_TIMEOUT).await
     } else {
@@ -93,10 +97,10 @@ pub async fn read(
             p.message = format!("{}: {error}", p.message);
         }
     }
-    Ok((
-        DeploymentStatus::build(&observed, &assessment, &db, Some(set)),
-        assessment,
-    ))
+    let mut status = DeploymentStatus::build(&observed, &assessment, &db, Some(set));
+    // Like events, the users are an addition: one who may not list Secrets still gets a status.
+    status.users = users.unwrap_or_default();
+    Ok((status, assessment))
 }
 
 async fn list(
@@ -274,6 +278,24 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
         (
             "Connection",
             s.connection_string.clone().unwrap_or_else(dash),
+        ),
+        (
+            "Users",
+            if s.users.is_empty() {
+                dash()
+            } else {
+                s.users
+                    .iter()
+                    .map(|u| {
+                        if u.readonly {
+                            format!("{} (readonly)", u.name)
+                        } else {
+                            u.name.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         ),
         ("Last updated", s.last_updated.clone().unwrap_or_else(dash)),
     ];

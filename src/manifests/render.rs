@@ -85,6 +85,58 @@ pub fn secret(spec: &InstallSpec, password: &str) -> Value {
     })
 }
 
+/// An application user's credentials and where they apply.
+#[derive(Debug, Clone)]
+pub struct UserSecret<'a> {
+    pub release: &'a str,
+    pub namespace: &'a str,
+    /// The in-cluster host of the release (`R.N.svc.DOMAIN`).
+    pub host: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub database: &'a str,
+    pub readonly: bool,
+}
+
+/// `Secret R-user-NAME`: an application user's credentials, shaped as `R-credentials`
+/// (basic-auth; username, password, database, host, port, uri), labelled as the release's
+/// objects plus the user's name and access.
+pub fn user_secret(user: &UserSecret) -> Value {
+    use crate::database::roles::{self, LABEL_READONLY, LABEL_USER};
+    let connection = crate::database::connection::DatabaseConnection::new(
+        user.host.to_string(),
+        DATABASE_PORT,
+        user.database.to_string(),
+        user.user.to_string(),
+        user.password.to_string(),
+    );
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": roles::secret_name(user.release, user.user),
+            "namespace": user.namespace,
+            "labels": {
+                LABEL_NAME: "postgresql",
+                LABEL_INSTANCE: user.release,
+                LABEL_COMPONENT: "primary",
+                LABEL_MANAGED_BY: MANAGED_BY,
+                LABEL_USER: user.user,
+                LABEL_READONLY: user.readonly.to_string(),
+            },
+        },
+        "type": "kubernetes.io/basic-auth",
+        "stringData": {
+            "username": user.user,
+            "password": user.password,
+            "database": user.database,
+            "host": user.host,
+            "port": DATABASE_PORT.to_string(),
+            "uri": connection.uri(),
+        }
+    })
+}
+
 /// `Service R` (ClusterIP, NodePort or LoadBalancer).
 pub fn service(spec: &InstallSpec) -> Value {
     json!({

@@ -13,6 +13,7 @@ mod pg;
 mod proxy;
 mod real_cluster;
 mod scope;
+mod users;
 
 use std::process::{Command, Output};
 

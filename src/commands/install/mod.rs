@@ -26,7 +26,7 @@ mod preflight;
 mod rollout;
 
 use credentials::{ensure_secret, read_password, reset_or_take_back, take_back};
-pub use credentials::{generate_password, PASSWORD_LENGTH};
+pub use credentials::{generate_password, prompt_password, read_password_for, PASSWORD_LENGTH};
 use preflight::preflight;
 use rollout::wait_ready;
 
