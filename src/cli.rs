@@ -191,8 +191,11 @@ Examples:
   # Print the manifests only (no cluster needed), ready for kubectl apply -f -
   kubectl pg install --dry-run -o yaml
 
-  # Production values with credentials you manage
+  # Production values with credentials you manage (a LoadBalancer: TLS, CA in Secret orders-tls)
   kubectl pg install orders -n prod --profile prod --existing-secret orders-db --storage-class gp3
+
+  # TLS inside the cluster too
+  kubectl pg install -n postgres --tls
 
   # Change resources of a running release and wait for the rollout
   kubectl pg install orders -n prod --upgrade --memory-limit 4Gi";
@@ -249,6 +252,10 @@ pub struct InstallArgs {
     /// cluster.local; remembered by the release)
     #[arg(long, value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
+    /// Serve TLS (Secret R-tls; non-local connections need it) even on a ClusterIP Service;
+    /// LoadBalancer and NodePort releases always do; remembered by the release
+    #[arg(long)]
+    pub tls: bool,
     /// Read the password from stdin (16 characters at least) instead of generating one
     #[arg(long)]
     pub password_stdin: bool,
@@ -376,8 +383,10 @@ Examples:
   export DATABASE_URL=$(kubectl pg dsn)
   eval \"$(kubectl pg dsn --format env)\"
 
-  # The address a laptop can use (LoadBalancer or NodePort service)
+  # The address a laptop can use (LoadBalancer or NodePort service); with TLS verified
+  # against the release's CA (written to ~/.kube/kubectl-pg/, or --ca-file)
   kubectl pg dsn --external
+  kubectl pg dsn --external --format jdbc --ca-file ./orders-ca.crt
 
   # An application user's connection string (kubectl pg user create app_rw)
   kubectl pg dsn --db-user app_rw --format jdbc
@@ -393,9 +402,14 @@ pub struct DsnArgs {
     /// How to write the connection
     #[arg(long, value_enum, default_value_t = DsnFormat::Uri)]
     pub format: DsnFormat,
-    /// Give the address reachable from outside the cluster (LoadBalancer ingress or NodePort)
+    /// Give the address reachable from outside the cluster (LoadBalancer ingress or NodePort);
+    /// for a release that serves TLS with sslmode=verify-full and its CA, written to a file
     #[arg(long)]
     pub external: bool,
+    /// Where --external writes the release's CA certificate (default:
+    /// ~/.kube/kubectl-pg/NAMESPACE-RELEASE-ca.crt)
+    #[arg(long, value_name = "PATH", requires = "external")]
+    pub ca_file: Option<PathBuf>,
     /// The DSN of this application user (`kubectl pg user create`), from its Secret R-user-NAME
     /// (`--user` is kubectl's: the kubeconfig user)
     #[arg(long, value_name = "NAME")]

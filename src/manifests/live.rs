@@ -65,6 +65,11 @@ pub fn read(
             .unwrap_or_else(|| "ClusterIP".into()),
         existing_secret,
         cluster_domain: release::cluster_domain(Some(sts)),
+        // The server certificate's volume: the release serves TLS.
+        tls: spec
+            .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name == super::render::TLS_VOLUME)),
+        tls_checksum: None,
         release,
         namespace,
     }

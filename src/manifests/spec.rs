@@ -44,6 +44,11 @@ pub struct InstallSpec {
     pub existing_secret: Option<String>,
     /// The cluster's DNS domain, for the hosts in the Secret, `dsn` and `status`.
     pub cluster_domain: String,
+    /// `--tls`, or a release that served TLS already: TLS even on a ClusterIP Service.
+    pub tls: bool,
+    /// The server certificate's checksum, once install has made or read `R-tls`: the pod
+    /// template carries it, so a renewed certificate restarts the server.
+    pub tls_checksum: Option<String>,
 }
 
 /// What the user asked for on the command line: each field is set only when its flag was
@@ -65,6 +70,8 @@ pub struct Requested {
     pub service_type: Option<String>,
     pub existing_secret: Option<String>,
     pub cluster_domain: Option<String>,
+    /// `--tls`
+    pub tls: Option<bool>,
 }
 
 fn unsupported_major(major: u32) -> Error {
@@ -125,6 +132,8 @@ impl InstallSpec {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| crate::cluster::release::DEFAULT_CLUSTER_DOMAIN.into()),
+            tls: req.tls.unwrap_or(false),
+            tls_checksum: None,
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -237,9 +246,18 @@ impl InstallSpec {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| live.cluster_domain.clone()),
+            // Once a release serves TLS it keeps serving it: its clients may rely on it.
+            tls: req.tls.unwrap_or(false) || live.serves_tls(),
+            tls_checksum: None,
         };
         spec.validate(prod)?;
         Ok(spec)
+    }
+
+    /// Whether the server runs with TLS (Secret `R-tls`, `ssl = on`, non-local connections
+    /// only over TLS): when its Service is exposed (LoadBalancer, NodePort) or `--tls` asked.
+    pub fn serves_tls(&self) -> bool {
+        self.tls || matches!(self.service_type.as_str(), "LoadBalancer" | "NodePort")
     }
 
     fn validate(&self, prod: bool) -> Result<(), Error> {
@@ -418,6 +436,8 @@ impl InstallSpec {
             service_type: "ClusterIP".into(),
             existing_secret: None,
             cluster_domain: "cluster.local".into(),
+            tls: false,
+            tls_checksum: None,
         }
     }
 }

@@ -505,3 +505,146 @@ fn rotate_password() {
         "an-existing-password-42"
     );
 }
+
+/// A NodePort release serves TLS: Secret R-tls (CA and server certificate), `ssl = on`, and
+/// connections from outside the pod only over TLS; `dsn --external` gives sslmode=verify-full
+/// and writes the CA, and libpq verifies the server's certificate with it for the name the DSN
+/// gives (through a real port-forward: the node routes no NodePort traffic); install --upgrade
+/// keeps a certificate that is not due.
+#[test]
+fn tls_when_exposed() {
+    let scope = Scope::new("kpg-tls");
+    let ns = scope.ns.as_str();
+    let kpg = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-n", ns]);
+        scope.kpg(&all)
+    };
+    let installed = ok(kpg(&[
+        "install",
+        "np",
+        "--service-type",
+        "NodePort",
+        "--timeout",
+        TIMEOUT,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(
+        json(&installed)["phase"],
+        "Healthy",
+        "{}",
+        installed.describe()
+    );
+    let secret: Value = serde_json::from_slice(
+        &ok(scope.kubectl_ns(&["get", "secret", "np-tls", "-o", "json"])).stdout,
+    )
+    .unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    for key in ["ca.crt", "ca.key", "tls.crt", "tls.key"] {
+        assert!(secret["data"][key].is_string(), "{key}");
+    }
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "kubectl-pg"
+    );
+    let ca = secret_value(&scope, "np-tls", "ca.crt");
+    let tls_crt = secret_value(&scope, "np-tls", "tls.crt");
+
+    // dsn --external: verify-full and the CA, in the file it names.
+    let ca_file = scope.dir.path().join("np-ca.crt");
+    let uri = ok(kpg(&[
+        "dsn",
+        "np",
+        "--external",
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+    ]))
+    .stdout_text();
+    assert!(
+        uri.contains("?sslmode=verify-full&sslrootcert=%2F"),
+        "{uri}"
+    );
+    assert_eq!(std::fs::read_to_string(&ca_file).unwrap(), ca);
+    let env = ok(kpg(&[
+        "dsn",
+        "np",
+        "--external",
+        "--format",
+        "env",
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+    ]))
+    .stdout_text();
+    assert!(env.contains("PGSSLMODE=verify-full"), "{env}");
+    let host = uri
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.rsplit_once(':'))
+        .map(|(host, _)| host.to_string())
+        .unwrap();
+    let password = secret_value(&scope, "np-credentials", "password");
+
+    // libpq checks the server's certificate against the CA for the DSN's host.
+    let forward = PortForward::start(&scope, ns, "np-0");
+    let port = forward.addr.rsplit_once(':').unwrap().1.to_string();
+    let psql = scope.plane.postgres.join("clients/bin/psql");
+    let connect = |name: &str| {
+        std::process::Command::new(&psql)
+            .arg(format!(
+                "host={name} hostaddr=127.0.0.1 port={port} user=postgres dbname=learnflow sslmode=verify-full sslrootcert={}",
+                ca_file.display()
+            ))
+            .args(["-X", "-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
+            .env("PGPASSWORD", &password)
+            .env_remove("PGSSLMODE")
+            .output()
+            .unwrap()
+    };
+    for name in [host.as_str(), &format!("np.{ns}.svc.cluster.local")] {
+        let out = ok(connect(name));
+        assert_eq!(out.stdout_text().trim(), "t", "{name}: {}", out.describe());
+    }
+    let wrong = connect("elsewhere.example");
+    assert_ne!(wrong.code(), 0);
+    assert!(
+        wrong.stderr_text().contains("does not match"),
+        "{}",
+        wrong.describe()
+    );
+    drop(forward);
+
+    // From outside the pod's loopback (its own address), TLS or nothing.
+    let ip = ok(scope.kubectl_ns(&["get", "pod", "np-0", "-o", "jsonpath={.status.podIP}"]))
+        .stdout_text();
+    let inside = |sslmode: &str| {
+        scope.kubectl_ns(&[
+            "exec",
+            "np-0",
+            "-c",
+            "postgres",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "HOME=/tmp PGPASSWORD='{password}' psql -X -At \"host={ip} user=postgres dbname=learnflow sslmode={sslmode}\" -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+            ),
+        ])
+    };
+    let plain = inside("disable");
+    assert_ne!(plain.code(), 0, "{}", plain.describe());
+    assert!(
+        plain.stderr_text().contains("no encryption"),
+        "{}",
+        plain.describe()
+    );
+    let encrypted = ok(inside("require"));
+    assert_eq!(encrypted.stdout_text().trim(), "t");
+
+    // --upgrade keeps a certificate that is not due (no restart for it), and TLS.
+    ok(kpg(&["install", "np", "--upgrade", "--timeout", TIMEOUT]));
+    assert_eq!(secret_value(&scope, "np-tls", "tls.crt"), tls_crt);
+    let status = json(&ok(kpg(&["status", "np", "-o", "json"])));
+    assert_eq!(status["phase"], "Healthy");
+    assert_eq!(status["restarts"], 0, "{status}");
+}
