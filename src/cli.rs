@@ -197,6 +197,9 @@ Examples:
   # TLS inside the cluster too
   kubectl pg install -n postgres --tls
 
+  # A LoadBalancer only the office and the VPN may reach
+  kubectl pg install orders -n prod --upgrade --load-balancer-source-ranges 203.0.113.0/24,10.8.0.0/16
+
   # Change resources of a running release and wait for the rollout
   kubectl pg install orders -n prod --upgrade --memory-limit 4Gi";
 
@@ -252,6 +255,10 @@ pub struct InstallArgs {
     /// cluster.local; remembered by the release)
     #[arg(long, value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
+    /// The client CIDRs a LoadBalancer lets in (comma-separated; remembered); without them it
+    /// is reachable from anywhere the load balancer is
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub load_balancer_source_ranges: Option<Vec<String>>,
     /// Serve TLS (Secret R-tls; non-local connections need it) even on a ClusterIP Service;
     /// LoadBalancer and NodePort releases always do; remembered by the release
     #[arg(long)]

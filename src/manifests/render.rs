@@ -137,8 +137,16 @@ pub fn user_secret(user: &UserSecret) -> Value {
     })
 }
 
-/// `Service R` (ClusterIP, NodePort or LoadBalancer).
+/// `Service R` (ClusterIP, NodePort or LoadBalancer, restricted to the source ranges given).
 pub fn service(spec: &InstallSpec) -> Value {
+    let mut service = service_plain(spec);
+    if !spec.source_ranges.is_empty() {
+        service["spec"]["loadBalancerSourceRanges"] = json!(spec.source_ranges);
+    }
+    service
+}
+
+fn service_plain(spec: &InstallSpec) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",

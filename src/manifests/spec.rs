@@ -44,6 +44,8 @@ pub struct InstallSpec {
     pub existing_secret: Option<String>,
     /// The cluster's DNS domain, for the hosts in the Secret, `dsn` and `status`.
     pub cluster_domain: String,
+    /// `--load-balancer-source-ranges`: the client CIDRs a LoadBalancer lets in (empty: all).
+    pub source_ranges: Vec<String>,
     /// `--tls`, or a release that served TLS already: TLS even on a ClusterIP Service.
     pub tls: bool,
     /// The server certificate's checksum, once install has made or read `R-tls`: the pod
@@ -72,6 +74,8 @@ pub struct Requested {
     pub cluster_domain: Option<String>,
     /// `--tls`
     pub tls: Option<bool>,
+    /// `--load-balancer-source-ranges`
+    pub source_ranges: Option<Vec<String>>,
 }
 
 fn unsupported_major(major: u32) -> Error {
@@ -132,6 +136,7 @@ impl InstallSpec {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| crate::cluster::release::DEFAULT_CLUSTER_DOMAIN.into()),
+            source_ranges: req.source_ranges.clone().unwrap_or_default(),
             tls: req.tls.unwrap_or(false),
             tls_checksum: None,
         };
@@ -247,6 +252,10 @@ impl InstallSpec {
                 .clone()
                 .unwrap_or_else(|| live.cluster_domain.clone()),
             // Once a release serves TLS it keeps serving it: its clients may rely on it.
+            source_ranges: req
+                .source_ranges
+                .clone()
+                .unwrap_or_else(|| live.source_ranges.clone()),
             tls: req.tls.unwrap_or(false) || live.serves_tls(),
             tls_checksum: None,
         };
@@ -271,6 +280,18 @@ impl InstallSpec {
             });
         }
         check_quantity("--storage-size", &self.storage_size)?;
+        for range in &self.source_ranges {
+            check_cidr(range)?;
+        }
+        if !self.source_ranges.is_empty() && self.service_type != "LoadBalancer" {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "--load-balancer-source-ranges restricts a LoadBalancer, and the Service is {}",
+                    self.service_type
+                ),
+                hint: Some("add --service-type LoadBalancer, or leave the ranges out".into()),
+            });
+        }
         for (flag, value) in [
             ("--cpu-request", &self.cpu_request),
             ("--memory-request", &self.memory_request),
@@ -369,6 +390,26 @@ fn check_subdomain(name: &str) -> Result<(), Error> {
 }
 
 /// Checks a Kubernetes quantity (`8Gi`, `500m`, `1.5`, `2e3`).
+/// A CIDR as Kubernetes takes it in `loadBalancerSourceRanges`: an address and a prefix length.
+pub fn check_cidr(range: &str) -> Result<(), Error> {
+    let valid = range.split_once('/').is_some_and(|(ip, bits)| {
+        match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+            (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
+            (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
+            _ => false,
+        }
+    });
+    if valid {
+        return Ok(());
+    }
+    Err(Error::InvalidInput {
+        message: format!(
+            "invalid --load-balancer-source-ranges entry {range:?}: use CIDRs like 203.0.113.0/24 or 2001:db8::/32"
+        ),
+        hint: None,
+    })
+}
+
 pub fn check_quantity(flag: &str, value: &str) -> Result<(), Error> {
     if quantity_value(value).is_some_and(|v| v > 0.0) {
         return Ok(());
@@ -436,6 +477,7 @@ impl InstallSpec {
             service_type: "ClusterIP".into(),
             existing_secret: None,
             cluster_domain: "cluster.local".into(),
+            source_ranges: Vec::new(),
             tls: false,
             tls_checksum: None,
         }
@@ -489,5 +531,28 @@ mod tests {
             assert_ne!(tag, "latest");
         }
         assert!(pinned_image(DEFAULT_MAJOR).is_some());
+    }
+
+    #[test]
+    fn source_ranges_are_cidrs_for_a_load_balancer() {
+        assert!(check_cidr("203.0.113.0/24").is_ok());
+        assert!(check_cidr("2001:db8::/32").is_ok());
+        for bad in ["203.0.113.0", "203.0.113.0/33", "example.com/8", "::/129"] {
+            assert!(check_cidr(bad).is_err(), "{bad}");
+        }
+        let req = Requested {
+            source_ranges: Some(vec!["10.0.0.0/8".into()]),
+            ..Requested::default()
+        };
+        let err = InstallSpec::from_request(&req, "pg", "db").unwrap_err();
+        assert!(err.to_string().contains("LoadBalancer"), "{err}");
+        let req = Requested {
+            service_type: Some("LoadBalancer".into()),
+            ..req
+        };
+        let spec = InstallSpec::from_request(&req, "pg", "db").unwrap();
+        assert!(spec.serves_tls());
+        let service = crate::manifests::render::service(&spec);
+        assert_eq!(service["spec"]["loadBalancerSourceRanges"][0], "10.0.0.0/8");
     }
 }

@@ -647,4 +647,78 @@ fn tls_when_exposed() {
     let status = json(&ok(kpg(&["status", "np", "-o", "json"])));
     assert_eq!(status["phase"], "Healthy");
     assert_eq!(status["restarts"], 0, "{status}");
+
+    // A LoadBalancer without source ranges is warned about; once its address is known,
+    // --upgrade renews the certificate for it with the same CA (and the pod restarts with it).
+    let lb = ok(kpg(&[
+        "install",
+        "lb",
+        "--service-type",
+        "LoadBalancer",
+        "--timeout",
+        TIMEOUT,
+    ]));
+    assert!(
+        lb.stderr_text()
+            .contains("without --load-balancer-source-ranges"),
+        "{}",
+        lb.describe()
+    );
+    let lb_ca = secret_value(&scope, "lb-tls", "ca.crt");
+    let lb_crt = secret_value(&scope, "lb-tls", "tls.crt");
+    ok(scope.kubectl_ns(&[
+        "patch",
+        "service",
+        "lb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"198.51.100.7"}]}}}"#,
+    ]));
+    let upgrade = ok(kpg(&[
+        "install",
+        "lb",
+        "--upgrade",
+        "--load-balancer-source-ranges",
+        "10.0.0.0/8,192.0.2.0/24",
+        "--timeout",
+        TIMEOUT,
+    ]));
+    assert!(
+        upgrade
+            .stderr_text()
+            .contains("renewed the server certificate")
+            && upgrade.stderr_text().contains("198.51.100.7")
+            && !upgrade
+                .stderr_text()
+                .contains("without --load-balancer-source-ranges"),
+        "{}",
+        upgrade.describe()
+    );
+    assert_eq!(secret_value(&scope, "lb-tls", "ca.crt"), lb_ca);
+    assert_ne!(secret_value(&scope, "lb-tls", "tls.crt"), lb_crt);
+    let service: Value = serde_json::from_slice(
+        &ok(scope.kubectl_ns(&["get", "service", "lb", "-o", "json"])).stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        service["spec"]["loadBalancerSourceRanges"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.0/24"])
+    );
+    let sans = ok(scope.kubectl_ns(&[
+        "get",
+        "secret",
+        "lb-tls",
+        "-o",
+        "jsonpath={.metadata.annotations.kubectl-pg\\.io/tls-sans}",
+    ]))
+    .stdout_text();
+    assert!(sans.contains("198.51.100.7"), "{sans}");
+    let status = json(&ok(kpg(&["status", "lb", "-o", "json"])));
+    assert_eq!(status["phase"], "Healthy", "{status}");
+    let uri = ok(kpg(&["dsn", "lb", "--external"])).stdout_text();
+    assert!(
+        uri.contains("@198.51.100.7:5432/learnflow?sslmode=verify-full"),
+        "{uri}"
+    );
 }

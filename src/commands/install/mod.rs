@@ -164,6 +164,12 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
         if secret.created { ", Secret" } else { "" }
     );
+    if spec.service_type == "LoadBalancer" && spec.source_ranges.is_empty() {
+        crate::note!(
+            "warning: Service {} is a LoadBalancer without --load-balancer-source-ranges: the database is reachable from anywhere the load balancer is (it needs TLS and the password)",
+            spec.release
+        );
+    }
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
     if existing.pvc_major.is_none() {
         record_data_major(&cluster, &spec).await;
@@ -308,6 +314,7 @@ fn requested(args: &InstallArgs) -> Requested {
         existing_secret: args.existing_secret.clone(),
         cluster_domain: args.cluster_domain.clone(),
         tls: args.tls.then_some(true),
+        source_ranges: args.load_balancer_source_ranges.clone(),
     }
 }
 
