@@ -207,12 +207,11 @@ fn main() {
             .spawn()
             .unwrap();
         // "Forwarding from 127.0.0.1:PORT -> 5432"
+        let mut reader = std::io::BufReader::new(forward.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(forward.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        // kubectl writes a line per connection: a closed pipe would end it.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         let port = line
             .split(':')
             .nth(1)

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use crate::output::{ColorChoice, OutputFormat};
 
 const ABOUT: &str =
-    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn";
+    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn, user, rotate-password";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -146,6 +146,12 @@ pub enum Command {
     /// Write a diagnostics bundle (.tar.gz): objects, events, logs, status, settings, versions
     #[command(after_help = REPORT_EXAMPLES)]
     Report(ReportArgs),
+    /// Create, list and delete application users: roles that are not the superuser, each with its own Secret
+    #[command(after_help = USER_EXAMPLES)]
+    User(UserArgs),
+    /// Set a new password in the database, then in its Secret (the superuser's, or a user's with --db-user)
+    #[command(after_help = ROTATE_EXAMPLES)]
+    RotatePassword(RotatePasswordArgs),
     /// Print the plugin's version, build, supported PostgreSQL majors and the cluster's version
     #[command(after_help = VERSION_EXAMPLES)]
     Version(VersionArgs),
@@ -231,9 +237,6 @@ restarts. The connection string and an `export DATABASE_URL=...` line go to stdo
 masked unless --show-password); it serves until Ctrl-C (exit 0). Exit 8 when the release has
 no ready pod, 1 when the port asked for is taken.
 
-Here --user NAME names an application user (its Secret R-user-NAME), not a kubeconfig user:
-choose the Kubernetes identity with --context.
-
 Examples:
   # Serve release postgres of namespace postgres on localhost
   kubectl pg port-forward -n postgres
@@ -245,7 +248,7 @@ Examples:
   kubectl pg port-forward --address 0.0.0.0 6543
 
   # The DSN of application user app (made by kubectl pg user create app)
-  kubectl pg port-forward --user app
+  kubectl pg port-forward --db-user app
 
   # The DatabaseConnection document of the local address, for a script
   kubectl pg port-forward -o json";
@@ -267,6 +270,10 @@ pub struct PortForwardArgs {
     /// Print the local DatabaseConnection document as json or yaml instead of the two lines
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<OutputFormat>,
+    /// Print this application user's DSN (`kubectl pg user create`), from its Secret
+    /// R-user-NAME (`--user` is kubectl's: the kubeconfig user)
+    #[arg(long, value_name = "NAME")]
+    pub db_user: Option<String>,
 }
 
 const REPORT_EXAMPLES: &str = "\
@@ -333,8 +340,14 @@ Examples:
   # Print the manifests only (no cluster needed), ready for kubectl apply -f -
   kubectl pg install --dry-run -o yaml
 
-  # Production values with credentials you manage
+  # Production values with credentials you manage (a LoadBalancer: TLS, CA in Secret orders-tls)
   kubectl pg install orders -n prod --profile prod --existing-secret orders-db --storage-class gp3
+
+  # TLS inside the cluster too
+  kubectl pg install -n postgres --tls
+
+  # A LoadBalancer only the office and the VPN may reach
+  kubectl pg install orders -n prod --upgrade --load-balancer-source-ranges 203.0.113.0/24,10.8.0.0/16
 
   # Change resources of a running release and wait for the rollout
   kubectl pg install orders -n prod --upgrade --memory-limit 4Gi";
@@ -391,6 +404,14 @@ pub struct InstallArgs {
     /// cluster.local; remembered by the release)
     #[arg(long, value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
+    /// The client CIDRs a LoadBalancer lets in (comma-separated; remembered); without them it
+    /// is reachable from anywhere the load balancer is
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub load_balancer_source_ranges: Option<Vec<String>>,
+    /// Serve TLS (Secret R-tls; non-local connections need it) even on a ClusterIP Service;
+    /// LoadBalancer and NodePort releases always do; remembered by the release
+    #[arg(long)]
+    pub tls: bool,
     /// Read the password from stdin (16 characters at least) instead of generating one
     #[arg(long)]
     pub password_stdin: bool,
@@ -518,8 +539,13 @@ Examples:
   export DATABASE_URL=$(kubectl pg dsn)
   eval \"$(kubectl pg dsn --format env)\"
 
-  # The address a laptop can use (LoadBalancer or NodePort service)
+  # The address a laptop can use (LoadBalancer or NodePort service); with TLS verified
+  # against the release's CA (written to ~/.kube/kubectl-pg/, or --ca-file)
   kubectl pg dsn --external
+  kubectl pg dsn --external --format jdbc --ca-file ./orders-ca.crt
+
+  # An application user's connection string (kubectl pg user create app_rw)
+  kubectl pg dsn --db-user app_rw --format jdbc
 
   # The DatabaseConnection document, password hidden
   kubectl pg dsn -o json --mask";
@@ -532,9 +558,18 @@ pub struct DsnArgs {
     /// How to write the connection
     #[arg(long, value_enum, default_value_t = DsnFormat::Uri)]
     pub format: DsnFormat,
-    /// Give the address reachable from outside the cluster (LoadBalancer ingress or NodePort)
+    /// Give the address reachable from outside the cluster (LoadBalancer ingress or NodePort);
+    /// for a release that serves TLS with sslmode=verify-full and its CA, written to a file
     #[arg(long)]
     pub external: bool,
+    /// Where --external writes the release's CA certificate (default:
+    /// ~/.kube/kubectl-pg/NAMESPACE-RELEASE-ca.crt)
+    #[arg(long, value_name = "PATH", requires = "external")]
+    pub ca_file: Option<PathBuf>,
+    /// The DSN of this application user (`kubectl pg user create`), from its Secret R-user-NAME
+    /// (`--user` is kubectl's: the kubeconfig user)
+    #[arg(long, value_name = "NAME")]
+    pub db_user: Option<String>,
     /// Hide the password
     #[arg(long)]
     pub mask: bool,
@@ -551,6 +586,121 @@ pub enum DsnFormat {
     Jdbc,
     Keyvalue,
     Pgpass,
+}
+
+const USER_EXAMPLES: &str = "\
+An application user is a PostgreSQL role with LOGIN and no superuser, CREATEDB or CREATEROLE. It
+may connect to its database and read and write the tables of schema public, including tables that
+migrations create later (default privileges of the release's superuser); --readonly: SELECT only.
+Its credentials are in Secret RELEASE-user-NAME (kubernetes.io/basic-auth: username, password,
+database, host, port, uri); the password is sent to the server as a SCRAM verifier.
+
+Examples:
+  # A read-write user for the app, password generated, in the release's database
+  kubectl pg user create app_rw -n postgres
+
+  # A read-only user of release orders, with your own password
+  printf '%s\\n' \"$PASSWORD\" | kubectl pg user create reporting --readonly --password-stdin --release orders
+
+  # The users, their Secrets and roles (drift between the two is flagged)
+  kubectl pg user list -n postgres
+
+  # Its connection string, for the app
+  kubectl pg dsn --db-user app_rw -n postgres
+
+  # Remove the role (its objects go to the superuser) and its Secret
+  kubectl pg user delete app_rw --yes";
+
+/// `kubectl pg user`
+#[derive(Debug, Args)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub options: UserOptions,
+    #[command(subcommand)]
+    pub action: UserAction,
+}
+
+/// Options of every `user` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct UserOptions {
+    /// The release (default: the only one in the namespace, else "postgres"); a flag here, as
+    /// NAME is the user
+    #[arg(long, global = true, value_name = "RELEASE")]
+    pub release: Option<String>,
+    /// Output format: table, json or yaml
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a role and its Secret RELEASE-user-NAME
+    #[command(
+        after_help = "Examples:\n  kubectl pg user create app_rw\n  kubectl pg user create reporting --readonly --database analytics\n  printf '%s\\n' \"$PASSWORD\" | kubectl pg user create app_rw --password-stdin"
+    )]
+    Create {
+        /// The role name: lower-case letters, digits and '_' (not pg_..., not the superuser)
+        name: String,
+        /// The database it may use (default: the release's)
+        #[arg(long, value_name = "DB")]
+        database: Option<String>,
+        /// SELECT only
+        #[arg(long)]
+        readonly: bool,
+        /// Read the password from stdin (16 characters at least; asked without echo on a terminal)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the users: their Secrets and roles
+    #[command(
+        after_help = "Examples:\n  kubectl pg user list\n  kubectl pg user list --release orders -o json"
+    )]
+    List,
+    /// Drop a user's role (what it owns goes to the superuser) and delete its Secret
+    #[command(
+        after_help = "Examples:\n  kubectl pg user delete app_rw\n  kubectl pg user delete app_rw --release orders --yes"
+    )]
+    Delete {
+        /// The user to delete
+        name: String,
+        /// Do not ask for confirmation (needed when not on a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+const ROTATE_EXAMPLES: &str = "\
+The new password is set in the database first (as a SCRAM verifier), then written to the Secret
+(R-credentials, or R-user-NAME with --db-user); if the Secret cannot be written, the database
+gets the old password back. Apps must reread the Secret: the Deployments and StatefulSets of
+the namespace that use it are listed. A release installed with --existing-secret is refused:
+that Secret is yours to rotate.
+
+Examples:
+  # The superuser's password of release postgres
+  kubectl pg rotate-password -n postgres --yes
+
+  # An application user's
+  kubectl pg rotate-password --db-user app_rw --yes
+
+  # The result as a document (never the password)
+  kubectl pg rotate-password orders --db-user reporting --yes -o json";
+
+/// `kubectl pg rotate-password`
+#[derive(Debug, Args)]
+pub struct RotatePasswordArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// Rotate this application user's password instead of the superuser's (`--user` is
+    /// kubectl's: the kubeconfig user)
+    #[arg(long, value_name = "NAME")]
+    pub db_user: Option<String>,
+    /// Do not ask for confirmation (needed when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the result as json or yaml
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
 }
 
 const MIGRATE_EXAMPLES: &str = "\

@@ -34,8 +34,8 @@ pub(crate) fn fuzz_config(default: u32) -> proptest::test_runner::Config {
 
 use cli::{Cli, Command};
 use commands::{
-    completion, dsn, install, logs, migrate, port_forward, psql, report, restart, status,
-    uninstall, version,
+    completion, dsn, install, logs, migrate, port_forward, psql, report, restart, rotate_password,
+    status, uninstall, user, version,
 };
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
@@ -77,6 +77,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Restart(args) => restart::run(args, &cli.global).await,
             Command::PortForward(args) => port_forward::run(args, &cli.global).await,
             Command::Report(args) => report::run(args, &cli.global).await,
+            Command::User(args) => user::run(args, &cli.global).await,
+            Command::RotatePassword(args) => rotate_password::run(args, &cli.global).await,
         }
     })
 }

@@ -355,6 +355,19 @@ pub async fn secret_of(
 
 /// Finds the release's ready pod and reads its Secret, both at once.
 pub async fn find_target(cluster: &Cluster, release: &str) -> Result<Target, Error> {
+    Ok(find_release(cluster, release).await?.target)
+}
+
+/// A running release with where its credentials come from and the Secret read (for the
+/// commands that change that Secret: its resourceVersion is the precondition).
+pub struct FoundRelease {
+    pub target: Target,
+    pub source: CredentialSource,
+    pub secret: Secret,
+}
+
+/// [`find_target`], keeping the credential source and the Secret.
+pub async fn find_release(cluster: &Cluster, release: &str) -> Result<FoundRelease, Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let pod_params = ListParams::default().labels(&selector(release));
     let (pods, found) = tokio::join!(pods.list(&pod_params), secret_of(cluster, release));
@@ -397,7 +410,7 @@ pub async fn find_target(cluster: &Cluster, release: &str) -> Result<Target, Err
         });
     };
     let port = database_port(pod);
-    Ok(Target {
+    let target = Target {
         release: release.to_string(),
         namespace,
         pod: pod
@@ -407,6 +420,11 @@ pub async fn find_target(cluster: &Cluster, release: &str) -> Result<Target, Err
             .unwrap_or_else(|| pod_name(release)),
         port,
         credentials,
+    };
+    Ok(FoundRelease {
+        target,
+        source,
+        secret,
     })
 }
 
@@ -445,6 +463,31 @@ pub fn database_port(pod: &Pod) -> u16 {
         .find(|p| p.name.as_deref() == Some("postgresql"))
         .and_then(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(DATABASE_PORT)
+}
+
+/// An application user's credentials, from its Secret `R-user-NAME`.
+pub async fn app_user_credentials(
+    cluster: &Cluster,
+    release: &str,
+    user: &str,
+) -> Result<Credentials, Error> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let name = crate::database::roles::secret_name(release, user);
+    let secret = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
+                "user {user} of release {release} not found: no Secret {name} in namespace {:?}",
+                cluster.namespace
+            ),
+            hint: Some(format!(
+                "kubectl pg user list --release {release} -n {ns} shows the users; kubectl pg user create {user} --release {release} -n {ns} makes one",
+                ns = cluster.namespace
+            )),
+        })?;
+    Credentials::from_secret(&secret)
 }
 
 #[cfg(test)]

@@ -23,11 +23,17 @@ pub struct TunnelConnector {
 
 impl TunnelConnector {
     pub fn new(cluster: &Cluster, target: &Target) -> Self {
+        Self::for_database(cluster, target, &target.credentials.database)
+    }
+
+    /// Connects with the target's credentials to another database of the same server (an
+    /// application user's, for its grants).
+    pub fn for_database(cluster: &Cluster, target: &Target, database: &str) -> Self {
         let mut config = tokio_postgres::Config::new();
         config
             .user(&target.credentials.username)
             .password(&target.credentials.password)
-            .dbname(&target.credentials.database)
+            .dbname(database)
             .application_name(APPLICATION_NAME)
             // The tunnel is the API server's TLS connection already.
             .ssl_mode(SslMode::Disable);
@@ -40,7 +46,7 @@ impl TunnelConnector {
                 "{}@{}/{} (pod {}/{}, context {:?}, via port-forward)",
                 target.credentials.username,
                 target.release,
-                target.credentials.database,
+                database,
                 target.namespace,
                 target.pod,
                 cluster.context

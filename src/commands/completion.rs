@@ -76,6 +76,7 @@ async fn candidates(words: &[String], current: &str) -> Vec<String> {
         return match flag.as_str() {
             "n" | "namespace" => namespaces(&global).await,
             "context" => contexts(&global),
+            "release" => releases(&global).await,
             "o" | "output" => ["table", "wide", "json", "yaml"].map(String::from).to_vec(),
             _ => Vec::new(),
         };

@@ -1,16 +1,21 @@
 //! `kubectl pg dsn`: the connection string of a release, read from its Secret.
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use kube::api::{Api, ListParams};
 
 use crate::cli::{DsnArgs, DsnFormat, GlobalArgs};
 use crate::cluster::release::{self, DATABASE_PORT};
 use crate::cluster::Cluster;
 use crate::database::connection::DatabaseConnection;
+use crate::database::roles;
 use crate::error::Error;
+use crate::manifests::certs;
 use crate::output::{self, emit};
 
 pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
+    if let Some(user) = &args.db_user {
+        roles::validate_user_name(user)?;
+    }
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let (found, external) = tokio::join!(release::secret_of(&cluster, &release), async {
@@ -21,18 +26,23 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
     });
     let (source, secret) = found?;
-    let secret_name = &source.secret;
-    let secret = secret.ok_or_else(|| Error::NotFound {
-        message: format!(
-            "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
-            cluster.namespace
-        ),
-        hint: Some(format!(
-            "is the release installed? kubectl pg status -n {}",
-            cluster.namespace
-        )),
-    })?;
-    let credentials = source.resolve(&secret)?;
+    let credentials = match &args.db_user {
+        Some(user) => release::app_user_credentials(&cluster, &release, user).await?,
+        None => {
+            let secret_name = &source.secret;
+            let secret = secret.ok_or_else(|| Error::NotFound {
+                message: format!(
+                    "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
+                    cluster.namespace
+                ),
+                hint: Some(format!(
+                    "is the release installed? kubectl pg status -n {}",
+                    cluster.namespace
+                )),
+            })?;
+            source.resolve(&secret)?
+        }
+    };
     let (host, port) = match external {
         Some(address) => address?,
         None => (
@@ -49,6 +59,15 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
         credentials.username,
         credentials.password,
     );
+    if args.external {
+        if let Some(ca) = release_ca(&cluster, &release).await? {
+            let path = write_ca(&cluster, &release, args.ca_file.as_deref(), &ca)?;
+            connection = connection.with_tls("verify-full", &path);
+            if args.format == DsnFormat::Pgpass {
+                crate::note!("note: the server needs TLS: connect with sslmode=verify-full sslrootcert={path} (a .pgpass line cannot say so)");
+            }
+        }
+    }
     if args.mask {
         connection = connection.masked();
     }
@@ -70,6 +89,53 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     };
     emit(&text);
     Ok(())
+}
+
+/// The CA certificate of a release that serves TLS (its Secret `R-tls`), else None.
+async fn release_ca(cluster: &Cluster, release: &str) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let secret = secrets
+        .get_opt(&certs::secret_name(release))
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?;
+    Ok(secret
+        .filter(|s| release::made_for(&s.metadata, release))
+        .and_then(|s| release::secret_values(&s).get("ca.crt").cloned())
+        .filter(|ca| !ca.is_empty()))
+}
+
+/// Writes the CA where `--ca-file` says, else under ~/.kube/kubectl-pg/; returns the path.
+fn write_ca(
+    cluster: &Cluster,
+    release: &str,
+    given: Option<&std::path::Path>,
+    ca: &str,
+) -> Result<String, Error> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let home = std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| Error::InvalidInput {
+                    message: "HOME is not set: no place for the release's CA certificate".into(),
+                    hint: Some("give one with --ca-file PATH".into()),
+                })?;
+            std::path::PathBuf::from(home)
+                .join(".kube")
+                .join("kubectl-pg")
+                .join(format!("{}-{release}-ca.crt", cluster.namespace))
+        }
+    };
+    let io = |source| Error::Io {
+        context: format!("cannot write the CA certificate to {}", path.display()),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&path, ca).map_err(io)?;
+    let absolute = std::path::absolute(&path).unwrap_or(path);
+    Ok(absolute.display().to_string())
 }
 
 /// The address a laptop can use: a LoadBalancer's ingress, or a node address and NodePort.

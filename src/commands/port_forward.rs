@@ -3,12 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use tokio::net::TcpListener;
 
 use crate::cli::{GlobalArgs, PortForwardArgs};
-use crate::cluster::release::{self, secret_values, DATABASE_PORT};
+use crate::cluster::release::{self, DATABASE_PORT};
 use crate::cluster::{forward, Cluster};
 use crate::database::connection::DatabaseConnection;
 use crate::error::Error;
@@ -24,11 +22,11 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
         args.listen = args.release.take();
     }
     let (address, port) = listen_on(args.listen.as_deref(), args.address.as_deref())?;
-    // `--user` names an application user here; the kubeconfig's user comes with --context.
-    let app_user = global.user.clone();
-    let mut options = global.connect_options();
-    options.user = None;
-    let cluster = Cluster::connect(&options).await?;
+    if let Some(user) = &args.db_user {
+        crate::database::roles::validate_user_name(user)?;
+    }
+    let app_user = args.db_user.clone();
+    let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let target = release::find_target(&cluster, &release).await?;
     let (username, password, database) = match &app_user {
@@ -37,13 +35,8 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
             (c.username.clone(), c.password.clone(), c.database.clone())
         }
         Some(name) => {
-            let (username, password, database) =
-                app_user_credentials(&cluster, &release, name).await?;
-            (
-                username,
-                password,
-                database.unwrap_or_else(|| target.credentials.database.clone()),
-            )
+            let c = release::app_user_credentials(&cluster, &release, name).await?;
+            (c.username, c.password, c.database)
         }
     };
     let listener = bind(address, port).await?;
@@ -182,43 +175,6 @@ async fn bind(address: IpAddr, port: Option<u16>) -> Result<TcpListener, Error> 
             Err(e) => Err(bind_error(DATABASE_PORT, e)),
         },
     }
-}
-
-/// `R-user-NAME`: the Secret of an application user.
-pub fn app_user_secret(release: &str, user: &str) -> String {
-    format!("{release}-user-{user}")
-}
-
-/// An application user's username, password and (when the Secret names one) database.
-async fn app_user_credentials(
-    cluster: &Cluster,
-    release: &str,
-    user: &str,
-) -> Result<(String, String, Option<String>), Error> {
-    let name = app_user_secret(release, user);
-    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let secret = secrets
-        .get_opt(&name)
-        .await
-        .map_err(|e| cluster.error("get", "secrets", e))?
-        .ok_or_else(|| Error::NotFound {
-            message: format!(
-                "release {release:?} has no application user {user:?}: Secret {name:?} not found in namespace {:?}",
-                cluster.namespace
-            ),
-            hint: Some(format!(
-                "create it with: kubectl pg user create {user} -n {} (users: kubectl pg user list)",
-                cluster.namespace
-            )),
-        })?;
-    let values = secret_values(&secret);
-    let get = |key: &str| values.get(key).filter(|v| !v.is_empty()).cloned();
-    let password = get("password").ok_or_else(|| release::missing_key(&name, "password"))?;
-    Ok((
-        get("username").unwrap_or_else(|| user.to_string()),
-        password,
-        get("database"),
-    ))
 }
 
 #[cfg(test)]

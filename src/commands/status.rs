@@ -73,8 +73,14 @@ pub async fn read(
     release: &str,
     set: &MigrationSet,
 ) -> Result<(DeploymentStatus, Assessment), Error> {
-    let observed = observe::observe(cluster, namespace, release).await?;
-    Ok(assess_observed(cluster, observed, set).await)
+    let (observed, users) = tokio::join!(
+        observe::observe(cluster, namespace, release),
+        crate::commands::user::summaries(cluster, namespace, release)
+    );
+    let (mut status, assessment) = assess_observed(cluster, observed?, set).await;
+    // Like events, the users are an addition: one who may not list Secrets still gets a status.
+    status.users = users.unwrap_or_default();
+    Ok((status, assessment))
 }
 
 /// Probes the database when the pod is ready, and assesses what was observed.
@@ -291,6 +297,24 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
         (
             "Connection",
             s.connection_string.clone().unwrap_or_else(dash),
+        ),
+        (
+            "Users",
+            if s.users.is_empty() {
+                dash()
+            } else {
+                s.users
+                    .iter()
+                    .map(|u| {
+                        if u.readonly {
+                            format!("{} (readonly)", u.name)
+                        } else {
+                            u.name.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         ),
         ("Last updated", s.last_updated.clone().unwrap_or_else(dash)),
     ];

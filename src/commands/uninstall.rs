@@ -85,6 +85,20 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
         };
         deleted(&cluster, result, resource)?;
     }
+    if args.delete_data {
+        // The application users' roles live in the data: their Secrets go with it.
+        let params = kube::api::ListParams::default()
+            .labels(&crate::commands::user::user_selector(&release));
+        let users = secrets
+            .list_metadata(&params)
+            .await
+            .map_err(|e| cluster.error("list", "secrets", e))?;
+        for meta in users.items.into_iter().map(|s| s.metadata) {
+            let name = meta.name.clone().unwrap_or_default();
+            let params = release::delete_only(meta.uid.clone());
+            deleted(&cluster, secrets.delete(&name, &params).await, "secrets")?;
+        }
+    }
     let params = DeleteParams::background();
     // The pod holds the volume: it must be gone before the PVC can go.
     let pod_name = release::pod_name(&release);

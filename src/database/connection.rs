@@ -16,6 +16,12 @@ pub struct DatabaseConnection {
     pub username: String,
     pub password: String,
     pub connection_string: String,
+    /// libpq's sslmode, for a release that serves TLS (`verify-full` from outside).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<String>,
+    /// The file holding the CA that signed the server's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<String>,
 }
 
 /// The text shown instead of a password.
@@ -38,9 +44,35 @@ impl DatabaseConnection {
             username,
             password,
             connection_string: String::new(),
+            sslmode: None,
+            sslrootcert: None,
         };
         connection.connection_string = connection.uri();
         connection
+    }
+
+    /// The same connection verifying the server: `sslmode` and the CA file, in every format.
+    pub fn with_tls(mut self, sslmode: &str, rootcert: &str) -> Self {
+        self.sslmode = Some(sslmode.to_string());
+        self.sslrootcert = Some(rootcert.to_string());
+        self.connection_string = self.uri();
+        self
+    }
+
+    /// `?sslmode=…&sslrootcert=…`, or nothing.
+    fn tls_query(&self, first: char) -> String {
+        let mut parts = Vec::new();
+        if let Some(mode) = &self.sslmode {
+            parts.push(format!("sslmode={}", encode(mode)));
+        }
+        if let Some(root) = &self.sslrootcert {
+            parts.push(format!("sslrootcert={}", encode(root)));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("{first}{}", parts.join("&"))
+        }
     }
 
     /// The same connection with the password replaced by [`MASK`].
@@ -58,12 +90,13 @@ impl DatabaseConnection {
 
     fn uri_with_password(&self, password: &str) -> String {
         format!(
-            "postgresql://{}:{}@{}:{}/{}",
+            "postgresql://{}:{}@{}:{}/{}{}",
             encode(&self.username),
             password,
             self.host_for_uri(),
             self.port,
-            encode(&self.database)
+            encode(&self.database),
+            self.tls_query('?')
         )
     }
 
@@ -77,26 +110,39 @@ impl DatabaseConnection {
 
     /// `jdbc:postgresql://host:port/db?user=…&password=…`
     pub fn jdbc(&self) -> String {
+        let ssl = if self.sslmode.is_some() {
+            "&ssl=true"
+        } else {
+            ""
+        };
         format!(
-            "jdbc:postgresql://{}:{}/{}?user={}&password={}",
+            "jdbc:postgresql://{}:{}/{}?user={}&password={}{ssl}{}",
             self.host_for_uri(),
             self.port,
             encode(&self.database),
             encode(&self.username),
-            encode(&self.password)
+            encode(&self.password),
+            self.tls_query('&')
         )
     }
 
     /// libpq's `key=value` form, values quoted where needed.
     pub fn keyvalue(&self) -> String {
-        format!(
+        let mut text = format!(
             "host={} port={} dbname={} user={} password={}",
             libpq_value(&self.host),
             self.port,
             libpq_value(&self.database),
             libpq_value(&self.username),
             libpq_value(&self.password)
-        )
+        );
+        if let Some(mode) = &self.sslmode {
+            text.push_str(&format!(" sslmode={}", libpq_value(mode)));
+        }
+        if let Some(root) = &self.sslrootcert {
+            text.push_str(&format!(" sslrootcert={}", libpq_value(root)));
+        }
+        text
     }
 
     /// A `~/.pgpass` line (`:` and `\` escaped).
@@ -122,6 +168,10 @@ impl DatabaseConnection {
             ("PGPASSWORD", self.password.clone()),
             ("DATABASE_URL", self.connection_string.clone()),
         ]
+        .into_iter()
+        .chain(self.sslmode.clone().map(|m| ("PGSSLMODE", m)))
+        .chain(self.sslrootcert.clone().map(|r| ("PGSSLROOTCERT", r)))
+        .collect::<Vec<_>>()
         .iter()
         .map(|(k, v)| format!("{k}={}\n", shell_quote(v)))
         .collect()
@@ -202,5 +252,31 @@ mod tests {
         assert!(env.contains("PGUSER='app user'\n"), "{env}");
         assert!(env.contains("PGPASSWORD='p@ss:w/rd'\\''s\\'\n"), "{env}");
         assert!(env.contains("PGPORT=5432\n"));
+        assert!(!env.contains("PGSSLMODE"));
+    }
+
+    #[test]
+    fn tls_goes_into_every_format() {
+        let c = conn().with_tls("verify-full", "/home/me/ca dir/pg.crt");
+        assert!(c.uri().ends_with(
+            "/learnflow?sslmode=verify-full&sslrootcert=%2Fhome%2Fme%2Fca%20dir%2Fpg.crt"
+        ));
+        assert_eq!(c.connection_string, c.uri());
+        assert!(c
+            .masked()
+            .connection_string
+            .contains("?sslmode=verify-full"));
+        assert!(c
+            .jdbc()
+            .contains("&ssl=true&sslmode=verify-full&sslrootcert="));
+        assert!(c
+            .keyvalue()
+            .ends_with(" sslmode=verify-full sslrootcert='/home/me/ca dir/pg.crt'"));
+        let env = c.env();
+        assert!(
+            env.contains("PGSSLMODE=verify-full\n")
+                && env.contains("PGSSLROOTCERT='/home/me/ca dir/pg.crt'\n"),
+            "{env}"
+        );
     }
 }

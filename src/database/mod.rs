@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod dsn;
+pub mod roles;
 pub mod tls;
 
 use std::future::Future;

@@ -19,6 +19,15 @@ pub struct PvcInfo {
     pub storage_class: Option<String>,
 }
 
+/// An application user of the release (`kubectl pg user create`), as its Secret records it:
+/// never its password.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserSummary {
+    pub name: String,
+    pub readonly: bool,
+    pub secret: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeploymentStatus {
     #[serde(rename = "apiVersion")]
@@ -46,6 +55,8 @@ pub struct DeploymentStatus {
     /// The connection string, password masked.
     pub connection_string: Option<String>,
     pub last_updated: Option<String>,
+    /// The application users (`kubectl pg user`), from their Secrets; filled by `status`.
+    pub users: Vec<UserSummary>,
     pub problems: Vec<Problem>,
 }
 
@@ -177,6 +188,7 @@ impl DeploymentStatus {
                 .map(|_| format!("{host}:{DATABASE_PORT}")),
             connection_string,
             last_updated: last_updated(observed),
+            users: Vec::new(),
             problems: assessment.problems.clone(),
         }
     }

@@ -65,6 +65,14 @@ pub fn read(
             .unwrap_or_else(|| "ClusterIP".into()),
         existing_secret,
         cluster_domain: release::cluster_domain(Some(sts)),
+        source_ranges: service
+            .and_then(|s| s.spec.as_ref()?.load_balancer_source_ranges.clone())
+            .unwrap_or_default(),
+        // The server certificate's volume: the release serves TLS.
+        tls: spec
+            .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name == super::render::TLS_VOLUME)),
+        tls_checksum: None,
         release,
         namespace,
     }
@@ -97,6 +105,7 @@ mod tests {
             cpu_request: Some("250m".into()),
             memory_limit: Some("4Gi".into()),
             service_type: "LoadBalancer".into(),
+            source_ranges: vec!["10.0.0.0/8".into()],
             existing_secret: Some("orders-db".into()),
             cluster_domain: "corp.example".into(),
             ..InstallSpec::example(16)
@@ -111,6 +120,7 @@ mod tests {
         assert_eq!(live.cpu_request.as_deref(), Some("250m"));
         assert_eq!(live.memory_limit.as_deref(), Some("4Gi"));
         assert_eq!(live.service_type, "LoadBalancer");
+        assert_eq!(live.source_ranges, ["10.0.0.0/8"]);
         assert_eq!(live.existing_secret.as_deref(), Some("orders-db"));
         assert_eq!(live.cluster_domain, "corp.example");
         spec.existing_secret = None;

@@ -85,8 +85,68 @@ pub fn secret(spec: &InstallSpec, password: &str) -> Value {
     })
 }
 
-/// `Service R` (ClusterIP, NodePort or LoadBalancer).
+/// An application user's credentials and where they apply.
+#[derive(Debug, Clone)]
+pub struct UserSecret<'a> {
+    pub release: &'a str,
+    pub namespace: &'a str,
+    /// The in-cluster host of the release (`R.N.svc.DOMAIN`).
+    pub host: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub database: &'a str,
+    pub readonly: bool,
+}
+
+/// `Secret R-user-NAME`: an application user's credentials, shaped as `R-credentials`
+/// (basic-auth; username, password, database, host, port, uri), labelled as the release's
+/// objects plus the user's name and access.
+pub fn user_secret(user: &UserSecret) -> Value {
+    use crate::database::roles::{self, LABEL_READONLY, LABEL_USER};
+    let connection = crate::database::connection::DatabaseConnection::new(
+        user.host.to_string(),
+        DATABASE_PORT,
+        user.database.to_string(),
+        user.user.to_string(),
+        user.password.to_string(),
+    );
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": roles::secret_name(user.release, user.user),
+            "namespace": user.namespace,
+            "labels": {
+                LABEL_NAME: "postgresql",
+                LABEL_INSTANCE: user.release,
+                LABEL_COMPONENT: "primary",
+                LABEL_MANAGED_BY: MANAGED_BY,
+                LABEL_USER: user.user,
+                LABEL_READONLY: user.readonly.to_string(),
+            },
+        },
+        "type": "kubernetes.io/basic-auth",
+        "stringData": {
+            "username": user.user,
+            "password": user.password,
+            "database": user.database,
+            "host": user.host,
+            "port": DATABASE_PORT.to_string(),
+            "uri": connection.uri(),
+        }
+    })
+}
+
+/// `Service R` (ClusterIP, NodePort or LoadBalancer, restricted to the source ranges given).
 pub fn service(spec: &InstallSpec) -> Value {
+    let mut service = service_plain(spec);
+    if !spec.source_ranges.is_empty() {
+        service["spec"]["loadBalancerSourceRanges"] = json!(spec.source_ranges);
+    }
+    service
+}
+
+fn service_plain(spec: &InstallSpec) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -137,8 +197,59 @@ fn secret_env(spec: &InstallSpec, name: &str, key: &str) -> Value {
     json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": spec.secret_name(), "key": key } } })
 }
 
+/// The pod volume holding the server certificate and key (from Secret `R-tls`).
+pub const TLS_VOLUME: &str = "tls";
+
+/// Adds TLS to the StatefulSet of a release that serves it: the certificate and key of
+/// `R-tls` (only those two keys: the CA key stays out of the pod) mounted read-only with mode
+/// 0600 (the server refuses a key others may read; fsGroup lets the postgres user read it), the
+/// server started with `ssl = on`, and the certificate's checksum on the pod template.
+fn add_tls(spec: &InstallSpec, sts: &mut Value) {
+    use super::certs::{secret_name, ANNOTATION_CHECKSUM, TLS_MOUNT};
+    let pod = &mut sts["spec"]["template"];
+    if let Some(checksum) = &spec.tls_checksum {
+        pod["metadata"]["annotations"] = json!({ ANNOTATION_CHECKSUM: checksum });
+    }
+    let pod = &mut pod["spec"];
+    if let Some(volumes) = pod["volumes"].as_array_mut() {
+        volumes.push(json!({
+            "name": TLS_VOLUME,
+            "secret": {
+                "secretName": secret_name(&spec.release),
+                "defaultMode": 0o600,
+                "items": [
+                    { "key": "tls.crt", "path": "tls.crt" },
+                    { "key": "tls.key", "path": "tls.key" },
+                ],
+            },
+        }));
+    }
+    let container = &mut pod["containers"][0];
+    if let Some(mounts) = container["volumeMounts"].as_array_mut() {
+        mounts.push(json!({ "name": TLS_VOLUME, "mountPath": TLS_MOUNT, "readOnly": true }));
+    }
+    container["args"] = json!([
+        "-c",
+        "ssl=on",
+        "-c",
+        format!("ssl_cert_file={TLS_MOUNT}/tls.crt"),
+        "-c",
+        format!("ssl_key_file={TLS_MOUNT}/tls.key"),
+        "-c",
+        "ssl_min_protocol_version=TLSv1.2",
+    ]);
+}
+
 /// `StatefulSet R`: one replica of the pinned official image.
 pub fn statefulset(spec: &InstallSpec) -> Value {
+    let mut sts = statefulset_plain(spec);
+    if spec.serves_tls() {
+        add_tls(spec, &mut sts);
+    }
+    sts
+}
+
+fn statefulset_plain(spec: &InstallSpec) -> Value {
     let (mount, pgdata) = data_layout(spec.major);
     // A user's Secret is basic-auth shaped (password, perhaps username): the user and the
     // database are then literals, decided at install from the Secret and the flags.
@@ -273,6 +384,57 @@ mod tests {
 
     fn spec(major: u32) -> InstallSpec {
         InstallSpec::example(major)
+    }
+
+    #[test]
+    fn exposed_or_tls_releases_serve_tls() {
+        let plain = statefulset(&spec(17));
+        assert!(plain["spec"]["template"]["spec"]["containers"][0]["args"].is_null());
+        for exposed in [
+            InstallSpec {
+                service_type: "LoadBalancer".into(),
+                ..spec(17)
+            },
+            InstallSpec {
+                service_type: "NodePort".into(),
+                ..spec(17)
+            },
+            InstallSpec {
+                tls: true,
+                tls_checksum: Some("abc".into()),
+                ..spec(17)
+            },
+        ] {
+            assert!(exposed.serves_tls());
+            let sts = statefulset(&exposed);
+            let pod = &sts["spec"]["template"]["spec"];
+            let volume = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == TLS_VOLUME)
+                .unwrap();
+            assert_eq!(volume["secret"]["secretName"], "pg-tls");
+            assert_eq!(volume["secret"]["defaultMode"], 0o600);
+            // The CA key never reaches the pod.
+            assert_eq!(volume["secret"]["items"].as_array().unwrap().len(), 2);
+            let args = pod["containers"][0]["args"].to_string();
+            assert!(
+                args.contains("ssl=on")
+                    && args.contains("ssl_key_file=/etc/postgresql/tls/tls.key"),
+                "{args}"
+            );
+            let live: k8s_openapi::api::apps::v1::StatefulSet =
+                serde_json::from_value(sts.clone()).unwrap();
+            assert!(super::super::live::read(&live, None, None).tls);
+            if exposed.tls {
+                assert_eq!(
+                    sts["spec"]["template"]["metadata"]["annotations"]
+                        ["kubectl-pg.io/tls-checksum"],
+                    "abc"
+                );
+            }
+        }
     }
 
     #[test]

@@ -44,6 +44,13 @@ pub struct InstallSpec {
     pub existing_secret: Option<String>,
     /// The cluster's DNS domain, for the hosts in the Secret, `dsn` and `status`.
     pub cluster_domain: String,
+    /// `--load-balancer-source-ranges`: the client CIDRs a LoadBalancer lets in (empty: all).
+    pub source_ranges: Vec<String>,
+    /// `--tls`, or a release that served TLS already: TLS even on a ClusterIP Service.
+    pub tls: bool,
+    /// The server certificate's checksum, once install has made or read `R-tls`: the pod
+    /// template carries it, so a renewed certificate restarts the server.
+    pub tls_checksum: Option<String>,
 }
 
 /// What the user asked for on the command line: each field is set only when its flag was
@@ -65,6 +72,10 @@ pub struct Requested {
     pub service_type: Option<String>,
     pub existing_secret: Option<String>,
     pub cluster_domain: Option<String>,
+    /// `--tls`
+    pub tls: Option<bool>,
+    /// `--load-balancer-source-ranges`
+    pub source_ranges: Option<Vec<String>>,
 }
 
 fn unsupported_major(major: u32) -> Error {
@@ -125,6 +136,9 @@ impl InstallSpec {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| crate::cluster::release::DEFAULT_CLUSTER_DOMAIN.into()),
+            source_ranges: req.source_ranges.clone().unwrap_or_default(),
+            tls: req.tls.unwrap_or(false),
+            tls_checksum: None,
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -237,9 +251,22 @@ impl InstallSpec {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| live.cluster_domain.clone()),
+            // Once a release serves TLS it keeps serving it: its clients may rely on it.
+            source_ranges: req
+                .source_ranges
+                .clone()
+                .unwrap_or_else(|| live.source_ranges.clone()),
+            tls: req.tls.unwrap_or(false) || live.serves_tls(),
+            tls_checksum: None,
         };
         spec.validate(prod)?;
         Ok(spec)
+    }
+
+    /// Whether the server runs with TLS (Secret `R-tls`, `ssl = on`, non-local connections
+    /// only over TLS): when its Service is exposed (LoadBalancer, NodePort) or `--tls` asked.
+    pub fn serves_tls(&self) -> bool {
+        self.tls || matches!(self.service_type.as_str(), "LoadBalancer" | "NodePort")
     }
 
     fn validate(&self, prod: bool) -> Result<(), Error> {
@@ -253,6 +280,18 @@ impl InstallSpec {
             });
         }
         check_quantity("--storage-size", &self.storage_size)?;
+        for range in &self.source_ranges {
+            check_cidr(range)?;
+        }
+        if !self.source_ranges.is_empty() && self.service_type != "LoadBalancer" {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "--load-balancer-source-ranges restricts a LoadBalancer, and the Service is {}",
+                    self.service_type
+                ),
+                hint: Some("add --service-type LoadBalancer, or leave the ranges out".into()),
+            });
+        }
         for (flag, value) in [
             ("--cpu-request", &self.cpu_request),
             ("--memory-request", &self.memory_request),
@@ -351,6 +390,26 @@ fn check_subdomain(name: &str) -> Result<(), Error> {
 }
 
 /// Checks a Kubernetes quantity (`8Gi`, `500m`, `1.5`, `2e3`).
+/// A CIDR as Kubernetes takes it in `loadBalancerSourceRanges`: an address and a prefix length.
+pub fn check_cidr(range: &str) -> Result<(), Error> {
+    let valid = range.split_once('/').is_some_and(|(ip, bits)| {
+        match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+            (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
+            (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
+            _ => false,
+        }
+    });
+    if valid {
+        return Ok(());
+    }
+    Err(Error::InvalidInput {
+        message: format!(
+            "invalid --load-balancer-source-ranges entry {range:?}: use CIDRs like 203.0.113.0/24 or 2001:db8::/32"
+        ),
+        hint: None,
+    })
+}
+
 pub fn check_quantity(flag: &str, value: &str) -> Result<(), Error> {
     if quantity_value(value).is_some_and(|v| v > 0.0) {
         return Ok(());
@@ -418,6 +477,9 @@ impl InstallSpec {
             service_type: "ClusterIP".into(),
             existing_secret: None,
             cluster_domain: "cluster.local".into(),
+            source_ranges: Vec::new(),
+            tls: false,
+            tls_checksum: None,
         }
     }
 }
@@ -470,6 +532,29 @@ mod tests {
         }
         assert!(pinned_image(DEFAULT_MAJOR).is_some());
     }
+
+    #[test]
+    fn source_ranges_are_cidrs_for_a_load_balancer() {
+        assert!(check_cidr("203.0.113.0/24").is_ok());
+        assert!(check_cidr("2001:db8::/32").is_ok());
+        for bad in ["203.0.113.0", "203.0.113.0/33", "example.com/8", "::/129"] {
+            assert!(check_cidr(bad).is_err(), "{bad}");
+        }
+        let req = Requested {
+            source_ranges: Some(vec!["10.0.0.0/8".into()]),
+            ..Requested::default()
+        };
+        let err = InstallSpec::from_request(&req, "pg", "db").unwrap_err();
+        assert!(err.to_string().contains("LoadBalancer"), "{err}");
+        let req = Requested {
+            service_type: Some("LoadBalancer".into()),
+            ..req
+        };
+        let spec = InstallSpec::from_request(&req, "pg", "db").unwrap();
+        assert!(spec.serves_tls());
+        let service = crate::manifests::render::service(&spec);
+        assert_eq!(service["spec"]["loadBalancerSourceRanges"][0], "10.0.0.0/8");
+    }
 }
 
 /// Fuzzing: every install flag is user input; validation may refuse any of it, never panic, and
@@ -517,6 +602,7 @@ mod fuzz {
                 service_type: fields[9].clone(),
                 existing_secret: fields[10].clone(),
                 cluster_domain: fields[11].clone(),
+                ..Requested::default()
             };
             if let Ok(spec) = InstallSpec::from_request(&requested, &release, &namespace) {
                 prop_assert!(spec.release.len() <= 52 && !spec.release.is_empty());

@@ -89,14 +89,14 @@ fn rollout_complete(scope: &Scope, ns: &str, release: &str) {
 }
 
 /// A real `kubectl port-forward` to a pod's 5432 on a free local port, stopped on drop.
-struct PortForward {
+pub(crate) struct PortForward {
     child: Child,
     /// `127.0.0.1:PORT`.
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl PortForward {
-    fn start(scope: &Scope, ns: &str, pod: &str) -> PortForward {
+    pub(crate) fn start(scope: &Scope, ns: &str, pod: &str) -> PortForward {
         let log = scope
             .dir
             .path()
@@ -146,7 +146,7 @@ impl Drop for PortForward {
 }
 
 /// Opens a session with `dsn` and closes it: Err with the server's answer when it refuses.
-fn try_connect(dsn: &str) -> Result<(), String> {
+pub(crate) fn try_connect(dsn: &str) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -23,6 +23,8 @@ pub struct ControlPlane {
     pub state: PathBuf,
     /// Kubernetes version the binaries were built at.
     pub version: String,
+    /// The PostgreSQL builds the node runs (`clients/bin` holds psql and the other clients).
+    pub postgres: PathBuf,
     // Closing it (when the test process exits) stops the control plane and every pod.
     _stdin: Mutex<ChildStdin>,
     #[allow(dead_code)] // read by wait(), which only the hand-run example calls
@@ -130,6 +132,7 @@ fn start() -> ControlPlane {
         server,
         state,
         version,
+        postgres: PathBuf::from(var("KPG_POSTGRES")),
         _stdin: Mutex::new(stdin),
         child: Mutex::new(child),
     }

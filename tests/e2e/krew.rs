@@ -35,7 +35,7 @@ const PLATFORMS: [(&str, &str); 5] = [
 /// Every object kind kubectl-pg touches; the caveats must tell users about
 /// each, since krew shows them at install time and RBAC failures are the
 /// first thing a new user hits.
-const RBAC_RESOURCES: [&str; 12] = [
+const RBAC_RESOURCES: [&str; 13] = [
     "statefulsets",
     "services",
     "secrets",
@@ -48,6 +48,7 @@ const RBAC_RESOURCES: [&str; 12] = [
     "resourcequotas",
     "selfsubjectaccessreviews",
     "namespaces",
+    "deployments",
 ];
 
 fn krew_script(name: &str) -> PathBuf {
@@ -730,7 +731,8 @@ impl Drop for ClusterGrant<'_> {
 
 /// A ServiceAccount holding exactly the caveats' permissions (a Role in its namespace, a
 /// ClusterRole for the cluster-scoped part) runs the everyday commands in that namespace, which
-/// its kubeconfig context names: install, status, dsn, psql, migrate up/status, uninstall.
+/// its kubeconfig context names: install, status, dsn, psql, migrate up/status, user,
+/// rotate-password, uninstall.
 #[test]
 fn the_caveats_rbac_is_enough_for_every_day_commands() {
     use crate::scope::Scope;
@@ -842,6 +844,19 @@ fn the_caveats_rbac_is_enough_for_every_day_commands() {
         "{}",
         report.describe()
     );
+
+    // Application users and rotation need nothing more (the Secret is patched, deployments listed).
+    for args in [
+        &["user", "create", "app"][..],
+        &["user", "list", "-o", "json"],
+        &["rotate-password", "--yes"],
+        &["rotate-password", "--db-user", "app", "--yes"],
+        &["user", "create", "temp"],
+        &["user", "delete", "temp", "--yes"],
+    ] {
+        let out = run(args);
+        crate::expect_code(&out, 0);
+    }
 
     let uninstall = run(&["uninstall", "--delete-data", "--yes"]);
     crate::expect_code(&uninstall, 0);

@@ -78,7 +78,11 @@ fn upgrade_starts_from_the_live_release_and_repairs_a_stuck_pod() {
         "the Secret is never rewritten"
     );
     let secrets = scope.kubectl_ns(&["get", "secrets", "-o", "name"]);
-    assert_eq!(secrets.stdout_text().trim(), "secret/orders-credentials");
+    // A NodePort release serves TLS: its CA and certificate are in orders-tls.
+    assert_eq!(
+        secrets.stdout_text().trim(),
+        "secret/orders-credentials\nsecret/orders-tls"
+    );
     // The cluster domain is remembered: status and dsn use it after the upgrade too.
     let status = json(&scope.kpg(&["status", "orders", "-n", ns, "-o", "json"]));
     assert!(

@@ -14,6 +14,7 @@ mod pg;
 mod proxy;
 mod real_cluster;
 mod scope;
+mod users;
 
 use std::process::{Command, Output};
 

@@ -430,8 +430,9 @@ fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
         "kubernetes.io/basic-auth",
         "--from-literal=username=app",
         "--from-literal=password=app-password-0123456789",
+        "--from-literal=database=learnflow",
     ]));
-    let mut app = Background::start(&scope, &["port-forward", "-n", ns, "--user", "app"]);
+    let mut app = Background::start(&scope, &["port-forward", "-n", ns, "--db-user", "app"]);
     app.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
     assert!(
         app.seen[0].starts_with("postgresql://app:********@127.0.0.1:"),
@@ -442,7 +443,7 @@ fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
     drop(app);
     let mut doc = Background::start(
         &scope,
-        &["port-forward", "-n", ns, "-o", "json", "--user", "app"],
+        &["port-forward", "-n", ns, "-o", "json", "--db-user", "app"],
     );
     doc.until(Duration::from_secs(30), "the document", |s| {
         s.iter().any(|l| l == "}")
@@ -452,7 +453,7 @@ fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
     assert_eq!(doc["username"], "app", "{doc}");
     assert_eq!(doc["password"], "********", "{doc}");
     assert_eq!(doc["host"], "127.0.0.1", "{doc}");
-    let ghost = scope.kpg(&["port-forward", "-n", ns, "--user", "ghost"]);
+    let ghost = scope.kpg(&["port-forward", "-n", ns, "--db-user", "ghost"]);
     expect_code(&ghost, 1);
     assert!(
         ghost.stderr_text().contains("user create ghost"),

@@ -16,6 +16,12 @@ use crate::manifests::InstallSpec;
 /// Length of generated passwords.
 pub const PASSWORD_LENGTH: usize = 32;
 pub(super) fn read_password() -> Result<String, Error> {
+    read_password_for("install")
+}
+
+/// The password on stdin (one line; the line break is dropped), for `kubectl pg COMMAND
+/// --password-stdin`, checked by the rules every password follows.
+pub fn read_password_for(command: &str) -> Result<String, Error> {
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
@@ -23,19 +29,38 @@ pub(super) fn read_password() -> Result<String, Error> {
             context: "cannot read the password from stdin".into(),
             source,
         })?;
-    check_password(text.trim_end_matches(['\n', '\r']))
+    check_password(text.trim_end_matches(['\n', '\r']), command)
+}
+
+/// Asks for a password on the terminal without echoing it, twice, for `--password-stdin` when
+/// stdin is a terminal.
+pub fn prompt_password(what: &str, command: &str) -> Result<String, Error> {
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt).map_err(|source| Error::Io {
+            context: "cannot read the password from the terminal".into(),
+            source,
+        })
+    };
+    let first = ask(format!("Password for {what}: "))?;
+    let password = check_password(&first, command)?;
+    if ask("Again: ".into())? != password {
+        return Err(Error::invalid(
+            "the two passwords differ: nothing was changed",
+        ));
+    }
+    Ok(password)
 }
 
 /// A password must survive every format `dsn` prints and psql's `\password`: 16 characters at
 /// least and no control characters (a newline inside would be a second line of input).
-fn check_password(password: &str) -> Result<String, Error> {
+fn check_password(password: &str, command: &str) -> Result<String, Error> {
     if let Some(c) = password.chars().find(|c| c.is_control()) {
         return Err(Error::InvalidInput {
             message: format!(
                 "the password from stdin contains the control character {:?}: use printable characters only",
                 c
             ),
-            hint: Some("pipe exactly one line: printf '%s\\n' \"$PASSWORD\" | kubectl pg install --password-stdin".into()),
+            hint: Some(format!("pipe exactly one line: printf '%s\\n' \"$PASSWORD\" | kubectl pg {command} --password-stdin")),
         });
     }
     if password.chars().count() < 16 {
@@ -275,14 +300,14 @@ mod tests {
 
     #[test]
     fn passwords_are_long_and_printable() {
-        assert!(check_password("a-long-enough-password").is_ok());
-        assert!(check_password("short").is_err());
+        assert!(check_password("a-long-enough-password", "install").is_ok());
+        assert!(check_password("short", "install").is_err());
         for bad in [
             "a-long-enough\npassword",
             "a-long-enough\rpassword",
             "a-long-enough\0password",
         ] {
-            let err = check_password(bad).unwrap_err().to_string();
+            let err = check_password(bad, "install").unwrap_err().to_string();
             assert!(err.contains("control character"), "{err}");
         }
     }

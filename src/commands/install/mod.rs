@@ -23,9 +23,10 @@ use crate::output::{self, emit};
 
 mod credentials;
 mod preflight;
+mod tls;
 
 use credentials::{ensure_secret, read_password, reset_or_take_back, take_back};
-pub use credentials::{generate_password, PASSWORD_LENGTH};
+pub use credentials::{generate_password, prompt_password, read_password_for, PASSWORD_LENGTH};
 use preflight::preflight;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -149,9 +150,18 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         create_namespace(&cluster, &spec.namespace).await?;
         crate::note!("created namespace {}", spec.namespace);
     }
+    // Read and decided before the first write; written after the credentials.
+    let tls_plan = if spec.serves_tls() {
+        Some(tls::plan(&cluster, &spec).await?)
+    } else {
+        None
+    };
     let secret = ensure_secret(&cluster, &spec, password).await?;
     // A user's Secret may name the user; the pod then starts with that one.
     let mut spec = spec;
+    if let Some(plan) = tls_plan {
+        spec.tls_checksum = Some(tls::write(&cluster, &spec, plan).await?.checksum());
+    }
     if spec.existing_secret.is_some() {
         spec.username = secret.credentials.username.clone();
     }
@@ -170,6 +180,12 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
         if secret.created { ", Secret" } else { "" }
     );
+    if spec.service_type == "LoadBalancer" && spec.source_ranges.is_empty() {
+        crate::note!(
+            "warning: Service {} is a LoadBalancer without --load-balancer-source-ranges: the database is reachable from anywhere the load balancer is (it needs TLS and the password)",
+            spec.release
+        );
+    }
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
     if existing.pvc_major.is_none() {
         record_data_major(&cluster, &spec).await;
@@ -185,6 +201,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     if live.is_some() {
         credentials::require_password_on_loopback(&cluster, &spec).await?;
+    }
+    if spec.serves_tls() {
+        tls::require_tls_off_loopback(&cluster, &spec).await?;
     }
     let checked = health_check(&cluster, &spec, &secret.credentials).await?;
     if let Some(set) = migrations {
@@ -203,12 +222,42 @@ fn dry_run(args: &InstallArgs, global: &GlobalArgs, password: Option<String>) ->
         .release
         .clone()
         .unwrap_or_else(|| release::DEFAULT_RELEASE.into());
-    let spec = InstallSpec::from_request(&requested(args), &release, &namespace)?;
+    let mut spec = InstallSpec::from_request(&requested(args), &release, &namespace)?;
+    let tls = if spec.serves_tls() {
+        let names = crate::manifests::certs::sans(
+            &spec.release,
+            &spec.namespace,
+            &spec.cluster_domain,
+            &[],
+        );
+        let tls = crate::manifests::certs::issue(
+            &spec.release,
+            &spec.namespace,
+            &names,
+            None,
+            crate::manifests::certs::today(),
+        )?;
+        spec.tls_checksum = Some(tls.checksum());
+        Some(tls)
+    } else {
+        None
+    };
     if spec.existing_secret.is_none() && password.is_none() {
         crate::note!("note: the Secret carries a freshly generated password; `kubectl pg install` never overwrites an existing one, `kubectl apply` would");
     }
     let password = password.unwrap_or_else(generate_password);
     let mut objects = render::all(&spec, Some(&password));
+    if let Some(tls) = &tls {
+        objects.insert(
+            0,
+            crate::manifests::certs::secret(
+                render::labels(&spec),
+                &spec.release,
+                &spec.namespace,
+                tls,
+            ),
+        );
+    }
     objects.insert(
         0,
         json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": spec.namespace } }),
@@ -280,6 +329,8 @@ fn requested(args: &InstallArgs) -> Requested {
         service_type: args.service_type.clone(),
         existing_secret: args.existing_secret.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        tls: args.tls.then_some(true),
+        source_ranges: args.load_balancer_source_ranges.clone(),
     }
 }
 

@@ -107,6 +107,9 @@ func (c *container) loop() {
 		c.image = img
 		c.mu.Unlock()
 		env, err := c.resolveEnv()
+		if err == nil {
+			err = c.pod.writeSecretVolumes()
+		}
 		if err != nil {
 			c.event(corev1.EventTypeNormal, "Pulled", "Container image %q already present on machine", c.spec.Image)
 			c.event(corev1.EventTypeWarning, "Failed", "Error: %v", err)

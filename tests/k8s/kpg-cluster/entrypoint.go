@@ -148,6 +148,14 @@ func entrypoint(args []string) {
 	} else {
 		say("\nPostgreSQL Database directory appears to contain a database; Skipping initialization\n")
 	}
+	// Settings that name files (-c ssl_cert_file=/etc/…) read them from the volume's host path.
+	for i := 1; i < len(args); i++ {
+		if k, v, ok := strings.Cut(args[i], "="); ok && args[i-1] == "-c" && strings.HasPrefix(v, "/") {
+			if host, mounted := mapPath(v); mounted {
+				args[i] = k + "=" + host
+			}
+		}
+	}
 	argv := append(args, "-c", "unix_socket_directories="+socket)
 	die("exec postgres: %v", syscall.Exec(bin("postgres"), argv, env))
 }

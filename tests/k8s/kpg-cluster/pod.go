@@ -80,6 +80,11 @@ func (p *podRuntime) run() {
 		return
 	}
 	_ = exec.Command("ip", "netns", "exec", p.netns, "ip", "link", "set", "lo", "up").Run()
+	// The pod's own address answers inside the pod, as on a real node: a connection to it is
+	// not a loopback one (pg_hba tells them apart).
+	if p.ip != "" {
+		_ = exec.Command("ip", "netns", "exec", p.netns, "ip", "addr", "add", p.ip+"/32", "dev", "lo").Run()
+	}
 	go p.statusLoop()
 	pod := p.current()
 	if pod.DeletionTimestamp != nil {
@@ -295,6 +300,70 @@ func (p *podRuntime) volumeDir(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("volume %q not found", name)
+}
+
+// writeSecretVolumes fills each Secret volume's directory with the Secret's keys (or the listed
+// items) as the kubelet does, in defaultMode (or an item's mode). The files belong to the pod's
+// user, as fsGroup makes them readable to it on a real node. A missing Secret or key is an
+// error unless the volume is optional.
+func (p *podRuntime) writeSecretVolumes() error {
+	for _, v := range p.current().Spec.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		optional := v.Secret.Optional != nil && *v.Secret.Optional
+		s, err := p.n.client.CoreV1().Secrets(p.ns).Get(context.Background(), v.Secret.SecretName, metav1.GetOptions{})
+		if err != nil {
+			if optional {
+				continue
+			}
+			return fmt.Errorf("MountVolume.SetUp failed for volume %q: secret %q not found", v.Name, v.Secret.SecretName)
+		}
+		mode := int32(0o644)
+		if v.Secret.DefaultMode != nil {
+			mode = *v.Secret.DefaultMode
+		}
+		type file struct {
+			data []byte
+			mode int32
+		}
+		files := map[string]file{}
+		if len(v.Secret.Items) == 0 {
+			for k, d := range s.Data {
+				files[k] = file{d, mode}
+			}
+		}
+		for _, it := range v.Secret.Items {
+			d, ok := s.Data[it.Key]
+			if !ok {
+				return fmt.Errorf("MountVolume.SetUp failed for volume %q: references non-existent secret key: %s", v.Name, it.Key)
+			}
+			m := mode
+			if it.Mode != nil {
+				m = *it.Mode
+			}
+			files[it.Path] = file{d, m}
+		}
+		dir := filepath.Join(p.dir, "volumes", v.Name)
+		_ = os.RemoveAll(dir)
+		if err := ensureDir(dir, p.n.uid, p.n.gid, 0o755); err != nil {
+			return err
+		}
+		for name, f := range files {
+			path := filepath.Join(dir, name)
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(path, f.data, os.FileMode(f.mode)); err != nil {
+				return err
+			}
+			_ = os.Chmod(path, os.FileMode(f.mode))
+			if err := os.Chown(path, p.n.uid, p.n.gid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func ensureDir(dir string, uid, gid int, mode os.FileMode) error {

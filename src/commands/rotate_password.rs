@@ -1,0 +1,433 @@
+//! `kubectl pg rotate-password`: a new password for the release's superuser (Secret
+//! `R-credentials`) or an application user (`R-user-NAME`). The order leaves no moment where
+//! neither the old nor the new password is stored: (1) generate, (2) set it in the database as
+//! a SCRAM verifier, (3) write the Secret (resourceVersion precondition), (4) retry that a few
+//! times, and if it still fails give the database the old password back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PodSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams};
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, RotatePasswordArgs};
+use crate::cluster::release::{self, Credentials, DATABASE_PORT, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::cluster::tunnel::TunnelConnector;
+use crate::cluster::Cluster;
+use crate::commands::install::generate_password;
+use crate::database::connect_with_retry;
+use crate::database::connection::DatabaseConnection;
+use crate::database::roles::{self, LABEL_USER};
+use crate::error::Error;
+use crate::output::{self, emit, API_VERSION};
+
+/// How many times the Secret write is tried before the database gets the old password back.
+const SECRET_ATTEMPTS: u32 = 4;
+
+/// `kind: PasswordRotation`: what was rotated and who must reread it (never a password).
+#[derive(Debug, Serialize)]
+struct RotationDocument {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    release: String,
+    namespace: String,
+    role: String,
+    secret: String,
+    rotated_at: String,
+    /// The Deployments and StatefulSets of the namespace that use the Secret.
+    workloads: Vec<Workload>,
+}
+
+/// A workload that reads the Secret, and how (`env`, `envFrom`, `volume`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub kind: &'static str,
+    pub name: String,
+    pub uses: Vec<&'static str>,
+}
+
+pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Error> {
+    if let Some(user) = &args.db_user {
+        roles::validate_user_name(user)?;
+    }
+    let cluster = Cluster::connect(&global.connect_options()).await?;
+    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let ns = cluster.namespace.clone();
+    let found = release::find_release(&cluster, &release).await?;
+    let superuser = found.target.credentials.username.clone();
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
+    // What to rotate: the Secret, its credentials, and the role they name.
+    let (secret, old, role) = match &args.db_user {
+        None => {
+            if !found.source.is_ours(&release) {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "release {release} takes its credentials from --existing-secret {}: kubectl-pg never writes that Secret",
+                        found.source.secret
+                    ),
+                    hint: Some(format!(
+                        "rotate it yourself: set the new password in the database (kubectl pg psql {release} -n {ns}, then \\password {superuser}), then in Secret {}",
+                        found.source.secret
+                    )),
+                });
+            }
+            (
+                found.secret.clone(),
+                found.target.credentials.clone(),
+                superuser.clone(),
+            )
+        }
+        Some(user) => {
+            roles::refuse_superuser(user, &superuser, &release)?;
+            let name = roles::secret_name(&release, user);
+            let secret = secrets
+                .get_opt(&name)
+                .await
+                .map_err(|e| cluster.error("get", "secrets", e))?
+                .ok_or_else(|| Error::NotFound {
+                    message: format!("user {user} of release {release} not found: no Secret {name} in namespace {ns:?}"),
+                    hint: Some(format!("kubectl pg user list --release {release} -n {ns}")),
+                })?;
+            let labelled = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_USER))
+                .is_some_and(|u| u == user);
+            if !release::made_for(&secret.metadata, &release) || !labelled {
+                return Err(Error::InvalidInput {
+                    message: format!("Secret {name} is not the kubectl-pg Secret of user {user}: it is left alone"),
+                    hint: None,
+                });
+            }
+            let credentials = Credentials::from_secret(&secret)?;
+            (secret, credentials, user.clone())
+        }
+    };
+    let secret_name = secret.metadata.name.clone().unwrap_or_default();
+    let admin = connect_with_retry(&TunnelConnector::new(&cluster, &found.target)).await?;
+    if roles::find_role(&admin, &role).await?.is_none() {
+        return Err(Error::NotFound {
+            message: format!(
+                "role {role:?} does not exist in release {release}'s database: nothing was changed"
+            ),
+            hint: Some(format!(
+                "kubectl pg user list --release {release} -n {ns} shows the drift"
+            )),
+        });
+    }
+    if !args.yes {
+        crate::commands::confirm(
+            &format!("set a new password for role {role} and Secret {secret_name}? (apps must reread it)"),
+            "rotate-password",
+        )?;
+    }
+    // (1) and (2): the database holds the new password, the Secret still the old one.
+    let new = generate_password();
+    roles::run(
+        &admin,
+        &format!("cannot set the new password of role {role}"),
+        &roles::set_password_sql(&role, &new),
+    )
+    .await?;
+    // (3) and (4)
+    if let Err(error) = write_secret(&cluster, &secrets, secret, &old, &new).await {
+        return match roles::run(
+            &admin,
+            "cannot restore the old password",
+            &roles::set_password_sql(&role, &old.password),
+        )
+        .await
+        {
+            Ok(()) => {
+                crate::note!("Secret {secret_name} could not be updated: role {role} has its old password again, nothing changed");
+                Err(error)
+            }
+            Err(restore) => Err(Error::Deployment {
+                message: format!(
+                    "Secret {secret_name} could not be updated ({error}) and the old password could not be restored ({restore}): role {role} has a password no Secret holds"
+                ),
+                hints: vec![format!(
+                    "set the Secret's password again: kubectl pg psql {release} -n {ns}, then \\password {role}, entering the password of Secret {secret_name} (kubectl get secret {secret_name} -n {ns} -o jsonpath='{{.data.password}}' | base64 -d)"
+                )],
+                code: 1,
+            }),
+        };
+    }
+    let workloads = match users_of(&cluster, &ns, &release, &secret_name).await {
+        Ok(w) => w,
+        Err(e) => {
+            crate::note!("warning: cannot list the workloads that use Secret {secret_name}: {e}");
+            Vec::new()
+        }
+    };
+    let document = RotationDocument {
+        api_version: API_VERSION,
+        kind: "PasswordRotation",
+        release: release.clone(),
+        namespace: ns.clone(),
+        role: role.clone(),
+        secret: secret_name.clone(),
+        rotated_at: k8s_openapi::jiff::Timestamp::now().to_string(),
+        workloads,
+    };
+    if let Some(format) = args.output {
+        if let Some(text) = output::document(format, &document)? {
+            emit(&text);
+            return Ok(());
+        }
+    }
+    let mut text = format!(
+        "password of role {role} rotated in release {release}: the database and Secret {secret_name} hold the new one\n\
+         Apps must reread Secret {secret_name}: a running process keeps the old password, which no longer works for new connections.\n"
+    );
+    if document.workloads.is_empty() {
+        text.push_str(&format!(
+            "No Deployment or StatefulSet in namespace {ns} references Secret {secret_name}.\n"
+        ));
+    } else {
+        text.push_str(&format!(
+            "Workloads in namespace {ns} that use it (restart them, e.g. kubectl rollout restart deployment/NAME -n {ns}):\n"
+        ));
+        for w in &document.workloads {
+            text.push_str(&format!(
+                "  {} {} ({})\n",
+                w.kind,
+                w.name,
+                w.uses.join(", ")
+            ));
+        }
+    }
+    emit(&text);
+    Ok(())
+}
+
+/// Writes the new password (and the `uri` built from it) into the Secret read before: a merge
+/// patch (the `patch` verb install's RBAC already has) whose resourceVersion is the
+/// precondition. A conflict re-reads the Secret and tries again only while it still holds the
+/// old password; transient API errors are retried; others end at once.
+async fn write_secret(
+    cluster: &Cluster,
+    secrets: &Api<Secret>,
+    mut secret: Secret,
+    old: &Credentials,
+    new: &str,
+) -> Result<(), Error> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=SECRET_ATTEMPTS {
+        let patch = with_password(&secret, old, new);
+        let params = PatchParams::default();
+        let error = match secrets.patch(&name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let retry = match &error {
+            kube::Error::Api(s) => s.code == 409 || s.code == 429 || s.code >= 500,
+            _ => true,
+        };
+        if !retry || attempt == SECRET_ATTEMPTS {
+            return Err(cluster.error("patch", "secrets", error));
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        if matches!(&error, kube::Error::Api(s) if s.code == 409) {
+            let fresh = secrets
+                .get(&name)
+                .await
+                .map_err(|e| cluster.error("get", "secrets", e))?;
+            if release::secret_values(&fresh).get("password") != Some(&old.password) {
+                return Err(Error::InvalidInput {
+                    message: format!("Secret {name} was changed by someone else meanwhile"),
+                    hint: Some("run rotate-password again once the other change is done".into()),
+                });
+            }
+            secret = fresh;
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// The patch: the Secret's resourceVersion, the new password and, when the Secret has a host
+/// (ours do), the `uri` built from it; every other key stays as it is.
+fn with_password(secret: &Secret, old: &Credentials, new: &str) -> Secret {
+    let values = release::secret_values(secret);
+    let mut data = BTreeMap::from([("password".to_string(), ByteString(new.as_bytes().to_vec()))]);
+    if let Some(host) = values.get("host") {
+        let connection = DatabaseConnection::new(
+            host.clone(),
+            old.port.unwrap_or(DATABASE_PORT),
+            old.database.clone(),
+            old.username.clone(),
+            new.to_string(),
+        );
+        data.insert("uri".into(), ByteString(connection.uri().into_bytes()));
+    }
+    Secret {
+        metadata: ObjectMeta {
+            resource_version: secret.metadata.resource_version.clone(),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// The Deployments and StatefulSets of the namespace whose pods read the Secret, but the
+/// release's own StatefulSet (its POSTGRES_PASSWORD only matters to the first start).
+async fn users_of(
+    cluster: &Cluster,
+    ns: &str,
+    release: &str,
+    secret: &str,
+) -> Result<Vec<Workload>, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), ns);
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
+    let params = kube::api::ListParams::default();
+    let (deployments, sets) = tokio::join!(deployments.list(&params), sets.list(&params));
+    let deployments = deployments.map_err(|e| cluster.error("list", "deployments", e))?;
+    let sets = sets.map_err(|e| cluster.error("list", "statefulsets", e))?;
+    let mut found = Vec::new();
+    for d in deployments.items {
+        let spec = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        let uses = spec.map(|s| references(s, secret)).unwrap_or_default();
+        if !uses.is_empty() {
+            found.push(Workload {
+                kind: "Deployment",
+                name: d.metadata.name.clone().unwrap_or_default(),
+                uses,
+            });
+        }
+    }
+    for s in sets.items {
+        let ours = s.metadata.name.as_deref() == Some(release)
+            && s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_MANAGED_BY))
+                .is_some_and(|m| m == MANAGED_BY);
+        if ours {
+            continue;
+        }
+        let spec = s.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        let uses = spec.map(|p| references(p, secret)).unwrap_or_default();
+        if !uses.is_empty() {
+            found.push(Workload {
+                kind: "StatefulSet",
+                name: s.metadata.name.clone().unwrap_or_default(),
+                uses,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// How a pod spec reads `secret`: `env` (valueFrom.secretKeyRef), `envFrom`, `volume`
+/// (secret or projected), each once, in that order.
+pub fn references(spec: &PodSpec, secret: &str) -> Vec<&'static str> {
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    let mut env = false;
+    let mut env_from = false;
+    for c in containers {
+        env |= c.env.iter().flatten().any(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .is_some_and(|r| r.name == secret)
+        });
+        env_from |= c
+            .env_from
+            .iter()
+            .flatten()
+            .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret));
+    }
+    let volume = spec.volumes.iter().flatten().any(|v| {
+        v.secret
+            .as_ref()
+            .is_some_and(|s| s.secret_name.as_deref() == Some(secret))
+            || v.projected.as_ref().is_some_and(|p| {
+                p.sources
+                    .iter()
+                    .flatten()
+                    .any(|s| s.secret.as_ref().is_some_and(|s| s.name == secret))
+            })
+    });
+    [(env, "env"), (env_from, "envFrom"), (volume, "volume")]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> PodSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn finds_every_way_a_pod_reads_a_secret() {
+        let s = spec(serde_json::json!({
+            "containers": [{
+                "name": "app",
+                "env": [{ "name": "DB", "valueFrom": { "secretKeyRef": { "name": "pg-credentials", "key": "uri" } } }],
+            }],
+            "initContainers": [{ "name": "wait", "envFrom": [{ "secretRef": { "name": "pg-credentials" } }] }],
+            "volumes": [{ "name": "v", "projected": { "sources": [{ "secret": { "name": "pg-credentials" } }] } }],
+        }));
+        assert_eq!(
+            references(&s, "pg-credentials"),
+            ["env", "envFrom", "volume"]
+        );
+        assert!(references(&s, "other").is_empty());
+        let v = spec(serde_json::json!({
+            "containers": [{ "name": "app" }],
+            "volumes": [{ "name": "v", "secret": { "secretName": "pg-user-app" } }],
+        }));
+        assert_eq!(references(&v, "pg-user-app"), ["volume"]);
+    }
+
+    #[test]
+    fn the_secret_gets_the_new_password_and_uri() {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                resource_version: Some("42".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([
+                ("username".to_string(), ByteString(b"app".to_vec())),
+                (
+                    "password".to_string(),
+                    ByteString(b"old-password-0123".to_vec()),
+                ),
+                ("database".to_string(), ByteString(b"learnflow".to_vec())),
+                (
+                    "host".to_string(),
+                    ByteString(b"pg.ns.svc.cluster.local".to_vec()),
+                ),
+                ("port".to_string(), ByteString(b"5432".to_vec())),
+                ("uri".to_string(), ByteString(b"postgresql://old".to_vec())),
+            ])),
+            ..Secret::default()
+        };
+        let old = Credentials::from_secret(&secret).unwrap();
+        let updated = with_password(&secret, &old, "new-password-4567");
+        assert_eq!(updated.metadata.resource_version.as_deref(), Some("42"));
+        let values = release::secret_values(&updated);
+        assert_eq!(values["password"], "new-password-4567");
+        assert_eq!(
+            values["uri"],
+            "postgresql://app:new-password-4567@pg.ns.svc.cluster.local:5432/learnflow"
+        );
+        assert!(!values.contains_key("username"), "only what changes");
+    }
+}

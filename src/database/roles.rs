@@ -1,0 +1,362 @@
+//! Application users: the PostgreSQL roles `kubectl pg user` makes for apps (LOGIN, no
+//! superuser, no CREATEDB, no CREATEROLE), their grants, and password changes, sent as SCRAM
+//! verifiers so that no server log can hold a usable password.
+//!
+//! The statements are built here as text (role names and passwords cannot be bind parameters in
+//! DDL) from validated names, quoted as identifiers, and run on a session the caller opened.
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::error::Error;
+use crate::migration::history::literal;
+
+/// The label that marks a Secret as an application user's, its value the role name.
+pub const LABEL_USER: &str = "kubectl-pg.io/user";
+/// The label saying whether the user may only read (`true`) or also write (`false`).
+pub const LABEL_READONLY: &str = "kubectl-pg.io/readonly";
+/// The start of the comment on every role `kubectl pg user create` makes: the database's own
+/// record that the role is ours, so `user delete` never drops a role someone made by hand and
+/// `user list` can tell a role whose Secret is gone.
+pub const ROLE_COMMENT: &str = "kubectl-pg application user";
+
+/// Role names PostgreSQL reserves or that mean something else in GRANT.
+const RESERVED: &[&str] = &[
+    "public",
+    "none",
+    "current_user",
+    "current_role",
+    "session_user",
+    "user",
+    "all",
+];
+
+/// An application user's name: a PostgreSQL identifier that needs no quoting in any client
+/// (lower-case letters, digits and `_`, starting with a letter, 63 characters at most), that
+/// is not a reserved role (`pg_…`, `public`, …) nor the release's own superuser.
+pub fn validate_user_name(name: &str) -> Result<(), Error> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+    if !valid {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "invalid user name {name:?}: use lower-case letters, digits and '_', starting with a letter, at most 63 characters"
+            ),
+            hint: Some(format!(
+                "for example: {}",
+                suggest(name).unwrap_or_else(|| "app_rw".into())
+            )),
+        });
+    }
+    if let Some(rest) = name.strip_prefix("pg_") {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "invalid user name {name:?}: names starting with pg_ are reserved by PostgreSQL"
+            ),
+            hint: Some(format!("for example: app_{}", rest.trim_start_matches('_'))),
+        });
+    }
+    if RESERVED.contains(&name) {
+        return Err(Error::InvalidInput {
+            message: format!("invalid user name {name:?}: PostgreSQL reserves it"),
+            hint: Some(format!("for example: app_{name}")),
+        });
+    }
+    Ok(())
+}
+
+/// A valid name close to `name`, for the hint.
+fn suggest(name: &str) -> Option<String> {
+    let mut s: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        s.insert_str(0, "app_");
+    }
+    s.truncate(63);
+    (!s.is_empty() && s != name).then_some(s)
+}
+
+/// Refuses the release's own superuser as an application user: its Secret is `R-credentials`.
+pub fn refuse_superuser(name: &str, superuser: &str, release: &str) -> Result<(), Error> {
+    if name == superuser {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "{name:?} is the superuser of release {release:?}, not an application user"
+            ),
+            hint: Some(format!(
+                "its credentials are in Secret {}; pick another name for the app",
+                crate::cluster::release::secret_name(release)
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// `R-user-NAME`, with `_` written `-` (Secret names are DNS subdomains). Names hold no `-`,
+/// so two users never share a Secret.
+pub fn secret_name(release: &str, user: &str) -> String {
+    format!("{release}-user-{}", user.replace('_', "-"))
+}
+
+/// `"name"`, an identifier quoted for SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The comment that marks a role as ours, saying how much it may do.
+pub fn role_comment(readonly: bool) -> String {
+    format!(
+        "{ROLE_COMMENT} ({})",
+        if readonly { "readonly" } else { "readwrite" }
+    )
+}
+
+/// What an application user may do in its database.
+#[derive(Debug, Clone)]
+pub struct UserGrants<'a> {
+    pub name: &'a str,
+    pub database: &'a str,
+    /// The role that runs migrations (the release's superuser): tables and sequences it creates
+    /// later get the same grants (default privileges).
+    pub owner: &'a str,
+    pub readonly: bool,
+}
+
+impl UserGrants<'_> {
+    /// One transaction: the role with its password (a SCRAM verifier), its comment, CONNECT on
+    /// the database, USAGE on schema public, read (and write) on its tables and sequences now
+    /// and later. Run it in `database`.
+    pub fn create_sql(&self, verifier: &str) -> String {
+        let user = quote_ident(self.name);
+        let owner = quote_ident(self.owner);
+        let (tables, sequences) = if self.readonly {
+            ("SELECT", "SELECT")
+        } else {
+            ("SELECT, INSERT, UPDATE, DELETE", "USAGE, SELECT")
+        };
+        [
+            "BEGIN".to_string(),
+            format!(
+                "CREATE ROLE {user} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}",
+                literal(verifier)
+            ),
+            format!(
+                "COMMENT ON ROLE {user} IS {}",
+                literal(&role_comment(self.readonly))
+            ),
+            format!(
+                "GRANT CONNECT ON DATABASE {} TO {user}",
+                quote_ident(self.database)
+            ),
+            format!("GRANT USAGE ON SCHEMA public TO {user}"),
+            format!("GRANT {tables} ON ALL TABLES IN SCHEMA public TO {user}"),
+            format!("GRANT {sequences} ON ALL SEQUENCES IN SCHEMA public TO {user}"),
+            format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT {tables} ON TABLES TO {user}"
+            ),
+            format!(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT {sequences} ON SEQUENCES TO {user}"
+            ),
+            "COMMIT".to_string(),
+        ]
+        .join(";\n")
+            + ";"
+    }
+}
+
+/// Takes the role's objects and grants away in the session's database: what it owns goes to
+/// `owner`, its privileges and default privileges are revoked (those on shared objects, like
+/// CONNECT, too). Run it in every database the role was used in, then [`drop_role_sql`].
+pub fn release_objects_sql(name: &str, owner: &str) -> String {
+    format!(
+        "REASSIGN OWNED BY {user} TO {owner}; DROP OWNED BY {user};",
+        user = quote_ident(name),
+        owner = quote_ident(owner)
+    )
+}
+
+/// `DROP ROLE`, once nothing depends on it.
+pub fn drop_role_sql(name: &str) -> String {
+    format!("DROP ROLE {};", quote_ident(name))
+}
+
+/// Sets the role's password as a SCRAM-SHA-256 verifier: the statement, and so any log of it,
+/// never holds the password itself.
+pub fn set_password_sql(name: &str, password: &str) -> String {
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    format!(
+        "ALTER ROLE {} PASSWORD {};",
+        quote_ident(name),
+        literal(&verifier)
+    )
+}
+
+/// A role as `pg_roles` has it, with whether it is ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    /// Made by `kubectl pg user create` (its comment says so).
+    pub ours: bool,
+    /// From the comment: `Some(true)` for a readonly user of ours.
+    pub readonly: Option<bool>,
+}
+
+fn role_from(name: String, comment: Option<&str>) -> Role {
+    let ours = comment.is_some_and(|c| c.starts_with(ROLE_COMMENT));
+    Role {
+        name,
+        ours,
+        readonly: comment.filter(|_| ours).map(|c| c.contains("(readonly)")),
+    }
+}
+
+/// The role named `name`, if it exists.
+pub async fn find_role(client: &Client, name: &str) -> Result<Option<Role>, Error> {
+    let rows = client
+        .query(
+            "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| database_error("cannot read pg_roles", &e))?;
+    Ok(rows
+        .first()
+        .map(|row| role_from(row.get(0), row.get::<_, Option<&str>>(1))))
+}
+
+/// Every role `kubectl pg user create` made in this server, by name.
+pub async fn our_roles(client: &Client) -> Result<Vec<Role>, Error> {
+    let rows = client
+        .query(
+            "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
+             WHERE shobj_description(oid, 'pg_authid') LIKE $1 ORDER BY rolname",
+            &[&format!("{ROLE_COMMENT}%")],
+        )
+        .await
+        .map_err(|e| database_error("cannot read pg_roles", &e))?;
+    Ok(rows
+        .iter()
+        .map(|row| role_from(row.get(0), row.get::<_, Option<&str>>(1)))
+        .collect())
+}
+
+/// Whether the database exists on the server.
+pub async fn database_exists(client: &Client, database: &str) -> Result<bool, Error> {
+    let rows = client
+        .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(|e| database_error("cannot read pg_database", &e))?;
+    Ok(!rows.is_empty())
+}
+
+/// Runs statements built by this module (several, one round trip).
+pub async fn run(client: &Client, what: &str, sql: &str) -> Result<(), Error> {
+    client
+        .simple_query(sql)
+        .await
+        .map(|_: Vec<SimpleQueryMessage>| ())
+        .map_err(|e| database_error(what, &e))
+}
+
+/// A statement's failure in the server's words (exit 1), or the session's loss (exit 8).
+fn database_error(context: &str, e: &tokio_postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(db) => Error::Database {
+            context: context.to_string(),
+            message: format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => Error::Connection {
+            target: "the release's database".into(),
+            reason: format!("{context}: {e}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["app", "app_rw", "a1", &"a".repeat(63)] {
+            assert!(validate_user_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "App",
+            "1app",
+            "_app",
+            "app-rw",
+            "app rw",
+            "a\"b",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_user_name(bad).is_err(), "{bad}");
+        }
+        let err = validate_user_name("pg_app").unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        assert!(validate_user_name("public").is_err());
+        assert!(refuse_superuser("postgres", "postgres", "pg").is_err());
+        assert!(refuse_superuser("app", "postgres", "pg").is_ok());
+        let hint = validate_user_name("App-RW").unwrap_err().hints().join(" ");
+        assert!(hint.contains("app_rw"), "{hint}");
+    }
+
+    #[test]
+    fn secret_names_are_dns_subdomains() {
+        assert_eq!(secret_name("pg", "app_ro"), "pg-user-app-ro");
+    }
+
+    #[test]
+    fn grants_read_write_and_readonly() {
+        let grants = UserGrants {
+            name: "app",
+            database: "learn\"flow",
+            owner: "postgres",
+            readonly: false,
+        };
+        let sql = grants.create_sql("SCRAM-SHA-256$4096:abc");
+        assert!(
+            sql.starts_with("BEGIN;") && sql.ends_with("COMMIT;"),
+            "{sql}"
+        );
+        assert!(sql.contains("CREATE ROLE \"app\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"));
+        assert!(sql.contains("PASSWORD 'SCRAM-SHA-256$4096:abc'"));
+        assert!(sql.contains("GRANT CONNECT ON DATABASE \"learn\"\"flow\" TO \"app\""));
+        assert!(sql.contains(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE \"postgres\" IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"app\""
+        ));
+        assert!(sql.contains("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public"));
+        let ro = UserGrants {
+            readonly: true,
+            ..grants
+        }
+        .create_sql("v");
+        assert!(!ro.contains("INSERT"), "{ro}");
+        assert!(ro.contains("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"app\""));
+        assert!(ro.contains("(readonly)"));
+    }
+
+    #[test]
+    fn passwords_travel_as_verifiers() {
+        let sql = set_password_sql("app", "the-plain-password-123");
+        assert!(sql.contains("SCRAM-SHA-256$4096:"), "{sql}");
+        assert!(!sql.contains("the-plain-password-123"));
+    }
+
+    #[test]
+    fn comments_mark_our_roles() {
+        let r = role_from("a".into(), Some(&role_comment(true)));
+        assert!(r.ours && r.readonly == Some(true));
+        let r = role_from("b".into(), Some("someone's role"));
+        assert!(!r.ours && r.readonly.is_none());
+        assert!(!role_from("c".into(), None).ours);
+    }
+}
