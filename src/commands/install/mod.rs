@@ -50,7 +50,12 @@ async fn wait_ready(
 
 pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     let password = if args.password_stdin {
-        Some(read_password()?)
+        // On a terminal nothing is piped: ask, without echo, as psql's \password does.
+        Some(if std::io::stdin().is_terminal() {
+            prompt_password("the release's superuser", "install")?
+        } else {
+            read_password()?
+        })
     } else {
         None
     };
