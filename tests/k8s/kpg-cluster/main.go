@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand"
 	"net"
 	"net/http"
 	"os"
@@ -89,13 +90,18 @@ func (s *supervisor) stop() {
 	}
 }
 
+// freePort picks a free port below the kernel's ephemeral range (32768 and up), so that no
+// port another process asks the kernel for (port 0, or any outgoing connection) can take it
+// between this check and the component's own bind.
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	for {
+		port := 20000 + rand.Intn(12000)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func writeKubeconfig(path, server, caFile, certFile, keyFile, user string) error {
