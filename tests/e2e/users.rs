@@ -293,6 +293,44 @@ fn application_users() {
         "INSERT into a later table as app_ro",
     );
 
+    // A user of another database: grants and default privileges there, and deleted from there.
+    ok(scope.kpg(&[
+        "psql",
+        "pg",
+        "-n",
+        ns,
+        "--",
+        "-c",
+        "CREATE DATABASE analytics",
+    ]));
+    ok(kpg(&["user", "create", "etl", "--database", "analytics"]));
+    let etl = local(
+        &forward,
+        "etl",
+        &secret_value(&scope, "pg-user-etl", "password"),
+        "analytics",
+    );
+    let admin_analytics = local(
+        &forward,
+        "postgres",
+        &secret_value(&scope, "pg-credentials", "password"),
+        "analytics",
+    );
+    query(&admin_analytics, "CREATE TABLE facts (n INT)").unwrap();
+    query(&etl, "INSERT INTO facts VALUES (1)").unwrap();
+    let json_etl = json(&ok(kpg(&["user", "list", "-o", "json"])));
+    assert!(
+        json_etl["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "etl" && u["database"] == "analytics"),
+        "{json_etl}"
+    );
+    ok(kpg(&["user", "delete", "etl", "--yes"]));
+    assert!(try_connect(&etl).is_err());
+    assert!(!secret_exists(&scope, "pg-user-etl"));
+
     // list: both, no password; status names them.
     let listed = ok(kpg(&["user", "list", "-o", "json"]));
     let doc = json(&listed);
