@@ -351,6 +351,7 @@ fn application_users() {
         "{table}"
     );
     let status = json(&ok(kpg(&["status", "pg", "-o", "json"])));
+    assert_eq!(status["tls"], false);
     assert_eq!(status["users"][0]["name"], "app_ro");
     assert_eq!(status["users"][0]["readonly"], true);
     assert_eq!(status["users"][1]["name"], "app_rw");
@@ -689,6 +690,12 @@ fn tls_when_exposed() {
     let status = json(&ok(kpg(&["status", "np", "-o", "json"])));
     assert_eq!(status["phase"], "Healthy");
     assert_eq!(status["restarts"], 0, "{status}");
+    assert_eq!(status["tls"], true, "{status}");
+    let view = ok(kpg(&["status", "np"])).stdout_text();
+    assert!(
+        view.contains("TLS:") && view.contains("on (Secret np-tls"),
+        "{view}"
+    );
 
     // A LoadBalancer without source ranges is warned about; once its address is known,
     // --upgrade renews the certificate for it with the same CA (and the pod restarts with it).
