@@ -770,4 +770,10 @@ fn tls_when_exposed() {
         uri.contains("@198.51.100.7:5432/learnflow?sslmode=verify-full"),
         "{uri}"
     );
+
+    // The certificates stay with the data, and go with it.
+    ok(kpg(&["uninstall", "np", "--yes"]));
+    assert!(secret_exists(&scope, "np-tls"));
+    ok(kpg(&["uninstall", "lb", "--delete-data", "--yes"]));
+    assert!(!secret_exists(&scope, "lb-tls"));
 }
