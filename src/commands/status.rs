@@ -299,6 +299,17 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
             s.connection_string.clone().unwrap_or_else(dash),
         ),
         (
+            "TLS",
+            if s.tls {
+                format!(
+                    "on (Secret {}-tls; clients outside the pod need it)",
+                    s.release
+                )
+            } else {
+                "off".into()
+            },
+        ),
+        (
             "Users",
             if s.users.is_empty() {
                 dash()

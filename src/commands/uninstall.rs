@@ -98,6 +98,17 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
             let params = release::delete_only(meta.uid.clone());
             deleted(&cluster, secrets.delete(&name, &params).await, "secrets")?;
         }
+        // The certificates go with the data too (kept otherwise: a reinstall keeps the CA
+        // that clients trust).
+        let tls = crate::manifests::certs::secret_name(&release);
+        let found = secrets
+            .get_metadata_opt(&tls)
+            .await
+            .map_err(|e| cluster.error("get", "secrets", e))?;
+        if let Some(meta) = found.map(|s| s.metadata).filter(&ours) {
+            let params = release::delete_only(meta.uid.clone());
+            deleted(&cluster, secrets.delete(&tls, &params).await, "secrets")?;
+        }
     }
     let params = DeleteParams::background();
     // The pod holds the volume: it must be gone before the PVC can go.

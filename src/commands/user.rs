@@ -356,7 +356,7 @@ async fn list(options: &UserOptions, global: &GlobalArgs) -> Result<(), Error> {
     for role in server_roles {
         let item = items.entry(role.name.clone()).or_insert_with(|| UserItem {
             name: role.name.clone(),
-            database: None,
+            database: role.database.clone(),
             readonly: role.readonly,
             secret: None,
             role_exists: false,
@@ -499,11 +499,14 @@ async fn delete(
     if drop_role {
         // REASSIGN / DROP OWNED act in the session's database: the user's, and the release's.
         let mut databases = vec![release_db.clone()];
-        if let Some(db) = secret
-            .as_ref()
-            .and_then(|s| release::secret_values(s).get("database").cloned())
-        {
-            if db != release_db && roles::database_exists(&admin, &db).await? {
+        let recorded = [
+            secret
+                .as_ref()
+                .and_then(|s| release::secret_values(s).get("database").cloned()),
+            role.as_ref().and_then(|r| r.database.clone()),
+        ];
+        for db in recorded.into_iter().flatten() {
+            if !databases.contains(&db) && roles::database_exists(&admin, &db).await? {
                 databases.push(db);
             }
         }

@@ -110,10 +110,11 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The comment that marks a role as ours, saying how much it may do.
-pub fn role_comment(readonly: bool) -> String {
+/// The comment that marks a role as ours, saying how much it may do and in which database
+/// (so `user delete` finds its grants there even when its Secret is gone).
+pub fn role_comment(readonly: bool, database: &str) -> String {
     format!(
-        "{ROLE_COMMENT} ({})",
+        "{ROLE_COMMENT} ({}) of database {database}",
         if readonly { "readonly" } else { "readwrite" }
     )
 }
@@ -149,7 +150,7 @@ impl UserGrants<'_> {
             ),
             format!(
                 "COMMENT ON ROLE {user} IS {}",
-                literal(&role_comment(self.readonly))
+                literal(&role_comment(self.readonly, self.database))
             ),
             format!(
                 "GRANT CONNECT ON DATABASE {} TO {user}",
@@ -206,6 +207,8 @@ pub struct Role {
     pub ours: bool,
     /// From the comment: `Some(true)` for a readonly user of ours.
     pub readonly: Option<bool>,
+    /// From the comment: the database it was made for.
+    pub database: Option<String>,
 }
 
 fn role_from(name: String, comment: Option<&str>) -> Role {
@@ -214,6 +217,10 @@ fn role_from(name: String, comment: Option<&str>) -> Role {
         name,
         ours,
         readonly: comment.filter(|_| ours).map(|c| c.contains("(readonly)")),
+        database: comment
+            .filter(|_| ours)
+            .and_then(|c| c.split_once(") of database "))
+            .map(|(_, db)| db.to_string()),
     }
 }
 
@@ -353,8 +360,9 @@ mod tests {
 
     #[test]
     fn comments_mark_our_roles() {
-        let r = role_from("a".into(), Some(&role_comment(true)));
+        let r = role_from("a".into(), Some(&role_comment(true, "my db")));
         assert!(r.ours && r.readonly == Some(true));
+        assert_eq!(r.database.as_deref(), Some("my db"));
         let r = role_from("b".into(), Some("someone's role"));
         assert!(!r.ours && r.readonly.is_none());
         assert!(!role_from("c".into(), None).ours);

@@ -55,6 +55,8 @@ pub struct DeploymentStatus {
     /// The connection string, password masked.
     pub connection_string: Option<String>,
     pub last_updated: Option<String>,
+    /// Whether the server serves TLS (Secret `R-tls`; non-local clients need it).
+    pub tls: bool,
     /// The application users (`kubectl pg user`), from their Secrets; filled by `status`.
     pub users: Vec<UserSummary>,
     pub problems: Vec<Problem>,
@@ -188,6 +190,14 @@ impl DeploymentStatus {
                 .map(|_| format!("{host}:{DATABASE_PORT}")),
             connection_string,
             last_updated: last_updated(observed),
+            tls: observed
+                .statefulset
+                .as_ref()
+                .and_then(|s| s.spec.as_ref()?.template.spec.as_ref()?.volumes.as_ref())
+                .is_some_and(|v| {
+                    v.iter()
+                        .any(|v| v.name == crate::manifests::render::TLS_VOLUME)
+                }),
             users: Vec::new(),
             problems: assessment.problems.clone(),
         }

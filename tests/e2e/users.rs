@@ -293,6 +293,48 @@ fn application_users() {
         "INSERT into a later table as app_ro",
     );
 
+    // A user of another database: grants and default privileges there, and deleted from there.
+    ok(scope.kpg(&[
+        "psql",
+        "pg",
+        "-n",
+        ns,
+        "--",
+        "-c",
+        "CREATE DATABASE analytics",
+    ]));
+    ok(kpg(&["user", "create", "etl", "--database", "analytics"]));
+    let etl = local(
+        &forward,
+        "etl",
+        &secret_value(&scope, "pg-user-etl", "password"),
+        "analytics",
+    );
+    let admin_analytics = local(
+        &forward,
+        "postgres",
+        &secret_value(&scope, "pg-credentials", "password"),
+        "analytics",
+    );
+    query(&admin_analytics, "CREATE TABLE facts (n INT)").unwrap();
+    query(&etl, "INSERT INTO facts VALUES (1)").unwrap();
+    // Its Secret gone, the role's comment still says where its grants are.
+    ok(scope.kubectl_ns(&["delete", "secret", "pg-user-etl"]));
+    let listed = json(&ok(kpg(&["user", "list", "-o", "json"])));
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "etl"
+                && u["database"] == "analytics"
+                && u["state"] == "secret missing"),
+        "{listed}"
+    );
+    ok(kpg(&["user", "delete", "etl", "--yes"]));
+    assert!(try_connect(&etl).is_err());
+    assert!(!secret_exists(&scope, "pg-user-etl"));
+
     // list: both, no password; status names them.
     let listed = ok(kpg(&["user", "list", "-o", "json"]));
     let doc = json(&listed);
@@ -309,6 +351,7 @@ fn application_users() {
         "{table}"
     );
     let status = json(&ok(kpg(&["status", "pg", "-o", "json"])));
+    assert_eq!(status["tls"], false);
     assert_eq!(status["users"][0]["name"], "app_ro");
     assert_eq!(status["users"][0]["readonly"], true);
     assert_eq!(status["users"][1]["name"], "app_rw");
@@ -647,6 +690,12 @@ fn tls_when_exposed() {
     let status = json(&ok(kpg(&["status", "np", "-o", "json"])));
     assert_eq!(status["phase"], "Healthy");
     assert_eq!(status["restarts"], 0, "{status}");
+    assert_eq!(status["tls"], true, "{status}");
+    let view = ok(kpg(&["status", "np"])).stdout_text();
+    assert!(
+        view.contains("TLS:") && view.contains("on (Secret np-tls"),
+        "{view}"
+    );
 
     // A LoadBalancer without source ranges is warned about; once its address is known,
     // --upgrade renews the certificate for it with the same CA (and the pod restarts with it).
@@ -721,4 +770,10 @@ fn tls_when_exposed() {
         uri.contains("@198.51.100.7:5432/learnflow?sslmode=verify-full"),
         "{uri}"
     );
+
+    // The certificates stay with the data, and go with it.
+    ok(kpg(&["uninstall", "np", "--yes"]));
+    assert!(secret_exists(&scope, "np-tls"));
+    ok(kpg(&["uninstall", "lb", "--delete-data", "--yes"]));
+    assert!(!secret_exists(&scope, "lb-tls"));
 }
