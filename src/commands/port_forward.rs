@@ -56,6 +56,9 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     } else {
         connection.masked()
     };
+    // Installed before the DSN is printed: a script that reads it and stops us at once must
+    // get the clean exit, not the default death by signal.
+    let stop = stop_signal()?;
     match args
         .output
         .map(|f| output::document(f, &shown))
@@ -76,27 +79,32 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     );
     tokio::select! {
         () = forward::serve(listener, cluster, release) => {}
-        () = stop_signal() => {}
+        () = stop => {}
     }
     crate::note!("stopped forwarding {local}");
     Ok(())
 }
 
 /// SIGINT or SIGTERM: the listener closes, and the command exits 0 (serving until told to
-/// stop is its normal end).
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
+/// stop is its normal end). The handlers are installed when this is called.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind| {
+        signal(kind).map_err(|source| Error::Io {
+            context: "cannot install the signal handlers".into(),
+            source,
+        })
+    };
+    let (mut int, mut term) = (
+        install(SignalKind::interrupt())?,
+        install(SignalKind::terminate())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    }
-    let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn looks_like_port(text: &str) -> bool {
