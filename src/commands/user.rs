@@ -140,25 +140,61 @@ struct UserDocument {
     connection_string: String,
 }
 
+/// What `user create` and `user delete` both start from: the release, its superuser, and the
+/// user's Secret as it is now. The superuser is refused as a user name here.
+struct UserScope {
+    cluster: Cluster,
+    release: String,
+    ns: String,
+    secret_name: String,
+    found: release::FoundRelease,
+    secret: Option<Secret>,
+    superuser: String,
+}
+
+impl UserScope {
+    async fn read(options: &UserOptions, name: &str, global: &GlobalArgs) -> Result<Self, Error> {
+        let cluster = Cluster::connect(&global.connect_options()).await?;
+        let release = release::resolve(&cluster, options.release.as_deref()).await?;
+        let ns = cluster.namespace.clone();
+        let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
+        let secret_name = roles::secret_name(&release, name);
+        let (found, secret) = tokio::join!(
+            release::find_release(&cluster, &release),
+            secrets.get_opt(&secret_name)
+        );
+        let found = found?;
+        let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
+        let superuser = found.target.credentials.username.clone();
+        roles::refuse_superuser(name, &superuser, &release)?;
+        Ok(Self {
+            cluster,
+            release,
+            ns,
+            secret_name,
+            found,
+            secret,
+            superuser,
+        })
+    }
+}
+
 async fn create(
     options: &UserOptions,
     request: CreateRequest,
     global: &GlobalArgs,
 ) -> Result<(), Error> {
-    let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, options.release.as_deref()).await?;
-    let ns = cluster.namespace.clone();
     let name = request.name.as_str();
+    let UserScope {
+        cluster,
+        release,
+        ns,
+        secret_name,
+        found,
+        secret: existing,
+        superuser,
+    } = UserScope::read(options, name, global).await?;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
-    let secret_name = roles::secret_name(&release, name);
-    let (found, existing) = tokio::join!(
-        release::find_release(&cluster, &release),
-        secrets.get_opt(&secret_name)
-    );
-    let found = found?;
-    let existing = existing.map_err(|e| cluster.error("get", "secrets", e))?;
-    let superuser = found.target.credentials.username.clone();
-    roles::refuse_superuser(name, &superuser, &release)?;
     if existing.is_some() {
         return Err(Error::InvalidInput {
             message: format!("Secret {secret_name} exists in namespace {ns:?}: user {name} was not created"),
@@ -432,19 +468,16 @@ async fn delete(
     yes: bool,
     global: &GlobalArgs,
 ) -> Result<(), Error> {
-    let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, options.release.as_deref()).await?;
-    let ns = cluster.namespace.clone();
+    let UserScope {
+        cluster,
+        release,
+        ns,
+        secret_name,
+        found,
+        secret,
+        superuser,
+    } = UserScope::read(options, name, global).await?;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
-    let secret_name = roles::secret_name(&release, name);
-    let (found, secret) = tokio::join!(
-        release::find_release(&cluster, &release),
-        secrets.get_opt(&secret_name)
-    );
-    let found = found?;
-    let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
-    let superuser = found.target.credentials.username.clone();
-    roles::refuse_superuser(name, &superuser, &release)?;
     if let Some(s) = &secret {
         let labelled = s
             .metadata

@@ -263,33 +263,68 @@ pub(super) async fn require_password_on_loopback(
     cluster: &Cluster,
     spec: &InstallSpec,
 ) -> Result<(), Error> {
-    const SCRIPT: &str = r#"f="$PGDATA/pg_hba.conf"
-rule='^(host[[:space:]]+(all|replication)[[:space:]]+all[[:space:]]+(127\.0\.0\.1/32|::1/128)[[:space:]]+)trust'
+    rewrite_pg_hba(
+        cluster,
+        spec,
+        HbaEdit {
+            rule: r"^(host[[:space:]]+(all|replication)[[:space:]]+all[[:space:]]+(127\.0\.0\.1/32|::1/128)[[:space:]]+)trust",
+            replacement: r"\1scram-sha-256",
+            what: "require the password on loopback connections",
+            by_hand: "host lines for 127.0.0.1/32 and ::1/128 should say scram-sha-256",
+            done: "loopback TCP connections now need the password too (scram-sha-256), as new releases do",
+        },
+    )
+    .await
+}
+
+/// One change to the pod's pg_hba.conf: lines matching `rule` (an extended regular
+/// expression) become `replacement`.
+pub(super) struct HbaEdit {
+    pub rule: &'static str,
+    pub replacement: &'static str,
+    /// For the error: "could not {what}".
+    pub what: &'static str,
+    /// For the hint: what the lines should say.
+    pub by_hand: &'static str,
+    /// For the note when a line changed.
+    pub done: &'static str,
+}
+
+/// Applies `edit` in the pod (through exec, as the image's user) and reloads the server when
+/// a line changed; a file already right is left alone.
+pub(super) async fn rewrite_pg_hba(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    edit: HbaEdit,
+) -> Result<(), Error> {
+    let script = format!(
+        r#"f="$PGDATA/pg_hba.conf"
+rule='{rule}'
 grep -Eq "$rule" "$f" || exit 0
-sed -E "s#$rule#\1scram-sha-256#" "$f" > "$f.kubectl-pg" && cat "$f.kubectl-pg" > "$f" && rm -f "$f.kubectl-pg"
+sed -E "s#$rule#{replacement}#" "$f" > "$f.kubectl-pg" && cat "$f.kubectl-pg" > "$f" && rm -f "$f.kubectl-pg"
 psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/dev/null && echo changed
-"#;
+"#,
+        rule = edit.rule,
+        replacement = edit.replacement
+    );
     let output = exec::run(
         cluster,
         &spec.namespace,
         &release::pod_name(&spec.release),
         crate::manifests::render::CONTAINER,
         &["sh", "-s"],
-        SCRIPT,
+        &script,
     )
     .await?;
     if !output.success {
         return Err(Error::Deployment {
-            message: format!(
-                "could not require the password on loopback connections: {}",
-                output.reason()
-            ),
-            hints: vec!["edit pg_hba.conf by hand: host lines for 127.0.0.1/32 and ::1/128 should say scram-sha-256".into()],
+            message: format!("could not {}: {}", edit.what, output.reason()),
+            hints: vec![format!("edit pg_hba.conf by hand: {}", edit.by_hand)],
             code: 5,
         });
     }
     if output.stdout.contains("changed") {
-        crate::note!("pg_hba.conf: loopback TCP connections now need the password too (scram-sha-256), as new releases do");
+        crate::note!("pg_hba.conf: {}", edit.done);
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
 use crate::cluster::release;
-use crate::cluster::{exec, Cluster};
+use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::manifests::certs::{self, TlsMaterial};
 use crate::manifests::render;
@@ -181,35 +181,16 @@ pub(super) async fn require_tls_off_loopback(
     cluster: &Cluster,
     spec: &InstallSpec,
 ) -> Result<(), Error> {
-    const SCRIPT: &str = r#"f="$PGDATA/pg_hba.conf"
-rule='^host([[:space:]]+all[[:space:]]+all[[:space:]]+(all|0\.0\.0\.0/0|::/0)[[:space:]])'
-grep -Eq "$rule" "$f" || exit 0
-sed -E "s#$rule#hostssl\1#" "$f" > "$f.kubectl-pg" && cat "$f.kubectl-pg" > "$f" && rm -f "$f.kubectl-pg"
-psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/dev/null && echo changed
-"#;
-    let output = exec::run(
+    super::credentials::rewrite_pg_hba(
         cluster,
-        &spec.namespace,
-        &release::pod_name(&spec.release),
-        render::CONTAINER,
-        &["sh", "-s"],
-        SCRIPT,
+        spec,
+        super::credentials::HbaEdit {
+            rule: r"^host([[:space:]]+all[[:space:]]+all[[:space:]]+(all|0\.0\.0\.0/0|::/0)[[:space:]])",
+            replacement: r"hostssl\1",
+            what: "require TLS for non-local connections",
+            by_hand: "the `host all all all` line should say hostssl",
+            done: "connections from outside the pod now need TLS (hostssl) and the password (scram-sha-256)",
+        },
     )
-    .await?;
-    if !output.success {
-        return Err(Error::Deployment {
-            message: format!(
-                "could not require TLS for non-local connections: {}",
-                output.reason()
-            ),
-            hints: vec![
-                "edit pg_hba.conf by hand: the `host all all all` line should say hostssl".into(),
-            ],
-            code: 5,
-        });
-    }
-    if output.stdout.contains("changed") {
-        crate::note!("pg_hba.conf: connections from outside the pod now need TLS (hostssl) and the password (scram-sha-256)");
-    }
-    Ok(())
+    .await
 }
