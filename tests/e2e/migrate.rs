@@ -1314,3 +1314,51 @@ fn an_old_progress_table_without_statement_checksums_still_works() {
     expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
     assert_eq!(applied_versions(&db), [1]);
 }
+
+/// A reconnect keeps the tables of the run's first session: here 001 creates the `"$user"`
+/// schema (so a new session's current schema changes), and 002 loses its session once, after
+/// its first statement. The run resumes 002 at statement 2 in public's history; nothing reruns.
+#[test]
+fn a_reconnect_keeps_the_history_schema_of_the_run() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_user_schema.up.sql",
+        "CREATE SCHEMA postgres;\nCREATE TABLE public.kill_marker (id int);\n",
+    );
+    write(
+        dir.path(),
+        "002_killed.up.sql",
+        "-- kubectl-pg:no-transaction\n\
+         CREATE TABLE public.nt_one (id int);\n\
+         DO $$BEGIN\n\
+           IF NOT EXISTS (SELECT FROM public.kill_marker) THEN\n\
+             INSERT INTO public.kill_marker VALUES (1);\n\
+             COMMIT;\n\
+             PERFORM pg_terminate_backend(pg_backend_pid());\n\
+           END IF;\n\
+         END$$;\n\
+         CREATE TABLE public.nt_two (id int);\n",
+    );
+    let out = migrate(&db, &["up", "--dir", &dir_arg(&dir)]);
+    expect_code(&out, 0);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("reconnected") && err.contains("resuming 002_killed at statement 2"),
+        "{}",
+        out.describe()
+    );
+    let versions = db.query("SELECT version::text FROM public.kubectl_pg_migrations ORDER BY 1");
+    assert_eq!(
+        versions,
+        [[Some("1".to_string())], [Some("2".to_string())]],
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        db.scalar("SELECT to_regclass('postgres.kubectl_pg_migrations') IS NULL AND to_regclass('public.nt_two') IS NOT NULL")
+            .as_deref(),
+        Some("t")
+    );
+}
