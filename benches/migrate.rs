@@ -52,7 +52,7 @@ fn psql() -> std::path::PathBuf {
 }
 
 fn floor_script(dir: &Path) -> std::path::PathBuf {
-    let mut script = String::from(kubectl_pg::migration::history::CREATE_TABLES_SQL);
+    let mut script = kubectl_pg::migration::history::Tables::in_schema("public").create_sql();
     script.push_str(";\n");
     for v in 1..=MIGRATIONS {
         let checksum = kubectl_pg::migration::source::checksum(&body(v));

@@ -708,8 +708,17 @@ Without --dsn, migrate reaches the release's database through the cluster: a por
 pod (no local port), with the credentials of its Secret.
 
 Migration files are NNN_name.up.sql / NNN_name.down.sql. Each migration runs in one transaction
-together with its history row (table kubectl_pg_migrations). A file whose first line is
-`-- kubectl-pg:no-transaction` runs statement by statement (CREATE INDEX CONCURRENTLY).
+together with its history row (table kubectl_pg_migrations in the session's current schema, named
+schema-qualified, so a file may change search_path). Each migration starts from a reset session:
+what one sets (search_path, SET ROLE, temporary tables, prepared statements) never reaches the next.
+
+A file whose first line is `-- kubectl-pg:no-transaction` runs statement by statement (CREATE INDEX
+CONCURRENTLY). When statement k+1 fails, statements 1..k stay applied and recorded, and the
+statements already applied are what the checksum protects: fix statement k+1 (or any later one) and
+run `up` again: it resumes at statement k+1 of the fixed file, and the history records the file as
+it is then. A change to an applied statement is refused (exit 7, naming it): restore it, or undo by
+hand what statements 1..k did and run `migrate repair --version V --yes`, after which `up` runs the
+file from its first statement.
 
 Examples:
   # Apply every pending migration of the built-in LearnFlow set to release postgres in namespace postgres
@@ -825,7 +834,7 @@ pub enum MigrateAction {
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
         version: i64,
     },
-    /// Accept the current file of an applied migration: re-record its checksum
+    /// Accept the current file of an applied migration (re-record its checksum), or forget the progress of a partly applied no-transaction one whose applied statements changed
     #[command(
         after_help = "Examples:\n  kubectl pg migrate repair --version 003 --yes --dir ./migrations"
     )]

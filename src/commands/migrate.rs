@@ -9,7 +9,7 @@ use crate::cluster::Cluster;
 use crate::database::{connect_with_retry, Connector, DsnConnector};
 use crate::error::Error;
 use crate::migration::engine::{describe, lock_failure};
-use crate::migration::history::{self, literal, History};
+use crate::migration::history::{self, literal, History, Tables};
 use crate::migration::plan::{self, Step};
 use crate::migration::status::MigrationStatus;
 use crate::migration::{DownTarget, Event, Goal, Interrupt, MigrationSet, Runner, Settings};
@@ -449,15 +449,26 @@ async fn status<C: Connector>(
     Ok(())
 }
 
-/// Opens a session holding the migration lock, with the tables created.
+/// Opens a session holding the migration lock, with the tables created; the tables are those
+/// of the session's current schema, named schema-qualified in every statement after.
 async fn locked_session<C: Connector>(
     connector: &C,
     options: &MigrateOptions,
-) -> Result<(tokio_postgres::Client, History), Error> {
+) -> Result<(tokio_postgres::Client, Tables, History), Error> {
     let client = connect_with_retry(connector).await?;
-    match history::lock_and_read(&client, options.lock_timeout.as_millis()).await {
-        Ok(history) => Ok((client, history)),
-        Err(e) => Err(lock_failure(&client, &e, options.lock_timeout).await),
+    let tables = match history::current_schema(&client).await {
+        Ok(Some(schema)) => Tables::in_schema(&schema),
+        Ok(None) => return Err(history::no_schema()),
+        Err(e) => {
+            return Err(Error::Database {
+                context: "cannot read the current schema".into(),
+                message: describe(&e),
+            })
+        }
+    };
+    match history::lock_and_read(&client, &tables, options.lock_timeout.as_millis()).await {
+        Ok(history) => Ok((client, tables, history)),
+        Err(e) => Err(lock_failure(&client, &tables, &e, options.lock_timeout).await),
     }
 }
 
@@ -477,7 +488,7 @@ async fn baseline<C: Connector>(
             "no migration file has a version at or below {version}"
         )));
     }
-    let (client, history) = locked_session(connector, options).await?;
+    let (client, tables, history) = locked_session(connector, options).await?;
     if !history.applied.is_empty() {
         return Err(Error::Migration {
             message: format!(
@@ -498,7 +509,7 @@ async fn baseline<C: Connector>(
     for m in &included {
         batch.push_str(&format!(
             "INSERT INTO {} (version, name, checksum, down_checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {}, NULL, current_user || {});\n",
-            history::TABLE,
+            tables.history,
             m.version,
             literal(&m.name),
             literal(&m.up.checksum),
@@ -550,19 +561,27 @@ async fn repair<C: Connector>(
     if !yes {
         return Err(Error::InvalidInput {
             message: format!(
-                "repair rewrites the recorded checksum of {}: confirm with --yes",
+                "repair rewrites the recorded checksum of {} (or forgets the progress of a partly applied no-transaction run): confirm with --yes",
                 migration.id()
             ),
-            hint: Some("check first that the applied schema matches the changed file".into()),
+            hint: Some("check first that the applied schema matches the changed file (or, for a partly applied run, that you undid what its applied statements did)".into()),
         });
     }
-    let (client, history) = locked_session(connector, options).await?;
-    let recorded = history.applied.get(&version).ok_or_else(|| {
-        Error::migration(format!(
-            "{} is not applied: nothing to repair",
-            migration.id()
-        ))
-    })?;
+    let (client, tables, history) = locked_session(connector, options).await?;
+    let Some(recorded) = history.applied.get(&version) else {
+        let partial = history
+            .partial(version, true)
+            .or_else(|| history.partial(version, false));
+        return match partial {
+            Some(partial) => {
+                repair_partial(&client, &tables, migration, partial, options.dry_run).await
+            }
+            None => Err(Error::migration(format!(
+                "{} is not applied: nothing to repair",
+                migration.id()
+            ))),
+        };
+    };
     let new_down = migration.down.as_ref().map(|d| d.checksum.as_str());
     if recorded.checksum == migration.up.checksum && recorded.down_checksum.as_deref() == new_down {
         emit(&format!(
@@ -586,7 +605,7 @@ async fn repair<C: Connector>(
     }
     let sql = format!(
         "UPDATE {} SET checksum = {}, down_checksum = {}, name = {} WHERE version = {}",
-        history::TABLE,
+        tables.history,
         literal(&migration.up.checksum),
         history::literal_opt(new_down),
         literal(&migration.name),
@@ -597,6 +616,58 @@ async fn repair<C: Connector>(
         .await
         .map_err(|e| Error::migration(format!("repair failed: {}", describe(&e))))?;
     emit(&format!("{audit}\n"));
+    Ok(())
+}
+
+/// `repair` of a partly applied no-transaction migration. Its applied statements are what
+/// the checksum protects: when they are unchanged there is nothing to repair (say how the
+/// run resumes); when one changed, the user has undone by hand what they did (the hint of
+/// the refusal), so the progress is forgotten and `up` runs the file from its first statement.
+async fn repair_partial(
+    client: &tokio_postgres::Client,
+    tables: &Tables,
+    migration: &crate::migration::source::Migration,
+    partial: &history::Partial,
+    dry_run: bool,
+) -> Result<(), Error> {
+    use crate::migration::plan::{compare_partial, PartialCheck};
+    let direction = if partial.up { "up" } else { "down" };
+    let done = partial.statements_done;
+    let script = if partial.up {
+        Some(&migration.up)
+    } else {
+        migration.down.as_ref()
+    };
+    let next = script.and_then(|s| s.statements.get(done));
+    if compare_partial(migration, partial) == PartialCheck::Unchanged {
+        let at = next.map_or_else(String::new, |s| format!(" (line {})", s.line));
+        emit(&format!(
+            "{id} ({direction}) is partly applied: statements #1-#{done} ran and are unchanged in the file, so there is nothing to repair.\n\
+             Fix statement #{n}{at} if it needs it, then run `kubectl pg migrate {direction}`: it resumes at statement #{n}.\n",
+            id = migration.id(),
+            n = done + 1,
+        ));
+        return Ok(());
+    }
+    let audit = format!(
+        "forgot the progress of {} ({direction}): statements #1-#{done} were recorded as run; the next `migrate {direction}` runs the file from its first statement",
+        migration.id()
+    );
+    if dry_run {
+        emit(&format!("would have {audit}\n"));
+        return Ok(());
+    }
+    let sql = format!(
+        "DELETE FROM {} WHERE version = {} AND direction = '{direction}'",
+        tables.progress, migration.version
+    );
+    client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| Error::migration(format!("repair failed: {}", describe(&e))))?;
+    emit(&format!(
+        "{audit}\n(it assumes you undid by hand what those statements did)\n"
+    ));
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::Client;
 
-use super::history::{self, literal, literal_opt, History};
+use super::history::{self, literal, literal_opt, History, Tables};
 use super::plan::{Direction, DownTarget, Step};
 use super::source::MigrationSet;
 use crate::database::{connect_with_retry, is_connection_loss, Connector};
@@ -91,6 +91,23 @@ pub enum Goal {
     Down(DownTarget),
 }
 
+/// Returns the session to the state a new connection has, after each migration's COMMIT (in
+/// the batch that commits it, so it costs no round trip), so that what one migration set (`search_path`, `SET ROLE`, session
+/// authorization, prepared statements, cursors, temporary tables, LISTEN) never reaches the
+/// next. It is `DISCARD ALL` without its `pg_advisory_unlock_all()`: the runner's session
+/// holds the advisory lock that serialises runners, and must keep it. (PostgreSQL documents
+/// `DISCARD ALL` as exactly this list plus the unlock; `DISCARD ALL` itself would also refuse
+/// to run inside the implicit transaction of a multi-statement batch, where these do not.)
+pub const SESSION_RESET_SQL: &str =
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; \
+     CLOSE ALL; UNLISTEN *; DISCARD PLANS; DISCARD SEQUENCES; DISCARD TEMP";
+
+/// Puts the engine's own statements inside a migration's session under the connecting user,
+/// whatever role the migration switched to (`SET ROLE`, `SET SESSION AUTHORIZATION`), for the
+/// rest of the transaction only: the history row is written, and `applied_by` names, the
+/// user who connected.
+const AS_SESSION_USER_SQL: &str = "SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE;";
+
 /// How many times in a row a session may be lost without a migration completing.
 const MAX_LOSSES_WITHOUT_PROGRESS: u32 = 10;
 
@@ -101,6 +118,10 @@ pub struct Runner<'a, C: Connector> {
     settings: &'a Settings,
     client: Option<Client>,
     interrupt: Option<&'a Interrupt>,
+    /// The history's tables, resolved in the first session and kept for the whole run.
+    tables: Option<Tables>,
+    /// Whether the progress table records per-statement checksums (see [`History`]).
+    statement_checksums: bool,
 }
 
 enum StepError {
@@ -117,6 +138,8 @@ impl<'a, C: Connector> Runner<'a, C> {
             settings,
             client: None,
             interrupt: None,
+            tables: None,
+            statement_checksums: false,
         }
     }
 
@@ -240,9 +263,29 @@ impl<'a, C: Connector> Runner<'a, C> {
         let client = connect_with_retry(self.connector)
             .await
             .map_err(StepError::Failed)?;
-        let result = history::lock_and_read(&client, self.settings.lock_timeout.as_millis()).await;
+        let tables = match &self.tables {
+            Some(tables) => tables.clone(),
+            // A fresh session: no migration has changed its search_path yet.
+            None => match history::current_schema(&client).await {
+                Ok(Some(schema)) => Tables::in_schema(&schema),
+                Ok(None) => return Err(StepError::Failed(history::no_schema())),
+                Err(e) if is_connection_loss(&e, &client) => {
+                    return Err(StepError::Lost(describe(&e)))
+                }
+                Err(e) => {
+                    return Err(StepError::Failed(Error::Database {
+                        context: "cannot read the current schema".into(),
+                        message: describe(&e),
+                    }))
+                }
+            },
+        };
+        let result =
+            history::lock_and_read(&client, &tables, self.settings.lock_timeout.as_millis()).await;
+        self.tables = Some(tables.clone());
         match result {
             Ok(history) => {
+                self.statement_checksums = history.statement_checksums_column;
                 if let Some(interrupt) = self.interrupt {
                     // The backend a signal's cancel must reach.
                     let pid: Option<i32> = client
@@ -262,17 +305,25 @@ impl<'a, C: Connector> Runner<'a, C> {
                 Err(StepError::Lost(describe(&e)))
             }
             Err(e) => Err(StepError::Failed(
-                lock_failure(&client, &e, self.settings.lock_timeout).await,
+                lock_failure(&client, &tables, &e, self.settings.lock_timeout).await,
             )),
         }
     }
 
+    /// Runs one migration; the batch that commits it also resets the session for the next
+    /// one (after its COMMIT, so outside its transaction, and in the same round trip).
     async fn run_step(&self, step: &Step<'_>) -> Result<(), StepError> {
         if step.script().no_transaction {
             self.run_statements(step).await
         } else {
             self.run_transaction(step).await
         }
+    }
+
+    fn tables(&self) -> Result<&Tables, StepError> {
+        self.tables
+            .as_ref()
+            .ok_or_else(|| StepError::Lost("no session".into()))
     }
 
     fn client(&self) -> Result<&Client, StepError> {
@@ -297,35 +348,37 @@ impl<'a, C: Connector> Runner<'a, C> {
     }
 
     /// The statement that records the step in the history, inside the step's transaction.
-    fn record_sql(&self, step: &Step<'_>) -> String {
+    fn record_sql(&self, tables: &Tables, step: &Step<'_>) -> String {
         let m = step.migration;
-        match step.direction {
+        let record = match step.direction {
             Direction::Up => format!(
                 "INSERT INTO {table} (version, name, checksum, down_checksum, execution_ms, applied_by) \
                  VALUES ({version}, {name}, {checksum}, {down}, \
                  (extract(epoch FROM clock_timestamp() - now()) * 1000)::integer, current_user || {by})",
-                table = history::TABLE,
+                table = tables.history,
                 version = m.version,
                 name = literal(&m.name),
                 checksum = literal(&m.up.checksum),
                 down = literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
                 by = literal(&format!(" via {}", self.settings.applied_by)),
             ),
-            Direction::Down => format!("DELETE FROM {} WHERE version = {}", history::TABLE, m.version),
-        }
+            Direction::Down => format!("DELETE FROM {} WHERE version = {}", tables.history, m.version),
+        };
+        format!("{AS_SESSION_USER_SQL} {record}")
     }
 
     /// Body and history row in one transaction, sent as one simple-query batch (one round trip).
     async fn run_transaction(&self, step: &Step<'_>) -> Result<(), StepError> {
         let client = self.client()?;
+        let tables = self.tables()?;
         let script = step.script();
         let prefix = format!("BEGIN;\n{}", self.local_settings());
         // The newline guards against a body ending in a line comment; the lexer has already
         // rejected bodies ending inside a quote or block comment.
         let batch = format!(
-            "{prefix}{}\n;\n{};\nCOMMIT;",
+            "{prefix}{}\n;\n{};\nCOMMIT;\n{SESSION_RESET_SQL};",
             script.sql,
-            self.record_sql(step)
+            self.record_sql(tables, step)
         );
         match client.simple_query(&batch).await {
             Ok(_) => Ok(()),
@@ -339,21 +392,45 @@ impl<'a, C: Connector> Runner<'a, C> {
         }
     }
 
-    /// A no-transaction script, one statement at a time, progress recorded after each.
+    /// A no-transaction script, one statement at a time, progress recorded after each: the
+    /// count, the file's checksum and the checksum of every statement applied so far (what a
+    /// later resume compares, see [`super::plan::check_partial`]).
     async fn run_statements(&self, step: &Step<'_>) -> Result<(), StepError> {
         let client = self.client()?;
+        let tables = self.tables()?;
         let script = step.script();
         let m = step.migration;
         let direction = step.direction.as_str();
         let lost = |e: &tokio_postgres::Error| StepError::Lost(describe(e));
-        let mut setup = format!(
-            "INSERT INTO {table} (version, direction, checksum, statements_done) VALUES ({v}, '{direction}', {c}, {done}) \
-             ON CONFLICT (version, direction) DO NOTHING;",
-            table = history::PROGRESS_TABLE,
-            v = m.version,
-            c = literal(&script.checksum),
-            done = step.resume_from,
-        );
+        // The plan checked that the applied statements are those of the current file: the
+        // row now describes the current file (a fixed failed statement is accepted).
+        let mut setup = if self.statement_checksums {
+            format!(
+                "INSERT INTO {table} (version, direction, checksum, statements_done, statement_checksums) \
+                 VALUES ({v}, '{direction}', {c}, {done}, {applied}) \
+                 ON CONFLICT (version, direction) DO UPDATE SET checksum = EXCLUDED.checksum, \
+                 statement_checksums = EXCLUDED.statement_checksums;",
+                table = tables.progress,
+                v = m.version,
+                c = literal(&script.checksum),
+                done = step.resume_from,
+                applied = text_array(&script.statement_checksums[..step.resume_from.min(script.statement_checksums.len())]),
+            )
+        } else {
+            format!(
+                "INSERT INTO {table} (version, direction, checksum, statements_done) VALUES ({v}, '{direction}', {c}, {done}) \
+                 ON CONFLICT (version, direction) DO NOTHING;",
+                table = tables.progress,
+                v = m.version,
+                c = literal(&script.checksum),
+                done = step.resume_from,
+            )
+        };
+        // Each migration starts from a reset session: set the bounds it runs under.
+        setup.push_str(&format!(
+            "SET lock_timeout = {};",
+            self.settings.lock_timeout.as_millis()
+        ));
         if let Some(t) = self.settings.statement_timeout {
             setup.push_str(&format!("SET statement_timeout = {};", t.as_millis()));
         }
@@ -377,20 +454,31 @@ impl<'a, C: Connector> Runner<'a, C> {
                     Some((index + 1, invalid)),
                 )));
             }
+            let checksums = if self.statement_checksums {
+                format!(
+                    ", checksum = {}, statement_checksums = coalesce(statement_checksums[1:{index}], '{{}}') || ARRAY[{}]",
+                    literal(&script.checksum),
+                    literal(&script.statement_checksums[index]),
+                )
+            } else {
+                String::new()
+            };
+            // Written as the connecting user, whatever role the statement switched to; the
+            // migration's own session state is back after COMMIT.
             let progress = format!(
-                "UPDATE {} SET statements_done = {}, updated_at = now() WHERE version = {} AND direction = '{direction}'",
-                history::PROGRESS_TABLE,
+                "BEGIN; {AS_SESSION_USER_SQL} UPDATE {} SET statements_done = {}, updated_at = now(){checksums} \
+                 WHERE version = {} AND direction = '{direction}'; COMMIT;",
+                tables.progress,
                 index + 1,
                 m.version
             );
             self.simple(client, &progress).await?;
         }
         let finish = format!(
-            "BEGIN; {record}; DELETE FROM {progress} WHERE version = {v} AND direction = '{direction}'; COMMIT;{reset}",
-            record = self.record_sql(step),
-            progress = history::PROGRESS_TABLE,
+            "BEGIN; {record}; DELETE FROM {progress} WHERE version = {v} AND direction = '{direction}'; COMMIT; {SESSION_RESET_SQL};",
+            record = self.record_sql(tables, step),
+            progress = tables.progress,
             v = m.version,
-            reset = if self.settings.statement_timeout.is_some() { " RESET statement_timeout;" } else { "" },
         );
         self.simple(client, &finish).await
     }
@@ -489,19 +577,29 @@ async fn invalid_indexes(client: &Client) -> Vec<String> {
 /// The error for a failed [`history::lock_and_read`]: a lock timeout names the holder.
 pub async fn lock_failure(
     client: &Client,
+    tables: &Tables,
     e: &tokio_postgres::Error,
     lock_timeout: Duration,
 ) -> Error {
     if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
         return Error::LockTimeout {
             waited: format_duration(lock_timeout),
-            holder: history::lock_holder(client).await,
+            holder: history::lock_holder(client, tables).await,
         };
     }
     Error::Database {
         context: "cannot read the migration history".into(),
         message: describe(e),
     }
+}
+
+/// An SQL `text[]` of literals.
+fn text_array(values: &[String]) -> String {
+    if values.is_empty() {
+        return "'{}'::text[]".into();
+    }
+    let items: Vec<String> = values.iter().map(|v| literal(v)).collect();
+    format!("ARRAY[{}]", items.join(", "))
 }
 
 /// The server's message, or the client error with its causes.

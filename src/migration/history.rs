@@ -1,6 +1,9 @@
 //! The history table `kubectl_pg_migrations` (the source of truth for what is applied), the
 //! progress table of statement-by-statement migrations, and the advisory lock that serialises
 //! runners. Everything goes through the simple query protocol: one round trip per batch.
+//!
+//! Every statement names the tables schema-qualified ([`Tables`]): a migration may empty or
+//! change `search_path` (pg_dump's files do), and the history must still be found.
 
 use std::collections::BTreeMap;
 
@@ -11,12 +14,61 @@ pub const TABLE: &str = "kubectl_pg_migrations";
 /// Per-statement progress of no-transaction migrations that have not finished.
 pub const PROGRESS_TABLE: &str = "kubectl_pg_migration_progress";
 
-/// The advisory lock key: a hash of the history table's qualified name, so two projects
-/// with their histories in different schemas do not block each other.
+/// The advisory lock key of the current schema's history: a hash of the history table's
+/// qualified name, so two projects with their histories in different schemas do not block
+/// each other. [`Tables::lock_key_sql`] computes the same key for a resolved schema.
 pub const LOCK_KEY_SQL: &str =
     "('x' || left(md5(current_schema() || '.kubectl_pg_migrations'), 16))::bit(64)::bigint";
 
-pub const CREATE_TABLES_SQL: &str = "CREATE TABLE IF NOT EXISTS kubectl_pg_migrations (
+/// The history and progress tables of one schema, as SQL names.
+///
+/// The schema is resolved once (`current_schema()` of a fresh session, before any migration
+/// can change `search_path`) and kept: a reconnect uses the same tables even if the new
+/// session's current schema differs (a migration created the `"$user"` schema, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    /// The schema's name, unquoted.
+    pub schema: String,
+    /// `"schema".kubectl_pg_migrations`
+    pub history: String,
+    /// `"schema".kubectl_pg_migration_progress`
+    pub progress: String,
+}
+
+impl Tables {
+    /// The tables of `schema` (its name as stored, unquoted).
+    pub fn in_schema(schema: &str) -> Self {
+        let quoted = quote_ident(schema);
+        Self {
+            schema: schema.to_string(),
+            history: format!("{quoted}.{TABLE}"),
+            progress: format!("{quoted}.{PROGRESS_TABLE}"),
+        }
+    }
+
+    /// The advisory lock key, equal to [`LOCK_KEY_SQL`] in a session whose current schema is
+    /// this one (so runners of older versions and of this one exclude each other).
+    pub fn lock_key_sql(&self) -> String {
+        format!(
+            "('x' || left(md5({} || '.{TABLE}'), 16))::bit(64)::bigint",
+            literal(&self.schema)
+        )
+    }
+
+    /// Creates both tables when absent and adds the progress table's newer column to a table
+    /// made by an older version (only when it is missing, so a runner that does not own the
+    /// table is not refused; without the column a partial run is compared as a whole file).
+    pub fn create_sql(&self) -> String {
+        let add_column = format!(
+            "BEGIN IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {regclass}::regclass \
+             AND attname = 'statement_checksums' AND NOT attisdropped) THEN \
+             ALTER TABLE {progress} ADD COLUMN IF NOT EXISTS statement_checksums text[]; END IF; \
+             EXCEPTION WHEN insufficient_privilege THEN NULL; END",
+            regclass = literal(&self.progress),
+            progress = self.progress,
+        );
+        format!(
+            "CREATE TABLE IF NOT EXISTS {history} (
     version       bigint PRIMARY KEY,
     name          text NOT NULL,
     checksum      text NOT NULL,
@@ -25,20 +77,77 @@ pub const CREATE_TABLES_SQL: &str = "CREATE TABLE IF NOT EXISTS kubectl_pg_migra
     execution_ms  integer,
     applied_by    text NOT NULL DEFAULT current_user
 );
-CREATE TABLE IF NOT EXISTS kubectl_pg_migration_progress (
+CREATE TABLE IF NOT EXISTS {progress} (
     version         bigint NOT NULL,
     direction       text NOT NULL CHECK (direction IN ('up', 'down')),
     checksum        text NOT NULL,
     statements_done integer NOT NULL,
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    statement_checksums text[],
     PRIMARY KEY (version, direction)
-)";
+);
+DO {add_column}",
+            history = self.history,
+            progress = self.progress,
+            add_column = literal(&add_column),
+        )
+    }
 
-const SELECT_APPLIED_SQL: &str = "SELECT version, name, checksum, down_checksum, \
-    to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), execution_ms, applied_by \
-    FROM kubectl_pg_migrations ORDER BY version";
-const SELECT_PROGRESS_SQL: &str =
-    "SELECT version, direction, checksum, statements_done FROM kubectl_pg_migration_progress ORDER BY version";
+    /// Whether the progress table has the `statement_checksums` column.
+    fn has_statement_checksums_sql(&self) -> String {
+        format!(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {}::regclass \
+             AND attname = 'statement_checksums' AND NOT attisdropped) AS {HAS_CHECKSUMS_COLUMN}",
+            literal(&self.progress)
+        )
+    }
+
+    fn select_applied_sql(&self) -> String {
+        format!(
+            "SELECT version, name, checksum, down_checksum, \
+             to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), execution_ms, applied_by \
+             FROM {} ORDER BY version",
+            self.history
+        )
+    }
+
+    /// The progress rows; `statement_checksums` is read through `to_jsonb` so that a table
+    /// made by an older version (without the column) reads as unknown (NULL), as a NULL does.
+    fn select_progress_sql(&self) -> String {
+        format!(
+            "SELECT version, direction, checksum, statements_done, \
+             CASE jsonb_typeof(to_jsonb(p) -> 'statement_checksums') WHEN 'array' THEN \
+             (SELECT coalesce(string_agg(c, ',' ORDER BY n), '') \
+              FROM jsonb_array_elements_text(to_jsonb(p) -> 'statement_checksums') WITH ORDINALITY AS e(c, n)) END \
+             FROM {} p ORDER BY version",
+            self.progress
+        )
+    }
+}
+
+/// An SQL identifier, always double-quoted (quote_ident's rules: `"` doubled), so that any
+/// schema name, mixed case included, names itself.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The current schema of the session, where the history lives; `None` when `search_path`
+/// names no existing schema.
+pub async fn current_schema(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let messages = client.simple_query("SELECT current_schema()").await?;
+    Ok(first_row(&messages).into_iter().next().flatten())
+}
+
+/// The error for a session without a current schema.
+pub fn no_schema() -> crate::error::Error {
+    crate::error::Error::Migration {
+        message: "the session has no current schema to keep the migration history in: search_path names no existing schema".into(),
+        hints: vec!["create the schema, or set the role's search_path (ALTER ROLE … SET search_path TO public)".into()],
+    }
+}
+
+/// The name of the column that says whether the progress table has `statement_checksums`.
+const HAS_CHECKSUMS_COLUMN: &str = "has_statement_checksums";
 
 /// One applied migration as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -58,8 +167,13 @@ pub struct Applied {
 pub struct Partial {
     pub version: i64,
     pub up: bool,
+    /// The checksum of the whole file as it was when the last statement was applied.
     pub checksum: String,
     pub statements_done: usize,
+    /// The checksum of each applied statement, in order: what a resume compares, so that a
+    /// fix of the failed statement is accepted and a change of an applied one is not.
+    /// `None` when unknown (recorded by an older version): then the whole file is compared.
+    pub statement_checksums: Option<Vec<String>>,
 }
 
 /// The recorded state of a database.
@@ -67,6 +181,9 @@ pub struct Partial {
 pub struct History {
     pub applied: BTreeMap<i64, Applied>,
     pub partial: Vec<Partial>,
+    /// Whether the progress table can record per-statement checksums (an older table whose
+    /// owner is another role may lack the column).
+    pub statement_checksums_column: bool,
 }
 
 impl History {
@@ -85,30 +202,47 @@ impl History {
 /// tables when absent and reads the history, all in one round trip.
 pub async fn lock_and_read(
     client: &Client,
+    tables: &Tables,
     lock_timeout_ms: u128,
 ) -> Result<History, tokio_postgres::Error> {
     let batch = format!(
-        "SET lock_timeout = {lock_timeout_ms}; SELECT pg_advisory_lock({LOCK_KEY_SQL}); \
-         {CREATE_TABLES_SQL}; {SELECT_APPLIED_SQL}; {SELECT_PROGRESS_SQL}"
+        "SET lock_timeout = {lock_timeout_ms}; SELECT pg_advisory_lock({key}); \
+         {create}; {flag}; {applied}; {progress}",
+        key = tables.lock_key_sql(),
+        create = tables.create_sql(),
+        flag = tables.has_statement_checksums_sql(),
+        applied = tables.select_applied_sql(),
+        progress = tables.select_progress_sql(),
     );
     let messages = client.simple_query(&batch).await?;
     Ok(parse(&messages))
 }
 
-/// Reads the history without locking or creating anything; an absent table is an empty history.
+/// Reads the history of the session's current schema without locking or creating anything;
+/// an absent table (or no current schema) is an empty history.
 pub async fn read(client: &Client) -> Result<History, tokio_postgres::Error> {
     let exists = client
-        .simple_query(&format!("SELECT to_regclass('{TABLE}') IS NOT NULL, to_regclass('{PROGRESS_TABLE}') IS NOT NULL"))
+        .simple_query(&format!(
+            "SELECT current_schema(), \
+             to_regclass(format('%I.%I', current_schema(), '{TABLE}')) IS NOT NULL, \
+             to_regclass(format('%I.%I', current_schema(), '{PROGRESS_TABLE}')) IS NOT NULL"
+        ))
         .await?;
-    let flags = first_row(&exists);
-    let (history, progress) = (flag(&flags, 0), flag(&flags, 1));
-    if !history {
+    let row = first_row(&exists);
+    let (history, progress) = (flag(&row, 1), flag(&row, 2));
+    let Some(schema) = row.first().cloned().flatten().filter(|_| history) else {
         return Ok(History::default());
-    }
+    };
+    let tables = Tables::in_schema(&schema);
     let batch = if progress {
-        format!("{SELECT_APPLIED_SQL}; {SELECT_PROGRESS_SQL}")
+        format!(
+            "{}; {}; {}",
+            tables.has_statement_checksums_sql(),
+            tables.select_applied_sql(),
+            tables.select_progress_sql()
+        )
     } else {
-        SELECT_APPLIED_SQL.to_string()
+        tables.select_applied_sql()
     };
     Ok(parse(&client.simple_query(&batch).await?))
 }
@@ -131,7 +265,8 @@ fn flag(row: &[Option<String>], i: usize) -> bool {
     row.get(i).and_then(|v| v.as_deref()) == Some("t")
 }
 
-/// Rows of 7 columns are history rows, rows of 4 are progress rows.
+/// Rows of 7 columns are history rows, rows of 5 are progress rows, and the row whose column
+/// is named [`HAS_CHECKSUMS_COLUMN`] says whether per-statement checksums can be recorded.
 fn parse(messages: &[SimpleQueryMessage]) -> History {
     let mut history = History::default();
     for message in messages {
@@ -141,6 +276,9 @@ fn parse(messages: &[SimpleQueryMessage]) -> History {
         let text = |i: usize| row.get(i).unwrap_or_default().to_string();
         let int = |i: usize| row.get(i).and_then(|v| v.parse::<i64>().ok());
         match row.len() {
+            1 if row.columns().first().map(|c| c.name()) == Some(HAS_CHECKSUMS_COLUMN) => {
+                history.statement_checksums_column = row.get(0) == Some("t");
+            }
             7 => {
                 let applied = Applied {
                     version: int(0).unwrap_or_default(),
@@ -153,11 +291,17 @@ fn parse(messages: &[SimpleQueryMessage]) -> History {
                 };
                 history.applied.insert(applied.version, applied);
             }
-            4 => history.partial.push(Partial {
+            5 => history.partial.push(Partial {
                 version: int(0).unwrap_or_default(),
                 up: row.get(1) == Some("up"),
                 checksum: text(2),
                 statements_done: int(3).unwrap_or_default().max(0) as usize,
+                statement_checksums: row.get(4).map(|list| {
+                    list.split(',')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }),
             }),
             _ => {}
         }
@@ -165,16 +309,17 @@ fn parse(messages: &[SimpleQueryMessage]) -> History {
     history
 }
 
-/// Who holds the migration lock, when someone does.
-pub async fn lock_holder(client: &Client) -> Option<crate::error::LockHolder> {
+/// Who holds the migration lock of `tables`, when someone does.
+pub async fn lock_holder(client: &Client, tables: &Tables) -> Option<crate::error::LockHolder> {
+    let key = tables.lock_key_sql();
     let sql = format!(
         "SELECT a.pid, coalesce(a.application_name, ''), host(a.client_addr), \
          to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND l.classid::bigint = (({LOCK_KEY_SQL}) >> 32) & 4294967295 \
-         AND l.objid::bigint = ({LOCK_KEY_SQL}) & 4294967295 LIMIT 1"
+         AND l.classid::bigint = (({key}) >> 32) & 4294967295 \
+         AND l.objid::bigint = ({key}) & 4294967295 LIMIT 1"
     );
     let messages = client.simple_query(&sql).await.ok()?;
     let row = first_row(&messages);
@@ -205,5 +350,18 @@ mod tests {
     fn literals_are_quoted() {
         assert_eq!(literal("it's"), "'it''s'");
         assert_eq!(literal_opt(None), "NULL");
+    }
+
+    #[test]
+    fn tables_are_schema_qualified_with_quote_ident_rules() {
+        let public = Tables::in_schema("public");
+        assert_eq!(public.history, "\"public\".kubectl_pg_migrations");
+        assert_eq!(public.progress, "\"public\".kubectl_pg_migration_progress");
+        let odd = Tables::in_schema("My \"App\"");
+        assert_eq!(odd.history, "\"My \"\"App\"\"\".kubectl_pg_migrations");
+        // The lock key hashes the unquoted name, as LOCK_KEY_SQL does with current_schema().
+        assert!(odd
+            .lock_key_sql()
+            .contains("md5('My \"App\"' || '.kubectl_pg_migrations')"));
     }
 }

@@ -1,7 +1,7 @@
 //! What a run will do, decided from the files and the recorded history alone, and the
 //! safety checks that must pass before anything runs.
 
-use super::history::History;
+use super::history::{History, Partial};
 use super::source::{Migration, MigrationSet, Script};
 use crate::error::{Drift, Error};
 
@@ -63,28 +63,14 @@ pub fn check_history(set: &MigrationSet, history: &History) -> Result<(), Error>
             Some(_) => {}
         }
     }
-    for partial in &history.partial {
-        if let Some(m) = set.get(partial.version) {
-            let script = if partial.up {
-                Some(&m.up)
-            } else {
-                m.down.as_ref()
-            };
-            if let Some(script) = script.filter(|s| s.checksum != partial.checksum) {
-                drifts.push(Drift {
-                    migration: format!(
-                        "{} ({}, partly applied)",
-                        m.id(),
-                        if partial.up { "up" } else { "down" }
-                    ),
-                    recorded: partial.checksum.clone(),
-                    current: script.checksum.clone(),
-                });
-            }
-        }
-    }
     if !drifts.is_empty() {
         return Err(Error::Drift(drifts));
+    }
+    for partial in &history.partial {
+        let Some(m) = set.get(partial.version) else {
+            continue;
+        };
+        check_partial(m, partial)?;
     }
     if !missing.is_empty() {
         return Err(Error::Migration {
@@ -96,6 +82,86 @@ pub fn check_history(set: &MigrationSet, history: &History) -> Result<(), Error>
         });
     }
     Ok(())
+}
+
+/// How the applied statements of a partly applied no-transaction migration compare with its
+/// file now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartialCheck {
+    /// The applied statements are unchanged (later ones may have changed: that is the fix of
+    /// the failed statement), so a run resumes at `statements_done + 1` of the current file.
+    Unchanged,
+    /// Statement `index` (0-based) of the applied ones changed, or the file no longer has it.
+    Changed { index: usize, line: Option<usize> },
+    /// Recorded by a version without per-statement checksums, and the file changed since.
+    UnknownChanged,
+}
+
+/// The rule for a partly applied no-transaction migration: the statements already applied are
+/// what the checksum protects. Each applied statement's checksum is recorded; a file whose
+/// first `statements_done` statements have those checksums resumes with its next statement.
+/// Without recorded statement checksums (older progress rows) the whole file must be unchanged.
+pub fn compare_partial(m: &Migration, partial: &Partial) -> PartialCheck {
+    let script = if partial.up {
+        &m.up
+    } else {
+        match &m.down {
+            Some(down) => down,
+            None => return PartialCheck::Unchanged,
+        }
+    };
+    let recorded = partial
+        .statement_checksums
+        .as_ref()
+        .filter(|c| c.len() >= partial.statements_done);
+    let Some(recorded) = recorded else {
+        return if script.checksum == partial.checksum {
+            PartialCheck::Unchanged
+        } else {
+            PartialCheck::UnknownChanged
+        };
+    };
+    for (index, applied) in recorded.iter().take(partial.statements_done).enumerate() {
+        if script.statement_checksums.get(index) != Some(applied) {
+            return PartialCheck::Changed {
+                index,
+                line: script.statements.get(index).map(|s| s.line),
+            };
+        }
+    }
+    PartialCheck::Unchanged
+}
+
+/// Refuses a partly applied migration whose applied statements changed (exit 7), naming the
+/// first changed statement and the ways out.
+pub fn check_partial(m: &Migration, partial: &Partial) -> Result<(), Error> {
+    let direction = if partial.up { "up" } else { "down" };
+    let done = partial.statements_done;
+    let what = match compare_partial(m, partial) {
+        PartialCheck::Unchanged => return Ok(()),
+        PartialCheck::Changed { index, line: Some(line) } => format!(
+            "its applied statement #{} (line {line}) changed since it ran",
+            index + 1
+        ),
+        PartialCheck::Changed { index, line: None } => format!(
+            "the file no longer has its applied statement #{}",
+            index + 1
+        ),
+        PartialCheck::UnknownChanged => "the file changed, and the progress was recorded without per-statement checksums (by an older kubectl-pg), so any change counts".into(),
+    };
+    Err(Error::Migration {
+        message: format!(
+            "{} ({direction}) is partly applied (statements #1-#{done} ran) and {what}",
+            m.id()
+        ),
+        hints: vec![
+            format!("only the statements after #{done} may change before the run resumes: restore the applied ones as they ran, and run the command again"),
+            format!(
+                "or undo by hand what statements #1-#{done} did, then `kubectl pg migrate repair --version {} --yes` forgets the progress, and `up` runs the file from its first statement",
+                m.label
+            ),
+        ],
+    })
 }
 
 /// The pending migrations up to `to`, in version order.
@@ -185,7 +251,7 @@ pub fn plan_down<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::{Applied, Partial};
+    use super::super::history::Applied;
     use super::*;
 
     fn set(files: &[(&str, &str)]) -> MigrationSet {
@@ -302,13 +368,77 @@ mod tests {
             up: true,
             checksum: set.get(2).unwrap().up.checksum.clone(),
             statements_done: 4,
+            statement_checksums: None,
         });
         let plan = plan_up(&set, &history, None, false).unwrap();
         assert_eq!(plan[1].resume_from, 4);
+        // Recorded without statement checksums: any change of the file is refused.
         history.partial[0].checksum = "x".into();
-        assert!(matches!(
-            plan_up(&set, &history, None, false),
-            Err(Error::Drift(_))
-        ));
+        let err = plan_up(&set, &history, None, false).unwrap_err();
+        assert_eq!(err.exit_code(), 7);
+        assert!(
+            err.to_string().contains("002_b (up) is partly applied"),
+            "{err}"
+        );
+    }
+
+    fn no_tx(body: &str) -> MigrationSet {
+        set(&[(
+            "001_n.up.sql",
+            &format!("-- kubectl-pg:no-transaction\n{body}"),
+        )])
+    }
+
+    #[test]
+    fn a_fixed_failed_statement_resumes_and_a_changed_applied_one_is_refused() {
+        let before =
+            no_tx("create table a (id int);\ncreate table b (oops);\ncreate table c (id int);\n");
+        let m = before.get(1).unwrap();
+        let partial = Partial {
+            version: 1,
+            up: true,
+            checksum: m.up.checksum.clone(),
+            statements_done: 1,
+            statement_checksums: Some(m.up.statement_checksums[..1].to_vec()),
+        };
+        let fixed =
+            no_tx("create table a (id int);\ncreate table b (id int);\ncreate table c (id int);\n");
+        let mut history = History::default();
+        history.partial.push(partial.clone());
+        let plan = plan_up(&fixed, &history, None, false).unwrap();
+        assert_eq!(plan[0].resume_from, 1);
+
+        let changed = no_tx("create table a (id bigint);\ncreate table b (id int);\n");
+        assert_eq!(
+            compare_partial(changed.get(1).unwrap(), &partial),
+            PartialCheck::Changed {
+                index: 0,
+                line: Some(2)
+            }
+        );
+        let err = plan_up(&changed, &history, None, false).unwrap_err();
+        assert_eq!(err.exit_code(), 7);
+        assert!(err.to_string().contains("statement #1 (line 2)"), "{err}");
+
+        // Without recorded statement checksums (an older row), the whole file is compared.
+        let mut old = partial.clone();
+        old.statement_checksums = None;
+        assert_eq!(compare_partial(m, &old), PartialCheck::Unchanged);
+        assert_eq!(
+            compare_partial(fixed.get(1).unwrap(), &old),
+            PartialCheck::UnknownChanged
+        );
+        // A file that lost an applied statement.
+        let mut two = partial;
+        two.statements_done = 2;
+        two.statement_checksums = Some(m.up.statement_checksums[..2].to_vec());
+        let shorter = no_tx("create table a (id int);\n");
+        assert_eq!(
+            compare_partial(shorter.get(1).unwrap(), &two),
+            PartialCheck::Changed {
+                index: 1,
+                line: None
+            }
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct Script {
     /// Whether the file asks to run outside a transaction.
     pub no_transaction: bool,
     pub statements: Vec<Statement>,
+    /// SHA-256 hex of each statement's text, in order: what protects the applied statements of
+    /// a partly applied no-transaction migration (see [`super::plan::check_partial`]).
+    pub statement_checksums: Vec<String>,
 }
 
 /// A versioned migration with its up script and, when present, its down script.
@@ -252,12 +255,14 @@ impl Script {
             message: e.to_string(),
             hint: None,
         })?;
+        let statement_checksums = statements.iter().map(|s| self::checksum(&s.sql)).collect();
         Ok(Self {
             origin,
             sql,
             checksum,
             no_transaction,
             statements,
+            statement_checksums,
         })
     }
 

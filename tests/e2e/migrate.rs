@@ -1032,3 +1032,333 @@ fn a_signal_cancels_the_migration_in_flight() {
         assert_eq!(busy.as_deref(), Some("0"), "no statement left running");
     }
 }
+
+/// What one migration does to its session (search_path, role, prepared statements, temporary
+/// tables, LISTEN) is reset before the next, in both modes, and the reset keeps the advisory
+/// lock that serialises runners.
+#[test]
+fn session_state_never_leaks_from_one_migration_into_the_next() {
+    let db = TestDb::new();
+    let role = format!("{}_owner", db.name);
+    db.query(&format!(
+        "CREATE SCHEMA other_schema; CREATE ROLE {role}; \
+         GRANT ALL ON SCHEMA public, other_schema TO {role}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let leaks = format!(
+        "SET search_path TO other_schema;\nSET ROLE {role};\nCREATE TABLE in_other (id int);\n\
+         PREPARE leak AS SELECT 1;\nCREATE TEMP TABLE scratch (id int);\nLISTEN leak_channel;\n"
+    );
+    // The migration's own session, not the engine's: the lock holder must be this backend.
+    let clean = "DO $$BEGIN\n\
+          IF current_user <> session_user THEN RAISE EXCEPTION 'role leaked: %', current_user; END IF;\n\
+          IF current_schema() <> 'public' THEN RAISE EXCEPTION 'search_path leaked: %', current_schema(); END IF;\n\
+          IF NOT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()) \
+             THEN RAISE EXCEPTION 'the migration lock was released'; END IF;\n\
+        END$$;\n\
+        PREPARE leak AS SELECT 2;\nCREATE TEMP TABLE scratch (id int);\n";
+    write(dir.path(), "001_leaks.up.sql", &leaks);
+    write(
+        dir.path(),
+        "002_plain.up.sql",
+        &format!("{clean}CREATE TABLE plain (id int);\n"),
+    );
+    write(
+        dir.path(),
+        "003_leaks_nt.up.sql",
+        &format!(
+            "-- kubectl-pg:no-transaction\n{}",
+            leaks.replace("in_other", "in_other_nt")
+        ),
+    );
+    write(
+        dir.path(),
+        "004_plain_nt.up.sql",
+        &format!("-- kubectl-pg:no-transaction\n{clean}CREATE TABLE plain_nt (id int);\n"),
+    );
+    let out = migrate(&db, &["up", "--dir", &dir_arg(&dir)]);
+    expect_code(&out, 0);
+    assert_eq!(applied_versions(&db), [1, 2, 3, 4]);
+    let placed = db.query(
+        "SELECT c.relname, n.nspname, pg_get_userbyid(c.relowner) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relname IN ('in_other', 'in_other_nt', 'plain', 'plain_nt') ORDER BY 1",
+    );
+    let placed: Vec<String> = placed
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(Option::unwrap)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            format!("in_other other_schema {role}"),
+            format!("in_other_nt other_schema {role}"),
+            "plain public postgres".to_string(),
+            "plain_nt public postgres".to_string(),
+        ]
+    );
+    // The history is written by the user who connected, not by the role a migration took.
+    let by = db.query("SELECT DISTINCT split_part(applied_by, ' ', 1) FROM kubectl_pg_migrations");
+    assert_eq!(by, [[Some("postgres".to_string())]]);
+    db.query(&format!("DROP OWNED BY {role}; DROP ROLE {role}"));
+}
+
+/// pg_dump's files empty `search_path`; the history is still found (schema-qualified), and the
+/// next migration runs with the session's own search_path again.
+#[test]
+fn a_pg_dump_style_file_finds_the_history_in_public_and_in_another_schema() {
+    for schema in ["public", "App Schema"] {
+        let db = TestDb::new();
+        if schema != "public" {
+            db.query(&format!(
+                "CREATE SCHEMA \"{schema}\"; ALTER DATABASE {} SET search_path TO \"{schema}\"",
+                db.name
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "001_dump.up.sql",
+            "--\n-- PostgreSQL database dump\n--\nSET statement_timeout = 0;\nSET client_encoding = 'UTF8';\n\
+             SELECT pg_catalog.set_config('search_path', '', false);\n\
+             CREATE TABLE public.dumped (id integer NOT NULL);\n\
+             ALTER TABLE ONLY public.dumped ADD CONSTRAINT dumped_pkey PRIMARY KEY (id);\n",
+        );
+        write(
+            dir.path(),
+            "002_after.up.sql",
+            "CREATE TABLE after_dump (id int);\n",
+        );
+        let d = dir_arg(&dir);
+        let out = migrate(&db, &["up", "--dir", &d]);
+        expect_code(&out, 0);
+        let where_ = db.query(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname IN ('after_dump', 'kubectl_pg_migrations', 'kubectl_pg_migration_progress') \
+             ORDER BY c.relname",
+        );
+        assert_eq!(
+            where_,
+            vec![vec![Some(schema.to_string())]; 3],
+            "{schema}: {}",
+            out.describe()
+        );
+        assert_eq!(applied_versions(&db), [1, 2], "{schema}");
+        let status: serde_json::Value =
+            serde_json::from_slice(&migrate(&db, &["status", "--dir", &d, "-o", "json"]).stdout)
+                .unwrap();
+        assert_eq!(status["applied"], 2, "{schema}: {status}");
+        // repair and baseline name the same tables.
+        write(
+            dir.path(),
+            "002_after.up.sql",
+            "CREATE TABLE after_dump (id int); -- reviewed\n",
+        );
+        expect_code(&migrate(&db, &["up", "--dir", &d]), 7);
+        expect_code(
+            &migrate(&db, &["repair", "--version", "2", "--yes", "--dir", &d]),
+            0,
+        );
+        expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+        db.query("DELETE FROM kubectl_pg_migrations");
+        expect_code(
+            &migrate(&db, &["baseline", "--version", "2", "--dir", &d]),
+            0,
+        );
+        assert_eq!(applied_versions(&db), [1, 2], "{schema}");
+    }
+}
+
+fn progress_row(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    db.query(
+        "SELECT statements_done::text, array_length(statement_checksums, 1)::text \
+         FROM kubectl_pg_migration_progress",
+    )
+}
+
+const NT_BROKEN: &str = "-- kubectl-pg:no-transaction\n\
+    CREATE TABLE n1 (id int);\n\
+    CREATE TABLE n2 (id no_such_type);\n\
+    CREATE TABLE n3 (id int);\n";
+const NT_FIXED: &str = "-- kubectl-pg:no-transaction\n\
+    CREATE TABLE n1 (id int);\n\
+    CREATE TABLE n2 (id int);\n\
+    CREATE TABLE n3 (id int);\n";
+
+/// A failed no-transaction migration: its applied statements are what the checksum protects.
+/// Fixing the failed statement resumes there; changing an applied one is refused, naming it,
+/// and `repair` (after undoing by hand) lets the file run again from the start.
+#[test]
+fn a_fixed_no_transaction_migration_resumes_and_a_changed_applied_statement_is_refused() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir_arg(&dir);
+    write(dir.path(), "001_nt.up.sql", NT_BROKEN);
+    let failed = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&failed, 7);
+    assert!(
+        failed.stderr_text().contains("line 3") && failed.stderr_text().contains("statement #2"),
+        "{}",
+        failed.describe()
+    );
+    assert_eq!(
+        progress_row(&db),
+        [[Some("1".to_string()), Some("1".to_string())]]
+    );
+    // repair explains instead of saying "not applied".
+    let repair = migrate(&db, &["repair", "--version", "1", "--yes", "--dir", &d]);
+    expect_code(&repair, 0);
+    assert!(
+        repair.stdout_text().contains("nothing to repair")
+            && repair.stdout_text().contains("resumes at statement #2"),
+        "{}",
+        repair.describe()
+    );
+
+    // The usual fix: statement 2 changes; statement 1 must not run again (it has no IF NOT EXISTS).
+    write(dir.path(), "001_nt.up.sql", NT_FIXED);
+    let resumed = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&resumed, 0);
+    assert!(
+        resumed
+            .stderr_text()
+            .contains("resuming 001_nt at statement 2"),
+        "{}",
+        resumed.describe()
+    );
+    assert!(table_exists(&db, "n2") && table_exists(&db, "n3"));
+    let status: serde_json::Value =
+        serde_json::from_slice(&migrate(&db, &["status", "--dir", &d, "-o", "json"]).stdout)
+            .unwrap();
+    let entry = &status["migrations"][0];
+    assert_eq!(entry["state"], "applied", "{status}");
+    let fixed_checksum = kubectl_pg::migration::source::checksum(NT_FIXED);
+    assert_eq!(entry["checksum"], fixed_checksum.as_str());
+    assert_eq!(
+        db.scalar("SELECT checksum FROM kubectl_pg_migrations WHERE version = 1"),
+        Some(fixed_checksum)
+    );
+    assert!(progress_row(&db).is_empty());
+
+    // Changing an applied statement instead is refused, naming it.
+    let db = TestDb::new();
+    write(dir.path(), "001_nt.up.sql", NT_BROKEN);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 7);
+    let changed_first = NT_FIXED.replace("n1 (id int)", "n1 (id bigint)");
+    write(dir.path(), "001_nt.up.sql", &changed_first);
+    let refused = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&refused, 7);
+    let err = refused.stderr_text();
+    assert!(
+        err.contains("001_nt")
+            && err.contains("statement #1 (line 2) changed")
+            && err.contains("repair --version 001"),
+        "{err}"
+    );
+    assert!(!table_exists(&db, "n2"));
+    // Undo by hand, repair: the progress is forgotten and the file runs from its first statement.
+    db.query("DROP TABLE n1");
+    let repair = migrate(&db, &["repair", "--version", "1", "--yes", "--dir", &d]);
+    expect_code(&repair, 0);
+    assert!(
+        repair.stdout_text().contains("forgot the progress"),
+        "{}",
+        repair.describe()
+    );
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    assert_eq!(
+        db.scalar("SELECT data_type FROM information_schema.columns WHERE table_name = 'n1'")
+            .as_deref(),
+        Some("bigint")
+    );
+    assert_eq!(applied_versions(&db), [1]);
+}
+
+/// A progress row written before statement checksums existed (no column): the whole file is
+/// compared, as before; the next run adds the column and records them.
+#[test]
+fn an_old_progress_table_without_statement_checksums_still_works() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir_arg(&dir);
+    write(dir.path(), "001_nt.up.sql", NT_BROKEN);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 7);
+    db.query("ALTER TABLE kubectl_pg_migration_progress DROP COLUMN statement_checksums");
+    let status: serde_json::Value =
+        serde_json::from_slice(&migrate(&db, &["status", "--dir", &d, "-o", "json"]).stdout)
+            .unwrap();
+    assert_eq!(status["migrations"][0]["state"], "partial", "{status}");
+    write(dir.path(), "001_nt.up.sql", NT_FIXED);
+    let refused = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&refused, 7);
+    assert!(
+        refused
+            .stderr_text()
+            .contains("without per-statement checksums"),
+        "{}",
+        refused.describe()
+    );
+    // The column is back; the unchanged file's run records the applied statement's checksum.
+    write(dir.path(), "001_nt.up.sql", NT_BROKEN);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 7);
+    assert_eq!(
+        progress_row(&db),
+        [[Some("1".to_string()), Some("1".to_string())]]
+    );
+    write(dir.path(), "001_nt.up.sql", NT_FIXED);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    assert_eq!(applied_versions(&db), [1]);
+}
+
+/// A reconnect keeps the tables of the run's first session: here 001 creates the `"$user"`
+/// schema (so a new session's current schema changes), and 002 loses its session once, after
+/// its first statement. The run resumes 002 at statement 2 in public's history; nothing reruns.
+#[test]
+fn a_reconnect_keeps_the_history_schema_of_the_run() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "001_user_schema.up.sql",
+        "CREATE SCHEMA postgres;\nCREATE TABLE public.kill_marker (id int);\n",
+    );
+    write(
+        dir.path(),
+        "002_killed.up.sql",
+        "-- kubectl-pg:no-transaction\n\
+         CREATE TABLE public.nt_one (id int);\n\
+         DO $$BEGIN\n\
+           IF NOT EXISTS (SELECT FROM public.kill_marker) THEN\n\
+             INSERT INTO public.kill_marker VALUES (1);\n\
+             COMMIT;\n\
+             PERFORM pg_terminate_backend(pg_backend_pid());\n\
+           END IF;\n\
+         END$$;\n\
+         CREATE TABLE public.nt_two (id int);\n",
+    );
+    let out = migrate(&db, &["up", "--dir", &dir_arg(&dir)]);
+    expect_code(&out, 0);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("reconnected") && err.contains("resuming 002_killed at statement 2"),
+        "{}",
+        out.describe()
+    );
+    let versions = db.query("SELECT version::text FROM public.kubectl_pg_migrations ORDER BY 1");
+    assert_eq!(
+        versions,
+        [[Some("1".to_string())], [Some("2".to_string())]],
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        db.scalar("SELECT to_regclass('postgres.kubectl_pg_migrations') IS NULL AND to_regclass('public.nt_two') IS NOT NULL")
+            .as_deref(),
+        Some("t")
+    );
+}
