@@ -192,25 +192,32 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         );
     }
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
-    if existing.pvc_major.is_none() {
-        record_data_major(&cluster, &spec).await;
-    }
     crate::note!(
         "pod {} ready after {:.1}s",
         release::pod_name(&spec.release),
         started.elapsed().as_secs_f32()
     );
-    if reset_password {
-        reset_or_take_back(&cluster, &spec, &secret).await?;
-        crate::note!("the existing database's password was set to the new Secret's");
-    }
-    if live.is_some() {
-        credentials::require_password_on_loopback(&cluster, &spec).await?;
-    }
-    if spec.serves_tls() {
-        tls::require_tls_off_loopback(&cluster, &spec).await?;
-    }
-    let checked = health_check(&cluster, &spec, &secret.credentials).await?;
+    // Recording the claim's major needs nothing from the database: it goes alongside.
+    let record = async {
+        if existing.pvc_major.is_none() {
+            record_data_major(&cluster, &spec).await;
+        }
+    };
+    let prove = async {
+        if reset_password {
+            reset_or_take_back(&cluster, &spec, &secret).await?;
+            crate::note!("the existing database's password was set to the new Secret's");
+        }
+        if live.is_some() {
+            credentials::require_password_on_loopback(&cluster, &spec).await?;
+        }
+        if spec.serves_tls() {
+            tls::require_tls_off_loopback(&cluster, &spec).await?;
+        }
+        health_check(&cluster, &spec, &secret.credentials).await
+    };
+    let ((), checked) = tokio::join!(record, prove);
+    let checked = checked?;
     if let Some(set) = migrations {
         migrate(&cluster, &spec, &secret.credentials, &set).await?;
     }
