@@ -131,6 +131,12 @@ pub enum Command {
     /// Open psql in the release's pod (kubectl exec), or a local psql with --local
     #[command(after_help = PSQL_EXAMPLES)]
     Psql(PsqlArgs),
+    /// Dump a database (pg_dump) or the whole cluster (pg_dumpall, --all) to a file or stdout
+    #[command(after_help = DUMP_EXAMPLES)]
+    Dump(DumpArgs),
+    /// Restore a dump (custom archive or SQL, from a file or stdin) in one transaction
+    #[command(after_help = RESTORE_EXAMPLES)]
+    Restore(RestoreArgs),
     /// Print the connection string of a release's database, read from its Secret
     #[command(after_help = DSN_EXAMPLES)]
     Dsn(DsnArgs),
@@ -359,6 +365,102 @@ pub struct PsqlArgs {
     /// Arguments for psql, after `--` (-U and -d given here win over the release's)
     #[arg(last = true, value_name = "PSQL_ARGS")]
     pub psql_args: Vec<String>,
+}
+
+const DUMP_EXAMPLES: &str = "\
+pg_dump runs in the release's pod (the server's own version) as the release's user over the
+local socket; its output streams to the file or to stdout, never held in memory. A file is
+written under a temporary name (mode 0600) and renamed only once pg_dump exited 0: it is
+complete or absent. Progress (bytes, rate) is shown on stderr when it is a terminal.
+
+Examples:
+  # The release's database as a custom-format archive
+  kubectl pg dump -n postgres -f learnflow.dump
+
+  # Plain SQL of another database, to stdout
+  kubectl pg dump -d analytics --format plain > analytics.sql
+
+  # Roles and every database (pg_dumpall, plain SQL)
+  kubectl pg dump --all -f cluster.sql
+
+  # Arguments after -- go to pg_dump; -o json describes the file written
+  kubectl pg dump -f users.dump -o json -- --table users
+
+  # Copy a database from one namespace (or context) to another
+  kubectl pg dump -n a | kubectl pg restore -n b --clean --yes";
+
+/// `kubectl pg dump`
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The database to dump (default: the release's database)
+    #[arg(short = 'd', long, value_name = "DB", conflicts_with = "all")]
+    pub database: Option<String>,
+    /// Dump roles and every database with pg_dumpall (plain SQL)
+    #[arg(long)]
+    pub all: bool,
+    /// Write the dump to this file (default: stdout, which must not be a terminal)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// custom (pg_restore archive, the default) or plain (SQL; the only one with --all)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<crate::transfer::DumpFormat>,
+    /// With -f: print the result as json or yaml (a DumpResult document)
+    #[arg(short = 'o', long, value_enum, requires = "file")]
+    pub output: Option<OutputFormat>,
+    /// Arguments for pg_dump (or pg_dumpall), after `--`
+    #[arg(last = true, value_name = "PG_DUMP_ARGS")]
+    pub dump_args: Vec<String>,
+}
+
+const RESTORE_EXAMPLES: &str = "\
+The input's first bytes decide: a custom-format archive (PGDMP) goes to
+`pg_restore --single-transaction --exit-on-error`, SQL to `psql -v ON_ERROR_STOP=1
+--single-transaction`, both in the release's pod over the local socket. A failure rolls the
+whole restore back: the database is as it was. --clean (archives only) drops the archive's
+objects first; it asks on a terminal and needs --yes off one.
+
+Examples:
+  # Restore an archive into the release's database
+  kubectl pg restore -n postgres -f learnflow.dump
+
+  # Replace what the archive holds, without a prompt
+  kubectl pg restore -f learnflow.dump --clean --yes
+
+  # SQL from stdin into another database
+  kubectl pg restore -d analytics < analytics.sql
+
+  # Copy between namespaces or clusters
+  kubectl pg dump -n a | kubectl pg restore -n b --clean --yes
+  kubectl pg dump --context prod | kubectl pg restore --context staging --clean --yes
+
+  # Arguments after -- go to pg_restore (or psql)
+  kubectl pg restore -f app.dump -- --no-owner";
+
+/// `kubectl pg restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The database to restore into (default: the release's database)
+    #[arg(short = 'd', long, value_name = "DB")]
+    pub database: Option<String>,
+    /// Read the dump from this file (default: stdin, which must not be a terminal)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Drop the archive's objects before restoring them (pg_restore --clean --if-exists)
+    #[arg(long)]
+    pub clean: bool,
+    /// Do not ask for confirmation (needed with --clean when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the result as json or yaml (a RestoreResult document)
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// Arguments for pg_restore (or psql), after `--`
+    #[arg(last = true, value_name = "PG_RESTORE_ARGS")]
+    pub restore_args: Vec<String>,
 }
 
 const DSN_EXAMPLES: &str = "\

@@ -14,11 +14,14 @@ pub mod error;
 pub mod manifests;
 pub mod migration;
 pub mod output;
+pub mod transfer;
 
 pub use error::Error;
 
 use cli::{Cli, Command};
-use commands::{completion, dsn, install, migrate, psql, status, uninstall, version};
+use commands::{
+    completion, dsn, dump, install, migrate, psql, restore, status, uninstall, version,
+};
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
 pub fn complete(args: &[String]) -> String {
@@ -54,6 +57,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Install(args) => install::run(*args, &cli.global).await,
             Command::Uninstall(args) => uninstall::run(args, &cli.global).await,
             Command::Psql(args) => psql::run(args, &cli.global).await,
+            Command::Dump(args) => dump::run(args, &cli.global).await,
+            Command::Restore(args) => restore::run(args, &cli.global).await,
             Command::Status(args) => status::run(args, &cli.global).await,
         }
     })

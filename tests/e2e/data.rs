@@ -1,0 +1,421 @@
+//! dump and restore on the real control plane: pg_dump, pg_restore and psql in the pods
+//! through exec, files that are complete or absent, restores that are all or nothing, and a
+//! pipe between two namespaces with the LearnFlow schema and data.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::scope::Scope;
+use crate::{expect_code, OutputExt};
+
+const TIMEOUT: &str = "120s";
+
+/// LearnFlow rows: users, exercises, progress and submissions that reference them.
+pub const SEED: &str = "
+insert into users (username, email, role)
+  select 'user' || i, 'user' || i || '@example.com', (array['student','teacher','admin'])[1 + i % 3]
+  from generate_series(1, 120) i;
+insert into exercises (title, difficulty, test_cases, topic)
+  select 'exercise ' || i, (array['beginner','intermediate','advanced'])[1 + i % 3],
+         jsonb_build_object('cases', i), 'topic' || (i % 7)
+  from generate_series(1, 40) i;
+insert into progress (user_id, topic)
+  select u.id, 'topic' || (u.id % 7) from users u;
+insert into submissions (user_id, exercise_id, code)
+  select u.id, e.id, 'print(' || u.id || ')' from users u join exercises e on e.id % 10 = u.id % 10;
+";
+
+/// Row counts of the LearnFlow tables and the migration history, one line.
+pub const COUNTS: &str =
+    "select (select count(*) from users) || ',' || (select count(*) from exercises) || ',' \
+    || (select count(*) from progress) || ',' || (select count(*) from submissions) || ',' \
+    || (select count(*) from kubectl_pg_migrations)";
+
+pub fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+}
+
+/// Installs `release` in `ns` with the LearnFlow migrations, in the background.
+pub fn spawn_install(
+    scope: &Scope,
+    ns: &str,
+    release: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut args = vec![
+        "install",
+        release,
+        "-n",
+        ns,
+        "--migrate",
+        "--timeout",
+        TIMEOUT,
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    scope
+        .kpg_command(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+pub fn installed(child: std::process::Child) {
+    let out = child.wait_with_output().unwrap();
+    expect_code(&out, 0);
+    assert_eq!(json(&out)["phase"], "Healthy", "{}", out.describe());
+}
+
+/// One query's result through `kubectl pg psql`.
+pub fn query(scope: &Scope, ns: &str, sql: &str) -> String {
+    query_db(scope, ns, "learnflow", sql)
+}
+
+pub fn query_db(scope: &Scope, ns: &str, db: &str, sql: &str) -> String {
+    let out = scope.kpg(&[
+        "psql",
+        "-n",
+        ns,
+        "--",
+        "-d",
+        db,
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ]);
+    expect_code(&out, 0);
+    out.stdout_text().trim().to_string()
+}
+
+fn partial_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("dump") || n.contains("partial"))
+        .collect()
+}
+
+/// Waits until `check` holds, polling, or panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dump_and_restore_between_namespaces() {
+    let scope = Scope::new("kpg-dump-a");
+    let a = scope.ns.clone();
+    let b = scope.another_namespace("kpg-dump-b");
+    let (ia, ib) = (
+        spawn_install(&scope, &a, "postgres", &[]),
+        spawn_install(&scope, &b, "postgres", &[]),
+    );
+    installed(ia);
+    installed(ib);
+    let seeded = scope.kpg_stdin(
+        &["psql", "-n", &a, "--", "-v", "ON_ERROR_STOP=1", "-q"],
+        SEED,
+    );
+    expect_code(&seeded, 0);
+    let counts = query(&scope, &a, COUNTS);
+    assert_eq!(counts, "120,40,120,480,6");
+    assert_eq!(query(&scope, &b, COUNTS), "0,0,0,0,6");
+
+    // A custom archive in a file: mode 0600, the PGDMP magic, a DumpResult document.
+    let dir = scope.dir.path().join("dumps");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("learnflow.dump");
+    let file_s = file.to_str().unwrap();
+    let dump = scope.kpg(&["dump", "-n", &a, "-f", file_s, "-o", "json"]);
+    expect_code(&dump, 0);
+    let doc = json(&dump);
+    assert_eq!(doc["apiVersion"], "kubectl-pg/v1");
+    assert_eq!(doc["kind"], "DumpResult");
+    assert_eq!(doc["database"], "learnflow");
+    assert_eq!(doc["format"], "custom");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(doc["bytes"].as_u64().unwrap() as usize, bytes.len());
+    assert!(bytes.starts_with(b"PGDMP"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The pipe: dump in a, restore into b, replacing what b's migrations created.
+    let mut dump = scope
+        .kpg_command(&["dump", "-n", &a])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let restore = scope
+        .kpg_command(&["restore", "-n", &b, "--clean", "--yes", "-o", "json"])
+        .stdin(dump.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let dumped = dump.wait_with_output().unwrap();
+    expect_code(&dumped, 0);
+    expect_code(&restore, 0);
+    let doc = json(&restore);
+    assert_eq!(doc["kind"], "RestoreResult");
+    assert_eq!(doc["format"], "custom");
+    assert_eq!(doc["input"], "-");
+    assert_eq!(query(&scope, &b, COUNTS), counts);
+    let migrations = scope.kpg(&["migrate", "status", "-n", &b, "-o", "json"]);
+    expect_code(&migrations, 0);
+    assert_eq!(json(&migrations)["migrations"].as_array().unwrap().len(), 6);
+
+    // --clean off a terminal needs --yes, and changes nothing without it.
+    let refused = scope.kpg(&["restore", "-n", &b, "-f", file_s, "--clean"]);
+    expect_code(&refused, 1);
+    assert!(
+        refused.stderr_text().contains("--yes"),
+        "{}",
+        refused.describe()
+    );
+
+    // A restore that fails midway leaves the database as it was: a cut archive, after --clean
+    // dropped everything, rolls back whole.
+    let cut = dir.join("cut.dump");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    query(&scope, &b, "delete from submissions where id % 2 = 0");
+    let before = query(&scope, &b, COUNTS);
+    let failed = scope.kpg(&[
+        "restore",
+        "-n",
+        &b,
+        "-f",
+        cut.to_str().unwrap(),
+        "--clean",
+        "--yes",
+    ]);
+    expect_code(&failed, 1);
+    assert!(
+        failed.stderr_text().contains("pg_restore failed"),
+        "{}",
+        failed.describe()
+    );
+    assert_eq!(
+        query(&scope, &b, COUNTS),
+        before,
+        "a failed restore changes nothing"
+    );
+    // ... and so does a SQL script whose last statement fails.
+    let script = "insert into users (username, email) values ('late', 'late@example.com');\nselect no_such_column from users;\n";
+    let failed = scope.kpg_stdin(&["restore", "-n", &b], script);
+    expect_code(&failed, 1);
+    assert!(
+        failed.stderr_text().contains("no_such_column"),
+        "psql's own message: {}",
+        failed.describe()
+    );
+    assert_eq!(query(&scope, &b, COUNTS), before);
+
+    // Plain SQL into another database; --clean is refused for a script.
+    let plain = scope.kpg(&["dump", "-n", &a, "--format", "plain"]);
+    expect_code(&plain, 0);
+    assert!(plain.stdout_text().contains("CREATE TABLE public.users"));
+    query(&scope, &b, "create database copy");
+    let sql = dir.join("learnflow.sql");
+    std::fs::write(&sql, &plain.stdout).unwrap();
+    let sql_s = sql.to_str().unwrap();
+    let clean_sql = scope.kpg(&[
+        "restore", "-n", &b, "-d", "copy", "-f", sql_s, "--clean", "--yes",
+    ]);
+    expect_code(&clean_sql, 1);
+    assert!(
+        clean_sql.stderr_text().contains("custom-format"),
+        "{}",
+        clean_sql.describe()
+    );
+    let restored = scope.kpg(&["restore", "-n", &b, "-d", "copy", "-f", sql_s]);
+    expect_code(&restored, 0);
+    assert!(
+        restored.stdout_text().contains("into database copy"),
+        "{}",
+        restored.describe()
+    );
+    assert_eq!(query_db(&scope, &b, "copy", COUNTS), counts);
+
+    // Roles and every database.
+    let all = scope.kpg(&["dump", "-n", &b, "--all"]);
+    expect_code(&all, 0);
+    let text = all.stdout_text();
+    assert!(
+        text.contains("CREATE ROLE postgres") && text.contains("CREATE DATABASE copy"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    let custom_all = scope.kpg(&["dump", "-n", &b, "--all", "--format", "custom"]);
+    expect_code(&custom_all, 1);
+    // pg_dump's own message, exit 1, and no file at all.
+    let missing = dir.join("missing.dump");
+    let failed = scope.kpg(&[
+        "dump",
+        "-n",
+        &a,
+        "-d",
+        "nosuchdb",
+        "-f",
+        missing.to_str().unwrap(),
+    ]);
+    expect_code(&failed, 1);
+    assert!(
+        failed.stderr_text().contains("\"nosuchdb\" does not exist"),
+        "{}",
+        failed.describe()
+    );
+    assert!(!missing.exists());
+    let left: Vec<String> = partial_files(&dir)
+        .into_iter()
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Holds an ACCESS EXCLUSIVE lock on users in a psql session in the pod until dropped, so a
+/// pg_dump started meanwhile waits.
+struct Lock<'a> {
+    child: std::process::Child,
+    scope: &'a Scope,
+    ns: String,
+}
+
+impl<'a> Lock<'a> {
+    fn hold(scope: &'a Scope, ns: &str) -> Lock<'a> {
+        let child = scope
+            .kpg_command(&["psql", "-n", ns, "--", "-q", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lock = Lock {
+            child,
+            scope,
+            ns: ns.to_string(),
+        };
+        use std::io::Write;
+        let stdin = lock.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"set application_name = 'test-lock';\nbegin;\nlock table users in access exclusive mode;\nselect pg_sleep(120);\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        lock
+    }
+}
+
+impl Drop for Lock<'_> {
+    fn drop(&mut self) {
+        // The exec's process outlives its client: end the session on the server.
+        query(
+            self.scope,
+            &self.ns,
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'test-lock'",
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn waiting_dumps(scope: &Scope, ns: &str) -> usize {
+    query(
+        scope,
+        ns,
+        "select count(*) from pg_stat_activity where application_name like 'kubectl-pg-%' and wait_event_type = 'Lock'",
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+#[test]
+fn an_interrupted_or_broken_dump_leaves_no_file() {
+    let scope = Scope::new("kpg-dump-int");
+    let ns = scope.ns.clone();
+    installed(spawn_install(&scope, &ns, "postgres", &[]));
+    let dir = scope.dir.path().join("dumps");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("learnflow.dump");
+    let start = |scope: &Scope| -> std::process::Child {
+        scope
+            .kpg_command(&["dump", "-n", &ns, "-f", file.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Ctrl-C while pg_dump waits for the lock: exit 130, no file under any name.
+    let lock = Lock::hold(&scope, &ns);
+    wait_until(Duration::from_secs(30), "the lock is held", || {
+        query(&scope, &ns, "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 'users'::regclass") == "1"
+    });
+    let dump = start(&scope);
+    wait_until(Duration::from_secs(30), "pg_dump waits", || {
+        waiting_dumps(&scope, &ns) == 1
+    });
+    assert!(
+        !partial_files(&dir).is_empty(),
+        "the temporary file exists meanwhile"
+    );
+    let pid = dump.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = dump.wait_with_output().unwrap();
+    expect_code(&out, 130);
+    assert_eq!(
+        partial_files(&dir),
+        Vec::<String>::new(),
+        "{}",
+        out.describe()
+    );
+
+    // pg_dump dies midway (its session is terminated): exit 1 with its message, no file.
+    wait_until(
+        Duration::from_secs(30),
+        "the interrupted pg_dump is gone",
+        || waiting_dumps(&scope, &ns) == 0,
+    );
+    let dump = start(&scope);
+    wait_until(Duration::from_secs(30), "pg_dump waits", || {
+        waiting_dumps(&scope, &ns) == 1
+    });
+    query(
+        &scope,
+        &ns,
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name like 'kubectl-pg-%'",
+    );
+    let out = dump.wait_with_output().unwrap();
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("pg_dump failed"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(partial_files(&dir), Vec::<String>::new());
+    drop(lock);
+
+    // Once the lock is gone the same dump succeeds.
+    let out = start(&scope).wait_with_output().unwrap();
+    expect_code(&out, 0);
+    assert!(file.exists());
+}
