@@ -6,5 +6,6 @@ pub mod exec;
 pub mod proxy;
 pub mod release;
 pub mod tunnel;
+pub mod volume;
 
 pub use access::Cluster;

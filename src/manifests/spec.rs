@@ -153,21 +153,10 @@ impl InstallSpec {
                 hint: Some(upgrade_hint(major)),
             });
         }
+        // A new size grows the claim itself (install checks it against the claim's class and
+        // request); the volumeClaimTemplates, immutable, keep the size the release was made with.
         if let Some(size) = &req.storage_size {
             check_quantity("--storage-size", size)?;
-            if quantity_value(size) != quantity_value(&live.storage_size) {
-                return Err(Error::InvalidInput {
-                    message: format!(
-                        "the data volume is {}: --upgrade cannot change --storage-size (a StatefulSet's volumeClaimTemplates never change)",
-                        live.storage_size
-                    ),
-                    hint: Some(format!(
-                        "grow the claim itself: kubectl patch pvc {} -n {} -p '{{\"spec\":{{\"resources\":{{\"requests\":{{\"storage\":\"{size}\"}}}}}}}}'",
-                        crate::deployment::observe::pvc_name(&live.release),
-                        live.namespace
-                    )),
-                });
-            }
         }
         if let Some(class) = req
             .storage_class

@@ -419,3 +419,184 @@ fn an_interrupted_or_broken_dump_leaves_no_file() {
     expect_code(&out, 0);
     assert!(file.exists());
 }
+
+fn pvc_field(scope: &Scope, ns: &str, claim: &str, path: &str) -> String {
+    let out = scope.kubectl(&[
+        "get",
+        "pvc",
+        claim,
+        "-n",
+        ns,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]);
+    assert!(out.status.success(), "{}", out.describe());
+    out.stdout_text()
+}
+
+#[test]
+fn storage_grows_in_place_and_never_shrinks() {
+    let scope = Scope::new("kpg-grow");
+    let ns = scope.ns.clone();
+    let (grow, fixed, edited) = (
+        spawn_install(&scope, &ns, "grow", &[]),
+        spawn_install(&scope, &ns, "fixed", &["--storage-class", "immediate"]),
+        spawn_install(&scope, &ns, "edited", &["--postgres-version", "16"]),
+    );
+    installed(grow);
+    installed(fixed);
+    installed(edited);
+
+    // Growth: the claim's request, then its capacity; the template keeps its size.
+    let out = scope.kpg(&[
+        "install",
+        "grow",
+        "-n",
+        &ns,
+        "--upgrade",
+        "--storage-size",
+        "10Gi",
+        "--timeout",
+        TIMEOUT,
+    ]);
+    expect_code(&out, 0);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("growing from 8Gi to 10Gi") && err.contains("capacity 10Gi"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        err.contains("Resizing"),
+        "the resize's progress is shown: {}",
+        out.describe()
+    );
+    assert_eq!(
+        pvc_field(
+            &scope,
+            &ns,
+            "data-grow-0",
+            "{.spec.resources.requests.storage}"
+        ),
+        "10Gi"
+    );
+    assert_eq!(
+        pvc_field(&scope, &ns, "data-grow-0", "{.status.capacity.storage}"),
+        "10Gi"
+    );
+    let template = scope.kubectl_ns(&[
+        "get",
+        "sts",
+        "grow",
+        "-o",
+        "jsonpath={.spec.volumeClaimTemplates[0].spec.resources.requests.storage}",
+    ]);
+    assert_eq!(template.stdout_text(), "8Gi");
+
+    // Status: requested and actual capacity, df's usage, each database's size.
+    let status = json(&scope.kpg(&["status", "grow", "-n", &ns, "-o", "json"]));
+    let pvc = &status["pvc"];
+    assert_eq!(pvc["requested"], "10Gi", "{status}");
+    assert_eq!(pvc["capacity"], "10Gi", "{status}");
+    assert!(pvc["usage"]["used_bytes"].as_u64().unwrap() > 0, "{status}");
+    assert!(
+        pvc["usage"]["total_bytes"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    let sizes = status["database_sizes"].as_array().unwrap();
+    assert!(
+        sizes
+            .iter()
+            .any(|d| d["name"] == "learnflow" && d["bytes"].as_u64().unwrap() > 1_000_000),
+        "{status}"
+    );
+    let table = scope.kpg(&["status", "grow", "-n", &ns]);
+    let text = table.stdout_text();
+    assert!(
+        text.contains("requested 10Gi, capacity 10Gi, used "),
+        "{text}"
+    );
+    assert!(text.contains("learnflow "), "{text}");
+
+    // Shrinking is refused before any change (exit 1); the same size changes nothing.
+    let out = scope.kpg(&[
+        "install",
+        "grow",
+        "-n",
+        &ns,
+        "--upgrade",
+        "--storage-size",
+        "9Gi",
+    ]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("cannot shrink"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        pvc_field(
+            &scope,
+            &ns,
+            "data-grow-0",
+            "{.spec.resources.requests.storage}"
+        ),
+        "10Gi"
+    );
+    let out = scope.kpg(&[
+        "install",
+        "grow",
+        "-n",
+        &ns,
+        "--upgrade",
+        "--storage-size",
+        "10Gi",
+        "--timeout",
+        TIMEOUT,
+    ]);
+    expect_code(&out, 0);
+
+    // A class without expansion: exit 6, saying so, and the claim is untouched.
+    let out = scope.kpg(&[
+        "install",
+        "fixed",
+        "-n",
+        &ns,
+        "--upgrade",
+        "--storage-size",
+        "10Gi",
+    ]);
+    expect_code(&out, 6);
+    assert!(
+        out.stderr_text()
+            .contains("StorageClass immediate, which does not allow volume expansion"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        pvc_field(
+            &scope,
+            &ns,
+            "data-fixed-0",
+            "{.spec.resources.requests.storage}"
+        ),
+        "8Gi"
+    );
+
+    // An image edited by hand to another major than the data's: status says which is which.
+    let patch = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"postgres:18.1"}]"#;
+    let out = scope.kubectl_ns(&["patch", "sts", "edited", "--type", "json", "-p", patch]);
+    assert!(out.status.success(), "{}", out.describe());
+    let mut last = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        "status diagnoses the mismatch",
+        || {
+            last = scope
+                .kpg(&["status", "edited", "-n", &ns, "-o", "json"])
+                .stdout_text();
+            last.contains("data directory is PostgreSQL 16, image is 18")
+        },
+    );
+    assert!(last.contains("DataMajorMismatch"), "{last}");
+}

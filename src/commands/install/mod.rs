@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::cli::{GlobalArgs, InstallArgs, OutputFormat, Profile};
 use crate::cluster::release::{self, Credentials};
 use crate::cluster::tunnel::TunnelConnector;
-use crate::cluster::Cluster;
+use crate::cluster::{volume, Cluster};
 use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::error::Error;
@@ -33,6 +33,7 @@ use rollout::wait_ready;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + args.timeout;
     let password = if args.password_stdin {
         Some(read_password()?)
     } else {
@@ -67,6 +68,20 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
 
     let existing = preflight(&cluster, &spec).await?;
+    // --upgrade --storage-size grows the claim: shrinking (1) and a class that cannot expand
+    // (6) are refused here, before anything is written.
+    let growth = match (&live, &req.storage_size) {
+        (Some(_), Some(size)) => {
+            volume::plan(
+                &cluster,
+                &spec.namespace,
+                &render::data_pvc_name(&spec),
+                size,
+            )
+            .await?
+        }
+        _ => None,
+    };
     if existing.statefulset && !args.upgrade {
         // The spec stays; only a lost Secret is repaired, so the data is not locked out.
         let secret = ensure_secret(&cluster, &spec, password).await?;
@@ -150,6 +165,16 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(live) = &live {
         forced_rollback(&cluster, &spec, live).await?;
     }
+    if let Some(g) = &growth {
+        volume::patch(&cluster, g, false).await?;
+        crate::note!(
+            "PVC {}: growing from {} to {} (StorageClass {})",
+            g.claim,
+            g.from,
+            g.to,
+            g.class
+        );
+    }
     crate::note!(
         "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
         if secret.created { ", Secret" } else { "" }
@@ -157,6 +182,10 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
     if existing.pvc_major.is_none() {
         record_data_major(&cluster, &spec).await;
+    }
+    if let Some(g) = &growth {
+        let capacity = volume::wait_grown(&cluster, g, deadline).await?;
+        crate::note!("PVC {}: capacity {capacity}", g.claim);
     }
     crate::note!(
         "pod {} ready after {:.1}s",
