@@ -137,6 +137,9 @@ pub enum Command {
     /// Restore a dump (custom archive or SQL, from a file or stdin) in one transaction
     #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
+    /// Move a release to a higher PostgreSQL major, keeping the old data until --finalize
+    #[command(after_help = UPGRADE_EXAMPLES)]
+    Upgrade(UpgradeArgs),
     /// Print the connection string of a release's database, read from its Secret
     #[command(after_help = DSN_EXAMPLES)]
     Dsn(DsnArgs),
@@ -461,6 +464,58 @@ pub struct RestoreArgs {
     /// Arguments for pg_restore (or psql), after `--`
     #[arg(last = true, value_name = "PG_RESTORE_ARGS")]
     pub restore_args: Vec<String>,
+}
+
+const UPGRADE_EXAMPLES: &str = "\
+A logical upgrade (official images carry one major each): writes are blocked, a full
+pg_dumpall is saved locally, the StatefulSet switches to the new major's pinned image with its
+data in a new directory on the same volume (the old one stays), the dump is restored, and row
+counts per table, the migration history, extensions and roles are compared. Any difference rolls
+back to the old major and data (exit 5). Until --finalize removes the old data directory,
+--rollback returns to it.
+
+Examples:
+  # 16 -> 17, the backup in the current directory (its path is printed)
+  kubectl pg upgrade -n postgres --postgres-version 17
+
+  # Without a prompt, the backup where you want it, the result as JSON
+  kubectl pg upgrade orders --postgres-version 18 --yes --backup-file /backups/orders.sql -o json
+
+  # Keep the new major: delete the old data directory
+  kubectl pg upgrade orders --finalize
+
+  # Go back to the old major and its data (changes made since the upgrade are lost)
+  kubectl pg upgrade orders --rollback --yes";
+
+/// `kubectl pg upgrade`
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The major to move to (higher than the release's)
+    #[arg(long, value_name = "MAJOR", required_unless_present_any = ["finalize", "rollback"], conflicts_with_all = ["finalize", "rollback"])]
+    pub postgres_version: Option<u32>,
+    /// Use this image of the new major instead of the pinned one (a mirror)
+    #[arg(long, value_name = "IMAGE", requires = "postgres_version")]
+    pub image: Option<String>,
+    /// Where to write the full dump taken before any change (default: ./RELEASE-NAMESPACE-pgMAJOR-TIME.sql)
+    #[arg(long, value_name = "FILE", requires = "postgres_version")]
+    pub backup_file: Option<PathBuf>,
+    /// Delete the old data directory: the upgrade can no longer be rolled back
+    #[arg(long, conflicts_with = "rollback")]
+    pub finalize: bool,
+    /// Return to the old major and its data directory
+    #[arg(long)]
+    pub rollback: bool,
+    /// Do not ask for confirmation (needed when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// How long each wait for the server may take
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Print the result as json or yaml (an UpgradeResult document)
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
 }
 
 const DSN_EXAMPLES: &str = "\

@@ -20,7 +20,7 @@ pub use error::Error;
 
 use cli::{Cli, Command};
 use commands::{
-    completion, dsn, dump, install, migrate, psql, restore, status, uninstall, version,
+    completion, dsn, dump, install, migrate, psql, restore, status, uninstall, upgrade, version,
 };
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
@@ -59,6 +59,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Psql(args) => psql::run(args, &cli.global).await,
             Command::Dump(args) => dump::run(args, &cli.global).await,
             Command::Restore(args) => restore::run(args, &cli.global).await,
+            Command::Upgrade(args) => upgrade::run(args, &cli.global).await,
             Command::Status(args) => status::run(args, &cli.global).await,
         }
     })

@@ -79,6 +79,25 @@ pub fn claim_data_major(pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim)
         .and_then(|v| v.split('.').next()?.parse().ok())
 }
 
+/// A major upgrade in progress records, on the StatefulSet, what to return to.
+pub const ANNOTATION_UPGRADE_FROM_MAJOR: &str = "kubectl-pg.io/upgrade-from-major";
+pub const ANNOTATION_UPGRADE_FROM_IMAGE: &str = "kubectl-pg.io/upgrade-from-image";
+pub const ANNOTATION_UPGRADE_FROM_LAYOUT: &str = "kubectl-pg.io/upgrade-from-layout";
+/// The old data directory, relative to the volume's root (`pgdata`, `17/docker`).
+pub const ANNOTATION_UPGRADE_OLD_DATA: &str = "kubectl-pg.io/upgrade-old-data";
+pub const ANNOTATION_UPGRADE_BACKUP: &str = "kubectl-pg.io/upgrade-backup";
+
+/// The major a release is being upgraded from, while its upgrade is neither finalized nor
+/// rolled back.
+pub fn pending_upgrade(sts: &StatefulSet) -> Option<u32> {
+    sts.metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_UPGRADE_FROM_MAJOR)?
+        .parse()
+        .ok()
+}
+
 /// `R.N.svc.DOMAIN`
 pub fn service_host(release: &str, namespace: &str, domain: &str) -> String {
     format!("{release}.{namespace}.svc.{domain}")

@@ -10,6 +10,7 @@ pub mod psql;
 pub mod restore;
 pub mod status;
 pub mod uninstall;
+pub mod upgrade;
 pub mod version;
 
 /// The first SIGINT or SIGTERM, as the exit code a shell gives it (130, 143): long commands

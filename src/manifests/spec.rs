@@ -24,6 +24,83 @@ pub fn pinned_image(major: u32) -> Option<&'static str> {
         .map(|(_, image)| *image)
 }
 
+/// Where the data volume is mounted and where PGDATA lives in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataLayout {
+    /// Up to 17, as the official images ship: the volume at `/var/lib/postgresql/data`,
+    /// PGDATA in its subdirectory `pgdata` (initdb refuses a directory holding `lost+found`).
+    Legacy,
+    /// 18's layout, for any major: the volume at `/var/lib/postgresql`, PGDATA in
+    /// `N/docker` under it. One directory per major, so an upgrade keeps the old one beside.
+    Versioned,
+}
+
+impl DataLayout {
+    /// What a new release of `major` gets: the image's own layout.
+    pub fn default_for(major: u32) -> Self {
+        if major >= 18 {
+            DataLayout::Versioned
+        } else {
+            DataLayout::Legacy
+        }
+    }
+
+    /// The volume's mount path in the container.
+    pub fn mount(self) -> &'static str {
+        match self {
+            DataLayout::Legacy => "/var/lib/postgresql/data",
+            DataLayout::Versioned => "/var/lib/postgresql",
+        }
+    }
+
+    /// PGDATA relative to the volume's root.
+    pub fn data_dir(self, major: u32) -> String {
+        match self {
+            DataLayout::Legacy => "pgdata".into(),
+            DataLayout::Versioned => format!("{major}/docker"),
+        }
+    }
+
+    /// PGDATA as the container sees it.
+    pub fn pgdata(self, major: u32) -> String {
+        format!("{}/{}", self.mount(), self.data_dir(major))
+    }
+
+    /// The PGDATA variable to set, None where the image's default is the same (18+).
+    pub fn pgdata_env(self, major: u32) -> Option<String> {
+        match self {
+            DataLayout::Versioned if major >= 18 => None,
+            _ => Some(self.pgdata(major)),
+        }
+    }
+
+    /// The name annotations use.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataLayout::Legacy => "legacy",
+            DataLayout::Versioned => "versioned",
+        }
+    }
+
+    /// The layout whose mount path this is.
+    pub fn from_mount(mount: &str) -> Self {
+        if mount.trim_end_matches('/') == "/var/lib/postgresql" {
+            DataLayout::Versioned
+        } else {
+            DataLayout::Legacy
+        }
+    }
+
+    /// The layout of [`DataLayout::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "legacy" => Some(DataLayout::Legacy),
+            "versioned" => Some(DataLayout::Versioned),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the manifests are made from.
 #[derive(Debug, Clone)]
 pub struct InstallSpec {
@@ -44,6 +121,8 @@ pub struct InstallSpec {
     pub existing_secret: Option<String>,
     /// The cluster's DNS domain, for the hosts in the Secret, `dsn` and `status`.
     pub cluster_domain: String,
+    /// Where the volume is mounted and PGDATA lives (read back from a live release).
+    pub layout: DataLayout,
 }
 
 /// What the user asked for on the command line: each field is set only when its flag was
@@ -125,6 +204,7 @@ impl InstallSpec {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| crate::cluster::release::DEFAULT_CLUSTER_DOMAIN.into()),
+            layout: DataLayout::default_for(major),
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -226,6 +306,7 @@ impl InstallSpec {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| live.cluster_domain.clone()),
+            layout: live.layout,
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -407,6 +488,7 @@ impl InstallSpec {
             service_type: "ClusterIP".into(),
             existing_secret: None,
             cluster_domain: "cluster.local".into(),
+            layout: DataLayout::default_for(major),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! (trusted there, so no password travels anywhere), their streams carried chunk by chunk.
 
 pub mod file;
+pub mod filter;
 pub mod progress;
+pub mod snapshot;
 
 pub use file::PendingFile;
 pub use progress::{human_bytes, Progress};

@@ -600,3 +600,289 @@ fn storage_grows_in_place_and_never_shrinks() {
     );
     assert!(last.contains("DataMajorMismatch"), "{last}");
 }
+
+fn sts_field(scope: &Scope, ns: &str, name: &str, path: &str) -> String {
+    let out = scope.kubectl(&[
+        "get",
+        "sts",
+        name,
+        "-n",
+        ns,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]);
+    assert!(out.status.success(), "{}", out.describe());
+    out.stdout_text()
+}
+
+fn server_major(scope: &Scope, ns: &str, release: &str) -> String {
+    let status = json(&scope.kpg(&["status", release, "-n", ns, "-o", "json"]));
+    assert!(
+        status["problems"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    status["server_version"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn release_query(scope: &Scope, ns: &str, release: &str, sql: &str) -> String {
+    let out = scope.kpg(&[
+        "psql",
+        release,
+        "-n",
+        ns,
+        "--",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ]);
+    expect_code(&out, 0);
+    out.stdout_text().trim().to_string()
+}
+
+#[test]
+fn major_upgrade_is_verified_reversible_and_rolls_back_a_crash() {
+    let scope = Scope::new("kpg-major");
+    let ns = scope.ns.clone();
+    let (up, crash) = (
+        spawn_install(&scope, &ns, "up", &["--postgres-version", "16"]),
+        spawn_install(&scope, &ns, "crash", &["--postgres-version", "16"]),
+    );
+    installed(up);
+    installed(crash);
+    for release in ["up", "crash"] {
+        let seeded = scope.kpg_stdin(
+            &[
+                "psql",
+                release,
+                "-n",
+                &ns,
+                "--",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+            ],
+            SEED,
+        );
+        expect_code(&seeded, 0);
+    }
+    let counts = release_query(&scope, &ns, "up", COUNTS);
+    assert_eq!(counts, "120,40,120,480,6");
+    let dir = scope.dir.path().join("backups");
+    std::fs::create_dir(&dir).unwrap();
+
+    // install --upgrade never changes the major: it points here.
+    let refused = scope.kpg(&[
+        "install",
+        "up",
+        "-n",
+        &ns,
+        "--upgrade",
+        "--postgres-version",
+        "17",
+    ]);
+    expect_code(&refused, 1);
+    assert!(
+        refused.stderr_text().contains("kubectl pg upgrade up"),
+        "{}",
+        refused.describe()
+    );
+
+    // 16 -> 17: backup first, then the switch, verified.
+    let backup = dir.join("up-16.sql");
+    let upgrade = |to: &str, backup: &std::path::Path| {
+        scope.kpg(&[
+            "upgrade",
+            "up",
+            "-n",
+            &ns,
+            "--postgres-version",
+            to,
+            "--yes",
+            "--backup-file",
+            backup.to_str().unwrap(),
+            "--timeout",
+            TIMEOUT,
+            "-o",
+            "json",
+        ])
+    };
+    let out = upgrade("17", &backup);
+    expect_code(&out, 0);
+    let doc = json(&out);
+    assert_eq!(doc["kind"], "UpgradeResult");
+    assert_eq!(doc["result"], "Upgraded");
+    assert_eq!(
+        (doc["from_major"].as_u64(), doc["to_major"].as_u64()),
+        (Some(16), Some(17))
+    );
+    assert!(doc["tables_verified"].as_u64().unwrap() >= 7, "{doc}");
+    assert_eq!(doc["old_data_dir"], "pgdata");
+    eprintln!("16 -> 17 downtime: {} ms", doc["downtime_ms"]);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("blocking writes") && err.contains("verifying"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(release_query(&scope, &ns, "up", COUNTS), counts);
+    assert_eq!(server_major(&scope, &ns, "up"), "17");
+    assert_eq!(
+        sts_field(
+            &scope,
+            &ns,
+            "up",
+            "{.spec.template.spec.containers[0].image}"
+        ),
+        "postgres:17.7"
+    );
+    let text = std::fs::read_to_string(&backup).unwrap();
+    assert!(text.contains("CREATE DATABASE learnflow"), "a full dump");
+    assert!(
+        !text.contains("default_transaction_read_only TO 'on'"),
+        "the upgrade's write block stays out of it"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // Writes work again on the new major; the migration history is the same set.
+    release_query(
+        &scope,
+        &ns,
+        "up",
+        "insert into users (username, email) values ('after', 'after@example.com')",
+    );
+    let migrations = scope.kpg(&["migrate", "status", "up", "-n", &ns, "-o", "json"]);
+    expect_code(&migrations, 0);
+    assert_eq!(json(&migrations)["migrations"].as_array().unwrap().len(), 6);
+    // A pending upgrade blocks spec changes and a second upgrade.
+    let blocked = scope.kpg(&[
+        "install",
+        "up",
+        "-n",
+        &ns,
+        "--upgrade",
+        "--memory-limit",
+        "1Gi",
+    ]);
+    expect_code(&blocked, 1);
+    assert!(
+        blocked.stderr_text().contains("--finalize"),
+        "{}",
+        blocked.describe()
+    );
+
+    // --rollback: 16 and its data as they were before the upgrade.
+    let out = scope.kpg(&[
+        "upgrade",
+        "up",
+        "-n",
+        &ns,
+        "--rollback",
+        "--yes",
+        "--timeout",
+        TIMEOUT,
+    ]);
+    expect_code(&out, 0);
+    assert_eq!(server_major(&scope, &ns, "up"), "16");
+    assert_eq!(release_query(&scope, &ns, "up", COUNTS), counts);
+    release_query(
+        &scope,
+        &ns,
+        "up",
+        "insert into users (username, email) values ('back', 'back@example.com')",
+    );
+    let counts = release_query(&scope, &ns, "up", COUNTS);
+
+    // Again, then --finalize deletes the old data directory.
+    let out = upgrade("17", &dir.join("up-16-again.sql"));
+    expect_code(&out, 0);
+    assert_eq!(release_query(&scope, &ns, "up", COUNTS), counts);
+    let out = scope.kpg(&["upgrade", "up", "-n", &ns, "--finalize", "--yes"]);
+    expect_code(&out, 0);
+    let gone = scope.kubectl_ns(&[
+        "exec",
+        "up-0",
+        "-c",
+        "postgres",
+        "--",
+        "test",
+        "-e",
+        "/var/lib/postgresql/pgdata",
+    ]);
+    assert!(!gone.status.success(), "the old data directory is deleted");
+    assert_eq!(
+        sts_field(
+            &scope,
+            &ns,
+            "up",
+            "{.metadata.annotations.kubectl-pg\\.io/upgrade-from-major}"
+        ),
+        ""
+    );
+    let refused = scope.kpg(&["upgrade", "up", "-n", &ns, "--rollback", "--yes"]);
+    expect_code(&refused, 1);
+
+    // 17 -> 18, into 18's own directory beside 17's.
+    let out = upgrade("18", &dir.join("up-17.sql"));
+    expect_code(&out, 0);
+    eprintln!("17 -> 18 downtime: {} ms", json(&out)["downtime_ms"]);
+    assert_eq!(server_major(&scope, &ns, "up"), "18");
+    assert_eq!(release_query(&scope, &ns, "up", COUNTS), counts);
+
+    // The new server crashes as soon as it starts: rolled back, exit 5, data intact.
+    let fault =
+        r#"{"spec":{"template":{"metadata":{"annotations":{"kpg-cluster/crash-major":"17"}}}}}"#;
+    let out = scope.kubectl_ns(&["patch", "sts", "crash", "--type", "merge", "-p", fault]);
+    assert!(out.status.success(), "{}", out.describe());
+    let ready = scope.kpg(&["status", "crash", "-n", &ns, "--wait", "--timeout", TIMEOUT]);
+    expect_code(&ready, 0);
+    let before = release_query(&scope, &ns, "crash", COUNTS);
+    let out = scope.kpg(&[
+        "upgrade",
+        "crash",
+        "-n",
+        &ns,
+        "--postgres-version",
+        "17",
+        "--yes",
+        "--backup-file",
+        dir.join("crash.sql").to_str().unwrap(),
+        "--timeout",
+        TIMEOUT,
+    ]);
+    expect_code(&out, 5);
+    assert!(
+        out.stderr_text().contains("rolled back"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(server_major(&scope, &ns, "crash"), "16");
+    assert_eq!(release_query(&scope, &ns, "crash", COUNTS), before);
+    release_query(
+        &scope,
+        &ns,
+        "crash",
+        "insert into users (username, email) values ('w', 'w@example.com')",
+    );
+    assert_eq!(
+        sts_field(
+            &scope,
+            &ns,
+            "crash",
+            "{.spec.template.spec.containers[0].image}"
+        ),
+        "postgres:16.11"
+    );
+}

@@ -23,12 +23,12 @@ use crate::output::{self, emit};
 
 mod credentials;
 mod preflight;
-mod rollout;
+pub(crate) mod rollout;
 
 use credentials::{ensure_secret, read_password, reset_or_take_back, take_back};
 pub use credentials::{generate_password, PASSWORD_LENGTH};
 use preflight::preflight;
-use rollout::wait_ready;
+pub(crate) use rollout::wait_ready;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -54,6 +54,20 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     } else {
         None
     };
+    if let Some(from) = live
+        .as_ref()
+        .and_then(|l| crate::cluster::release::pending_upgrade(&l.sts))
+    {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "release {release} is in a major upgrade from PostgreSQL {from}: finish it before changing its spec"
+            ),
+            hint: Some(format!(
+                "kubectl pg upgrade {release} -n {ns} --finalize (keep the new major) or --rollback (return to {from})",
+                ns = cluster.namespace
+            )),
+        });
+    }
     let spec = match &live {
         Some(live) => InstallSpec::for_upgrade(&req, &live.spec)?,
         None => InstallSpec::from_request(&req, &release, &cluster.namespace)?,
@@ -297,13 +311,13 @@ fn requested(args: &InstallArgs) -> Requested {
 }
 
 /// A deployed release as it runs: its StatefulSet, its values, and whether its pod is Ready.
-struct Live {
-    sts: StatefulSet,
-    spec: InstallSpec,
-    pod: Option<Pod>,
+pub(crate) struct Live {
+    pub(crate) sts: StatefulSet,
+    pub(crate) spec: InstallSpec,
+    pub(crate) pod: Option<Pod>,
 }
 
-async fn read_live(cluster: &Cluster, release: &str) -> Result<Option<Live>, Error> {
+pub(crate) async fn read_live(cluster: &Cluster, release: &str) -> Result<Option<Live>, Error> {
     release::validate_release(release)?;
     let ns = &cluster.namespace;
     let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
@@ -371,11 +385,25 @@ async fn apply(
     spec: &InstallSpec,
     claim_templates: Option<&Value>,
 ) -> Result<(), Error> {
+    apply_release(cluster, spec, claim_templates, &[]).await
+}
+
+/// [`apply`] with extra annotations on the StatefulSet (a major upgrade's rollback record):
+/// annotations applied once and left out of a later apply are removed by server-side apply.
+pub(crate) async fn apply_release(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    claim_templates: Option<&Value>,
+    annotations: &[(&str, String)],
+) -> Result<(), Error> {
     let headless = render::headless_service(spec);
     let service = render::service(spec);
     let mut sts = render::statefulset(spec);
     if let Some(templates) = claim_templates {
         sts["spec"]["volumeClaimTemplates"] = templates.clone();
+    }
+    for (key, value) in annotations {
+        sts["metadata"]["annotations"][*key] = json!(value);
     }
     apply_objects(cluster, spec, &headless, &service, &sts, true).await?;
     apply_objects(cluster, spec, &headless, &service, &sts, false).await
@@ -442,7 +470,7 @@ fn apply_error(cluster: &Cluster, resource: &str, e: kube::Error) -> Error {
 }
 
 /// A real query through a port-forward: exit 8 when no session opens, 5 when it cannot answer.
-async fn health_check(
+pub(crate) async fn health_check(
     cluster: &Cluster,
     spec: &InstallSpec,
     credentials: &Credentials,

@@ -18,7 +18,7 @@ use crate::manifests::InstallSpec;
 use crate::output::{paint, Tone};
 
 /// Waits, driven by watches, until the pod is ready with the current spec; diagnoses failures.
-pub(super) async fn wait_ready(
+pub(crate) async fn wait_ready(
     cluster: &Cluster,
     spec: &InstallSpec,
     timeout: Duration,
