@@ -370,7 +370,7 @@ async fn upgrade(
     let tables = match switched {
         Ok(tables) => tables,
         Err(e) => {
-            crate::note!("error: {e}");
+            crate::note!("the new major failed: {e}");
             for hint in e.hints() {
                 crate::note!("hint: {hint}");
             }
