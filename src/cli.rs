@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use crate::output::{ColorChoice, OutputFormat};
 
 const ABOUT: &str =
-    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn";
+    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn, dump, restore, upgrade";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -24,7 +24,11 @@ Examples:
   kubectl pg dsn -n postgres
 
   # Migrations against any database you can reach
-  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow";
+  kubectl pg migrate up --dsn postgresql://postgres:secret@localhost:5432/learnflow
+
+  # Take the data elsewhere, or to the next major
+  kubectl pg dump -n postgres -f learnflow.dump
+  kubectl pg upgrade -n postgres --postgres-version 18";
 
 /// `kubectl pg`: PostgreSQL on Kubernetes.
 #[derive(Debug, Parser)]

@@ -91,11 +91,15 @@ pub async fn plan(
     let Some(class) = class else {
         return Err(not_expandable(claim, "has no StorageClass", None));
     };
+    // A list, as preflight reads them: the documented ClusterRole grants list, not get.
     let classes: Api<StorageClass> = Api::all(cluster.client.clone());
     let sc = classes
-        .get_opt(&class)
+        .list(&Default::default())
         .await
-        .map_err(|e| cluster.error("get", "storageclasses", e))?;
+        .map_err(|e| cluster.error("list", "storageclasses", e))?
+        .items
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some(class.as_str()));
     match sc {
         None => {
             return Err(not_expandable(
