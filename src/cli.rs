@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use crate::output::{ColorChoice, OutputFormat};
 
 const ABOUT: &str =
-    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn, user, rotate-password";
+    "PostgreSQL on Kubernetes from one command line: install, status, migrate, psql, dsn, dump, restore, upgrade, users, logs, report";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -24,7 +24,11 @@ Examples:
   kubectl pg dsn -n postgres
 
   # Migrations against any database you can reach (the password from PGPASSWORD, never argv)
-  DATABASE_URL=postgresql://postgres@localhost:5432/learnflow kubectl pg migrate up";
+  DATABASE_URL=postgresql://postgres@localhost:5432/learnflow kubectl pg migrate up
+
+  # Take the data elsewhere, or to the next major
+  kubectl pg dump -n postgres -f learnflow.dump
+  kubectl pg upgrade -n postgres --postgres-version 18";
 
 /// `kubectl pg`: PostgreSQL on Kubernetes.
 #[derive(Debug, Parser)]
@@ -131,6 +135,15 @@ pub enum Command {
     /// Open psql in the release's pod (kubectl exec), or a local psql with --local
     #[command(after_help = PSQL_EXAMPLES)]
     Psql(PsqlArgs),
+    /// Dump a database (pg_dump) or the whole cluster (pg_dumpall, --all) to a file or stdout
+    #[command(after_help = DUMP_EXAMPLES)]
+    Dump(DumpArgs),
+    /// Restore a dump (custom archive or SQL, from a file or stdin) in one transaction
+    #[command(after_help = RESTORE_EXAMPLES)]
+    Restore(RestoreArgs),
+    /// Move a release to a higher PostgreSQL major, keeping the old data until --finalize
+    #[command(after_help = UPGRADE_EXAMPLES)]
+    Upgrade(UpgradeArgs),
     /// Print the connection string of a release's database, read from its Secret
     #[command(after_help = DSN_EXAMPLES)]
     Dsn(DsnArgs),
@@ -528,6 +541,154 @@ pub struct PsqlArgs {
     /// Arguments for psql, after `--` (-U and -d given here win over the release's)
     #[arg(last = true, value_name = "PSQL_ARGS")]
     pub psql_args: Vec<String>,
+}
+
+const DUMP_EXAMPLES: &str = "\
+pg_dump runs in the release's pod (the server's own version) as the release's user over the
+local socket; its output streams to the file or to stdout, never held in memory. A file is
+written under a temporary name (mode 0600) and renamed only once pg_dump exited 0: it is
+complete or absent. Progress (bytes, rate) is shown on stderr when it is a terminal.
+
+Examples:
+  # The release's database as a custom-format archive
+  kubectl pg dump -n postgres -f learnflow.dump
+
+  # Plain SQL of another database, to stdout
+  kubectl pg dump -d analytics --format plain > analytics.sql
+
+  # Roles and every database (pg_dumpall, plain SQL)
+  kubectl pg dump --all -f cluster.sql
+
+  # Arguments after -- go to pg_dump; -o json describes the file written
+  kubectl pg dump -f users.dump -o json -- --table users
+
+  # Copy a database from one namespace (or context) to another
+  kubectl pg dump -n a | kubectl pg restore -n b --clean --yes";
+
+/// `kubectl pg dump`
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The database to dump (default: the release's database)
+    #[arg(short = 'd', long, value_name = "DB", conflicts_with = "all")]
+    pub database: Option<String>,
+    /// Dump roles and every database with pg_dumpall (plain SQL)
+    #[arg(long)]
+    pub all: bool,
+    /// Write the dump to this file (default: stdout, which must not be a terminal)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// custom (pg_restore archive, the default) or plain (SQL; the only one with --all)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<crate::transfer::DumpFormat>,
+    /// With -f: print the result as json or yaml (a DumpResult document)
+    #[arg(short = 'o', long, value_enum, requires = "file")]
+    pub output: Option<OutputFormat>,
+    /// Arguments for pg_dump (or pg_dumpall), after `--`
+    #[arg(last = true, value_name = "PG_DUMP_ARGS")]
+    pub dump_args: Vec<String>,
+}
+
+const RESTORE_EXAMPLES: &str = "\
+The input's first bytes decide: a custom-format archive (PGDMP) goes to
+`pg_restore --single-transaction --exit-on-error`, SQL to `psql -v ON_ERROR_STOP=1
+--single-transaction`, both in the release's pod over the local socket. A failure rolls the
+whole restore back: the database is as it was. --clean (archives only) drops the archive's
+objects first; it asks on a terminal and needs --yes off one.
+
+Examples:
+  # Restore an archive into the release's database
+  kubectl pg restore -n postgres -f learnflow.dump
+
+  # Replace what the archive holds, without a prompt
+  kubectl pg restore -f learnflow.dump --clean --yes
+
+  # SQL from stdin into another database
+  kubectl pg restore -d analytics < analytics.sql
+
+  # Copy between namespaces or clusters
+  kubectl pg dump -n a | kubectl pg restore -n b --clean --yes
+  kubectl pg dump --context prod | kubectl pg restore --context staging --clean --yes
+
+  # Arguments after -- go to pg_restore (or psql)
+  kubectl pg restore -f app.dump -- --no-owner";
+
+/// `kubectl pg restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The database to restore into (default: the release's database)
+    #[arg(short = 'd', long, value_name = "DB")]
+    pub database: Option<String>,
+    /// Read the dump from this file (default: stdin, which must not be a terminal)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Drop the archive's objects before restoring them (pg_restore --clean --if-exists)
+    #[arg(long)]
+    pub clean: bool,
+    /// Do not ask for confirmation (needed with --clean when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the result as json or yaml (a RestoreResult document)
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// Arguments for pg_restore (or psql), after `--`
+    #[arg(last = true, value_name = "PG_RESTORE_ARGS")]
+    pub restore_args: Vec<String>,
+}
+
+const UPGRADE_EXAMPLES: &str = "\
+A logical upgrade (official images carry one major each): writes are blocked, a full
+pg_dumpall is saved locally, the StatefulSet switches to the new major's pinned image with its
+data in a new directory on the same volume (the old one stays), the dump is restored, and row
+counts per table, the migration history, extensions and roles are compared. Any difference rolls
+back to the old major and data (exit 5). Until --finalize removes the old data directory,
+--rollback returns to it.
+
+Examples:
+  # 16 -> 17, the backup in the current directory (its path is printed)
+  kubectl pg upgrade -n postgres --postgres-version 17
+
+  # Without a prompt, the backup where you want it, the result as JSON
+  kubectl pg upgrade orders --postgres-version 18 --yes --backup-file /backups/orders.sql -o json
+
+  # Keep the new major: delete the old data directory
+  kubectl pg upgrade orders --finalize
+
+  # Go back to the old major and its data (changes made since the upgrade are lost)
+  kubectl pg upgrade orders --rollback --yes";
+
+/// `kubectl pg upgrade`
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The major to move to (higher than the release's)
+    #[arg(long, value_name = "MAJOR", required_unless_present_any = ["finalize", "rollback"], conflicts_with_all = ["finalize", "rollback"])]
+    pub postgres_version: Option<u32>,
+    /// Use this image of the new major instead of the pinned one (a mirror)
+    #[arg(long, value_name = "IMAGE", requires = "postgres_version")]
+    pub image: Option<String>,
+    /// Where to write the full dump taken before any change (default: ./RELEASE-NAMESPACE-pgMAJOR-TIME.sql)
+    #[arg(long, value_name = "FILE", requires = "postgres_version")]
+    pub backup_file: Option<PathBuf>,
+    /// Delete the old data directory: the upgrade can no longer be rolled back
+    #[arg(long, conflicts_with = "rollback")]
+    pub finalize: bool,
+    /// Return to the old major and its data directory
+    #[arg(long)]
+    pub rollback: bool,
+    /// Do not ask for confirmation (needed when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// How long each wait for the server may take
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Print the result as json or yaml (an UpgradeResult document)
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
 }
 
 const DSN_EXAMPLES: &str = "\

@@ -101,6 +101,14 @@ pub enum Error {
     #[error("exited with code {0}")]
     Exit(u8),
 
+    /// A tool run in the pod (pg_dump, pg_restore, psql) failed; its own words (exit 1).
+    #[error("{tool} failed: {message}")]
+    Tool {
+        tool: String,
+        message: String,
+        hints: Vec<String>,
+    },
+
     /// An unexpected database error outside a migration (exit 1).
     #[error("{context}: {message}")]
     Database { context: String, message: String },
@@ -154,6 +162,7 @@ impl Error {
             | Error::MigrationFile { .. }
             | Error::Io { .. }
             | Error::Database { .. }
+            | Error::Tool { .. }
             | Error::NotFound { .. }
             | Error::Api { .. } => 1,
             Error::Kubeconfig { .. } | Error::ClusterUnreachable { .. } => 2,
@@ -181,7 +190,9 @@ impl Error {
             Error::Forbidden { verb, resource, namespace, .. } => vec![format!(
                 "ask a cluster admin for a Role allowing {verb} on {resource} in {namespace} (check: kubectl auth can-i {verb} {resource} -n {namespace})"
             )],
-            Error::Migration { hints, .. } | Error::Deployment { hints, .. } => hints.clone(),
+            Error::Migration { hints, .. }
+            | Error::Deployment { hints, .. }
+            | Error::Tool { hints, .. } => hints.clone(),
             Error::Drift(drifts) => {
                 let mut hints: Vec<String> = drifts
                     .iter()

@@ -14,6 +14,7 @@ pub mod error;
 pub mod manifests;
 pub mod migration;
 pub mod output;
+pub mod transfer;
 
 pub use error::Error;
 
@@ -34,8 +35,8 @@ pub(crate) fn fuzz_config(default: u32) -> proptest::test_runner::Config {
 
 use cli::{Cli, Command};
 use commands::{
-    completion, dsn, install, logs, migrate, port_forward, psql, report, restart, rotate_password,
-    status, uninstall, user, version,
+    completion, dsn, dump, install, logs, migrate, port_forward, psql, report, restart, restore,
+    rotate_password, status, uninstall, upgrade, user, version,
 };
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
@@ -72,6 +73,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Install(args) => install::run(*args, &cli.global).await,
             Command::Uninstall(args) => uninstall::run(args, &cli.global).await,
             Command::Psql(args) => psql::run(args, &cli.global).await,
+            Command::Dump(args) => dump::run(args, &cli.global).await,
+            Command::Restore(args) => restore::run(args, &cli.global).await,
+            Command::Upgrade(args) => upgrade::run(args, &cli.global).await,
             Command::Status(args) => status::run(args, &cli.global).await,
             Command::Logs(args) => logs::run(args, &cli.global).await,
             Command::Restart(args) => restart::run(args, &cli.global).await,

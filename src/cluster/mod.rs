@@ -10,5 +10,6 @@ pub mod proxy;
 pub mod release;
 pub mod transport;
 pub mod tunnel;
+pub mod volume;
 
 pub use access::Cluster;

@@ -65,6 +65,39 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// The StatefulSet annotation that remembers the cluster domain install was given.
 pub const ANNOTATION_CLUSTER_DOMAIN: &str = "kubectl-pg.io/cluster-domain";
 
+/// The annotation on the data claim that records the major of the data in it.
+pub const ANNOTATION_DATA_MAJOR: &str = "kubectl-pg.io/postgres-major";
+
+/// The major a claim's data was initialised with: our annotation, else the version label that
+/// claims made by older versions of kubectl-pg carry from the StatefulSet's template.
+pub fn claim_data_major(pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim) -> Option<u32> {
+    let meta = &pvc.metadata;
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_DATA_MAJOR))
+        .or_else(|| meta.labels.as_ref().and_then(|l| l.get(LABEL_VERSION)))
+        .and_then(|v| v.split('.').next()?.parse().ok())
+}
+
+/// A major upgrade in progress records, on the StatefulSet, what to return to.
+pub const ANNOTATION_UPGRADE_FROM_MAJOR: &str = "kubectl-pg.io/upgrade-from-major";
+pub const ANNOTATION_UPGRADE_FROM_IMAGE: &str = "kubectl-pg.io/upgrade-from-image";
+pub const ANNOTATION_UPGRADE_FROM_LAYOUT: &str = "kubectl-pg.io/upgrade-from-layout";
+/// The old data directory, relative to the volume's root (`pgdata`, `17/docker`).
+pub const ANNOTATION_UPGRADE_OLD_DATA: &str = "kubectl-pg.io/upgrade-old-data";
+pub const ANNOTATION_UPGRADE_BACKUP: &str = "kubectl-pg.io/upgrade-backup";
+
+/// The major a release is being upgraded from, while its upgrade is neither finalized nor
+/// rolled back.
+pub fn pending_upgrade(sts: &StatefulSet) -> Option<u32> {
+    sts.metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_UPGRADE_FROM_MAJOR)?
+        .parse()
+        .ok()
+}
+
 /// `R.N.svc.DOMAIN`
 pub fn service_host(release: &str, namespace: &str, domain: &str) -> String {
     format!("{release}.{namespace}.svc.{domain}")

@@ -316,7 +316,7 @@ async fn apply<C: Connector>(
     tokio::pin!(run);
     let count = tokio::select! {
         result = &mut run => result?,
-        code = interrupted() => {
+        code = super::interrupted() => {
             interrupt.request(code);
             crate::note!("interrupted: cancelling the statement in flight; its migration rolls back");
             if let Err(e) = interrupt.cancel_in_flight(connector).await {
@@ -350,21 +350,6 @@ async fn apply<C: Connector>(
 
 fn is_document(format: OutputFormat) -> bool {
     matches!(format, OutputFormat::Json | OutputFormat::Yaml)
-}
-
-/// The first SIGINT or SIGTERM, as the exit code a shell gives it (130, 143).
-async fn interrupted() -> u8 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => 130,
-        _ = term.recv() => 143,
-    }
 }
 
 async fn status<C: Connector>(

@@ -3,6 +3,7 @@
 
 pub mod completion;
 pub mod dsn;
+pub mod dump;
 pub mod install;
 pub mod logs;
 pub mod migrate;
@@ -10,9 +11,11 @@ pub mod port_forward;
 pub mod psql;
 pub mod report;
 pub mod restart;
+pub mod restore;
 pub mod rotate_password;
 pub mod status;
 pub mod uninstall;
+pub mod upgrade;
 pub mod user;
 pub mod version;
 
@@ -38,5 +41,21 @@ pub fn confirm(question: &str, command: &str) -> Result<(), Error> {
         Err(Error::invalid(format!(
             "{command} cancelled: nothing was changed"
         )))
+    }
+}
+
+/// The first SIGINT or SIGTERM, as the exit code a shell gives it (130, 143): long commands
+/// race their work against it and clean up before they exit.
+pub(crate) async fn interrupted() -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
     }
 }

@@ -77,30 +77,41 @@ pub async fn read(
         observe::observe(cluster, namespace, release),
         crate::commands::user::summaries(cluster, namespace, release)
     );
-    let (mut status, assessment) = assess_observed(cluster, observed?, set).await;
+    let (mut status, assessment) = assess_observed(cluster, observed?, set, true).await;
     // Like events, the users are an addition: one who may not list Secrets still gets a status.
     status.users = users.unwrap_or_default();
     Ok((status, assessment))
 }
 
-/// Probes the database when the pod is ready, and assesses what was observed.
+/// Probes the database when the pod is ready (and, for one release, the volume through exec:
+/// a listing leaves that out, so it stays a constant number of requests), and assesses what
+/// was observed.
 async fn assess_observed(
     cluster: &Cluster,
     observed: observe::Observed,
     set: &MigrationSet,
+    volume: bool,
 ) -> (DeploymentStatus, Assessment) {
-    let db = if observed.pod().is_some_and(release::is_ready) {
-        probe::check(cluster, &observed, PROBE_TIMEOUT).await
+    let (db, facts) = if observed.pod().is_some_and(release::is_ready) {
+        tokio::join!(probe::check(cluster, &observed, PROBE_TIMEOUT), async {
+            if volume {
+                probe::volume_facts(cluster, &observed).await
+            } else {
+                probe::VolumeFacts::default()
+            }
+        })
     } else {
-        DbCheck::default()
+        (DbCheck::default(), probe::VolumeFacts::default())
     };
-    assemble(&observed, &db, set)
+    assemble(&observed, &db, &facts, set)
 }
 
-/// The status of what was observed and found in the database, without another request.
+/// The status of what was observed and found in the database and on the volume, without
+/// another request.
 pub fn assemble(
     observed: &observe::Observed,
     db: &DbCheck,
+    facts: &probe::VolumeFacts,
     set: &MigrationSet,
 ) -> (DeploymentStatus, Assessment) {
     let mut assessment = assess::assess(
@@ -117,10 +128,55 @@ pub fn assemble(
             p.message = format!("{}: {error}", p.message);
         }
     }
-    (
-        DeploymentStatus::build(observed, &assessment, db, Some(set)),
-        assessment,
-    )
+    if let Some(problem) = major_mismatch(observed, facts.data_major) {
+        assessment.problems.push(problem);
+    }
+    let mut status = DeploymentStatus::build(observed, &assessment, db, Some(set));
+    if let Some(pvc) = status.pvc.as_mut() {
+        pvc.usage = facts.usage;
+    }
+    (status, assessment)
+}
+
+/// The image runs one major, the data directory holds another (a manual image edit, an
+/// interrupted upgrade): the data directory's `PG_VERSION` when the pod runs, else the major
+/// the claim records.
+fn major_mismatch(
+    observed: &observe::Observed,
+    data_major: Option<u32>,
+) -> Option<assess::Problem> {
+    let image = observed
+        .statefulset
+        .as_ref()?
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == crate::manifests::render::CONTAINER)?
+        .image
+        .clone()?;
+    let image_major = crate::manifests::spec::image_major(&image)?;
+    let data_major =
+        data_major.or_else(|| observed.pvc.as_ref().and_then(release::claim_data_major))?;
+    if data_major == image_major {
+        return None;
+    }
+    let verb = if image_major > data_major {
+        "upgrade"
+    } else {
+        "go back"
+    };
+    Some(assess::Problem::mismatch(
+        format!("data directory is PostgreSQL {data_major}, image is {image_major} ({image})"),
+        Some(format!(
+            "put the image back (kubectl pg install {r} -n {n} --upgrade --postgres-version {data_major}); to {verb} keeping the data: kubectl pg upgrade {r} -n {n} --postgres-version {image_major}",
+            r = observed.release,
+            n = observed.namespace
+        )),
+    ))
 }
 
 /// Database probes at once in a listing: enough to hide their round trips, few enough not to
@@ -137,7 +193,7 @@ async fn list(
     let observed = observe::observe_all(cluster, all).await?;
     // `buffered` keeps the listing's order.
     let items: Vec<DeploymentStatus> = futures_util::stream::iter(observed)
-        .map(|o| assess_observed(cluster, o, set))
+        .map(|o| assess_observed(cluster, o, set, false))
         .buffered(PROBES_AT_ONCE)
         .map(|(status, _)| status)
         .collect()
@@ -233,6 +289,27 @@ pub fn render_one(status: &DeploymentStatus, format: OutputFormat) -> Result<(),
     Ok(())
 }
 
+/// `requested 10Gi, capacity 8Gi (Resizing), used 48.0 MiB of 7.8 GiB (1%)`
+fn storage_line(p: &crate::deployment::report::PvcInfo) -> String {
+    let mut parts = vec![format!(
+        "requested {}, capacity {}",
+        p.requested.as_deref().unwrap_or("-"),
+        p.capacity.as_deref().unwrap_or("-")
+    )];
+    if let Some(r) = &p.resizing {
+        parts[0].push_str(&format!(" ({r})"));
+    }
+    if let Some(u) = &p.usage {
+        let percent = (u.used_bytes as f64 * 100.0 / (u.total_bytes.max(1)) as f64).round();
+        parts.push(format!(
+            "used {} of {} ({percent}%)",
+            crate::transfer::human_bytes(u.used_bytes),
+            crate::transfer::human_bytes(u.total_bytes)
+        ));
+    }
+    parts.join(", ")
+}
+
 fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
     let dash = || "-".to_string();
     let mut rows: Vec<(&str, String)> = vec![
@@ -263,6 +340,7 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
                 )
             }),
         ),
+        ("Storage", s.pvc.as_ref().map_or_else(dash, storage_line)),
         (
             "Database",
             if s.database_accessible {
@@ -284,6 +362,18 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
                     s.latest_migration.clone().unwrap_or_else(|| "none".into())
                 ),
                 None => dash(),
+            },
+        ),
+        (
+            "Databases",
+            if s.database_sizes.is_empty() {
+                dash()
+            } else {
+                s.database_sizes
+                    .iter()
+                    .map(|d| format!("{} {}", d.name, crate::transfer::human_bytes(d.bytes)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
         ),
         ("Image", s.image.clone().unwrap_or_else(dash)),

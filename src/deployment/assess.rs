@@ -54,6 +54,11 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// The image's major is not the data directory's: the server cannot use the data (exit 5).
+    pub fn mismatch(message: String, hint: Option<String>) -> Self {
+        Self::error("DataMajorMismatch", message, hint, 5)
+    }
+
     fn error(reason: &str, message: String, hint: Option<String>, exit_code: u8) -> Self {
         Self {
             severity: Severity::Error,

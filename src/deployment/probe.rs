@@ -19,7 +19,108 @@ pub struct DbCheck {
     pub round_trip_ms: Option<f64>,
     pub server_version: Option<String>,
     pub history: Option<History>,
+    /// Each database's `pg_database_size`, largest first.
+    pub database_sizes: Vec<DatabaseSize>,
     pub error: Option<String>,
+}
+
+/// One database's size on disk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatabaseSize {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// The data volume's usage as `df` sees it inside the pod.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+pub struct VolumeUsage {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Parses `df -P -k` output: the line after the header, 1024-byte blocks.
+pub fn parse_df(text: &str) -> Option<VolumeUsage> {
+    let line = text.lines().nth(1)?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // Filesystem, blocks, used, available, capacity, mount (the name may hold no spaces).
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok().map(|k| k * 1024);
+    Some(VolumeUsage {
+        total_bytes: number(1)?,
+        used_bytes: number(2)?,
+        available_bytes: number(3)?,
+    })
+}
+
+/// Where the data volume is mounted in the release's container.
+pub fn data_mount(observed: &Observed) -> Option<String> {
+    observed
+        .statefulset
+        .as_ref()?
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == crate::manifests::render::CONTAINER)?
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "data")
+        .map(|m| m.mount_path.clone())
+}
+
+/// What the pod's data volume says: its usage (`df`) and the major its data directory was
+/// initialised by (`PG_VERSION`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VolumeFacts {
+    pub usage: Option<VolumeUsage>,
+    pub data_major: Option<u32>,
+}
+
+/// `df -P -k` on the data volume and `$PGDATA/PG_VERSION`, in one exec in the ready pod;
+/// nothing when it cannot tell within a few seconds.
+pub async fn volume_facts(cluster: &Cluster, observed: &Observed) -> VolumeFacts {
+    const SCRIPT: &str =
+        "df -P -k \"$1\" 2>/dev/null; printf 'PG_VERSION='; cat \"$PGDATA/PG_VERSION\" 2>/dev/null || echo; exit 0";
+    let (Some(pod), Some(mount)) = (
+        observed.pod().filter(|p| release::is_ready(p)),
+        data_mount(observed),
+    ) else {
+        return VolumeFacts::default();
+    };
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let argv = ["sh", "-c", SCRIPT, "sh", mount.as_str()];
+    let run = crate::cluster::exec::run(
+        cluster,
+        &observed.namespace,
+        &name,
+        crate::manifests::render::CONTAINER,
+        &argv,
+        "",
+    );
+    match tokio::time::timeout(Duration::from_secs(3), run).await {
+        Ok(Ok(out)) if out.success => parse_facts(&out.stdout),
+        _ => VolumeFacts::default(),
+    }
+}
+
+/// Reads the output of [`volume_facts`]'s script.
+pub fn parse_facts(text: &str) -> VolumeFacts {
+    let (df, version) = match text.rfind("PG_VERSION=") {
+        Some(i) => (&text[..i], &text[i + "PG_VERSION=".len()..]),
+        None => (text, ""),
+    };
+    VolumeFacts {
+        usage: parse_df(df),
+        data_major: version
+            .trim()
+            .split('.')
+            .next()
+            .and_then(|v| v.parse().ok()),
+    }
 }
 
 /// Connects through the pod, times `SELECT version`, reads the migration history.
@@ -72,7 +173,27 @@ async fn query(connector: &TunnelConnector) -> DbCheck {
         round_trip_ms: Some((round_trip * 10.0).round() / 10.0),
         server_version: version,
         history: history::read(&client).await.ok(),
+        database_sizes: sizes(&client).await,
         error: None,
+    }
+}
+
+async fn sizes(client: &tokio_postgres::Client) -> Vec<DatabaseSize> {
+    let sql = "SELECT datname, pg_database_size(datname)::text FROM pg_database \
+               WHERE datallowconn AND has_database_privilege(datname, 'CONNECT') \
+               ORDER BY pg_database_size(datname) DESC, datname";
+    match client.simple_query(sql).await {
+        Ok(messages) => messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(DatabaseSize {
+                    name: row.get(0)?.to_string(),
+                    bytes: row.get(1)?.parse().ok()?,
+                }),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -80,5 +201,28 @@ fn failed(error: String) -> DbCheck {
     DbCheck {
         error: Some(error),
         ..DbCheck::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_df_in_posix_format() {
+        let text = "Filesystem     1024-blocks    Used Available Capacity Mounted on\n/dev/sdb1          8191416   48812   8126220       1% /var/lib/postgresql/data\n";
+        assert_eq!(
+            parse_df(text),
+            Some(VolumeUsage {
+                total_bytes: 8191416 * 1024,
+                used_bytes: 48812 * 1024,
+                available_bytes: 8126220 * 1024,
+            })
+        );
+        assert_eq!(parse_df("Filesystem\n"), None);
+        let facts = parse_facts(&format!("{text}PG_VERSION=16\n"));
+        assert_eq!(facts.data_major, Some(16));
+        assert!(facts.usage.is_some());
+        assert_eq!(parse_facts("PG_VERSION=\n").data_major, None);
     }
 }

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::assess::{Assessment, Problem};
 use super::observe::Observed;
-use super::probe::DbCheck;
+use super::probe::{DatabaseSize, DbCheck, VolumeUsage};
 use crate::cluster::release::{self, DATABASE_PORT};
 use crate::database::connection::DatabaseConnection;
 use crate::migration::status::MigrationStatus;
@@ -15,8 +15,17 @@ use crate::output::API_VERSION;
 pub struct PvcInfo {
     pub name: String,
     pub phase: String,
+    /// The capacity, else the request while unbound.
     pub size: Option<String>,
+    /// `spec.resources.requests.storage`: what was asked for (grown by install --upgrade).
+    pub requested: Option<String>,
+    /// `status.capacity.storage`: what the volume has.
+    pub capacity: Option<String>,
+    /// A resize in progress: `Resizing` or `FileSystemResizePending`.
+    pub resizing: Option<String>,
     pub storage_class: Option<String>,
+    /// The volume's usage from `df` in the pod, when it could be read.
+    pub usage: Option<VolumeUsage>,
 }
 
 /// An application user of the release (`kubectl pg user create`), as its Secret records it:
@@ -49,6 +58,8 @@ pub struct DeploymentStatus {
     pub migrations_applied_count: usize,
     pub latest_migration: Option<String>,
     pub migrations_pending: Option<usize>,
+    /// `pg_database_size` of each database, largest first (when the database answered).
+    pub database_sizes: Vec<DatabaseSize>,
     pub image: Option<String>,
     pub service_type: Option<String>,
     pub endpoint: Option<String>,
@@ -123,7 +134,19 @@ impl DeploymentStatus {
                         .and_then(|r| r.get("storage"))
                 })
                 .map(|q| q.0.clone()),
+            requested: crate::cluster::volume::requested(p),
+            capacity: crate::cluster::volume::capacity(p),
+            resizing: p
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .find(|c| {
+                    c.status == "True"
+                        && (c.type_ == "Resizing" || c.type_ == "FileSystemResizePending")
+                })
+                .map(|c| c.type_.clone()),
             storage_class: p.spec.as_ref().and_then(|s| s.storage_class_name.clone()),
+            usage: None,
         });
         let image = observed
             .statefulset
@@ -182,6 +205,7 @@ impl DeploymentStatus {
             migrations_applied_count: history.map_or(0, |h| h.applied.len()),
             latest_migration: migration.as_ref().and_then(|m| m.latest_version.clone()),
             migrations_pending: migration.as_ref().map(|m| m.pending),
+            database_sizes: db.database_sizes.clone(),
             image,
             service_type,
             endpoint: observed

@@ -73,6 +73,12 @@ pub fn read(
             .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref())
             .is_some_and(|v| v.iter().any(|v| v.name == super::render::TLS_VOLUME)),
         tls_checksum: None,
+        layout: container
+            .and_then(|c| c.volume_mounts.as_ref()?.iter().find(|m| m.name == "data"))
+            .map_or_else(
+                || super::spec::DataLayout::default_for(major),
+                |m| super::spec::DataLayout::from_mount(&m.mount_path),
+            ),
         release,
         namespace,
     }
@@ -123,6 +129,22 @@ mod tests {
         assert_eq!(live.source_ranges, ["10.0.0.0/8"]);
         assert_eq!(live.existing_secret.as_deref(), Some("orders-db"));
         assert_eq!(live.cluster_domain, "corp.example");
+        assert_eq!(live.layout, super::super::spec::DataLayout::Legacy);
+        let versioned = InstallSpec {
+            layout: super::super::spec::DataLayout::Versioned,
+            ..InstallSpec::example(17)
+        };
+        let sts17: StatefulSet = serde_json::from_value(render::statefulset(&versioned)).unwrap();
+        let back = read(&sts17, None, None);
+        assert_eq!(back.layout, super::super::spec::DataLayout::Versioned);
+        let env = &sts17.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e.name == "PGDATA"
+                && e.value.as_deref() == Some("/var/lib/postgresql/17/docker")));
         spec.existing_secret = None;
         let ours: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
         assert_eq!(read(&ours, None, None).existing_secret, None);

@@ -45,20 +45,6 @@ fn metadata(spec: &InstallSpec, name: &str) -> Value {
     json!({ "name": name, "namespace": spec.namespace, "labels": labels(spec) })
 }
 
-/// Where the volume is mounted and where PGDATA lives: a subdirectory of the volume up to 17
-/// (initdb refuses a directory holding `lost+found`); from 18 the image's own layout under
-/// `/var/lib/postgresql`.
-fn data_layout(major: u32) -> (&'static str, Option<&'static str>) {
-    if major >= 18 {
-        ("/var/lib/postgresql", None)
-    } else {
-        (
-            "/var/lib/postgresql/data",
-            Some("/var/lib/postgresql/data/pgdata"),
-        )
-    }
-}
-
 /// `Secret R-credentials` with the given password.
 pub fn secret(spec: &InstallSpec, password: &str) -> Value {
     let host = release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
@@ -250,7 +236,7 @@ pub fn statefulset(spec: &InstallSpec) -> Value {
 }
 
 fn statefulset_plain(spec: &InstallSpec) -> Value {
-    let (mount, pgdata) = data_layout(spec.major);
+    let (mount, pgdata) = (spec.layout.mount(), spec.layout.pgdata_env(spec.major));
     // A user's Secret is basic-auth shaped (password, perhaps username): the user and the
     // database are then literals, decided at install from the Secret and the flags.
     let (user, database) = if spec.existing_secret.is_some() {

@@ -24,6 +24,83 @@ pub fn pinned_image(major: u32) -> Option<&'static str> {
         .map(|(_, image)| *image)
 }
 
+/// Where the data volume is mounted and where PGDATA lives in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataLayout {
+    /// Up to 17, as the official images ship: the volume at `/var/lib/postgresql/data`,
+    /// PGDATA in its subdirectory `pgdata` (initdb refuses a directory holding `lost+found`).
+    Legacy,
+    /// 18's layout, for any major: the volume at `/var/lib/postgresql`, PGDATA in
+    /// `N/docker` under it. One directory per major, so an upgrade keeps the old one beside.
+    Versioned,
+}
+
+impl DataLayout {
+    /// What a new release of `major` gets: the image's own layout.
+    pub fn default_for(major: u32) -> Self {
+        if major >= 18 {
+            DataLayout::Versioned
+        } else {
+            DataLayout::Legacy
+        }
+    }
+
+    /// The volume's mount path in the container.
+    pub fn mount(self) -> &'static str {
+        match self {
+            DataLayout::Legacy => "/var/lib/postgresql/data",
+            DataLayout::Versioned => "/var/lib/postgresql",
+        }
+    }
+
+    /// PGDATA relative to the volume's root.
+    pub fn data_dir(self, major: u32) -> String {
+        match self {
+            DataLayout::Legacy => "pgdata".into(),
+            DataLayout::Versioned => format!("{major}/docker"),
+        }
+    }
+
+    /// PGDATA as the container sees it.
+    pub fn pgdata(self, major: u32) -> String {
+        format!("{}/{}", self.mount(), self.data_dir(major))
+    }
+
+    /// The PGDATA variable to set, None where the image's default is the same (18+).
+    pub fn pgdata_env(self, major: u32) -> Option<String> {
+        match self {
+            DataLayout::Versioned if major >= 18 => None,
+            _ => Some(self.pgdata(major)),
+        }
+    }
+
+    /// The name annotations use.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataLayout::Legacy => "legacy",
+            DataLayout::Versioned => "versioned",
+        }
+    }
+
+    /// The layout whose mount path this is.
+    pub fn from_mount(mount: &str) -> Self {
+        if mount.trim_end_matches('/') == "/var/lib/postgresql" {
+            DataLayout::Versioned
+        } else {
+            DataLayout::Legacy
+        }
+    }
+
+    /// The layout of [`DataLayout::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "legacy" => Some(DataLayout::Legacy),
+            "versioned" => Some(DataLayout::Versioned),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the manifests are made from.
 #[derive(Debug, Clone)]
 pub struct InstallSpec {
@@ -51,6 +128,8 @@ pub struct InstallSpec {
     /// The server certificate's checksum, once install has made or read `R-tls`: the pod
     /// template carries it, so a renewed certificate restarts the server.
     pub tls_checksum: Option<String>,
+    /// Where the volume is mounted and PGDATA lives (read back from a live release).
+    pub layout: DataLayout,
 }
 
 /// What the user asked for on the command line: each field is set only when its flag was
@@ -139,6 +218,7 @@ impl InstallSpec {
             source_ranges: req.source_ranges.clone().unwrap_or_default(),
             tls: req.tls.unwrap_or(false),
             tls_checksum: None,
+            layout: DataLayout::default_for(major),
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -167,21 +247,10 @@ impl InstallSpec {
                 hint: Some(upgrade_hint(major)),
             });
         }
+        // A new size grows the claim itself (install checks it against the claim's class and
+        // request); the volumeClaimTemplates, immutable, keep the size the release was made with.
         if let Some(size) = &req.storage_size {
             check_quantity("--storage-size", size)?;
-            if quantity_value(size) != quantity_value(&live.storage_size) {
-                return Err(Error::InvalidInput {
-                    message: format!(
-                        "the data volume is {}: --upgrade cannot change --storage-size (a StatefulSet's volumeClaimTemplates never change)",
-                        live.storage_size
-                    ),
-                    hint: Some(format!(
-                        "grow the claim itself: kubectl patch pvc {} -n {} -p '{{\"spec\":{{\"resources\":{{\"requests\":{{\"storage\":\"{size}\"}}}}}}}}'",
-                        crate::deployment::observe::pvc_name(&live.release),
-                        live.namespace
-                    )),
-                });
-            }
         }
         if let Some(class) = req
             .storage_class
@@ -258,6 +327,7 @@ impl InstallSpec {
                 .unwrap_or_else(|| live.source_ranges.clone()),
             tls: req.tls.unwrap_or(false) || live.serves_tls(),
             tls_checksum: None,
+            layout: live.layout,
         };
         spec.validate(prod)?;
         Ok(spec)
@@ -480,6 +550,7 @@ impl InstallSpec {
             source_ranges: Vec::new(),
             tls: false,
             tls_checksum: None,
+            layout: DataLayout::default_for(major),
         }
     }
 }

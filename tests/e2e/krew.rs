@@ -858,6 +858,29 @@ fn the_caveats_rbac_is_enough_for_every_day_commands() {
         crate::expect_code(&out, 0);
     }
 
+    // dump and restore (pods/exec), growing the volume (claim patch, StorageClass list).
+    let file = scope.dir.path().join("caveats.dump");
+    let file = file.to_str().unwrap();
+    crate::expect_code(&run(&["dump", "-f", file]), 0);
+    crate::expect_code(&run(&["restore", "-f", file, "--clean", "--yes"]), 0);
+    let grow = run(&[
+        "install",
+        "--upgrade",
+        "--storage-size",
+        "9Gi",
+        "--timeout",
+        "120s",
+    ]);
+    crate::expect_code(&grow, 0);
+    let status = run(&["status", "-o", "json"]);
+    let doc: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["pvc"]["capacity"], "9Gi", "{}", status.describe());
+    assert!(
+        doc["pvc"]["usage"]["used_bytes"].is_u64(),
+        "{}",
+        status.describe()
+    );
+
     let uninstall = run(&["uninstall", "--delete-data", "--yes"]);
     crate::expect_code(&uninstall, 0);
     let left = scope.kubectl_ns(&["get", "statefulsets,services,secrets", "-o", "name"]);

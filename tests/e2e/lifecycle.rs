@@ -105,7 +105,6 @@ fn upgrade_starts_from_the_live_release_and_repairs_a_stuck_pod() {
     for (flag, value, needle) in [
         ("--postgres-version", "18", "kubectl pg upgrade orders"),
         ("--image", "postgres:17.7", "kubectl pg upgrade orders"),
-        ("--storage-size", "20Gi", "kubectl patch pvc data-orders-0"),
         ("--storage-class", "immediate", "StorageClass"),
     ] {
         let out = scope.kpg(&["install", "orders", "-n", ns, "--upgrade", flag, value]);

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod data;
 mod k8s;
 mod krew;
 mod kubectl;

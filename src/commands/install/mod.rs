@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::cli::{GlobalArgs, InstallArgs, OutputFormat, Profile};
 use crate::cluster::release::{self, Credentials};
 use crate::cluster::tunnel::TunnelConnector;
-use crate::cluster::Cluster;
+use crate::cluster::{volume, Cluster};
 use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::error::Error;
@@ -32,7 +32,7 @@ use preflight::preflight;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The watched wait of `deployment::rollout` for this spec's release.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     cluster: &Cluster,
     spec: &InstallSpec,
     timeout: Duration,
@@ -49,6 +49,7 @@ async fn wait_ready(
 }
 
 pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + args.timeout;
     let password = if args.password_stdin {
         // On a terminal nothing is piped: ask, without echo, as psql's \password does.
         Some(if std::io::stdin().is_terminal() {
@@ -74,6 +75,20 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     } else {
         None
     };
+    if let Some(from) = live
+        .as_ref()
+        .and_then(|l| crate::cluster::release::pending_upgrade(&l.sts))
+    {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "release {release} is in a major upgrade from PostgreSQL {from}: finish it before changing its spec"
+            ),
+            hint: Some(format!(
+                "kubectl pg upgrade {release} -n {ns} --finalize (keep the new major) or --rollback (return to {from})",
+                ns = cluster.namespace
+            )),
+        });
+    }
     let spec = match &live {
         Some(live) => InstallSpec::for_upgrade(&req, &live.spec)?,
         None => InstallSpec::from_request(&req, &release, &cluster.namespace)?,
@@ -88,6 +103,20 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
 
     let existing = preflight(&cluster, &spec).await?;
+    // --upgrade --storage-size grows the claim: shrinking (1) and a class that cannot expand
+    // (6) are refused here, before anything is written.
+    let growth = match (&live, &req.storage_size) {
+        (Some(_), Some(size)) => {
+            volume::plan(
+                &cluster,
+                &spec.namespace,
+                &render::data_pvc_name(&spec),
+                size,
+            )
+            .await?
+        }
+        _ => None,
+    };
     if existing.statefulset && !args.upgrade {
         // The spec stays; only a lost Secret is repaired, so the data is not locked out.
         let secret = ensure_secret(&cluster, &spec, password).await?;
@@ -181,6 +210,16 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(live) = &live {
         forced_rollback(&cluster, &spec, live).await?;
     }
+    if let Some(g) = &growth {
+        volume::patch(&cluster, g, false).await?;
+        crate::note!(
+            "PVC {}: growing from {} to {} (StorageClass {})",
+            g.claim,
+            g.from,
+            g.to,
+            g.class
+        );
+    }
     crate::note!(
         "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
         if secret.created { ", Secret" } else { "" }
@@ -192,6 +231,10 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         );
     }
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
+    if let Some(g) = &growth {
+        let capacity = volume::wait_grown(&cluster, g, deadline).await?;
+        crate::note!("PVC {}: capacity {capacity}", g.claim);
+    }
     crate::note!(
         "pod {} ready after {:.1}s",
         release::pod_name(&spec.release),
@@ -347,13 +390,13 @@ fn requested(args: &InstallArgs) -> Requested {
 }
 
 /// A deployed release as it runs: its StatefulSet, its values, and whether its pod is Ready.
-struct Live {
-    sts: StatefulSet,
-    spec: InstallSpec,
-    pod: Option<Pod>,
+pub(crate) struct Live {
+    pub(crate) sts: StatefulSet,
+    pub(crate) spec: InstallSpec,
+    pub(crate) pod: Option<Pod>,
 }
 
-async fn read_live(cluster: &Cluster, release: &str) -> Result<Option<Live>, Error> {
+pub(crate) async fn read_live(cluster: &Cluster, release: &str) -> Result<Option<Live>, Error> {
     release::validate_release(release)?;
     let ns = &cluster.namespace;
     let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
@@ -421,11 +464,25 @@ async fn apply(
     spec: &InstallSpec,
     claim_templates: Option<&Value>,
 ) -> Result<(), Error> {
+    apply_release(cluster, spec, claim_templates, &[]).await
+}
+
+/// [`apply`] with extra annotations on the StatefulSet (a major upgrade's rollback record):
+/// annotations applied once and left out of a later apply are removed by server-side apply.
+pub(crate) async fn apply_release(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    claim_templates: Option<&Value>,
+    annotations: &[(&str, String)],
+) -> Result<(), Error> {
     let headless = render::headless_service(spec);
     let service = render::service(spec);
     let mut sts = render::statefulset(spec);
     if let Some(templates) = claim_templates {
         sts["spec"]["volumeClaimTemplates"] = templates.clone();
+    }
+    for (key, value) in annotations {
+        sts["metadata"]["annotations"][*key] = json!(value);
     }
     apply_objects(cluster, spec, &headless, &service, &sts, true).await?;
     apply_objects(cluster, spec, &headless, &service, &sts, false).await
@@ -492,13 +549,13 @@ fn apply_error(cluster: &Cluster, resource: &str, e: kube::Error) -> Error {
 }
 
 /// What the health check saw: the summary is made of it, without reading the release again.
-struct Checked {
+pub(crate) struct Checked {
     observed: observe::Observed,
     check: probe::DbCheck,
 }
 
 /// A real query through a port-forward: exit 8 when no session opens, 5 when it cannot answer.
-async fn health_check(
+pub(crate) async fn health_check(
     cluster: &Cluster,
     spec: &InstallSpec,
     credentials: &Credentials,
@@ -580,7 +637,12 @@ async fn summary(
     let (mut status, _) = if args.migrate {
         crate::commands::status::read(cluster, &spec.namespace, &spec.release, &set).await?
     } else {
-        crate::commands::status::assemble(&checked.observed, &checked.check, &set)
+        crate::commands::status::assemble(
+            &checked.observed,
+            &checked.check,
+            &crate::deployment::probe::VolumeFacts::default(),
+            &set,
+        )
     };
     if args.show_password {
         let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);

@@ -93,21 +93,10 @@ pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<E
 }
 
 /// The annotation on the data claim that records the major of the data in it.
-pub(super) const ANNOTATION_DATA_MAJOR: &str = "kubectl-pg.io/postgres-major";
+pub(super) const ANNOTATION_DATA_MAJOR: &str = release::ANNOTATION_DATA_MAJOR;
 
-/// The major a claim's data was initialised with: our annotation, else the version label that
-/// claims made by older versions of kubectl-pg carry from the StatefulSet's template.
 fn data_major(pvc: &PersistentVolumeClaim) -> Option<u32> {
-    let meta = &pvc.metadata;
-    meta.annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_DATA_MAJOR))
-        .or_else(|| {
-            meta.labels
-                .as_ref()
-                .and_then(|l| l.get(release::LABEL_VERSION))
-        })
-        .and_then(|v| v.split('.').next()?.parse().ok())
+    release::claim_data_major(pvc)
 }
 
 /// An object of the release's names that kubectl-pg did not make for this release is someone

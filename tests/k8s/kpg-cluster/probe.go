@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -19,6 +21,9 @@ func (c *container) probe(ctx context.Context, env []string) {
 			return
 		}
 		c.set(func() { c.startedProbe = true })
+	}
+	if c.crashFault() {
+		return
 	}
 	if c.spec.LivenessProbe != nil {
 		go c.until(ctx, env, c.spec.LivenessProbe, false, "Liveness")
@@ -127,4 +132,20 @@ func seconds(v int32, def int32) time.Duration {
 		v = def
 	}
 	return time.Duration(v) * time.Second
+}
+
+// crashFault is a test's injected failure: a pod annotated kpg-cluster/crash-major=N kills its
+// PostgreSQL server of major N (SIGKILL, as the OOM killer would) once it has started, on every
+// start, so it crash-loops. Other majors in the same pod template are not touched.
+func (c *container) crashFault() bool {
+	major := c.pod.current().Annotations["kpg-cluster/crash-major"]
+	c.mu.Lock()
+	proc, kind, own := c.proc, c.image.kind, c.image.major
+	c.mu.Unlock()
+	if kind != imagePostgres || major == "" || major != strconv.Itoa(own) || proc == nil || proc.Process == nil {
+		return false
+	}
+	c.event(corev1.EventTypeWarning, "Killing", "Injected fault: killing PostgreSQL %d", own)
+	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
+	return true
 }

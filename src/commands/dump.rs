@@ -1,0 +1,161 @@
+//! `kubectl pg dump`: pg_dump (or pg_dumpall) in the release's pod, streamed to a file that is
+//! complete or absent, or to stdout.
+
+use std::io::{IsTerminal, Write};
+
+use crate::cli::{DumpArgs, GlobalArgs};
+use crate::cluster::release;
+use crate::cluster::{exec, Cluster};
+use crate::error::Error;
+use crate::manifests::render::CONTAINER;
+use crate::output::{self, emit, API_VERSION};
+use crate::transfer::{self, DumpFormat, DumpResult, DumpScope, PendingFile, Progress};
+
+pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let format = args.format.unwrap_or(if args.all {
+        DumpFormat::Plain
+    } else {
+        DumpFormat::Custom
+    });
+    if args.all && format == DumpFormat::Custom {
+        // Refused before any connection.
+        transfer::dump_command("", &DumpScope::Cluster, format, "", &[])?;
+    }
+    if args.file.is_none() && std::io::stdout().is_terminal() {
+        return Err(Error::InvalidInput {
+            message: "refusing to write a dump to a terminal".into(),
+            hint: Some("give a file (-f learnflow.dump) or redirect stdout (> learnflow.dump, | kubectl pg restore …)".into()),
+        });
+    }
+    let cluster = Cluster::connect(&global.connect_options()).await?;
+    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let target = release::find_target(&cluster, &release).await?;
+    let scope = if args.all {
+        DumpScope::Cluster
+    } else {
+        DumpScope::Database(
+            args.database
+                .clone()
+                .unwrap_or_else(|| target.credentials.database.clone()),
+        )
+    };
+    let tag = transfer::session_tag();
+    let command = transfer::dump_command(
+        &target.credentials.username,
+        &scope,
+        format,
+        &tag,
+        &args.dump_args,
+    )?;
+    let tool = command[0].clone();
+    // Created before the dump starts: a directory that cannot take it fails first.
+    let mut pending = args.file.as_deref().map(PendingFile::create).transpose()?;
+    let mut progress = Progress::new(std::io::stderr().is_terminal(), "dumped");
+    let mut stdout = std::io::stdout().lock();
+    let sink = |chunk: &[u8]| {
+        match pending.as_mut() {
+            Some(file) => file.write(chunk)?,
+            None => stdout.write_all(chunk)?,
+        }
+        progress.add(chunk.len());
+        Ok(())
+    };
+    let transfer = exec::stream(
+        &cluster,
+        &target.namespace,
+        &target.pod,
+        CONTAINER,
+        &command,
+        None::<tokio::io::Empty>,
+        sink,
+    );
+    let outcome = tokio::select! {
+        outcome = transfer => Ok(outcome),
+        code = super::interrupted() => Err(code),
+    };
+    progress.finish();
+    let outcome = match outcome {
+        Ok(outcome) => outcome?,
+        Err(code) => {
+            transfer::terminate(&cluster, &target, &tag).await;
+            if let Some(file) = pending.take() {
+                crate::note!(
+                    "interrupted: removed the partial dump {}",
+                    file.temp_path().display()
+                );
+            }
+            return Err(Error::Exit(code));
+        }
+    };
+    let _ = stdout.flush();
+    drop(stdout);
+    if !outcome.success {
+        // Dropping the pending file removes it: no half dump is left behind.
+        drop(pending.take());
+        let reason = outcome.reason();
+        if transfer::no_session(&reason) {
+            return Err(Error::Connection {
+                target: format!("release {release} in namespace {}", target.namespace),
+                reason,
+            });
+        }
+        return Err(Error::Tool {
+            tool,
+            message: reason,
+            hints: if args.file.is_some() {
+                vec!["no dump file was written".into()]
+            } else {
+                vec!["what reached stdout is incomplete: do not restore it".into()]
+            },
+        });
+    }
+    let bytes = outcome.bytes_out;
+    let millis = progress.elapsed().as_millis() as u64;
+    let Some(file) = pending else {
+        crate::note!(
+            "dumped {} ({}) in {:.1}s",
+            describe(&scope),
+            transfer::human_bytes(bytes),
+            millis as f64 / 1000.0
+        );
+        return Ok(());
+    };
+    let path = file.commit()?;
+    let result = DumpResult {
+        api_version: API_VERSION,
+        kind: "DumpResult",
+        release,
+        namespace: target.namespace,
+        file: path.display().to_string(),
+        bytes,
+        database: match &scope {
+            DumpScope::Database(db) => Some(db.clone()),
+            DumpScope::Cluster => None,
+        },
+        all: args.all,
+        format,
+        duration_ms: millis,
+    };
+    match args
+        .output
+        .and_then(|f| output::document(f, &result).transpose())
+    {
+        Some(text) => emit(&text?),
+        None => emit(&format!(
+            "dumped {} to {} ({}, {} format) in {:.1}s\n",
+            describe(&scope),
+            result.file,
+            transfer::human_bytes(bytes),
+            format.name(),
+            millis as f64 / 1000.0
+        )),
+    }
+    Ok(())
+}
+
+fn describe(scope: &DumpScope) -> String {
+    match scope {
+        DumpScope::Database(db) => format!("database {db}"),
+        DumpScope::Cluster => "every database and role".into(),
+    }
+}
