@@ -1,7 +1,7 @@
 //! `kubectl pg restore`: a dump from a file or stdin into a release's database, in one
 //! transaction (pg_restore for archives, psql for SQL), run in its pod.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -56,10 +56,10 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| target.credentials.database.clone());
     if args.clean && !args.yes {
-        confirm(&format!(
+        super::confirm(&format!(
             "Drop the objects of {name} in database {database} of release {release} (namespace {}) and restore them?",
             target.namespace
-        ))?;
+        ), "restore --clean")?;
     }
     let tag = transfer::session_tag();
     let command = transfer::restore_command(
@@ -173,23 +173,4 @@ async fn read_head(input: &mut (dyn AsyncRead + Unpin), name: &str) -> Result<Ve
     }
     head.truncate(filled);
     Ok(head)
-}
-
-/// Asks on a terminal; off one, `--yes` is needed.
-fn confirm(question: &str) -> Result<(), Error> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::InvalidInput {
-            message: "--clean needs --yes when not run on a terminal (it drops objects first)"
-                .into(),
-            hint: Some("add --yes to confirm that the archive's objects may be dropped".into()),
-        });
-    }
-    crate::note_inline!("{question} [y/N] ");
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::invalid("restore cancelled"))
-    }
 }

@@ -1,8 +1,6 @@
 //! `kubectl pg uninstall`: delete what install created and wait until it is gone; the PVC
 //! (the data) stays unless `--delete-data`.
 
-use std::io::{BufRead, IsTerminal, Write};
-
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,10 +26,13 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
         return Ok(());
     }
     if args.delete_data && observed.pvc.is_some() && !args.yes {
-        confirm(&format!(
-            "delete PVC {} and every row of release {release}'s database?",
-            pvc_name(&release)
-        ))?;
+        super::confirm(
+            &format!(
+                "delete PVC {} and every row of release {release}'s database?",
+                pvc_name(&release)
+            ),
+            "uninstall --delete-data",
+        )?;
     }
     let client = cluster.client.clone();
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -172,23 +173,5 @@ fn deleted<T>(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(cluster.error("delete", resource, e)),
-    }
-}
-
-fn confirm(question: &str) -> Result<(), Error> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::InvalidInput {
-            message: "--delete-data needs --yes when not run on a terminal".into(),
-            hint: Some("add --yes to confirm that the data may be deleted".into()),
-        });
-    }
-    crate::note_inline!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::invalid("uninstall cancelled"))
     }
 }

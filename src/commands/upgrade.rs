@@ -5,7 +5,7 @@
 //! Logical, not pg_upgrade: the official images carry one major each, and a dump restored into
 //! a fresh initdb of the new major needs nothing but the two images the release already uses.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -89,10 +89,10 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
     } else if args.rollback {
         let record = Record::read(&live)?;
         if !args.yes {
-            confirm(&format!(
+            super::confirm(&format!(
                 "Return release {name} to PostgreSQL {} and its data from before the upgrade? Changes made since are lost.",
                 record.from_major
-            ))?;
+            ), "upgrade")?;
         }
         rollback(&cluster, &live, &record, &args).await?;
         UpgradeResult {
@@ -254,10 +254,10 @@ async fn upgrade(
         .clone()
         .unwrap_or_else(|| default_backup(old));
     if !args.yes {
-        confirm(&format!(
+        super::confirm(&format!(
             "Upgrade release {} in namespace {} from PostgreSQL {} to {to}? Writes stop until it is done.",
             old.release, old.namespace, old.major
-        ))?;
+        ), "upgrade")?;
     }
     // The new major's spec: its pinned image, and a data directory of its own on the volume.
     let new = InstallSpec {
@@ -499,10 +499,10 @@ async fn finalize(
         )));
     }
     if !args.yes {
-        confirm(&format!(
+        super::confirm(&format!(
             "Delete the PostgreSQL {} data directory of release {}? The upgrade can no longer be rolled back.",
             record.from_major, spec.release
-        ))?;
+        ), "upgrade")?;
     }
     let dir = format!("{}/{top}", spec.layout.mount());
     let out = exec::run(
@@ -758,23 +758,6 @@ fn absolute(path: &Path) -> String {
 
 fn step(text: &str) {
     crate::note!("{text}");
-}
-
-fn confirm(question: &str) -> Result<(), Error> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::InvalidInput {
-            message: "upgrade needs --yes when not run on a terminal".into(),
-            hint: Some("add --yes to confirm".into()),
-        });
-    }
-    crate::note_inline!("{question} [y/N] ");
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::invalid("upgrade cancelled"))
-    }
 }
 
 #[cfg(test)]
