@@ -145,19 +145,7 @@ fn major_mismatch(
     observed: &observe::Observed,
     data_major: Option<u32>,
 ) -> Option<assess::Problem> {
-    let image = observed
-        .statefulset
-        .as_ref()?
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == crate::manifests::render::CONTAINER)?
-        .image
-        .clone()?;
+    let image = observed.server_container()?.image.clone()?;
     let image_major = crate::manifests::spec::image_major(&image)?;
     let data_major =
         data_major.or_else(|| observed.pvc.as_ref().and_then(release::claim_data_major))?;

@@ -51,6 +51,20 @@ impl Observed {
         self.pods.first()
     }
 
+    /// The server's container as the StatefulSet's template defines it.
+    pub fn server_container(&self) -> Option<&k8s_openapi::api::core::v1::Container> {
+        self.statefulset
+            .as_ref()?
+            .spec
+            .as_ref()?
+            .template
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == crate::manifests::render::CONTAINER)
+    }
+
     /// Whether the StatefulSet has every replica it wants ready (and wants at least one).
     pub fn fully_ready(&self) -> bool {
         let Some(set) = &self.statefulset else {

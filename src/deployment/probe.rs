@@ -55,16 +55,7 @@ pub fn parse_df(text: &str) -> Option<VolumeUsage> {
 /// Where the data volume is mounted in the release's container.
 pub fn data_mount(observed: &Observed) -> Option<String> {
     observed
-        .statefulset
-        .as_ref()?
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == crate::manifests::render::CONTAINER)?
+        .server_container()?
         .volume_mounts
         .iter()
         .flatten()
