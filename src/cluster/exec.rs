@@ -28,6 +28,24 @@ impl ExecOutput {
     }
 }
 
+/// Opens the exec stream; RBAC refusals name the verb and resource, as every API error does.
+async fn start(
+    cluster: &Cluster,
+    namespace: &str,
+    pod: &str,
+    command: Vec<String>,
+    params: &AttachParams,
+) -> Result<kube::api::AttachedProcess, Error> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    pods.exec(pod, command, params).await.map_err(|e| match e {
+        kube::Error::Api(_) => cluster.error("create", "pods/exec", e),
+        other => Error::Api {
+            action: format!("exec in pod {namespace}/{pod}"),
+            message: chain(&other),
+        },
+    })
+}
+
 /// Runs `command` in `container` of `pod`, feeding `stdin`; the command line never carries
 /// secrets, stdin does.
 pub async fn run(
@@ -38,26 +56,13 @@ pub async fn run(
     command: &[&str],
     stdin: &str,
 ) -> Result<ExecOutput, Error> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let params = AttachParams::default()
         .container(container)
         .stdin(true)
         .stdout(true)
         .stderr(true);
-    let mut process = pods
-        .exec(
-            pod,
-            command.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            &params,
-        )
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(_) => cluster.error("create", "pods/exec", e),
-            other => Error::Api {
-                action: format!("exec in pod {namespace}/{pod}"),
-                message: chain(&other),
-            },
-        })?;
+    let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    let mut process = start(cluster, namespace, pod, command, &params).await?;
     let status = process.take_status();
     let mut input = process.stdin();
     let mut out = process.stdout();
@@ -157,7 +162,6 @@ where
     I: tokio::io::AsyncRead + Unpin,
     S: FnMut(&[u8]) -> std::io::Result<()>,
 {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let mut params = AttachParams::default()
         .container(container)
         .stdin(input.is_some())
@@ -167,16 +171,7 @@ where
     params.max_stdin_buf_size = Some(CHUNK);
     params.max_stdout_buf_size = Some(CHUNK);
     params.max_stderr_buf_size = Some(STDERR_KEPT);
-    let mut process = pods
-        .exec(pod, command.to_vec(), &params)
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(_) => cluster.error("create", "pods/exec", e),
-            other => Error::Api {
-                action: format!("exec in pod {namespace}/{pod}"),
-                message: chain(&other),
-            },
-        })?;
+    let mut process = start(cluster, namespace, pod, command.to_vec(), &params).await?;
     let status = process.take_status();
     let mut stdin = process.stdin();
     let mut out = process.stdout();

@@ -92,22 +92,16 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
     if !outcome.success {
         // Dropping the pending file removes it: no half dump is left behind.
         drop(pending.take());
-        let reason = outcome.reason();
-        if transfer::no_session(&reason) {
-            return Err(Error::Connection {
-                target: format!("release {release} in namespace {}", target.namespace),
-                reason,
-            });
-        }
-        return Err(Error::Tool {
+        return Err(transfer::failure(
             tool,
-            message: reason,
-            hints: if args.file.is_some() {
+            outcome.reason(),
+            format!("release {release} in namespace {}", target.namespace),
+            if args.file.is_some() {
                 vec!["no dump file was written".into()]
             } else {
                 vec!["what reached stdout is incomplete: do not restore it".into()]
             },
-        });
+        ));
     }
     let bytes = outcome.bytes_out;
     let millis = progress.elapsed().as_millis() as u64;

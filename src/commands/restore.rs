@@ -102,20 +102,14 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
     };
     if !outcome.success {
-        let reason = outcome.reason();
-        if transfer::no_session(&reason) {
-            return Err(Error::Connection {
-                target: format!("release {release} in namespace {}", target.namespace),
-                reason,
-            });
-        }
-        return Err(Error::Tool {
+        return Err(transfer::failure(
             tool,
-            message: reason,
-            hints: vec![format!(
+            outcome.reason(),
+            format!("release {release} in namespace {}", target.namespace),
+            vec![format!(
                 "the restore ran in one transaction and was rolled back: database {database} is as it was"
             )],
-        });
+        ));
     }
     let result = RestoreResult {
         api_version: API_VERSION,

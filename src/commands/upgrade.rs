@@ -316,15 +316,7 @@ async fn upgrade(
 
     // The switch: from here on, any failure returns to the old major and data.
     let new_dir = format!("{}/{}", old.layout.mount(), new.layout.data_dir(to));
-    let leftover = exec::run(
-        cluster,
-        &target.namespace,
-        &target.pod,
-        CONTAINER,
-        &["rm", "-rf", &new_dir],
-        "",
-    )
-    .await?;
+    let leftover = remove_in_pod(cluster, &target, &new_dir).await?;
     if !leftover.success {
         let _ = set_read_only(cluster, &target, &databases, false).await;
         return Err(Error::Tool {
@@ -451,15 +443,7 @@ async fn rollback(
     // The new major's directory, seen from the old layout's mount.
     if current.major != record.from_major && current.layout == DataLayout::Versioned {
         let dir = format!("{}/{}", record.from_layout.mount(), current.major);
-        let _ = exec::run(
-            cluster,
-            &target.namespace,
-            &target.pod,
-            CONTAINER,
-            &["rm", "-rf", &dir],
-            "",
-        )
-        .await;
+        let _ = remove_in_pod(cluster, &target, &dir).await;
     }
     record_data_major(cluster, &old, record.from_major).await;
     step(&format!(
@@ -505,15 +489,7 @@ async fn finalize(
         ), "upgrade")?;
     }
     let dir = format!("{}/{top}", spec.layout.mount());
-    let out = exec::run(
-        cluster,
-        &target.namespace,
-        &target.pod,
-        CONTAINER,
-        &["rm", "-rf", &dir],
-        "",
-    )
-    .await?;
+    let out = remove_in_pod(cluster, &target, &dir).await?;
     if !out.success {
         return Err(Error::Tool {
             tool: "rm".into(),
@@ -758,6 +734,23 @@ fn absolute(path: &Path) -> String {
 
 fn step(text: &str) {
     crate::note!("{text}");
+}
+
+/// `rm -rf dir` in the release's pod (a data directory of one major or the other).
+async fn remove_in_pod(
+    cluster: &Cluster,
+    target: &release::Target,
+    dir: &str,
+) -> Result<exec::ExecOutput, Error> {
+    exec::run(
+        cluster,
+        &target.namespace,
+        &target.pod,
+        CONTAINER,
+        &["rm", "-rf", dir],
+        "",
+    )
+    .await
 }
 
 #[cfg(test)]

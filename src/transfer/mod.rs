@@ -206,6 +206,20 @@ pub const SCRIPT_BEGIN: &str = "BEGIN;\n";
 /// Sent after the script's last byte arrived: only a whole script commits.
 pub const SCRIPT_COMMIT: &str = "\nCOMMIT;\n";
 
+/// A failed dump or restore as our error: exit 8 when the tool never reached the server,
+/// else exit 1 with the tool's own message and `hints`.
+pub fn failure(tool: String, reason: String, target: String, hints: Vec<String>) -> Error {
+    if no_session(&reason) {
+        Error::Connection { target, reason }
+    } else {
+        Error::Tool {
+            tool,
+            message: reason,
+            hints,
+        }
+    }
+}
+
 /// Whether a tool's message says it never reached the server (exit 8 rather than 1); a
 /// server that answered with a FATAL (a database that does not exist) is the input's fault.
 pub fn no_session(stderr: &str) -> bool {
