@@ -147,6 +147,11 @@ impl Drop for PortForward {
 
 /// Opens a session with `dsn` and closes it: Err with the server's answer when it refuses.
 pub(crate) fn try_connect(dsn: &str) -> Result<(), String> {
+    query(dsn, "SELECT 1").map(|_| ())
+}
+
+/// Runs SQL as whoever the DSN names: the rows, or the server's refusal.
+pub(crate) fn query(dsn: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -158,11 +163,21 @@ pub(crate) fn try_connect(dsn: &str) -> Result<(), String> {
             .await
             .map_err(|e| format!("{e:?}"))?;
         tokio::spawn(connection);
-        client
-            .simple_query("SELECT 1")
+        let messages = client
+            .simple_query(sql)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        Ok(())
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_string))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
     })
 }
 

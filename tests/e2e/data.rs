@@ -112,6 +112,21 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// One field of an object in `ns`, by kubectl's jsonpath.
+fn field(scope: &Scope, kind: &str, ns: &str, name: &str, path: &str) -> String {
+    let out = scope.kubectl(&[
+        "get",
+        kind,
+        name,
+        "-n",
+        ns,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]);
+    assert!(out.status.success(), "{}", out.describe());
+    out.stdout_text()
+}
+
 #[test]
 fn dump_and_restore_between_namespaces() {
     let scope = Scope::new("kpg-dump-a");
@@ -420,20 +435,6 @@ fn an_interrupted_or_broken_dump_leaves_no_file() {
     assert!(file.exists());
 }
 
-fn pvc_field(scope: &Scope, ns: &str, claim: &str, path: &str) -> String {
-    let out = scope.kubectl(&[
-        "get",
-        "pvc",
-        claim,
-        "-n",
-        ns,
-        "-o",
-        &format!("jsonpath={path}"),
-    ]);
-    assert!(out.status.success(), "{}", out.describe());
-    out.stdout_text()
-}
-
 #[test]
 fn storage_grows_in_place_and_never_shrinks() {
     let scope = Scope::new("kpg-grow");
@@ -472,8 +473,9 @@ fn storage_grows_in_place_and_never_shrinks() {
         out.describe()
     );
     assert_eq!(
-        pvc_field(
+        field(
             &scope,
+            "pvc",
             &ns,
             "data-grow-0",
             "{.spec.resources.requests.storage}"
@@ -481,7 +483,13 @@ fn storage_grows_in_place_and_never_shrinks() {
         "10Gi"
     );
     assert_eq!(
-        pvc_field(&scope, &ns, "data-grow-0", "{.status.capacity.storage}"),
+        field(
+            &scope,
+            "pvc",
+            &ns,
+            "data-grow-0",
+            "{.status.capacity.storage}"
+        ),
         "10Gi"
     );
     let template = scope.kubectl_ns(&[
@@ -535,8 +543,9 @@ fn storage_grows_in_place_and_never_shrinks() {
         out.describe()
     );
     assert_eq!(
-        pvc_field(
+        field(
             &scope,
+            "pvc",
             &ns,
             "data-grow-0",
             "{.spec.resources.requests.storage}"
@@ -574,8 +583,9 @@ fn storage_grows_in_place_and_never_shrinks() {
         out.describe()
     );
     assert_eq!(
-        pvc_field(
+        field(
             &scope,
+            "pvc",
             &ns,
             "data-fixed-0",
             "{.spec.resources.requests.storage}"
@@ -599,20 +609,6 @@ fn storage_grows_in_place_and_never_shrinks() {
         },
     );
     assert!(last.contains("DataMajorMismatch"), "{last}");
-}
-
-fn sts_field(scope: &Scope, ns: &str, name: &str, path: &str) -> String {
-    let out = scope.kubectl(&[
-        "get",
-        "sts",
-        name,
-        "-n",
-        ns,
-        "-o",
-        &format!("jsonpath={path}"),
-    ]);
-    assert!(out.status.success(), "{}", out.describe());
-    out.stdout_text()
 }
 
 fn server_major(scope: &Scope, ns: &str, release: &str) -> String {
@@ -735,8 +731,9 @@ fn major_upgrade_is_verified_reversible_and_rolls_back_a_crash() {
     assert_eq!(release_query(&scope, &ns, "up", COUNTS), counts);
     assert_eq!(server_major(&scope, &ns, "up"), "17");
     assert_eq!(
-        sts_field(
+        field(
             &scope,
+            "sts",
             &ns,
             "up",
             "{.spec.template.spec.containers[0].image}"
@@ -823,8 +820,9 @@ fn major_upgrade_is_verified_reversible_and_rolls_back_a_crash() {
     ]);
     assert!(!gone.status.success(), "the old data directory is deleted");
     assert_eq!(
-        sts_field(
+        field(
             &scope,
+            "sts",
             &ns,
             "up",
             "{.metadata.annotations.kubectl-pg\\.io/upgrade-from-major}"
@@ -877,8 +875,9 @@ fn major_upgrade_is_verified_reversible_and_rolls_back_a_crash() {
         "insert into users (username, email) values ('w', 'w@example.com')",
     );
     assert_eq!(
-        sts_field(
+        field(
             &scope,
+            "sts",
             &ns,
             "crash",
             "{.spec.template.spec.containers[0].image}"

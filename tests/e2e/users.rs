@@ -6,7 +6,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::cluster::{try_connect, PortForward};
+use crate::cluster::{query, try_connect, PortForward};
 use crate::scope::Scope;
 use crate::{expect_code, OutputExt};
 
@@ -60,37 +60,6 @@ fn local(forward: &PortForward, user: &str, password: &str, db: &str) -> String 
         "postgresql://{user}:{password}@{}/{db}?sslmode=disable",
         forward.addr
     )
-}
-
-/// Runs SQL as whoever the DSN names: the rows, or the server's refusal.
-fn query(dsn: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let config: tokio_postgres::Config = dsn.parse().map_err(|e| format!("{e}"))?;
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        tokio::spawn(connection);
-        let messages = client
-            .simple_query(sql)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        Ok(messages
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect())
-    })
 }
 
 fn denied(result: Result<Vec<Vec<Option<String>>>, String>, what: &str) {
