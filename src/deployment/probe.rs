@@ -114,8 +114,24 @@ pub fn parse_facts(text: &str) -> VolumeFacts {
     }
 }
 
-/// Connects through the pod, times `SELECT version`, reads the migration history.
-pub async fn check(cluster: &Cluster, observed: &Observed, timeout: Duration) -> DbCheck {
+/// How much a database check asks beyond its one timed round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The server's version and the migration history: what a listing shows.
+    Brief,
+    /// Also each database's size, which walks every database's files on the server: what one
+    /// release's status shows.
+    Full,
+}
+
+/// Connects through the pod, times the query that reads the server's version and finds the
+/// migration history, and reads the history (and, at `Depth::Full`, the sizes).
+pub async fn check(
+    cluster: &Cluster,
+    observed: &Observed,
+    timeout: Duration,
+    depth: Depth,
+) -> DbCheck {
     let Some(pod) = observed.pod().filter(|p| release::is_ready(p)) else {
         return DbCheck::default();
     };
@@ -136,35 +152,46 @@ pub async fn check(cluster: &Cluster, observed: &Observed, timeout: Duration) ->
         credentials,
     };
     let connector = TunnelConnector::new(cluster, &target);
-    match tokio::time::timeout(timeout, query(&connector)).await {
+    match tokio::time::timeout(timeout, query(&connector, depth)).await {
         Ok(result) => result,
         Err(_) => failed(format!("no answer within {}s", timeout.as_secs_f32())),
     }
 }
 
-async fn query(connector: &TunnelConnector) -> DbCheck {
+async fn query(connector: &TunnelConnector, depth: Depth) -> DbCheck {
     let client = match connector.connect().await {
         Ok(client) => client,
         Err(e) => return failed(e.to_string()),
     };
+    // Each round trip crosses the API server and the node: the version and the history's
+    // place go together, and what follows is pipelined.
+    let sql = format!(
+        "SELECT current_setting('server_version'); {}",
+        history::locate_sql()
+    );
     let started = Instant::now();
-    let version = match client
-        .simple_query("SELECT current_setting('server_version')")
-        .await
-    {
-        Ok(messages) => messages.into_iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        }),
+    let rows = match client.simple_query(&sql).await {
+        Ok(messages) => history::rows(&messages),
         Err(e) => return failed(crate::migration::engine::describe(&e)),
     };
     let round_trip = started.elapsed().as_secs_f64() * 1e3;
+    let version = rows.first().and_then(|row| row.first().cloned().flatten());
+    let location = rows
+        .get(1)
+        .map(|row| history::Location::of(row))
+        .unwrap_or_default();
+    let (history, database_sizes) = tokio::join!(history::read_at(&client, &location), async {
+        match depth {
+            Depth::Full => sizes(&client).await,
+            Depth::Brief => Vec::new(),
+        }
+    });
     DbCheck {
         accessible: true,
         round_trip_ms: Some((round_trip * 10.0).round() / 10.0),
         server_version: version,
-        history: history::read(&client).await.ok(),
-        database_sizes: sizes(&client).await,
+        history: history.ok(),
+        database_sizes,
         error: None,
     }
 }

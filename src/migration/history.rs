@@ -218,23 +218,53 @@ pub async fn lock_and_read(
     Ok(parse(&messages))
 }
 
+/// The query that finds the history without locking or creating anything: the session's
+/// current schema and whether it holds each of the two tables. A caller may send it along with
+/// its own statements, in one round trip, and read its row with [`Location::of`].
+pub fn locate_sql() -> String {
+    format!(
+        "SELECT current_schema(), \
+         to_regclass(format('%I.%I', current_schema(), '{TABLE}')) IS NOT NULL, \
+         to_regclass(format('%I.%I', current_schema(), '{PROGRESS_TABLE}')) IS NOT NULL"
+    )
+}
+
+/// Where [`locate_sql`] found the history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    /// The current schema, when it holds the history table.
+    schema: Option<String>,
+    progress: bool,
+}
+
+impl Location {
+    /// Reads the row of [`locate_sql`].
+    pub fn of(row: &[Option<String>]) -> Self {
+        let (history, progress) = (flag(row, 1), flag(row, 2));
+        Self {
+            schema: row.first().cloned().flatten().filter(|_| history),
+            progress,
+        }
+    }
+}
+
 /// Reads the history of the session's current schema without locking or creating anything;
 /// an absent table (or no current schema) is an empty history.
 pub async fn read(client: &Client) -> Result<History, tokio_postgres::Error> {
-    let exists = client
-        .simple_query(&format!(
-            "SELECT current_schema(), \
-             to_regclass(format('%I.%I', current_schema(), '{TABLE}')) IS NOT NULL, \
-             to_regclass(format('%I.%I', current_schema(), '{PROGRESS_TABLE}')) IS NOT NULL"
-        ))
-        .await?;
-    let row = first_row(&exists);
-    let (history, progress) = (flag(&row, 1), flag(&row, 2));
-    let Some(schema) = row.first().cloned().flatten().filter(|_| history) else {
+    let located = client.simple_query(&locate_sql()).await?;
+    read_at(client, &Location::of(&first_row(&located))).await
+}
+
+/// Reads the history where [`locate_sql`] found it: without a table, nothing more is asked.
+pub async fn read_at(
+    client: &Client,
+    location: &Location,
+) -> Result<History, tokio_postgres::Error> {
+    let Some(schema) = &location.schema else {
         return Ok(History::default());
     };
-    let tables = Tables::in_schema(&schema);
-    let batch = if progress {
+    let tables = Tables::in_schema(schema);
+    let batch = if location.progress {
         format!(
             "{}; {}; {}",
             tables.has_statement_checksums_sql(),
@@ -247,10 +277,11 @@ pub async fn read(client: &Client) -> Result<History, tokio_postgres::Error> {
     Ok(parse(&client.simple_query(&batch).await?))
 }
 
-fn first_row(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
+/// The rows of a simple query's answer, each as its columns' text, statement after statement.
+pub fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
     messages
         .iter()
-        .find_map(|m| match m {
+        .filter_map(|m| match m {
             SimpleQueryMessage::Row(row) => Some(
                 (0..row.len())
                     .map(|i| row.get(i).map(str::to_string))
@@ -258,7 +289,11 @@ fn first_row(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
             ),
             _ => None,
         })
-        .unwrap_or_default()
+        .collect()
+}
+
+fn first_row(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
+    rows(messages).into_iter().next().unwrap_or_default()
 }
 
 fn flag(row: &[Option<String>], i: usize) -> bool {
@@ -345,6 +380,24 @@ pub fn literal_opt(value: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_is_where_its_table_is() {
+        let row = |schema: Option<&str>, history: &str, progress: &str| {
+            vec![
+                schema.map(str::to_string),
+                Some(history.to_string()),
+                Some(progress.to_string()),
+            ]
+        };
+        let found = Location::of(&row(Some("app"), "t", "f"));
+        assert_eq!(found.schema.as_deref(), Some("app"));
+        assert!(!found.progress);
+        // No table, or no current schema: nothing to read.
+        assert_eq!(Location::of(&row(Some("app"), "f", "t")).schema, None);
+        assert_eq!(Location::of(&row(None, "t", "t")).schema, None);
+        assert_eq!(Location::of(&[]), Location::default());
+    }
 
     #[test]
     fn literals_are_quoted() {

@@ -1043,6 +1043,18 @@ fn status_in_table_json_and_across_namespaces() {
         })
         .collect();
     mine.sort();
+    // A listing checks each database with one query: version and history, not the sizes.
+    let one = docs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["namespace"] == a && d["release"] == "one")
+        .unwrap();
+    assert_eq!(one["database_accessible"], true, "{one}");
+    assert_eq!(one["migrations_applied_count"], 6, "{one}");
+    assert_eq!(one["migrations_pending"], 0, "{one}");
+    assert!(one["server_version"].as_str().is_some(), "{one}");
+    assert_eq!(one["database_sizes"], serde_json::json!([]), "{one}");
     assert_eq!(
         mine,
         [

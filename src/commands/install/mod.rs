@@ -567,7 +567,7 @@ pub(crate) async fn health_check(
         let object = render::secret(spec, &credentials.password);
         observed.secret = serde_json::from_value(object).ok();
     }
-    let check = probe::check(cluster, &observed, HEALTH_TIMEOUT).await;
+    let check = probe::check(cluster, &observed, HEALTH_TIMEOUT, probe::Depth::Full).await;
     match (check.accessible, check.error.clone()) {
         (true, _) => Ok(Checked { observed, check }),
         (false, Some(error))
