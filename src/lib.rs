@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             context: "cannot start the async runtime".into(),
             source,
         })?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Migrate(args) => migrate::run(args, &cli.global).await,
             Command::Version(args) => version::run(args, &cli.global).await,
@@ -84,5 +84,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::User(args) => user::run(args, &cli.global).await,
             Command::RotatePassword(args) => rotate_password::run(args, &cli.global).await,
         }
-    })
+    });
+    // Dropping the runtime would wait for its blocking threads, and a read of stdin stays
+    // blocked while the pipe's writer lives: a restore stopped by a signal would never exit.
+    // Once the command has returned, nothing else is owed.
+    runtime.shutdown_background();
+    result
 }

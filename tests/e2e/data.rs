@@ -301,6 +301,68 @@ fn dump_and_restore_between_namespaces() {
         .filter(|n| n.contains("partial"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+
+    // Ctrl-C while a script is still arriving: exit 130, its session ended, nothing committed.
+    let before = query(&scope, &b, COUNTS);
+    let mut restore = scope
+        .kpg_command(&["restore", "-n", &b])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut script = restore.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        script
+            .write_all(b"insert into users (username, email) values ('cut', 'cut@example.com');\n")
+            .unwrap();
+        // More than the head the kind is sniffed from, so the restore starts.
+        script
+            .write_all("-- more to come\n".repeat(5000).as_bytes())
+            .unwrap();
+        script.flush().unwrap();
+    }
+    // Wait on the condition: the insert ran, and the transaction waits for more of the script.
+    let waiting =
+        "select count(*) from pg_stat_activity where application_name like 'kubectl-pg-%' \
+                   and state = 'idle in transaction' and query like '%cut@example.com%'";
+    let started = Instant::now();
+    while query(&scope, &b, waiting) != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the restore never ran its first statement"
+        );
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &restore.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The script's writer is still there: the restore must exit without waiting for its end.
+    let out = crate::output_within(restore, Duration::from_secs(60));
+    drop(script);
+    expect_code(&out, 130);
+    assert!(
+        out.stderr_text().contains("rolled back"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(query(&scope, &b, COUNTS), before, "nothing committed");
+    assert_eq!(
+        query(
+            &scope,
+            &b,
+            "select count(*) from users where username = 'cut'"
+        ),
+        "0"
+    );
+    let left = "select count(*) from pg_stat_activity where application_name like 'kubectl-pg-%'";
+    assert_eq!(
+        query(&scope, &b, left),
+        "0",
+        "the restore's session was ended"
+    );
 }
 
 /// Holds an ACCESS EXCLUSIVE lock on users in a psql session in the pod until dropped, so a

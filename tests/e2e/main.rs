@@ -61,6 +61,27 @@ impl OutputExt for Output {
     }
 }
 
+/// Waits for `child` to exit and collects its output; a child still running after `limit` is
+/// killed and the test fails, so a command that hangs fails its test instead of stalling the
+/// suite.
+#[track_caller]
+pub fn output_within(child: std::process::Child, limit: std::time::Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("the child's output is read"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("process {pid} was still running after {limit:?}");
+        }
+    }
+}
+
 /// Asserts the exit code, showing the whole run when it differs.
 #[track_caller]
 pub fn expect_code(output: &Output, code: i32) {
