@@ -796,3 +796,59 @@ fn restart_replaces_a_crash_looping_pod_and_reports_why_it_fails() {
         "{listing}"
     );
 }
+
+/// `logs -f` started while the server container cannot start yet (its Secret lacks a key)
+/// waits for it, then follows it once the kubelet starts it.
+#[test]
+fn logs_follow_waits_for_a_container_that_has_not_started() {
+    let scope = Scope::new("kpg-logs-wait");
+    let ns = scope.ns.as_str();
+    install(&scope, "pg");
+    let password = jsonpath(&scope, "secret/pg-credentials", "{.data.password}");
+    ok(scope.kubectl_ns(&[
+        "patch",
+        "secret",
+        "pg-credentials",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/data/password"}]"#,
+    ]));
+    ok(scope.kubectl_ns(&["delete", "pod", "pg-0", "--wait=true"]));
+    wait_pod(
+        &scope,
+        "pg-0",
+        "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=CreateContainerConfigError",
+    );
+    // Without -f: the kubelet's reason, exit 1, and where to look.
+    let now = scope.kpg(&["logs", "pg", "-n", ns]);
+    expect_code(&now, 1);
+    let err = now.stderr_text();
+    assert!(
+        err.contains("waiting to start: CreateContainerConfigError") && err.contains("hint:"),
+        "{}",
+        now.describe()
+    );
+    let mut follow = Background::start(&scope, &["logs", "pg", "-n", ns, "-f"]);
+    // Still waiting, not failed: the container has not started, and the follower lives on.
+    wait_pod(
+        &scope,
+        "pg-0",
+        "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=CreateContainerConfigError",
+    );
+    assert!(
+        follow.child.try_wait().unwrap().is_none(),
+        "logs -f gave up on a container that has not started: {:?}",
+        follow.seen
+    );
+    ok(scope.kubectl_ns(&[
+        "patch",
+        "secret",
+        "pg-credentials",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"data":{{"password":"{password}"}}}}"#),
+    ]));
+    follow.until(Duration::from_secs(90), "ready line", |s| {
+        count(s, READY_LINE) >= 1
+    });
+}

@@ -266,8 +266,14 @@ func (n *node) handleLogs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	c.mu.Lock()
 	restarts, running := c.restarts, c.proc != nil
+	waiting, ran := c.state.Waiting, c.lastState.Terminated != nil
 	c.mu.Unlock()
 	index := restarts
+	if q.Get("previous") != "true" && waiting != nil && !running && !ran {
+		// As the kubelet's validateContainerLogStatus: a container that never ran has no log.
+		http.Error(w, fmt.Sprintf("container %q in pod %q is waiting to start: %s", c.spec.Name, p.name, waiting.Reason), http.StatusBadRequest)
+		return
+	}
 	if q.Get("previous") == "true" {
 		if restarts == 0 {
 			http.Error(w, fmt.Sprintf("previous terminated container %q in pod %q not found", c.spec.Name, p.name), http.StatusBadRequest)
