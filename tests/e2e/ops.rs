@@ -814,11 +814,9 @@ fn logs_follow_waits_for_a_container_that_has_not_started() {
         r#"[{"op":"remove","path":"/data/password"}]"#,
     ]));
     ok(scope.kubectl_ns(&["delete", "pod", "pg-0", "--wait=true"]));
-    wait_pod(
-        &scope,
-        "pg-0",
-        "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=CreateContainerConfigError",
-    );
+    let not_created =
+        "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=CreateContainerConfigError";
+    wait_pod(&scope, "pg-0", not_created);
     // Without -f: the kubelet's reason, exit 1, and where to look.
     let now = scope.kpg(&["logs", "pg", "-n", ns]);
     expect_code(&now, 1);
@@ -830,11 +828,7 @@ fn logs_follow_waits_for_a_container_that_has_not_started() {
     );
     let mut follow = Background::start(&scope, &["logs", "pg", "-n", ns, "-f"]);
     // Still waiting, not failed: the container has not started, and the follower lives on.
-    wait_pod(
-        &scope,
-        "pg-0",
-        "--for=jsonpath={.status.containerStatuses[0].state.waiting.reason}=CreateContainerConfigError",
-    );
+    wait_pod(&scope, "pg-0", not_created);
     assert!(
         follow.child.try_wait().unwrap().is_none(),
         "logs -f gave up on a container that has not started: {:?}",
