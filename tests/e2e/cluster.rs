@@ -181,20 +181,6 @@ pub(crate) fn query(dsn: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, St
     })
 }
 
-/// The fault-injecting proxy in front of the apiserver, and a kubeconfig pointing at it.
-fn proxy(scope: &Scope) -> (proxy::Proxy, String) {
-    let pem = |name: &str| std::fs::read_to_string(scope.plane.pki(name)).unwrap();
-    let proxy = proxy::Proxy::start(proxy::Upstream {
-        url: scope.plane.server.clone(),
-        ca_pem: pem("ca.crt"),
-        client_cert_pem: pem("admin.crt"),
-        client_key_pem: pem("admin.key"),
-    });
-    let path = scope.dir.path().join("proxy.kubeconfig");
-    proxy.kubeconfig(&path);
-    (proxy, path.display().to_string())
-}
-
 fn write_file(scope: &Scope, name: &str, body: &str) -> String {
     let path = scope.dir.path().join(name);
     std::fs::write(&path, body).unwrap();
@@ -636,7 +622,7 @@ fn urlencode(text: &str) -> String {
 #[test]
 fn invalid_input_is_refused_before_any_api_call() {
     let scope = Scope::new("kpg-invalid");
-    let (proxy, kubeconfig) = proxy(&scope);
+    let (proxy, kubeconfig) = proxy::in_front_of(&scope);
     // The proxy works: a real command goes through it.
     let status = scope.kpg(&["status", "-n", &scope.ns, "--kubeconfig", &kubeconfig]);
     expect_code(&status, 0);
@@ -897,7 +883,7 @@ fn install_failures_are_diagnosed_with_their_exit_codes() {
 fn dry_run_manifests_are_accepted_by_the_api_server() {
     let scope = Scope::new("kpg-dry");
     let ns = scope.ns.as_str();
-    let (proxy, kubeconfig) = proxy(&scope);
+    let (proxy, kubeconfig) = proxy::in_front_of(&scope);
     let out = scope.kpg(&[
         "install",
         "web",
@@ -1514,7 +1500,7 @@ fn migrate_through_the_cluster_survives_a_dropped_stream() {
         );
     }
     let d = dir.path().display().to_string();
-    let (proxy, kubeconfig) = proxy(&scope);
+    let (proxy, kubeconfig) = proxy::in_front_of(&scope);
     let plan = scope.kpg(&[
         "migrate",
         "up",
@@ -1611,7 +1597,7 @@ fn write(dir: &Path, name: &str, body: &str) {
 fn api_faults_give_their_exit_codes_and_watch_drops_are_survived() {
     let scope = Scope::new("kpg-faults");
     let ns = scope.ns.as_str();
-    let (proxy, kubeconfig) = proxy(&scope);
+    let (proxy, kubeconfig) = proxy::in_front_of(&scope);
     let via = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--kubeconfig", &kubeconfig, "-n", ns]);

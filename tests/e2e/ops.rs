@@ -684,16 +684,7 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
     let scope = Scope::new("kpg-pfcut");
     let ns = scope.ns.as_str();
     install(&scope, "pg");
-    let pem = |name: &str| std::fs::read_to_string(scope.plane.pki(name)).unwrap();
-    let proxy = crate::proxy::Proxy::start(crate::proxy::Upstream {
-        url: scope.plane.server.clone(),
-        ca_pem: pem("ca.crt"),
-        client_cert_pem: pem("admin.crt"),
-        client_key_pem: pem("admin.key"),
-    });
-    let kubeconfig = scope.dir.path().join("proxy.kubeconfig");
-    proxy.kubeconfig(&kubeconfig);
-    let kubeconfig = kubeconfig.display().to_string();
+    let (proxy, kubeconfig) = crate::proxy::in_front_of(&scope);
     let mut forward = Background::start(
         &scope,
         &[

@@ -43,6 +43,21 @@ pub struct Upstream {
     pub client_key_pem: String,
 }
 
+/// A proxy in front of the test cluster's apiserver, with the admin's client certificate, and
+/// the path of a kubeconfig in the scope's directory that points at it.
+pub fn in_front_of(scope: &crate::scope::Scope) -> (Proxy, String) {
+    let pem = |name: &str| std::fs::read_to_string(scope.plane.pki(name)).unwrap();
+    let proxy = Proxy::start(Upstream {
+        url: scope.plane.server.clone(),
+        ca_pem: pem("ca.crt"),
+        client_cert_pem: pem("admin.crt"),
+        client_key_pem: pem("admin.key"),
+    });
+    let path = scope.dir.path().join("proxy.kubeconfig");
+    proxy.kubeconfig(&path);
+    (proxy, path.display().to_string())
+}
+
 /// A request as the proxy received it, whether it was forwarded or faulted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recorded {

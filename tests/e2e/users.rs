@@ -479,6 +479,82 @@ fn rotate_password() {
     );
     assert_eq!(secret_value(&scope, "pg-credentials", "password"), new);
     try_connect(&local(&forward, "postgres", &new, "learnflow")).unwrap();
+
+    // The Secret changes between our read and our write (held at a proxy meanwhile), so the
+    // write's resourceVersion precondition meets a real 409. An unrelated change: read again,
+    // written. Someone else's password: refused, and the role has its old password again.
+    let (proxy, proxied) = crate::proxy::in_front_of(&scope);
+    let writes = |requests: &[crate::proxy::Recorded]| {
+        requests
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path_and_query.contains("/secrets/pg-credentials"))
+            .count()
+    };
+    let rotate_meanwhile = |change: &str, patch: &str| {
+        proxy.clear_requests();
+        proxy.hang(crate::proxy::Matcher::new(
+            "PATCH",
+            "/secrets/pg-credentials",
+        ));
+        let child = scope
+            .kpg_command(&[
+                "rotate-password",
+                "pg",
+                "-n",
+                ns,
+                "--yes",
+                "--kubeconfig",
+                &proxied,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            proxy.wait_for(std::time::Duration::from_secs(60), |r| writes(r) == 1),
+            "rotate-password never wrote the Secret ({change})"
+        );
+        ok(scope.kubectl_ns(&[
+            "patch",
+            "secret",
+            "pg-credentials",
+            "--type",
+            "merge",
+            "-p",
+            patch,
+        ]));
+        proxy.clear_hang();
+        let out = crate::output_within(child, std::time::Duration::from_secs(60));
+        (out, writes(&proxy.requests()))
+    };
+    let (out, tries) = rotate_meanwhile(
+        "an annotation",
+        r#"{"metadata":{"annotations":{"example.com/touched":"yes"}}}"#,
+    );
+    expect_code(&out, 0);
+    assert_eq!(tries, 2, "the write was tried again: {}", out.describe());
+    let rotated = secret_value(&scope, "pg-credentials", "password");
+    assert_ne!(rotated, new);
+    try_connect(&local(&forward, "postgres", &rotated, "learnflow")).unwrap();
+    let (out, tries) = rotate_meanwhile(
+        "another password",
+        r#"{"stringData":{"password":"set-by-someone-else-0123"}}"#,
+    );
+    expect_code(&out, 1);
+    assert_eq!(tries, 1, "{}", out.describe());
+    let err = out.stderr_text();
+    assert!(
+        err.contains("changed by someone else") && err.contains("old password again"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        secret_value(&scope, "pg-credentials", "password"),
+        "set-by-someone-else-0123",
+        "the other change is kept"
+    );
+    try_connect(&local(&forward, "postgres", &rotated, "learnflow")).unwrap();
+    drop(proxy);
     drop(forward);
 
     // uninstall --delete-data: the users' roles were in the data, so their Secrets go too.
