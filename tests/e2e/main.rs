@@ -15,6 +15,7 @@ mod pg;
 mod proxy;
 mod real_cluster;
 mod scope;
+mod terminal;
 mod users;
 
 use std::process::{Command, Output};
