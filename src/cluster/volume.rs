@@ -2,7 +2,7 @@
 //! StatefulSet's `volumeClaimTemplates` are immutable and never touched), when its StorageClass
 //! allows expansion; then the resize is followed until the claim's capacity reaches the request.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -146,8 +146,9 @@ fn not_expandable(claim: &str, why: &str, class: Option<&str>) -> Error {
     }
 }
 
-/// Writes the new request on the claim (or tries it, `dry_run`).
-pub async fn patch(cluster: &Cluster, growth: &Growth, dry_run: bool) -> Result<(), Error> {
+/// Writes the new request on the claim (or tries it, `dry_run`), and gives the claim's
+/// resourceVersion after the write, from which [`wait_grown`] follows the resize.
+pub async fn patch(cluster: &Cluster, growth: &Growth, dry_run: bool) -> Result<String, Error> {
     let pvcs: Api<PersistentVolumeClaim> =
         Api::namespaced(cluster.client.clone(), &growth.namespace);
     let body = json!({ "spec": { "resources": { "requests": { "storage": growth.to } } } });
@@ -159,7 +160,7 @@ pub async fn patch(cluster: &Cluster, growth: &Growth, dry_run: bool) -> Result<
         .patch(&growth.claim, &params, &Patch::Merge(&body))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(pvc) => Ok(pvc.metadata.resource_version.unwrap_or_default()),
         Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
             Err(Error::Deployment {
                 message: format!("insufficient resources: {}", s.message),
@@ -179,64 +180,119 @@ pub async fn patch(cluster: &Cluster, growth: &Growth, dry_run: bool) -> Result<
 }
 
 /// Follows the resize until `status.capacity` reaches the request, telling each condition
-/// (`Resizing`, `FileSystemResizePending`) as it appears; exit 4 at `deadline`.
+/// (`Resizing`, `FileSystemResizePending`) as it appears; exit 4 at `deadline`. It watches
+/// from `since`, the claim's resourceVersion after the request was written, so every state
+/// the resize went through is seen in order, however quick it was or late the wait began.
 pub async fn wait_grown(
     cluster: &Cluster,
     growth: &Growth,
+    since: &str,
     deadline: Instant,
 ) -> Result<String, Error> {
+    use futures_util::TryStreamExt;
+    use kube::api::{WatchEvent, WatchParams};
     let pvcs: Api<PersistentVolumeClaim> =
         Api::namespaced(cluster.client.clone(), &growth.namespace);
     let want = quantity_value(&growth.to).unwrap_or(f64::MAX);
     let mut told: Vec<String> = Vec::new();
+    let mut now: Option<String> = None;
+    let mut version = since.to_string();
+    let params = WatchParams::default().fields(&format!("metadata.name={}", growth.claim));
+    let failed = |e| cluster.error("watch", "persistentvolumeclaims", e);
     loop {
-        let pvc = pvcs
-            .get(&growth.claim)
-            .await
-            .map_err(|e| cluster.error("get", "persistentvolumeclaims", e))?;
-        let now = capacity(&pvc);
-        if now
-            .as_deref()
-            .and_then(quantity_value)
-            .is_some_and(|have| have >= want)
-        {
-            return Ok(now.unwrap_or_default());
-        }
-        for c in pvc
-            .status
-            .iter()
-            .flat_map(|s| s.conditions.iter().flatten())
-            .filter(|c| c.status == "True")
-        {
-            if !told.contains(&c.type_) {
-                told.push(c.type_.clone());
-                let why = c
-                    .message
+        // A watch whose start is too old to replay (410 Gone) starts again from a fresh read.
+        let resumed = if version.is_empty() {
+            let pvc = pvcs
+                .get(&growth.claim)
+                .await
+                .map_err(|e| cluster.error("get", "persistentvolumeclaims", e))?;
+            version = pvc.metadata.resource_version.clone().unwrap_or_default();
+            Some(pvc)
+        } else {
+            None
+        };
+        let events = pvcs.watch(&params, &version).await.map_err(failed)?;
+        let mut events = std::pin::pin!(events);
+        let mut seen = resumed;
+        loop {
+            if let Some(pvc) = seen.take() {
+                now = capacity(&pvc);
+                if now
                     .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default();
-                crate::note!("PVC {}: {}{why}", growth.claim, c.type_);
+                    .and_then(quantity_value)
+                    .is_some_and(|have| have >= want)
+                {
+                    return Ok(now.unwrap_or_default());
+                }
+                tell_conditions(&pvc, &growth.claim, &mut told);
+            }
+            let next = match tokio::time::timeout_at(deadline.into(), events.try_next()).await {
+                Ok(next) => next.map_err(failed)?,
+                Err(_) => return Err(not_grown(growth, now, &told)),
+            };
+            match next {
+                Some(WatchEvent::Added(pvc) | WatchEvent::Modified(pvc)) => {
+                    version = pvc.metadata.resource_version.clone().unwrap_or_default();
+                    seen = Some(pvc);
+                }
+                Some(WatchEvent::Deleted(_)) => {
+                    return Err(Error::Deployment {
+                        message: format!("PVC {} was deleted while it was growing", growth.claim),
+                        hints: vec![],
+                        code: 5,
+                    })
+                }
+                Some(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
+                Some(WatchEvent::Error(status)) if status.code == 410 => {
+                    version.clear();
+                    break;
+                }
+                Some(WatchEvent::Error(status)) => {
+                    return Err(failed(kube::Error::Api(status)));
+                }
+                // The server ended the watch (its timeout): go on from the last version seen.
+                None => break,
             }
         }
-        if Instant::now() >= deadline {
-            return Err(Error::Deployment {
-                message: format!(
-                    "timed out waiting for PVC {} to grow to {} (capacity {}{})",
-                    growth.claim,
-                    growth.to,
-                    now.unwrap_or_else(|| "unknown".into()),
-                    told.last().map(|c| format!(", {c}")).unwrap_or_default()
-                ),
-                hints: vec![
-                    format!(
-                        "the request is recorded and the resize goes on: kubectl describe pvc {} -n {}",
-                        growth.claim, growth.namespace
-                    ),
-                    "a FileSystemResizePending claim finishes when its pod (re)starts".into(),
-                ],
-                code: 4,
-            });
+    }
+}
+
+/// Prints each condition of the claim that is true and was not told yet.
+fn tell_conditions(pvc: &PersistentVolumeClaim, claim: &str, told: &mut Vec<String>) {
+    for c in pvc
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .filter(|c| c.status == "True")
+    {
+        if !told.contains(&c.type_) {
+            told.push(c.type_.clone());
+            let why = c
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            crate::note!("PVC {claim}: {}{why}", c.type_);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn not_grown(growth: &Growth, now: Option<String>, told: &[String]) -> Error {
+    Error::Deployment {
+        message: format!(
+            "timed out waiting for PVC {} to grow to {} (capacity {}{})",
+            growth.claim,
+            growth.to,
+            now.unwrap_or_else(|| "unknown".into()),
+            told.last().map(|c| format!(", {c}")).unwrap_or_default()
+        ),
+        hints: vec![
+            format!(
+                "the request is recorded and the resize goes on: kubectl describe pvc {} -n {}",
+                growth.claim, growth.namespace
+            ),
+            "a FileSystemResizePending claim finishes when its pod (re)starts".into(),
+        ],
+        code: 4,
     }
 }

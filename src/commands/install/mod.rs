@@ -210,8 +210,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(live) = &live {
         forced_rollback(&cluster, &spec, live).await?;
     }
+    let mut grown_since = String::new();
     if let Some(g) = &growth {
-        volume::patch(&cluster, g, false).await?;
+        grown_since = volume::patch(&cluster, g, false).await?;
         crate::note!(
             "PVC {}: growing from {} to {} (StorageClass {})",
             g.claim,
@@ -232,7 +233,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     wait_ready(&cluster, &spec, args.timeout, existing.statefulset).await?;
     if let Some(g) = &growth {
-        let capacity = volume::wait_grown(&cluster, g, deadline).await?;
+        let capacity = volume::wait_grown(&cluster, g, &grown_since, deadline).await?;
         crate::note!("PVC {}: capacity {capacity}", g.claim);
     }
     crate::note!(
