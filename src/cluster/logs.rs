@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, LogParams};
+use kube::runtime::{watcher, WatchStreamExt};
 
 use super::access::Cluster;
 use super::release;
@@ -30,8 +31,20 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
-/// How long following waits between two looks for a running container again.
+/// How soon following looks again after a stream ended with nothing changed in the pods: the
+/// stream was cut while its container runs (an API server restart, a proxy's idle cut).
 const RETRY: Duration = Duration::from_millis(500);
+
+/// When following looks for the server container next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Now,
+    /// A container that is not running yet: when the release's pods change.
+    OnChange,
+    /// After a stream ended: when the pods change (the container stopped), or after [`RETRY`]
+    /// (the stream was cut while it runs, and nothing will change).
+    Soon,
+}
 
 /// Writes the release's server log, line by line, to `out`. Without `follow` it returns at the
 /// end of the log; with it, only when the release's StatefulSet is gone, on an error, or when
@@ -78,17 +91,35 @@ pub async fn read(
     // Following: each stream ends when its container exits (or the stream is cut); the
     // server is then found again, and the log goes on from the last line printed.
     let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    // The release's pods, watched: a watch error (retried with back-off) counts as a change,
+    // so a watch that is refused degrades to looking at the back-off's pace.
+    let config = watcher::Config::default().labels(&release::selector(release));
+    let mut changes = std::pin::pin!(watcher(pods.clone(), config).default_backoff());
     let mut cursor = Cursor::default();
     let mut first = true;
     let mut said_waiting = false;
+    let mut next = Next::Now;
     loop {
-        if !first {
-            tokio::time::sleep(RETRY).await;
+        match next {
+            Next::Now => {}
+            Next::OnChange => {
+                let _ = changes.next().await;
+            }
+            Next::Soon => {
+                tokio::select! {
+                    _ = changes.next() => {}
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
         }
+        next = Next::OnChange;
         let pod = match find_pod(cluster, release).await {
             Ok(pod) => pod,
-            // The API server restarting, a network blip: look again.
-            Err(Error::ClusterUnreachable { .. }) if !first => continue,
+            // The API server restarting, a network blip: look again soon.
+            Err(Error::ClusterUnreachable { .. }) if !first => {
+                next = Next::Soon;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         let Some(pod) = pod else {
@@ -126,8 +157,12 @@ pub async fn read(
                 continue;
             }
             Err(e) if first => return Err(log_error(cluster, release, &name, false, e)),
-            // A container that stopped again in between refuses: look again.
-            Err(_) => continue,
+            // A container that stopped again in between refuses, or the API failed: look
+            // again soon.
+            Err(_) => {
+                next = Next::Soon;
+                continue;
+            }
         };
         first = false;
         let mut lines = stream.lines();
@@ -139,6 +174,7 @@ pub async fn read(
                 return Ok(());
             }
         }
+        next = Next::Soon;
     }
 }
 
