@@ -79,6 +79,19 @@ pub fn claim_data_major(pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim)
         .and_then(|v| v.split('.').next()?.parse().ok())
 }
 
+/// Records on the data claim `claim` which major its data now is, so a later install of another
+/// major over the kept claim is refused. Best effort: a user without `patch` on claims keeps
+/// going.
+pub async fn record_claim_major(cluster: &Cluster, namespace: &str, claim: &str, major: u32) {
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(cluster.client.clone(), namespace);
+    let patch = serde_json::json!({ "metadata": { "annotations": { ANNOTATION_DATA_MAJOR: major.to_string() } } });
+    let params = kube::api::PatchParams::default();
+    let _ = pvcs
+        .patch(claim, &params, &kube::api::Patch::Merge(&patch))
+        .await;
+}
+
 /// A major upgrade in progress records, on the StatefulSet, what to return to.
 pub const ANNOTATION_UPGRADE_FROM_MAJOR: &str = "kubectl-pg.io/upgrade-from-major";
 pub const ANNOTATION_UPGRADE_FROM_IMAGE: &str = "kubectl-pg.io/upgrade-from-image";

@@ -9,10 +9,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 use serde::Serialize;
-use serde_json::json;
 
 use super::install::{self, Live};
 use crate::cli::{GlobalArgs, UpgradeArgs};
@@ -381,7 +380,7 @@ async fn upgrade(
             });
         }
     };
-    record_data_major(cluster, &new, to).await;
+    release::record_claim_major(cluster, &new.namespace, &render::data_pvc_name(&new), to).await;
     let downtime_ms = downtime.elapsed().as_millis() as u64;
     step(&format!(
         "done: downtime {:.1}s",
@@ -445,7 +444,13 @@ async fn rollback(
         let dir = format!("{}/{}", record.from_layout.mount(), current.major);
         let _ = remove_in_pod(cluster, &target, &dir).await;
     }
-    record_data_major(cluster, &old, record.from_major).await;
+    release::record_claim_major(
+        cluster,
+        &old.namespace,
+        &render::data_pvc_name(&old),
+        record.from_major,
+    )
+    .await;
     step(&format!(
         "release {} runs PostgreSQL {} again",
         old.release, record.from_major
@@ -699,19 +704,6 @@ async fn restore_all(
         });
     }
     Ok(())
-}
-
-/// The claim records the major of the data it now serves.
-async fn record_data_major(cluster: &Cluster, spec: &InstallSpec, major: u32) {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &spec.namespace);
-    let patch = json!({ "metadata": { "annotations": { release::ANNOTATION_DATA_MAJOR: major.to_string() } } });
-    let _ = pvcs
-        .patch(
-            &render::data_pvc_name(spec),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await;
 }
 
 /// `./R-N-pgM-UNIXTIME.sql`

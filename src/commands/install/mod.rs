@@ -244,7 +244,13 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     // Recording the claim's major needs nothing from the database: it goes alongside.
     let record = async {
         if existing.pvc_major.is_none() {
-            record_data_major(&cluster, &spec).await;
+            release::record_claim_major(
+                &cluster,
+                &spec.namespace,
+                &render::data_pvc_name(&spec),
+                spec.major,
+            )
+            .await;
         }
     };
     let prove = async {
@@ -351,21 +357,6 @@ async fn create_namespace(cluster: &Cluster, name: &str) -> Result<(), Error> {
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(cluster.error("create", "namespaces", e)),
     }
-}
-
-/// Records on the data claim which major initialised it, so a later install of another major
-/// over the kept claim is refused. Best effort: a user without `patch` on claims keeps going.
-async fn record_data_major(cluster: &Cluster, spec: &InstallSpec) {
-    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(cluster.client.clone(), &spec.namespace);
-    let patch = json!({ "metadata": { "annotations": { preflight::ANNOTATION_DATA_MAJOR: spec.major.to_string() } } });
-    let _ = pvcs
-        .patch(
-            &render::data_pvc_name(spec),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await;
 }
 
 /// The flags as given: an unset flag is `None`, so an upgrade keeps the live value.

@@ -92,9 +92,6 @@ pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<E
     })
 }
 
-/// The annotation on the data claim that records the major of the data in it.
-pub(super) const ANNOTATION_DATA_MAJOR: &str = release::ANNOTATION_DATA_MAJOR;
-
 fn data_major(pvc: &PersistentVolumeClaim) -> Option<u32> {
     release::claim_data_major(pvc)
 }
