@@ -167,17 +167,7 @@ pub(crate) fn query(dsn: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, St
             .simple_query(sql)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        Ok(messages
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect())
+        Ok(kubectl_pg::migration::history::rows(&messages))
     })
 }
 

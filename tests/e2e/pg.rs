@@ -105,17 +105,7 @@ pub fn query(dsn: &str, sql: &str) -> Vec<Vec<Option<String>>> {
             .simple_query(sql)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-        messages
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect()
+        kubectl_pg::migration::history::rows(&messages)
     })
 }
 
