@@ -510,18 +510,24 @@ fn storage_grows_in_place_and_never_shrinks() {
     installed(fixed);
     installed(edited);
 
+    // The claims' size is raised by an install --upgrade, and read back from the claim.
+    let grow = |release: &str, size: &str| {
+        scope.kpg(&[
+            "install",
+            release,
+            "-n",
+            &ns,
+            "--upgrade",
+            "--storage-size",
+            size,
+            "--timeout",
+            TIMEOUT,
+        ])
+    };
+    let claim = |name: &str, path: &str| field(&scope, "pvc", &ns, name, path);
+
     // Growth: the claim's request, then its capacity; the template keeps its size.
-    let out = scope.kpg(&[
-        "install",
-        "grow",
-        "-n",
-        &ns,
-        "--upgrade",
-        "--storage-size",
-        "10Gi",
-        "--timeout",
-        TIMEOUT,
-    ]);
+    let out = grow("grow", "10Gi");
     expect_code(&out, 0);
     let err = out.stderr_text();
     assert!(
@@ -535,25 +541,10 @@ fn storage_grows_in_place_and_never_shrinks() {
         out.describe()
     );
     assert_eq!(
-        field(
-            &scope,
-            "pvc",
-            &ns,
-            "data-grow-0",
-            "{.spec.resources.requests.storage}"
-        ),
+        claim("data-grow-0", "{.spec.resources.requests.storage}"),
         "10Gi"
     );
-    assert_eq!(
-        field(
-            &scope,
-            "pvc",
-            &ns,
-            "data-grow-0",
-            "{.status.capacity.storage}"
-        ),
-        "10Gi"
-    );
+    assert_eq!(claim("data-grow-0", "{.status.capacity.storage}"), "10Gi");
     let template = scope.kubectl_ns(&[
         "get",
         "sts",
@@ -589,15 +580,7 @@ fn storage_grows_in_place_and_never_shrinks() {
     assert!(text.contains("learnflow "), "{text}");
 
     // Shrinking is refused before any change (exit 1); the same size changes nothing.
-    let out = scope.kpg(&[
-        "install",
-        "grow",
-        "-n",
-        &ns,
-        "--upgrade",
-        "--storage-size",
-        "9Gi",
-    ]);
+    let out = grow("grow", "9Gi");
     expect_code(&out, 1);
     assert!(
         out.stderr_text().contains("cannot shrink"),
@@ -605,38 +588,14 @@ fn storage_grows_in_place_and_never_shrinks() {
         out.describe()
     );
     assert_eq!(
-        field(
-            &scope,
-            "pvc",
-            &ns,
-            "data-grow-0",
-            "{.spec.resources.requests.storage}"
-        ),
+        claim("data-grow-0", "{.spec.resources.requests.storage}"),
         "10Gi"
     );
-    let out = scope.kpg(&[
-        "install",
-        "grow",
-        "-n",
-        &ns,
-        "--upgrade",
-        "--storage-size",
-        "10Gi",
-        "--timeout",
-        TIMEOUT,
-    ]);
+    let out = grow("grow", "10Gi");
     expect_code(&out, 0);
 
     // A class without expansion: exit 6, saying so, and the claim is untouched.
-    let out = scope.kpg(&[
-        "install",
-        "fixed",
-        "-n",
-        &ns,
-        "--upgrade",
-        "--storage-size",
-        "10Gi",
-    ]);
+    let out = grow("fixed", "10Gi");
     expect_code(&out, 6);
     assert!(
         out.stderr_text()
@@ -645,13 +604,7 @@ fn storage_grows_in_place_and_never_shrinks() {
         out.describe()
     );
     assert_eq!(
-        field(
-            &scope,
-            "pvc",
-            &ns,
-            "data-fixed-0",
-            "{.spec.resources.requests.storage}"
-        ),
+        claim("data-fixed-0", "{.spec.resources.requests.storage}"),
         "8Gi"
     );
 
