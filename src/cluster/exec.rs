@@ -3,6 +3,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams};
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::access::{chain, Cluster};
@@ -56,52 +58,33 @@ pub async fn run(
     command: &[&str],
     stdin: &str,
 ) -> Result<ExecOutput, Error> {
-    let params = AttachParams::default()
-        .container(container)
-        .stdin(true)
-        .stdout(true)
-        .stderr(true);
     let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
-    let mut process = start(cluster, namespace, pod, command, &params).await?;
-    let status = process.take_status();
-    let mut input = process.stdin();
-    let mut out = process.stdout();
-    let mut err = process.stderr();
-    let write = async {
-        if let Some(w) = input.as_mut() {
-            let _ = w.write_all(stdin.as_bytes()).await;
-            let _ = w.shutdown().await;
-        }
-        drop(input.take());
+    let mut stdout = Vec::new();
+    let outcome = stream(
+        cluster,
+        namespace,
+        pod,
+        container,
+        &command,
+        Some(stdin.as_bytes()),
+        |chunk: &[u8]| {
+            stdout.extend_from_slice(chunk);
+            Ok(())
+        },
+    )
+    .await?;
+    let message = if outcome.success {
+        None
+    } else if outcome.completed {
+        outcome.message.clone()
+    } else {
+        Some(outcome.reason())
     };
-    let read_out = async {
-        let mut text = String::new();
-        if let Some(r) = out.as_mut() {
-            let _ = r.read_to_string(&mut text).await;
-        }
-        text
-    };
-    let read_err = async {
-        let mut text = String::new();
-        if let Some(r) = err.as_mut() {
-            let _ = r.read_to_string(&mut text).await;
-        }
-        text
-    };
-    let ((), stdout, stderr) = tokio::join!(write, read_out, read_err);
-    let status = match status {
-        Some(s) => s.await,
-        None => None,
-    };
-    let _ = process.join().await;
-    let success = status
-        .as_ref()
-        .is_some_and(|s| s.status.as_deref() == Some("Success"));
     Ok(ExecOutput {
-        success,
-        stdout,
-        stderr,
-        message: status.filter(|_| !success).and_then(|s| s.message),
+        success: outcome.success,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: outcome.stderr,
+        message,
     })
 }
 
@@ -145,10 +128,19 @@ pub const STDERR_KEPT: usize = 64 * 1024;
 /// The read size of streamed output.
 const CHUNK: usize = 256 * 1024;
 
+/// How long the pieces of a stream still buffered may take to be read once the stream's task
+/// has ended: they are in memory, so this only bounds a task that ended without closing them.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs `command` in the pod with `input` (if any) on its stdin and every chunk of its stdout
 /// handed to `sink` as it arrives: nothing is collected, so memory stays bounded whatever the
-/// size. A sink error stops the transfer (the remote command is killed when the stream
-/// closes). Success needs the status channel's Success: a stream cut before it is a failure.
+/// size. Success needs the status channel's Success: a stream cut before it is a failure.
+///
+/// Nothing here waits on a side that has gone: a sink or input error ends the call at once
+/// (dropping the stream closes the WebSocket, which kills the remote command), and a command
+/// that exits without reading all its input ends the feeding. kube's pipes are simplex
+/// buffers that only a shutdown closes, and its task does not shut them when it fails or is
+/// aborted, so every wait below is tied to the task's end rather than to an end of file.
 pub async fn stream<I, S>(
     cluster: &Cluster,
     namespace: &str,
@@ -173,48 +165,22 @@ where
     params.max_stderr_buf_size = Some(STDERR_KEPT);
     let mut process = start(cluster, namespace, pod, command.to_vec(), &params).await?;
     let status = process.take_status();
-    let mut stdin = process.stdin();
-    let mut out = process.stdout();
-    let mut err = process.stderr();
-    // Stopping the message loop closes the stream: the remote command is killed, and the
-    // readers see the end. A cut input must never reach the command as a clean end of file.
-    let process = &process;
-    let write = async {
-        let mut sent = 0u64;
-        if let (Some(mut reader), Some(w)) = (input, stdin.as_mut()) {
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = match reader.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        process.abort();
-                        return Err(e);
-                    }
-                };
-                if w.write_all(&buf[..n]).await.is_err() {
-                    // The command stopped reading (it failed): its status says why.
-                    break;
-                }
-                sent += n as u64;
-            }
-            let _ = w.shutdown().await;
-        }
-        drop(stdin.take());
-        Ok(sent)
-    };
+    let stdin = process.stdin();
+    let out = process.stdout();
+    let err = process.stderr();
+    // The process lives in this future from here on: dropping it (any early return) aborts
+    // the stream's task, which closes the WebSocket and so ends the remote command.
+    let task = process.join();
+    let write = feed(input, stdin);
     let read_out = async {
         let mut total = 0u64;
-        if let Some(r) = out.as_mut() {
+        if let Some(mut r) = out {
             let mut buf = vec![0u8; CHUNK];
             loop {
                 match r.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if let Err(e) = sink(&buf[..n]) {
-                            process.abort();
-                            return Err(e);
-                        }
+                        sink(&buf[..n])?;
                         total += n as u64;
                     }
                 }
@@ -222,33 +188,45 @@ where
         }
         Ok::<u64, std::io::Error>(total)
     };
-    let read_err = async {
-        let mut kept: Vec<u8> = Vec::new();
-        if let Some(r) = err.as_mut() {
-            let mut buf = vec![0u8; 8192];
-            while let Ok(n) = r.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > STDERR_KEPT {
-                    kept.drain(..kept.len() - STDERR_KEPT);
-                }
-            }
+    let read_err = tail(err);
+    tokio::pin!(task, write, read_out, read_err);
+    let mut sent = None;
+    let mut received = None;
+    let mut stderr = None;
+    let mut ended = false;
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
+    loop {
+        // Done when both outputs ended and the input is fed, or no longer wanted (the command
+        // ended, whether or not it read everything).
+        if received.is_some() && stderr.is_some() && (sent.is_some() || ended) {
+            break;
         }
-        String::from_utf8_lossy(&kept).into_owned()
-    };
-    let (sent, received, stderr) = tokio::join!(write, read_out, read_err);
-    let sent = sent.map_err(|source| Error::Io {
-        context: "cannot read the input".into(),
-        source,
-    })?;
-    let received = received.map_err(|source| Error::Io {
-        context: "cannot write the output".into(),
-        source,
-    })?;
+        tokio::select! {
+            r = &mut write, if sent.is_none() && !ended => {
+                sent = Some(r.map_err(|source| Error::Io {
+                    context: "cannot read the input".into(),
+                    source,
+                })?);
+            }
+            r = &mut read_out, if received.is_none() => {
+                received = Some(r.map_err(|source| Error::Io {
+                    context: "cannot write the output".into(),
+                    source,
+                })?);
+            }
+            s = &mut read_err, if stderr.is_none() => stderr = Some(s),
+            _ = &mut task, if !ended => {
+                ended = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+            }
+            _ = &mut grace => break,
+        }
+    }
+    // The task has sent the status, or dropped its sender, by the time its pipes are closed;
+    // a task still running after the grace has neither, so its absence is not waited for.
     let status = match status {
-        Some(s) => s.await,
+        Some(s) => tokio::time::timeout(DRAIN_GRACE, s).await.ok().flatten(),
         None => None,
     };
     let success = status
@@ -257,9 +235,54 @@ where
     Ok(StreamOutcome {
         success,
         completed: status.is_some(),
-        stderr,
+        stderr: stderr.unwrap_or_default(),
         message: status.filter(|_| !success).and_then(|s| s.message),
-        bytes_out: received,
-        bytes_in: sent,
+        bytes_out: received.unwrap_or_default(),
+        bytes_in: sent.unwrap_or_default(),
     })
+}
+
+/// Copies `input` to the command's stdin, then closes it. A command that stops reading (it
+/// failed) leaves the copy blocked: the caller stops waiting for it when the stream ends.
+async fn feed<I, W>(input: Option<I>, stdin: Option<W>) -> std::io::Result<u64>
+where
+    I: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut sent = 0u64;
+    if let (Some(mut reader), Some(mut w)) = (input, stdin) {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            if w.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent += n as u64;
+        }
+        // The end of the input, told to the command as an end of file. A cut input never
+        // reaches here: its error returned above, and the stream is dropped with it.
+        let _ = w.shutdown().await;
+    }
+    Ok(sent)
+}
+
+/// The last [`STDERR_KEPT`] bytes of a stream.
+async fn tail<R: tokio::io::AsyncRead + Unpin>(err: Option<R>) -> String {
+    let mut kept: Vec<u8> = Vec::new();
+    if let Some(mut r) = err {
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > STDERR_KEPT {
+                kept.drain(..kept.len() - STDERR_KEPT);
+            }
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }

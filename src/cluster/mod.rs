@@ -7,6 +7,7 @@ pub mod exec;
 pub mod forward;
 pub mod logs;
 pub mod proxy;
+pub mod rbac;
 pub mod release;
 pub mod transport;
 pub mod tunnel;

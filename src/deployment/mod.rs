@@ -7,6 +7,7 @@ pub mod observe;
 pub mod probe;
 pub mod report;
 pub mod rollout;
+pub mod writes;
 
 pub use assess::{assess, Phase};
 pub use observe::{observe, Observed};

@@ -2,15 +2,12 @@
 //! before anything is created (exit 6 naming the missing piece).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, ResourceQuota, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 
-use crate::cluster::release;
+use crate::cluster::{rbac, release};
 use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::manifests::render::{self};
@@ -219,57 +216,33 @@ fn check_quotas(
 
 /// SelfSubjectAccessReviews for everything install creates, all at once.
 async fn permissions(cluster: &Cluster, namespace: &str) -> Result<(), Error> {
-    let reviews: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
-    let checks = [
+    let mut checks = vec![
         ("apps", "statefulsets", "patch"),
         ("", "services", "patch"),
         ("", "secrets", "create"),
         ("", "pods", "list"),
-        // kube-rs opens port-forward and exec over WebSocket: a GET upgraded, which from 1.35
-        // the apiserver authorises as both get and create.
-        ("", "pods/portforward", "get"),
-        ("", "pods/portforward", "create"),
-        ("", "pods/exec", "get"),
-        ("", "pods/exec", "create"),
         ("", "events", "watch"),
     ];
-    let asks = checks.iter().map(|(group, resource, verb)| {
-        let (resource, subresource) = resource
-            .split_once('/')
-            .map_or((*resource, None), |(r, s)| (r, Some(s)));
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(group.to_string()),
-                    resource: Some(resource.to_string()),
-                    subresource: subresource.map(str::to_string),
-                    verb: Some(verb.to_string()),
-                    namespace: Some(namespace.to_string()),
-                    ..Default::default()
-                }),
-                ..Default::default()
+    checks.extend(rbac::PORT_FORWARD);
+    checks.extend(rbac::EXEC);
+    rbac::require(cluster, namespace, &checks)
+        .await
+        .map_err(|e| match e {
+            // Listing pods is how install follows what it creates: reported as the creation
+            // it stands for (exit 6).
+            Error::Forbidden {
+                verb,
+                resource,
+                namespace,
+                user,
+                context,
+            } if verb == "list" => Error::Forbidden {
+                verb: "create".into(),
+                resource,
+                namespace,
+                user,
+                context,
             },
-            ..Default::default()
-        };
-        let reviews = reviews.clone();
-        async move { reviews.create(&PostParams::default(), &review).await }
-    });
-    let answers = futures_util::future::join_all(asks).await;
-    for ((_, resource, verb), answer) in checks.iter().zip(answers) {
-        let review = answer.map_err(|e| cluster.error("create", "selfsubjectaccessreviews", e))?;
-        if !review.status.is_some_and(|s| s.allowed) {
-            return Err(Error::Forbidden {
-                verb: if *verb == "list" {
-                    "create".into()
-                } else {
-                    verb.to_string()
-                },
-                resource: resource.to_string(),
-                namespace: namespace.to_string(),
-                user: cluster.user.clone(),
-                context: cluster.context.clone(),
-            });
-        }
-    }
-    Ok(())
+            other => other,
+        })
 }
