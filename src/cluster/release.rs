@@ -99,6 +99,13 @@ pub const ANNOTATION_UPGRADE_FROM_LAYOUT: &str = "kubectl-pg.io/upgrade-from-lay
 /// The old data directory, relative to the volume's root (`pgdata`, `17/docker`).
 pub const ANNOTATION_UPGRADE_OLD_DATA: &str = "kubectl-pg.io/upgrade-old-data";
 pub const ANNOTATION_UPGRADE_BACKUP: &str = "kubectl-pg.io/upgrade-backup";
+/// The step the upgrade has reached (`blocking-writes`, `switching`, `verified`, `upgraded`,
+/// `rolling-back`, `finalizing`), written before the step acts.
+pub const ANNOTATION_UPGRADE_PHASE: &str = "kubectl-pg.io/upgrade-phase";
+/// The old cluster's system identifier, which a rollback must find again.
+pub const ANNOTATION_UPGRADE_OLD_SYSTEM: &str = "kubectl-pg.io/upgrade-old-system-identifier";
+pub const ANNOTATION_UPGRADE_TO_MAJOR: &str = "kubectl-pg.io/upgrade-to-major";
+pub const ANNOTATION_UPGRADE_TO_IMAGE: &str = "kubectl-pg.io/upgrade-to-image";
 
 /// The major a release is being upgraded from, while its upgrade is neither finalized nor
 /// rolled back.

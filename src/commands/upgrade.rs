@@ -4,6 +4,10 @@
 //!
 //! Logical, not pg_upgrade: the official images carry one major each, and a dump restored into
 //! a fresh initdb of the new major needs nothing but the two images the release already uses.
+//!
+//! A state machine that survives any interruption: each step is recorded on the StatefulSet
+//! ([`Phase`]) before it acts, and a rerun, `--rollback` or `--finalize` goes on from whatever
+//! was recorded, after a signal, `kill -9`, a lost connection or a refused permission.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -15,8 +19,10 @@ use serde::Serialize;
 
 use super::install::{self, Live};
 use crate::cli::{GlobalArgs, UpgradeArgs};
+use crate::cluster::rbac::{self, Permission};
 use crate::cluster::release::{self, Target};
 use crate::cluster::{exec, Cluster};
+use crate::deployment::writes;
 use crate::error::Error;
 use crate::manifests::render::{self, CONTAINER};
 use crate::manifests::spec::{pinned_image, DataLayout, IMAGES};
@@ -47,6 +53,20 @@ pub struct UpgradeResult {
     pub old_data_dir: Option<String>,
 }
 
+/// Every permission an upgrade, its automatic rollback and `--finalize` use: checked before
+/// writes are blocked, so a missing one changes nothing.
+const PERMISSIONS: [Permission; 9] = [
+    ("apps", "statefulsets", "get"),
+    ("apps", "statefulsets", "patch"),
+    ("", "services", "patch"),
+    ("", "pods", "get"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "pods", "delete"),
+    ("", "pods/exec", "get"),
+    ("", "pods/exec", "create"),
+];
+
 pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(major) = args.postgres_version {
         if pinned_image(major).is_none() {
@@ -63,38 +83,60 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
             });
         }
     }
+    // The handlers are in place before the first change: a signal at any step is caught.
+    let signal = super::interrupted();
+    tokio::pin!(signal);
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let name = release::resolve(&cluster, args.release.as_deref()).await?;
-    let live = install::read_live(&cluster, &name)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            message: format!(
-                "release {name:?} not found in namespace {:?}",
-                cluster.namespace
-            ),
-            hint: Some(format!(
-                "install it with: kubectl pg install {name} -n {}",
-                cluster.namespace
-            )),
-        })?;
+    let live = read(&cluster, &name).await?;
     if !release::made_for(&live.sts.metadata, &name) {
         return Err(Error::InvalidInput {
             message: format!("StatefulSet {name} was not made by kubectl-pg: not upgrading it"),
             hint: None,
         });
     }
-    let result = if args.finalize {
-        finalize(&cluster, &live, &args).await?
-    } else if args.rollback {
-        let record = Record::read(&live)?;
-        if !args.yes {
+    let record = Record::read(&live)?;
+    if args.finalize {
+        let record = record.ok_or_else(|| nothing_pending(&live))?;
+        let result = guarded(
+            &cluster,
+            &name,
+            signal.as_mut(),
+            finalize(&cluster, &live, &record, &args),
+        )
+        .await?;
+        return print(&args, &result);
+    }
+    if args.rollback {
+        let record = record.ok_or_else(|| nothing_pending(&live))?;
+        if record.phase == Phase::Finalizing {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "release {name} was being finalized: the PostgreSQL {} data may be partly deleted, so it cannot be rolled back",
+                    record.from_major
+                ),
+                hint: Some(format!(
+                    "finish it: kubectl pg upgrade {name} -n {} --finalize",
+                    cluster.namespace
+                )),
+            });
+        }
+        // Only after writes were allowed on the new major can a rollback lose anything.
+        if record.phase == Phase::Upgraded && !args.yes {
             super::confirm(&format!(
                 "Return release {name} to PostgreSQL {} and its data from before the upgrade? Changes made since are lost.",
                 record.from_major
             ), "upgrade")?;
         }
-        rollback(&cluster, &live, &record, &args).await?;
-        UpgradeResult {
+        rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
+        guarded(
+            &cluster,
+            &name,
+            signal.as_mut(),
+            rollback(&cluster, &live, &record, &args),
+        )
+        .await?;
+        let result = UpgradeResult {
             api_version: API_VERSION,
             kind: "UpgradeResult",
             release: name.clone(),
@@ -108,24 +150,141 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
             downtime_ms: None,
             tables_verified: None,
             old_data_dir: None,
-        }
-    } else {
-        upgrade(
-            &cluster,
-            &live,
-            &args,
-            args.postgres_version.unwrap_or_default(),
-        )
-        .await?
+        };
+        return print(&args, &result);
+    }
+    let to = args.postgres_version.unwrap_or_default();
+    let live = match record {
+        None => live,
+        Some(record) => match record.phase {
+            // Writes are allowed on the new major: a second upgrade waits for the decision.
+            Phase::Upgraded => {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "release {name} is already in an upgrade from PostgreSQL {} to {}",
+                        record.from_major, live.spec.major
+                    ),
+                    hint: Some(format!(
+                    "finish it first: kubectl pg upgrade {name} -n {} --finalize (or --rollback)",
+                    cluster.namespace
+                )),
+                })
+            }
+            Phase::Finalizing | Phase::RollingBack => {
+                let flag = if record.phase == Phase::Finalizing {
+                    "--finalize"
+                } else {
+                    "--rollback"
+                };
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "release {name} has an unfinished upgrade {} (step: {})",
+                        flag.trim_start_matches('-'),
+                        record.phase.name()
+                    ),
+                    hint: Some(format!(
+                        "finish it: kubectl pg upgrade {name} -n {} {flag}",
+                        cluster.namespace
+                    )),
+                });
+            }
+            // Verified and still blocked: only the last steps remain.
+            Phase::Verified if record.to_major == Some(live.spec.major) => {
+                rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
+                step(&format!(
+                    "resuming the upgrade to PostgreSQL {}: it was verified; allowing writes",
+                    live.spec.major
+                ));
+                let result = guarded(
+                    &cluster,
+                    &name,
+                    signal.as_mut(),
+                    complete(&cluster, &live, &record),
+                )
+                .await?;
+                return print(&args, &result);
+            }
+            // Before verification, the old data is the truth: back to it, then start again.
+            _ => {
+                rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
+                step(&format!(
+                    "an earlier upgrade stopped at step {:?}: returning to PostgreSQL {} before starting again",
+                    record.phase.name(),
+                    record.from_major
+                ));
+                guarded(
+                    &cluster,
+                    &name,
+                    signal.as_mut(),
+                    rollback(&cluster, &live, &record, &args),
+                )
+                .await?;
+                read(&cluster, &name).await?
+            }
+        },
     };
+    let result = upgrade(&cluster, &live, &args, to, signal.as_mut()).await?;
+    print(&args, &result)
+}
+
+fn print(args: &UpgradeArgs, result: &UpgradeResult) -> Result<(), Error> {
     match args
         .output
-        .and_then(|f| output::document(f, &result).transpose())
+        .and_then(|f| output::document(f, result).transpose())
     {
         Some(text) => emit(&text?),
-        None => emit(&summary(&result)),
+        None => emit(&summary(result)),
     }
     Ok(())
+}
+
+async fn read(cluster: &Cluster, name: &str) -> Result<Live, Error> {
+    install::read_live(cluster, name)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
+                "release {name:?} not found in namespace {:?}",
+                cluster.namespace
+            ),
+            hint: Some(format!(
+                "install it with: kubectl pg install {name} -n {}",
+                cluster.namespace
+            )),
+        })
+}
+
+fn nothing_pending(live: &Live) -> Error {
+    Error::InvalidInput {
+        message: format!(
+            "release {} has no major upgrade to finish or undo (it runs PostgreSQL {})",
+            live.spec.release, live.spec.major
+        ),
+        hint: Some(format!(
+            "start one with: kubectl pg upgrade {} -n {} --postgres-version N",
+            live.spec.release, live.spec.namespace
+        )),
+    }
+}
+
+/// Runs one recorded step sequence (a rollback, a finalize) against the first signal: the
+/// step is stopped where it stands, which its record makes resumable, and the command exits
+/// 130/143 naming how to go on.
+async fn guarded<T>(
+    cluster: &Cluster,
+    name: &str,
+    signal: std::pin::Pin<&mut impl std::future::Future<Output = u8>>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::select! {
+        done = work => done,
+        code = signal => {
+            crate::note!(
+                "interrupted: the step in progress is recorded on StatefulSet {name}; run the same command again to finish it (kubectl pg status {name} -n {} shows where it stands)",
+                cluster.namespace
+            );
+            Err(Error::Exit(code))
+        }
+    }
 }
 
 fn summary(r: &UpgradeResult) -> String {
@@ -154,47 +313,107 @@ fn summary(r: &UpgradeResult) -> String {
     }
 }
 
-/// What a pending upgrade recorded on the StatefulSet, to go back to.
+/// The steps of an upgrade, each recorded on the StatefulSet before it acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Writes are being blocked on the old server and the backup written; the old template
+    /// runs. Undone by allowing writes again.
+    Blocking,
+    /// The new major's template is applied and the backup is being restored into it; writes
+    /// stay blocked. Undone by a rollback to the old data, which nothing has touched.
+    Switching,
+    /// The new server holds the verified data; writes still blocked.
+    Verified,
+    /// Writes are allowed on the new major; the old data is kept until --finalize.
+    Upgraded,
+    /// --rollback is returning to the old major.
+    RollingBack,
+    /// --finalize is deleting the old data.
+    Finalizing,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Blocking => "blocking-writes",
+            Phase::Switching => "switching",
+            Phase::Verified => "verified",
+            Phase::Upgraded => "upgraded",
+            Phase::RollingBack => "rolling-back",
+            Phase::Finalizing => "finalizing",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Phase::Blocking,
+            Phase::Switching,
+            Phase::Verified,
+            Phase::Upgraded,
+            Phase::RollingBack,
+            Phase::Finalizing,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+}
+
+/// What a pending upgrade recorded on the StatefulSet, to go on from or back to.
 #[derive(Debug, Clone)]
 struct Record {
+    phase: Phase,
     from_major: u32,
     from_image: String,
     from_layout: DataLayout,
     /// The old data directory, relative to the volume's root.
     old_data: String,
+    /// The old cluster's system identifier: a rollback proves it finds that data, not a
+    /// directory initdb made anew.
+    old_system: Option<String>,
+    to_major: Option<u32>,
+    to_image: Option<String>,
     backup: Option<String>,
 }
 
 impl Record {
-    fn read(live: &Live) -> Result<Self, Error> {
+    /// The record on the live StatefulSet, if an upgrade is pending. A record written before
+    /// phases were recorded is one whose writes were allowed again: `Upgraded`.
+    fn read(live: &Live) -> Result<Option<Self>, Error> {
+        let Some(from_major) = release::pending_upgrade(&live.sts) else {
+            return Ok(None);
+        };
         let annotations = live.sts.metadata.annotations.clone().unwrap_or_default();
         let get = |k: &str| annotations.get(k).cloned();
-        let none = || Error::InvalidInput {
-            message: format!(
-                "release {} has no major upgrade to finish or undo (it runs PostgreSQL {})",
-                live.spec.release, live.spec.major
-            ),
-            hint: Some(format!(
-                "start one with: kubectl pg upgrade {} -n {} --postgres-version N",
-                live.spec.release, live.spec.namespace
-            )),
+        let broken = |what: &str| {
+            Error::invalid(format!(
+                "the upgrade record on StatefulSet {} lacks {what}: inspect its kubectl-pg.io/upgrade-* annotations",
+                live.spec.release
+            ))
         };
-        let from_major = release::pending_upgrade(&live.sts).ok_or_else(none)?;
-        Ok(Self {
+        Ok(Some(Self {
+            phase: get(release::ANNOTATION_UPGRADE_PHASE)
+                .map(|p| Phase::from_name(&p).ok_or_else(|| broken("a known phase")))
+                .transpose()?
+                .unwrap_or(Phase::Upgraded),
             from_major,
             from_image: get(release::ANNOTATION_UPGRADE_FROM_IMAGE)
                 .or_else(|| pinned_image(from_major).map(str::to_string))
-                .ok_or_else(none)?,
+                .ok_or_else(|| broken("the old image"))?,
             from_layout: get(release::ANNOTATION_UPGRADE_FROM_LAYOUT)
                 .and_then(|l| DataLayout::from_name(&l))
                 .unwrap_or(DataLayout::default_for(from_major)),
-            old_data: get(release::ANNOTATION_UPGRADE_OLD_DATA).ok_or_else(none)?,
+            old_data: get(release::ANNOTATION_UPGRADE_OLD_DATA)
+                .ok_or_else(|| broken("the old data directory"))?,
+            old_system: get(release::ANNOTATION_UPGRADE_OLD_SYSTEM),
+            to_major: get(release::ANNOTATION_UPGRADE_TO_MAJOR).and_then(|m| m.parse().ok()),
+            to_image: get(release::ANNOTATION_UPGRADE_TO_IMAGE),
             backup: get(release::ANNOTATION_UPGRADE_BACKUP),
-        })
+        }))
     }
 
     fn annotations(&self) -> Vec<(&'static str, String)> {
         let mut out = vec![
+            (release::ANNOTATION_UPGRADE_PHASE, self.phase.name().into()),
             (
                 release::ANNOTATION_UPGRADE_FROM_MAJOR,
                 self.from_major.to_string(),
@@ -209,10 +428,79 @@ impl Record {
             ),
             (release::ANNOTATION_UPGRADE_OLD_DATA, self.old_data.clone()),
         ];
-        if let Some(b) = &self.backup {
-            out.push((release::ANNOTATION_UPGRADE_BACKUP, b.clone()));
-        }
+        let optional = [
+            (
+                release::ANNOTATION_UPGRADE_OLD_SYSTEM,
+                self.old_system.clone(),
+            ),
+            (
+                release::ANNOTATION_UPGRADE_TO_MAJOR,
+                self.to_major.map(|m| m.to_string()),
+            ),
+            (release::ANNOTATION_UPGRADE_TO_IMAGE, self.to_image.clone()),
+            (release::ANNOTATION_UPGRADE_BACKUP, self.backup.clone()),
+        ];
+        out.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         out
+    }
+
+    /// The old major's spec, from the release's current one.
+    fn old_spec(&self, current: &InstallSpec) -> InstallSpec {
+        InstallSpec {
+            major: self.from_major,
+            image: self.from_image.clone(),
+            layout: self.from_layout,
+            ..current.clone()
+        }
+    }
+
+    /// The new major's spec: its image, and a data directory of its own on the volume.
+    fn new_spec(&self, current: &InstallSpec) -> Option<InstallSpec> {
+        let major = self.to_major?;
+        Some(InstallSpec {
+            major,
+            image: self
+                .to_image
+                .clone()
+                .or_else(|| pinned_image(major).map(str::to_string))?,
+            layout: DataLayout::Versioned,
+            ..current.clone()
+        })
+    }
+}
+
+/// Records `record` (its phase included) with `spec`'s template: server-side apply of the
+/// whole release, so the record and the template it describes change in one write.
+async fn record_step(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    live: &Live,
+    record: &Record,
+) -> Result<(), Error> {
+    let templates = manifests::live::claim_templates(&live.sts);
+    install::apply_release(cluster, spec, templates.as_ref(), &record.annotations()).await
+}
+
+/// Removes the record: the release is `spec`, with no upgrade pending.
+async fn clear_record(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> Result<(), Error> {
+    let templates = manifests::live::claim_templates(&live.sts);
+    install::apply_release(cluster, spec, templates.as_ref(), &[]).await
+}
+
+/// The pod of the release, whether Ready or not (an exec may still reach it).
+fn pod_target(spec: &InstallSpec) -> Target {
+    Target {
+        release: spec.release.clone(),
+        namespace: spec.namespace.clone(),
+        pod: release::pod_name(&spec.release),
+        port: release::DATABASE_PORT,
+        credentials: release::Credentials {
+            username: spec.username.clone(),
+            password: String::new(),
+            database: spec.database.clone(),
+            host: None,
+            port: None,
+        },
     }
 }
 
@@ -221,20 +509,9 @@ async fn upgrade(
     live: &Live,
     args: &UpgradeArgs,
     to: u32,
+    mut signal: std::pin::Pin<&mut impl std::future::Future<Output = u8>>,
 ) -> Result<UpgradeResult, Error> {
     let old = &live.spec;
-    if let Some(from) = release::pending_upgrade(&live.sts) {
-        return Err(Error::InvalidInput {
-            message: format!(
-                "release {} is already in an upgrade from PostgreSQL {from} to {}",
-                old.release, old.major
-            ),
-            hint: Some(format!(
-                "finish it first: kubectl pg upgrade {} -n {} --finalize (or --rollback)",
-                old.release, old.namespace
-            )),
-        });
-    }
     if to <= old.major {
         return Err(Error::InvalidInput {
             message: format!(
@@ -247,6 +524,7 @@ async fn upgrade(
             }),
         });
     }
+    rbac::require(cluster, &old.namespace, &PERMISSIONS).await?;
     let target = release::find_target(cluster, &old.release).await?;
     let backup_path = args
         .backup_file
@@ -258,88 +536,105 @@ async fn upgrade(
             old.release, old.namespace, old.major
         ), "upgrade")?;
     }
-    // The new major's spec: its pinned image, and a data directory of its own on the volume.
-    let new = InstallSpec {
-        major: to,
-        image: args
-            .image
-            .clone()
-            .unwrap_or_else(|| pinned_image(to).unwrap_or_default().to_string()),
-        layout: DataLayout::Versioned,
-        ..old.clone()
-    };
-    let record = Record {
+    let image = args
+        .image
+        .clone()
+        .unwrap_or_else(|| pinned_image(to).unwrap_or_default().to_string());
+    let mut record = Record {
+        phase: Phase::Blocking,
         from_major: old.major,
         from_image: old.image.clone(),
         from_layout: old.layout,
         old_data: old.layout.data_dir(old.major),
+        old_system: None,
+        to_major: Some(to),
+        to_image: Some(image),
         backup: Some(absolute(&backup_path)),
     };
+    let new = record
+        .new_spec(old)
+        .ok_or_else(|| Error::invalid("no image for the new major"))?;
     if record.old_data == new.layout.data_dir(to) {
         return Err(Error::invalid(
             "the new data directory would be the old one: refusing",
         ));
     }
-    // Nothing is changed before the backup is safe on the laptop.
+    // Nothing is changed before the backup file can be written.
     let mut pending = PendingFile::create(&backup_path)?;
-    let user = target.credentials.username.clone();
+    record.old_system = Some(writes::system_identifier(cluster, &target).await?);
+
+    // Step 1: writes blocked, the backup written. Undone by allowing writes again.
+    record_step(cluster, old, live, &record).await?;
     step(&format!("blocking writes on PostgreSQL {}", old.major));
     let downtime = Instant::now();
-    let databases = snapshot::databases(cluster, &target).await?;
-    set_read_only(cluster, &target, &databases, true).await?;
     let prepared = async {
+        writes::block(cluster, &target).await?;
         let before = snapshot::take(cluster, &target).await?;
         step(&format!(
-            "snapshot: {} databases, {} tables; writing the backup {}",
-            databases.len(),
+            "snapshot: {} tables; writing the backup {}",
             snapshot::tables(&before),
             backup_path.display()
         ));
         let bytes = dump_all(cluster, &target, &mut pending).await?;
+        pending.commit()?;
         Ok::<_, Error>((before, bytes))
-    }
-    .await;
+    };
+    let prepared = tokio::select! {
+        done = prepared => done,
+        code = signal.as_mut() => Err(Error::Exit(code)),
+    };
     let (before, backup_bytes) = match prepared {
         Ok(done) => done,
         Err(e) => {
-            let _ = set_read_only(cluster, &target, &databases, false).await;
-            return Err(e);
+            step("allowing writes again: nothing else was changed");
+            let undo = async {
+                writes::unblock(cluster, &target, None).await?;
+                clear_record(cluster, old, live).await
+            };
+            return Err(after_cleanup(e, undo, &old.release, &old.namespace).await);
         }
     };
-    pending.commit()?;
     step(&format!(
         "backup complete: {} ({})",
         backup_path.display(),
         transfer::human_bytes(backup_bytes)
     ));
 
-    // The switch: from here on, any failure returns to the old major and data.
+    // Step 2: the switch. From here on, any failure returns to the old major and data.
     let new_dir = format!("{}/{}", old.layout.mount(), new.layout.data_dir(to));
-    let leftover = remove_in_pod(cluster, &target, &new_dir).await?;
-    if !leftover.success {
-        let _ = set_read_only(cluster, &target, &databases, false).await;
-        return Err(Error::Tool {
-            tool: "rm".into(),
-            message: format!(
-                "cannot clear {new_dir} for the new data: {}",
-                leftover.reason()
-            ),
-            hints: Vec::new(),
-        });
-    }
-    step(&format!(
-        "switching to {} (data in {} on the same volume)",
-        new.image,
-        new.layout.data_dir(to)
-    ));
-    let templates = manifests::live::claim_templates(&live.sts);
     let switched = async {
-        install::apply_release(cluster, &new, templates.as_ref(), &record.annotations()).await?;
+        // A leftover of an earlier attempt, never the live data (that is the old directory).
+        let leftover = remove_in_pod(cluster, &target, &new_dir).await?;
+        if !leftover.success {
+            return Err(Error::Tool {
+                tool: "rm".into(),
+                message: format!(
+                    "cannot clear {new_dir} for the new data: {}",
+                    leftover.reason()
+                ),
+                hints: Vec::new(),
+            });
+        }
+        step(&format!(
+            "switching to {} (data in {} on the same volume)",
+            new.image,
+            new.layout.data_dir(to)
+        ));
+        record.phase = Phase::Switching;
+        record_step(cluster, &new, live, &record).await?;
         install::wait_ready(cluster, &new, args.timeout, true).await?;
         let target = release::find_target(cluster, &new.release).await?;
+        // The new server is blocked before any data reaches it, until it is verified.
+        writes::block(cluster, &target).await?;
         step(&format!("restoring the backup into PostgreSQL {to}"));
-        restore_all(cluster, &target, &backup_path, &user, &old.database).await?;
-        set_read_only(cluster, &target, &databases, false).await?;
+        restore_all(
+            cluster,
+            &target,
+            &backup_path,
+            &target.credentials.username,
+            &old.database,
+        )
+        .await?;
         step("verifying: row counts per table, migration history, extensions, roles");
         let after = snapshot::take(cluster, &target).await?;
         let diff = snapshot::differences(&before, &after);
@@ -354,57 +649,130 @@ async fn upgrade(
                 code: 5,
             });
         }
-        install::health_check(cluster, &new, &target.credentials).await?;
+        record.phase = Phase::Verified;
+        record_step(cluster, &new, live, &record).await?;
         Ok::<_, Error>(snapshot::tables(&after))
-    }
-    .await;
+    };
+    let switched = tokio::select! {
+        done = switched => done,
+        code = signal.as_mut() => Err(Error::Exit(code)),
+    };
     let tables = match switched {
         Ok(tables) => tables,
         Err(e) => {
-            crate::note!("the new major failed: {e}");
-            for hint in e.hints() {
-                crate::note!("hint: {hint}");
+            if !matches!(e, Error::Exit(_)) {
+                crate::note!("the new major failed: {e}");
+                for hint in e.hints() {
+                    crate::note!("hint: {hint}");
+                }
             }
             step(&format!("rolling back to PostgreSQL {}", old.major));
-            let current = install::read_live(cluster, &old.release)
-                .await?
-                .ok_or_else(|| Error::invalid("the StatefulSet disappeared during the upgrade"))?;
-            rollback(cluster, &current, &record, args).await?;
-            return Err(Error::Deployment {
-                message: format!(
-                    "the upgrade to PostgreSQL {to} failed and was rolled back: release {} runs PostgreSQL {} with its data as before",
-                    old.release, old.major
-                ),
-                hints: vec![format!("the backup stays at {}", backup_path.display())],
-                code: 5,
-            });
+            let undo = async {
+                let current = read(cluster, &old.release).await?;
+                let record = Record::read(&current)?.unwrap_or(record.clone());
+                rollback(cluster, &current, &record, args).await
+            };
+            let e = match e {
+                Error::Exit(code) => Error::Exit(code),
+                _ => Error::Deployment {
+                    message: format!(
+                        "the upgrade to PostgreSQL {to} failed and was rolled back: release {} runs PostgreSQL {} with its data as before",
+                        old.release, old.major
+                    ),
+                    hints: vec![format!("the backup stays at {}", backup_path.display())],
+                    code: 5,
+                },
+            };
+            return Err(after_cleanup(e, undo, &old.release, &old.namespace).await);
         }
     };
-    release::record_claim_major(cluster, &new.namespace, &render::data_pvc_name(&new), to).await;
+
+    // Step 3: writes allowed on the verified new major.
+    let current = read(cluster, &old.release).await?;
+    let mut result = complete(cluster, &current, &record).await?;
     let downtime_ms = downtime.elapsed().as_millis() as u64;
     step(&format!(
         "done: downtime {:.1}s",
         downtime_ms as f64 / 1000.0
     ));
+    result.backup_bytes = Some(backup_bytes);
+    result.downtime_ms = Some(downtime_ms);
+    result.tables_verified = Some(tables);
+    Ok(result)
+}
+
+/// Runs `undo` after `e` stopped a step, bounded by a second signal: the error is `e` when
+/// the undo worked, else one that says what is left and how to finish it.
+async fn after_cleanup(
+    e: Error,
+    undo: impl std::future::Future<Output = Result<(), Error>>,
+    release: &str,
+    namespace: &str,
+) -> Error {
+    let finish = format!("kubectl pg upgrade {release} -n {namespace} --rollback");
+    let undone = tokio::select! {
+        done = undo => done,
+        code = super::interrupted() => {
+            crate::note!("interrupted again: the upgrade stays recorded; finish it with: {finish}");
+            return Error::Exit(code);
+        }
+    };
+    match undone {
+        Ok(()) => e,
+        Err(undo_error) => {
+            crate::note!("{e}");
+            Error::Deployment {
+                message: format!("the upgrade stopped and could not be undone: {undo_error}"),
+                hints: vec![
+                    format!(
+                        "every step is recorded on StatefulSet {release}: finish with {finish}"
+                    ),
+                    format!("kubectl pg status {release} -n {namespace} shows where it stands"),
+                ],
+                code: 5,
+            }
+        }
+    }
+}
+
+/// The last steps on a verified new major: writes allowed (with the old major's pg_hba rules),
+/// a health check with the apps' credentials, and the record marked `Upgraded`.
+async fn complete(cluster: &Cluster, live: &Live, record: &Record) -> Result<UpgradeResult, Error> {
+    let spec = &live.spec;
+    let target = release::find_target(cluster, &spec.release).await?;
+    let old_hba = format!("{}/{}/pg_hba.conf", spec.layout.mount(), record.old_data);
+    writes::unblock(cluster, &target, Some(&old_hba)).await?;
+    let mut record = record.clone();
+    record.phase = Phase::Upgraded;
+    record_step(cluster, spec, live, &record).await?;
+    install::health_check(cluster, spec, &target.credentials).await?;
+    release::record_claim_major(
+        cluster,
+        &spec.namespace,
+        &render::data_pvc_name(spec),
+        spec.major,
+    )
+    .await;
     Ok(UpgradeResult {
         api_version: API_VERSION,
         kind: "UpgradeResult",
-        release: old.release.clone(),
-        namespace: old.namespace.clone(),
+        release: spec.release.clone(),
+        namespace: spec.namespace.clone(),
         result: "Upgraded",
-        from_major: old.major,
-        to_major: to,
-        image: new.image.clone(),
+        from_major: record.from_major,
+        to_major: spec.major,
+        image: spec.image.clone(),
         backup_file: record.backup.clone(),
-        backup_bytes: Some(backup_bytes),
-        downtime_ms: Some(downtime_ms),
-        tables_verified: Some(tables),
+        backup_bytes: None,
+        downtime_ms: None,
+        tables_verified: None,
         old_data_dir: Some(record.old_data.clone()),
     })
 }
 
-/// Back to the recorded major, image and layout; its data directory was never touched. The
-/// new major's directory is deleted, and writes are allowed again.
+/// Back to the recorded major, image and layout, whose data directory the upgrade never
+/// touched; writes allowed there again. The new major's directory is deleted last, and only
+/// once the old server runs with its own data (the recorded system identifier).
 async fn rollback(
     cluster: &Cluster,
     live: &Live,
@@ -412,14 +780,58 @@ async fn rollback(
     args: &UpgradeArgs,
 ) -> Result<(), Error> {
     let current = &live.spec;
-    let old = InstallSpec {
-        major: record.from_major,
-        image: record.from_image.clone(),
-        layout: record.from_layout,
-        ..current.clone()
-    };
-    let templates = manifests::live::claim_templates(&live.sts);
-    install::apply_release(cluster, &old, templates.as_ref(), &[]).await?;
+    let old = record.old_spec(current);
+    if record.phase == Phase::Blocking {
+        // Never switched: the old server runs; only the block is undone.
+        let target = pod_target(current);
+        writes::unblock(cluster, &target, None).await?;
+        clear_record(cluster, current, live).await?;
+        step(&format!(
+            "release {} runs PostgreSQL {} and allows writes again",
+            current.release, current.major
+        ));
+        return Ok(());
+    }
+    // The old data must be there before anything switches: an empty directory would be
+    // initialised anew by the image's entrypoint. A pod that cannot be reached (crash-looping)
+    // is checked after the switch, by the system identifier.
+    let old_dir = format!("{}/{}", current.layout.mount(), record.old_data);
+    if current.major != record.from_major {
+        let probe = exec::run(
+            cluster,
+            &current.namespace,
+            &release::pod_name(&current.release),
+            CONTAINER,
+            &["cat", &format!("{old_dir}/PG_VERSION")],
+            "",
+        )
+        .await;
+        let missing = |found: String| {
+            Error::Deployment {
+            message: format!(
+                "the PostgreSQL {} data directory {old_dir} is missing or not that major's ({found}): rolling back would start an empty server; release {} stays on PostgreSQL {}",
+                record.from_major, current.release, current.major
+            ),
+            hints: vec![format!(
+                "the backup taken before the upgrade: {}",
+                record.backup.as_deref().unwrap_or("-")
+            )],
+            code: 5,
+        }
+        };
+        match probe {
+            Ok(out) if out.success && out.stdout.trim() == record.from_major.to_string() => {}
+            Ok(out) if out.success => {
+                return Err(missing(format!("PG_VERSION {}", out.stdout.trim())))
+            }
+            Ok(out) if out.stderr.contains("No such file") => return Err(missing(out.reason())),
+            // No exec into the pod (not running): the identifier decides after the switch.
+            _ => {}
+        }
+    }
+    let mut rolling = record.clone();
+    rolling.phase = Phase::RollingBack;
+    record_step(cluster, &old, live, &rolling).await?;
     // An OrderedReady StatefulSet never replaces a pod that is not Ready (the new major's,
     // crash-looping): delete it so the old template's pod starts.
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &current.namespace);
@@ -437,12 +849,47 @@ async fn rollback(
     }
     install::wait_ready(cluster, &old, args.timeout, true).await?;
     let target = release::find_target(cluster, &old.release).await?;
-    let databases = snapshot::databases(cluster, &target).await?;
-    set_read_only(cluster, &target, &databases, false).await?;
-    // The new major's directory, seen from the old layout's mount.
-    if current.major != record.from_major && current.layout == DataLayout::Versioned {
-        let dir = format!("{}/{}", record.from_layout.mount(), current.major);
-        let _ = remove_in_pod(cluster, &target, &dir).await;
+    // Proven before anything is deleted: the server runs on the data from before.
+    let system = writes::system_identifier(cluster, &target).await?;
+    if let Some(recorded) = record.old_system.as_deref() {
+        if system != recorded {
+            let new = record.new_spec(current);
+            let back = match &new {
+                Some(new) => {
+                    let mut keep = record.clone();
+                    keep.phase = match record.phase {
+                        Phase::Upgraded | Phase::Verified => record.phase,
+                        _ => Phase::Switching,
+                    };
+                    let now = read(cluster, &old.release).await?;
+                    record_step(cluster, new, &now, &keep).await.is_ok()
+                }
+                None => false,
+            };
+            return Err(Error::Deployment {
+                message: format!(
+                    "the PostgreSQL {} server found no data from before the upgrade (system identifier {system}, recorded {recorded}): nothing was deleted{}",
+                    record.from_major,
+                    if back { "; the release is switched back to the new major's data" } else { "" }
+                ),
+                hints: vec![format!(
+                    "the backup taken before the upgrade: {}",
+                    record.backup.as_deref().unwrap_or("-")
+                )],
+                code: 5,
+            });
+        }
+    }
+    writes::unblock(cluster, &target, None).await?;
+    // The new major's directory, seen from the old layout's mount: deleted last.
+    if let Some(to) = record
+        .to_major
+        .or((current.major != record.from_major).then_some(current.major))
+    {
+        let dir = format!("{}/{}", record.from_layout.mount(), to);
+        if to != record.from_major && DataLayout::Versioned.data_dir(to) != record.old_data {
+            let _ = remove_in_pod(cluster, &target, &dir).await;
+        }
     }
     release::record_claim_major(
         cluster,
@@ -451,6 +898,8 @@ async fn rollback(
         record.from_major,
     )
     .await;
+    let now = read(cluster, &old.release).await?;
+    clear_record(cluster, &old, &now).await?;
     step(&format!(
         "release {} runs PostgreSQL {} again",
         old.release, record.from_major
@@ -458,15 +907,32 @@ async fn rollback(
     Ok(())
 }
 
-/// Deletes the old data directory and the rollback record: the new major stays.
+/// Deletes the old data directory, then the rollback record: the new major stays. Every
+/// permission is checked first, and the record says `finalizing` before anything is deleted,
+/// so a rollback can never switch to a directory that is partly gone.
 async fn finalize(
     cluster: &Cluster,
     live: &Live,
+    record: &Record,
     args: &UpgradeArgs,
 ) -> Result<UpgradeResult, Error> {
-    let record = Record::read(live)?;
     let spec = &live.spec;
-    let target = release::find_target(cluster, &spec.release).await?;
+    match record.phase {
+        Phase::Upgraded | Phase::Finalizing | Phase::Verified => {}
+        phase => {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "release {}'s upgrade stopped before its verification (step: {}): there is nothing to finalize",
+                    spec.release,
+                    phase.name()
+                ),
+                hint: Some(format!(
+                    "return to PostgreSQL {} with --rollback, or run the upgrade again",
+                    record.from_major
+                )),
+            })
+        }
+    }
     // Only the old major's own directory: `pgdata`, or `N` of `N/docker`.
     let top = record
         .old_data
@@ -487,23 +953,36 @@ async fn finalize(
             record.old_data
         )));
     }
+    rbac::require(cluster, &spec.namespace, &PERMISSIONS).await?;
     if !args.yes {
         super::confirm(&format!(
             "Delete the PostgreSQL {} data directory of release {}? The upgrade can no longer be rolled back.",
             record.from_major, spec.release
         ), "upgrade")?;
     }
+    if record.phase == Phase::Verified {
+        step("the upgrade was verified but writes were still blocked: allowing them");
+        complete(cluster, live, record).await?;
+    }
+    let live = read(cluster, &spec.release).await?;
+    let mut finalizing = record.clone();
+    finalizing.phase = Phase::Finalizing;
+    record_step(cluster, spec, &live, &finalizing).await?;
+    let target = release::find_target(cluster, &spec.release).await?;
     let dir = format!("{}/{top}", spec.layout.mount());
     let out = remove_in_pod(cluster, &target, &dir).await?;
     if !out.success {
         return Err(Error::Tool {
             tool: "rm".into(),
             message: format!("cannot delete {dir}: {}", out.reason()),
-            hints: Vec::new(),
+            hints: vec![format!(
+                "run the same command again to finish: kubectl pg upgrade {} -n {} --finalize",
+                spec.release, spec.namespace
+            )],
         });
     }
-    let templates = manifests::live::claim_templates(&live.sts);
-    install::apply_release(cluster, spec, templates.as_ref(), &[]).await?;
+    let live = read(cluster, &spec.release).await?;
+    clear_record(cluster, spec, &live).await?;
     step(&format!("deleted {dir}; the rollback record is removed"));
     Ok(UpgradeResult {
         api_version: API_VERSION,
@@ -514,50 +993,12 @@ async fn finalize(
         from_major: record.from_major,
         to_major: spec.major,
         image: spec.image.clone(),
-        backup_file: record.backup,
+        backup_file: record.backup.clone(),
         backup_bytes: None,
         downtime_ms: None,
         tables_verified: None,
         old_data_dir: None,
     })
-}
-
-/// `default_transaction_read_only` on every database (new sessions), and the other client
-/// sessions ended so none writes on; `false` undoes it.
-async fn set_read_only(
-    cluster: &Cluster,
-    target: &Target,
-    databases: &[String],
-    on: bool,
-) -> Result<(), Error> {
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    // This session itself must write the catalog, whatever the databases' default says.
-    let mut sql = String::from("SET default_transaction_read_only = off;\n");
-    for db in databases {
-        if on {
-            sql.push_str(&format!(
-                "ALTER DATABASE {} SET default_transaction_read_only = on;\n",
-                quote(db)
-            ));
-        } else {
-            sql.push_str(&format!(
-                "ALTER DATABASE {} RESET default_transaction_read_only;\n",
-                quote(db)
-            ));
-        }
-    }
-    if on {
-        sql.push_str("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend';\n");
-    }
-    snapshot::psql(cluster, target, "postgres", &sql)
-        .await
-        .map(|_| ())
-}
-
-/// `ALTER DATABASE x SET default_transaction_read_only TO 'on';`, as pg_dumpall writes it.
-fn is_read_only_setting(line: &str) -> bool {
-    line.starts_with("ALTER DATABASE ")
-        && line.ends_with(" SET default_transaction_read_only TO 'on';")
 }
 
 /// pg_dumpall of the old server into the pending backup file.
@@ -575,9 +1016,6 @@ async fn dump_all(
         &[],
     )?;
     let mut progress = Progress::new(std::io::stderr().is_terminal(), "backed up");
-    // The databases are read-only while the dump runs: that setting is the upgrade's, not
-    // the data's, and stays out of the backup.
-    let mut filter = LineFilter::new(is_read_only_setting);
     let outcome = exec::stream(
         cluster,
         &target.namespace,
@@ -586,24 +1024,18 @@ async fn dump_all(
         &command,
         None::<tokio::io::Empty>,
         |chunk: &[u8]| {
-            filter.feed(chunk, &mut |b| file.write(b))?;
+            file.write(chunk)?;
             progress.add(chunk.len());
             Ok(())
         },
     )
     .await?;
     progress.finish();
-    filter
-        .finish(&mut |b| file.write(b))
-        .map_err(|source| Error::Io {
-            context: "cannot write the backup".into(),
-            source,
-        })?;
     if !outcome.success {
         return Err(Error::Tool {
             tool: "pg_dumpall".into(),
             message: outcome.reason(),
-            hints: vec!["nothing was changed; writes are allowed again".into()],
+            hints: Vec::new(),
         });
     }
     Ok(outcome.bytes_out)
@@ -625,7 +1057,7 @@ async fn restore_all(
             cluster,
             target,
             "postgres",
-            &format!("DROP DATABASE IF EXISTS {quote};\n"),
+            &format!("DROP DATABASE IF EXISTS {quote} WITH (FORCE);\n"),
         )
         .await?;
     }
@@ -750,12 +1182,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_upgrades_read_only_setting_stays_out_of_the_backup() {
-        assert!(is_read_only_setting(
-            "ALTER DATABASE learnflow SET default_transaction_read_only TO 'on';"
-        ));
-        assert!(!is_read_only_setting(
-            "ALTER DATABASE learnflow SET work_mem TO '64MB';"
-        ));
+    fn every_phase_reads_back_from_its_name() {
+        for phase in [
+            Phase::Blocking,
+            Phase::Switching,
+            Phase::Verified,
+            Phase::Upgraded,
+            Phase::RollingBack,
+            Phase::Finalizing,
+        ] {
+            assert_eq!(Phase::from_name(phase.name()), Some(phase));
+        }
+        assert_eq!(Phase::from_name("done"), None);
     }
 }

@@ -128,6 +128,7 @@ pub fn assess(observed: &Observed, now: Timestamp, database_ok: Option<bool>) ->
     }
     pvc_problems(observed, now, &mut problems);
     image_drift(observed, &mut problems);
+    upgrade_pending(observed, &mut problems);
     for event in &observed.events {
         let reason = event.reason.as_deref().unwrap_or_default();
         let message = event.message.clone().unwrap_or_default();
@@ -363,6 +364,62 @@ fn superseded(observed: &Observed, event: &k8s_openapi::api::core::v1::Event) ->
         .map(|t| t.0)
         .or_else(|| event.event_time.as_ref().map(|t| t.0));
     matches!((ready_since, happened), (Some(ready), Some(at)) if at <= ready)
+}
+
+/// A major upgrade's record on the StatefulSet: kept for a rollback (a warning until
+/// --finalize), or stopped at a step, with writes blocked until it is finished.
+fn upgrade_pending(observed: &Observed, problems: &mut Vec<Problem>) {
+    let Some(sts) = &observed.statefulset else {
+        return;
+    };
+    let Some(from) = release::pending_upgrade(sts) else {
+        return;
+    };
+    let step = sts
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(release::ANNOTATION_UPGRADE_PHASE))
+        .map_or("upgraded", String::as_str);
+    let command = |flag: &str| {
+        format!(
+            "kubectl pg upgrade {} -n {} {flag}",
+            observed.release, observed.namespace
+        )
+    };
+    let (reason, message, hint) = match step {
+        "upgraded" => (
+            "UpgradePending",
+            format!("upgraded from PostgreSQL {from}: the old data is kept for a rollback"),
+            format!(
+                "keep the new major: {}; or go back: {}",
+                command("--finalize"),
+                command("--rollback")
+            ),
+        ),
+        "finalizing" => (
+            "UpgradeUnfinished",
+            format!("the deletion of the PostgreSQL {from} data after an upgrade did not finish"),
+            format!("finish it: {}", command("--finalize")),
+        ),
+        "verified" => (
+            "UpgradeUnfinished",
+            format!("an upgrade from PostgreSQL {from} was verified, but writes are still blocked"),
+            format!(
+                "unless it is still running, finish it: {}",
+                command("--finalize")
+            ),
+        ),
+        other => (
+            "UpgradeUnfinished",
+            format!("an upgrade from PostgreSQL {from} stands at step {other}: writes are blocked"),
+            format!(
+                "unless it is still running, go back to PostgreSQL {from}: {}",
+                command("--rollback")
+            ),
+        ),
+    };
+    problems.push(Problem::warning(reason, message, Some(hint)));
 }
 
 /// The running image against the StatefulSet's, and the StatefulSet's against the image

@@ -16,6 +16,7 @@ mod proxy;
 mod real_cluster;
 mod scope;
 mod terminal;
+mod upgrade;
 mod users;
 
 use std::process::{Command, Output};

@@ -7,8 +7,8 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 
-use crate::cluster::{rbac, release};
 use crate::cluster::Cluster;
+use crate::cluster::{rbac, release};
 use crate::error::Error;
 use crate::manifests::render::{self};
 use crate::manifests::spec::quantity_value;
