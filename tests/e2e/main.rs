@@ -15,6 +15,7 @@ mod pg;
 mod proxy;
 mod real_cluster;
 mod scope;
+mod streams;
 mod terminal;
 mod upgrade;
 mod users;

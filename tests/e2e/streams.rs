@@ -1,0 +1,213 @@
+//! dump and restore end within seconds when the other side of their stream fails: stdout on
+//! a full device, a closed pipe, a full tmpfs, a consumer that exits, and pg_restore or psql
+//! stopping before they read all their input. Each run is bounded by the test.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::data::{installed, spawn_install};
+use crate::scope::Scope;
+use crate::{expect_code, output_within, OutputExt};
+
+/// How long any of these runs may take: the stream's end is noticed within a second or two;
+/// the rest is one exec and the API's answers.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// The pg_dump/restore sessions of the release still open, seen through the pod's own psql.
+fn transfer_sessions(scope: &Scope, ns: &str) -> String {
+    let out = scope.kpg(&[
+        "psql",
+        "s",
+        "-n",
+        ns,
+        "--",
+        "-At",
+        "-c",
+        "select count(*) from pg_stat_activity where application_name like 'kubectl-pg-%' and pid <> pg_backend_pid()",
+    ]);
+    expect_code(&out, 0);
+    out.stdout_text().trim().to_string()
+}
+
+#[test]
+fn dump_and_restore_end_when_the_other_side_fails() {
+    let scope = Scope::new("kpg-streams");
+    let ns = scope.ns.clone();
+    installed(spawn_install(&scope, &ns, "s", &[]));
+    // About 20 MB of dump: more than any pipe or buffer on the way holds.
+    let out = scope.kpg(&[
+        "psql",
+        "s",
+        "-n",
+        &ns,
+        "--",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "create table bulk as select i, md5(i::text) || md5((i * 7)::text) t from generate_series(1, 300000) i",
+    ]);
+    expect_code(&out, 0);
+    let dump = |args: &[&str]| {
+        let mut all = vec!["dump", "s", "-n", &ns, "--format", "plain"];
+        all.extend_from_slice(args);
+        scope.kpg_command(&all)
+    };
+
+    // stdout on a full device (a /dev/full node of our own, never the real /dev).
+    let dev = tempfile::tempdir().unwrap();
+    let full = dev.path().join("full");
+    let made = std::process::Command::new("mknod")
+        .args([full.to_str().unwrap(), "c", "1", "7"])
+        .status()
+        .unwrap();
+    if made.success() {
+        let sink = std::fs::OpenOptions::new().write(true).open(&full).unwrap();
+        let child = dump(&[])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(sink))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = output_within(child, BOUND);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("No space left on device"),
+            "{}",
+            out.describe()
+        );
+    } else {
+        eprintln!("mknod needs root: the /dev/full case is skipped");
+    }
+
+    // A consumer that reads 100 bytes and exits (`dump | head -c 100`).
+    let mut child = dump(&[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    let out = output_within(child, BOUND);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("Broken pipe"),
+        "{}",
+        out.describe()
+    );
+
+    // A full tmpfs, mounted in a private mount namespace: exit 1, and nothing left on it.
+    let mount = tempfile::tempdir().unwrap();
+    let target = mount.path().join("s.sql");
+    let script = format!(
+        "mount -t tmpfs -o size=256k tmpfs {dir} || exit 99; \"$0\" \"$@\"; code=$?; ls -A {dir}; exit $code",
+        dir = mount.path().display()
+    );
+    let tmpfs = dump(&["-f", target.to_str().unwrap()]);
+    let program = tmpfs.get_program().to_owned();
+    let args: Vec<_> = tmpfs.get_args().map(|a| a.to_owned()).collect();
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(program)
+        .args(args)
+        .envs(
+            tmpfs
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, BOUND);
+    if out.code() == 99 {
+        eprintln!("no tmpfs mount here (needs root): {}", out.describe());
+    } else {
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("No space left on device"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(out.stdout_text().trim(), "", "no partial file is left");
+    }
+
+    // `dump | restore` into a release that does not exist: the restore fails at once, and
+    // the dump sees its reader gone.
+    let mut producer = dump(&[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let consumer = scope
+        .kpg_command(&["restore", "missing", "-n", &ns])
+        .stdin(Stdio::from(producer.stdout.take().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let restored = output_within(consumer, BOUND);
+    expect_code(&restored, 1);
+    let dumped = output_within(producer, BOUND);
+    expect_code(&dumped, 1);
+    // The server's side of each ended with them.
+    crate::data::wait_until(BOUND, "the dump sessions end", || {
+        transfer_sessions(&scope, &ns) == "0"
+    });
+
+    // pg_restore stops at once (a corrupt archive, then megabytes it never reads).
+    let restore = |input: Vec<u8>| {
+        let mut child = scope
+            .kpg_command(&["restore", "s", "-n", &ns, "-d", "learnflow"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // The writer may meet a closed pipe: that is the point.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        output_within(child, BOUND)
+    };
+    let mut corrupt = b"PGDMP".to_vec();
+    corrupt.extend(std::iter::repeat_n(0xA5u8, 8 << 20));
+    let out = restore(corrupt);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("pg_restore"),
+        "{}",
+        out.describe()
+    );
+
+    // psql stops at its first failing line, in a script of several megabytes.
+    let mut script = b"select * from no_such_table;\n".to_vec();
+    for i in 0..200_000 {
+        script.extend_from_slice(format!("insert into bulk values ({i}, 'x');\n").as_bytes());
+    }
+    let out = restore(script);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("no_such_table"),
+        "{}",
+        out.describe()
+    );
+    crate::data::wait_until(BOUND, "the restore sessions end", || {
+        transfer_sessions(&scope, &ns) == "0"
+    });
+    let out = scope.kpg(&[
+        "psql",
+        "s",
+        "-n",
+        &ns,
+        "--",
+        "-At",
+        "-c",
+        "select count(*) from bulk",
+    ]);
+    assert_eq!(out.stdout_text().trim(), "300000", "nothing was restored");
+}
