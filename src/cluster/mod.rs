@@ -5,6 +5,7 @@ pub mod access;
 pub mod credential_plugin;
 pub mod exec;
 pub mod forward;
+pub mod lease;
 pub mod logs;
 pub mod proxy;
 pub mod rbac;

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::install::{self, Live};
 use crate::cli::{GlobalArgs, UpgradeArgs};
+use crate::cluster::lease;
 use crate::cluster::rbac::{self, Permission};
 use crate::cluster::release::{self, Target};
 use crate::cluster::{exec, Cluster};
@@ -55,7 +56,11 @@ pub struct UpgradeResult {
 
 /// Every permission an upgrade, its automatic rollback and `--finalize` use: checked before
 /// writes are blocked, so a missing one changes nothing.
-const PERMISSIONS: [Permission; 9] = [
+const PERMISSIONS: [Permission; 13] = [
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+    ("coordination.k8s.io", "leases", "delete"),
     ("apps", "statefulsets", "get"),
     ("apps", "statefulsets", "patch"),
     ("", "services", "patch"),
@@ -86,6 +91,14 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
     // The handlers are in place before the first change: a signal at any step is caught.
     let signal = super::interrupted();
     tokio::pin!(signal);
+    // Polled once now, so that its handlers are installed before anything else happens.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(signal.as_mut(), cx))
+    })
+    .await;
+    if let std::task::Poll::Ready(code) = first {
+        return Err(Error::Exit(code));
+    }
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let name = release::resolve(&cluster, args.release.as_deref()).await?;
     let live = read(&cluster, &name).await?;
@@ -95,17 +108,40 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
             hint: None,
         });
     }
+    rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
+    // One run at a time: a record found under the lease is one no live run is working on.
+    let held = lease::acquire(
+        &cluster,
+        &cluster.namespace,
+        &format!("kubectl-pg-upgrade-{name}"),
+        &format!("upgrade of release {name}"),
+    )
+    .await?;
+    let done = locked(&args, &cluster, &name, signal.as_mut()).await;
+    held.release().await;
+    done
+}
+
+/// The upgrade, `--rollback` or `--finalize`, under the release's lease.
+async fn locked(
+    args: &UpgradeArgs,
+    cluster: &Cluster,
+    name: &str,
+    mut signal: std::pin::Pin<&mut impl std::future::Future<Output = u8>>,
+) -> Result<(), Error> {
+    let name = name.to_string();
+    let live = read(cluster, &name).await?;
     let record = Record::read(&live)?;
     if args.finalize {
         let record = record.ok_or_else(|| nothing_pending(&live))?;
         let result = guarded(
-            &cluster,
+            cluster,
             &name,
             signal.as_mut(),
-            finalize(&cluster, &live, &record, &args),
+            finalize(cluster, &live, &record, args),
         )
         .await?;
-        return print(&args, &result);
+        return print(args, &result);
     }
     if args.rollback {
         let record = record.ok_or_else(|| nothing_pending(&live))?;
@@ -128,12 +164,11 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
                 record.from_major
             ), "upgrade")?;
         }
-        rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
         guarded(
-            &cluster,
+            cluster,
             &name,
             signal.as_mut(),
-            rollback(&cluster, &live, &record, &args),
+            rollback(cluster, &live, &record, args),
         )
         .await?;
         let result = UpgradeResult {
@@ -151,7 +186,7 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
             tables_verified: None,
             old_data_dir: None,
         };
-        return print(&args, &result);
+        return print(args, &result);
     }
     let to = args.postgres_version.unwrap_or_default();
     let live = match record {
@@ -190,41 +225,39 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
             }
             // Verified and still blocked: only the last steps remain.
             Phase::Verified if record.to_major == Some(live.spec.major) => {
-                rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
                 step(&format!(
                     "resuming the upgrade to PostgreSQL {}: it was verified; allowing writes",
                     live.spec.major
                 ));
                 let result = guarded(
-                    &cluster,
+                    cluster,
                     &name,
                     signal.as_mut(),
-                    complete(&cluster, &live, &record),
+                    complete(cluster, &live, &record),
                 )
                 .await?;
-                return print(&args, &result);
+                return print(args, &result);
             }
             // Before verification, the old data is the truth: back to it, then start again.
             _ => {
-                rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
                 step(&format!(
                     "an earlier upgrade stopped at step {:?}: returning to PostgreSQL {} before starting again",
                     record.phase.name(),
                     record.from_major
                 ));
                 guarded(
-                    &cluster,
+                    cluster,
                     &name,
                     signal.as_mut(),
-                    rollback(&cluster, &live, &record, &args),
+                    rollback(cluster, &live, &record, args),
                 )
                 .await?;
-                read(&cluster, &name).await?
+                read(cluster, &name).await?
             }
         },
     };
-    let result = upgrade(&cluster, &live, &args, to, signal.as_mut()).await?;
-    print(&args, &result)
+    let result = upgrade(cluster, &live, args, to, signal.as_mut()).await?;
+    print(args, &result)
 }
 
 fn print(args: &UpgradeArgs, result: &UpgradeResult) -> Result<(), Error> {
@@ -524,7 +557,6 @@ async fn upgrade(
             }),
         });
     }
-    rbac::require(cluster, &old.namespace, &PERMISSIONS).await?;
     let target = release::find_target(cluster, &old.release).await?;
     let backup_path = args
         .backup_file
@@ -563,8 +595,34 @@ async fn upgrade(
     let mut pending = PendingFile::create(&backup_path)?;
     record.old_system = Some(writes::system_identifier(cluster, &target).await?);
 
-    // Step 1: writes blocked, the backup written. Undone by allowing writes again.
-    record_step(cluster, old, live, &record).await?;
+    // Step 1: writes blocked, the backup written. Undone by allowing writes again. Recorded
+    // only on the StatefulSet this run read: of two runs at once, one goes on.
+    let templates = manifests::live::claim_templates(&live.sts);
+    install::apply_release_at(
+        cluster,
+        old,
+        templates.as_ref(),
+        &record.annotations(),
+        live.sts.metadata.resource_version.as_deref(),
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Api { message, .. } | Error::InvalidInput { message, .. }
+            if message.contains("the object has been modified") =>
+        {
+            Error::InvalidInput {
+                message: format!(
+                    "StatefulSet {} changed while this upgrade started (another upgrade or install at the same time): nothing was changed",
+                    old.release
+                ),
+                hint: Some(format!(
+                    "see where it stands: kubectl pg status {} -n {}",
+                    old.release, old.namespace
+                )),
+            }
+        }
+        other => other,
+    })?;
     step(&format!("blocking writes on PostgreSQL {}", old.major));
     let downtime = Instant::now();
     let prepared = async {
@@ -953,7 +1011,6 @@ async fn finalize(
             record.old_data
         )));
     }
-    rbac::require(cluster, &spec.namespace, &PERMISSIONS).await?;
     if !args.yes {
         super::confirm(&format!(
             "Delete the PostgreSQL {} data directory of release {}? The upgrade can no longer be rolled back.",

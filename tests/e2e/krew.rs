@@ -35,7 +35,7 @@ const PLATFORMS: [(&str, &str); 5] = [
 /// Every object kind kubectl-pg touches; the caveats must tell users about
 /// each, since krew shows them at install time and RBAC failures are the
 /// first thing a new user hits.
-const RBAC_RESOURCES: [&str; 13] = [
+const RBAC_RESOURCES: [&str; 14] = [
     "statefulsets",
     "services",
     "secrets",
@@ -49,6 +49,7 @@ const RBAC_RESOURCES: [&str; 13] = [
     "selfsubjectaccessreviews",
     "namespaces",
     "deployments",
+    "leases",
 ];
 
 fn krew_script(name: &str) -> PathBuf {

@@ -428,7 +428,8 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
             "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: exec-only\n  namespace: {ns}\n\
              rules:\n- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch]\n\
              - apiGroups: ['']\n  resources: [pods, services, secrets, events, persistentvolumeclaims]\n  verbs: [get, list, watch, delete]\n\
-             - apiGroups: ['']\n  resources: [pods/exec]\n  verbs: [get, create]"
+             - apiGroups: ['']\n  resources: [pods/exec]\n  verbs: [get, create]\n\
+             - apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get, create, update, delete]"
         ),
     );
     let out = scope.kpg(&[
@@ -455,6 +456,36 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
     ]);
     assert!(kept.status.success(), "the old data is still there");
     assert_eq!(annotation(&scope, "upgrade-phase"), "upgraded");
+    // An old data directory that is gone (a finalize that deleted it and died): --rollback
+    // refuses before switching, and the new major keeps running with its data.
+    // (argv, not a shell line: the test node maps each path argument to the volume.)
+    let exec = |from: &str, to: &str| {
+        let out = scope.kubectl_ns(&["exec", "u-0", "-c", "postgres", "--", "mv", from, to]);
+        assert!(out.status.success(), "{}", out.describe());
+    };
+    exec(
+        "/var/lib/postgresql/pgdata",
+        "/var/lib/postgresql/pgdata.away",
+    );
+    let out = scope.kpg(&[
+        "upgrade",
+        "u",
+        "-n",
+        &ns,
+        "--rollback",
+        "--yes",
+        "--timeout",
+        TIMEOUT,
+    ]);
+    expect_code(&out, 5);
+    assert!(out.stderr_text().contains("missing"), "{}", out.describe());
+    assert_eq!(major(&scope, &ns), "17");
+    assert_eq!(query(&scope, &ns, bulk), rows);
+    assert_eq!(annotation(&scope, "upgrade-phase"), "upgraded");
+    exec(
+        "/var/lib/postgresql/pgdata.away",
+        "/var/lib/postgresql/pgdata",
+    );
     let out = scope.kpg(&[
         "upgrade",
         "u",
@@ -468,5 +499,38 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
     expect_code(&out, 0);
     assert_eq!(major(&scope, &ns), "16");
     assert_eq!(query(&scope, &ns, bulk), rows);
+    no_record(&scope);
+
+    // Two upgrades at once: one runs, the other is turned away by the lease, and the one
+    // that ran is whole.
+    let spawn = || {
+        scope
+            .kpg_command(&upgrade_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (
+        crate::output_within(a, Duration::from_secs(300)),
+        crate::output_within(b, Duration::from_secs(300)),
+    );
+    let mut codes = [a.code(), b.code()];
+    codes.sort();
+    assert_eq!(codes, [0, 1], "{}\n{}", a.describe(), b.describe());
+    let loser = if a.code() == 1 { &a } else { &b };
+    assert!(
+        loser
+            .stderr_text()
+            .contains("another upgrade of release u is running"),
+        "{}",
+        loser.describe()
+    );
+    assert_eq!(major(&scope, &ns), "17");
+    assert_eq!(query(&scope, &ns, bulk), rows);
+    let out = scope.kpg(&["upgrade", "u", "-n", &ns, "--finalize", "--yes"]);
+    expect_code(&out, 0);
     no_record(&scope);
 }

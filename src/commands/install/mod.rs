@@ -467,6 +467,18 @@ pub(crate) async fn apply_release(
     claim_templates: Option<&Value>,
     annotations: &[(&str, String)],
 ) -> Result<(), Error> {
+    apply_release_at(cluster, spec, claim_templates, annotations, None).await
+}
+
+/// [`apply_release`], only if the StatefulSet still has `resource_version` (409 Conflict
+/// otherwise): the first write of a multi-step command, which a concurrent run must not pass.
+pub(crate) async fn apply_release_at(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    claim_templates: Option<&Value>,
+    annotations: &[(&str, String)],
+    resource_version: Option<&str>,
+) -> Result<(), Error> {
     let headless = render::headless_service(spec);
     let service = render::service(spec);
     let mut sts = render::statefulset(spec);
@@ -475,6 +487,9 @@ pub(crate) async fn apply_release(
     }
     for (key, value) in annotations {
         sts["metadata"]["annotations"][*key] = json!(value);
+    }
+    if let Some(version) = resource_version {
+        sts["metadata"]["resourceVersion"] = json!(version);
     }
     apply_objects(cluster, spec, &headless, &service, &sts, true).await?;
     apply_objects(cluster, spec, &headless, &service, &sts, false).await
