@@ -454,6 +454,36 @@ impl<'a, C: Connector> Runner<'a, C> {
                     Some((index + 1, invalid)),
                 )));
             }
+            // A concurrent build that "succeeds" can still leave its index INVALID: `IF NOT
+            // EXISTS` skips the invalid leftover of an earlier failed build. Not applied.
+            if lexer_is_concurrent_index(statement) {
+                let left: Vec<String> = invalid_indexes(client)
+                    .await
+                    .into_iter()
+                    .filter(|name| names_index(&statement.sql, name))
+                    .collect();
+                if !left.is_empty() {
+                    return Err(StepError::Failed(Error::Migration {
+                        message: format!(
+                            "migration {} ({}) failed at line {}: index {} is INVALID after the statement (an earlier failed concurrent build, kept by IF NOT EXISTS) [{}]",
+                            m.id(),
+                            direction,
+                            statement.line,
+                            left.join(", "),
+                            script.origin
+                        ),
+                        hints: left
+                            .iter()
+                            .map(|i| format!("DROP INDEX CONCURRENTLY {i}; then run the command again"))
+                            .chain([format!(
+                                "statements before #{} are applied and recorded; the next run resumes at statement #{}",
+                                index + 1,
+                                index + 1
+                            )])
+                            .collect(),
+                    }));
+                }
+            }
             let checksums = if self.statement_checksums {
                 format!(
                     ", checksum = {}, statement_checksums = coalesce(statement_checksums[1:{index}], '{{}}') || ARRAY[{}]",
@@ -557,6 +587,27 @@ fn lexer_is_concurrent_index(statement: &super::lexer::Statement) -> bool {
     )
 }
 
+/// Whether `sql` names the index `qualified` (`schema.name`, as quote_ident writes it): its
+/// bare name as a whole word, case-insensitively.
+fn names_index(sql: &str, qualified: &str) -> bool {
+    let bare = qualified
+        .rsplit('.')
+        .next()
+        .unwrap_or(qualified)
+        .trim_matches('"')
+        .to_lowercase();
+    let text = sql.to_lowercase();
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    text.match_indices(&bare).any(|(at, _)| {
+        let before = text[..at].chars().next_back().is_none_or(|c| !word(c));
+        let after = text[at + bare.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !word(c));
+        before && after
+    })
+}
+
 /// Indexes left invalid by a failed concurrent build, schema-qualified.
 async fn invalid_indexes(client: &Client) -> Vec<String> {
     let sql = "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_index i \
@@ -642,5 +693,19 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_is_named_as_a_whole_word() {
+        let sql = "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS items_code ON items (code)";
+        assert!(names_index(sql, "public.items_code"));
+        assert!(names_index(sql, "public.\"Items_Code\""));
+        assert!(!names_index(sql, "public.items_co"));
+        assert!(!names_index(sql, "public.code_idx"));
     }
 }

@@ -865,6 +865,53 @@ fn a_no_transaction_migration_resumes_at_the_failed_statement() {
 }
 
 #[test]
+fn a_concurrent_index_left_invalid_is_never_recorded_as_applied() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |index: &str| {
+        format!(
+            "-- kubectl-pg:no-transaction\n\
+             CREATE TABLE items (code text);\n\
+             INSERT INTO items VALUES ('a'), ('a');\n\
+             {index};\n"
+        )
+    };
+    write(
+        dir.path(),
+        "001_idx.up.sql",
+        &file("CREATE UNIQUE INDEX CONCURRENTLY items_code ON items (code)"),
+    );
+    let d = dir_arg(&dir);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 7);
+    // The statement "fixed" with IF NOT EXISTS, the invalid index still there: the build is
+    // skipped, the statement succeeds, and the index stays INVALID. Not applied.
+    write(
+        dir.path(),
+        "001_idx.up.sql",
+        &file("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS items_code ON items (code)"),
+    );
+    let out = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&out, 7);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("public.items_code is INVALID") && err.contains("DROP INDEX CONCURRENTLY"),
+        "{err}"
+    );
+    assert!(applied_versions(&db).is_empty());
+    // Fixed for real: the next run resumes at the index and records it.
+    db.query(
+        "DELETE FROM items WHERE ctid <> (SELECT min(ctid) FROM items); DROP INDEX items_code;",
+    );
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    assert_eq!(applied_versions(&db), [1]);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+            .as_deref(),
+        Some("0")
+    );
+}
+
+#[test]
 fn connection_failures_exit_8() {
     let port = crate::pg::free_port();
     let out = kpg(&[
