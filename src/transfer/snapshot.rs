@@ -96,6 +96,8 @@ pub async fn psql(
     sql: &str,
 ) -> Result<String, Error> {
     let user = target.credentials.username.as_str();
+    // A conninfo string: psql takes a database named `a=b` given bare as one.
+    let dbname = super::conninfo(db, "kubectl-pg");
     let out = exec::run(
         cluster,
         &target.namespace,
@@ -111,7 +113,7 @@ pub async fn psql(
             "-U",
             user,
             "-d",
-            db,
+            &dbname,
             "-f",
             "-",
         ],
