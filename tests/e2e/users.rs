@@ -555,6 +555,61 @@ fn rotate_password() {
     );
     try_connect(&local(&forward, "postgres", &rotated, "learnflow")).unwrap();
     drop(proxy);
+
+    // Two rotations of one role at once, eight times (the superuser's, then an application
+    // user's): they run one after the other, each says it rotated (the one that waited says
+    // so), and the Secret opens the database every time.
+    let mut serialised = 0;
+    for round in 0..8 {
+        let (user, secret, args): (&str, &str, &[&str]) = if round < 4 {
+            ("postgres", "pg-credentials", &["rotate-password", "pg"])
+        } else {
+            (
+                "app",
+                "pg-user-app",
+                &["rotate-password", "--db-user", "app"],
+            )
+        };
+        let before = secret_value(&scope, secret, "password");
+        let spawn = || {
+            let mut all = args.to_vec();
+            all.extend(["-n", ns, "--yes"]);
+            scope
+                .kpg_command(&all)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (first, second) = (spawn(), spawn());
+        let limit = std::time::Duration::from_secs(120);
+        let outs = [
+            crate::output_within(first, limit),
+            crate::output_within(second, limit),
+        ];
+        for out in &outs {
+            expect_code(out, 0);
+            assert!(
+                out.stdout_text()
+                    .contains(&format!("password of role {user} rotated")),
+                "{}",
+                out.describe()
+            );
+        }
+        let said = |what: &str| {
+            outs.iter()
+                .filter(|o| o.stderr_text().contains(what))
+                .count()
+        };
+        assert!(said("waiting for it to finish") <= 1, "{outs:?}");
+        serialised += said("waiting for it to finish").max(said("finished meanwhile"));
+        let after = secret_value(&scope, secret, "password");
+        assert_ne!(after, before, "round {round}");
+        try_connect(&local(&forward, user, &after, "learnflow")).unwrap_or_else(|e| {
+            panic!("round {round}: the Secret's password is refused: {e}\n{outs:?}")
+        });
+    }
+    eprintln!("concurrent rotations: {serialised} of 8 rounds met the other run");
     drop(forward);
 
     // uninstall --delete-data: the users' roles were in the data, so their Secrets go too.
