@@ -30,6 +30,9 @@ use crate::output::{emit, API_VERSION};
 /// How long the database part may take before the report goes on without it.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The most of each log the bundle keeps (its end): a log is read as a stream, never whole.
+const MAX_LOG_BYTES: usize = 32 << 20;
+
 /// What a Secret's values are replaced by in the bundle.
 const REDACTED_VALUE: &str = "REDACTED";
 
@@ -175,7 +178,7 @@ pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
                 timestamps: true,
                 ..LogParams::default()
             };
-            match pods.logs(&name, &params).await {
+            match logs::tail_of(&pods, &name, &params, MAX_LOG_BYTES).await {
                 Ok(text) => bundle.add(&file, text),
                 Err(e) => {
                     let why = logs::log_error(&cluster, &release, &name, previous, e);
