@@ -490,6 +490,18 @@ fn rotate_password() {
             .filter(|r| r.method == "PATCH" && r.path_and_query.contains("/secrets/pg-credentials"))
             .count()
     };
+    let patch_credentials = |patch: &str| {
+        let args = [
+            "patch",
+            "secret",
+            "pg-credentials",
+            "--type",
+            "merge",
+            "-p",
+            patch,
+        ];
+        ok(scope.kubectl_ns(&args))
+    };
     let rotate_meanwhile = |change: &str, patch: &str| {
         proxy.clear_requests();
         proxy.hang(crate::proxy::Matcher::new(
@@ -514,15 +526,7 @@ fn rotate_password() {
             proxy.wait_for(std::time::Duration::from_secs(60), |r| writes(r) == 1),
             "rotate-password never wrote the Secret ({change})"
         );
-        ok(scope.kubectl_ns(&[
-            "patch",
-            "secret",
-            "pg-credentials",
-            "--type",
-            "merge",
-            "-p",
-            patch,
-        ]));
+        patch_credentials(patch);
         proxy.clear_hang();
         let out = crate::output_within(child, std::time::Duration::from_secs(60));
         (out, writes(&proxy.requests()))
@@ -558,7 +562,9 @@ fn rotate_password() {
 
     // Two rotations of one role at once, eight times (the superuser's, then an application
     // user's): they run one after the other, each says it rotated (the one that waited says
-    // so), and the Secret opens the database every time.
+    // so), and the Secret opens the database every time. First the Secret gets the password
+    // the database has again (someone else's is in it).
+    patch_credentials(&serde_json::json!({ "stringData": { "password": rotated } }).to_string());
     let mut serialised = 0;
     for round in 0..8 {
         let (user, secret, args): (&str, &str, &[&str]) = if round < 4 {
