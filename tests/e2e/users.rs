@@ -502,7 +502,7 @@ fn rotate_password() {
         ];
         ok(scope.kubectl_ns(&args))
     };
-    let rotate_meanwhile = |change: &str, patch: &str| {
+    let rotate_meanwhile = |change: &str, patch: &str, sql: Option<&str>| {
         proxy.clear_requests();
         proxy.hang(crate::proxy::Matcher::new(
             "PATCH",
@@ -527,6 +527,12 @@ fn rotate_password() {
             "rotate-password never wrote the Secret ({change})"
         );
         patch_credentials(patch);
+        if let Some(sql) = sql {
+            let args = [
+                "exec", "pg-0", "-c", "postgres", "--", "psql", "-U", "postgres", "-c", sql,
+            ];
+            ok(scope.kubectl_ns(&args));
+        }
         proxy.clear_hang();
         let out = crate::output_within(child, std::time::Duration::from_secs(60));
         (out, writes(&proxy.requests()))
@@ -534,6 +540,7 @@ fn rotate_password() {
     let (out, tries) = rotate_meanwhile(
         "an annotation",
         r#"{"metadata":{"annotations":{"example.com/touched":"yes"}}}"#,
+        None,
     );
     expect_code(&out, 0);
     assert_eq!(tries, 2, "the write was tried again: {}", out.describe());
@@ -543,6 +550,7 @@ fn rotate_password() {
     let (out, tries) = rotate_meanwhile(
         "another password",
         r#"{"stringData":{"password":"set-by-someone-else-0123"}}"#,
+        None,
     );
     expect_code(&out, 1);
     assert_eq!(tries, 1, "{}", out.describe());
@@ -558,13 +566,31 @@ fn rotate_password() {
         "the other change is kept"
     );
     try_connect(&local(&forward, "postgres", &rotated, "learnflow")).unwrap();
+    // Someone sets another password in the Secret and in the database while the write is
+    // held: the run undoes only its own change, so theirs stays in both, and they agree. (The
+    // Secret first gets the database's password back, so that the run can connect.)
+    patch_credentials(&serde_json::json!({ "stringData": { "password": rotated } }).to_string());
+    let (out, tries) = rotate_meanwhile(
+        "another password in both",
+        r#"{"stringData":{"password":"set-by-someone-else-4567"}}"#,
+        Some("ALTER ROLE postgres PASSWORD 'set-by-someone-else-4567'"),
+    );
+    expect_code(&out, 1);
+    assert_eq!(tries, 1, "{}", out.describe());
+    assert!(
+        out.stderr_text()
+            .contains("changed by someone else meanwhile: it is left as they set it"),
+        "{}",
+        out.describe()
+    );
+    let theirs = secret_value(&scope, "pg-credentials", "password");
+    assert_eq!(theirs, "set-by-someone-else-4567");
+    try_connect(&local(&forward, "postgres", &theirs, "learnflow")).unwrap();
     drop(proxy);
 
     // Two rotations of one role at once, eight times (the superuser's, then an application
     // user's): they run one after the other, each says it rotated (the one that waited says
-    // so), and the Secret opens the database every time. First the Secret gets the password
-    // the database has again (someone else's is in it).
-    patch_credentials(&serde_json::json!({ "stringData": { "password": rotated } }).to_string());
+    // so), and the Secret opens the database every time.
     let mut serialised = 0;
     for round in 0..8 {
         let (user, secret, args): (&str, &str, &[&str]) = if round < 4 {
