@@ -24,8 +24,9 @@ pub const REDACTED: &str = "[REDACTED]";
 /// password is 16 characters at least; a short value is a name, not a secret).
 pub const MIN_SECRET_LEN: usize = 6;
 
-/// Secret keys whose values name things (they are printed on purpose) and are no secret.
-pub const PLAIN_KEYS: [&str; 4] = ["username", "database", "host", "port"];
+/// Secret keys whose values name things (they are printed on purpose) and are no secret:
+/// ours, and the other names CloudNativePG's `R-app` gives the user and the database.
+pub const PLAIN_KEYS: [&str; 6] = ["username", "database", "host", "port", "user", "dbname"];
 
 /// The secrets to cut out of text, each in every form it can take.
 #[derive(Debug, Clone, Default)]
@@ -327,6 +328,17 @@ mod tests {
         r.add("abc");
         assert!(r.is_empty());
         assert_eq!(r.redact("abc def"), "abc def");
+        let values: std::collections::BTreeMap<String, String> = [
+            ("dbname", "learnflow-names-it"),
+            ("username", "learnflow-names-it"),
+            ("password", "the-secret-password-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        register_values(&values);
+        let out = redact("db learnflow-names-it, password the-secret-password-1");
+        assert_eq!(out, "db learnflow-names-it, password [REDACTED]");
     }
 
     #[test]
