@@ -192,6 +192,26 @@ impl Cluster {
                     user: self.user.clone(),
                     context: self.context.clone(),
                 },
+                // Not the API server's answer but a page from something in front of it (a
+                // proxy, a load balancer) that could not reach it: as kubectl, unreachable.
+                502..=504 if is_foreign(&status) => Error::ClusterUnreachable {
+                    context: self.context.clone(),
+                    server: self.server.clone(),
+                    reason: format!(
+                        "HTTP {} from the server's address, with {} instead of a Kubernetes answer",
+                        status.code,
+                        describe_foreign(&status.message)
+                    ),
+                    hint: Some("a proxy or load balancer in front of the API server could not reach it: check that the cluster is running (kubectl cluster-info), or pick another --context".into()),
+                },
+                _ if is_foreign(&status) => Error::Api {
+                    action: format!("{verb} {resource} in namespace {:?}", self.namespace),
+                    message: format!(
+                        "HTTP {} with {} instead of a Kubernetes answer",
+                        status.code,
+                        describe_foreign(&status.message)
+                    ),
+                },
                 _ => Error::Api {
                     action: format!("{verb} {resource} in namespace {:?}", self.namespace),
                     message: if status.message.is_empty() {
@@ -211,7 +231,49 @@ impl Cluster {
     }
 }
 
+/// An error answer whose body was no Kubernetes Status (kube keeps the body as the message).
+fn is_foreign(status: &kube::core::Status) -> bool {
+    status.reason == "Failed to parse error data"
+}
+
+/// A foreign error body in a few words: an HTML page by its title, text by its first line,
+/// never the whole of either.
+fn describe_foreign(body: &str) -> String {
+    const MAX: usize = 120;
+    let short = |text: &str| -> String {
+        let text = text.trim();
+        match text.char_indices().nth(MAX) {
+            Some((at, _)) => format!("{}…", &text[..at]),
+            None => text.to_string(),
+        }
+    };
+    let lower = body.to_ascii_lowercase();
+    if lower.trim_start().starts_with('<') {
+        let title = lower
+            .find("<title>")
+            .map(|start| start + "<title>".len())
+            .and_then(|start| Some((start, start + lower[start..].find("</title>")?)))
+            .map(|(start, end)| short(&body[start..end]))
+            .filter(|t| !t.is_empty());
+        return match title {
+            Some(title) => format!("an HTML page ({title:?})"),
+            None => "an HTML page".into(),
+        };
+    }
+    match body.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => format!("{:?}", short(line)),
+        None => "an empty body".into(),
+    }
+}
+
 fn unreachable_hint(e: &kube::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.is::<super::transport::ResponseTooLarge>() {
+            return "a single answer is read whole into memory: ask for less (another -n NAMESPACE), or check what answers at the server's address".into();
+        }
+        source = s.source();
+    }
     let text = chain(e).to_lowercase();
     if text.contains("certificate") || text.contains("tls") {
         "the server's certificate is not trusted by the kubeconfig's certificate-authority".into()
@@ -320,3 +382,58 @@ const CLUSTER_SCOPED: &[&str] = &[
     "persistentvolumes",
     "selfsubjectaccessreviews",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        let config = Config::new("https://127.0.0.1:1".parse().unwrap());
+        Cluster {
+            client: Client::try_from(config).unwrap(),
+            namespace: "ns".into(),
+            context: "ctx".into(),
+            server: "https://127.0.0.1:1".into(),
+            user: "me".into(),
+        }
+    }
+
+    fn foreign(code: u16, body: &str) -> kube::Error {
+        let status =
+            kube::core::Status::failure(body, "Failed to parse error data").with_code(code);
+        kube::Error::Api(status.boxed())
+    }
+
+    const NGINX_502: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
+        <center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+    #[tokio::test]
+    async fn a_gateway_page_is_unreachable_in_a_few_words() {
+        let e = cluster().error("list", "pods", foreign(502, NGINX_502));
+        assert_eq!(e.exit_code(), 2, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("HTTP 502") && text.contains("an HTML page (\"502 Bad Gateway\")"),
+            "{text}"
+        );
+        assert!(!text.contains("<center>") && !text.contains('\n'), "{text}");
+        assert!(e.hints().iter().any(|h| h.contains("proxy")), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn other_foreign_bodies_are_cut_short() {
+        let long = format!("{}\nsecond line", "x".repeat(500));
+        let e = cluster().error("get", "pods", foreign(404, &long));
+        assert_eq!(e.exit_code(), 1);
+        let text = e.to_string();
+        assert!(text.contains("HTTP 404") && text.contains('…'), "{text}");
+        assert!(text.len() < 300 && !text.contains("second line"), "{text}");
+        let e = cluster().error("get", "pods", foreign(503, "<p>no title</p>"));
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("with an HTML page instead"), "{e}");
+        // A real Status stays the server's own words.
+        let status = kube::core::Status::failure("pods \"x\" not found", "NotFound").with_code(404);
+        let e = cluster().error("get", "pods", kube::Error::Api(status.boxed()));
+        assert_eq!(e.to_string(), "Kubernetes API error while trying to get pods in namespace \"ns\": pods \"x\" not found");
+    }
+}

@@ -178,6 +178,69 @@ pub async fn read(
     }
 }
 
+/// The end of a pod's log, at most `max` bytes of whole lines, read as a stream: a log of any
+/// size costs no more memory than that. A log cut short starts with a line that says so.
+pub async fn tail_of(
+    pods: &Api<Pod>,
+    pod: &str,
+    params: &LogParams,
+    max: usize,
+) -> Result<String, kube::Error> {
+    let stream = pods.log_stream(pod, params).await?;
+    let mut lines = stream.lines();
+    let mut tail = Tail::new(max);
+    while let Some(line) = lines.next().await {
+        tail.push(line.map_err(kube::Error::ReadEvents)?);
+    }
+    Ok(tail.text())
+}
+
+/// The last lines seen, at most `max` bytes of them.
+struct Tail {
+    max: usize,
+    kept: std::collections::VecDeque<String>,
+    size: usize,
+    dropped: usize,
+}
+
+impl Tail {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            kept: Default::default(),
+            size: 0,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, line: String) {
+        self.size += line.len() + 1;
+        self.kept.push_back(line);
+        while self.size > self.max {
+            let Some(first) = self.kept.pop_front() else {
+                break;
+            };
+            self.size -= first.len() + 1;
+            self.dropped += first.len() + 1;
+        }
+    }
+
+    fn text(self) -> String {
+        let mut text = String::with_capacity(self.size + 100);
+        if self.dropped > 0 {
+            text.push_str(&format!(
+                "[the first {} bytes of the log are left out: only its last {} bytes are kept]\n",
+                self.dropped, self.max
+            ));
+        }
+        for line in self.kept {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
 /// The release's pod: the one named `R-0` among those with its labels, else the first.
 pub async fn find_pod(cluster: &Cluster, release: &str) -> Result<Option<Pod>, Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
@@ -328,6 +391,21 @@ mod tests {
             printed,
             ["2026-12-01T10:00:00.700Z d", "2026-12-01T10:00:03Z e"]
         );
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_lines_within_its_size() {
+        let mut tail = Tail::new(10);
+        for line in ["first", "second", "abc", "de"] {
+            tail.push(line.to_string());
+        }
+        assert_eq!(
+            tail.text(),
+            "[the first 13 bytes of the log are left out: only its last 10 bytes are kept]\nabc\nde\n"
+        );
+        let mut whole = Tail::new(100);
+        whole.push("only".into());
+        assert_eq!(whole.text(), "only\n");
     }
 
     #[test]

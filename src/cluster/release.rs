@@ -358,6 +358,8 @@ impl CredentialSource {
 }
 
 /// A Secret's keys and values as text (`data`, then `stringData`, which the server merges).
+/// Every secret value read here is registered with the process's redactor: whatever the
+/// command prints next (a hint, an error, a log line) cannot show it.
 pub fn secret_values(secret: &Secret) -> BTreeMap<String, String> {
     let mut values = BTreeMap::new();
     for (key, value) in secret.data.iter().flatten() {
@@ -366,6 +368,7 @@ pub fn secret_values(secret: &Secret) -> BTreeMap<String, String> {
     for (key, value) in secret.string_data.iter().flatten() {
         values.insert(key.clone(), value.clone());
     }
+    crate::output::redact::register_values(&values);
     values
 }
 
@@ -404,6 +407,28 @@ pub async fn secret_of(
         .secret_from(cluster, &cluster.namespace, release, secret)
         .await?;
     Ok((source, secret))
+}
+
+/// Reads every Secret of the release: its credentials (an `--existing-secret` too) and those
+/// labelled as its own (its users'). Reading them registers their values with the redactor,
+/// so what the command shows next (the server's log, a hint quoting it) cannot hold one.
+/// Returns the labelled Secrets.
+pub async fn learn_secrets(cluster: &Cluster, release: &str) -> Result<Vec<Secret>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let ours = ListParams::default().labels(&format!(
+        "{LABEL_INSTANCE}={release},{LABEL_MANAGED_BY}={MANAGED_BY}"
+    ));
+    let (listed, source) = tokio::join!(secrets.list(&ours), secret_of(cluster, release));
+    if let Ok((_, Some(secret))) = &source {
+        secret_values(secret);
+    }
+    let listed = listed
+        .map_err(|e| cluster.error("list", "secrets", e))?
+        .items;
+    for secret in &listed {
+        secret_values(secret);
+    }
+    source.map(|_| listed)
 }
 
 /// Finds the release's ready pod and reads its Secret, both at once.

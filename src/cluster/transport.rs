@@ -1,8 +1,10 @@
 //! The HTTP stack under our kube `Client`, built here rather than by kube's `ClientBuilder` for
-//! two things it cannot be told: `TCP_NODELAY` on every connection (kube's port-forward writes in
-//! 4 KiB pieces, and with Nagle on each split message waits ~40 ms for a delayed ACK), and a
+//! what it cannot be told: `TCP_NODELAY` on every connection (kube's port-forward writes in
+//! 4 KiB pieces, and with Nagle on each split message waits ~40 ms for a delayed ACK), a
 //! deadline on the whole response of a single request (kube's read timeout restarts with every
-//! byte, so a server that trickles a body is never cut off).
+//! byte, so a server that trickles a body is never cut off), and a cap on the size of a single
+//! answer (kube reads it whole into memory before parsing it: an endless or huge body would
+//! take all the memory there is).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +21,15 @@ use tower::{BoxError, Layer, Service, ServiceBuilder};
 /// How long a single request may take, start to last byte, when `--request-timeout` is not
 /// given. Watches, log follows and upgraded streams (exec, port-forward) are not single requests.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most a single answer may hold. kubectl's clients cap nothing; kube holds the body, then
+/// the objects parsed from it (a few times more). A list of this size is some 15 000 pods,
+/// far beyond what a release's namespace holds. Logs are read as streams and are not capped.
+pub const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The most an error answer may hold, whatever was asked: a Kubernetes Status is a few hundred
+/// bytes, and kube reads an error's body whole even for a watch.
+pub const MAX_ERROR_BYTES: u64 = 1024 * 1024;
 
 /// Builds the client for `config`, through its proxy if it names one. `deadline` bounds each
 /// single request's whole response; `None` waits forever (`--request-timeout 0`).
@@ -93,20 +104,21 @@ where
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
-        .layer(DeadlineLayer(deadline))
+        .layer(BoundsLayer(deadline))
         .map_err(BoxError::from)
         .service(http);
     Ok(Client::new(service, config.default_namespace))
 }
 
-/// Bounds a single request, from sending it to its body's last byte.
+/// Bounds a single request, from sending it to its body's last byte, and the size of its
+/// answer; bounds the size of every error answer.
 #[derive(Clone, Copy)]
-struct DeadlineLayer(Option<Duration>);
+struct BoundsLayer(Option<Duration>);
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-    fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline {
+impl<S> Layer<S> for BoundsLayer {
+    type Service = Bounds<S>;
+    fn layer(&self, inner: S) -> Bounds<S> {
+        Bounds {
             inner,
             limit: self.0,
         }
@@ -114,7 +126,7 @@ impl<S> Layer<S> for DeadlineLayer {
 }
 
 #[derive(Clone)]
-struct Deadline<S> {
+struct Bounds<S> {
     inner: S,
     limit: Option<Duration>,
 }
@@ -128,21 +140,35 @@ fn is_single<B>(request: &Request<B>) -> bool {
     !streams && !request.headers().contains_key(http::header::UPGRADE)
 }
 
+/// A log, read as a stream (`logs`) or with its own limits (`report`), never held whole here.
+fn is_log<B>(request: &Request<B>) -> bool {
+    request.uri().path().ends_with("/log")
+}
+
 /// The deadline passed before the response ended.
 #[derive(Debug, thiserror::Error)]
 #[error("the API server did not finish answering within the request timeout ({0:?})")]
 pub struct RequestTimedOut(Duration);
 
+/// The answer grew past its cap.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseTooLarge {
+    #[error("the API server's answer is larger than {cap} MiB, the most kubectl-pg reads at once", cap = MAX_RESPONSE_BYTES >> 20)]
+    Answer,
+    #[error("the API server's error answer (HTTP {0}) is larger than {cap} MiB: not a Kubernetes Status", cap = MAX_ERROR_BYTES >> 20)]
+    Error(u16),
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Deadline<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Bounds<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     ResBody: http_body::Body + Send + 'static,
 {
-    type Response = Response<DeadlineBody<ResBody>>;
+    type Response = Response<BoundedBody<ResBody>>;
     type Error = BoxError;
     type Future = BoxFuture<Result<Self::Response, BoxError>>;
 
@@ -151,39 +177,50 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let limit = self.limit.filter(|_| is_single(&request));
+        let single = is_single(&request);
+        let limit = self.limit.filter(|_| single);
+        let capped = single && !is_log(&request);
         let response = self.inner.call(request);
         Box::pin(async move {
-            let Some(limit) = limit else {
-                let response = response.await.map_err(Into::into)?;
-                return Ok(response.map(|inner| DeadlineBody {
-                    inner,
-                    sleep: None,
-                    limit: None,
-                }));
+            let (response, sleep) = match limit {
+                None => (response.await.map_err(Into::into)?, None),
+                Some(limit) => {
+                    let sleep = Box::pin(tokio::time::sleep(limit));
+                    let response = tokio::time::timeout(limit, response)
+                        .await
+                        .map_err(|_| BoxError::from(RequestTimedOut(limit)))?
+                        .map_err(Into::into)?;
+                    (response, Some(sleep))
+                }
             };
-            let sleep = Box::pin(tokio::time::sleep(limit));
-            let response = tokio::time::timeout(limit, response)
-                .await
-                .map_err(|_| BoxError::from(RequestTimedOut(limit)))?
-                .map_err(Into::into)?;
-            Ok(response.map(|inner| DeadlineBody {
+            let status = response.status();
+            let cap = if status.is_client_error() || status.is_server_error() {
+                Some((MAX_ERROR_BYTES, ResponseTooLarge::Error(status.as_u16())))
+            } else {
+                capped.then_some((MAX_RESPONSE_BYTES, ResponseTooLarge::Answer))
+            };
+            Ok(response.map(|inner| BoundedBody {
                 inner,
-                sleep: Some(sleep),
-                limit: Some(limit),
+                sleep,
+                limit,
+                cap,
+                read: 0,
             }))
         })
     }
 }
 
-/// A response body that fails once its request's deadline has passed.
-pub struct DeadlineBody<B> {
+/// A response body that fails once its request's deadline has passed, or once it has grown
+/// past its cap.
+pub struct BoundedBody<B> {
     inner: B,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     limit: Option<Duration>,
+    cap: Option<(u64, ResponseTooLarge)>,
+    read: u64,
 }
 
-impl<B> http_body::Body for DeadlineBody<B>
+impl<B> http_body::Body for BoundedBody<B>
 where
     B: http_body::Body + Unpin,
     B::Error: Into<BoxError>,
@@ -195,6 +232,7 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use hyper::body::Buf;
         let this = &mut *self;
         if let Some(sleep) = this.sleep.as_mut() {
             if sleep.as_mut().poll(cx).is_ready() {
@@ -202,7 +240,17 @@ where
                 return Poll::Ready(Some(Err(RequestTimedOut(limit).into())));
             }
         }
-        Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into)
+        let polled = Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some((cap, _)), Some(data)) = (&this.cap, frame.data_ref()) {
+                this.read += data.remaining() as u64;
+                if this.read > *cap {
+                    let (_, too_large) = this.cap.take().expect("checked above");
+                    return Poll::Ready(Some(Err(too_large.into())));
+                }
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -239,5 +287,53 @@ mod tests {
             .body(())
             .unwrap();
         assert!(!is_single(&upgrade));
+    }
+
+    fn bounded(
+        chunks: usize,
+        cap: u64,
+    ) -> BoundedBody<
+        http_body_util::StreamBody<
+            impl futures_util::Stream<
+                    Item = Result<http_body::Frame<hyper::body::Bytes>, std::convert::Infallible>,
+                > + Unpin,
+        >,
+    > {
+        let frames = (0..chunks).map(|_| {
+            Ok(http_body::Frame::data(hyper::body::Bytes::from_static(
+                b"0123456789",
+            )))
+        });
+        BoundedBody {
+            inner: http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+            sleep: None,
+            limit: None,
+            cap: Some((cap, ResponseTooLarge::Answer)),
+            read: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_its_cap_fails_with_the_cap_named() {
+        use http_body_util::BodyExt;
+        let whole = bounded(3, 30)
+            .collect()
+            .await
+            .expect("30 bytes pass a cap of 30");
+        assert_eq!(whole.to_bytes().len(), 30);
+        let error = bounded(1000, 30)
+            .collect()
+            .await
+            .expect_err("cut at the cap");
+        assert!(error.is::<ResponseTooLarge>(), "{error}");
+        assert!(error.to_string().contains("larger than 256 MiB"), "{error}");
+    }
+
+    #[test]
+    fn logs_are_not_capped() {
+        assert!(is_log(&request(
+            "/api/v1/namespaces/a/pods/p/log?container=postgres"
+        )));
+        assert!(!is_log(&request("/api/v1/namespaces/a/pods/p")));
     }
 }

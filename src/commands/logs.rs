@@ -1,10 +1,11 @@
-//! `kubectl pg logs`: the server container's log, printed as it arrives.
+//! `kubectl pg logs`: the server container's log, printed as it arrives, with the release's
+//! secrets cut out (a statement the server logs may quote a password).
 
 use crate::cli::{GlobalArgs, LogsArgs};
 use crate::cluster::logs::{self, LogOptions};
 use crate::cluster::{release, Cluster};
 use crate::error::Error;
-use crate::output::{self, emit};
+use crate::output::{self, emit, redact};
 
 pub async fn run(args: LogsArgs, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
@@ -16,8 +17,12 @@ pub async fn run(args: LogsArgs, global: &GlobalArgs) -> Result<(), Error> {
         previous: args.previous,
         timestamps: args.timestamps,
     };
+    if let Err(e) = release::learn_secrets(&cluster, &release).await {
+        crate::note!("warning: the release's Secrets could not be read, so the log cannot be cleared of their passwords: {e}");
+    }
+    let redactor = redact::current();
     logs::read(&cluster, &release, &options, |line| {
-        emit(&format!("{line}\n"));
+        emit(&format!("{}\n", redactor.redact(line)));
         !output::stdout_failed()
     })
     .await

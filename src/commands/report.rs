@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::cli::{GlobalArgs, ReportArgs};
-use crate::cluster::release::{self, secret_values, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::cluster::release::{self, secret_values};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::{logs, Cluster};
 use crate::database::Connector;
@@ -30,11 +30,11 @@ use crate::output::{emit, API_VERSION};
 /// How long the database part may take before the report goes on without it.
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The most of each log the bundle keeps (its end): a log is read as a stream, never whole.
+const MAX_LOG_BYTES: usize = 32 << 20;
+
 /// What a Secret's values are replaced by in the bundle.
 const REDACTED_VALUE: &str = "REDACTED";
-
-/// Secret keys whose values are not secret (they name things) and may stay searchable.
-const PLAIN_KEYS: [&str; 4] = ["username", "database", "host", "port"];
 
 pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
@@ -63,42 +63,23 @@ pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
     let mut notes: Vec<String> = Vec::new();
     let client = &cluster.client;
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let ours = ListParams::default().labels(&format!(
-        "{LABEL_INSTANCE}={release},{LABEL_MANAGED_BY}={MANAGED_BY}"
-    ));
     let (headless_name, all) = (format!("{release}-hl"), ListParams::default());
-    let (headless, our_secrets, event_list, source_secret, server) = tokio::join!(
+    let (headless, our_secrets, event_list, server) = tokio::join!(
         services.get_opt(&headless_name),
-        secrets.list(&ours),
+        release::learn_secrets(&cluster, &release),
         events.list(&all),
-        release::secret_of(&cluster, &release),
         client.apiserver_version(),
     );
 
-    // Every secret value the release has, ours and a user's --existing-secret, is cut out of
-    // every file, whatever file it might turn up in (a log, a setting).
-    let mut release_secrets: Vec<Secret> = our_secrets.map(|l| l.items).unwrap_or_else(|e| {
-        notes.push(format!(
-            "secrets: not listed: {}",
-            cluster.error("list", "secrets", e)
-        ));
+    // Every secret value the release has, ours and a user's --existing-secret, is now known
+    // to the redactor, which every file goes through (a log, a setting may quote one).
+    let mut release_secrets: Vec<Secret> = our_secrets.unwrap_or_else(|e| {
+        notes.push(format!("secrets: not listed: {e}"));
         observed.secret.iter().cloned().collect()
     });
-    if let Ok((_, Some(secret))) = &source_secret {
-        for (key, value) in secret_values(secret) {
-            if !PLAIN_KEYS.contains(&key.as_str()) {
-                bundle.never_write(value.as_bytes());
-            }
-        }
-    }
     for secret in &release_secrets {
-        for (key, value) in secret_values(secret) {
-            if !PLAIN_KEYS.contains(&key.as_str()) {
-                bundle.never_write(value.as_bytes());
-            }
-        }
+        secret_values(secret);
     }
 
     // Objects.
@@ -197,7 +178,7 @@ pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
                 timestamps: true,
                 ..LogParams::default()
             };
-            match pods.logs(&name, &params).await {
+            match logs::tail_of(&pods, &name, &params, MAX_LOG_BYTES).await {
                 Ok(text) => bundle.add(&file, text),
                 Err(e) => {
                     let why = logs::log_error(&cluster, &release, &name, previous, e);
@@ -275,7 +256,7 @@ pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
     for n in &notes {
         crate::note!("not collected: {n}");
     }
-    let size = bundle.write(&path)?;
+    let size = bundle.write(&path, &crate::output::redact::current())?;
     crate::note!("wrote {} ({:.1} KiB)", path.display(), size as f64 / 1024.0);
     emit(&format!("{}\n", path.display()));
     Ok(())

@@ -3,6 +3,12 @@
 //! neither the old nor the new password is stored: (1) generate, (2) set it in the database as
 //! a SCRAM verifier, (3) write the Secret (resourceVersion precondition), (4) retry that a few
 //! times, and if it still fails give the database the old password back.
+//!
+//! Concurrent rotations of one role run one after the other: each holds the role's advisory
+//! lock, in the session that sets the password, from before it reads the Secret until the
+//! Secret holds its password; the next one then starts from that password. A run undoes only
+//! its own change: the old password goes back only while the role still has the verifier this
+//! run set.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,14 +25,21 @@ use crate::cluster::release::{self, Credentials, DATABASE_PORT, LABEL_MANAGED_BY
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::commands::install::generate_password;
-use crate::database::connect_with_retry;
 use crate::database::connection::DatabaseConnection;
 use crate::database::roles::{self, LABEL_USER};
+use crate::database::{connect_with_retry, is_password_refused};
 use crate::error::Error;
 use crate::output::{self, emit, API_VERSION};
 
 /// How many times the Secret write is tried before the database gets the old password back.
 const SECRET_ATTEMPTS: u32 = 4;
+
+/// How long a rotation waits for another rotation of the same role to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// How many times the superuser's session is tried with the Secret read again, when the
+/// password is refused (another rotation of it is between its two writes).
+const ADMIN_ATTEMPTS: u32 = 5;
 
 /// `kind: PasswordRotation`: what was rotated and who must reread it (never a password).
 #[derive(Debug, Serialize)]
@@ -110,7 +123,7 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         }
     };
     let secret_name = secret.metadata.name.clone().unwrap_or_default();
-    let admin = connect_with_retry(&TunnelConnector::new(&cluster, &found.target)).await?;
+    let admin = admin_session(&cluster, &release, found.target).await?;
     if roles::find_role(&admin, &role).await?.is_none() {
         return Err(Error::NotFound {
             message: format!(
@@ -127,16 +140,54 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
             "rotate-password",
         )?;
     }
+    if !roles::try_lock_password(&admin, &role).await? {
+        crate::note!(
+            "another rotate-password of role {role} is running: waiting for it to finish (at most {}s)",
+            LOCK_WAIT.as_secs()
+        );
+        roles::lock_password(&admin, &role, LOCK_WAIT).await?;
+    }
+    // Under the lock, the Secret as it is now: a rotation that finished meanwhile wrote it.
+    let secret = secrets
+        .get(&secret_name)
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?;
+    let current = match &args.db_user {
+        None => found.source.resolve(&secret)?,
+        Some(_) => Credentials::from_secret(&secret)?,
+    };
+    if current.password != old.password {
+        crate::note!(
+            "another rotate-password of role {role} finished meanwhile: this one rotates its password again"
+        );
+    }
+    let old = current;
     // (1) and (2): the database holds the new password, the Secret still the old one.
     let new = generate_password();
+    let verifier = roles::verifier(&new);
     roles::run(
         &admin,
         &format!("cannot set the new password of role {role}"),
-        &roles::set_password_sql(&role, &new),
+        &roles::set_verifier_sql(&role, &verifier),
     )
     .await?;
     // (3) and (4)
     if let Err(error) = write_secret(&cluster, &secrets, secret, &old, &new).await {
+        // Only this run's change is undone: a role whose password is no longer the verifier
+        // set above was changed by someone else meanwhile (by hand: rotations hold the lock).
+        if let Ok(Some(stored)) = roles::stored_verifier(&admin, &role).await {
+            if stored != verifier {
+                return Err(Error::Deployment {
+                    message: format!(
+                        "Secret {secret_name} could not be updated ({error}), and role {role}'s password was changed by someone else meanwhile: it is left as they set it"
+                    ),
+                    hints: vec![format!(
+                        "put the password they set into Secret {secret_name}, or run kubectl pg rotate-password again"
+                    )],
+                    code: 1,
+                });
+            }
+        }
         return match roles::run(
             &admin,
             "cannot restore the old password",
@@ -159,6 +210,8 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
             }),
         };
     }
+    // The Secret holds the new password: the next rotation may start from it.
+    let _ = roles::unlock_password(&admin, &role).await;
     let workloads = match users_of(&cluster, &ns, &release, &secret_name).await {
         Ok(w) => w,
         Err(e) => {
@@ -205,6 +258,28 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     }
     emit(&text);
     Ok(())
+}
+
+/// The superuser's session. A refused password is read again from the Secret a few times: a
+/// rotation of the superuser running meanwhile sets the new password in the database a moment
+/// before it writes the Secret.
+async fn admin_session(
+    cluster: &Cluster,
+    release: &str,
+    mut target: release::Target,
+) -> Result<tokio_postgres::Client, Error> {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1.. {
+        match connect_with_retry(&TunnelConnector::new(cluster, &target)).await {
+            Err(e) if is_password_refused(&e) && attempt < ADMIN_ATTEMPTS => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                target = release::find_target(cluster, release).await?;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// Writes the new password (and the `uri` built from it) into the Secret read before: a merge

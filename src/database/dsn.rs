@@ -67,6 +67,9 @@ impl Dsn {
                 config.password(password.as_encoded_bytes());
             }
         }
+        if let Some(password) = config.get_password() {
+            crate::output::redact::register(&String::from_utf8_lossy(password));
+        }
         config.ssl_mode(match tls {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,

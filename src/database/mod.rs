@@ -86,12 +86,17 @@ pub fn connection_error(target: &str, e: &tokio_postgres::Error) -> Error {
     }
 }
 
+/// Whether the server refused the password of a login.
+pub fn is_password_refused(e: &Error) -> bool {
+    matches!(e, Error::Connection { reason, .. } if reason.contains("password authentication failed"))
+}
+
 /// Whether the server rejected the login itself (no point retrying).
 fn is_permanent(e: &Error) -> bool {
     matches!(e, Error::InvalidInput { .. })
+        || is_password_refused(e)
         || matches!(e, Error::Connection { reason, .. }
-            if reason.contains("password authentication failed")
-                || reason.contains("does not exist")
+            if reason.contains("does not exist")
                 || reason.contains("certificate")
                 || reason.contains("pg_hba.conf"))
 }

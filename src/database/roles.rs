@@ -191,12 +191,93 @@ pub fn drop_role_sql(name: &str) -> String {
 /// Sets the role's password as a SCRAM-SHA-256 verifier: the statement, and so any log of it,
 /// never holds the password itself.
 pub fn set_password_sql(name: &str, password: &str) -> String {
-    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    set_verifier_sql(name, &verifier(password))
+}
+
+/// A SCRAM-SHA-256 verifier of `password` (a fresh salt each time: two verifiers of one
+/// password differ, so the one a run set tells its change from anyone else's).
+pub fn verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// Sets the role's password to `verifier`, as [`verifier`] made it.
+pub fn set_verifier_sql(name: &str, verifier: &str) -> String {
     format!(
         "ALTER ROLE {} PASSWORD {};",
         quote_ident(name),
-        literal(&verifier)
+        literal(verifier)
     )
+}
+
+/// The verifier the role's password is stored as (`pg_authid`, which only superusers read).
+pub async fn stored_verifier(client: &Client, name: &str) -> Result<Option<String>, Error> {
+    let rows = client
+        .query(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| database_error("cannot read pg_authid", &e))?;
+    Ok(rows.first().and_then(|row| row.get(0)))
+}
+
+/// The class of the advisory locks that serialise password changes, one lock per role. It is
+/// the two-key form: a key space apart from the migration lock's single `bigint` keys.
+const PASSWORD_LOCK_CLASS: i32 = 0x6b70_6770;
+
+/// The two keys of `name`'s password lock, as SQL arguments.
+fn password_lock_keys(name: &str) -> String {
+    format!(
+        "{PASSWORD_LOCK_CLASS}, ('x' || left(md5({}), 8))::bit(32)::int",
+        literal(name)
+    )
+}
+
+/// Takes the role's password lock in this session if no other session holds it.
+pub async fn try_lock_password(client: &Client, name: &str) -> Result<bool, Error> {
+    let sql = format!("SELECT pg_try_advisory_lock({})", password_lock_keys(name));
+    let messages = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| database_error("cannot take the password lock", &e))?;
+    Ok(messages
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))))
+}
+
+/// Waits for the role's password lock, at most `wait`; a lock still held then is an error.
+pub async fn lock_password(
+    client: &Client,
+    name: &str,
+    wait: std::time::Duration,
+) -> Result<(), Error> {
+    let sql = format!(
+        "SET lock_timeout = {}; SELECT pg_advisory_lock({}); RESET lock_timeout;",
+        wait.as_millis(),
+        password_lock_keys(name)
+    );
+    match client.simple_query(&sql).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(Error::Deployment {
+                message: format!(
+                    "another change of role {name}'s password still held its lock after {}s: nothing was changed",
+                    wait.as_secs()
+                ),
+                hints: vec![
+                    "run it again once the other kubectl pg rotate-password is done".into(),
+                ],
+                code: 1,
+            })
+        }
+        Err(e) => Err(database_error("cannot take the password lock", &e)),
+    }
+}
+
+/// Releases the role's password lock (ending the session releases it too).
+pub async fn unlock_password(client: &Client, name: &str) -> Result<(), Error> {
+    let sql = format!("SELECT pg_advisory_unlock({})", password_lock_keys(name));
+    run(client, "cannot release the password lock", &sql).await
 }
 
 /// A role as `pg_roles` has it, with whether it is ours.

@@ -43,7 +43,7 @@ pub async fn wait_ready(
         if let Some(failure) = assessment.failure().filter(|_| !old_pod) {
             let mut hints: Vec<String> = failure.hint.iter().cloned().collect();
             if failure.reason == "CrashLoopBackOff" {
-                hints.extend(last_log_lines(cluster, ns, &release::pod_name(name)).await);
+                hints.extend(last_log_lines(cluster, ns, name).await);
             }
             return Err(Error::Deployment {
                 message: failure.message.clone(),
@@ -139,7 +139,11 @@ fn progress_line(
     )
 }
 
-async fn last_log_lines(cluster: &Cluster, namespace: &str, pod: &str) -> Vec<String> {
+/// The server's last words, for a hint; the release's secrets are made known to the redactor
+/// first (the hint is printed through it: a failed statement in the log may quote a password).
+async fn last_log_lines(cluster: &Cluster, namespace: &str, release: &str) -> Vec<String> {
+    let _ = release::learn_secrets(cluster, release).await;
+    let pod = &release::pod_name(release);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let params = LogParams {
         container: Some(crate::manifests::render::CONTAINER.into()),
@@ -148,7 +152,10 @@ async fn last_log_lines(cluster: &Cluster, namespace: &str, pod: &str) -> Vec<St
         ..LogParams::default()
     };
     match pods.logs(pod, &params).await {
-        Ok(text) => text.lines().map(|l| format!("log: {l}")).collect(),
+        Ok(text) => text
+            .lines()
+            .map(|l| format!("log: {}", crate::output::redact::redact(l)))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -1,6 +1,6 @@
 //! A `.tar.gz` of text files, as `kubectl pg report` writes it: private (mode 0600) from its
 //! first byte, written under a temporary name and renamed, so a half-written bundle never
-//! stands under the name asked for; every known secret value is cut out of every file.
+//! stands under the name asked for; every file goes through the redactor.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,17 +8,14 @@ use std::path::{Path, PathBuf};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use super::redact::Redactor;
 use crate::error::Error;
-
-/// What replaces a secret value found in a file.
-pub const REDACTED: &str = "[REDACTED]";
 
 /// The files of a bundle, all under one top directory.
 #[derive(Debug, Default)]
 pub struct Bundle {
     root: String,
     files: Vec<(String, Vec<u8>)>,
-    secrets: Vec<Vec<u8>>,
 }
 
 impl Bundle {
@@ -35,40 +32,19 @@ impl Bundle {
         self.files.push((path.to_string(), content.into()));
     }
 
-    /// Values that must appear in no file (passwords, keys): each occurrence, and each
-    /// occurrence of its base64 form, becomes [`REDACTED`] when the bundle is written.
-    /// Values shorter than 6 bytes are left alone: they would shred ordinary text.
-    pub fn never_write(&mut self, value: &[u8]) {
-        if value.len() < 6 {
-            return;
-        }
-        let encoded = serde_json::to_string(&k8s_openapi::ByteString(value.to_vec()))
-            .unwrap_or_default()
-            .trim_matches('"')
-            .as_bytes()
-            .to_vec();
-        for v in [value.to_vec(), encoded] {
-            if !self.secrets.contains(&v) {
-                self.secrets.push(v);
-            }
-        }
-        // Longest first, so a value that contains another is cut whole.
-        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    }
-
     /// The paths added so far, in order.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.files.iter().map(|(p, _)| p.as_str())
     }
 
-    /// Writes the archive to `path` (mode 0600, via a temporary file beside it); returns
-    /// its size in bytes.
-    pub fn write(&self, path: &Path) -> Result<u64, Error> {
+    /// Writes the archive to `path` (mode 0600, via a temporary file beside it), each file
+    /// through `redactor`; returns its size in bytes.
+    pub fn write(&self, path: &Path, redactor: &Redactor) -> Result<u64, Error> {
         let io = |context: String| move |source| Error::Io { context, source };
         let temp = temp_path(path);
         let file =
             create_private(&temp).map_err(io(format!("cannot create {}", temp.display())))?;
-        let result = self.write_to(file);
+        let result = self.write_to(file, redactor);
         let finished = result.and_then(|file| file.sync_all().map(|()| file));
         if let Err(source) = finished {
             let _ = std::fs::remove_file(&temp);
@@ -89,7 +65,7 @@ impl Bundle {
             .map_err(io(format!("cannot read {}", path.display())))
     }
 
-    fn write_to(&self, file: std::fs::File) -> std::io::Result<std::fs::File> {
+    fn write_to(&self, file: std::fs::File, redactor: &Redactor) -> std::io::Result<std::fs::File> {
         let mtime = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -112,7 +88,7 @@ impl Bundle {
                     )?;
                 }
             }
-            let content = scrub(content, &self.secrets);
+            let content = redactor.redact_bytes(content);
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(0o600);
@@ -152,45 +128,9 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-/// `content` with every occurrence of each secret (longest first) replaced.
-pub fn scrub(content: &[u8], secrets: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = content.to_vec();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        if !out.windows(secret.len()).any(|w| w == secret.as_slice()) {
-            continue;
-        }
-        let mut next = Vec::with_capacity(out.len());
-        let mut i = 0;
-        while i < out.len() {
-            if out[i..].starts_with(secret) {
-                next.extend_from_slice(REDACTED.as_bytes());
-                i += secret.len();
-            } else {
-                next.push(out[i]);
-                i += 1;
-            }
-        }
-        out = next;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_and_their_base64_are_cut_out() {
-        let mut bundle = Bundle::new("r");
-        bundle.never_write(b"s3cret-password");
-        bundle.never_write(b"abc"); // too short to search for
-        let text = b"uri postgresql://u:s3cret-password@h/db, data czNjcmV0LXBhc3N3b3Jk, abc";
-        let out = String::from_utf8(scrub(text, &bundle.secrets)).unwrap();
-        assert_eq!(
-            out,
-            "uri postgresql://u:[REDACTED]@h/db, data [REDACTED], abc"
-        );
-    }
 
     #[test]
     fn writes_a_private_archive_under_its_name() {
@@ -199,8 +139,9 @@ mod tests {
         let mut bundle = Bundle::new("report-x");
         bundle.add("a.txt", "hello secret-value-1\n");
         bundle.add("logs/b.log", "line\n");
-        bundle.never_write(b"secret-value-1");
-        let size = bundle.write(&path).unwrap();
+        let mut redactor = Redactor::new();
+        redactor.add("secret-value-1");
+        let size = bundle.write(&path, &redactor).unwrap();
         assert!(size > 0);
         #[cfg(unix)]
         {

@@ -1,6 +1,7 @@
 //! Rendering: colour rules, machine-readable documents and tables.
 
 pub mod archive;
+pub mod redact;
 
 use owo_colors::{OwoColorize, Stream};
 use serde::Serialize;
@@ -82,22 +83,29 @@ pub fn stdout_failed() -> bool {
 }
 
 /// `eprintln!` that never panics: progress and diagnostics are best effort, and a closed or
-/// full stderr (`2>&1 | head -c 10`, `2>/dev/full`) must not kill a command mid-way.
+/// full stderr (`2>&1 | head -c 10`, `2>/dev/full`) must not kill a command mid-way. Every
+/// secret the command holds is cut out first ([`redact`]).
 #[macro_export]
 macro_rules! note {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr());
+    }};
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let text = $crate::output::redact::redact(&format!($($arg)*));
+        let _ = writeln!(std::io::stderr(), "{text}");
     }};
 }
 
-/// `eprint!` that never panics (a prompt without its newline).
+/// `eprint!` that never panics (a prompt without its newline), secrets cut out.
 #[macro_export]
 macro_rules! note_inline {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let mut err = std::io::stderr();
-        let _ = write!(err, $($arg)*);
+        let text = $crate::output::redact::redact(&format!($($arg)*));
+        let _ = write!(err, "{text}");
         let _ = err.flush();
     }};
 }

@@ -1582,7 +1582,8 @@ fn write(dir: &Path, name: &str, body: &str) {
 }
 
 /// API faults the real apiserver does not make on demand, through the proxy: a 500, a server
-/// that never answers, a watch that drops in the middle of an install.
+/// that never answers or trickles, a proxy's 502 page, an endless answer, a watch that drops in
+/// the middle of an install.
 #[test]
 fn api_faults_give_their_exit_codes_and_watch_drops_are_survived() {
     let scope = Scope::new("kpg-faults");
@@ -1628,6 +1629,57 @@ fn api_faults_give_their_exit_codes_and_watch_drops_are_survived() {
         "bounded: {:?}",
         started.elapsed()
     );
+    proxy.clear_faults();
+    // A proxy in front of the apiserver that cannot reach it answers 502 with its HTML page:
+    // Kubernetes not accessible (exit 2), in one short line that names the page, no HTML.
+    proxy.fail_next_html(1000, 502, proxy::Matcher::any());
+    let out = via(&["status"]);
+    expect_code(&out, 2);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("HTTP 502") && err.contains("\"502 Bad Gateway\"") && !err.contains('<'),
+        "{}",
+        out.describe()
+    );
+    assert!(err.len() < 600, "short: {}", out.describe());
+    proxy.clear_faults();
+    // An answer that never ends is cut at the cap: the command ends within seconds, exit 2
+    // naming the cap, and its memory stays bounded (it runs under an address-space limit of
+    // 1 GiB, which an unbounded read would hit and die of).
+    proxy.endless(proxy::Matcher::path("/statefulsets"));
+    let command = scope.kpg_command(&["status", "--kubeconfig", &kubeconfig, "-n", ns]);
+    let mut limited = std::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
+        .arg(command.get_program())
+        .args(command.get_args())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => limited.env(key, value),
+            None => limited.env_remove(key),
+        };
+    }
+    let started = std::time::Instant::now();
+    let child = limited.spawn().unwrap();
+    let out = crate::output_within(child, std::time::Duration::from_secs(60));
+    expect_code(&out, 2);
+    assert!(
+        out.stderr_text().contains("larger than 256 MiB")
+            && out
+                .stderr_text()
+                .contains("hint: a single answer is read whole into memory"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    eprintln!("an endless answer cut in {:?}", started.elapsed());
     proxy.clear_faults();
     // Watches cut while install waits: it watches again and finishes.
     let install = {

@@ -498,11 +498,83 @@ fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// A password that every encoding changes: quotes, backslashes, `%`, `@`, `:`, `#`, spaces,
+/// UTF-8.
+const NASTY_PASSWORD: &str = r#"Quote'Back\slash "dq" 100%@h:5#é''\\end"#;
+
+/// Every form a password can leak in: clear, SQL-quoted (standard and E''), base64 (both
+/// alphabets, padded or not, and of `user:password` as a basic-auth header holds it), and
+/// percent-encoded as a DSN's userinfo.
+fn encodings(user: &str, password: &str) -> Vec<(&'static str, String)> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let percent: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    vec![
+        ("clear", password.to_string()),
+        ("sql", password.replace('\'', "''")),
+        (
+            "sql E''",
+            password.replace('\\', "\\\\").replace('\'', "''"),
+        ),
+        ("base64", STANDARD.encode(password)),
+        ("base64 unpadded", STANDARD_NO_PAD.encode(password)),
+        ("base64url", URL_SAFE.encode(password)),
+        ("base64url unpadded", URL_SAFE_NO_PAD.encode(password)),
+        ("basic auth", STANDARD.encode(format!("{user}:{password}"))),
+        ("percent-encoded", percent),
+    ]
+}
+
+/// Fails when `text` holds `password` in any of its [`encodings`].
+#[track_caller]
+fn assert_no_password(what: &str, text: &str, user: &str, password: &str) {
+    for (form, encoded) in encodings(user, password) {
+        assert!(
+            !text.contains(&encoded),
+            "{what} holds the password ({form}: {encoded:?}):\n{text}"
+        );
+    }
+}
+
+/// The log holds `n` lines of the server's `leaked …`, each with the password redacted.
+#[track_caller]
+fn assert_leaks_redacted(log: &str, n: usize) {
+    let leaked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("LOG:  leaked "))
+        .collect();
+    assert_eq!(leaked.len(), n, "{log}");
+    assert!(leaked.iter().all(|l| l.contains("[REDACTED]")), "{log}");
+}
+
+/// Install with a password full of quotes and backslashes, put it in the server's log in every
+/// encoding, then: the report's every file, `logs`, and the hint of a crash loop whose log
+/// lines all hold it show none of them.
 #[test]
 fn report_bundles_the_release_without_a_password() {
     let scope = Scope::new("kpg-report");
     let ns = scope.ns.as_str();
-    let out = scope.kpg(&["install", "pg", "-n", ns, "--migrate", "--timeout", TIMEOUT]);
+    let out = scope.kpg_stdin(
+        &[
+            "install",
+            "pg",
+            "-n",
+            ns,
+            "--migrate",
+            "--password-stdin",
+            "--timeout",
+            TIMEOUT,
+        ],
+        &format!("{NASTY_PASSWORD}\n"),
+    );
     expect_code(&out, 0);
     let password = String::from_utf8(base64_decode(&jsonpath(
         &scope,
@@ -510,6 +582,8 @@ fn report_bundles_the_release_without_a_password() {
         "{.data.password}",
     )))
     .unwrap();
+    assert_eq!(password, NASTY_PASSWORD);
+    assert_no_password("install's output", &out.describe(), "postgres", &password);
     // An application user's Secret, labelled as the release's.
     let app_password = "app-user-password-9f8e7d6c5b";
     ok(scope.kubectl_ns(&[
@@ -529,11 +603,13 @@ fn report_bundles_the_release_without_a_password() {
         "app.kubernetes.io/instance=pg",
         "app.kubernetes.io/managed-by=kubectl-pg",
     ]));
-    // The password in the server's log, as a careless statement would put it there.
-    ok(scope.kpg_stdin(
-        &["psql", "-n", ns],
-        &format!("DO $$ BEGIN RAISE LOG 'leaked %', '{password}'; END $$;\n"),
-    ));
+    // The password in the server's log in every form, as careless statements would put it.
+    let forms = encodings("postgres", &password);
+    let raise: String = forms
+        .iter()
+        .map(|(_, f)| format!("DO $$ BEGIN RAISE LOG 'leaked %', $kpg${f}$kpg$; END $$;\n"))
+        .collect();
+    ok(scope.kpg_stdin(&["psql", "-n", ns], &raise));
 
     let work = tempfile::tempdir().unwrap();
     let report = scope
@@ -585,22 +661,18 @@ fn report_bundles_the_release_without_a_password() {
         String::from_utf8_lossy(content).into_owned()
     };
 
-    // No password anywhere, in clear or base64.
-    for secret in [password.as_str(), app_password] {
-        let encoded = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(secret)
-        };
-        for (path, content) in &all {
-            let content = String::from_utf8_lossy(content);
-            assert!(!content.contains(secret), "{path} holds a password");
-            assert!(
-                !content.contains(&encoded),
-                "{path} holds a password in base64"
-            );
-        }
+    // No password anywhere, in any form.
+    for (path, content) in &all {
+        let content = String::from_utf8_lossy(content);
+        assert_no_password(path, &content, "postgres", &password);
+        assert_no_password(path, &content, "app", app_password);
     }
-    assert!(text("logs/pg-0.log").contains("leaked [REDACTED]"));
+    assert_no_password("report's output", &report.describe(), "postgres", &password);
+    assert_leaks_redacted(&text("logs/pg-0.log"), forms.len());
+    let logs = scope.kpg(&["logs", "pg", "-n", ns]);
+    expect_code(&logs, 0);
+    assert_no_password("logs", &logs.describe(), "postgres", &password);
+    assert_leaks_redacted(&logs.stdout_text(), forms.len());
 
     assert!(text("objects/statefulset.yaml").contains("kind: StatefulSet"));
     assert!(!text("objects/statefulset.yaml").contains("managedFields"));
@@ -677,6 +749,45 @@ fn report_bundles_the_release_without_a_password() {
     ]);
     expect_code(&ghost, 1);
     assert!(!work.path().join("g.tar.gz").exists());
+
+    // A crash loop whose every log line holds the password in every form (the line prefix),
+    // the server failing on a library that does not exist: restart's hint quotes the last
+    // lines, and `logs --previous` shows them.
+    let prefix: String = forms
+        .iter()
+        .map(|(_, f)| f.replace('%', "%%") + " ")
+        .collect();
+    ok(scope.kpg_stdin(
+        &["psql", "-n", ns],
+        &format!(
+            "ALTER SYSTEM SET log_line_prefix = $kpg${prefix}$kpg$;\n\
+             ALTER SYSTEM SET shared_preload_libraries = 'kpg_no_such_library';\n"
+        ),
+    ));
+    crash_server(&scope, "pg-0");
+    wait_pod(&scope, "pg-0", "--for=condition=Ready=false");
+    let restart = scope.kpg(&["restart", "pg", "-n", ns, "--timeout", TIMEOUT]);
+    expect_code(&restart, 5);
+    let err = restart.stderr_text();
+    assert!(
+        err.contains("hint: log: [REDACTED]") && err.contains("kpg_no_such_library"),
+        "{}",
+        restart.describe()
+    );
+    assert_no_password("restart's hint", &restart.describe(), "postgres", &password);
+    let previous = scope.kpg(&["logs", "pg", "-n", ns, "--previous"]);
+    expect_code(&previous, 0);
+    assert!(
+        previous.stdout_text().contains("kpg_no_such_library"),
+        "{}",
+        previous.describe()
+    );
+    assert_no_password(
+        "logs --previous",
+        &previous.describe(),
+        "postgres",
+        &password,
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST, UPGRADE};
@@ -100,9 +101,19 @@ impl Matcher {
     }
 }
 
+/// What a faulted request is answered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// A Kubernetes Status with this code.
+    Status(u16),
+    /// An HTML error page with this code, as a proxy in front of the apiserver sends it.
+    Html(u16),
+}
+
 #[derive(Default)]
 struct Faults {
-    failures: Vec<(usize, u16, Matcher)>,
+    failures: Vec<(usize, Answer, Matcher)>,
+    endless: Vec<Matcher>,
     delays: Vec<(Duration, Matcher)>,
     hangs: Vec<Matcher>,
     trickles: Vec<(Duration, Matcher)>,
@@ -110,8 +121,8 @@ struct Faults {
 }
 
 impl Faults {
-    /// The failure status, whether to hang and the delay for `request`, spending a failure.
-    fn apply(&mut self, request: &Recorded) -> (Option<u16>, bool, Option<Duration>) {
+    /// The failure answer, whether to hang and the delay for `request`, spending a failure.
+    fn apply(&mut self, request: &Recorded) -> (Option<Answer>, bool, Option<Duration>) {
         let failure = (self.failures.iter_mut()).find(|(_, _, m)| m.matches(request));
         let failure = failure.map(|(left, status, _)| {
             *left -= 1;
@@ -121,6 +132,11 @@ impl Faults {
         let hang = self.hangs.iter().any(|m| m.matches(request));
         let delay = self.delays.iter().find(|(_, m)| m.matches(request));
         (failure, hang, delay.map(|(d, _)| *d))
+    }
+
+    /// Whether `request` gets an endless body.
+    fn endless(&self, request: &Recorded) -> bool {
+        self.endless.iter().any(|m| m.matches(request))
     }
 
     /// The pause between bytes of the response to `request`, when it is to trickle.
@@ -278,8 +294,25 @@ impl Proxy {
     pub fn fail_next(&self, n: usize, status: u16, matcher: Matcher) {
         assert!(StatusCode::from_u16(status).is_ok(), "bad status {status}");
         if n > 0 {
-            self.state.faults().failures.push((n, status, matcher));
+            let answer = Answer::Status(status);
+            self.state.faults().failures.push((n, answer, matcher));
         }
+    }
+
+    /// The next `n` matching requests get `status` with an HTML page, as nginx in front of an
+    /// apiserver it cannot reach answers, without reaching the upstream.
+    pub fn fail_next_html(&self, n: usize, status: u16, matcher: Matcher) {
+        assert!(StatusCode::from_u16(status).is_ok(), "bad status {status}");
+        if n > 0 {
+            let answer = Answer::Html(status);
+            self.state.faults().failures.push((n, answer, matcher));
+        }
+    }
+
+    /// Matching requests get a 200 whose JSON body never ends, without reaching the upstream,
+    /// until [`Proxy::clear_faults`].
+    pub fn endless(&self, matcher: Matcher) {
+        self.state.faults().endless.push(matcher);
     }
 
     /// Matching requests wait `delay` before they are forwarded, until [`Proxy::clear_delay`].
@@ -436,10 +469,17 @@ async fn handle(
 
     let (failure, hang, delay) = state.faults().apply(&seen);
     let trickle = state.faults().trickle(&seen);
-    if let Some(status) = failure {
-        let (method, pq) = (&seen.method, &seen.path_and_query);
-        let message = format!("{method} {pq}: fault injected by the e2e proxy");
-        return Ok(status_response(status, &message));
+    match failure {
+        Some(Answer::Status(status)) => {
+            let (method, pq) = (&seen.method, &seen.path_and_query);
+            let message = format!("{method} {pq}: fault injected by the e2e proxy");
+            return Ok(status_response(status, &message));
+        }
+        Some(Answer::Html(status)) => return Ok(html_response(status)),
+        None => {}
+    }
+    if state.faults().endless(&seen) {
+        return Ok(endless_response());
     }
     if hang {
         let _ = hang_cleared.changed().await;
@@ -597,6 +637,36 @@ fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// An error page as nginx sends it.
+fn html_response(code: u16) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(code).expect("status");
+    let title = format!("{code} {}", status.canonical_reason().unwrap_or("Error"));
+    let body = format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n\
+         <hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    );
+    Response::builder()
+        .status(code)
+        .header(CONTENT_TYPE, "text/html")
+        .body(full(body))
+        .expect("html response")
+}
+
+/// A 200 list that never ends: one item after another, 64 KiB at a time.
+fn endless_response() -> Response<ProxyBody> {
+    let item = r#"{"metadata":{"name":"endless","namespace":"endless"}},"#;
+    let chunk = Bytes::from(item.repeat(64 * 1024 / item.len()));
+    let head = Bytes::from_static(br#"{"kind":"List","apiVersion":"v1","metadata":{},"items":["#);
+    let frames = futures_util::stream::once(async move { head })
+        .chain(futures_util::stream::repeat(chunk))
+        .map(|data| Ok::<_, BoxError>(Frame::data(data)));
+    Response::builder()
+        .status(200)
+        .header(CONTENT_TYPE, "application/json")
+        .body(http_body_util::StreamBody::new(frames).boxed_unsync())
+        .expect("endless response")
 }
 
 fn status_response(code: u16, message: &str) -> Response<ProxyBody> {
@@ -880,6 +950,27 @@ mod tests {
             TcpStream::connect(address).await.is_err(),
             "still listening"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn html_pages_and_endless_bodies_are_served_without_the_upstream() {
+        let upstream = upstream().await;
+        let proxy = Proxy::start(upstream.upstream.clone());
+        proxy.fail_next_html(1, 502, Matcher::path("/hello"));
+        let (status, body) = get(&proxy, "/hello").await;
+        assert_eq!(status, 502);
+        assert!(body.contains("<title>502 Bad Gateway</title>"), "{body}");
+        proxy.endless(Matcher::path("/hello"));
+        let response = send(&proxy, Request::get("/hello")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut read = 0;
+        while read < 1024 * 1024 {
+            read += chunk(&mut body).await.expect("more").len();
+        }
+        assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+        proxy.clear_faults();
+        assert_eq!(get(&proxy, "/hello").await.0, 200);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

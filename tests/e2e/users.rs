@@ -490,7 +490,19 @@ fn rotate_password() {
             .filter(|r| r.method == "PATCH" && r.path_and_query.contains("/secrets/pg-credentials"))
             .count()
     };
-    let rotate_meanwhile = |change: &str, patch: &str| {
+    let patch_credentials = |patch: &str| {
+        let args = [
+            "patch",
+            "secret",
+            "pg-credentials",
+            "--type",
+            "merge",
+            "-p",
+            patch,
+        ];
+        ok(scope.kubectl_ns(&args))
+    };
+    let rotate_meanwhile = |change: &str, patch: &str, sql: Option<&str>| {
         proxy.clear_requests();
         proxy.hang(crate::proxy::Matcher::new(
             "PATCH",
@@ -514,15 +526,13 @@ fn rotate_password() {
             proxy.wait_for(std::time::Duration::from_secs(60), |r| writes(r) == 1),
             "rotate-password never wrote the Secret ({change})"
         );
-        ok(scope.kubectl_ns(&[
-            "patch",
-            "secret",
-            "pg-credentials",
-            "--type",
-            "merge",
-            "-p",
-            patch,
-        ]));
+        patch_credentials(patch);
+        if let Some(sql) = sql {
+            let args = [
+                "exec", "pg-0", "-c", "postgres", "--", "psql", "-U", "postgres", "-c", sql,
+            ];
+            ok(scope.kubectl_ns(&args));
+        }
         proxy.clear_hang();
         let out = crate::output_within(child, std::time::Duration::from_secs(60));
         (out, writes(&proxy.requests()))
@@ -530,6 +540,7 @@ fn rotate_password() {
     let (out, tries) = rotate_meanwhile(
         "an annotation",
         r#"{"metadata":{"annotations":{"example.com/touched":"yes"}}}"#,
+        None,
     );
     expect_code(&out, 0);
     assert_eq!(tries, 2, "the write was tried again: {}", out.describe());
@@ -539,6 +550,7 @@ fn rotate_password() {
     let (out, tries) = rotate_meanwhile(
         "another password",
         r#"{"stringData":{"password":"set-by-someone-else-0123"}}"#,
+        None,
     );
     expect_code(&out, 1);
     assert_eq!(tries, 1, "{}", out.describe());
@@ -554,7 +566,82 @@ fn rotate_password() {
         "the other change is kept"
     );
     try_connect(&local(&forward, "postgres", &rotated, "learnflow")).unwrap();
+    // Someone sets another password in the Secret and in the database while the write is
+    // held: the run undoes only its own change, so theirs stays in both, and they agree. (The
+    // Secret first gets the database's password back, so that the run can connect.)
+    patch_credentials(&serde_json::json!({ "stringData": { "password": rotated } }).to_string());
+    let (out, tries) = rotate_meanwhile(
+        "another password in both",
+        r#"{"stringData":{"password":"set-by-someone-else-4567"}}"#,
+        Some("ALTER ROLE postgres PASSWORD 'set-by-someone-else-4567'"),
+    );
+    expect_code(&out, 1);
+    assert_eq!(tries, 1, "{}", out.describe());
+    assert!(
+        out.stderr_text()
+            .contains("changed by someone else meanwhile: it is left as they set it"),
+        "{}",
+        out.describe()
+    );
+    let theirs = secret_value(&scope, "pg-credentials", "password");
+    assert_eq!(theirs, "set-by-someone-else-4567");
+    try_connect(&local(&forward, "postgres", &theirs, "learnflow")).unwrap();
     drop(proxy);
+
+    // Two rotations of one role at once, eight times (the superuser's, then an application
+    // user's): they run one after the other, each says it rotated (the one that waited says
+    // so), and the Secret opens the database every time.
+    let mut serialised = 0;
+    for round in 0..8 {
+        let (user, secret, args): (&str, &str, &[&str]) = if round < 4 {
+            ("postgres", "pg-credentials", &["rotate-password", "pg"])
+        } else {
+            (
+                "app",
+                "pg-user-app",
+                &["rotate-password", "--db-user", "app"],
+            )
+        };
+        let before = secret_value(&scope, secret, "password");
+        let spawn = || {
+            let mut all = args.to_vec();
+            all.extend(["-n", ns, "--yes"]);
+            scope
+                .kpg_command(&all)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (first, second) = (spawn(), spawn());
+        let limit = std::time::Duration::from_secs(120);
+        let outs = [
+            crate::output_within(first, limit),
+            crate::output_within(second, limit),
+        ];
+        for out in &outs {
+            expect_code(out, 0);
+            assert!(
+                out.stdout_text()
+                    .contains(&format!("password of role {user} rotated")),
+                "{}",
+                out.describe()
+            );
+        }
+        let said = |what: &str| {
+            outs.iter()
+                .filter(|o| o.stderr_text().contains(what))
+                .count()
+        };
+        assert!(said("waiting for it to finish") <= 1, "{outs:?}");
+        serialised += said("waiting for it to finish").max(said("finished meanwhile"));
+        let after = secret_value(&scope, secret, "password");
+        assert_ne!(after, before, "round {round}");
+        try_connect(&local(&forward, user, &after, "learnflow")).unwrap_or_else(|e| {
+            panic!("round {round}: the Secret's password is refused: {e}\n{outs:?}")
+        });
+    }
+    eprintln!("concurrent rotations: {serialised} of 8 rounds met the other run");
     drop(forward);
 
     // uninstall --delete-data: the users' roles were in the data, so their Secrets go too.

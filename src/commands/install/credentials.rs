@@ -72,6 +72,7 @@ fn check_password(password: &str, command: &str) -> Result<String, Error> {
             hint: None,
         });
     }
+    crate::output::redact::register(password);
     Ok(password.to_string())
 }
 
@@ -98,9 +99,11 @@ pub(super) fn user_secret_credentials(
 pub fn generate_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..PASSWORD_LENGTH)
+    let password: String = (0..PASSWORD_LENGTH)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+        .collect();
+    crate::output::redact::register(&password);
+    password
 }
 
 pub(super) struct SecretOutcome {
