@@ -887,6 +887,10 @@ async fn rollback(
             _ => {}
         }
     }
+    step(&format!(
+        "switching back to PostgreSQL {} ({}), whose data in {} the upgrade never touched",
+        record.from_major, record.from_image, record.old_data
+    ));
     let mut rolling = record.clone();
     rolling.phase = Phase::RollingBack;
     record_step(cluster, &old, live, &rolling).await?;
@@ -907,6 +911,10 @@ async fn rollback(
     }
     install::wait_ready(cluster, &old, args.timeout, true).await?;
     let target = release::find_target(cluster, &old.release).await?;
+    step(&format!(
+        "PostgreSQL {} is ready: checking that it runs on the data from before the upgrade",
+        record.from_major
+    ));
     // Proven before anything is deleted: the server runs on the data from before.
     let system = writes::system_identifier(cluster, &target).await?;
     if let Some(recorded) = record.old_system.as_deref() {
@@ -946,6 +954,9 @@ async fn rollback(
     {
         let dir = format!("{}/{}", record.from_layout.mount(), to);
         if to != record.from_major && DataLayout::Versioned.data_dir(to) != record.old_data {
+            step(&format!(
+                "writes allowed; deleting the PostgreSQL {to} data directory"
+            ));
             let _ = remove_in_pod(cluster, &target, &dir).await;
         }
     }
@@ -979,11 +990,18 @@ async fn finalize(
         Phase::Upgraded | Phase::Finalizing | Phase::Verified => {}
         phase => {
             return Err(Error::InvalidInput {
-                message: format!(
-                    "release {}'s upgrade stopped before its verification (step: {}): there is nothing to finalize",
-                    spec.release,
-                    phase.name()
-                ),
+                message: if phase == Phase::RollingBack {
+                    format!(
+                        "release {} is being rolled back to PostgreSQL {}: there is nothing to finalize",
+                        spec.release, record.from_major
+                    )
+                } else {
+                    format!(
+                        "release {}'s upgrade stopped before its verification (step: {}): there is nothing to finalize",
+                        spec.release,
+                        phase.name()
+                    )
+                },
                 hint: Some(format!(
                     "return to PostgreSQL {} with --rollback, or run the upgrade again",
                     record.from_major

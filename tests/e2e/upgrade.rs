@@ -167,6 +167,23 @@ fn interrupted_at(
     point: &str,
     signal: &str,
 ) -> (Option<i32>, String) {
+    run_until(scope, args, point, |pid| {
+        let sent = std::process::Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    })
+}
+
+/// Runs a command and calls `act` with its pid once its progress on stderr shows `point`:
+/// the exit code (None when killed by a signal) and everything it printed on stderr.
+fn run_until(
+    scope: &Scope,
+    args: &[&str],
+    point: &str,
+    act: impl FnOnce(u32),
+) -> (Option<i32>, String) {
     let mut child = scope
         .kpg_command(args)
         .stdin(Stdio::null())
@@ -197,11 +214,7 @@ fn interrupted_at(
             }
         }
     }
-    let sent = std::process::Command::new("kill")
-        .args(["-s", signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    act(child.id());
     let deadline = Instant::now() + Duration::from_secs(180);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -209,7 +222,7 @@ fn interrupted_at(
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("still running 180 s after SIG{signal}");
+            panic!("still running 180 s after {point:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -318,6 +331,42 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
     );
     assert_eq!(code, Some(143), "{err}");
     assert!(err.contains("rolling back to PostgreSQL 16"), "{err}");
+    writer.writes_again(3);
+    no_record(&scope);
+    assert_eq!(major(&scope, &ns), "16");
+    assert_eq!(query(&scope, &ns, bulk), rows);
+
+    // The API connection lost during the restore: the automatic rollback cannot reach the
+    // cluster either, so the record stays and says what to run; --rollback then finishes.
+    let (proxy, proxied) = crate::proxy::in_front_of(&scope);
+    let mut through_proxy = upgrade_args.to_vec();
+    through_proxy.extend(["--kubeconfig", &proxied]);
+    let (code, err) = run_until(
+        &scope,
+        &through_proxy,
+        "restoring the backup into PostgreSQL 17",
+        |_| {
+            proxy.fail_next(100_000, 503, crate::proxy::Matcher::any());
+            proxy.drop_upgraded_after(0);
+        },
+    );
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("could not be undone") && err.contains("--rollback"),
+        "{err}"
+    );
+    drop(proxy);
+    assert_eq!(annotation(&scope, "upgrade-phase"), "switching");
+    let out = scope.kpg(&[
+        "upgrade",
+        "u",
+        "-n",
+        &ns,
+        "--rollback",
+        "--timeout",
+        TIMEOUT,
+    ]);
+    expect_code(&out, 0);
     writer.writes_again(3);
     no_record(&scope);
     assert_eq!(major(&scope, &ns), "16");
@@ -486,7 +535,9 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         "/var/lib/postgresql/pgdata.away",
         "/var/lib/postgresql/pgdata",
     );
-    let out = scope.kpg(&[
+    // SIGINT during --rollback: the step is recorded; --finalize refuses it, and --rollback
+    // run again finishes it.
+    let rollback = [
         "upgrade",
         "u",
         "-n",
@@ -495,7 +546,18 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         "--yes",
         "--timeout",
         TIMEOUT,
-    ]);
+    ];
+    let (code, err) = interrupted_at(&scope, &rollback, "switching back to PostgreSQL 16", "INT");
+    assert_eq!(code, Some(130), "{err}");
+    assert_eq!(annotation(&scope, "upgrade-phase"), "rolling-back");
+    let out = scope.kpg(&["upgrade", "u", "-n", &ns, "--finalize", "--yes"]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("--rollback"),
+        "{}",
+        out.describe()
+    );
+    let out = scope.kpg(&rollback);
     expect_code(&out, 0);
     assert_eq!(major(&scope, &ns), "16");
     assert_eq!(query(&scope, &ns, bulk), rows);
