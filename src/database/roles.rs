@@ -19,20 +19,129 @@ pub const LABEL_READONLY: &str = "kubectl-pg.io/readonly";
 /// `user list` can tell a role whose Secret is gone.
 pub const ROLE_COMMENT: &str = "kubectl-pg application user";
 
-/// Role names PostgreSQL reserves or that mean something else in GRANT.
-const RESERVED: &[&str] = &[
+/// Role names PostgreSQL refuses (`CREATE ROLE public` fails: "role name \"public\" is
+/// reserved") or that a role specification reads as something else (`GRANT … TO current_user`).
+const RESERVED_ROLES: &[&str] = &[
     "public",
     "none",
     "current_user",
     "current_role",
     "session_user",
-    "user",
-    "all",
+    "system_user",
 ];
+
+/// PostgreSQL's fully reserved key words (`kwlist.h`, category `RESERVED_KEYWORD`, as of 18):
+/// a role, or database, of one of these names works only when every statement and every client
+/// quotes it, which the official image's entrypoint and many tools do not.
+const RESERVED_KEYWORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "column",
+    "constraint",
+    "create",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "from",
+    "grant",
+    "group",
+    "having",
+    "in",
+    "initially",
+    "intersect",
+    "into",
+    "lateral",
+    "leading",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "not",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "select",
+    "session_user",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// Why PostgreSQL would refuse `name` as a role, or misread it: `pg_…` and the reserved role
+/// names, and the reserved key words. Case does not matter: the image's entrypoint and psql's
+/// `-U` meet the name in both its quoted and unquoted forms.
+pub fn reserved_role(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("pg_") {
+        Some("names starting with pg_ are reserved by PostgreSQL".into())
+    } else if RESERVED_ROLES.contains(&lower.as_str()) {
+        Some(format!("PostgreSQL reserves the role name {lower}"))
+    } else if is_reserved_keyword(&lower) {
+        Some(format!(
+            "{lower} is an SQL key word PostgreSQL reserves: every statement would have to quote it"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Whether `word` (any case) is one of PostgreSQL's reserved key words.
+pub fn is_reserved_keyword(word: &str) -> bool {
+    let lower = word.to_ascii_lowercase();
+    RESERVED_KEYWORDS.binary_search(&lower.as_str()).is_ok()
+}
 
 /// An application user's name: a PostgreSQL identifier that needs no quoting in any client
 /// (lower-case letters, digits and `_`, starting with a letter, 63 characters at most), that
-/// is not a reserved role (`pg_…`, `public`, …) nor the release's own superuser.
+/// is not a reserved role (`pg_…`, `public`, …) or key word, nor the release's own superuser,
+/// and whose Secret could never be taken for a release's own (see [`secret_name`]).
 pub fn validate_user_name(name: &str) -> Result<(), Error> {
     let bytes = name.as_bytes();
     let valid = !bytes.is_empty()
@@ -52,22 +161,38 @@ pub fn validate_user_name(name: &str) -> Result<(), Error> {
             )),
         });
     }
-    if let Some(rest) = name.strip_prefix("pg_") {
+    if let Some(reason) = reserved_role(name) {
+        let stem = name
+            .strip_prefix("pg_")
+            .unwrap_or(name)
+            .trim_start_matches('_');
         return Err(Error::InvalidInput {
-            message: format!(
-                "invalid user name {name:?}: names starting with pg_ are reserved by PostgreSQL"
-            ),
-            hint: Some(format!("for example: app_{}", rest.trim_start_matches('_'))),
+            message: format!("invalid user name {name:?}: {reason}"),
+            hint: Some(format!("for example: app_{stem}")),
         });
     }
-    if RESERVED.contains(&name) {
+    if let Some(suffix) = RELEASE_SECRET_SUFFIXES
+        .iter()
+        .find(|s| name == **s || name.ends_with(&format!("_{s}")))
+    {
         return Err(Error::InvalidInput {
-            message: format!("invalid user name {name:?}: PostgreSQL reserves it"),
-            hint: Some(format!("for example: app_{name}")),
+            message: format!(
+                "invalid user name {name:?}: its Secret would be named like a release's own Secret (RELEASE-{suffix}), so another release could take it for its credentials"
+            ),
+            hint: Some(format!(
+                "for example: {}",
+                name.strip_suffix(suffix)
+                    .map(|stem| format!("{stem}user"))
+                    .unwrap_or_else(|| "app_rw".into())
+            )),
         });
     }
     Ok(())
 }
+
+/// The endings of the Secrets a release owns (`R-credentials`, `R-tls`). A user Secret
+/// `R-user-NAME` ending in one of them would be exactly that Secret of release `R-user…`.
+const RELEASE_SECRET_SUFFIXES: &[&str] = &["credentials", "tls"];
 
 /// A valid name close to `name`, for the hint.
 fn suggest(name: &str) -> Option<String> {
@@ -395,6 +520,63 @@ mod tests {
         assert!(refuse_superuser("app", "postgres", "pg").is_ok());
         let hint = validate_user_name("App-RW").unwrap_err().hints().join(" ");
         assert!(hint.contains("app_rw"), "{hint}");
+    }
+
+    #[test]
+    fn reserved_roles_and_key_words() {
+        assert!(RESERVED_KEYWORDS.windows(2).all(|w| w[0] < w[1]), "sorted");
+        for reserved in [
+            "public",
+            "none",
+            "current_user",
+            "current_role",
+            "session_user",
+            "pg_x",
+            "all",
+            "select",
+            "user",
+            "table",
+            "Select",
+            "PUBLIC",
+        ] {
+            assert!(reserved_role(reserved).is_some(), "{reserved}");
+        }
+        for fine in [
+            "postgres",
+            "app",
+            "owner",
+            "role",
+            "admin",
+            "users",
+            "public_app",
+        ] {
+            assert!(reserved_role(fine).is_none(), "{fine}");
+        }
+        for (name, says) in [
+            ("select", "key word"),
+            ("none", "reserves"),
+            ("user", "key word"),
+        ] {
+            let err = validate_user_name(name).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(
+                err.hints().join(" ").contains(&format!("app_{name}")),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_secrets_never_look_like_a_release_secret() {
+        // User `credentials` of release `pg` would own `pg-user-credentials`: the Secret of
+        // release `pg-user`.
+        for bad in ["credentials", "app_credentials", "tls", "x_tls"] {
+            let err = validate_user_name(bad).unwrap_err().to_string();
+            assert!(err.contains("release's own Secret"), "{bad}: {err}");
+        }
+        for fine in ["credential", "app_tls_ro", "creds", "tlsx"] {
+            assert!(validate_user_name(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]
