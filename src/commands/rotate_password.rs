@@ -89,6 +89,9 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
                     )),
                 });
             }
+            // A Secret of that name that is another release's or a user's: rotating it would
+            // lock its owner out.
+            release::check_release_secret(&found.secret.metadata, &release, &ns)?;
             (
                 found.secret.clone(),
                 found.target.credentials.clone(),

@@ -195,12 +195,23 @@ async fn create(
         superuser,
     } = UserScope::read(options, name, global).await?;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
-    if existing.is_some() {
+    if let Some(existing) = &existing {
         return Err(Error::InvalidInput {
-            message: format!("Secret {secret_name} exists in namespace {ns:?}: user {name} was not created"),
-            hint: Some(format!(
-                "kubectl pg user list --release {release} shows it; kubectl pg user delete {name} --release {release} removes it"
-            )),
+            message: format!(
+                "Secret {secret_name} exists in namespace {ns:?} ({}): user {name} was not created",
+                release::secret_owner(&existing.metadata)
+            ),
+            hint: Some(
+                if release::secret_owner(&existing.metadata)
+                    == format!("user {name} of release {release}")
+                {
+                    format!(
+                        "kubectl pg user list --release {release} shows it; kubectl pg user delete {name} --release {release} removes it"
+                    )
+                } else {
+                    "that Secret is not this user's: pick another user name".into()
+                },
+            ),
         });
     }
     let release_db = found.target.credentials.database.clone();

@@ -101,6 +101,9 @@ fn application_users() {
         ("pg_app", "reserved"),
         ("App-RW", "invalid user name"),
         ("public", "reserves"),
+        ("select", "key word"),
+        ("credentials", "release's own Secret"),
+        ("app_tls", "release's own Secret"),
         ("postgres", "superuser"),
     ] {
         let out = kpg(&["user", "create", name]);
@@ -219,6 +222,75 @@ fn application_users() {
         "INSERT as app_ro",
     );
     denied(query(&ro, "DELETE FROM users"), "DELETE as app_ro");
+
+    // The name collision: user `credentials` of release pg, as an older kubectl-pg made
+    // it (role and labelled Secret pg-user-credentials), is what release `pg-user` would take
+    // as its own superuser Secret. Install refuses it before any write, and the user still
+    // logs in with its password.
+    let legacy_password = "a-legacy-user-password-42";
+    ok(scope.kpg(&[
+        "psql",
+        "pg",
+        "-n",
+        ns,
+        "--",
+        "-c",
+        &format!("CREATE ROLE credentials LOGIN PASSWORD '{legacy_password}'"),
+    ]));
+    ok(scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "pg-user-credentials",
+        "--type",
+        "kubernetes.io/basic-auth",
+        "--from-literal=username=credentials",
+        &format!("--from-literal=password={legacy_password}"),
+        "--from-literal=database=learnflow",
+    ]));
+    ok(scope.kubectl_ns(&[
+        "label",
+        "secret",
+        "pg-user-credentials",
+        "app.kubernetes.io/name=postgresql",
+        "app.kubernetes.io/instance=pg",
+        "app.kubernetes.io/managed-by=kubectl-pg",
+        "kubectl-pg.io/user=credentials",
+    ]));
+    let collided = kpg(&["install", "pg-user", "--timeout", "60s"]);
+    expect_code(&collided, 1);
+    assert!(
+        collided
+            .stderr_text()
+            .contains("Secret pg-user-credentials")
+            && collided
+                .stderr_text()
+                .contains("user credentials of release pg")
+            && collided.stderr_text().contains("hint:"),
+        "{}",
+        collided.describe()
+    );
+    let written = ok(scope.kubectl_ns(&[
+        "get",
+        "statefulsets,services,secrets",
+        "-l",
+        "app.kubernetes.io/instance=pg-user",
+        "-o",
+        "name",
+    ]));
+    assert_eq!(written.stdout_text().trim(), "", "{}", written.describe());
+    assert_eq!(
+        secret_value(&scope, "pg-user-credentials", "password"),
+        legacy_password
+    );
+    let legacy = local(&forward, "credentials", legacy_password, "learnflow");
+    assert_eq!(
+        query(&legacy, "SELECT current_user").unwrap(),
+        [[Some("credentials".to_string())]]
+    );
+    // What an older version made is removed by hand: user delete refuses the name too.
+    ok(scope.kubectl_ns(&["delete", "secret", "pg-user-credentials"]));
+    ok(scope.kpg(&["psql", "pg", "-n", ns, "--", "-c", "DROP ROLE credentials"]));
     // Superuser? No.
     let rows = query(
         &rw,

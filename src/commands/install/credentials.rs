@@ -126,6 +126,9 @@ pub(super) async fn ensure_secret(
         .await
         .map_err(|e| cluster.error("get", "secrets", e))?
     {
+        if spec.existing_secret.is_none() {
+            release::check_release_secret(&existing.metadata, &spec.release, &spec.namespace)?;
+        }
         if password.is_some() {
             crate::note!("note: Secret {name} exists; its password is kept and the one from stdin is ignored");
         }
@@ -160,6 +163,7 @@ pub(super) async fn ensure_secret(
                 .get(&name)
                 .await
                 .map_err(|e| cluster.error("get", "secrets", e))?;
+            release::check_release_secret(&theirs.metadata, &spec.release, &spec.namespace)?;
             return Ok(SecretOutcome {
                 credentials: Credentials::from_secret(&theirs)?,
                 created: false,
