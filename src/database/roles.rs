@@ -143,24 +143,7 @@ pub fn is_reserved_keyword(word: &str) -> bool {
 /// is not a reserved role (`pg_…`, `public`, …) or key word, nor the release's own superuser,
 /// and whose Secret could never be taken for a release's own (see [`secret_name`]).
 pub fn validate_user_name(name: &str) -> Result<(), Error> {
-    let bytes = name.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
-    if !valid {
-        return Err(Error::InvalidInput {
-            message: format!(
-                "invalid user name {name:?}: use lower-case letters, digits and '_', starting with a letter, at most 63 characters"
-            ),
-            hint: Some(format!(
-                "for example: {}",
-                suggest(name).unwrap_or_else(|| "app_rw".into())
-            )),
-        });
-    }
+    validate_user_name_syntax(name)?;
     if let Some(reason) = reserved_role(name) {
         let stem = name
             .strip_prefix("pg_")
@@ -184,6 +167,31 @@ pub fn validate_user_name(name: &str) -> Result<(), Error> {
                 name.strip_suffix(suffix)
                     .map(|stem| format!("{stem}user"))
                     .unwrap_or_else(|| "app_rw".into())
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// The shape every application user's name has (what `user delete` and `rotate-password`
+/// need to find one): the rules [`validate_user_name`] adds only keep new users clear of
+/// reserved names and of a release's Secrets, and a user an older version made may break them.
+pub fn validate_user_name_syntax(name: &str) -> Result<(), Error> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+    if !valid {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "invalid user name {name:?}: use lower-case letters, digits and '_', starting with a letter, at most 63 characters"
+            ),
+            hint: Some(format!(
+                "for example: {}",
+                suggest(name).unwrap_or_else(|| "app_rw".into())
             )),
         });
     }
@@ -311,6 +319,16 @@ pub fn release_objects_sql(name: &str, owner: &str) -> String {
 /// `DROP ROLE`, once nothing depends on it.
 pub fn drop_role_sql(name: &str) -> String {
     format!("DROP ROLE {};", quote_ident(name))
+}
+
+/// [`release_objects_sql`] and [`drop_role_sql`] as one simple query, which the server runs as
+/// one transaction: when the role cannot be dropped, it keeps its objects and grants here too.
+pub fn drop_user_sql(name: &str, owner: &str) -> String {
+    format!(
+        "{} {}",
+        release_objects_sql(name, owner),
+        drop_role_sql(name)
+    )
 }
 
 /// Sets the role's password as a SCRAM-SHA-256 verifier: the statement, and so any log of it,
@@ -458,6 +476,27 @@ pub async fn our_roles(client: &Client) -> Result<Vec<Role>, Error> {
         .iter()
         .map(|row| role_from(row.get(0), row.get::<_, Option<&str>>(1)))
         .collect())
+}
+
+/// The databases where the role owns objects or holds privileges (its entries in
+/// `pg_shdepend`; what it has on shared objects, such as CONNECT, is not tied to one), with
+/// whether each accepts connections. REASSIGN and DROP OWNED act only in the session's
+/// database, so a user is gone only once each of these was visited.
+pub async fn dependent_databases(
+    client: &Client,
+    name: &str,
+) -> Result<Vec<(String, bool)>, Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT d.datname::text, d.datallowconn FROM pg_shdepend s \
+             JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass \
+             AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY 1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| database_error("cannot read pg_shdepend", &e))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// Whether the database exists on the server.
@@ -612,6 +651,18 @@ mod tests {
         assert!(!ro.contains("INSERT"), "{ro}");
         assert!(ro.contains("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"app\""));
         assert!(ro.contains("(readonly)"));
+    }
+
+    #[test]
+    fn a_user_is_dropped_in_one_transaction_with_its_objects() {
+        // One simple query: the server runs it as one implicit transaction, so a DROP ROLE
+        // that fails leaves the REASSIGN and DROP OWNED before it undone.
+        let sql = drop_user_sql("app", "postgres");
+        assert_eq!(
+            sql,
+            "REASSIGN OWNED BY \"app\" TO \"postgres\"; DROP OWNED BY \"app\"; DROP ROLE \"app\";"
+        );
+        assert!(!sql.contains("BEGIN") && !sql.contains("COMMIT"));
     }
 
     #[test]

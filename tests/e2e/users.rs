@@ -288,9 +288,10 @@ fn application_users() {
         query(&legacy, "SELECT current_user").unwrap(),
         [[Some("credentials".to_string())]]
     );
-    // What an older version made is removed by hand: user delete refuses the name too.
-    ok(scope.kubectl_ns(&["delete", "secret", "pg-user-credentials"]));
-    ok(scope.kpg(&["psql", "pg", "-n", ns, "--", "-c", "DROP ROLE credentials"]));
+    // A user an older version made under a name now refused is still deleted by name.
+    ok(kpg(&["user", "delete", "credentials", "--yes"]));
+    assert!(!secret_exists(&scope, "pg-user-credentials"));
+    assert!(try_connect(&legacy).is_err());
     // Superuser? No.
     let rows = query(
         &rw,
@@ -405,6 +406,39 @@ fn application_users() {
     let doc = json(&ok(kpg(&["user", "list", "-o", "json"])));
     assert_eq!(doc["items"][0]["state"], "secret missing", "{doc}");
 
+    // A role owning a table in a third database: user delete visits every database the role
+    // has objects or grants in (pg_shdepend), not only its own and the release's. One that
+    // accepts no connections cannot be visited: refused before any change, the user still
+    // works, and it says what to do.
+    let superuser_psql = |db: &str, sql: &str| {
+        ok(scope.kpg(&["psql", "pg", "-n", ns, "--", "-d", db, "-c", sql]));
+    };
+    superuser_psql("learnflow", "CREATE DATABASE scratch");
+    superuser_psql("scratch", "GRANT CREATE ON SCHEMA public TO app_rw");
+    let rw_scratch = local(&forward, "app_rw", &rw_password, "scratch");
+    query(&rw_scratch, "CREATE TABLE mine (n INT)").unwrap();
+    query(&rw_scratch, "INSERT INTO mine VALUES (1)").unwrap();
+    superuser_psql(
+        "learnflow",
+        "ALTER DATABASE scratch ALLOW_CONNECTIONS false",
+    );
+    let closed = kpg(&["user", "delete", "app_rw", "--yes"]);
+    expect_code(&closed, 1);
+    assert!(
+        closed.stderr_text().contains("scratch")
+            && closed.stderr_text().contains("nothing was changed")
+            && closed.stderr_text().contains("REASSIGN OWNED"),
+        "{}",
+        closed.describe()
+    );
+    assert!(secret_exists(&scope, "pg-user-app-rw"));
+    query(
+        &rw,
+        "INSERT INTO users (username, email) VALUES ('still', 'still@example.com')",
+    )
+    .expect("app_rw keeps its grants after a refused delete");
+    superuser_psql("learnflow", "ALTER DATABASE scratch ALLOW_CONNECTIONS true");
+
     // delete: needs --yes off a terminal; then the role and the Secret are gone.
     let refused = kpg(&["user", "delete", "app_rw"]);
     expect_code(&refused, 1);
@@ -428,6 +462,21 @@ fn application_users() {
     assert!(
         gone.contains("28P01") || gone.contains("password"),
         "{gone}"
+    );
+    // Its table in the third database is the superuser's now, rows and all.
+    let admin_scratch = local(
+        &forward,
+        "postgres",
+        &secret_value(&scope, "pg-credentials", "password"),
+        "scratch",
+    );
+    assert_eq!(
+        query(
+            &admin_scratch,
+            "SELECT tableowner::text, (SELECT count(*) FROM mine)::text FROM pg_tables WHERE tablename = 'mine'"
+        )
+        .unwrap(),
+        [[Some("postgres".to_string()), Some("1".to_string())]]
     );
     ok(kpg(&["user", "delete", "app_ro", "--yes"]));
     assert!(try_connect(&ro).is_err());
