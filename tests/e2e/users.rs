@@ -95,6 +95,10 @@ fn application_users() {
         all.extend(["-n", ns]);
         scope.kpg(&all)
     };
+    // SQL as the release's superuser, in database `db`.
+    let superuser_psql = |db: &str, sql: &str| {
+        ok(scope.kpg(&["psql", "pg", "-n", ns, "--", "-d", db, "-c", sql]));
+    };
 
     // Refused before any write: bad names, the superuser, a missing database.
     for (name, says) in [
@@ -195,6 +199,15 @@ fn application_users() {
     expect_code(&missing, 1);
 
     let forward = PortForward::start(&scope, ns, "pg-0");
+    // The superuser's URL for database `db`, through the forward.
+    let admin_url = |db: &str| {
+        local(
+            &forward,
+            "postgres",
+            &secret_value(&scope, "pg-credentials", "password"),
+            db,
+        )
+    };
     let rw = local(&forward, "app_rw", &rw_password, "learnflow");
     let ro = local(&forward, "app_ro", ro_password, "learnflow");
     // Read-write on the LearnFlow tables (the serial's sequence included).
@@ -228,15 +241,10 @@ fn application_users() {
     // as its own superuser Secret. Install refuses it before any write, and the user still
     // logs in with its password.
     let legacy_password = "a-legacy-user-password-42";
-    ok(scope.kpg(&[
-        "psql",
-        "pg",
-        "-n",
-        ns,
-        "--",
-        "-c",
+    superuser_psql(
+        "learnflow",
         &format!("CREATE ROLE credentials LOGIN PASSWORD '{legacy_password}'"),
-    ]));
+    );
     ok(scope.kubectl_ns(&[
         "create",
         "secret",
@@ -336,15 +344,7 @@ fn application_users() {
     );
 
     // A user of another database: grants and default privileges there, and deleted from there.
-    ok(scope.kpg(&[
-        "psql",
-        "pg",
-        "-n",
-        ns,
-        "--",
-        "-c",
-        "CREATE DATABASE analytics",
-    ]));
+    superuser_psql("learnflow", "CREATE DATABASE analytics");
     ok(kpg(&["user", "create", "etl", "--database", "analytics"]));
     let etl = local(
         &forward,
@@ -352,12 +352,7 @@ fn application_users() {
         &secret_value(&scope, "pg-user-etl", "password"),
         "analytics",
     );
-    let admin_analytics = local(
-        &forward,
-        "postgres",
-        &secret_value(&scope, "pg-credentials", "password"),
-        "analytics",
-    );
+    let admin_analytics = admin_url("analytics");
     query(&admin_analytics, "CREATE TABLE facts (n INT)").unwrap();
     query(&etl, "INSERT INTO facts VALUES (1)").unwrap();
     // Its Secret gone, the role's comment still says where its grants are.
@@ -410,9 +405,6 @@ fn application_users() {
     // has objects or grants in (pg_shdepend), not only its own and the release's. One that
     // accepts no connections cannot be visited: refused before any change, the user still
     // works, and it says what to do.
-    let superuser_psql = |db: &str, sql: &str| {
-        ok(scope.kpg(&["psql", "pg", "-n", ns, "--", "-d", db, "-c", sql]));
-    };
     superuser_psql("learnflow", "CREATE DATABASE scratch");
     superuser_psql("scratch", "GRANT CREATE ON SCHEMA public TO app_rw");
     let rw_scratch = local(&forward, "app_rw", &rw_password, "scratch");
@@ -464,12 +456,7 @@ fn application_users() {
         "{gone}"
     );
     // Its table in the third database is the superuser's now, rows and all.
-    let admin_scratch = local(
-        &forward,
-        "postgres",
-        &secret_value(&scope, "pg-credentials", "password"),
-        "scratch",
-    );
+    let admin_scratch = admin_url("scratch");
     assert_eq!(
         query(
             &admin_scratch,
@@ -484,12 +471,7 @@ fn application_users() {
     assert_eq!(doc["items"], Value::Array(vec![]), "{doc}");
     expect_code(&kpg(&["user", "delete", "app_ro", "--yes"]), 1);
     // The rows app_rw wrote stay, owned by the superuser.
-    let admin = local(
-        &forward,
-        "postgres",
-        &secret_value(&scope, "pg-credentials", "password"),
-        "learnflow",
-    );
+    let admin = admin_url("learnflow");
     assert_eq!(
         query(&admin, "SELECT count(*) FROM notes").unwrap(),
         [[Some("1".to_string())]]
