@@ -188,6 +188,36 @@ fn nothing_that_is_not_the_release_is_written_or_deleted() {
     );
     let statefulsets = scope.kubectl_ns(&["get", "sts,secrets", "-o", "name"]);
     assert_eq!(statefulsets.stdout_text().trim(), "", "nothing was created");
+    // A Secret of the release's credentials name that kubectl-pg did not make: not taken as
+    // the release's (that is --existing-secret), refused before anything is written.
+    let hand_made = scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "other-credentials",
+        "--from-literal=username=someone",
+        "--from-literal=password=someone-elses-password",
+        "--from-literal=database=theirs",
+    ]);
+    assert!(hand_made.status.success(), "{}", hand_made.describe());
+    let refused = scope.kpg(&["install", "other", "-n", ns, "--timeout", "60s"]);
+    expect_code(&refused, 1);
+    assert!(
+        refused.stderr_text().contains("Secret other-credentials")
+            && refused.stderr_text().contains("not made by kubectl-pg")
+            && refused.stderr_text().contains("--existing-secret"),
+        "{}",
+        refused.describe()
+    );
+    let written = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
+    assert_eq!(
+        written.stdout_text().trim(),
+        "service/postgres",
+        "{}",
+        written.describe()
+    );
+    let removed = scope.kubectl_ns(&["delete", "secret", "other-credentials"]);
+    assert!(removed.status.success(), "{}", removed.describe());
 
     // Another release in the same namespace; uninstall leaves the user's Service alone.
     expect_code(
