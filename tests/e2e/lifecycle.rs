@@ -357,6 +357,33 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
     );
     let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
     assert_eq!(nothing.stdout_text().trim(), "");
+    // A user the server cannot be initialised with (issue 18: it crash-looped, exit 5, and
+    // the hint printed the password): refused before anything is written.
+    scope.kubectl_ns(&["delete", "secret", "orders-db"]);
+    create(&[
+        "--from-literal=username=public",
+        "--from-literal=password=an-orders-password-42",
+    ]);
+    let out = scope.kpg(&[
+        "install",
+        "orders",
+        "-n",
+        ns,
+        "--existing-secret",
+        "orders-db",
+        "--timeout",
+        "30s",
+    ]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text()
+            .contains("\"orders-db\" names the user \"public\"")
+            && !out.stderr_text().contains("an-orders-password-42"),
+        "{}",
+        out.describe()
+    );
+    let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
+    assert_eq!(nothing.stdout_text().trim(), "");
     scope.kubectl_ns(&["delete", "secret", "orders-db"]);
     create(&[
         "--from-literal=username=orders",
