@@ -338,53 +338,41 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
         let out = scope.kubectl_ns(&all);
         assert!(out.status.success(), "{}", out.describe());
     };
-    // No password key: exit 1 naming the Secret and the key, before anything changes.
-    create(&["--from-literal=username=orders"]);
-    let out = scope.kpg(&[
-        "install",
-        "orders",
-        "-n",
-        ns,
-        "--existing-secret",
-        "orders-db",
-    ]);
-    expect_code(&out, 1);
-    assert!(
+    // A Secret install cannot use: exit 1 naming it and what is wrong, before anything changes.
+    let refused = |secret: &[&str], says: &str| {
+        create(secret);
+        let out = scope.kpg(&[
+            "install",
+            "orders",
+            "-n",
+            ns,
+            "--existing-secret",
+            "orders-db",
+            "--timeout",
+            "30s",
+        ]);
+        expect_code(&out, 1);
+        assert!(out.stderr_text().contains(says), "{}", out.describe());
+        let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
+        assert_eq!(nothing.stdout_text().trim(), "");
+        scope.kubectl_ns(&["delete", "secret", "orders-db"]);
         out.stderr_text()
-            .contains("\"orders-db\" has no key \"password\""),
-        "{}",
-        out.describe()
+    };
+    // No password key.
+    refused(
+        &["--from-literal=username=orders"],
+        "\"orders-db\" has no key \"password\"",
     );
-    let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
-    assert_eq!(nothing.stdout_text().trim(), "");
     // A user the server cannot be initialised with (issue 18: it crash-looped, exit 5, and
-    // the hint printed the password): refused before anything is written.
-    scope.kubectl_ns(&["delete", "secret", "orders-db"]);
-    create(&[
-        "--from-literal=username=public",
-        "--from-literal=password=an-orders-password-42",
-    ]);
-    let out = scope.kpg(&[
-        "install",
-        "orders",
-        "-n",
-        ns,
-        "--existing-secret",
-        "orders-db",
-        "--timeout",
-        "30s",
-    ]);
-    expect_code(&out, 1);
-    assert!(
-        out.stderr_text()
-            .contains("\"orders-db\" names the user \"public\"")
-            && !out.stderr_text().contains("an-orders-password-42"),
-        "{}",
-        out.describe()
+    // the hint printed the password).
+    let stderr = refused(
+        &[
+            "--from-literal=username=public",
+            "--from-literal=password=an-orders-password-42",
+        ],
+        "\"orders-db\" names the user \"public\"",
     );
-    let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
-    assert_eq!(nothing.stdout_text().trim(), "");
-    scope.kubectl_ns(&["delete", "secret", "orders-db"]);
+    assert!(!stderr.contains("an-orders-password-42"), "{stderr}");
     create(&[
         "--from-literal=username=orders",
         "--from-literal=password=an-orders-password-42",
