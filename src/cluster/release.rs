@@ -48,6 +48,49 @@ pub fn made_for(meta: &ObjectMeta, release: &str) -> bool {
     label(LABEL_MANAGED_BY) == Some(MANAGED_BY) && label(LABEL_INSTANCE) == Some(release)
 }
 
+/// Whose Secret this is, as its labels say: `user NAME of release R`, `release R`, or `not
+/// made by kubectl-pg`, for messages that refuse to take it.
+pub fn secret_owner(meta: &ObjectMeta) -> String {
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).cloned();
+    match (
+        label(LABEL_MANAGED_BY).filter(|m| m == MANAGED_BY),
+        label(LABEL_INSTANCE),
+        label(crate::database::roles::LABEL_USER),
+    ) {
+        (Some(_), Some(release), Some(user)) => format!("user {user} of release {release}"),
+        (Some(_), Some(release), None) => format!("release {release}"),
+        _ => "not made by kubectl-pg".into(),
+    }
+}
+
+/// Refuses a Secret named `R-credentials` that is not release R's own: a release never takes
+/// another release's Secret, an application user's (user `credentials` of release `pg` has
+/// Secret `pg-user-credentials`, the name release `pg-user` would use), or one kubectl-pg did
+/// not make (that is what `--existing-secret` is for).
+pub fn check_release_secret(
+    meta: &ObjectMeta,
+    release: &str,
+    namespace: &str,
+) -> Result<(), Error> {
+    let user_secret = meta
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(crate::database::roles::LABEL_USER));
+    if made_for(meta, release) && !user_secret {
+        return Ok(());
+    }
+    let name = meta.name.clone().unwrap_or_else(|| secret_name(release));
+    Err(Error::InvalidInput {
+        message: format!(
+            "Secret {name} in namespace {namespace:?} is not release {release}'s own ({}): release {release} will not take it as its credentials; nothing was changed",
+            secret_owner(meta)
+        ),
+        hint: Some(format!(
+            "choose another release name, or name a Secret of yours with --existing-secret (kubectl pg install {release} -n {namespace} --existing-secret NAME)"
+        )),
+    })
+}
+
 /// Delete parameters that delete only the object with this UID: never one re-created
 /// meanwhile under the same name by someone else. Dependents go in the background.
 pub fn delete_only(uid: Option<String>) -> kube::api::DeleteParams {
@@ -582,6 +625,51 @@ mod tests {
             assert!(validate_release(bad).is_err(), "{bad}");
         }
         assert!(validate_namespace(&"n".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn a_release_takes_only_its_own_secret() {
+        let meta = |labels: &[(&str, &str)]| ObjectMeta {
+            name: Some("pg-user-credentials".into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        };
+        let ours = [(LABEL_MANAGED_BY, MANAGED_BY), (LABEL_INSTANCE, "pg-user")];
+        assert!(check_release_secret(&meta(&ours), "pg-user", "db").is_ok());
+        // The Secret of user `credentials` of release `pg`: the collision.
+        let user = meta(&[
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            (LABEL_INSTANCE, "pg"),
+            (crate::database::roles::LABEL_USER, "credentials"),
+        ]);
+        let err = check_release_secret(&user, "pg-user", "db").unwrap_err();
+        assert!(
+            err.to_string().contains("user credentials of release pg"),
+            "{err}"
+        );
+        assert!(err.hints().join(" ").contains("--existing-secret"));
+        let other = meta(&[(LABEL_MANAGED_BY, MANAGED_BY), (LABEL_INSTANCE, "pg")]);
+        assert!(check_release_secret(&other, "pg-user", "db")
+            .unwrap_err()
+            .to_string()
+            .contains("(release pg)"));
+        let foreign = meta(&[(LABEL_INSTANCE, "pg-user")]);
+        assert!(check_release_secret(&foreign, "pg-user", "db")
+            .unwrap_err()
+            .to_string()
+            .contains("not made by kubectl-pg"));
+        // Labelled for this release, but as a user's Secret: still not the release's own.
+        let mislabelled = meta(&[
+            (LABEL_MANAGED_BY, MANAGED_BY),
+            (LABEL_INSTANCE, "pg-user"),
+            (crate::database::roles::LABEL_USER, "x"),
+        ]);
+        assert!(check_release_secret(&mislabelled, "pg-user", "db").is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::output::{self, emit};
 
 pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(user) = &args.db_user {
-        roles::validate_user_name(user)?;
+        roles::validate_user_name_syntax(user)?;
     }
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;

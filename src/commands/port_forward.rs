@@ -23,7 +23,7 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     }
     let (address, port) = listen_on(args.listen.as_deref(), args.address.as_deref())?;
     if let Some(user) = &args.db_user {
-        crate::database::roles::validate_user_name(user)?;
+        crate::database::roles::validate_user_name_syntax(user)?;
     }
     let app_user = args.db_user.clone();
     let cluster = Cluster::connect(&global.connect_options()).await?;

@@ -125,7 +125,10 @@ pub fn exec_argv(
         argv.extend(["-U".into(), target.credentials.username.clone()]);
     }
     if !has_flag(psql_args, "-d", "--dbname") {
-        argv.extend(["-d".into(), target.credentials.database.clone()]);
+        argv.extend([
+            "-d".into(),
+            crate::database::connection::dbname_argument(&target.credentials.database),
+        ]);
     }
     argv.extend(psql_args.iter().cloned());
     argv

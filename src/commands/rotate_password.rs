@@ -66,7 +66,7 @@ pub struct Workload {
 
 pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(user) = &args.db_user {
-        roles::validate_user_name(user)?;
+        roles::validate_user_name_syntax(user)?;
     }
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
@@ -89,6 +89,9 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
                     )),
                 });
             }
+            // A Secret of that name that is another release's or a user's: rotating it would
+            // lock its owner out.
+            release::check_release_secret(&found.secret.metadata, &release, &ns)?;
             (
                 found.secret.clone(),
                 found.target.credentials.clone(),

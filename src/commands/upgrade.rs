@@ -73,6 +73,9 @@ const PERMISSIONS: [Permission; 13] = [
 ];
 
 pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
+    if let Some(image) = &args.image {
+        crate::manifests::spec::check_image("--image", image)?;
+    }
     if let Some(major) = args.postgres_version {
         if pinned_image(major).is_none() {
             return Err(Error::InvalidInput {

@@ -54,7 +54,7 @@ pub async fn run(args: UserArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
         UserAction::List => list(&args.options, global).await,
         UserAction::Delete { name, yes } => {
-            roles::validate_user_name(&name)?;
+            roles::validate_user_name_syntax(&name)?;
             delete(&args.options, &name, yes, global).await
         }
     }
@@ -195,12 +195,23 @@ async fn create(
         superuser,
     } = UserScope::read(options, name, global).await?;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
-    if existing.is_some() {
+    if let Some(existing) = &existing {
         return Err(Error::InvalidInput {
-            message: format!("Secret {secret_name} exists in namespace {ns:?}: user {name} was not created"),
-            hint: Some(format!(
-                "kubectl pg user list --release {release} shows it; kubectl pg user delete {name} --release {release} removes it"
-            )),
+            message: format!(
+                "Secret {secret_name} exists in namespace {ns:?} ({}): user {name} was not created",
+                release::secret_owner(&existing.metadata)
+            ),
+            hint: Some(
+                if release::secret_owner(&existing.metadata)
+                    == format!("user {name} of release {release}")
+                {
+                    format!(
+                        "kubectl pg user list --release {release} shows it; kubectl pg user delete {name} --release {release} removes it"
+                    )
+                } else {
+                    "that Secret is not this user's: pick another user name".into()
+                },
+            ),
         });
     }
     let release_db = found.target.credentials.database.clone();
@@ -268,21 +279,13 @@ async fn create(
     if let Err(e) = secrets.create(&PostParams::default(), &object).await {
         let error = cluster.error("create", "secrets", e);
         // Without its Secret nobody knows the password: take the role back.
-        let dropped = async {
-            roles::run(
-                &session,
-                "cannot drop the new role again",
-                &roles::release_objects_sql(name, &superuser),
-            )
-            .await?;
-            roles::run(
-                &session,
-                "cannot drop the new role again",
-                &roles::drop_role_sql(name),
-            )
-            .await
-        };
-        match dropped.await {
+        let dropped = roles::run(
+            &session,
+            "cannot drop the new role again",
+            &roles::drop_user_sql(name, &superuser),
+        )
+        .await;
+        match dropped {
             Ok(()) => crate::note!(
                 "dropped role {name} again: Secret {secret_name} could not be created, so nothing was made"
             ),
@@ -517,21 +520,10 @@ async fn delete(
             hint: Some(format!("kubectl pg user list --release {release} -n {ns}")),
         });
     }
-    if !yes {
-        let mut parts = Vec::new();
-        if drop_role {
-            parts.push(format!(
-                "drop role {name} (what it owns goes to {superuser})"
-            ));
-        }
-        if secret.is_some() {
-            parts.push(format!("delete Secret {secret_name}"));
-        }
-        crate::commands::confirm(&format!("{}?", parts.join(" and ")), "user delete")?;
-    }
+    // Every database the role owns objects or holds grants in is visited: one that accepts no
+    // connections cannot be, and the role could not be dropped. Refused before any change.
+    let mut databases = vec![release_db.clone()];
     if drop_role {
-        // REASSIGN / DROP OWNED act in the session's database: the user's, and the release's.
-        let mut databases = vec![release_db.clone()];
         let recorded = [
             secret
                 .as_ref()
@@ -543,6 +535,43 @@ async fn delete(
                 databases.push(db);
             }
         }
+        let mut closed = Vec::new();
+        for (db, open) in roles::dependent_databases(&admin, name).await? {
+            if !open {
+                closed.push(db);
+            } else if !databases.contains(&db) {
+                databases.push(db);
+            }
+        }
+        if !closed.is_empty() {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "role {name} owns objects or holds privileges in database(s) {} that accept no connections: nothing was changed",
+                    closed.join(", ")
+                ),
+                hint: Some(format!(
+                    "allow connections there for a while (ALTER DATABASE … ALLOW_CONNECTIONS true), or there run REASSIGN OWNED BY {name} TO {superuser}; DROP OWNED BY {name}; then run user delete again"
+                )),
+            });
+        }
+    }
+    if !yes {
+        let mut parts = Vec::new();
+        if drop_role {
+            parts.push(format!(
+                "drop role {name} (what it owns in {} goes to {superuser})",
+                databases.join(", ")
+            ));
+        }
+        if secret.is_some() {
+            parts.push(format!("delete Secret {secret_name}"));
+        }
+        crate::commands::confirm(&format!("{}?", parts.join(" and ")), "user delete")?;
+    }
+    if drop_role {
+        // REASSIGN / DROP OWNED act in the session's database: each other one first, then the
+        // release's, in one transaction with DROP ROLE, so a role that cannot be dropped keeps
+        // its objects and grants there, and the failure is the command's.
         for db in &databases[1..] {
             let other = session(&cluster, &found, db).await?;
             roles::run(
@@ -554,20 +583,14 @@ async fn delete(
         }
         roles::run(
             &admin,
-            &format!("cannot take role {name}'s objects and grants away in database {release_db}"),
-            &roles::release_objects_sql(name, &superuser),
-        )
-        .await?;
-        roles::run(
-            &admin,
             &format!("cannot drop role {name}"),
-            &roles::drop_role_sql(name),
+            &roles::drop_user_sql(name, &superuser),
         )
         .await
         .map_err(|e| match e {
             Error::Database { context, message } => Error::Database {
                 context,
-                message: format!("{message}; Secret {secret_name} is kept"),
+                message: format!("{message}; role {name} and Secret {secret_name} are kept"),
             },
             other => other,
         })?;

@@ -195,7 +195,26 @@ fn libpq_value(s: &str) -> String {
     if !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
         return s.to_string();
     }
+    libpq_quote(s)
+}
+
+/// A value of a libpq connection string, single-quoted (any text is safe in it).
+pub fn libpq_quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A database name as the `-d` of psql, pg_dump or pg_restore. libpq reads a `-d` holding `=`,
+/// or starting `postgres://` or `postgresql://`, as a connection string (a database `a=b`
+/// would be the option `a`): such a name travels as `dbname='…'`, any other as it is.
+pub fn dbname_argument(database: &str) -> String {
+    if database.contains('=')
+        || database.starts_with("postgresql://")
+        || database.starts_with("postgres://")
+    {
+        format!("dbname={}", libpq_quote(database))
+    } else {
+        database.to_string()
+    }
 }
 
 /// Single-quotes a value for POSIX shells when it holds anything but safe characters.
@@ -221,6 +240,19 @@ mod tests {
             "app user".into(),
             "p@ss:w/rd's\\".into(),
         )
+    }
+
+    #[test]
+    fn database_names_libpq_would_read_as_a_connection_string_are_quoted() {
+        assert_eq!(dbname_argument("learnflow"), "learnflow");
+        assert_eq!(dbname_argument("my db"), "my db");
+        assert_eq!(dbname_argument("a=b"), "dbname='a=b'");
+        assert_eq!(dbname_argument("x='y' z"), "dbname='x=\\'y\\' z'");
+        assert_eq!(
+            dbname_argument("postgresql://h/db"),
+            "dbname='postgresql://h/db'"
+        );
+        assert_eq!(dbname_argument("postgres://h"), "dbname='postgres://h'");
     }
 
     #[test]

@@ -19,21 +19,164 @@ pub const LABEL_READONLY: &str = "kubectl-pg.io/readonly";
 /// `user list` can tell a role whose Secret is gone.
 pub const ROLE_COMMENT: &str = "kubectl-pg application user";
 
-/// Role names PostgreSQL reserves or that mean something else in GRANT.
-const RESERVED: &[&str] = &[
+/// Role names PostgreSQL refuses (`CREATE ROLE public` fails: "role name \"public\" is
+/// reserved") or that a role specification reads as something else (`GRANT … TO current_user`).
+const RESERVED_ROLES: &[&str] = &[
     "public",
     "none",
     "current_user",
     "current_role",
     "session_user",
-    "user",
-    "all",
+    "system_user",
 ];
+
+/// PostgreSQL's fully reserved key words (`kwlist.h`, category `RESERVED_KEYWORD`, as of 18):
+/// a role, or database, of one of these names works only when every statement and every client
+/// quotes it, which the official image's entrypoint and many tools do not.
+const RESERVED_KEYWORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "column",
+    "constraint",
+    "create",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "from",
+    "grant",
+    "group",
+    "having",
+    "in",
+    "initially",
+    "intersect",
+    "into",
+    "lateral",
+    "leading",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "not",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "select",
+    "session_user",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// Why PostgreSQL would refuse `name` as a role, or misread it: `pg_…` and the reserved role
+/// names, and the reserved key words. Case does not matter: the image's entrypoint and psql's
+/// `-U` meet the name in both its quoted and unquoted forms.
+pub fn reserved_role(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("pg_") {
+        Some("names starting with pg_ are reserved by PostgreSQL".into())
+    } else if RESERVED_ROLES.contains(&lower.as_str()) {
+        Some(format!("PostgreSQL reserves the role name {lower}"))
+    } else if is_reserved_keyword(&lower) {
+        Some(format!(
+            "{lower} is an SQL key word PostgreSQL reserves: every statement would have to quote it"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Whether `word` (any case) is one of PostgreSQL's reserved key words.
+pub fn is_reserved_keyword(word: &str) -> bool {
+    let lower = word.to_ascii_lowercase();
+    RESERVED_KEYWORDS.binary_search(&lower.as_str()).is_ok()
+}
 
 /// An application user's name: a PostgreSQL identifier that needs no quoting in any client
 /// (lower-case letters, digits and `_`, starting with a letter, 63 characters at most), that
-/// is not a reserved role (`pg_…`, `public`, …) nor the release's own superuser.
+/// is not a reserved role (`pg_…`, `public`, …) or key word, nor the release's own superuser,
+/// and whose Secret could never be taken for a release's own (see [`secret_name`]).
 pub fn validate_user_name(name: &str) -> Result<(), Error> {
+    validate_user_name_syntax(name)?;
+    if let Some(reason) = reserved_role(name) {
+        let stem = name
+            .strip_prefix("pg_")
+            .unwrap_or(name)
+            .trim_start_matches('_');
+        return Err(Error::InvalidInput {
+            message: format!("invalid user name {name:?}: {reason}"),
+            hint: Some(format!("for example: app_{stem}")),
+        });
+    }
+    if let Some(suffix) = RELEASE_SECRET_SUFFIXES
+        .iter()
+        .find(|s| name == **s || name.ends_with(&format!("_{s}")))
+    {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "invalid user name {name:?}: its Secret would be named like a release's own Secret (RELEASE-{suffix}), so another release could take it for its credentials"
+            ),
+            hint: Some(format!(
+                "for example: {}",
+                name.strip_suffix(suffix)
+                    .map(|stem| format!("{stem}user"))
+                    .unwrap_or_else(|| "app_rw".into())
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// The shape every application user's name has (what `user delete` and `rotate-password`
+/// need to find one): the rules [`validate_user_name`] adds only keep new users clear of
+/// reserved names and of a release's Secrets, and a user an older version made may break them.
+pub fn validate_user_name_syntax(name: &str) -> Result<(), Error> {
     let bytes = name.as_bytes();
     let valid = !bytes.is_empty()
         && bytes.len() <= 63
@@ -52,22 +195,12 @@ pub fn validate_user_name(name: &str) -> Result<(), Error> {
             )),
         });
     }
-    if let Some(rest) = name.strip_prefix("pg_") {
-        return Err(Error::InvalidInput {
-            message: format!(
-                "invalid user name {name:?}: names starting with pg_ are reserved by PostgreSQL"
-            ),
-            hint: Some(format!("for example: app_{}", rest.trim_start_matches('_'))),
-        });
-    }
-    if RESERVED.contains(&name) {
-        return Err(Error::InvalidInput {
-            message: format!("invalid user name {name:?}: PostgreSQL reserves it"),
-            hint: Some(format!("for example: app_{name}")),
-        });
-    }
     Ok(())
 }
+
+/// The endings of the Secrets a release owns (`R-credentials`, `R-tls`). A user Secret
+/// `R-user-NAME` ending in one of them would be exactly that Secret of release `R-user…`.
+const RELEASE_SECRET_SUFFIXES: &[&str] = &["credentials", "tls"];
 
 /// A valid name close to `name`, for the hint.
 fn suggest(name: &str) -> Option<String> {
@@ -186,6 +319,16 @@ pub fn release_objects_sql(name: &str, owner: &str) -> String {
 /// `DROP ROLE`, once nothing depends on it.
 pub fn drop_role_sql(name: &str) -> String {
     format!("DROP ROLE {};", quote_ident(name))
+}
+
+/// [`release_objects_sql`] and [`drop_role_sql`] as one simple query, which the server runs as
+/// one transaction: when the role cannot be dropped, it keeps its objects and grants here too.
+pub fn drop_user_sql(name: &str, owner: &str) -> String {
+    format!(
+        "{} {}",
+        release_objects_sql(name, owner),
+        drop_role_sql(name)
+    )
 }
 
 /// Sets the role's password as a SCRAM-SHA-256 verifier: the statement, and so any log of it,
@@ -335,6 +478,27 @@ pub async fn our_roles(client: &Client) -> Result<Vec<Role>, Error> {
         .collect())
 }
 
+/// The databases where the role owns objects or holds privileges (its entries in
+/// `pg_shdepend`; what it has on shared objects, such as CONNECT, is not tied to one), with
+/// whether each accepts connections. REASSIGN and DROP OWNED act only in the session's
+/// database, so a user is gone only once each of these was visited.
+pub async fn dependent_databases(
+    client: &Client,
+    name: &str,
+) -> Result<Vec<(String, bool)>, Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT d.datname::text, d.datallowconn FROM pg_shdepend s \
+             JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass \
+             AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) ORDER BY 1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| database_error("cannot read pg_shdepend", &e))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// Whether the database exists on the server.
 pub async fn database_exists(client: &Client, database: &str) -> Result<bool, Error> {
     let rows = client
@@ -398,6 +562,63 @@ mod tests {
     }
 
     #[test]
+    fn reserved_roles_and_key_words() {
+        assert!(RESERVED_KEYWORDS.windows(2).all(|w| w[0] < w[1]), "sorted");
+        for reserved in [
+            "public",
+            "none",
+            "current_user",
+            "current_role",
+            "session_user",
+            "pg_x",
+            "all",
+            "select",
+            "user",
+            "table",
+            "Select",
+            "PUBLIC",
+        ] {
+            assert!(reserved_role(reserved).is_some(), "{reserved}");
+        }
+        for fine in [
+            "postgres",
+            "app",
+            "owner",
+            "role",
+            "admin",
+            "users",
+            "public_app",
+        ] {
+            assert!(reserved_role(fine).is_none(), "{fine}");
+        }
+        for (name, says) in [
+            ("select", "key word"),
+            ("none", "reserves"),
+            ("user", "key word"),
+        ] {
+            let err = validate_user_name(name).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(
+                err.hints().join(" ").contains(&format!("app_{name}")),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_secrets_never_look_like_a_release_secret() {
+        // User `credentials` of release `pg` would own `pg-user-credentials`: the Secret of
+        // release `pg-user`.
+        for bad in ["credentials", "app_credentials", "tls", "x_tls"] {
+            let err = validate_user_name(bad).unwrap_err().to_string();
+            assert!(err.contains("release's own Secret"), "{bad}: {err}");
+        }
+        for fine in ["credential", "app_tls_ro", "creds", "tlsx"] {
+            assert!(validate_user_name(fine).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
     fn secret_names_are_dns_subdomains() {
         assert_eq!(secret_name("pg", "app_ro"), "pg-user-app-ro");
     }
@@ -430,6 +651,18 @@ mod tests {
         assert!(!ro.contains("INSERT"), "{ro}");
         assert!(ro.contains("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"app\""));
         assert!(ro.contains("(readonly)"));
+    }
+
+    #[test]
+    fn a_user_is_dropped_in_one_transaction_with_its_objects() {
+        // One simple query: the server runs it as one implicit transaction, so a DROP ROLE
+        // that fails leaves the REASSIGN and DROP OWNED before it undone.
+        let sql = drop_user_sql("app", "postgres");
+        assert_eq!(
+            sql,
+            "REASSIGN OWNED BY \"app\" TO \"postgres\"; DROP OWNED BY \"app\"; DROP ROLE \"app\";"
+        );
+        assert!(!sql.contains("BEGIN") && !sql.contains("COMMIT"));
     }
 
     #[test]

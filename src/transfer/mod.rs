@@ -243,8 +243,12 @@ pub fn session_tag() -> String {
 /// A libpq connection string naming `database` and the session's tag (values quoted, so any
 /// database name is safe).
 pub fn conninfo(database: &str, tag: &str) -> String {
-    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    format!("dbname={} application_name={}", quote(database), quote(tag))
+    use crate::database::connection::libpq_quote;
+    format!(
+        "dbname={} application_name={}",
+        libpq_quote(database),
+        libpq_quote(tag)
+    )
 }
 
 /// Ends the sessions of an interrupted transfer, through a psql of its own in the pod; best

@@ -653,6 +653,65 @@ fn invalid_input_is_refused_before_any_api_call() {
             "no API call before validation: {args:?}"
         );
     }
+    // The issue's half-applied installs (issue 18): each was refused only after the namespace,
+    // the Secret and the StatefulSet were written. Now each is exit 1, names its flag with a
+    // hint, and makes no API call; the fresh namespace they name is never created.
+    let fresh = scope.another_namespace("kpg-fresh");
+    for (args, needle) in [
+        (&["--username", "public"][..], "--username"),
+        (&["--username", "select"], "--username"),
+        (&["--image", " postgres:18.1"], "--image"),
+        (&["--image", "postgres:18.1 bookworm"], "--image"),
+        (
+            &[
+                "--service-type",
+                "LoadBalancer",
+                "--load-balancer-source-ranges",
+                "10.0.0.1/8",
+            ],
+            "--load-balancer-source-ranges",
+        ),
+        (&["--memory-limit", "1"], "--memory-limit"),
+        (&["--memory-request", "1Ki"], "--memory-request"),
+        (
+            &["--storage-size", "99999999999999999999Gi"],
+            "--storage-size",
+        ),
+        (&["--cpu-limit", "0"], "--cpu-limit"),
+    ] {
+        proxy.clear_requests();
+        let mut all = vec!["install", "-n", &fresh, "--kubeconfig", &kubeconfig];
+        // Bounded, so that a build without the checks fails this test quickly.
+        all.extend(["--timeout", "30s"]);
+        all.extend(args);
+        let out = scope.kpg(&all);
+        expect_code(&out, 1);
+        let stderr = out.stderr_text();
+        assert!(
+            stderr.contains(needle) && stderr.contains("hint:"),
+            "{args:?}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            proxy.requests(),
+            [],
+            "no API call before validation: {args:?}"
+        );
+    }
+    let namespace = scope.kubectl(&[
+        "get",
+        "namespace",
+        &fresh,
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        namespace.stdout_text().trim(),
+        "",
+        "{}",
+        namespace.describe()
+    );
     proxy.clear_requests();
     let short = scope.kpg_stdin(
         &[

@@ -691,6 +691,9 @@ fn major_upgrade_is_verified_reversible_and_rolls_back_a_crash() {
     }
     let counts = release_query(&scope, &ns, "up", COUNTS);
     assert_eq!(counts, "120,40,120,480,6");
+    // A database whose name libpq would read as a connection string as psql's -d (issue 18):
+    // the upgrade reads it by name too.
+    release_query(&scope, &ns, "up", "create database \"a=b\"");
     let dir = scope.dir.path().join("backups");
     std::fs::create_dir(&dir).unwrap();
 
@@ -750,6 +753,15 @@ fn major_upgrade_is_verified_reversible_and_rolls_back_a_crash() {
     );
     assert_eq!(release_query(&scope, &ns, "up", COUNTS), counts);
     assert_eq!(server_major(&scope, &ns, "up"), "17");
+    assert_eq!(
+        release_query(
+            &scope,
+            &ns,
+            "up",
+            "select count(*) from pg_database where datname = 'a=b'"
+        ),
+        "1"
+    );
     assert_eq!(
         field(
             &scope,

@@ -188,6 +188,36 @@ fn nothing_that_is_not_the_release_is_written_or_deleted() {
     );
     let statefulsets = scope.kubectl_ns(&["get", "sts,secrets", "-o", "name"]);
     assert_eq!(statefulsets.stdout_text().trim(), "", "nothing was created");
+    // A Secret of the release's credentials name that kubectl-pg did not make: not taken as
+    // the release's (that is --existing-secret), refused before anything is written.
+    let hand_made = scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "other-credentials",
+        "--from-literal=username=someone",
+        "--from-literal=password=someone-elses-password",
+        "--from-literal=database=theirs",
+    ]);
+    assert!(hand_made.status.success(), "{}", hand_made.describe());
+    let refused = scope.kpg(&["install", "other", "-n", ns, "--timeout", "60s"]);
+    expect_code(&refused, 1);
+    assert!(
+        refused.stderr_text().contains("Secret other-credentials")
+            && refused.stderr_text().contains("not made by kubectl-pg")
+            && refused.stderr_text().contains("--existing-secret"),
+        "{}",
+        refused.describe()
+    );
+    let written = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
+    assert_eq!(
+        written.stdout_text().trim(),
+        "service/postgres",
+        "{}",
+        written.describe()
+    );
+    let removed = scope.kubectl_ns(&["delete", "secret", "other-credentials"]);
+    assert!(removed.status.success(), "{}", removed.describe());
 
     // Another release in the same namespace; uninstall leaves the user's Service alone.
     expect_code(
@@ -308,26 +338,41 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
         let out = scope.kubectl_ns(&all);
         assert!(out.status.success(), "{}", out.describe());
     };
-    // No password key: exit 1 naming the Secret and the key, before anything changes.
-    create(&["--from-literal=username=orders"]);
-    let out = scope.kpg(&[
-        "install",
-        "orders",
-        "-n",
-        ns,
-        "--existing-secret",
-        "orders-db",
-    ]);
-    expect_code(&out, 1);
-    assert!(
+    // A Secret install cannot use: exit 1 naming it and what is wrong, before anything changes.
+    let refused = |secret: &[&str], says: &str| {
+        create(secret);
+        let out = scope.kpg(&[
+            "install",
+            "orders",
+            "-n",
+            ns,
+            "--existing-secret",
+            "orders-db",
+            "--timeout",
+            "30s",
+        ]);
+        expect_code(&out, 1);
+        assert!(out.stderr_text().contains(says), "{}", out.describe());
+        let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
+        assert_eq!(nothing.stdout_text().trim(), "");
+        scope.kubectl_ns(&["delete", "secret", "orders-db"]);
         out.stderr_text()
-            .contains("\"orders-db\" has no key \"password\""),
-        "{}",
-        out.describe()
+    };
+    // No password key.
+    refused(
+        &["--from-literal=username=orders"],
+        "\"orders-db\" has no key \"password\"",
     );
-    let nothing = scope.kubectl_ns(&["get", "sts,svc", "-o", "name"]);
-    assert_eq!(nothing.stdout_text().trim(), "");
-    scope.kubectl_ns(&["delete", "secret", "orders-db"]);
+    // A user the server cannot be initialised with (issue 18: it crash-looped, exit 5, and
+    // the hint printed the password).
+    let stderr = refused(
+        &[
+            "--from-literal=username=public",
+            "--from-literal=password=an-orders-password-42",
+        ],
+        "\"orders-db\" names the user \"public\"",
+    );
+    assert!(!stderr.contains("an-orders-password-42"), "{stderr}");
     create(&[
         "--from-literal=username=orders",
         "--from-literal=password=an-orders-password-42",

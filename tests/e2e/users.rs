@@ -95,12 +95,19 @@ fn application_users() {
         all.extend(["-n", ns]);
         scope.kpg(&all)
     };
+    // SQL as the release's superuser, in database `db`.
+    let superuser_psql = |db: &str, sql: &str| {
+        ok(scope.kpg(&["psql", "pg", "-n", ns, "--", "-d", db, "-c", sql]));
+    };
 
     // Refused before any write: bad names, the superuser, a missing database.
     for (name, says) in [
         ("pg_app", "reserved"),
         ("App-RW", "invalid user name"),
         ("public", "reserves"),
+        ("select", "key word"),
+        ("credentials", "release's own Secret"),
+        ("app_tls", "release's own Secret"),
         ("postgres", "superuser"),
     ] {
         let out = kpg(&["user", "create", name]);
@@ -192,6 +199,15 @@ fn application_users() {
     expect_code(&missing, 1);
 
     let forward = PortForward::start(&scope, ns, "pg-0");
+    // The superuser's URL for database `db`, through the forward.
+    let admin_url = |db: &str| {
+        local(
+            &forward,
+            "postgres",
+            &secret_value(&scope, "pg-credentials", "password"),
+            db,
+        )
+    };
     let rw = local(&forward, "app_rw", &rw_password, "learnflow");
     let ro = local(&forward, "app_ro", ro_password, "learnflow");
     // Read-write on the LearnFlow tables (the serial's sequence included).
@@ -219,6 +235,71 @@ fn application_users() {
         "INSERT as app_ro",
     );
     denied(query(&ro, "DELETE FROM users"), "DELETE as app_ro");
+
+    // The name collision: user `credentials` of release pg, as an older kubectl-pg made
+    // it (role and labelled Secret pg-user-credentials), is what release `pg-user` would take
+    // as its own superuser Secret. Install refuses it before any write, and the user still
+    // logs in with its password.
+    let legacy_password = "a-legacy-user-password-42";
+    superuser_psql(
+        "learnflow",
+        &format!("CREATE ROLE credentials LOGIN PASSWORD '{legacy_password}'"),
+    );
+    ok(scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "pg-user-credentials",
+        "--type",
+        "kubernetes.io/basic-auth",
+        "--from-literal=username=credentials",
+        &format!("--from-literal=password={legacy_password}"),
+        "--from-literal=database=learnflow",
+    ]));
+    ok(scope.kubectl_ns(&[
+        "label",
+        "secret",
+        "pg-user-credentials",
+        "app.kubernetes.io/name=postgresql",
+        "app.kubernetes.io/instance=pg",
+        "app.kubernetes.io/managed-by=kubectl-pg",
+        "kubectl-pg.io/user=credentials",
+    ]));
+    let collided = kpg(&["install", "pg-user", "--timeout", "60s"]);
+    expect_code(&collided, 1);
+    assert!(
+        collided
+            .stderr_text()
+            .contains("Secret pg-user-credentials")
+            && collided
+                .stderr_text()
+                .contains("user credentials of release pg")
+            && collided.stderr_text().contains("hint:"),
+        "{}",
+        collided.describe()
+    );
+    let written = ok(scope.kubectl_ns(&[
+        "get",
+        "statefulsets,services,secrets",
+        "-l",
+        "app.kubernetes.io/instance=pg-user",
+        "-o",
+        "name",
+    ]));
+    assert_eq!(written.stdout_text().trim(), "", "{}", written.describe());
+    assert_eq!(
+        secret_value(&scope, "pg-user-credentials", "password"),
+        legacy_password
+    );
+    let legacy = local(&forward, "credentials", legacy_password, "learnflow");
+    assert_eq!(
+        query(&legacy, "SELECT current_user").unwrap(),
+        [[Some("credentials".to_string())]]
+    );
+    // A user an older version made under a name now refused is still deleted by name.
+    ok(kpg(&["user", "delete", "credentials", "--yes"]));
+    assert!(!secret_exists(&scope, "pg-user-credentials"));
+    assert!(try_connect(&legacy).is_err());
     // Superuser? No.
     let rows = query(
         &rw,
@@ -263,15 +344,7 @@ fn application_users() {
     );
 
     // A user of another database: grants and default privileges there, and deleted from there.
-    ok(scope.kpg(&[
-        "psql",
-        "pg",
-        "-n",
-        ns,
-        "--",
-        "-c",
-        "CREATE DATABASE analytics",
-    ]));
+    superuser_psql("learnflow", "CREATE DATABASE analytics");
     ok(kpg(&["user", "create", "etl", "--database", "analytics"]));
     let etl = local(
         &forward,
@@ -279,12 +352,7 @@ fn application_users() {
         &secret_value(&scope, "pg-user-etl", "password"),
         "analytics",
     );
-    let admin_analytics = local(
-        &forward,
-        "postgres",
-        &secret_value(&scope, "pg-credentials", "password"),
-        "analytics",
-    );
+    let admin_analytics = admin_url("analytics");
     query(&admin_analytics, "CREATE TABLE facts (n INT)").unwrap();
     query(&etl, "INSERT INTO facts VALUES (1)").unwrap();
     // Its Secret gone, the role's comment still says where its grants are.
@@ -333,6 +401,36 @@ fn application_users() {
     let doc = json(&ok(kpg(&["user", "list", "-o", "json"])));
     assert_eq!(doc["items"][0]["state"], "secret missing", "{doc}");
 
+    // A role owning a table in a third database: user delete visits every database the role
+    // has objects or grants in (pg_shdepend), not only its own and the release's. One that
+    // accepts no connections cannot be visited: refused before any change, the user still
+    // works, and it says what to do.
+    superuser_psql("learnflow", "CREATE DATABASE scratch");
+    superuser_psql("scratch", "GRANT CREATE ON SCHEMA public TO app_rw");
+    let rw_scratch = local(&forward, "app_rw", &rw_password, "scratch");
+    query(&rw_scratch, "CREATE TABLE mine (n INT)").unwrap();
+    query(&rw_scratch, "INSERT INTO mine VALUES (1)").unwrap();
+    superuser_psql(
+        "learnflow",
+        "ALTER DATABASE scratch ALLOW_CONNECTIONS false",
+    );
+    let closed = kpg(&["user", "delete", "app_rw", "--yes"]);
+    expect_code(&closed, 1);
+    assert!(
+        closed.stderr_text().contains("scratch")
+            && closed.stderr_text().contains("nothing was changed")
+            && closed.stderr_text().contains("REASSIGN OWNED"),
+        "{}",
+        closed.describe()
+    );
+    assert!(secret_exists(&scope, "pg-user-app-rw"));
+    query(
+        &rw,
+        "INSERT INTO users (username, email) VALUES ('still', 'still@example.com')",
+    )
+    .expect("app_rw keeps its grants after a refused delete");
+    superuser_psql("learnflow", "ALTER DATABASE scratch ALLOW_CONNECTIONS true");
+
     // delete: needs --yes off a terminal; then the role and the Secret are gone.
     let refused = kpg(&["user", "delete", "app_rw"]);
     expect_code(&refused, 1);
@@ -357,18 +455,23 @@ fn application_users() {
         gone.contains("28P01") || gone.contains("password"),
         "{gone}"
     );
+    // Its table in the third database is the superuser's now, rows and all.
+    let admin_scratch = admin_url("scratch");
+    assert_eq!(
+        query(
+            &admin_scratch,
+            "SELECT tableowner::text, (SELECT count(*) FROM mine)::text FROM pg_tables WHERE tablename = 'mine'"
+        )
+        .unwrap(),
+        [[Some("postgres".to_string()), Some("1".to_string())]]
+    );
     ok(kpg(&["user", "delete", "app_ro", "--yes"]));
     assert!(try_connect(&ro).is_err());
     let doc = json(&ok(kpg(&["user", "list", "-o", "json"])));
     assert_eq!(doc["items"], Value::Array(vec![]), "{doc}");
     expect_code(&kpg(&["user", "delete", "app_ro", "--yes"]), 1);
     // The rows app_rw wrote stay, owned by the superuser.
-    let admin = local(
-        &forward,
-        "postgres",
-        &secret_value(&scope, "pg-credentials", "password"),
-        "learnflow",
-    );
+    let admin = admin_url("learnflow");
     assert_eq!(
         query(&admin, "SELECT count(*) FROM notes").unwrap(),
         [[Some("1".to_string())]]

@@ -95,6 +95,23 @@ pub(super) fn user_secret_credentials(
     })
 }
 
+/// A new server is initialised with the user a user's Secret names: a reserved one would
+/// crash-loop it, so it is refused before the release is written, as `--username` is. A release
+/// that runs already keeps the user it has.
+pub(super) fn refuse_reserved_user(spec: &InstallSpec, username: &str) -> Result<(), Error> {
+    let Some(reason) = crate::database::roles::reserved_role(username) else {
+        return Ok(());
+    };
+    let name = spec.secret_name();
+    Err(Error::InvalidInput {
+        message: format!("Secret {name:?} names the user {username:?}: {reason}"),
+        hint: Some(format!(
+            "set another username in Secret {name} (kubectl edit secret {name} -n {})",
+            spec.namespace
+        )),
+    })
+}
+
 /// 32 characters from the OS-seeded CSPRNG, letters and digits (safe in URIs and shells).
 pub fn generate_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -126,6 +143,9 @@ pub(super) async fn ensure_secret(
         .await
         .map_err(|e| cluster.error("get", "secrets", e))?
     {
+        if spec.existing_secret.is_none() {
+            release::check_release_secret(&existing.metadata, &spec.release, &spec.namespace)?;
+        }
         if password.is_some() {
             crate::note!("note: Secret {name} exists; its password is kept and the one from stdin is ignored");
         }
@@ -160,6 +180,7 @@ pub(super) async fn ensure_secret(
                 .get(&name)
                 .await
                 .map_err(|e| cluster.error("get", "secrets", e))?;
+            release::check_release_secret(&theirs.metadata, &spec.release, &spec.namespace)?;
             return Ok(SecretOutcome {
                 credentials: Credentials::from_secret(&theirs)?,
                 created: false,
@@ -335,6 +356,22 @@ psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/de
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_users_secret_names_no_reserved_user() {
+        let spec = InstallSpec {
+            existing_secret: Some("mine".into()),
+            ..InstallSpec::example(18)
+        };
+        assert!(refuse_reserved_user(&spec, "app").is_ok());
+        for reserved in ["public", "pg_monitor", "select"] {
+            let err = refuse_reserved_user(&spec, reserved).unwrap_err();
+            assert!(
+                err.to_string().contains("Secret \"mine\" names the user"),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn passwords_are_long_and_printable() {

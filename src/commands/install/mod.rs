@@ -191,6 +191,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         None
     };
     let secret = ensure_secret(&cluster, &spec, password).await?;
+    if spec.existing_secret.is_some() && !existing.statefulset {
+        credentials::refuse_reserved_user(&spec, &secret.credentials.username)?;
+    }
     // A user's Secret may name the user; the pod then starts with that one.
     let mut spec = spec;
     if let Some(plan) = tls_plan {
