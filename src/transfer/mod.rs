@@ -5,6 +5,7 @@
 pub mod file;
 pub mod filter;
 pub mod progress;
+pub mod script;
 pub mod snapshot;
 
 pub use file::PendingFile;
