@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod filter;
+pub mod locks;
 pub mod progress;
 pub mod script;
 pub mod snapshot;

@@ -611,6 +611,170 @@ fn is_true(value: &str) -> bool {
     !v.is_empty() && ("true".starts_with(&v) || "yes".starts_with(&v) || v == "on" || v == "1")
 }
 
+/// Why a script was not committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// A statement or meta-command that would hide the outcome.
+    Refused(Refusal),
+    /// No end marker: the script was cut short (or pg_dump did not write it).
+    Incomplete,
+}
+
+/// Runs a whole script through a guard without sending it anywhere: the verdict on a file
+/// before any connection (a leading BOM skipped, as psql skips it).
+pub fn check_whole(
+    mut input: impl std::io::Read,
+    allow_partial: bool,
+) -> std::io::Result<Result<(), Rejected>> {
+    let mut guard = ScriptGuard::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut discard = Vec::new();
+    let mut first = true;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = if std::mem::take(&mut first) {
+            strip_bom(&buf[..n])
+        } else {
+            &buf[..n]
+        };
+        discard.clear();
+        if let Err(refusal) = guard.feed(chunk, &mut discard) {
+            return Ok(Err(Rejected::Refused(refusal)));
+        }
+    }
+    if let Err(refusal) = guard.finish(&mut discard) {
+        return Ok(Err(Rejected::Refused(refusal)));
+    }
+    Ok(if guard.complete() || allow_partial {
+        Ok(())
+    } else {
+        Err(Rejected::Incomplete)
+    })
+}
+
+/// psql's stdin during a SQL restore: `BEGIN`, the script through a [`ScriptGuard`], and the
+/// `COMMIT` only after a whole script (its end marker, unless partial scripts are allowed).
+/// A rejected script ends in a read error, never an end of file, and the reason is left in
+/// the shared `verdict` for the caller.
+pub struct GuardedScript<R> {
+    inner: R,
+    guard: ScriptGuard,
+    out: Vec<u8>,
+    pos: usize,
+    buf: Vec<u8>,
+    stage: Stage,
+    allow_partial: bool,
+    verdict: std::sync::Arc<std::sync::Mutex<Option<Rejected>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Reading,
+    Finished,
+    Done,
+    Rejected,
+}
+
+impl<R> GuardedScript<R> {
+    /// `guard` has already seen the head of the script, which passed as `passed`; `ended`
+    /// says the head was the whole script (and `guard` has finished).
+    pub fn new(
+        inner: R,
+        guard: ScriptGuard,
+        passed: Vec<u8>,
+        ended: bool,
+        allow_partial: bool,
+    ) -> Self {
+        let mut out = super::SCRIPT_BEGIN.as_bytes().to_vec();
+        out.extend_from_slice(&passed);
+        Self {
+            inner,
+            guard,
+            out,
+            pos: 0,
+            buf: vec![0u8; 256 * 1024],
+            stage: if ended {
+                Stage::Finished
+            } else {
+                Stage::Reading
+            },
+            allow_partial,
+            verdict: Default::default(),
+        }
+    }
+
+    /// Where the reason of a rejection is left.
+    pub fn verdict(&self) -> std::sync::Arc<std::sync::Mutex<Option<Rejected>>> {
+        self.verdict.clone()
+    }
+
+    fn reject(&mut self, why: Rejected) {
+        self.out.clear();
+        self.stage = Stage::Rejected;
+        if let Ok(mut v) = self.verdict.lock() {
+            *v = Some(why);
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GuardedScript<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        dst: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.out.len() {
+                let n = dst.remaining().min(this.out.len() - this.pos);
+                dst.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            this.out.clear();
+            this.pos = 0;
+            match this.stage {
+                Stage::Done => return Poll::Ready(Ok(())),
+                Stage::Rejected => {
+                    return Poll::Ready(Err(std::io::Error::other(
+                        "the script was refused before its end",
+                    )))
+                }
+                Stage::Finished => {
+                    if this.guard.complete() || this.allow_partial {
+                        this.out.extend_from_slice(super::SCRIPT_COMMIT.as_bytes());
+                        this.stage = Stage::Done;
+                    } else {
+                        this.reject(Rejected::Incomplete);
+                    }
+                }
+                Stage::Reading => {
+                    let mut read = tokio::io::ReadBuf::new(&mut this.buf);
+                    match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let n = read.filled().len();
+                    let judged = if n == 0 {
+                        this.stage = Stage::Finished;
+                        this.guard.finish(&mut this.out)
+                    } else {
+                        this.guard.feed(&this.buf[..n], &mut this.out)
+                    };
+                    if let Err(refusal) = judged {
+                        this.reject(Rejected::Refused(refusal));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -836,6 +1000,64 @@ ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\
                 assert_eq!(out, input);
             }
         }
+    }
+
+    async fn through_reader(script: &str, allow_partial: bool) -> (String, Option<Rejected>) {
+        use tokio::io::AsyncReadExt;
+        let reader = GuardedScript::new(
+            script.as_bytes(),
+            ScriptGuard::new(),
+            Vec::new(),
+            false,
+            allow_partial,
+        );
+        let verdict = reader.verdict();
+        let mut reader = reader;
+        let mut sent = Vec::new();
+        let read = reader.read_to_end(&mut sent).await;
+        let why = verdict.lock().unwrap().clone();
+        assert_eq!(
+            read.is_err(),
+            why.is_some(),
+            "a rejection is a read error, never an end"
+        );
+        (String::from_utf8(sent).unwrap(), why)
+    }
+
+    #[tokio::test]
+    async fn only_a_whole_script_is_followed_by_commit() {
+        let (sent, why) = through_reader(DUMP, false).await;
+        assert_eq!(why, None);
+        assert_eq!(
+            sent,
+            format!(
+                "{}{DUMP}{}",
+                crate::transfer::SCRIPT_BEGIN,
+                crate::transfer::SCRIPT_COMMIT
+            )
+        );
+        let cut = &DUMP[..DUMP.find("ALTER TABLE ONLY").unwrap()];
+        let (sent, why) = through_reader(cut, false).await;
+        assert_eq!(why, Some(Rejected::Incomplete));
+        assert!(
+            !sent.ends_with(crate::transfer::SCRIPT_COMMIT),
+            "no COMMIT after a cut script"
+        );
+        let (sent, why) = through_reader(cut, true).await;
+        assert_eq!(why, None, "--allow-partial");
+        assert!(sent.ends_with(crate::transfer::SCRIPT_COMMIT));
+        let (sent, why) = through_reader("INSERT INTO t VALUES (1);\nCOMMIT;\n", true).await;
+        assert!(matches!(why, Some(Rejected::Refused(_))));
+        assert!(!sent.contains("COMMIT"), "{sent}");
+        assert_eq!(
+            check_whole(format!("\u{feff}{DUMP}").as_bytes(), false).unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            check_whole(cut.as_bytes(), false).unwrap(),
+            Err(Rejected::Incomplete)
+        );
+        assert_eq!(check_whole(cut.as_bytes(), true).unwrap(), Ok(()));
     }
 
     #[test]
