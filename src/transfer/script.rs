@@ -11,8 +11,6 @@
 //! could commit when its input is cut. It also sees whether the script reached pg_dump's end
 //! marker: a script cut at a statement boundary is otherwise valid SQL.
 
-use std::fmt;
-
 use crate::migration::lexer::{is_ident_char, is_ident_start, transaction_control, Statement};
 
 /// pg_dump's last comment line, and pg_dumpall's.
@@ -35,18 +33,8 @@ const HOLD_MAX: usize = 1 << 20;
 /// The longest comment line compared with the end markers.
 const MARKER_MAX: usize = 64;
 
-/// Why a script was refused: what, and on which line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub line: usize,
-    pub message: String,
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
-}
+/// Why a script was refused: what, and on which line (as the migration lexer reports).
+pub use crate::migration::lexer::LexError as Refusal;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Lex {

@@ -500,6 +500,18 @@ fn an_interrupted_or_broken_dump_leaves_no_file() {
     files_written_through(&scope, &ns, &dir);
 }
 
+/// Runs the plugin without stdin; one that has not ended after a minute fails the test.
+fn run_within(scope: &Scope, args: &[&str]) -> Output {
+    let child = scope
+        .kpg_command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::output_within(child, Duration::from_secs(60))
+}
+
 /// `-f` into a FIFO (its reader gets the dump, the FIFO stays), a device node made here
 /// (written through, never replaced), and a symlink to an open descriptor (report's archive
 /// on stdout, nothing appended).
@@ -517,14 +529,10 @@ fn files_written_through(scope: &Scope, ns: &str, dir: &std::path::Path) {
         .arg(&copy)
         .spawn()
         .unwrap();
-    let dump = scope
-        .kpg_command(&["dump", "-n", ns, "-f", fifo.to_str().unwrap(), "-o", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = crate::output_within(dump, Duration::from_secs(60));
+    let out = run_within(
+        scope,
+        &["dump", "-n", ns, "-f", fifo.to_str().unwrap(), "-o", "json"],
+    );
     expect_code(&out, 0);
     let reader = crate::output_within(reader, Duration::from_secs(10));
     assert!(reader.status.success());
@@ -577,14 +585,7 @@ fn files_written_through(scope: &Scope, ns: &str, dir: &std::path::Path) {
         return;
     }
     let started = Instant::now();
-    let dump = scope
-        .kpg_command(&["dump", "-n", ns, "-f", full.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = crate::output_within(dump, Duration::from_secs(60));
+    let out = run_within(scope, &["dump", "-n", ns, "-f", full.to_str().unwrap()]);
     expect_code(&out, 1);
     assert!(
         out.stderr_text().contains("cannot be taken back"),
@@ -726,8 +727,9 @@ fn restores_tell_the_truth(
         query(scope, ns, "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 'users'::regclass") == "1"
     });
     let started = Instant::now();
-    let restore = scope
-        .kpg_command(&[
+    let out = run_within(
+        scope,
+        &[
             "restore",
             "-n",
             ns,
@@ -737,13 +739,8 @@ fn restores_tell_the_truth(
             "--yes",
             "--lock-timeout",
             "3s",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = crate::output_within(restore, Duration::from_secs(90));
+        ],
+    );
     expect_code(&out, 1);
     let err = out.stderr_text();
     assert!(
