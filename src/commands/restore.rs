@@ -144,6 +144,10 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
     };
     let why = verdict.and_then(|v| v.lock().ok().and_then(|mut v| v.take()));
+    // psql's own failure, when it failed first, is the truer account of a script that was
+    // also cut short.
+    let tool_failed_first = matches!(&outcome, Ok(o) if !o.success);
+    let why = why.filter(|w| !(tool_failed_first && *w == script::Rejected::Incomplete));
     if let Some(why) = why {
         // psql never received what was refused, nor a COMMIT: its session ends, and with it
         // the transaction and whatever the script had done.
