@@ -121,18 +121,23 @@ pub async fn watch(
         if Duration::from_secs(wait.seconds) < limit {
             continue;
         }
+        // Recorded before the cancel: the transfer fails as soon as the cancel lands, and this
+        // watch is dropped with it, perhaps before the cancel's own answer arrives.
+        let reason = format!(
+            "gave up after waiting {} (--lock-timeout) for a lock held by {}",
+            crate::migration::engine::format_duration(limit),
+            wait.blocker
+        );
+        if let Ok(mut g) = waits.gave_up.lock() {
+            *g = Some(reason);
+        }
         let cancelled = super::snapshot::psql(cluster, target, "postgres", &cancel_sql(tag, limit))
             .await
-            .is_ok_and(|n| n.trim() != "0");
-        if cancelled {
+            .map(|n| n.trim() != "0");
+        if matches!(cancelled, Ok(false)) {
+            // The lock came in the meantime: nothing was cancelled.
             if let Ok(mut g) = waits.gave_up.lock() {
-                g.get_or_insert_with(|| {
-                    format!(
-                        "gave up after waiting {} (--lock-timeout) for a lock held by {}",
-                        crate::migration::engine::format_duration(limit),
-                        wait.blocker
-                    )
-                });
+                *g = None;
             }
         }
     }
