@@ -568,7 +568,7 @@ impl ScriptGuard {
                 }
                 "c" | "connect" => {
                     return self.refuse(format!(
-                        "\\{name} opens a new session, which would end the restore's transaction (a --create or pg_dumpall script)"
+                        "\\{name} opens a new session, which would end the restore's transaction (a pg_dump --create or pg_dumpall script: dump without --create, and restore into an existing database with -d)"
                     ))
                 }
                 "i" | "include" | "ir" | "include_relative" | "gexec" => {
