@@ -612,7 +612,10 @@ Examples:
   kubectl pg dump --context prod | kubectl pg restore --context staging --clean --yes
 
   # Arguments after -- go to pg_restore (or psql)
-  kubectl pg restore -f app.dump -- --no-owner";
+  kubectl pg restore -f app.dump -- --no-owner
+
+  # A script not written by pg_dump (no end marker), waiting at most 30s for a lock
+  kubectl pg restore -f fixtures.sql --allow-partial --lock-timeout 30s";
 
 /// `kubectl pg restore`
 #[derive(Debug, Args)]
@@ -631,6 +634,14 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation (needed with --clean when not on a terminal)
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Commit a SQL script that does not end with pg_dump's end marker ("-- PostgreSQL
+    /// database dump complete"); without it such a script is taken as cut short and rolled back
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Give up (exit 1, rolled back) once the restore has waited this long for a lock another
+    /// session holds (default: wait, naming the blocking session every few seconds)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
     /// Print the result as json or yaml (a RestoreResult document)
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<OutputFormat>,

@@ -27,6 +27,9 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
             hint: Some("give a file (-f learnflow.dump) or redirect stdout (> learnflow.dump, | kubectl pg restore …)".into()),
         });
     }
+    // Opened before any connection: what -f cannot take safely (a dangling symlink, a
+    // directory, a socket) is refused first, and a FIFO's reader is waited for first.
+    let mut pending = args.file.as_deref().map(PendingFile::create).transpose()?;
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let target = release::find_target(&cluster, &release).await?;
@@ -48,8 +51,6 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
         &args.dump_args,
     )?;
     let tool = command[0].clone();
-    // Created before the dump starts: a directory that cannot take it fails first.
-    let mut pending = args.file.as_deref().map(PendingFile::create).transpose()?;
     let mut progress = Progress::new(std::io::stderr().is_terminal(), "dumped");
     let mut stdout = std::io::stdout().lock();
     let sink = |chunk: &[u8]| {
@@ -78,11 +79,15 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
         Ok(outcome) => outcome?,
         Err(code) => {
             transfer::terminate(&cluster, &target, &tag).await;
-            if let Some(file) = pending.take() {
-                crate::note!(
+            match pending.take() {
+                Some(file) if file.writes_through() => {
+                    crate::note!("interrupted: {}", file.failure_note())
+                }
+                Some(file) => crate::note!(
                     "interrupted: removed the partial dump {}",
                     file.temp_path().display()
-                );
+                ),
+                None => {}
             }
             return Err(Error::Exit(code));
         }
@@ -90,17 +95,17 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
     let _ = stdout.flush();
     drop(stdout);
     if !outcome.success {
-        // Dropping the pending file removes it: no half dump is left behind.
-        drop(pending.take());
+        // Dropping the pending file removes it: no half dump is left behind (a device or
+        // FIFO keeps what reached it, and the hint says so).
+        let hint = match pending.take() {
+            Some(file) => file.failure_note(),
+            None => "what reached stdout is incomplete: do not restore it".into(),
+        };
         return Err(transfer::failure(
             tool,
             outcome.reason(),
             format!("release {release} in namespace {}", target.namespace),
-            if args.file.is_some() {
-                vec!["no dump file was written".into()]
-            } else {
-                vec!["what reached stdout is incomplete: do not restore it".into()]
-            },
+            vec![hint],
         ));
     }
     let bytes = outcome.bytes_out;

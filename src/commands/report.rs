@@ -37,6 +37,14 @@ const MAX_LOG_BYTES: usize = 32 << 20;
 const REDACTED_VALUE: &str = "REDACTED";
 
 pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
+    // Refused before any connection: a dangling symlink, a directory, a socket.
+    let written_through = match &args.file {
+        Some(file) => matches!(
+            crate::transfer::file::resolve(file)?,
+            crate::transfer::file::Destination::Through { .. }
+        ),
+        None => false,
+    };
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let ns = cluster.namespace.clone();
@@ -258,7 +266,11 @@ pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     let size = bundle.write(&path, &crate::output::redact::current())?;
     crate::note!("wrote {} ({:.1} KiB)", path.display(), size as f64 / 1024.0);
-    emit(&format!("{}\n", path.display()));
+    // The path on stdout names a file to open; a device or `-f /dev/stdout` has none (and
+    // stdout may be the archive itself).
+    if !written_through {
+        emit(&format!("{}\n", path.display()));
+    }
     Ok(())
 }
 

@@ -595,7 +595,7 @@ async fn upgrade(
         ));
     }
     // Nothing is changed before the backup file can be written.
-    let mut pending = PendingFile::create(&backup_path)?;
+    let mut pending = PendingFile::create_regular(&backup_path)?;
     record.old_system = Some(writes::system_identifier(cluster, &target).await?);
 
     // Step 1: writes blocked, the backup written. Undone by allowing writes again. Recorded

@@ -165,11 +165,11 @@ pub fn split(sql: &str) -> Result<Vec<Statement>, LexError> {
     Ok(statements)
 }
 
-fn is_ident_start(c: u8) -> bool {
+pub(crate) fn is_ident_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
 }
 
-fn is_ident_char(c: u8) -> bool {
+pub(crate) fn is_ident_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
@@ -335,10 +335,15 @@ pub fn transaction_control(statement: &Statement) -> Option<&'static str> {
     match statement.keywords.first().map(String::as_str)? {
         "BEGIN" | "START" => Some("BEGIN/START TRANSACTION"),
         "COMMIT" | "END" => Some("COMMIT"),
-        "ROLLBACK" | "ABORT" => match statement.keywords.get(1).map(String::as_str) {
-            Some("TO") => None,
-            _ => Some("ROLLBACK"),
-        },
+        // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] x stays inside the transaction.
+        "ROLLBACK" | "ABORT" => {
+            let mut rest = statement.keywords[1..].iter().map(String::as_str);
+            match rest.next() {
+                Some("WORK" | "TRANSACTION") if rest.next() == Some("TO") => None,
+                Some("TO") => None,
+                _ => Some("ROLLBACK"),
+            }
+        }
         "PREPARE" if statement.keywords.get(1).map(String::as_str) == Some("TRANSACTION") => {
             Some("PREPARE TRANSACTION")
         }
@@ -474,6 +479,8 @@ mod tests {
         assert!(transaction_control(&one("COMMIT")).is_some());
         assert!(transaction_control(&one("begin")).is_some());
         assert!(transaction_control(&one("rollback to savepoint a")).is_none());
+        assert!(transaction_control(&one("rollback work to a")).is_none());
+        assert!(transaction_control(&one("rollback work")).is_some());
         assert!(transaction_control(&one("savepoint a")).is_none());
         assert!(transaction_control(&one("create table t (a int)")).is_none());
     }

@@ -1,15 +1,17 @@
 //! A `.tar.gz` of text files, as `kubectl pg report` writes it: private (mode 0600) from its
-//! first byte, written under a temporary name and renamed, so a half-written bundle never
-//! stands under the name asked for; every file goes through the redactor.
+//! first byte, written under a temporary name and renamed (or through to a device, FIFO or
+//! `/dev/stdout`), so a half-written bundle never stands under the name asked for; every file
+//! goes through the redactor.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::redact::Redactor;
 use crate::error::Error;
+use crate::transfer::PendingFile;
 
 /// The files of a bundle, all under one top directory.
 #[derive(Debug, Default)]
@@ -37,35 +39,25 @@ impl Bundle {
         self.files.iter().map(|(p, _)| p.as_str())
     }
 
-    /// Writes the archive to `path` (mode 0600, via a temporary file beside it), each file
-    /// through `redactor`; returns its size in bytes.
+    /// Writes the archive to `path` as `-f` writes (see [`crate::transfer::file`]): a new or
+    /// regular file through a temporary one (mode 0600) renamed over it, a device, FIFO or
+    /// descriptor (`/dev/stdout`) in place; each file through `redactor`. Returns its size in
+    /// bytes.
     pub fn write(&self, path: &Path, redactor: &Redactor) -> Result<u64, Error> {
-        let io = |context: String| move |source| Error::Io { context, source };
-        let temp = temp_path(path);
-        let file =
-            create_private(&temp).map_err(io(format!("cannot create {}", temp.display())))?;
-        let result = self.write_to(file, redactor);
-        let finished = result.and_then(|file| file.sync_all().map(|()| file));
-        if let Err(source) = finished {
-            let _ = std::fs::remove_file(&temp);
+        let mut file = PendingFile::create(path)?;
+        let what = file.temp_path().display().to_string();
+        if let Err(source) = self.write_to(&mut file, redactor) {
             return Err(Error::Io {
-                context: format!("cannot write {}", temp.display()),
+                context: format!("cannot write {what}"),
                 source,
             });
         }
-        if let Err(source) = std::fs::rename(&temp, path) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(Error::Io {
-                context: format!("cannot rename {} to {}", temp.display(), path.display()),
-                source,
-            });
-        }
-        std::fs::metadata(path)
-            .map(|m| m.len())
-            .map_err(io(format!("cannot read {}", path.display())))
+        let size = file.written();
+        file.commit()?;
+        Ok(size)
     }
 
-    fn write_to(&self, file: std::fs::File, redactor: &Redactor) -> std::io::Result<std::fs::File> {
+    fn write_to(&self, file: &mut PendingFile, redactor: &Redactor) -> std::io::Result<()> {
         let mtime = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -102,30 +94,9 @@ impl Bundle {
         }
         let mut gz = tar.into_inner()?;
         gz.flush()?;
-        gz.finish()
+        gz.finish()?;
+        Ok(())
     }
-}
-
-/// `FILE.tmp-PID` beside `path`, so the rename stays on one file system.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "report".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Creates the file readable by its owner only from the start (no window where a umask of
-/// 022 leaves it world-readable).
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 
 pub mod file;
 pub mod filter;
+pub mod locks;
 pub mod progress;
+pub mod script;
 pub mod snapshot;
 
 pub use file::PendingFile;

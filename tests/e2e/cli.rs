@@ -206,3 +206,65 @@ fn errors_are_one_line_and_empty_connection_strings_are_no_connection_strings() 
     expect_code(&out, 0);
     assert!(out.stdout_text().contains("Plan"), "{}", out.describe());
 }
+
+/// What `-f` cannot write safely, and a script that cannot be restored truthfully, are refused
+/// before any connection: exit 1 (not 2, though no kubeconfig exists), nothing created.
+#[test]
+fn unsafe_files_and_untruthful_scripts_are_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        crate::kpg_command(args)
+            .env("HOME", dir.path())
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let dangling = dir.path().join("dangling.dump");
+    std::os::unix::fs::symlink("missing/target.dump", &dangling).unwrap();
+    let socket = dir.path().join("s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    for (target, why) in [
+        (dangling.to_str().unwrap(), "dangling symlink"),
+        (dir.path().to_str().unwrap(), "directory"),
+        (socket.to_str().unwrap(), "socket"),
+    ] {
+        for command in ["dump", "report"] {
+            let out = run(&[command, "-f", target]);
+            expect_code(&out, 1);
+            assert!(out.stderr_text().contains(why), "{}", out.describe());
+        }
+    }
+    assert!(
+        !dir.path().join("missing").exists(),
+        "no dangling target created"
+    );
+
+    let marker = "\n--\n-- PostgreSQL database dump complete\n--\n";
+    for (script, why) in [
+        (
+            format!("insert into t values (1);\nCOMMIT;\ninsert into t values (2);{marker}"),
+            "COMMIT",
+        ),
+        (format!("insert into t values (1);\n\\q{marker}"), "\\q"),
+        (
+            format!("\\set ON_ERROR_STOP off\ninsert into t values (1);{marker}"),
+            "ON_ERROR_STOP",
+        ),
+        (
+            "create table t (a int);\ninsert into t values (1);\n".to_string(),
+            "end marker",
+        ),
+    ] {
+        let file = dir.path().join("script.sql");
+        std::fs::write(&file, &script).unwrap();
+        let out = run(&["restore", "-f", file.to_str().unwrap()]);
+        expect_code(&out, 1);
+        let err = out.stderr_text();
+        assert!(
+            err.contains(why) && err.contains("nothing was run"),
+            "{}",
+            out.describe()
+        );
+    }
+}

@@ -230,8 +230,8 @@ fn dump_and_restore_between_namespaces() {
         before,
         "a failed restore changes nothing"
     );
-    // ... and so does a SQL script whose last statement fails.
-    let script = "insert into users (username, email) values ('late', 'late@example.com');\nselect no_such_column from users;\n";
+    // ... and so does a whole SQL script (pg_dump's end marker) whose last statement fails.
+    let script = "insert into users (username, email) values ('late', 'late@example.com');\nselect no_such_column from users;\n\n-- PostgreSQL database dump complete\n";
     let failed = scope.kpg_stdin(&["restore", "-n", &b], script);
     expect_code(&failed, 1);
     assert!(
@@ -495,6 +495,268 @@ fn an_interrupted_or_broken_dump_leaves_no_file() {
     let out = start(&scope).wait_with_output().unwrap();
     expect_code(&out, 0);
     assert!(file.exists());
+
+    restores_tell_the_truth(&scope, &ns, &dir, &file);
+    files_written_through(&scope, &ns, &dir);
+}
+
+/// Runs the plugin without stdin; one that has not ended after a minute fails the test.
+fn run_within(scope: &Scope, args: &[&str]) -> Output {
+    let child = scope
+        .kpg_command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::output_within(child, Duration::from_secs(60))
+}
+
+/// `-f` into a FIFO (its reader gets the dump, the FIFO stays), a device node made here
+/// (written through, never replaced), and a symlink to an open descriptor (report's archive
+/// on stdout, nothing appended).
+fn files_written_through(scope: &Scope, ns: &str, dir: &std::path::Path) {
+    let fifo = dir.join("pipe");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let copy = dir.join("from-pipe.bin");
+    let reader = Command::new("sh")
+        .args(["-c", "cat \"$0\" > \"$1\""])
+        .arg(&fifo)
+        .arg(&copy)
+        .spawn()
+        .unwrap();
+    let out = run_within(
+        scope,
+        &["dump", "-n", ns, "-f", fifo.to_str().unwrap(), "-o", "json"],
+    );
+    expect_code(&out, 0);
+    let reader = crate::output_within(reader, Duration::from_secs(10));
+    assert!(reader.status.success());
+    let bytes = std::fs::read(&copy).unwrap();
+    assert!(bytes.starts_with(b"PGDMP"), "the reader got the dump");
+    assert_eq!(json(&out)["bytes"].as_u64().unwrap() as usize, bytes.len());
+    {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+
+    // report -f LINK, LINK -> /proc/self/fd/1: the archive on the pipe that is stdout.
+    let link = dir.join("stdout");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &link).unwrap();
+    let report = scope.kpg(&["report", "-n", ns, "-f", link.to_str().unwrap()]);
+    expect_code(&report, 0);
+    assert!(report.stdout.starts_with(&[0x1f, 0x8b]), "a gzip on stdout");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let listed = Command::new("tar")
+        .args(["-tzf", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut tar| {
+            use std::io::Write;
+            tar.stdin.take().unwrap().write_all(&report.stdout)?;
+            tar.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "the archive is whole, nothing appended"
+    );
+
+    // A /dev/full of our own (root only): exit 1 within seconds, the device still a device.
+    let full = dir.join("full");
+    let made = Command::new("mknod")
+        .arg(&full)
+        .args(["c", "1", "7"])
+        .output()
+        .unwrap();
+    if !made.status.success() {
+        eprintln!("skipped the /dev/full case: mknod needs root");
+        return;
+    }
+    let started = Instant::now();
+    let out = run_within(scope, &["dump", "-n", ns, "-f", full.to_str().unwrap()]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("cannot be taken back"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&full)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+    let left: Vec<String> = partial_files(dir)
+        .into_iter()
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A restored script commits only whole, never runs its own transaction control, accepts a
+/// BOM; a restore waiting on a lock names the session that holds it, and --lock-timeout
+/// bounds the wait.
+fn restores_tell_the_truth(
+    scope: &Scope,
+    ns: &str,
+    dir: &std::path::Path,
+    archive: &std::path::Path,
+) {
+    let plain = scope.kpg(&["dump", "-n", ns, "--format", "plain"]);
+    expect_code(&plain, 0);
+    let text = plain.stdout_text();
+    assert!(text.contains("-- PostgreSQL database dump complete"));
+    query(scope, ns, "create database cut");
+    let tables = "select count(*) from pg_tables where schemaname = 'public'";
+    let keys = "select count(*) from pg_constraint where contype = 'p' and connamespace = 'public'::regnamespace";
+
+    // Cut where the keys begin: valid SQL to its last byte, refused as incomplete.
+    let cut = dir.join("cut.sql");
+    let at = text
+        .find("ALTER TABLE ONLY")
+        .expect("the script adds its keys last");
+    std::fs::write(&cut, &text[..at]).unwrap();
+    let cut_s = cut.to_str().unwrap();
+    let refused = scope.kpg_stdin(&["restore", "-n", ns, "-d", "cut"], &text[..at]);
+    expect_code(&refused, 1);
+    let err = refused.stderr_text();
+    assert!(
+        err.contains("end marker") && err.contains("--allow-partial"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(query_db(scope, ns, "cut", tables), "0", "nothing restored");
+    let partial = scope.kpg(&[
+        "restore",
+        "-n",
+        ns,
+        "-d",
+        "cut",
+        "-f",
+        cut_s,
+        "--allow-partial",
+    ]);
+    expect_code(&partial, 0);
+    assert_ne!(query_db(scope, ns, "cut", tables), "0");
+    assert_eq!(
+        query_db(scope, ns, "cut", keys),
+        "0",
+        "rows and tables, but no keys"
+    );
+
+    let users = |name: &str| {
+        query(
+            scope,
+            ns,
+            &format!("select count(*) from users where username = '{name}'"),
+        )
+    };
+    let insert = |name: &str| {
+        format!("insert into users (username, email) values ('{name}', '{name}@example.com');\n")
+    };
+    let marker = "\n--\n-- PostgreSQL database dump complete\n--\n";
+
+    // A COMMIT past the head, so the first insert has run when the guard meets it: the
+    // COMMIT never reaches psql, the session ends, nothing is committed.
+    let script = format!(
+        "{}{}COMMIT;\n{}{marker}",
+        insert("early"),
+        "-- padding past the head the restore reads first\n".repeat(2000),
+        insert("late")
+    );
+    let out = scope.kpg_stdin(&["restore", "-n", ns], &script);
+    expect_code(&out, 1);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("COMMIT") && err.contains("rolled back"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!((users("early"), users("late")), ("0".into(), "0".into()));
+    let left = "select count(*) from pg_stat_activity where application_name like 'kubectl-pg-%'";
+    wait_until(
+        Duration::from_secs(30),
+        "the restore's session is gone",
+        || query(scope, ns, left) == "0",
+    );
+
+    // \q, and ON_ERROR_STOP off: refused before anything runs.
+    for (script, why) in [
+        (format!("{}\\q\n{marker}", insert("quit")), "\\q"),
+        (
+            format!("\\set ON_ERROR_STOP off\n{}{marker}", insert("quit")),
+            "ON_ERROR_STOP",
+        ),
+    ] {
+        let out = scope.kpg_stdin(&["restore", "-n", ns], &script);
+        expect_code(&out, 1);
+        assert!(out.stderr_text().contains(why), "{}", out.describe());
+    }
+    assert_eq!(users("quit"), "0");
+
+    // A UTF-8 BOM, as psql -f takes it.
+    let bom = dir.join("bom.sql");
+    std::fs::write(&bom, format!("\u{feff}{}{marker}", insert("bom"))).unwrap();
+    let out = scope.kpg(&["restore", "-n", ns, "-f", bom.to_str().unwrap()]);
+    expect_code(&out, 0);
+    assert_eq!(users("bom"), "1");
+
+    // --clean waits on a lock another session holds: it names that session, then gives up
+    // after --lock-timeout, rolled back.
+    let before = query(scope, ns, COUNTS);
+    let lock = Lock::hold(scope, ns);
+    wait_until(Duration::from_secs(30), "the lock is held", || {
+        query(scope, ns, "select count(*) from pg_locks where mode = 'AccessExclusiveLock' and relation = 'users'::regclass") == "1"
+    });
+    let started = Instant::now();
+    let out = run_within(
+        scope,
+        &[
+            "restore",
+            "-n",
+            ns,
+            "-f",
+            archive.to_str().unwrap(),
+            "--clean",
+            "--yes",
+            "--lock-timeout",
+            "3s",
+        ],
+    );
+    expect_code(&out, 1);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("waiting for a lock held by pid")
+            && err.contains("test-lock")
+            && err.contains("gave up after waiting 3s"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(lock);
+    assert_eq!(query(scope, ns, COUNTS), before, "rolled back");
 }
 
 #[test]
