@@ -103,6 +103,8 @@ pub struct StreamOutcome {
     pub bytes_out: u64,
     /// The bytes sent to the command's stdin.
     pub bytes_in: u64,
+    /// There was input, and the command stopped before all of it was sent.
+    pub input_cut: bool,
 }
 
 impl StreamOutcome {
@@ -114,6 +116,11 @@ impl StreamOutcome {
         }
         if let Some(m) = &self.message {
             return m.clone();
+        }
+        if !self.completed && self.input_cut {
+            // The API server closes the stream when the command exits; input still on its way
+            // then resets the connection, and the command's last words are lost with it.
+            return "the command stopped reading its input before the end, and the stream closed before its exit status and message arrived (the command failed early)".into();
         }
         if !self.completed {
             return "the stream from the pod ended before the command reported its exit status (connection lost)".into();
@@ -154,9 +161,10 @@ where
     I: tokio::io::AsyncRead + Unpin,
     S: FnMut(&[u8]) -> std::io::Result<()>,
 {
+    let has_input = input.is_some();
     let mut params = AttachParams::default()
         .container(container)
-        .stdin(input.is_some())
+        .stdin(has_input)
         .stdout(true)
         .stderr(true);
     // Larger pipes than kube's 1 KiB default: fewer wake-ups per megabyte.
@@ -239,6 +247,7 @@ where
         message: status.filter(|_| !success).and_then(|s| s.message),
         bytes_out: received.unwrap_or_default(),
         bytes_in: sent.unwrap_or_default(),
+        input_cut: has_input && sent.is_none(),
     })
 }
 

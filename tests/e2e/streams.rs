@@ -191,8 +191,13 @@ fn dump_and_restore_end_when_the_other_side_fails() {
     }
     let out = restore(script);
     expect_code(&out, 1);
+    // psql's own words, unless the API server's reset of the stream (input still arriving
+    // as psql exits) lost them: then the plugin says the command stopped reading early.
     assert!(
-        out.stderr_text().contains("no_such_table"),
+        out.stderr_text().contains("no_such_table")
+            || out
+                .stderr_text()
+                .contains("stopped reading its input before the end"),
         "{}",
         out.describe()
     );
