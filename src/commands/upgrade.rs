@@ -890,13 +890,13 @@ async fn rollback(
             _ => {}
         }
     }
-    step(&format!(
-        "switching back to PostgreSQL {} ({}), whose data in {} the upgrade never touched",
-        record.from_major, record.from_image, record.old_data
-    ));
     let mut rolling = record.clone();
     rolling.phase = Phase::RollingBack;
     record_step(cluster, &old, live, &rolling).await?;
+    step(&format!(
+        "switched back to PostgreSQL {} ({}), whose data in {} the upgrade never touched; waiting for it",
+        record.from_major, record.from_image, record.old_data
+    ));
     // An OrderedReady StatefulSet never replaces a pod that is not Ready (the new major's,
     // crash-looping): delete it so the old template's pod starts.
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &current.namespace);

@@ -908,7 +908,8 @@ fn server_major(scope: &Scope, ns: &str, release: &str) -> String {
         .to_string()
 }
 
-fn release_query(scope: &Scope, ns: &str, release: &str, sql: &str) -> String {
+/// One query's result through `kubectl pg psql RELEASE`, stopping at the first error.
+pub(crate) fn release_query(scope: &Scope, ns: &str, release: &str, sql: &str) -> String {
     let out = scope.kpg(&[
         "psql",
         release,

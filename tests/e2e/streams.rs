@@ -16,18 +16,12 @@ const BOUND: Duration = Duration::from_secs(30);
 
 /// The pg_dump/restore sessions of the release still open, seen through the pod's own psql.
 fn transfer_sessions(scope: &Scope, ns: &str) -> String {
-    let out = scope.kpg(&[
-        "psql",
-        "s",
-        "-n",
+    crate::data::release_query(
+        scope,
         ns,
-        "--",
-        "-At",
-        "-c",
+        "s",
         "select count(*) from pg_stat_activity where application_name like 'kubectl-pg-%' and pid <> pg_backend_pid()",
-    ]);
-    expect_code(&out, 0);
-    out.stdout_text().trim().to_string()
+    )
 }
 
 #[test]
@@ -36,18 +30,12 @@ fn dump_and_restore_end_when_the_other_side_fails() {
     let ns = scope.ns.clone();
     installed(spawn_install(&scope, &ns, "s", &[]));
     // About 20 MB of dump: more than any pipe or buffer on the way holds.
-    let out = scope.kpg(&[
-        "psql",
-        "s",
-        "-n",
+    crate::data::release_query(
+        &scope,
         &ns,
-        "--",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-c",
+        "s",
         "create table bulk as select i, md5(i::text) || md5((i * 7)::text) t from generate_series(1, 300000) i",
-    ]);
-    expect_code(&out, 0);
+    );
     let dump = |args: &[&str]| {
         let mut all = vec!["dump", "s", "-n", &ns, "--format", "plain"];
         all.extend_from_slice(args);
@@ -204,15 +192,9 @@ fn dump_and_restore_end_when_the_other_side_fails() {
     crate::data::wait_until(BOUND, "the restore sessions end", || {
         transfer_sessions(&scope, &ns) == "0"
     });
-    let out = scope.kpg(&[
-        "psql",
-        "s",
-        "-n",
-        &ns,
-        "--",
-        "-At",
-        "-c",
-        "select count(*) from bulk",
-    ]);
-    assert_eq!(out.stdout_text().trim(), "300000", "nothing was restored");
+    assert_eq!(
+        crate::data::release_query(&scope, &ns, "s", "select count(*) from bulk"),
+        "300000",
+        "nothing was restored"
+    );
 }

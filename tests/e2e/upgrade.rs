@@ -230,20 +230,7 @@ fn run_until(
 }
 
 fn query(scope: &Scope, ns: &str, sql: &str) -> String {
-    let out = scope.kpg(&[
-        "psql",
-        "u",
-        "-n",
-        ns,
-        "--",
-        "-At",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-c",
-        sql,
-    ]);
-    expect_code(&out, 0);
-    out.stdout_text().trim().to_string()
+    crate::data::release_query(scope, ns, "u", sql)
 }
 
 fn annotation(scope: &Scope, key: &str) -> String {
@@ -308,6 +295,24 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
             "the record is gone"
         );
     };
+    // --rollback (no --yes: writes were never allowed on 17) back to 16 with its data, writes
+    // allowed again, the record gone.
+    let rollback_finishes = || {
+        let out = scope.kpg(&[
+            "upgrade",
+            "u",
+            "-n",
+            &ns,
+            "--rollback",
+            "--timeout",
+            TIMEOUT,
+        ]);
+        expect_code(&out, 0);
+        writer.writes_again(3);
+        no_record(&scope);
+        assert_eq!(major(&scope, &ns), "16");
+        assert_eq!(query(&scope, &ns, bulk), rows);
+    };
 
     // SIGINT while the backup is written: writes allowed again, no record, no file.
     let (code, err) = interrupted_at(&scope, &upgrade_args, "writing the backup", "INT");
@@ -357,20 +362,7 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
     );
     drop(proxy);
     assert_eq!(annotation(&scope, "upgrade-phase"), "switching");
-    let out = scope.kpg(&[
-        "upgrade",
-        "u",
-        "-n",
-        &ns,
-        "--rollback",
-        "--timeout",
-        TIMEOUT,
-    ]);
-    expect_code(&out, 0);
-    writer.writes_again(3);
-    no_record(&scope);
-    assert_eq!(major(&scope, &ns), "16");
-    assert_eq!(query(&scope, &ns, bulk), rows);
+    rollback_finishes();
 
     // kill -9 during the restore: the record stays, status names it, clients stay blocked,
     // and --rollback finishes the job.
@@ -407,20 +399,7 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         refused.contains("pg_hba.conf rejects connection"),
         "{refused}"
     );
-    let out = scope.kpg(&[
-        "upgrade",
-        "u",
-        "-n",
-        &ns,
-        "--rollback",
-        "--timeout",
-        TIMEOUT,
-    ]);
-    expect_code(&out, 0);
-    writer.writes_again(3);
-    no_record(&scope);
-    assert_eq!(major(&scope, &ns), "16");
-    assert_eq!(query(&scope, &ns, bulk), rows);
+    rollback_finishes();
 
     // kill -9 as writes are being blocked, then a rerun: it goes back, then upgrades, with the
     // writer committing all along.
@@ -547,7 +526,7 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         "--timeout",
         TIMEOUT,
     ];
-    let (code, err) = interrupted_at(&scope, &rollback, "switching back to PostgreSQL 16", "INT");
+    let (code, err) = interrupted_at(&scope, &rollback, "switched back to PostgreSQL 16", "INT");
     assert_eq!(code, Some(130), "{err}");
     assert_eq!(annotation(&scope, "upgrade-phase"), "rolling-back");
     let out = scope.kpg(&["upgrade", "u", "-n", &ns, "--finalize", "--yes"]);
