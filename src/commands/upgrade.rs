@@ -1048,6 +1048,10 @@ async fn finalize(
     record_step(cluster, spec, &live, &finalizing).await?;
     let target = release::find_target(cluster, &spec.release).await?;
     let dir = format!("{}/{top}", spec.layout.mount());
+    step(&format!(
+        "finalizing: deleting {dir}, the PostgreSQL {} data",
+        record.from_major
+    ));
     let out = remove_in_pod(cluster, &target, &dir).await?;
     if !out.success {
         return Err(Error::Tool {

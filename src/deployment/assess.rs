@@ -666,6 +666,42 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_record_is_a_problem_naming_the_command_that_finishes_it() {
+        let problem = |annotations: serde_json::Value| {
+            let sts: StatefulSet = serde_json::from_value(serde_json::json!({
+                "metadata": {"annotations": annotations},
+                "spec": {"selector": {}, "serviceName": "pg-hl", "template": {}}
+            }))
+            .unwrap();
+            let mut observed = observed_with(pod(true, None));
+            observed.statefulset = Some(sts);
+            assess(&observed, Timestamp::now(), Some(true))
+                .problems
+                .into_iter()
+                .find(|p| p.reason.starts_with("Upgrade"))
+        };
+        assert_eq!(problem(serde_json::json!({})), None);
+        let kept = problem(serde_json::json!({"kubectl-pg.io/upgrade-from-major": "16"})).unwrap();
+        assert_eq!(kept.reason, "UpgradePending");
+        assert!(kept.hint.unwrap().contains("--finalize"));
+        for (step, flag) in [
+            ("blocking-writes", "--rollback"),
+            ("switching", "--rollback"),
+            ("rolling-back", "--rollback"),
+            ("verified", "--finalize"),
+            ("finalizing", "--finalize"),
+        ] {
+            let stopped = problem(serde_json::json!({
+                "kubectl-pg.io/upgrade-from-major": "16",
+                "kubectl-pg.io/upgrade-phase": step,
+            }))
+            .unwrap();
+            assert_eq!(stopped.reason, "UpgradeUnfinished", "{step}");
+            assert!(stopped.hint.unwrap().contains(flag), "{step}");
+        }
+    }
+
+    #[test]
     fn failures_carry_their_exit_codes() {
         let now = Timestamp::now();
         for (reason, code) in [

@@ -314,6 +314,33 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         assert_eq!(query(&scope, &ns, bulk), rows);
     };
 
+    // A user who may exec but not patch: refused before anything changes.
+    let kubeconfig = scope.service_account_kubeconfig(
+        "exec-only",
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: exec-only\n  namespace: {ns}\n\
+             rules:\n- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch]\n\
+             - apiGroups: ['']\n  resources: [pods, services, secrets, events, persistentvolumeclaims]\n  verbs: [get, list, watch, delete]\n\
+             - apiGroups: ['']\n  resources: [pods/exec]\n  verbs: [get, create]\n\
+             - apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get, create, update, delete]"
+        ),
+    );
+    let out = scope.kpg(&[
+        "upgrade",
+        "u",
+        "-n",
+        &ns,
+        "--postgres-version",
+        "17",
+        "--yes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    expect_code(&out, 6);
+    assert!(out.stderr_text().contains("patch"), "{}", out.describe());
+    no_record(&scope);
+    writer.writes_again(3);
+
     // SIGINT while the backup is written: writes allowed again, no record, no file.
     let (code, err) = interrupted_at(&scope, &upgrade_args, "writing the backup", "INT");
     assert_eq!(code, Some(130), "{err}");
@@ -450,16 +477,6 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
 
     // --finalize by a user who may exec but not patch: refused before anything is deleted;
     // the rollback that follows finds the old data.
-    let kubeconfig = scope.service_account_kubeconfig(
-        "exec-only",
-        &format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: exec-only\n  namespace: {ns}\n\
-             rules:\n- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch]\n\
-             - apiGroups: ['']\n  resources: [pods, services, secrets, events, persistentvolumeclaims]\n  verbs: [get, list, watch, delete]\n\
-             - apiGroups: ['']\n  resources: [pods/exec]\n  verbs: [get, create]\n\
-             - apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get, create, update, delete]"
-        ),
-    );
     let out = scope.kpg(&[
         "upgrade",
         "u",
@@ -571,7 +588,35 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
     );
     assert_eq!(major(&scope, &ns), "17");
     assert_eq!(query(&scope, &ns, bulk), rows);
-    let out = scope.kpg(&["upgrade", "u", "-n", &ns, "--finalize", "--yes"]);
-    expect_code(&out, 0);
+    // SIGINT as --finalize deletes: either it finished first, or the record says
+    // `finalizing`, which --rollback refuses and --finalize finishes.
+    let finalize = ["upgrade", "u", "-n", &ns, "--finalize", "--yes"];
+    let (code, err) = interrupted_at(&scope, &finalize, "finalizing: deleting", "INT");
+    if annotation(&scope, "upgrade-phase") == "finalizing" {
+        assert_eq!(code, Some(130), "{err}");
+        let out = scope.kpg(&["upgrade", "u", "-n", &ns, "--rollback", "--yes"]);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("--finalize"),
+            "{}",
+            out.describe()
+        );
+        expect_code(&scope.kpg(&finalize), 0);
+    } else {
+        assert_eq!(code, Some(0), "{err}");
+    }
     no_record(&scope);
+    assert_eq!(major(&scope, &ns), "17");
+    assert_eq!(query(&scope, &ns, bulk), rows);
+    let gone = scope.kubectl_ns(&[
+        "exec",
+        "u-0",
+        "-c",
+        "postgres",
+        "--",
+        "test",
+        "-e",
+        "/var/lib/postgresql/pgdata",
+    ]);
+    assert!(!gone.status.success(), "the old data directory is deleted");
 }
