@@ -137,7 +137,7 @@ const CHUNK: usize = 256 * 1024;
 
 /// How long the pieces of a stream still buffered may take to be read once the stream's task
 /// has ended: they are in memory, so this only bounds a task that ended without closing them.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs `command` in the pod with `input` (if any) on its stdin and every chunk of its stdout
 /// handed to `sink` as it arrives: nothing is collected, so memory stays bounded whatever the

@@ -14,6 +14,19 @@ use crate::{expect_code, output_within, OutputExt};
 /// the rest is one exec and the API's answers.
 const BOUND: Duration = Duration::from_secs(30);
 
+/// [`output_within`] [`BOUND`], printing how long the run took (the closing figures).
+#[track_caller]
+fn timed(what: &str, child: std::process::Child) -> std::process::Output {
+    let start = std::time::Instant::now();
+    let out = output_within(child, BOUND);
+    eprintln!(
+        "{what}: exit {:?} after {:?}",
+        out.status.code(),
+        start.elapsed()
+    );
+    out
+}
+
 /// The pg_dump/restore sessions of the release still open, seen through the pod's own psql.
 fn transfer_sessions(scope: &Scope, ns: &str) -> String {
     crate::data::release_query(
@@ -57,7 +70,7 @@ fn dump_and_restore_end_when_the_other_side_fails() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = output_within(child, BOUND);
+        let out = timed("dump > full device", child);
         expect_code(&out, 1);
         assert!(
             out.stderr_text().contains("No space left on device"),
@@ -77,7 +90,7 @@ fn dump_and_restore_end_when_the_other_side_fails() {
         .unwrap();
     let mut head = [0u8; 100];
     child.stdout.take().unwrap().read_exact(&mut head).unwrap();
-    let out = output_within(child, BOUND);
+    let out = timed("dump | head -c 100", child);
     expect_code(&out, 1);
     assert!(
         out.stderr_text().contains("Broken pipe"),
@@ -109,7 +122,7 @@ fn dump_and_restore_end_when_the_other_side_fails() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = output_within(child, BOUND);
+    let out = timed("dump -f on a full tmpfs", child);
     if out.code() == 99 {
         eprintln!("no tmpfs mount here (needs root): {}", out.describe());
     } else {
@@ -137,9 +150,9 @@ fn dump_and_restore_end_when_the_other_side_fails() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let restored = output_within(consumer, BOUND);
+    let restored = timed("restore into a missing release", consumer);
     expect_code(&restored, 1);
-    let dumped = output_within(producer, BOUND);
+    let dumped = timed("dump | that restore", producer);
     expect_code(&dumped, 1);
     // The server's side of each ended with them.
     crate::data::wait_until(BOUND, "the dump sessions end", || {
@@ -160,7 +173,7 @@ fn dump_and_restore_end_when_the_other_side_fails() {
         std::thread::spawn(move || {
             let _ = stdin.write_all(&input);
         });
-        output_within(child, BOUND)
+        timed("restore of a failing input", child)
     };
     let mut corrupt = b"PGDMP".to_vec();
     corrupt.extend(std::iter::repeat_n(0xA5u8, 8 << 20));
