@@ -59,13 +59,22 @@ pub async fn run(args: RestartArgs, global: &GlobalArgs) -> Result<(), Error> {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    sets.patch(&release, &params, &Patch::Merge(&patch))
+    let patched = sets
+        .patch(&release, &params, &Patch::Merge(&patch))
         .await
         .map_err(|e| cluster.error("patch", "statefulsets", e))?;
     crate::note!("restarting release {release}: annotated its pod template {RESTARTED_AT}={now}");
     // A StatefulSet never replaces a pod that is not Ready (OrderedReady): a restart of a
     // stuck release deletes that pod itself, only that one (its UID).
     if let Some(pod) = pod.filter(|p| !release::is_ready(p)) {
+        rollout::template_observed(
+            &cluster,
+            &ns,
+            &release,
+            patched.metadata.generation,
+            args.timeout,
+        )
+        .await;
         match pods.delete(&pod_name, &release::delete_only(pod.metadata.uid.clone())).await {
             Ok(_) => crate::note!(
                 "deleted pod {pod_name}, which was not Ready: a StatefulSet never replaces such a pod itself"

@@ -907,6 +907,15 @@ async fn rollback(
         .map_err(|e| cluster.error("get", "pods", e))?
     {
         if !release::is_ready(&pod) {
+            let switched = read(cluster, &old.release).await?;
+            crate::deployment::rollout::template_observed(
+                cluster,
+                &old.namespace,
+                &old.release,
+                switched.sts.metadata.generation,
+                args.timeout,
+            )
+            .await;
             let _ = pods
                 .delete(&pod_name, &release::delete_only(pod.metadata.uid.clone()))
                 .await;

@@ -77,6 +77,27 @@ pub async fn wait_ready(
     }
 }
 
+/// Waits (a watch, bounded by `timeout`) until the StatefulSet controller has observed
+/// `generation` of `name`'s template. A pod deleted before that is recreated from the revision
+/// the controller still knows, and an OrderedReady StatefulSet never replaces it if it is not
+/// Ready: so a stuck pod is deleted only once the fixed template is the one it will get.
+pub async fn template_observed(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    generation: Option<i64>,
+    timeout: Duration,
+) {
+    let Some(generation) = generation else { return };
+    let sets: kube::Api<StatefulSet> = kube::Api::namespaced(cluster.client.clone(), ns);
+    let seen = move |sts: Option<&StatefulSet>| {
+        sts.and_then(|s| s.status.as_ref()?.observed_generation)
+            .is_some_and(|g| g >= generation)
+    };
+    let wait = kube::runtime::wait::await_condition(sets, name, seen);
+    let _ = tokio::time::timeout(timeout, wait).await;
+}
+
 /// Whether the pod runs the StatefulSet's newest template, as far as the controller has seen
 /// it (until it observes the new generation, it cannot tell).
 fn pod_has_update_revision(observed: &observe::Observed) -> bool {

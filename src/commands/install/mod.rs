@@ -437,6 +437,14 @@ async fn forced_rollback(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> 
     if now.metadata.generation == live.sts.metadata.generation {
         return Ok(()); // the template did not change: deleting the pod would fix nothing
     }
+    crate::deployment::rollout::template_observed(
+        cluster,
+        &spec.namespace,
+        &spec.release,
+        now.metadata.generation,
+        Duration::from_secs(30),
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &spec.namespace);
     let name = release::pod_name(&spec.release);
     let params = release::delete_only(pod.metadata.uid.clone());
