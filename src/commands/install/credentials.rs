@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rand::Rng;
 
 use crate::cluster::release::{self, Credentials};
@@ -200,6 +200,55 @@ pub(super) async fn ensure_secret(
         created: true,
         created_uid,
     })
+}
+
+/// Our Secret's `uri` is derived data: the credentials (never overwritten) put together with
+/// the release's TLS, which `--upgrade` may turn on. When it no longer says what the release
+/// serves (an older install wrote it without sslmode, or TLS came with this upgrade), the `uri`
+/// key alone is patched, with the read's resourceVersion as precondition; username, password
+/// and every other key stay as they are. A user's `--existing-secret` is never written.
+pub(super) async fn refresh_uri(cluster: &Cluster, spec: &InstallSpec) -> Result<(), Error> {
+    if spec.existing_secret.is_some() {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let name = spec.secret_name();
+    let Some(secret) = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?
+    else {
+        return Ok(());
+    };
+    let values = release::secret_values(&secret);
+    let credentials = Credentials::from_secret(&secret)?;
+    let host = credentials.host.clone().unwrap_or_else(|| {
+        release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain)
+    });
+    let uri = render::credentials_uri(
+        &host,
+        &credentials.database,
+        &credentials.username,
+        &credentials.password,
+        spec.serves_tls(),
+    );
+    if values.get("uri") == Some(&uri) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": secret.metadata.resource_version },
+        "stringData": { "uri": uri },
+    });
+    secrets
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| cluster.error("patch", "secrets", e))?;
+    crate::note!(
+        "Secret {name}: its uri now says sslmode={} (the release {} TLS); the credentials are unchanged",
+        if spec.serves_tls() { "require" } else { "disable" },
+        if spec.serves_tls() { "serves" } else { "does not serve" }
+    );
+    Ok(())
 }
 
 /// Sets a new Secret's password in the database that already exists on the volume. If that
