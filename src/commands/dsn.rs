@@ -78,8 +78,12 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
             connection = connection.with_plain_or_tls(false);
         }
         Some(tls) if args.external || args.ca_file.is_some() => {
-            let path =
-                release::write_ca(&cluster.namespace, &release, args.ca_file.as_deref(), &tls.ca)?;
+            let path = release::write_ca(
+                &cluster.namespace,
+                &release,
+                args.ca_file.as_deref(),
+                &tls.ca,
+            )?;
             connection = connection.with_tls("verify-full", &path);
             if args.format == DsnFormat::Pgpass {
                 crate::note!("note: the server needs TLS: connect with sslmode=verify-full sslrootcert={path} (a .pgpass line cannot say so)");
@@ -105,7 +109,7 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
         DsnFormat::Uri => connection.connection_string.clone() + "\n",
         DsnFormat::Env => connection.env(),
         DsnFormat::Dotenv => {
-            let (text, inexact) = connection.dotenv();
+            let (text, inexact) = connection.dotenv()?;
             for (name, readers) in inexact {
                 let readers: Vec<String> = readers.iter().map(ToString::to_string).collect();
                 crate::note!(

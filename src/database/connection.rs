@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::dotenv;
+use crate::error::Error;
 use crate::output::API_VERSION;
 
 /// What a client needs to reach a release's database.
@@ -200,18 +201,25 @@ impl DatabaseConnection {
 
     /// A `.env` file: `NAME=value` lines each value written so that python-dotenv, node's
     /// dotenv and docker compose read it back (see [`dotenv`]); the variables no form carries
-    /// through all three come back with the readers that read them exactly.
-    pub fn dotenv(&self) -> (String, Vec<(&'static str, Vec<dotenv::Reader>)>) {
+    /// through all three come back with the readers that read them exactly. A value no form
+    /// can carry safely (see [`dotenv::write`]) is an error naming the variable.
+    #[allow(clippy::type_complexity)]
+    pub fn dotenv(&self) -> Result<(String, Vec<(&'static str, Vec<dotenv::Reader>)>), Error> {
         let mut text = String::new();
         let mut inexact = Vec::new();
         for (k, v) in self.variables() {
-            let written = dotenv::write(&v);
+            let written = dotenv::write(&v).ok_or_else(|| Error::InvalidInput {
+                message: format!(
+                    "{k} cannot be written to a .env file: it ends in a backslash and starts with a quote or a blank, which .env readers take for an unclosed quote"
+                ),
+                hint: Some("use --format env (for a shell) or --format json".into()),
+            })?;
             text.push_str(&format!("{k}={}\n", written.text));
             if written.exact_for.len() < dotenv::READERS.len() {
                 inexact.push((k, written.exact_for));
             }
         }
-        (text, inexact)
+        Ok((text, inexact))
     }
 }
 
@@ -361,29 +369,40 @@ mod tests {
     #[test]
     fn sslmode_disable_and_require_go_into_every_format() {
         let plain = conn().with_plain_or_tls(false);
-        assert!(plain.connection_string.ends_with("/learnflow?sslmode=disable"));
+        assert!(plain
+            .connection_string
+            .ends_with("/learnflow?sslmode=disable"));
         assert!(plain.keyvalue().ends_with(" sslmode=disable"));
-        assert!(plain.jdbc().ends_with("&sslmode=disable"), "{}", plain.jdbc());
+        assert!(
+            plain.jdbc().ends_with("&sslmode=disable"),
+            "{}",
+            plain.jdbc()
+        );
         assert!(!plain.jdbc().contains("ssl=true"));
         assert!(plain.env().contains("export PGSSLMODE='disable'\n"));
-        assert!(plain.masked().connection_string.ends_with("?sslmode=disable"));
+        assert!(plain
+            .masked()
+            .connection_string
+            .ends_with("?sslmode=disable"));
         let tls = conn().with_plain_or_tls(true);
-        assert!(tls.connection_string.ends_with("/learnflow?sslmode=require"));
+        assert!(tls
+            .connection_string
+            .ends_with("/learnflow?sslmode=require"));
         assert!(tls.jdbc().ends_with("&ssl=true&sslmode=require"));
-        assert!(tls.dotenv().0.contains("PGSSLMODE='require'\n"));
+        assert!(tls.dotenv().unwrap().0.contains("PGSSLMODE='require'\n"));
         assert_eq!(tls.sslrootcert, None);
     }
 
     #[test]
     fn dotenv_writes_each_value_its_own_way_and_names_the_compromises() {
-        let (text, inexact) = conn().dotenv();
+        let (text, inexact) = conn().dotenv().unwrap();
         assert!(text.contains("PGUSER='app user'\n"), "{text}");
         // A quote and a backslash: bare is the form all three read.
         assert!(text.contains("PGPASSWORD=p@ss:w/rd's\\\n"), "{text}");
         assert!(inexact.is_empty(), "{inexact:?}");
         let mut hard = conn();
         hard.password = "it's \"#1\"".into();
-        let (text, inexact) = hard.dotenv();
+        let (text, inexact) = hard.dotenv().unwrap();
         assert!(text.contains("PGPASSWORD=\"it's \\\"#1\\\"\"\n"), "{text}");
         assert_eq!(
             inexact,
@@ -431,7 +450,11 @@ mod tests {
                     assert!(out.status.success(), "{shell} {how}: {out:?}");
                     assert_eq!(String::from_utf8_lossy(&out.stdout), value, "{shell} {how}");
                     // Exported: the variables reach the processes started after.
-                    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "5", "{shell} {how}");
+                    assert_eq!(
+                        String::from_utf8_lossy(&out.stderr).trim(),
+                        "5",
+                        "{shell} {how}"
+                    );
                 }
             }
         }

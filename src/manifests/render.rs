@@ -50,7 +50,13 @@ fn metadata(spec: &InstallSpec, name: &str) -> Value {
 /// and `disable` for one that does not (lib/pq and golang-migrate refuse a DSN without
 /// sslmode against a server without TLS). Derived from the other keys and the release's TLS,
 /// so install and `--upgrade` keep it in step (see `install::credentials::refresh_uri`).
-pub fn credentials_uri(host: &str, database: &str, username: &str, password: &str, tls: bool) -> String {
+pub fn credentials_uri(
+    host: &str,
+    database: &str,
+    username: &str,
+    password: &str,
+    tls: bool,
+) -> String {
     crate::database::connection::DatabaseConnection::new(
         host.to_string(),
         DATABASE_PORT,
@@ -65,7 +71,13 @@ pub fn credentials_uri(host: &str, database: &str, username: &str, password: &st
 /// `Secret R-credentials` with the given password.
 pub fn secret(spec: &InstallSpec, password: &str) -> Value {
     let host = release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
-    let uri = credentials_uri(&host, &spec.database, &spec.username, password, spec.serves_tls());
+    let uri = credentials_uri(
+        &host,
+        &spec.database,
+        &spec.username,
+        password,
+        spec.serves_tls(),
+    );
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
