@@ -663,16 +663,13 @@ async fn summary(
             if let Ok(c) = Credentials::from_secret(&secret) {
                 let host =
                     release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
-                status.connection_string = Some(
-                    crate::database::connection::DatabaseConnection::new(
-                        host,
-                        release::DATABASE_PORT,
-                        c.database,
-                        c.username,
-                        c.password,
-                    )
-                    .connection_string,
-                );
+                status.connection_string = Some(render::credentials_uri(
+                    &host,
+                    &c.database,
+                    &c.username,
+                    &c.password,
+                    spec.serves_tls(),
+                ));
             }
         }
     }
