@@ -305,6 +305,7 @@ async fn create(
         name.to_string(),
         request.password.clone(),
     )
+    .with_plain_or_tls(tls)
     .masked();
     let document = UserDocument {
         api_version: API_VERSION,

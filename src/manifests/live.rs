@@ -94,6 +94,14 @@ pub fn claim_templates(sts: &StatefulSet) -> Option<Value> {
     Some(value)
 }
 
+/// Whether the release serves TLS: its pods mount the server certificate's volume.
+pub fn serves_tls(sts: &StatefulSet) -> bool {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.name == super::render::TLS_VOLUME))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,12 +156,4 @@ mod tests {
         let templates = claim_templates(&ours).unwrap();
         assert_eq!(templates[0]["metadata"]["name"], "data");
     }
-}
-
-/// Whether the release serves TLS: its pods mount the server certificate's volume.
-pub fn serves_tls(sts: &StatefulSet) -> bool {
-    sts.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref())
-        .is_some_and(|v| v.iter().any(|v| v.name == super::render::TLS_VOLUME))
 }

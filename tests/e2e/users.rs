@@ -895,7 +895,10 @@ fn tls_when_exposed() {
     // In-cluster apps get sslmode=require (the Secret's uri, dsn without a CA); --ca-file
     // alone, without --external, writes the CA and gives verify-full for the in-cluster name.
     let secret_uri = secret_value(&scope, "np-credentials", "uri");
-    assert!(secret_uri.ends_with("/learnflow?sslmode=require"), "{secret_uri}");
+    assert!(
+        secret_uri.ends_with("/learnflow?sslmode=require"),
+        "{secret_uri}"
+    );
     let inside_uri = ok(kpg(&["dsn", "np"])).stdout_text();
     assert_eq!(inside_uri.trim(), secret_uri);
     let own_ca = scope.dir.path().join("np-own-ca.crt");
@@ -912,7 +915,14 @@ fn tls_when_exposed() {
     // 127.0.0.1, and the CA is written beside the scratch HOME's kubeconfig.
     {
         let mut child = scope
-            .kpg_command(&["port-forward", "np", "-n", ns, "127.0.0.1:0", "--show-password"])
+            .kpg_command(&[
+                "port-forward",
+                "np",
+                "-n",
+                ns,
+                "127.0.0.1:0",
+                "--show-password",
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -988,7 +998,9 @@ fn tls_when_exposed() {
     ]));
     let upgraded = ok(kpg(&["install", "np", "--upgrade", "--timeout", TIMEOUT]));
     assert!(
-        upgraded.stderr_text().contains("its uri now says sslmode=require"),
+        upgraded
+            .stderr_text()
+            .contains("its uri now says sslmode=require"),
         "{}",
         upgraded.describe()
     );
