@@ -996,7 +996,22 @@ fn tls_when_exposed() {
         "-p",
         &serde_json::json!({ "stringData": { "uri": old_uri } }).to_string(),
     ]));
+    // An application user's Secret, as an older `user create` wrote it.
+    ok(scope.plane.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: np-user-app\n  labels:\n    app.kubernetes.io/instance: np\n    app.kubernetes.io/managed-by: kubectl-pg\n    kubectl-pg.io/user: app\ntype: kubernetes.io/basic-auth\nstringData:\n  username: app\n  password: app-password-0123456789\n  database: learnflow\n  host: np.{ns}.svc.cluster.local\n  uri: postgresql://app:app-password-0123456789@np.{ns}.svc.cluster.local:5432/learnflow\n"
+        ),
+    ));
     let upgraded = ok(kpg(&["install", "np", "--upgrade", "--timeout", TIMEOUT]));
+    assert_eq!(
+        secret_value(&scope, "np-user-app", "uri"),
+        format!("postgresql://app:app-password-0123456789@np.{ns}.svc.cluster.local:5432/learnflow?sslmode=require")
+    );
+    assert_eq!(
+        secret_value(&scope, "np-user-app", "password"),
+        "app-password-0123456789"
+    );
     assert!(
         upgraded
             .stderr_text()

@@ -191,9 +191,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         None
     };
     let secret = ensure_secret(&cluster, &spec, password).await?;
-    if !secret.created {
-        credentials::refresh_uri(&cluster, &spec).await?;
-    }
+    credentials::refresh_uri(&cluster, &spec).await?;
     if spec.existing_secret.is_some() && !existing.statefulset {
         credentials::refuse_reserved_user(&spec, &secret.credentials.username)?;
     }
