@@ -232,6 +232,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_local_dsn_says_sslmode_for_plain_and_tls_releases() {
+        let local = || {
+            DatabaseConnection::new(
+                "127.0.0.1".into(),
+                15432,
+                "db".into(),
+                "u".into(),
+                "p".into(),
+            )
+        };
+        let plain = sslmode(local(), None, "ns", "pg");
+        assert!(plain.connection_string.ends_with("/db?sslmode=disable"));
+        // A certificate made before it named loopback: encrypted, not verified (verify-full
+        // would fail on the name).
+        let old = release::ReleaseTls {
+            ca: "PEM".into(),
+            sans: vec!["pg".into(), "pg.ns.svc.cluster.local".into()],
+        };
+        let required = sslmode(local(), Some(&old), "ns", "pg");
+        assert!(required.connection_string.ends_with("/db?sslmode=require"));
+        assert_eq!(required.sslrootcert, None);
+    }
+
+    #[test]
     fn listen_addresses() {
         let local = IpAddr::from([127, 0, 0, 1]);
         assert_eq!(listen_on(None, None).unwrap(), (local, None));

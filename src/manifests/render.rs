@@ -392,6 +392,36 @@ mod tests {
     }
 
     #[test]
+    fn the_secrets_uri_states_sslmode_for_apps_in_the_cluster() {
+        let plain = secret(&spec(17), "pw");
+        let uri = plain["stringData"]["uri"].as_str().unwrap();
+        assert!(uri.ends_with("/learnflow?sslmode=disable"), "{uri}");
+        let tls = secret(
+            &InstallSpec {
+                tls: true,
+                ..spec(17)
+            },
+            "pw",
+        );
+        let uri = tls["stringData"]["uri"].as_str().unwrap();
+        assert!(uri.ends_with("/learnflow?sslmode=require"), "{uri}");
+        let user = user_secret(&UserSecret {
+            release: "pg",
+            namespace: "db",
+            host: "pg.db.svc.cluster.local",
+            user: "app",
+            password: "pw",
+            database: "learnflow",
+            readonly: false,
+            tls: true,
+        });
+        assert_eq!(
+            user["stringData"]["uri"],
+            "postgresql://app:pw@pg.db.svc.cluster.local:5432/learnflow?sslmode=require"
+        );
+    }
+
+    #[test]
     fn exposed_or_tls_releases_serve_tls() {
         let plain = statefulset(&spec(17));
         assert!(plain["spec"]["template"]["spec"]["containers"][0]["args"].is_null());
