@@ -707,9 +707,13 @@ Examples:
   # The in-cluster connection string of release postgres in namespace postgres
   kubectl pg dsn -n postgres
 
-  # Export it for a script, or as PG* variables
+  # Export it for a script, or as PG* variables (sslmode included), or write a .env file
   export DATABASE_URL=$(kubectl pg dsn)
   eval \"$(kubectl pg dsn --format env)\"
+  kubectl pg dsn --format dotenv > .env
+
+  # A release that serves TLS, verified: the CA written to a file, sslmode=verify-full
+  kubectl pg dsn --ca-file ./orders-ca.crt
 
   # The address a laptop can use (LoadBalancer or NodePort service); with TLS verified
   # against the release's CA (written to ~/.kube/kubectl-pg/, or --ca-file)
@@ -734,9 +738,9 @@ pub struct DsnArgs {
     /// for a release that serves TLS with sslmode=verify-full and its CA, written to a file
     #[arg(long)]
     pub external: bool,
-    /// Where --external writes the release's CA certificate (default:
-    /// ~/.kube/kubectl-pg/NAMESPACE-RELEASE-ca.crt)
-    #[arg(long, value_name = "PATH", requires = "external")]
+    /// Write the CA of a release that serves TLS here, and give sslmode=verify-full with it
+    /// (--external writes it to ~/.kube/kubectl-pg/NAMESPACE-RELEASE-ca.crt when not given)
+    #[arg(long, value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
     /// The DSN of this application user (`kubectl pg user create`), from its Secret R-user-NAME
     /// (`--user` is kubectl's: the kubeconfig user)
@@ -753,7 +757,10 @@ pub struct DsnArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DsnFormat {
     Uri,
+    /// `export NAME='…'` lines for eval or `.`/source in any POSIX shell
     Env,
+    /// A .env file that python-dotenv, node's dotenv and docker compose read back
+    Dotenv,
     Json,
     Jdbc,
     Keyvalue,

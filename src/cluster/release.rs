@@ -611,6 +611,83 @@ pub async fn app_user_credentials(
     Credentials::from_secret(&secret)
 }
 
+/// What a client needs to verify a release that serves TLS (its Secret `R-tls`).
+#[derive(Debug, Clone)]
+pub struct ReleaseTls {
+    /// The release's CA certificate, PEM.
+    pub ca: String,
+    /// The names and addresses the server certificate holds, as recorded beside it.
+    pub sans: Vec<String>,
+}
+
+impl ReleaseTls {
+    /// Whether a client connecting to `host` can check the certificate names it.
+    pub fn names(&self, host: &str) -> bool {
+        self.sans.iter().any(|s| s == host)
+    }
+}
+
+/// The TLS of a release that serves it, else None (a plain release).
+pub async fn tls_of(cluster: &Cluster, release: &str) -> Result<Option<ReleaseTls>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let secret = secrets
+        .get_opt(&crate::manifests::certs::secret_name(release))
+        .await
+        .map_err(|e| cluster.error("get", "secrets", e))?;
+    let Some(secret) = secret.filter(|s| made_for(&s.metadata, release)) else {
+        return Ok(None);
+    };
+    let sans = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::manifests::certs::ANNOTATION_SANS))
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    Ok(secret_values(&secret)
+        .get("ca.crt")
+        .filter(|ca| !ca.is_empty())
+        .map(|ca| ReleaseTls {
+            ca: ca.clone(),
+            sans,
+        }))
+}
+
+/// Writes a release's CA where `given` says, else to `~/.kube/kubectl-pg/NS-R-ca.crt`;
+/// returns the absolute path, as `sslrootcert` needs it.
+pub fn write_ca(
+    namespace: &str,
+    release: &str,
+    given: Option<&std::path::Path>,
+    ca: &str,
+) -> Result<String, Error> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let home = std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| Error::InvalidInput {
+                    message: "HOME is not set: no place for the release's CA certificate".into(),
+                    hint: Some("give one with --ca-file PATH".into()),
+                })?;
+            std::path::PathBuf::from(home)
+                .join(".kube")
+                .join("kubectl-pg")
+                .join(format!("{namespace}-{release}-ca.crt"))
+        }
+    };
+    let io = |source| Error::Io {
+        context: format!("cannot write the CA certificate to {}", path.display()),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&path, ca).map_err(io)?;
+    let absolute = std::path::absolute(&path).unwrap_or(path);
+    Ok(absolute.display().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! `kubectl pg dsn`: the connection string of a release, read from its Secret.
 
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
 
 use crate::cli::{DsnArgs, DsnFormat, GlobalArgs};
@@ -9,7 +9,6 @@ use crate::cluster::Cluster;
 use crate::database::connection::DatabaseConnection;
 use crate::database::roles;
 use crate::error::Error;
-use crate::manifests::certs;
 use crate::output::{self, emit};
 
 pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
@@ -59,12 +58,41 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
         credentials.username,
         credentials.password,
     );
-    if args.external {
-        if let Some(ca) = release_ca(&cluster, &release).await? {
-            let path = write_ca(&cluster, &release, args.ca_file.as_deref(), &ca)?;
+    // Every DSN says how to treat TLS: none for a plain release; for one that serves it,
+    // verified against its CA when the CA is written for the client (--external, --ca-file),
+    // else required (an app inside the cluster, without the CA).
+    match release::tls_of(&cluster, &release).await? {
+        None => {
+            if let Some(path) = &args.ca_file {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "release {release:?} serves no TLS: there is no CA to write to {}",
+                        path.display()
+                    ),
+                    hint: Some(format!(
+                        "leave out --ca-file, or serve TLS: kubectl pg install {release} -n {} --upgrade --tls",
+                        cluster.namespace
+                    )),
+                });
+            }
+            connection = connection.with_plain_or_tls(false);
+        }
+        Some(tls) if args.external || args.ca_file.is_some() => {
+            let path = release::write_ca(
+                &cluster.namespace,
+                &release,
+                args.ca_file.as_deref(),
+                &tls.ca,
+            )?;
             connection = connection.with_tls("verify-full", &path);
             if args.format == DsnFormat::Pgpass {
                 crate::note!("note: the server needs TLS: connect with sslmode=verify-full sslrootcert={path} (a .pgpass line cannot say so)");
+            }
+        }
+        Some(_) => {
+            connection = connection.with_plain_or_tls(true);
+            if args.format == DsnFormat::Pgpass {
+                crate::note!("note: the server needs TLS: connect with sslmode=require, or verify-full with --ca-file (a .pgpass line cannot say so)");
             }
         }
     }
@@ -80,6 +108,17 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     let text = match args.format {
         DsnFormat::Uri => connection.connection_string.clone() + "\n",
         DsnFormat::Env => connection.env(),
+        DsnFormat::Dotenv => {
+            let (text, inexact) = connection.dotenv()?;
+            for (name, readers) in inexact {
+                let readers: Vec<String> = readers.iter().map(ToString::to_string).collect();
+                crate::note!(
+                    "warning: no .env form carries {name} through python-dotenv, node's dotenv and docker compose alike: it is written so that {} read it back (--format env or json carry any value)",
+                    if readers.is_empty() { "none of them".to_string() } else { readers.join(" and ") }
+                );
+            }
+            text
+        }
         DsnFormat::Json => {
             output::document(crate::cli::OutputFormat::Json, &connection)?.unwrap_or_default()
         }
@@ -89,53 +128,6 @@ pub async fn run(args: DsnArgs, global: &GlobalArgs) -> Result<(), Error> {
     };
     emit(&text);
     Ok(())
-}
-
-/// The CA certificate of a release that serves TLS (its Secret `R-tls`), else None.
-async fn release_ca(cluster: &Cluster, release: &str) -> Result<Option<String>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let secret = secrets
-        .get_opt(&certs::secret_name(release))
-        .await
-        .map_err(|e| cluster.error("get", "secrets", e))?;
-    Ok(secret
-        .filter(|s| release::made_for(&s.metadata, release))
-        .and_then(|s| release::secret_values(&s).get("ca.crt").cloned())
-        .filter(|ca| !ca.is_empty()))
-}
-
-/// Writes the CA where `--ca-file` says, else under ~/.kube/kubectl-pg/; returns the path.
-fn write_ca(
-    cluster: &Cluster,
-    release: &str,
-    given: Option<&std::path::Path>,
-    ca: &str,
-) -> Result<String, Error> {
-    let path = match given {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let home = std::env::var_os("HOME")
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| Error::InvalidInput {
-                    message: "HOME is not set: no place for the release's CA certificate".into(),
-                    hint: Some("give one with --ca-file PATH".into()),
-                })?;
-            std::path::PathBuf::from(home)
-                .join(".kube")
-                .join("kubectl-pg")
-                .join(format!("{}-{release}-ca.crt", cluster.namespace))
-        }
-    };
-    let io = |source| Error::Io {
-        context: format!("cannot write the CA certificate to {}", path.display()),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    std::fs::write(&path, ca).map_err(io)?;
-    let absolute = std::path::absolute(&path).unwrap_or(path);
-    Ok(absolute.display().to_string())
 }
 
 /// The address a laptop can use: a LoadBalancer's ingress, or a node address and NodePort.

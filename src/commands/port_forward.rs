@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use crate::cli::{GlobalArgs, PortForwardArgs};
 use crate::cluster::release::{self, DATABASE_PORT};
 use crate::cluster::{forward, Cluster};
-use crate::database::connection::DatabaseConnection;
+use crate::database::connection::{shell_quote, DatabaseConnection};
 use crate::error::Error;
 use crate::output::{self, emit};
 
@@ -44,12 +44,18 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
         context: "cannot read the listening address".into(),
         source,
     })?;
-    let connection = DatabaseConnection::new(
-        local.ip().to_string(),
-        local.port(),
-        database,
-        username,
-        password,
+    let tls = release::tls_of(&cluster, &release).await?;
+    let connection = sslmode(
+        DatabaseConnection::new(
+            local.ip().to_string(),
+            local.port(),
+            database,
+            username,
+            password,
+        ),
+        tls.as_ref(),
+        &cluster.namespace,
+        &release,
     );
     let shown = if args.show_password {
         connection
@@ -66,10 +72,19 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
         .flatten()
     {
         Some(document) => emit(&document),
-        None => emit(&format!(
-            "{dsn}\nexport DATABASE_URL='{dsn}'\n",
-            dsn = shown.connection_string
+        // An export line with the mask in it would set a password of asterisks: it is
+        // printed only with the password.
+        None if args.show_password => emit(&format!(
+            "{dsn}\nexport DATABASE_URL={quoted}\n",
+            dsn = shown.connection_string,
+            quoted = shell_quote(&shown.connection_string)
         )),
+        None => {
+            emit(&format!("{}\n", shown.connection_string));
+            crate::note!(
+                "hint: the password is masked; --show-password prints the DSN with it and an `export DATABASE_URL=…` line"
+            );
+        }
     }
     crate::note!(
         "forwarding {local} to release {release} in namespace {} (pod {}:{}; each connection finds the ready pod again); Ctrl-C to stop",
@@ -83,6 +98,33 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     }
     crate::note!("stopped forwarding {local}");
     Ok(())
+}
+
+/// The local DSN's TLS: none for a plain release (lib/pq refuses a DSN without sslmode against
+/// a server without TLS); for one that serves it, verify-full with its CA when the certificate
+/// names the address listened on (127.0.0.1 and ::1 are in every certificate since this
+/// change, and an older one gets them on `install --upgrade`), else require.
+fn sslmode(
+    connection: DatabaseConnection,
+    tls: Option<&release::ReleaseTls>,
+    namespace: &str,
+    release: &str,
+) -> DatabaseConnection {
+    let Some(tls) = tls else {
+        return connection.with_plain_or_tls(false);
+    };
+    if tls.names(&connection.host) {
+        match release::write_ca(namespace, release, None, &tls.ca) {
+            Ok(path) => return connection.with_tls("verify-full", &path),
+            Err(e) => crate::note!("note: {e}: sslmode=require"),
+        }
+    } else if connection.host == DEFAULT_ADDRESS || connection.host == "::1" {
+        crate::note!(
+            "note: the server certificate does not name {}: sslmode=require (kubectl pg install {release} -n {namespace} --upgrade renews it with the loopback addresses, for verify-full)",
+            connection.host
+        );
+    }
+    connection.with_plain_or_tls(true)
 }
 
 /// SIGINT or SIGTERM: the listener closes, and the command exits 0 (serving until told to
@@ -188,6 +230,30 @@ async fn bind(address: IpAddr, port: Option<u16>) -> Result<TcpListener, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_dsn_says_sslmode_for_plain_and_tls_releases() {
+        let local = || {
+            DatabaseConnection::new(
+                "127.0.0.1".into(),
+                15432,
+                "db".into(),
+                "u".into(),
+                "p".into(),
+            )
+        };
+        let plain = sslmode(local(), None, "ns", "pg");
+        assert!(plain.connection_string.ends_with("/db?sslmode=disable"));
+        // A certificate made before it named loopback: encrypted, not verified (verify-full
+        // would fail on the name).
+        let old = release::ReleaseTls {
+            ca: "PEM".into(),
+            sans: vec!["pg".into(), "pg.ns.svc.cluster.local".into()],
+        };
+        let required = sslmode(local(), Some(&old), "ns", "pg");
+        assert!(required.connection_string.ends_with("/db?sslmode=require"));
+        assert_eq!(required.sslrootcert, None);
+    }
 
     #[test]
     fn listen_addresses() {

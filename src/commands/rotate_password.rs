@@ -25,7 +25,7 @@ use crate::cluster::release::{self, Credentials, DATABASE_PORT, LABEL_MANAGED_BY
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::commands::install::generate_password;
-use crate::database::connection::DatabaseConnection;
+use crate::database::connection::{sslmode_of, DatabaseConnection};
 use crate::database::roles::{self, LABEL_USER};
 use crate::database::{connect_with_retry, is_password_refused};
 use crate::error::Error;
@@ -337,13 +337,17 @@ fn with_password(secret: &Secret, old: &Credentials, new: &str) -> Secret {
     let values = release::secret_values(secret);
     let mut data = BTreeMap::from([("password".to_string(), ByteString(new.as_bytes().to_vec()))]);
     if let Some(host) = values.get("host") {
-        let connection = DatabaseConnection::new(
+        let mut connection = DatabaseConnection::new(
             host.clone(),
             old.port.unwrap_or(DATABASE_PORT),
             old.database.clone(),
             old.username.clone(),
             new.to_string(),
         );
+        // The sslmode install derived from the release's TLS stays as it was.
+        if let Some(mode) = values.get("uri").and_then(|u| sslmode_of(u)) {
+            connection = connection.with_sslmode(&mode);
+        }
         data.insert("uri".into(), ByteString(connection.uri().into_bytes()));
     }
     Secret {
@@ -493,7 +497,10 @@ mod tests {
                     ByteString(b"pg.ns.svc.cluster.local".to_vec()),
                 ),
                 ("port".to_string(), ByteString(b"5432".to_vec())),
-                ("uri".to_string(), ByteString(b"postgresql://old".to_vec())),
+                (
+                    "uri".to_string(),
+                    ByteString(b"postgresql://old@h/db?sslmode=require".to_vec()),
+                ),
             ])),
             ..Secret::default()
         };
@@ -504,7 +511,8 @@ mod tests {
         assert_eq!(values["password"], "new-password-4567");
         assert_eq!(
             values["uri"],
-            "postgresql://app:new-password-4567@pg.ns.svc.cluster.local:5432/learnflow"
+            "postgresql://app:new-password-4567@pg.ns.svc.cluster.local:5432/learnflow?sslmode=require",
+            "the sslmode install wrote is kept"
         );
         assert!(!values.contains_key("username"), "only what changes");
     }

@@ -246,6 +246,8 @@ async fn create(
     } else {
         session(&cluster, &found, &database).await?
     };
+    // Read before the role is made: the Secret's uri says sslmode for the release's TLS.
+    let tls = release::tls_of(&cluster, &release).await?.is_some();
     let grants = UserGrants {
         name,
         database: &database,
@@ -274,6 +276,7 @@ async fn create(
         password: &request.password,
         database: &database,
         readonly: request.readonly,
+        tls,
     }))
     .map_err(|e| Error::invalid(e.to_string()))?;
     if let Err(e) = secrets.create(&PostParams::default(), &object).await {
@@ -302,6 +305,7 @@ async fn create(
         name.to_string(),
         request.password.clone(),
     )
+    .with_plain_or_tls(tls)
     .masked();
     let document = UserDocument {
         api_version: API_VERSION,

@@ -2,6 +2,7 @@
 //! retry policy every command shares.
 
 pub mod connection;
+pub mod dotenv;
 pub mod dsn;
 pub mod roles;
 pub mod tls;

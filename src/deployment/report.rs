@@ -166,6 +166,10 @@ impl DeploymentStatus {
             &release::cluster_domain(observed.statefulset.as_ref()),
         );
         let credentials = observed.credentials().and_then(Result::ok);
+        let tls = observed
+            .statefulset
+            .as_ref()
+            .is_some_and(crate::manifests::live::serves_tls);
         let connection_string = credentials.map(|c| {
             DatabaseConnection::new(
                 host.clone(),
@@ -174,6 +178,7 @@ impl DeploymentStatus {
                 c.username,
                 c.password,
             )
+            .with_plain_or_tls(tls)
             .masked()
             .connection_string
         });

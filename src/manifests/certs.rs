@@ -37,7 +37,12 @@ pub fn secret_name(release: &str) -> String {
 }
 
 /// The names a client inside the cluster can use for the release (`R`, `R.N`, `R.N.svc`,
-/// `R.N.svc.DOMAIN`, the pod's stable name), then `extra` (outside addresses), without repeats.
+/// `R.N.svc.DOMAIN`, the pod's stable name), the loopback names a port-forward is reached at
+/// (`localhost`, `127.0.0.1`, `::1`), then `extra` (outside addresses), without repeats.
+///
+/// Loopback in the certificate is sound here: the CA is the release's own, trusted only by
+/// clients given it (`sslrootcert`), and the key never leaves the pod, so whatever answers on
+/// a client's loopback proves it is this release's server, as a port-forward carries it.
 pub fn sans(release: &str, namespace: &str, domain: &str, extra: &[String]) -> Vec<String> {
     let mut names = vec![
         release.to_string(),
@@ -45,6 +50,9 @@ pub fn sans(release: &str, namespace: &str, domain: &str, extra: &[String]) -> V
         format!("{release}.{namespace}.svc"),
         format!("{release}.{namespace}.svc.{domain}"),
         format!("{release}-0.{release}-hl.{namespace}.svc.{domain}"),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
     ];
     for e in extra {
         if !e.is_empty() && !names.contains(e) {
@@ -294,6 +302,13 @@ mod tests {
         verifier
             .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
             .unwrap();
+        // A port-forward's loopback addresses, as IP SANs.
+        for local in ["127.0.0.1", "::1", "localhost"] {
+            let name = rustls::pki_types::ServerName::try_from(local).unwrap();
+            verifier
+                .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
+                .unwrap();
+        }
         let wrong = rustls::pki_types::ServerName::try_from("other.db.svc").unwrap();
         assert!(verifier
             .verify_server_cert(&leaf, &[], &wrong, &[], rustls::pki_types::UnixTime::now())

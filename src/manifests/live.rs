@@ -68,10 +68,7 @@ pub fn read(
         source_ranges: service
             .and_then(|s| s.spec.as_ref()?.load_balancer_source_ranges.clone())
             .unwrap_or_default(),
-        // The server certificate's volume: the release serves TLS.
-        tls: spec
-            .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref())
-            .is_some_and(|v| v.iter().any(|v| v.name == super::render::TLS_VOLUME)),
+        tls: serves_tls(sts),
         tls_checksum: None,
         layout: container
             .and_then(|c| c.volume_mounts.as_ref()?.iter().find(|m| m.name == "data"))
@@ -95,6 +92,14 @@ pub fn claim_templates(sts: &StatefulSet) -> Option<Value> {
         }
     }
     Some(value)
+}
+
+/// Whether the release serves TLS: its pods mount the server certificate's volume.
+pub fn serves_tls(sts: &StatefulSet) -> bool {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.name == super::render::TLS_VOLUME))
 }
 
 #[cfg(test)]

@@ -45,15 +45,38 @@ fn metadata(spec: &InstallSpec, name: &str) -> Value {
     json!({ "name": name, "namespace": spec.namespace, "labels": labels(spec) })
 }
 
+/// The `uri` key of a credentials Secret: for apps inside the cluster, so its sslmode is
+/// `require` for a release that serves TLS (pg_hba takes nothing else from outside the pod)
+/// and `disable` for one that does not (lib/pq and golang-migrate refuse a DSN without
+/// sslmode against a server without TLS). Derived from the other keys and the release's TLS,
+/// so install and `--upgrade` keep it in step (see `install::credentials::refresh_uri`).
+pub fn credentials_uri(
+    host: &str,
+    database: &str,
+    username: &str,
+    password: &str,
+    tls: bool,
+) -> String {
+    crate::database::connection::DatabaseConnection::new(
+        host.to_string(),
+        DATABASE_PORT,
+        database.to_string(),
+        username.to_string(),
+        password.to_string(),
+    )
+    .with_plain_or_tls(tls)
+    .uri()
+}
+
 /// `Secret R-credentials` with the given password.
 pub fn secret(spec: &InstallSpec, password: &str) -> Value {
     let host = release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
-    let connection = crate::database::connection::DatabaseConnection::new(
-        host.clone(),
-        DATABASE_PORT,
-        spec.database.clone(),
-        spec.username.clone(),
-        password.to_string(),
+    let uri = credentials_uri(
+        &host,
+        &spec.database,
+        &spec.username,
+        password,
+        spec.serves_tls(),
     );
     json!({
         "apiVersion": "v1",
@@ -66,7 +89,7 @@ pub fn secret(spec: &InstallSpec, password: &str) -> Value {
             "database": spec.database,
             "host": host,
             "port": DATABASE_PORT.to_string(),
-            "uri": connection.uri(),
+            "uri": uri,
         }
     })
 }
@@ -82,6 +105,8 @@ pub struct UserSecret<'a> {
     pub password: &'a str,
     pub database: &'a str,
     pub readonly: bool,
+    /// Whether the release serves TLS (the `uri`'s sslmode).
+    pub tls: bool,
 }
 
 /// `Secret R-user-NAME`: an application user's credentials, shaped as `R-credentials`
@@ -89,13 +114,7 @@ pub struct UserSecret<'a> {
 /// objects plus the user's name and access.
 pub fn user_secret(user: &UserSecret) -> Value {
     use crate::database::roles::{self, LABEL_READONLY, LABEL_USER};
-    let connection = crate::database::connection::DatabaseConnection::new(
-        user.host.to_string(),
-        DATABASE_PORT,
-        user.database.to_string(),
-        user.user.to_string(),
-        user.password.to_string(),
-    );
+    let uri = credentials_uri(user.host, user.database, user.user, user.password, user.tls);
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -118,7 +137,7 @@ pub fn user_secret(user: &UserSecret) -> Value {
             "database": user.database,
             "host": user.host,
             "port": DATABASE_PORT.to_string(),
-            "uri": connection.uri(),
+            "uri": uri,
         }
     })
 }
@@ -370,6 +389,36 @@ mod tests {
 
     fn spec(major: u32) -> InstallSpec {
         InstallSpec::example(major)
+    }
+
+    #[test]
+    fn the_secrets_uri_states_sslmode_for_apps_in_the_cluster() {
+        let plain = secret(&spec(17), "pw");
+        let uri = plain["stringData"]["uri"].as_str().unwrap();
+        assert!(uri.ends_with("/learnflow?sslmode=disable"), "{uri}");
+        let tls = secret(
+            &InstallSpec {
+                tls: true,
+                ..spec(17)
+            },
+            "pw",
+        );
+        let uri = tls["stringData"]["uri"].as_str().unwrap();
+        assert!(uri.ends_with("/learnflow?sslmode=require"), "{uri}");
+        let user = user_secret(&UserSecret {
+            release: "pg",
+            namespace: "db",
+            host: "pg.db.svc.cluster.local",
+            user: "app",
+            password: "pw",
+            database: "learnflow",
+            readonly: false,
+            tls: true,
+        });
+        assert_eq!(
+            user["stringData"]["uri"],
+            "postgresql://app:pw@pg.db.svc.cluster.local:5432/learnflow?sslmode=require"
+        );
     }
 
     #[test]

@@ -1215,13 +1215,14 @@ fn dsn_in_every_format_connects() {
     let uri = dsn(&[]).trim().to_string();
     assert_eq!(
         uri,
-        format!("postgresql://app_user:p%40ss%3Aw%2Frd%20%27quoted%27%20%26%20more%25@{host}:5432/app_db")
+        format!("postgresql://app_user:p%40ss%3Aw%2Frd%20%27quoted%27%20%26%20more%25@{host}:5432/app_db?sslmode=disable")
     );
+    let env = dsn(&["--format", "env"]);
     // The connection string works: same credentials, pointed at the pod through a real
     // kubectl port-forward. A wrong password does not.
     {
         let forward = PortForward::start(&scope, ns, "app-0");
-        let local = uri.replace(&format!("{host}:5432"), &forward.addr) + "?sslmode=disable";
+        let local = uri.replace(&format!("{host}:5432"), &forward.addr);
         let rows = crate::pg::query(&local, "SELECT current_user, current_database()");
         assert_eq!(
             rows[0],
@@ -1232,13 +1233,65 @@ fn dsn_in_every_format_connects() {
             try_connect(&wrong).is_err(),
             "a wrong password opens a session through the port-forward"
         );
+        // README's and --help's usage: eval (and `.`) in sh, dash and bash export PG*
+        // variables, sslmode included, that psql started after uses as they are (only the
+        // address is the port-forward's, not the in-cluster host).
+        let (addr, port) = forward.addr.rsplit_once(':').unwrap();
+        let psql = scope.plane.postgres.join("clients/bin/psql");
+        let file = scope.dir.path().join("pg.env");
+        std::fs::write(&file, &env).unwrap();
+        for shell in ["sh", "dash", "bash"] {
+            for load in [r#"eval "$(cat "$1")""#, r#". "$1""#] {
+                let out = Command::new(shell)
+                    .arg("-c")
+                    .arg(format!(
+                        "{load}\nPGHOST={addr} PGPORT={port} \"$2\" -X -At -c 'select 1, current_user, current_database(), current_setting($$ssl$$)'"
+                    ))
+                    .arg(shell)
+                    .arg(&file)
+                    .arg(&psql)
+                    .env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap())
+                    .output()
+                    .unwrap();
+                assert_eq!(
+                    out.stdout_text().trim(),
+                    "1|app_user|app_db|off",
+                    "{shell} {load}: {}",
+                    out.describe()
+                );
+            }
+        }
     }
 
-    let env = dsn(&["--format", "env"]);
     assert!(
-        env.contains("PGUSER=app_user\n")
-            && env.contains("PGPASSWORD='p@ss:w/rd '\\''quoted'\\'' & more%'\n"),
+        env.contains("export PGUSER='app_user'\n")
+            && env.contains("export PGPASSWORD='p@ss:w/rd '\\''quoted'\\'' & more%'\n")
+            && env.contains("export PGSSLMODE='disable'\n"),
         "{env}"
+    );
+    // The .env form, read back by the real python-dotenv and node dotenv.
+    if let Some(parsers) = crate::dotenv::parsers() {
+        let file = scope.dir.path().join(".env");
+        std::fs::write(&file, dsn(&["--format", "dotenv"])).unwrap();
+        for reader in [
+            kubectl_pg::database::dotenv::Reader::PythonDotenv,
+            kubectl_pg::database::dotenv::Reader::NodeDotenv,
+        ] {
+            let read = parsers.read(reader, &file);
+            assert_eq!(read["PGPASSWORD"], password, "{reader}: {read:?}");
+            assert_eq!(read["PGUSER"], "app_user", "{reader}: {read:?}");
+            assert_eq!(read["DATABASE_URL"], uri.as_str(), "{reader}: {read:?}");
+            assert_eq!(read["PGSSLMODE"], "disable", "{reader}: {read:?}");
+        }
+    }
+    // A plain release has no CA to write.
+    let no_ca = scope.kpg(&["dsn", "app", "-n", ns, "--ca-file", "ca.crt"]);
+    expect_code(&no_ca, 1);
+    assert!(
+        no_ca.stderr_text().contains("serves no TLS"),
+        "{}",
+        no_ca.describe()
     );
     let sh = Command::new("sh")
         .args(["-c", &format!("{env}\nprintf %s \"$PGPASSWORD\"")])

@@ -810,7 +810,7 @@ fn the_caveats_rbac_is_enough_for_every_day_commands() {
     let password = String::from_utf8(password).unwrap();
     assert_eq!(
         dsn.stdout_text().trim(),
-        format!("postgresql://postgres:{password}@postgres.{ns}.svc.cluster.local:5432/learnflow"),
+        format!("postgresql://postgres:{password}@postgres.{ns}.svc.cluster.local:5432/learnflow?sslmode=disable"),
     );
 
     let psql = run(&["psql", "--", "-At", "-c", "select 1"]);

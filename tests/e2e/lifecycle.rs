@@ -95,7 +95,7 @@ fn upgrade_starts_from_the_live_release_and_repairs_a_stuck_pod() {
     let dsn = scope.kpg(&["dsn", "orders", "-n", ns, "--format", "env"]);
     assert!(
         dsn.stdout_text()
-            .contains(&format!("PGHOST=orders.{ns}.svc.corp.example")),
+            .contains(&format!("export PGHOST='orders.{ns}.svc.corp.example'\n")),
         "{}",
         dsn.describe()
     );

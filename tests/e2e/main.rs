@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod data;
+mod dotenv;
 mod k8s;
 mod krew;
 mod kubectl;

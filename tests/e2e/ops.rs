@@ -81,7 +81,20 @@ impl Background {
     }
 
     /// SIGTERM, then the exit code.
-    fn terminate(mut self) -> i32 {
+    fn terminate(self) -> i32 {
+        self.terminate_reading().0
+    }
+
+    /// SIGTERM, then the exit code and every line the command printed.
+    fn terminate_reading(mut self) -> (i32, Vec<String>) {
+        let code = self.stop();
+        let mut seen = std::mem::take(&mut self.seen);
+        // The reader ends at the end of stdout, which the exit closed.
+        seen.extend(self.lines.iter());
+        (code, seen)
+    }
+
+    fn stop(&mut self) -> i32 {
         let pid = self.child.id().to_string();
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -346,24 +359,24 @@ fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
     );
     drop(busy);
 
-    // Masked by default.
+    // Masked by default, and then no export line: it would set a password of asterisks.
+    // The plain release's DSN says sslmode=disable (lib/pq refuses one without it).
     let mut masked = Background::start(&scope, &["port-forward", "pg", "-n", ns]);
-    masked.until(Duration::from_secs(30), "the export line", |s| s.len() >= 2);
+    masked.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
+    let (code, lines) = masked.terminate_reading();
+    assert_eq!(code, 0, "SIGTERM is a clean stop");
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
-        masked.seen[0].contains(":********@127.0.0.1:"),
-        "{:?}",
-        masked.seen
+        lines[0].contains(":********@127.0.0.1:") && lines[0].ends_with("?sslmode=disable"),
+        "{lines:?}"
     );
-    assert_eq!(
-        masked.seen[1],
-        format!("export DATABASE_URL='{}'", masked.seen[0])
-    );
-    assert_eq!(masked.terminate(), 0, "SIGTERM is a clean stop");
+    assert!(!lines.iter().any(|l| l.contains("export")), "{lines:?}");
 
     let mut forward =
         Background::start(&scope, &["port-forward", "pg", "-n", ns, "--show-password"]);
-    forward.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
+    forward.until(Duration::from_secs(30), "the export line", |s| s.len() >= 2);
     let dsn = forward.seen[0].clone();
+    assert_eq!(forward.seen[1], format!("export DATABASE_URL='{dsn}'"));
     let password = String::from_utf8(base64_decode(&jsonpath(
         &scope,
         "secret/pg-credentials",
@@ -439,7 +452,11 @@ fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
         "{:?}",
         app.seen
     );
-    assert!(app.seen[0].ends_with("/learnflow"), "{:?}", app.seen);
+    assert!(
+        app.seen[0].ends_with("/learnflow?sslmode=disable"),
+        "{:?}",
+        app.seen
+    );
     drop(app);
     let mut doc = Background::start(
         &scope,

@@ -189,12 +189,12 @@ fn application_users() {
     let rw_password = secret_value(&scope, "pg-user-app-rw", "password");
     assert_eq!(
         uri.trim(),
-        format!("postgresql://app_rw:{rw_password}@pg.{ns}.svc.cluster.local:5432/learnflow")
+        format!("postgresql://app_rw:{rw_password}@pg.{ns}.svc.cluster.local:5432/learnflow?sslmode=disable")
     );
     let jdbc = ok(kpg(&["dsn", "--db-user", "app_rw", "--format", "jdbc"])).stdout_text();
     assert!(jdbc.contains("user=app_rw"), "{jdbc}");
     let env = ok(kpg(&["dsn", "--db-user", "app_ro", "--format", "env"])).stdout_text();
-    assert!(env.contains("PGUSER=app_ro"), "{env}");
+    assert!(env.contains("export PGUSER='app_ro'\n"), "{env}");
     let missing = kpg(&["dsn", "--db-user", "nobody"]);
     expect_code(&missing, 1);
 
@@ -854,7 +854,7 @@ fn tls_when_exposed() {
         ca_file.to_str().unwrap(),
     ]))
     .stdout_text();
-    assert!(env.contains("PGSSLMODE=verify-full"), "{env}");
+    assert!(env.contains("export PGSSLMODE='verify-full'\n"), "{env}");
     let host = uri
         .split('@')
         .nth(1)
@@ -892,6 +892,71 @@ fn tls_when_exposed() {
     );
     drop(forward);
 
+    // In-cluster apps get sslmode=require (the Secret's uri, dsn without a CA); --ca-file
+    // alone, without --external, writes the CA and gives verify-full for the in-cluster name.
+    let secret_uri = secret_value(&scope, "np-credentials", "uri");
+    assert!(
+        secret_uri.ends_with("/learnflow?sslmode=require"),
+        "{secret_uri}"
+    );
+    let inside_uri = ok(kpg(&["dsn", "np"])).stdout_text();
+    assert_eq!(inside_uri.trim(), secret_uri);
+    let own_ca = scope.dir.path().join("np-own-ca.crt");
+    let verified = ok(kpg(&["dsn", "np", "--ca-file", own_ca.to_str().unwrap()])).stdout_text();
+    assert!(
+        verified.contains(&format!(
+            "@np.{ns}.svc.cluster.local:5432/learnflow?sslmode=verify-full&sslrootcert=%2F"
+        )),
+        "{verified}"
+    );
+    assert_eq!(std::fs::read_to_string(&own_ca).unwrap(), ca);
+
+    // kubectl pg port-forward's DSN verifies the server as printed: the certificate names
+    // 127.0.0.1, and the CA is written beside the scratch HOME's kubeconfig.
+    {
+        let mut child = scope
+            .kpg_command(&[
+                "port-forward",
+                "np",
+                "-n",
+                ns,
+                "127.0.0.1:0",
+                "--show-password",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let local = line.trim().to_string();
+        assert!(
+            local.contains("@127.0.0.1:")
+                && local.contains("/learnflow?sslmode=verify-full&sslrootcert=%2F"),
+            "{local}"
+        );
+        let out = std::process::Command::new(&psql)
+            .args([
+                "-X",
+                "-At",
+                &local,
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ])
+            .env_remove("PGSSLMODE")
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(out.stdout_text().trim(), "t", "{}", out.describe());
+    }
+
     // From outside the pod's loopback (its own address), TLS or nothing.
     let ip = ok(scope.kubectl_ns(&["get", "pod", "np-0", "-o", "jsonpath={.status.podIP}"]))
         .stdout_text();
@@ -919,8 +984,43 @@ fn tls_when_exposed() {
     let encrypted = ok(inside("require"));
     assert_eq!(encrypted.stdout_text().trim(), "t");
 
-    // --upgrade keeps a certificate that is not due (no restart for it), and TLS.
-    ok(kpg(&["install", "np", "--upgrade", "--timeout", TIMEOUT]));
+    // --upgrade keeps a certificate that is not due (no restart for it), and TLS; it brings
+    // the Secret's uri (derived data) in step with the TLS, as one an older install wrote
+    // without sslmode, and leaves the credentials as they are.
+    let old_uri = secret_uri.replace("?sslmode=require", "");
+    ok(scope.kubectl_ns(&[
+        "patch",
+        "secret",
+        "np-credentials",
+        "--type=merge",
+        "-p",
+        &serde_json::json!({ "stringData": { "uri": old_uri } }).to_string(),
+    ]));
+    // An application user's Secret, as an older `user create` wrote it.
+    ok(scope.plane.kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: np-user-app\n  labels:\n    app.kubernetes.io/instance: np\n    app.kubernetes.io/managed-by: kubectl-pg\n    kubectl-pg.io/user: app\ntype: kubernetes.io/basic-auth\nstringData:\n  username: app\n  password: app-password-0123456789\n  database: learnflow\n  host: np.{ns}.svc.cluster.local\n  uri: postgresql://app:app-password-0123456789@np.{ns}.svc.cluster.local:5432/learnflow\n"
+        ),
+    ));
+    let upgraded = ok(kpg(&["install", "np", "--upgrade", "--timeout", TIMEOUT]));
+    assert_eq!(
+        secret_value(&scope, "np-user-app", "uri"),
+        format!("postgresql://app:app-password-0123456789@np.{ns}.svc.cluster.local:5432/learnflow?sslmode=require")
+    );
+    assert_eq!(
+        secret_value(&scope, "np-user-app", "password"),
+        "app-password-0123456789"
+    );
+    assert!(
+        upgraded
+            .stderr_text()
+            .contains("its uri now says sslmode=require"),
+        "{}",
+        upgraded.describe()
+    );
+    assert_eq!(secret_value(&scope, "np-credentials", "uri"), secret_uri);
+    assert_eq!(secret_value(&scope, "np-credentials", "password"), password);
     assert_eq!(secret_value(&scope, "np-tls", "tls.crt"), tls_crt);
     let status = json(&ok(kpg(&["status", "np", "-o", "json"])));
     assert_eq!(status["phase"], "Healthy");

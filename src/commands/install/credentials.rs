@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rand::Rng;
 
 use crate::cluster::release::{self, Credentials};
@@ -200,6 +200,74 @@ pub(super) async fn ensure_secret(
         created: true,
         created_uid,
     })
+}
+
+/// Our Secrets' `uri` is derived data: the credentials (never overwritten) put together with
+/// the release's TLS, which `--upgrade` may turn on. When it no longer says what the release
+/// serves (an older install wrote it without sslmode, or TLS came with this upgrade), the `uri`
+/// key alone is patched, with the read's resourceVersion as precondition; username, password
+/// and every other key stay as they are. That is `R-credentials` and the application users'
+/// `R-user-NAME`; a user's `--existing-secret` is never written.
+pub(super) async fn refresh_uri(cluster: &Cluster, spec: &InstallSpec) -> Result<(), Error> {
+    use crate::cluster::release::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+    use crate::database::roles::LABEL_USER;
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &spec.namespace);
+    let users = kube::api::ListParams::default().labels(&format!(
+        "{LABEL_INSTANCE}={},{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_USER}",
+        spec.release
+    ));
+    let name = spec.secret_name();
+    let (ours, users) = tokio::join!(secrets.get_opt(&name), secrets.list(&users));
+    let ours = ours
+        .map_err(|e| cluster.error("get", "secrets", e))?
+        .filter(|_| spec.existing_secret.is_none());
+    // The users' Secrets are a courtesy to their apps: one that cannot be listed is said, and
+    // a later `--upgrade` with the right fixes it.
+    let users = match users {
+        Ok(list) => list.items,
+        Err(e) => {
+            crate::note!(
+                "note: the application users' Secrets were not checked: {}",
+                cluster.error("list", "secrets", e)
+            );
+            Vec::new()
+        }
+    };
+    let tls = spec.serves_tls();
+    for secret in ours.into_iter().chain(users) {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let values = release::secret_values(&secret);
+        let Ok(credentials) = Credentials::from_secret(&secret) else {
+            continue;
+        };
+        let host = credentials.host.clone().unwrap_or_else(|| {
+            release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain)
+        });
+        let uri = render::credentials_uri(
+            &host,
+            &credentials.database,
+            &credentials.username,
+            &credentials.password,
+            tls,
+        );
+        if values.get("uri") == Some(&uri) {
+            continue;
+        }
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": secret.metadata.resource_version },
+            "stringData": { "uri": uri },
+        });
+        secrets
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| cluster.error("patch", "secrets", e))?;
+        crate::note!(
+            "Secret {name}: its uri now says sslmode={} (the release {} TLS); the credentials are unchanged",
+            if tls { "require" } else { "disable" },
+            if tls { "serves" } else { "does not serve" }
+        );
+    }
+    Ok(())
 }
 
 /// Sets a new Secret's password in the database that already exists on the volume. If that

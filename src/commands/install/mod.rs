@@ -191,6 +191,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         None
     };
     let secret = ensure_secret(&cluster, &spec, password).await?;
+    credentials::refresh_uri(&cluster, &spec).await?;
     if spec.existing_secret.is_some() && !existing.statefulset {
         credentials::refuse_reserved_user(&spec, &secret.credentials.username)?;
     }
@@ -668,16 +669,13 @@ async fn summary(
             if let Ok(c) = Credentials::from_secret(&secret) {
                 let host =
                     release::service_host(&spec.release, &spec.namespace, &spec.cluster_domain);
-                status.connection_string = Some(
-                    crate::database::connection::DatabaseConnection::new(
-                        host,
-                        release::DATABASE_PORT,
-                        c.database,
-                        c.username,
-                        c.password,
-                    )
-                    .connection_string,
-                );
+                status.connection_string = Some(render::credentials_uri(
+                    &host,
+                    &c.database,
+                    &c.username,
+                    &c.password,
+                    spec.serves_tls(),
+                ));
             }
         }
     }
