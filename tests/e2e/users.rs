@@ -411,7 +411,11 @@ fn application_users() {
         "CREATE TABLE facts (n INT);\n",
     )
     .unwrap();
-    std::fs::write(analytics_dir.join("001_facts.down.sql"), "DROP TABLE facts;\n").unwrap();
+    std::fs::write(
+        analytics_dir.join("001_facts.down.sql"),
+        "DROP TABLE facts;\n",
+    )
+    .unwrap();
     ok(kpg(&[
         "migrate",
         "up",
