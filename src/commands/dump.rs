@@ -27,6 +27,12 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
             hint: Some("give a file (-f learnflow.dump) or redirect stdout (> learnflow.dump, | kubectl pg restore …)".into()),
         });
     }
+    if args.file.is_none() && output::stdout_closed() {
+        return Err(Error::InvalidInput {
+            message: "stdout is closed: the dump would be lost".into(),
+            hint: Some("give a file (-f learnflow.dump) or redirect stdout".into()),
+        });
+    }
     // Opened before any connection: what -f cannot take safely (a dangling symlink, a
     // directory, a socket) is refused first, and a FIFO's reader is waited for first.
     let mut pending = args.file.as_deref().map(PendingFile::create).transpose()?;

@@ -42,6 +42,12 @@ const REDACTED_VALUE: &str = "REDACTED";
 fn destination(file: Option<PathBuf>, stdout_terminal: bool) -> Result<Option<PathBuf>, Error> {
     match file {
         Some(file) if file.as_os_str() == "-" => {
+            if crate::output::stdout_closed() {
+                return Err(Error::InvalidInput {
+                    message: "stdout is closed: the report's archive would be lost".into(),
+                    hint: Some("give a file name to -f".into()),
+                });
+            }
             if stdout_terminal {
                 return Err(Error::InvalidInput {
                     message: "refusing to write the report's archive to a terminal".into(),

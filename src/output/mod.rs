@@ -60,26 +60,61 @@ pub fn paint(text: &str, tone: Tone, stream: Stream) -> String {
     }
 }
 
-static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Why a result could not be written whole, once one could not.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Run first. A stdout closed by the shell (`>&-`) is reopened on the null device by Rust's
+/// runtime before `main` (so no file or socket can take descriptor 1), and every write to
+/// it then succeeds: the result would be lost with exit 0. The runtime opens it read-write,
+/// which neither a shell's `>/dev/null` nor a parent's null device for stdout does (both
+/// write-only): that tells a closed stdout apart. It is remembered, and what [`emit`] writes
+/// then fails the command. Linux only (it reads `/proc`); elsewhere nothing is detected.
+pub fn detect_closed_stdout() {
+    #[cfg(target_os = "linux")]
+    {
+        let null = std::fs::read_link("/proc/self/fd/1")
+            .is_ok_and(|target| target == std::path::Path::new("/dev/null"));
+        let closed = null
+            && std::fs::read_to_string("/proc/self/fdinfo/1")
+                .is_ok_and(|info| opened_read_write(&info));
+        STDOUT_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether `/proc/self/fdinfo/N` says the descriptor was opened read-write (`O_RDWR`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn opened_read_write(fdinfo: &str) -> bool {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("flags:"))
+        .and_then(|flags| u32::from_str_radix(flags.trim(), 8).ok())
+        .is_some_and(|flags| flags & 0o3 == 0o2)
+}
+
+/// Whether the process started with its stdout closed.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Writes results to stdout. A closed or full stdout never panics; it is remembered, and the
 /// command then exits non-zero (`stdout_failed`): a script must not take a cut result for a
 /// whole one.
 pub fn emit(text: &str) {
     use std::io::Write;
+    if stdout_closed() {
+        let _ = STDOUT_FAILED.set("stdout is closed".into());
+        return;
+    }
     let mut out = std::io::stdout().lock();
-    if out
-        .write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .is_err()
-    {
-        STDOUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        let _ = STDOUT_FAILED.set(e.to_string());
     }
 }
 
-/// Whether a result could not be written whole.
-pub fn stdout_failed() -> bool {
-    STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
+/// Why a result could not be written whole, if it could not.
+pub fn stdout_failed() -> Option<&'static str> {
+    STDOUT_FAILED.get().map(String::as_str)
 }
 
 /// `eprintln!` that never panics: progress and diagnostics are best effort, and a closed or
@@ -149,6 +184,16 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_write_descriptor_is_told_from_a_write_only_one() {
+        assert!(opened_read_write("pos:\t0\nflags:\t0100002\nmnt_id:\t25\n"));
+        assert!(!opened_read_write(
+            "pos:\t0\nflags:\t0100001\nmnt_id:\t25\n"
+        ));
+        assert!(!opened_read_write("pos:\t0\nflags:\t02101101\n"));
+        assert!(!opened_read_write("no flags here"));
+    }
 
     #[test]
     fn tables_are_aligned_without_borders() {

@@ -104,6 +104,47 @@ fn full_or_closed_streams_never_abort() {
     assert_eq!(closed, Some(2));
 }
 
+/// A closed stdout (`>&-`, which Rust's runtime reopens on the null device) loses every
+/// result: exit 1 with the reason on stderr, never 0. A stdout on a file is written: exit 0.
+#[test]
+fn a_result_written_to_a_closed_stdout_fails() {
+    let shell = |redirect: &str, args: &[&str]| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("exec \"$0\" \"$@\" {redirect}"))
+            .arg(env!("CARGO_BIN_EXE_kubectl-pg"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("KUBECONFIG", "/nonexistent/kubeconfig");
+        command.output().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!(">{}", dir.path().join("out").display());
+    for args in [
+        &["install", "--dry-run"][..],
+        &["completion", "bash"],
+        &["--version"],
+    ] {
+        let out = shell(">&-", args);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("stdout is closed"),
+            "{args:?}: {}",
+            out.describe()
+        );
+        let out = shell(&file, args);
+        expect_code(&out, 0);
+    }
+    let out = shell(">&-", &["report", "-f", "-"]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("stdout is closed"),
+        "{}",
+        out.describe()
+    );
+}
+
 /// Runs `command` with its stderr descriptor closed (not /dev/null).
 fn exit_with_stderr_closed(mut command: std::process::Command) -> Option<i32> {
     use std::os::unix::process::CommandExt;

@@ -285,6 +285,64 @@ fn application_users() {
     history_refused(&ro, "app_ro after user create");
     ok(kpg(&["user", "delete", "app_late", "--yes"]));
 
+    // A local psql as another role gets that role's password from its Secret, never the
+    // superuser's; a role without one gets none (psql asks, and off a terminal gives up).
+    let as_ro = ok(scope.kpg(&[
+        "psql",
+        "pg",
+        "-n",
+        ns,
+        "--local",
+        "--",
+        "-U",
+        "app_ro",
+        "-At",
+        "-c",
+        "select current_user",
+    ]));
+    assert_eq!(as_ro.stdout_text().trim(), "app_ro", "{}", as_ro.describe());
+    let stranger = scope.kpg(&[
+        "psql",
+        "pg",
+        "-n",
+        ns,
+        "--local",
+        "--",
+        "--username=stranger",
+        "-w",
+        "-c",
+        "select 1",
+    ]);
+    assert_ne!(stranger.code(), 0, "{}", stranger.describe());
+    assert!(
+        stranger
+            .stderr_text()
+            .contains("psql asks for its password")
+            && stranger.stderr_text().contains("no password supplied"),
+        "{}",
+        stranger.describe()
+    );
+
+    // A result written to a closed stdout (`status >&-`) is a failure, not a silent exit 0.
+    let status = scope.kpg_command(&["status", "pg", "-n", ns]);
+    let closed = std::process::Command::new("sh")
+        .args(["-c", "exec \"$0\" \"$@\" >&-"])
+        .arg(status.get_program())
+        .args(status.get_args())
+        .envs(
+            status
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .output()
+        .unwrap();
+    expect_code(&closed, 1);
+    assert!(
+        closed.stderr_text().contains("stdout is closed"),
+        "{}",
+        closed.describe()
+    );
+
     // The name collision: user `credentials` of release pg, as an older kubectl-pg made
     // it (role and labelled Secret pg-user-credentials), is what release `pg-user` would take
     // as its own superuser Secret. Install refuses it before any write, and the user still
