@@ -428,6 +428,95 @@ fn applied_version_missing_from_files_is_refused() {
     assert!(!table_exists(&db, "c"));
 }
 
+/// An applied migration whose up file is gone while its down file stays is a missing
+/// migration (7, as without any file), for `up`, `down` and `status` alike; a down file
+/// without an up file that was never applied stays an unusable file (1).
+#[test]
+fn an_applied_up_file_missing_beside_its_down_file_is_exit_7() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    write(dir.path(), "001_a.down.sql", "DROP TABLE a;");
+    write(dir.path(), "002_b.up.sql", "CREATE TABLE b (id int);");
+    write(dir.path(), "002_b.down.sql", "DROP TABLE b;");
+    let d = dir_arg(&dir);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    std::fs::remove_file(dir.path().join("002_b.up.sql")).unwrap();
+    write(dir.path(), "003_c.up.sql", "CREATE TABLE c (id int);");
+    for args in [&["up"][..], &["down"], &["up", "--dry-run"]] {
+        let mut all = args.to_vec();
+        all.extend(["--dir", &d]);
+        let out = migrate(&db, &all);
+        expect_code(&out, 7);
+        assert!(
+            out.stderr_text().contains("002_b") && out.stderr_text().contains("missing"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    let status = migrate(&db, &["status", "--dir", &d]);
+    expect_code(&status, 7);
+    assert!(
+        status.stdout_text().contains("missing") && status.stdout_text().contains("003"),
+        "{}",
+        status.describe()
+    );
+    assert!(!table_exists(&db, "c") && table_exists(&db, "b"));
+    // Never applied: the orphan down file is unusable, exit 1.
+    write(dir.path(), "004_d.down.sql", "select 1;");
+    std::fs::write(dir.path().join("002_b.up.sql"), "CREATE TABLE b (id int);").unwrap();
+    let out = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("004_d.down.sql"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// One invalid file does not hide the others: status lists every valid migration, then names
+/// the invalid file and exits 7.
+#[test]
+fn status_shows_the_valid_migrations_beside_an_invalid_file() {
+    let db = TestDb::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    write(dir.path(), "002_b.up.sql", "CREATE TABLE b (id int);");
+    let d = dir_arg(&dir);
+    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    write(dir.path(), "003_c.up.sql", "select 'open;");
+    write(dir.path(), "004-bad.up.sql", "select 1;");
+    let out = migrate(&db, &["status", "--dir", &d]);
+    expect_code(&out, 7);
+    let table = out.stdout_text();
+    assert!(
+        table.contains("001") && table.contains("002") && table.contains("applied"),
+        "{}",
+        out.describe()
+    );
+    let err = out.stderr_text();
+    assert!(
+        err.contains("2 migration file(s) cannot be used")
+            && err.contains("003_c.up.sql")
+            && err.contains("unterminated")
+            && err.contains("004-bad.up.sql"),
+        "{}",
+        out.describe()
+    );
+    let doc = migrate(&db, &["status", "--dir", &d, "-o", "json"]);
+    expect_code(&doc, 7);
+    let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
+    assert_eq!(doc["migrations"].as_array().unwrap().len(), 2, "{doc}");
+    // up still refuses the set, as before: exit 1 naming the file.
+    let up = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&up, 1);
+    assert!(
+        up.stderr_text().contains("003_c.up.sql"),
+        "{}",
+        up.describe()
+    );
+}
+
 #[test]
 fn out_of_order_needs_the_flag() {
     let db = TestDb::new();
