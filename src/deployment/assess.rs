@@ -743,30 +743,31 @@ mod tests {
         }
     }
 
+    /// A pod the scheduler has refused since `since`, saying `message`.
+    fn unschedulable_since(
+        message: &str,
+        since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    ) -> Pod {
+        let mut p = pod(false, None);
+        let conditions = p.status.as_mut().unwrap().conditions.as_mut().unwrap();
+        conditions.push(PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(message.into()),
+            last_transition_time: Some(since),
+            ..Default::default()
+        });
+        p
+    }
+
     #[test]
     fn hints_follow_the_cause() {
         let now = Timestamp::now();
         let long_ago = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             now - std::time::Duration::from_secs(600),
         );
-        let unschedulable = |message: &str| {
-            let mut p = pod(false, None);
-            p.status
-                .as_mut()
-                .unwrap()
-                .conditions
-                .as_mut()
-                .unwrap()
-                .push(PodCondition {
-                    type_: "PodScheduled".into(),
-                    status: "False".into(),
-                    reason: Some("Unschedulable".into()),
-                    message: Some(message.into()),
-                    last_transition_time: Some(long_ago.clone()),
-                    ..Default::default()
-                });
-            p
-        };
+        let unschedulable = |message: &str| unschedulable_since(message, long_ago.clone());
         let with_pending_claim = |pod: Pod| {
             let mut observed = observed_with(pod);
             let mut pvc = k8s_openapi::api::core::v1::PersistentVolumeClaim::default();
@@ -810,24 +811,12 @@ mod tests {
             assert_eq!(a.phase, Phase::Failed, "{reason}");
             assert_eq!(a.failure().unwrap().exit_code, code, "{reason}");
         }
-        let mut unschedulable = pod(false, None);
-        unschedulable
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(PodCondition {
-                type_: "PodScheduled".into(),
-                status: "False".into(),
-                reason: Some("Unschedulable".into()),
-                message: Some("0/1 nodes are available: 1 Insufficient cpu.".into()),
-                last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    now - std::time::Duration::from_secs(5),
-                )),
-                ..Default::default()
-            });
+        let unschedulable = unschedulable_since(
+            "0/1 nodes are available: 1 Insufficient cpu.",
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                now - std::time::Duration::from_secs(5),
+            ),
+        );
         let transient = assess(&observed_with(unschedulable.clone()), now, None);
         assert!(transient.failure().is_none(), "an autoscaler may be acting");
         assert_eq!(transient.phase, Phase::Deploying);

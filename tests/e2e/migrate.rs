@@ -428,19 +428,32 @@ fn applied_version_missing_from_files_is_refused() {
     assert!(!table_exists(&db, "c"));
 }
 
+/// A directory of `files`, every one applied: the directory and its `--dir` argument.
+fn applied(db: &TestDb, files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in files {
+        write(dir.path(), name, body);
+    }
+    let d = dir_arg(&dir);
+    expect_code(&migrate(db, &["up", "--dir", &d]), 0);
+    (dir, d)
+}
+
 /// An applied migration whose up file is gone while its down file stays is a missing
 /// migration (7, as without any file), for `up`, `down` and `status` alike; a down file
 /// without an up file that was never applied stays an unusable file (1).
 #[test]
 fn an_applied_up_file_missing_beside_its_down_file_is_exit_7() {
     let db = TestDb::new();
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
-    write(dir.path(), "001_a.down.sql", "DROP TABLE a;");
-    write(dir.path(), "002_b.up.sql", "CREATE TABLE b (id int);");
-    write(dir.path(), "002_b.down.sql", "DROP TABLE b;");
-    let d = dir_arg(&dir);
-    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    let (dir, d) = applied(
+        &db,
+        &[
+            ("001_a.up.sql", "CREATE TABLE a (id int);"),
+            ("001_a.down.sql", "DROP TABLE a;"),
+            ("002_b.up.sql", "CREATE TABLE b (id int);"),
+            ("002_b.down.sql", "DROP TABLE b;"),
+        ],
+    );
     std::fs::remove_file(dir.path().join("002_b.up.sql")).unwrap();
     write(dir.path(), "003_c.up.sql", "CREATE TABLE c (id int);");
     for args in [&["up"][..], &["down"], &["up", "--dry-run"]] {
@@ -479,11 +492,13 @@ fn an_applied_up_file_missing_beside_its_down_file_is_exit_7() {
 #[test]
 fn status_shows_the_valid_migrations_beside_an_invalid_file() {
     let db = TestDb::new();
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
-    write(dir.path(), "002_b.up.sql", "CREATE TABLE b (id int);");
-    let d = dir_arg(&dir);
-    expect_code(&migrate(&db, &["up", "--dir", &d]), 0);
+    let (dir, d) = applied(
+        &db,
+        &[
+            ("001_a.up.sql", "CREATE TABLE a (id int);"),
+            ("002_b.up.sql", "CREATE TABLE b (id int);"),
+        ],
+    );
     write(dir.path(), "003_c.up.sql", "select 'open;");
     write(dir.path(), "004-bad.up.sql", "select 1;");
     let out = migrate(&db, &["status", "--dir", &d]);

@@ -287,13 +287,12 @@ fn application_users() {
 
     // A local psql as another role gets that role's password from its Secret, never the
     // superuser's; a role without one gets none (psql asks, and off a terminal gives up).
-    let as_ro = ok(scope.kpg(&[
-        "psql",
-        "pg",
-        "-n",
-        ns,
-        "--local",
-        "--",
+    let local_psql = |args: &[&str]| {
+        let mut all = vec!["psql", "pg", "-n", ns, "--local", "--"];
+        all.extend_from_slice(args);
+        scope.kpg(&all)
+    };
+    let as_ro = ok(local_psql(&[
         "-U",
         "app_ro",
         "-At",
@@ -301,18 +300,7 @@ fn application_users() {
         "select current_user",
     ]));
     assert_eq!(as_ro.stdout_text().trim(), "app_ro", "{}", as_ro.describe());
-    let stranger = scope.kpg(&[
-        "psql",
-        "pg",
-        "-n",
-        ns,
-        "--local",
-        "--",
-        "--username=stranger",
-        "-w",
-        "-c",
-        "select 1",
-    ]);
+    let stranger = local_psql(&["--username=stranger", "-w", "-c", "select 1"]);
     assert_ne!(stranger.code(), 0, "{}", stranger.describe());
     assert!(
         stranger
