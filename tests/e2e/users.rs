@@ -657,6 +657,29 @@ fn rotate_password() {
     let status = json(&ok(kpg(&["status", "pg", "-o", "json"])));
     assert_eq!(status["phase"], "Healthy", "{status}");
 
+    // A history an older version granted to its users: the next rotation, and the next
+    // install --upgrade, take it back.
+    let admin = local(&forward, "postgres", &new, "learnflow");
+    let grant_history = || {
+        query(
+            &admin,
+            "CREATE TABLE IF NOT EXISTS kubectl_pg_migrations (version bigint PRIMARY KEY); \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON kubectl_pg_migrations TO app",
+        )
+        .unwrap();
+    };
+    let history_grants = || {
+        query(
+            &admin,
+            "SELECT count(*) FROM information_schema.role_table_grants \
+             WHERE table_name = 'kubectl_pg_migrations' AND grantee = 'app'",
+        )
+        .unwrap()[0][0]
+            .clone()
+    };
+    grant_history();
+    assert_eq!(history_grants().as_deref(), Some("4"));
+
     // An application user's password; the Deployment mounting its Secret is listed.
     let app_old = secret_value(&scope, "pg-user-app", "password");
     let text = ok(kpg(&["rotate-password", "--db-user", "app", "--yes"])).stdout_text();
@@ -669,6 +692,18 @@ fn rotate_password() {
     assert_ne!(app_new, app_old);
     assert!(try_connect(&local(&forward, "app", &app_old, "learnflow")).is_err());
     try_connect(&local(&forward, "app", &app_new, "learnflow")).unwrap();
+    assert_eq!(
+        history_grants().as_deref(),
+        Some("0"),
+        "after rotate-password"
+    );
+    grant_history();
+    ok(kpg(&["install", "pg", "--upgrade", "--timeout", TIMEOUT]));
+    assert_eq!(
+        history_grants().as_deref(),
+        Some("0"),
+        "after install --upgrade"
+    );
     expect_code(
         &kpg(&["rotate-password", "--db-user", "nobody", "--yes"]),
         1,
