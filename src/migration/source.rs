@@ -522,25 +522,49 @@ mod tests {
 
     #[test]
     fn rejects_broken_sets() {
-        let dup =
-            MigrationSet::from_files(vec![raw("1_a.up.sql", ""), raw("001_b.up.sql", "")], None);
+        let strict = |files| MigrationSet::from_files(files, None).and_then(MigrationSet::strict);
+        let dup = strict(vec![raw("1_a.up.sql", ""), raw("001_b.up.sql", "")]);
         assert!(dup.unwrap_err().to_string().contains("also used by"));
-        let orphan = MigrationSet::from_files(vec![raw("002_a.down.sql", "")], None);
+        let orphan = strict(vec![raw("002_a.down.sql", "")]);
         assert!(orphan.unwrap_err().to_string().contains("without its up"));
-        let mismatch = MigrationSet::from_files(
-            vec![raw("002_a.up.sql", ""), raw("002_b.down.sql", "")],
-            None,
-        );
+        let mismatch = strict(vec![raw("002_a.up.sql", ""), raw("002_b.down.sql", "")]);
         assert!(mismatch.is_err());
         let bad = RawFile {
             file_name: "003_x.up.sql".into(),
             origin: "003_x.up.sql".into(),
             bytes: vec![b's', 0xff, 0xfe],
         };
-        assert!(MigrationSet::from_files(vec![bad], None)
-            .unwrap_err()
-            .to_string()
-            .contains("UTF-8"));
+        assert!(strict(vec![bad]).unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_lenient_set_keeps_the_valid_files_and_lists_the_others() {
+        let set = MigrationSet::from_files(
+            vec![
+                raw("001_a.up.sql", "select 1;"),
+                raw("002_b.down.sql", "select 1;"),
+                raw("003_c.up.sql", "select 'open;"),
+                raw("003_c.down.sql", "select 1;"),
+                raw("4-bad.up.sql", "select 1;"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(set.migrations.len(), 1);
+        let listed: Vec<(&str, Option<i64>)> = set
+            .problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.up_missing))
+            .collect();
+        // 003's down file is not one without its up file: that up file is only unusable.
+        assert_eq!(
+            listed,
+            [
+                ("003_c.up.sql", None),
+                ("4-bad.up.sql", None),
+                ("002_b.down.sql", Some(2))
+            ]
+        );
     }
 
     #[test]
