@@ -6,8 +6,20 @@ use owo_colors::Stream;
 use kubectl_pg::cli::Cli;
 use kubectl_pg::output::{emit, paint, Tone};
 
+/// Whether stdout was closed (`>&-`) must be asked before Rust's runtime reopens a closed
+/// descriptor on the null device, that is before `main`: the C runtime (glibc, musl) runs the
+/// functions of `.init_array` first. Elsewhere nothing is detected.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static DETECT_CLOSED_STDOUT: extern "C" fn() = {
+    extern "C" fn detect() {
+        kubectl_pg::output::detect_closed_stdout();
+    }
+    detect
+};
+
 fn main() -> ExitCode {
-    kubectl_pg::output::detect_closed_stdout();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // kubectl's plugin completion (through kubectl_complete-pg) speaks Cobra's protocol.
     if args.get(1).is_some_and(|a| a == "__complete") {
