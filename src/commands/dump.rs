@@ -17,6 +17,8 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
     } else {
         DumpFormat::Custom
     });
+    // Refused before any connection, as everything the arguments alone decide.
+    transfer::refuse_output_args(&args.dump_args)?;
     if args.all && format == DumpFormat::Custom {
         // Refused before any connection.
         transfer::dump_command("", &DumpScope::Cluster, format, "", &[])?;

@@ -100,7 +100,7 @@ const SHORT_WITH_VALUE: &str = "deEfFhjnNpStTUZl";
 /// directory cannot be streamed at all). Short options are read as getopt reads them,
 /// clustered (`-vf x`) or with the value attached (`-Fp`), and a long one by any prefix
 /// getopt would take for it.
-fn refuse_output_args(extra: &[String]) -> Result<(), Error> {
+pub fn refuse_output_args(extra: &[String]) -> Result<(), Error> {
     let mut args = extra.iter();
     while let Some(arg) = args.next() {
         if arg == "--" {

@@ -140,6 +140,25 @@ fn a_result_written_to_a_closed_stdout_fails() {
         let out = shell(&format!("1<>{}", dir.path().join("rw").display()), args);
         expect_code(&out, 0);
     }
+    // pg_dump arguments that would take the output away: refused before any connection.
+    for (args, says) in [
+        (
+            &["dump", "-f", "x.dump", "--", "-f", "x"][..],
+            "inside the pod",
+        ),
+        (
+            &["dump", "-f", "x.dump", "--", "--format=plain"],
+            "--format",
+        ),
+    ] {
+        let out = shell("", args);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains(says),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
     let out = shell(">&-", &["report", "-f", "-"]);
     expect_code(&out, 1);
     assert!(
