@@ -108,7 +108,7 @@ fn full_or_closed_streams_never_abort() {
 /// result: exit 1 with the reason on stderr, never 0. A stdout on a file, write-only or
 /// read-write, is written: exit 0.
 #[test]
-fn a_result_written_to_a_closed_stdout_fails() {
+fn closed_stdout_and_output_taken_away_are_failures() {
     let shell = |redirect: &str, args: &[&str]| {
         let mut command = std::process::Command::new("sh");
         command
@@ -141,15 +141,14 @@ fn a_result_written_to_a_closed_stdout_fails() {
         expect_code(&out, 0);
     }
     // pg_dump arguments that would take the output away: refused before any connection.
+    let local = dir.path().join("x.dump");
+    let local = local.to_str().unwrap();
     for (args, says) in [
         (
-            &["dump", "-f", "x.dump", "--", "-f", "x"][..],
+            &["dump", "-f", local, "--", "-f", "x"][..],
             "inside the pod",
         ),
-        (
-            &["dump", "-f", "x.dump", "--", "--format=plain"],
-            "--format",
-        ),
+        (&["dump", "-f", local, "--", "--format=plain"], "--format"),
     ] {
         let out = shell("", args);
         expect_code(&out, 1);
@@ -159,6 +158,7 @@ fn a_result_written_to_a_closed_stdout_fails() {
             out.describe()
         );
     }
+    assert!(!dir.path().join("x.dump").exists());
     let out = shell(">&-", &["report", "-f", "-"]);
     expect_code(&out, 1);
     assert!(
