@@ -262,7 +262,8 @@ pub fn role_comment(readonly: bool, database: &str) -> String {
 /// default privileges, which act when the owner creates a table: the runner creates the
 /// history tables in the batch that also runs this (see `history::Tables::create_sql`), so
 /// no session ever sees them granted. A table the session may not change (another owner) is
-/// left as it is rather than failing the command; `user create`, `rotate-password` and
+/// left as it is rather than failing the command, and the table's owner keeps its own
+/// privileges (an app user that runs its own migrations with `--dsn` owns its history); `user create`, `rotate-password` and
 /// `install --upgrade` run it too, which corrects the grants older versions made.
 pub fn protect_history_sql() -> String {
     let tables = [
@@ -272,12 +273,13 @@ pub fn protect_history_sql() -> String {
     .map(literal)
     .join(", ");
     let body = format!(
-        "DECLARE t regclass; r name; BEGIN \
-         FOR t IN SELECT c.oid::regclass FROM pg_class c \
+        "DECLARE t regclass; o oid; r name; BEGIN \
+         FOR t, o IN SELECT c.oid::regclass, c.relowner FROM pg_class c \
          WHERE c.relname IN ({tables}) AND c.relkind IN ('r', 'p') LOOP \
          BEGIN \
          EXECUTE format('REVOKE ALL ON TABLE %s FROM PUBLIC', t); \
-         FOR r IN SELECT rolname FROM pg_roles WHERE starts_with(coalesce(shobj_description(oid, 'pg_authid'), ''), {comment}) LOOP \
+         FOR r IN SELECT rolname FROM pg_roles WHERE oid <> o \
+         AND starts_with(coalesce(shobj_description(oid, 'pg_authid'), ''), {comment}) LOOP \
          EXECUTE format('REVOKE ALL ON TABLE %s FROM %I', t, r); \
          END LOOP; \
          EXCEPTION WHEN insufficient_privilege THEN NULL; \

@@ -532,6 +532,53 @@ fn status_shows_the_valid_migrations_beside_an_invalid_file() {
     );
 }
 
+/// The history is taken from app users, never from its owner: an app user that runs its own
+/// migrations (`--dsn`, on a server where it may create tables) keeps its history run after
+/// run, and another app user gets nothing on it, default privileges notwithstanding.
+#[test]
+fn an_app_user_owning_its_history_keeps_it_and_no_other_app_user_gets_it() {
+    let db = TestDb::new();
+    let (owner, other) = (format!("{}_own", db.name), format!("{}_other", db.name));
+    db.query(&format!(
+        "CREATE ROLE {owner} LOGIN PASSWORD 'owner-password-0123'; \
+         COMMENT ON ROLE {owner} IS 'kubectl-pg application user (readwrite) of database {db}'; \
+         CREATE ROLE {other} LOGIN; \
+         COMMENT ON ROLE {other} IS 'kubectl-pg application user (readonly) of database {db}'; \
+         GRANT CREATE, USAGE ON SCHEMA public TO {owner}, {other}; \
+         ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {other}",
+        db = db.name
+    ));
+    let dsn = db.dsn();
+    let (_, at) = dsn.split_once('@').unwrap();
+    let as_owner = format!("postgresql://{owner}:owner-password-0123@{at}");
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    let d = dir_arg(&dir);
+    for _ in 0..2 {
+        let out = kpg(&["migrate", "up", "--dir", &d, "--dsn", &as_owner]);
+        expect_code(&out, 0);
+    }
+    let privileges = |role: &str| {
+        db.scalar(&format!(
+            "SELECT string_agg(p, ',' ORDER BY p) FROM unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE']) p \
+             WHERE has_table_privilege('{role}', 'kubectl_pg_migrations', p)"
+        ))
+    };
+    assert_eq!(
+        privileges(&owner).as_deref(),
+        Some("DELETE,INSERT,SELECT,UPDATE")
+    );
+    assert_eq!(privileges(&other), None);
+    // The default privileges still reach the migrations' own tables.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT has_table_privilege('{other}', 'a', 'SELECT')::text"
+        ))
+        .as_deref(),
+        Some("true")
+    );
+}
+
 #[test]
 fn out_of_order_needs_the_flag() {
     let db = TestDb::new();
