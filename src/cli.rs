@@ -771,6 +771,7 @@ const USER_EXAMPLES: &str = "\
 An application user is a PostgreSQL role with LOGIN and no superuser, CREATEDB or CREATEROLE. It
 may connect to its database and read and write the tables of schema public, including tables that
 migrations create later (default privileges of the release's superuser); --readonly: SELECT only.
+Never the migration history tables (kubectl_pg_migrations, kubectl_pg_migration_progress).
 Its credentials are in Secret RELEASE-user-NAME (kubernetes.io/basic-auth: username, password,
 database, host, port, uri); the password is sent to the server as a SCRAM verifier.
 

@@ -6,6 +6,19 @@ use owo_colors::Stream;
 use kubectl_pg::cli::Cli;
 use kubectl_pg::output::{emit, paint, Tone};
 
+/// Whether stdout was closed (`>&-`) must be asked before Rust's runtime reopens a closed
+/// descriptor on the null device, that is before `main`: the C runtime (glibc, musl) runs the
+/// functions of `.init_array` first. Elsewhere nothing is detected.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static DETECT_CLOSED_STDOUT: extern "C" fn() = {
+    extern "C" fn detect() {
+        kubectl_pg::output::detect_closed_stdout();
+    }
+    detect
+};
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // kubectl's plugin completion (through kubectl_complete-pg) speaks Cobra's protocol.
@@ -38,6 +51,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let printed = e.print().is_ok();
+            if !e.use_stderr() && kubectl_pg::output::stdout_closed() {
+                kubectl_pg::note!(
+                    "{} cannot write to stdout: stdout is closed",
+                    paint("error:", Tone::Bad, Stream::Stderr)
+                );
+                return ExitCode::from(1);
+            }
             // clap's usage errors exit 2, which is ours for "Kubernetes not accessible"; help
             // or version that could not be written whole is a failure too.
             return ExitCode::from(if e.use_stderr() || !printed { 1 } else { 0 });
@@ -45,8 +65,16 @@ fn main() -> ExitCode {
     };
     match kubectl_pg::run(cli) {
         // A result cut short (stdout closed or full) is not a success.
-        Ok(()) if kubectl_pg::output::stdout_failed() => ExitCode::from(1),
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => match kubectl_pg::output::stdout_failed() {
+            Some(reason) => {
+                kubectl_pg::note!(
+                    "{} cannot write the result to stdout: {reason}",
+                    paint("error:", Tone::Bad, Stream::Stderr)
+                );
+                ExitCode::from(1)
+            }
+            None => ExitCode::SUCCESS,
+        },
         Err(kubectl_pg::Error::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             kubectl_pg::note!("{} {e}", paint("error:", Tone::Bad, Stream::Stderr));

@@ -17,6 +17,8 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
     } else {
         DumpFormat::Custom
     });
+    // Refused before any connection, as everything the arguments alone decide.
+    transfer::refuse_output_args(&args.dump_args)?;
     if args.all && format == DumpFormat::Custom {
         // Refused before any connection.
         transfer::dump_command("", &DumpScope::Cluster, format, "", &[])?;
@@ -25,6 +27,12 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
         return Err(Error::InvalidInput {
             message: "refusing to write a dump to a terminal".into(),
             hint: Some("give a file (-f learnflow.dump) or redirect stdout (> learnflow.dump, | kubectl pg restore …)".into()),
+        });
+    }
+    if args.file.is_none() && output::stdout_closed() {
+        return Err(Error::InvalidInput {
+            message: "stdout is closed: the dump would be lost".into(),
+            hint: Some("give a file (-f learnflow.dump) or redirect stdout".into()),
         });
     }
     // Opened before any connection: what -f cannot take safely (a dangling symlink, a

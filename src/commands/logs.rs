@@ -23,7 +23,7 @@ pub async fn run(args: LogsArgs, global: &GlobalArgs) -> Result<(), Error> {
     let redactor = redact::current();
     logs::read(&cluster, &release, &options, |line| {
         emit(&format!("{}\n", redactor.redact(line)));
-        !output::stdout_failed()
+        output::stdout_failed().is_none()
     })
     .await
 }

@@ -22,7 +22,15 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let MigrateAction::Create { name } = &args.action {
         return create(options, name);
     }
-    let set = MigrationSet::load(options.dir.as_deref())?;
+    let set = MigrationSet::load_lenient(options.dir.as_deref())?;
+    // Status shows the valid files beside the invalid ones; any other action refuses an
+    // invalid file before any connection, except a down file without its up file: whether
+    // that up file belonged to an applied migration (exit 7) is for the history to say.
+    if !matches!(args.action, MigrateAction::Status { .. }) {
+        if let Some(problem) = set.problems.iter().find(|p| p.up_missing.is_none()) {
+            return Err(problem.error());
+        }
+    }
     set.check_transaction_modes()?;
     check_target(&args.action, &set)?;
     if let Some(dsn) = &options.dsn {
@@ -54,6 +62,9 @@ async fn run_with<C: Connector>(
     connector: Option<C>,
 ) -> Result<(), Error> {
     let options = &args.options;
+    if !matches!(args.action, MigrateAction::Status { .. }) {
+        refuse_missing_up_files(set, connector.as_ref()).await?;
+    }
     if options.dry_run {
         let goal = match &args.action {
             MigrateAction::Up { to, .. } => Some(Goal::Up { to: *to }),
@@ -106,6 +117,56 @@ async fn run_with<C: Connector>(
         }
         MigrateAction::Create { name } => create(options, name),
     }
+}
+
+/// A down file without its up file: an applied migration whose up file is gone is a missing
+/// migration (exit 7, as `check_history` says of an applied version with no file at all);
+/// otherwise the file is unusable (exit 1). Reads the history without creating it.
+async fn refuse_missing_up_files<C: Connector>(
+    set: &MigrationSet,
+    connector: Option<&C>,
+) -> Result<(), Error> {
+    let Some(first) = set.problems.first() else {
+        return Ok(());
+    };
+    let history = read_history(connector).await?;
+    let applied: Vec<String> = set
+        .problems
+        .iter()
+        .filter_map(|p| p.up_missing)
+        .filter_map(|v| history.applied.get(&v))
+        .map(|a| format!("{}_{}", set.label(a.version), a.name))
+        .collect();
+    if applied.is_empty() {
+        return Err(first.error());
+    }
+    Err(Error::Migration {
+        message: format!(
+            "applied migration(s) missing from the migration files: {} (only the down file is there)",
+            applied.join(", ")
+        ),
+        hints: vec!["run with the --dir that applied them, or restore the up files".into()],
+    })
+}
+
+/// Every unusable file of the set, as the error `migrate status` ends with (exit 7: the set
+/// cannot be migrated as it is).
+fn invalid_files(set: &MigrationSet) -> Result<(), Error> {
+    if set.problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Migration {
+        message: format!(
+            "{} migration file(s) cannot be used: {}",
+            set.problems.len(),
+            set.problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        hints: set.problems.iter().filter_map(|p| p.hint.clone()).collect(),
+    })
 }
 
 /// `--to` names a migration of the set (or 0, going down): checked before any connection.
@@ -361,7 +422,7 @@ async fn status<C: Connector>(
     let doc = MigrationStatus::build(set, &history, connector.target());
     if let Some(text) = output::document(format, &doc)? {
         emit(&text);
-        return Ok(());
+        return invalid_files(set);
     }
     let wide = format == OutputFormat::Wide;
     let rows = doc
@@ -431,7 +492,7 @@ async fn status<C: Connector>(
     );
     out.push_str(&output::table(headers, rows));
     emit(&out);
-    Ok(())
+    invalid_files(set)
 }
 
 /// Opens a session holding the migration lock, with the tables created; the tables are those

@@ -11,6 +11,7 @@ use kube::api::Api;
 use crate::cli::{GlobalArgs, PsqlArgs};
 use crate::cluster::release::{self, Target};
 use crate::cluster::Cluster;
+use crate::database::roles;
 use crate::error::Error;
 use crate::manifests::render::CONTAINER;
 
@@ -74,6 +75,22 @@ fn has_flag(args: &[String], short: &str, long: &str) -> bool {
             || a == long
             || (a.starts_with(short) && a.len() > 2)
     })
+}
+
+/// The role psql's own arguments name (`-U NAME`, `-UNAME`, `--username[=]NAME`), if any.
+fn named_user(args: &[String]) -> Option<String> {
+    let mut args = args.iter().take_while(|a| *a != "--");
+    let mut named = None;
+    while let Some(arg) = args.next() {
+        if arg == "-U" || arg == "--username" {
+            named = args.next().cloned();
+        } else if let Some(user) = arg.strip_prefix("--username=") {
+            named = Some(user.to_string());
+        } else if let Some(user) = arg.strip_prefix("-U").filter(|u| !u.is_empty()) {
+            named = Some(user.to_string());
+        }
+    }
+    named
 }
 
 /// `kubectl <connection flags> -n N exec -i [-t] POD -c postgres -- psql -U user -d db ARGS`.
@@ -176,17 +193,43 @@ async fn run_local(cluster: &Cluster, target: &Target, psql_args: &[String]) -> 
     let _interrupts =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     let c = &target.credentials;
+    // `-U NAME` of another role: that user's own password from its Secret, or none (psql
+    // asks): the superuser's password is never sent for another role.
+    let own = match named_user(psql_args).filter(|u| *u != c.username) {
+        None => Some(c.clone()),
+        Some(user) => {
+            let found = match roles::validate_user_name_syntax(&user) {
+                Ok(()) => release::app_user_credentials(cluster, &target.release, &user)
+                    .await
+                    .map(Some)
+                    .or_else(|e| match e {
+                        Error::NotFound { .. } => Ok(None),
+                        e => Err(e),
+                    })?,
+                Err(_) => None,
+            };
+            if found.is_none() {
+                crate::note!("no kubectl-pg Secret for user {user}: psql asks for its password");
+            }
+            found
+        }
+    };
     let mut command = tokio::process::Command::new(psql);
     command
         .args(psql_args)
         .env("PGHOST", local.ip().to_string())
         .env("PGPORT", local.port().to_string())
         .env("PGUSER", &c.username)
-        .env("PGDATABASE", &c.database)
-        // In the environment, never on a command line where `ps` would show it.
-        .env("PGPASSWORD", &c.password)
+        .env(
+            "PGDATABASE",
+            own.as_ref().map_or(&c.database, |own| &own.database),
+        )
         .env("PGSSLMODE", "disable")
         .stdin(Stdio::inherit());
+    if let Some(own) = &own {
+        // In the environment, never on a command line where `ps` would show it.
+        command.env("PGPASSWORD", &own.password);
+    }
     let status = command.status().await.map_err(|source| Error::Io {
         context: "cannot run psql".into(),
         source,
@@ -261,6 +304,21 @@ mod tests {
             argv.ends_with("exec -i -t pg-0 -c postgres -- psql -Uother --dbname=x -c select 1"),
             "{argv}"
         );
+    }
+
+    #[test]
+    fn the_user_psql_is_asked_for() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (given, named) in [
+            (&["-U", "app_ro"][..], Some("app_ro")),
+            (&["-c", "select 1", "-Uapp_ro"][..], Some("app_ro")),
+            (&["--username", "app_ro"][..], Some("app_ro")),
+            (&["--username=app_ro", "-d", "x"][..], Some("app_ro")),
+            (&["-d", "x", "-c", "select 1"][..], None),
+            (&["-c", "-- -U x"][..], None),
+        ] {
+            assert_eq!(named_user(&args(given)).as_deref(), named, "{given:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! written: Secret values are redacted, and every known secret value is cut out of every file.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,7 +37,33 @@ const MAX_LOG_BYTES: usize = 32 << 20;
 /// What a Secret's values are replaced by in the bundle.
 const REDACTED_VALUE: &str = "REDACTED";
 
-pub async fn run(args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
+/// `-f -` is stdout, as for kubectl and tar: written through `/dev/stdout` (never to a
+/// terminal, which cannot take an archive), not a file named `-`.
+fn destination(file: Option<PathBuf>, stdout_terminal: bool) -> Result<Option<PathBuf>, Error> {
+    match file {
+        Some(file) if file.as_os_str() == "-" => {
+            if crate::output::stdout_closed() {
+                return Err(Error::InvalidInput {
+                    message: "stdout is closed: the report's archive would be lost".into(),
+                    hint: Some("give a file name to -f".into()),
+                });
+            }
+            if stdout_terminal {
+                return Err(Error::InvalidInput {
+                    message: "refusing to write the report's archive to a terminal".into(),
+                    hint: Some(
+                        "redirect stdout (-f - > report.tar.gz), or give a file name".into(),
+                    ),
+                });
+            }
+            Ok(Some(PathBuf::from("/dev/stdout")))
+        }
+        file => Ok(file),
+    }
+}
+
+pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error> {
+    args.file = destination(args.file.take(), std::io::stdout().is_terminal())?;
     // Refused before any connection: a dangling symlink, a directory, a socket.
     let written_through = match &args.file {
         Some(file) => matches!(
@@ -476,6 +503,15 @@ fn events_table(events: &[Event]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dash_is_stdout() {
+        let path = |p: &str| Some(PathBuf::from(p));
+        assert_eq!(destination(path("-"), false).unwrap(), path("/dev/stdout"));
+        assert!(destination(path("-"), true).is_err());
+        assert_eq!(destination(path("./-x"), false).unwrap(), path("./-x"));
+        assert_eq!(destination(None, true).unwrap(), None);
+    }
     use std::collections::BTreeMap;
 
     #[test]

@@ -215,6 +215,13 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     }
     // The Secret holds the new password: the next rotation may start from it.
     let _ = roles::unlock_password(&admin, &role).await;
+    // Older versions granted app users the migration history: a rotation corrects it.
+    roles::run(
+        &admin,
+        "cannot revoke app users' privileges on the migration history",
+        &roles::protect_history_sql(),
+    )
+    .await?;
     let workloads = match users_of(&cluster, &ns, &release, &secret_name).await {
         Ok(w) => w,
         Err(e) => {

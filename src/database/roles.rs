@@ -252,6 +252,44 @@ pub fn role_comment(readonly: bool, database: &str) -> String {
     )
 }
 
+/// Takes every privilege on the migration history tables (in any schema of the session's
+/// database) away from PUBLIC and from every application user of ours: the history belongs to
+/// the migration runner alone, and a row an app changed would stop the next `migrate up` as
+/// drift. Idempotent, one statement.
+///
+/// Why this holds: an app user gets table privileges only from `user create`'s grants on the
+/// tables in `public` (this runs after them, in the same transaction) and from the owner's
+/// default privileges, which act when the owner creates a table: the runner creates the
+/// history tables in the batch that also runs this (see `history::Tables::create_sql`), so
+/// no session ever sees them granted. A table the session may not change (another owner) is
+/// left as it is rather than failing the command, and the table's owner keeps its own
+/// privileges (an app user that runs its own migrations with `--dsn` owns its history); `user create`, `rotate-password` and
+/// `install --upgrade` run it too, which corrects the grants older versions made.
+pub fn protect_history_sql() -> String {
+    let tables = [
+        crate::migration::history::TABLE,
+        crate::migration::history::PROGRESS_TABLE,
+    ]
+    .map(literal)
+    .join(", ");
+    let body = format!(
+        "DECLARE t regclass; o oid; r name; BEGIN \
+         FOR t, o IN SELECT c.oid::regclass, c.relowner FROM pg_class c \
+         WHERE c.relname IN ({tables}) AND c.relkind IN ('r', 'p') LOOP \
+         BEGIN \
+         EXECUTE format('REVOKE ALL ON TABLE %s FROM PUBLIC', t); \
+         FOR r IN SELECT rolname FROM pg_roles WHERE oid <> o \
+         AND starts_with(coalesce(shobj_description(oid, 'pg_authid'), ''), {comment}) LOOP \
+         EXECUTE format('REVOKE ALL ON TABLE %s FROM %I', t, r); \
+         END LOOP; \
+         EXCEPTION WHEN insufficient_privilege THEN NULL; \
+         END; \
+         END LOOP; END",
+        comment = literal(ROLE_COMMENT),
+    );
+    format!("DO {}", literal(&body))
+}
+
 /// What an application user may do in its database.
 #[derive(Debug, Clone)]
 pub struct UserGrants<'a> {
@@ -266,7 +304,8 @@ pub struct UserGrants<'a> {
 impl UserGrants<'_> {
     /// One transaction: the role with its password (a SCRAM verifier), its comment, CONNECT on
     /// the database, USAGE on schema public, read (and write) on its tables and sequences now
-    /// and later. Run it in `database`.
+    /// and later, but nothing on the migration history ([`protect_history_sql`]). Run it in
+    /// `database`.
     pub fn create_sql(&self, verifier: &str) -> String {
         let user = quote_ident(self.name);
         let owner = quote_ident(self.owner);
@@ -298,6 +337,7 @@ impl UserGrants<'_> {
             format!(
                 "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT {sequences} ON SEQUENCES TO {user}"
             ),
+            protect_history_sql(),
             "COMMIT".to_string(),
         ]
         .join(";\n")
@@ -651,6 +691,31 @@ mod tests {
         assert!(!ro.contains("INSERT"), "{ro}");
         assert!(ro.contains("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"app\""));
         assert!(ro.contains("(readonly)"));
+    }
+
+    #[test]
+    fn the_history_is_revoked_after_every_grant() {
+        let sql = UserGrants {
+            name: "app",
+            database: "db",
+            owner: "postgres",
+            readonly: false,
+        }
+        .create_sql("v");
+        let revoke = sql.find("REVOKE ALL ON TABLE").expect("revoked");
+        assert!(sql.rfind("GRANT").unwrap() < revoke, "{sql}");
+        assert!(revoke < sql.find("COMMIT").unwrap(), "{sql}");
+        let protect = protect_history_sql();
+        for needed in [
+            "'kubectl_pg_migrations'",
+            "'kubectl_pg_migration_progress'",
+            "FROM PUBLIC",
+            ROLE_COMMENT,
+        ] {
+            assert!(protect.contains(needed), "{needed}: {protect}");
+        }
+        let tables = crate::migration::history::Tables::in_schema("public").create_sql();
+        assert!(tables.ends_with(&protect), "{tables}");
     }
 
     #[test]

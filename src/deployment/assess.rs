@@ -218,6 +218,43 @@ fn event_instant(event: &k8s_openapi::api::core::v1::Event) -> Option<Timestamp>
         .or_else(|| event.event_time.as_ref().map(|t| t.0))
 }
 
+const CAPACITY_HINT: &str = "free capacity in the cluster, or lower --cpu-request/--memory-request";
+const STORAGE_CLASS_HINT: &str =
+    "name an existing StorageClass with --storage-class, or mark one as default";
+
+/// Whether the scheduler's message blames the pod's volumes ("unbound immediate
+/// PersistentVolumeClaims", "didn't find available persistent volumes to bind", "volume node
+/// affinity conflict", a claim not found) rather than CPU or memory.
+fn blames_volumes(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("persistentvolumeclaim") || message.contains("volume")
+}
+
+/// The fix of an unschedulable pod follows the scheduler's reason: storage for a volume,
+/// capacity otherwise.
+fn unschedulable_hint(message: &str) -> &'static str {
+    if blames_volumes(message) {
+        STORAGE_CLASS_HINT
+    } else {
+        CAPACITY_HINT
+    }
+}
+
+/// Whether the pod cannot be scheduled for a reason other than its volumes: then a claim of
+/// a WaitForFirstConsumer class stays unbound only because it waits for that pod.
+fn unschedulable_for_capacity(pod: Option<&Pod>) -> bool {
+    pod.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && !blames_volumes(c.message.as_deref().unwrap_or_default())
+        })
+}
+
 fn pod_problems(pod: &Pod, now: Timestamp, problems: &mut Vec<Problem>) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let Some(status) = &pod.status else { return };
@@ -234,9 +271,7 @@ fn pod_problems(pod: &Pod, now: Timestamp, problems: &mut Vec<Problem>) {
                 .last_transition_time
                 .as_ref()
                 .map_or(0, |t| now.duration_since(t.0).as_secs());
-            let hint = Some(
-                "free capacity in the cluster, or lower --cpu-request/--memory-request".into(),
-            );
+            let hint = Some(unschedulable_hint(&message).into());
             let text = format!("pod {name} cannot be scheduled: {message}");
             problems.push(if since > UNSCHEDULABLE_GRACE_SECONDS {
                 Problem::error("Unschedulable", text, hint, 6)
@@ -491,9 +526,7 @@ fn pvc_problems(observed: &Observed, now: Timestamp, problems: &mut Vec<Problem>
         .as_ref()
         .map(|t| now.as_second() - t.0.as_second())
         .unwrap_or_default();
-    let hint = Some(
-        "name an existing StorageClass with --storage-class, or mark one as default".to_string(),
-    );
+    let hint = Some(STORAGE_CLASS_HINT.to_string());
     if let Some(event) = failed_event {
         problems.push(Problem::error(
             event.reason.as_deref().unwrap_or("ProvisioningFailed"),
@@ -505,10 +538,19 @@ fn pvc_problems(observed: &Observed, now: Timestamp, problems: &mut Vec<Problem>
             6,
         ));
     } else if age > PVC_GRACE_SECONDS {
+        let waits_for_pod = unschedulable_for_capacity(observed.pod());
         problems.push(Problem::error(
             "PVCUnbound",
-            format!("PVC {name} has been {phase} for {age}s"),
-            hint,
+            if waits_for_pod {
+                format!("PVC {name} has been {phase} for {age}s: it waits for its pod, which cannot be scheduled")
+            } else {
+                format!("PVC {name} has been {phase} for {age}s")
+            },
+            if waits_for_pod {
+                Some(CAPACITY_HINT.to_string())
+            } else {
+                hint
+            },
             6,
         ));
     }
@@ -701,6 +743,62 @@ mod tests {
         }
     }
 
+    /// A pod the scheduler has refused since `since`, saying `message`.
+    fn unschedulable_since(
+        message: &str,
+        since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    ) -> Pod {
+        let mut p = pod(false, None);
+        let conditions = p.status.as_mut().unwrap().conditions.as_mut().unwrap();
+        conditions.push(PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(message.into()),
+            last_transition_time: Some(since),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn hints_follow_the_cause() {
+        let now = Timestamp::now();
+        let long_ago = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            now - std::time::Duration::from_secs(600),
+        );
+        let unschedulable = |message: &str| unschedulable_since(message, long_ago.clone());
+        let with_pending_claim = |pod: Pod| {
+            let mut observed = observed_with(pod);
+            let mut pvc = k8s_openapi::api::core::v1::PersistentVolumeClaim::default();
+            pvc.metadata.name = Some("data-pg-0".into());
+            pvc.metadata.creation_timestamp = Some(long_ago.clone());
+            observed.pvc = Some(pvc);
+            observed
+        };
+        let hint_of = |observed: &Observed, reason: &str| {
+            assess(observed, now, None)
+                .problems
+                .into_iter()
+                .find(|p| p.reason == reason)
+                .and_then(|p| p.hint)
+                .unwrap_or_else(|| panic!("no {reason}"))
+        };
+        // A claim that does not bind: the pod waits for it, and the fix is storage.
+        let unbound = with_pending_claim(unschedulable(
+            "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+        ));
+        assert!(hint_of(&unbound, "Unschedulable").contains("StorageClass"));
+        assert!(hint_of(&unbound, "PVCUnbound").contains("StorageClass"));
+        // A pod too big for the node: its WaitForFirstConsumer claim waits for it, and the fix
+        // is capacity for both.
+        let too_big = with_pending_claim(unschedulable(
+            "0/1 nodes are available: 1 Insufficient cpu.",
+        ));
+        assert!(hint_of(&too_big, "Unschedulable").contains("--cpu-request"));
+        assert!(hint_of(&too_big, "PVCUnbound").contains("--cpu-request"));
+    }
+
     #[test]
     fn failures_carry_their_exit_codes() {
         let now = Timestamp::now();
@@ -713,24 +811,12 @@ mod tests {
             assert_eq!(a.phase, Phase::Failed, "{reason}");
             assert_eq!(a.failure().unwrap().exit_code, code, "{reason}");
         }
-        let mut unschedulable = pod(false, None);
-        unschedulable
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(PodCondition {
-                type_: "PodScheduled".into(),
-                status: "False".into(),
-                reason: Some("Unschedulable".into()),
-                message: Some("0/1 nodes are available: 1 Insufficient cpu.".into()),
-                last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    now - std::time::Duration::from_secs(5),
-                )),
-                ..Default::default()
-            });
+        let unschedulable = unschedulable_since(
+            "0/1 nodes are available: 1 Insufficient cpu.",
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                now - std::time::Duration::from_secs(5),
+            ),
+        );
         let transient = assess(&observed_with(unschedulable.clone()), now, None);
         assert!(transient.failure().is_none(), "an autoscaler may be acting");
         assert_eq!(transient.phase, Phase::Deploying);

@@ -58,6 +58,9 @@ impl Tables {
     /// Creates both tables when absent and adds the progress table's newer column to a table
     /// made by an older version (only when it is missing, so a runner that does not own the
     /// table is not refused; without the column a partial run is compared as a whole file).
+    /// Every run also takes the history away from app users: the owner's default privileges
+    /// grant them a table it creates, and this batch is one implicit transaction, so no app
+    /// session ever sees the new tables granted (and a grant made by hand since is undone).
     pub fn create_sql(&self) -> String {
         let add_column = format!(
             "BEGIN IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = {regclass}::regclass \
@@ -86,10 +89,12 @@ CREATE TABLE IF NOT EXISTS {progress} (
     statement_checksums text[],
     PRIMARY KEY (version, direction)
 );
-DO {add_column}",
+DO {add_column};
+{protect}",
             history = self.history,
             progress = self.progress,
             add_column = literal(&add_column),
+            protect = crate::database::roles::protect_history_sql(),
         )
     }
 

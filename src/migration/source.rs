@@ -56,6 +56,46 @@ pub struct MigrationSet {
     pub migrations: Vec<Migration>,
     /// The directory the set was read from; `None` for the embedded set.
     pub dir: Option<PathBuf>,
+    /// The files left out because they cannot be used ([`MigrationSet::load_lenient`] only:
+    /// the other loaders refuse the set).
+    pub problems: Vec<FileProblem>,
+}
+
+/// A migration file that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+    /// The version of a down file whose up file does not exist: an applied migration whose up
+    /// file was removed, when the history records that version.
+    pub up_missing: Option<i64>,
+}
+
+impl FileProblem {
+    pub fn error(&self) -> Error {
+        Error::MigrationFile {
+            path: self.path.clone(),
+            message: self.message.clone(),
+            hint: self.hint.clone(),
+        }
+    }
+
+    fn from_error(error: Error) -> Result<Self, Error> {
+        match error {
+            Error::MigrationFile {
+                path,
+                message,
+                hint,
+            } => Ok(Self {
+                path,
+                message,
+                hint,
+                up_missing: None,
+            }),
+            other => Err(other),
+        }
+    }
 }
 
 impl MigrationSet {
@@ -69,11 +109,33 @@ impl MigrationSet {
                 bytes: bytes.to_vec(),
             })
             .collect();
-        Self::from_files(files, None)
+        Self::from_files(files, None)?.strict()
     }
 
-    /// Reads every `*.sql` file of `dir`; other files are ignored.
+    /// Reads every `*.sql` file of `dir`; other files are ignored. A file that cannot be used
+    /// refuses the whole set.
     pub fn from_dir(dir: &Path) -> Result<Self, Error> {
+        Self::from_files(Self::read_dir(dir)?, Some(dir.to_path_buf()))?.strict()
+    }
+
+    /// Like [`MigrationSet::load`], but a file that cannot be used is left out and listed in
+    /// `problems` (what `migrate status` shows beside the valid ones).
+    pub fn load_lenient(dir: Option<&Path>) -> Result<Self, Error> {
+        match dir {
+            Some(dir) => Self::from_files(Self::read_dir(dir)?, Some(dir.to_path_buf())),
+            None => Self::embedded(),
+        }
+    }
+
+    /// The set, or the error of its first unusable file.
+    fn strict(self) -> Result<Self, Error> {
+        match self.problems.first() {
+            Some(problem) => Err(problem.error()),
+            None => Ok(self),
+        }
+    }
+
+    fn read_dir(dir: &Path) -> Result<Vec<RawFile>, Error> {
         let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
             context: format!("cannot read migrations directory {}", dir.display()),
             source,
@@ -99,7 +161,7 @@ impl MigrationSet {
                 bytes,
             });
         }
-        Self::from_files(files, Some(dir.to_path_buf()))
+        Ok(files)
     }
 
     /// Loads `--dir` when given, else the embedded set.
@@ -114,46 +176,73 @@ impl MigrationSet {
         files.sort_by(|a, b| a.file_name.cmp(&b.file_name));
         let mut ups: BTreeMap<i64, (FileName, Script)> = BTreeMap::new();
         let mut downs: BTreeMap<i64, (FileName, Script)> = BTreeMap::new();
+        let mut problems = Vec::new();
+        // Versions whose up file exists, usable or not: a down file beside an unusable up
+        // file is not one without its up file.
+        let mut up_files = std::collections::BTreeSet::new();
+        let problem = |path: &str, message: String, hint: Option<String>| FileProblem {
+            path: path.to_string(),
+            message,
+            hint,
+            up_missing: None,
+        };
         for file in files {
-            let parsed = FileName::parse(&file.file_name).ok_or_else(|| Error::MigrationFile {
-                path: file.origin.clone(),
-                message: "malformed migration file name".into(),
-                hint: Some("name migration files NNN_name.up.sql and NNN_name.down.sql (e.g. 007_add_tags.up.sql)".into()),
-            })?;
-            let script = Script::from_bytes(file.origin, &file.bytes)?;
+            let Some(parsed) = FileName::parse(&file.file_name) else {
+                problems.push(problem(
+                    &file.origin,
+                    "malformed migration file name".into(),
+                    Some("name migration files NNN_name.up.sql and NNN_name.down.sql (e.g. 007_add_tags.up.sql)".into()),
+                ));
+                continue;
+            };
+            if parsed.up {
+                up_files.insert(parsed.version);
+            }
+            let script = match Script::from_bytes(file.origin, &file.bytes) {
+                Ok(script) => script,
+                Err(e) => {
+                    problems.push(FileProblem::from_error(e)?);
+                    continue;
+                }
+            };
             let map = if parsed.up { &mut ups } else { &mut downs };
             if let Some((_, existing)) = map.get(&parsed.version) {
-                return Err(Error::MigrationFile {
-                    path: script.origin.clone(),
-                    message: format!(
+                problems.push(problem(
+                    &script.origin,
+                    format!(
                         "version {} is also used by {}",
                         parsed.label, existing.origin
                     ),
-                    hint: Some("every migration needs a version of its own".into()),
-                });
+                    Some("every migration needs a version of its own".into()),
+                ));
+                continue;
             }
             map.insert(parsed.version, (parsed, script));
         }
         let mut migrations = Vec::new();
-        for (version, (name, down)) in &downs {
-            match ups.get(version) {
-                None => {
-                    return Err(Error::MigrationFile {
-                        path: down.origin.clone(),
-                        message: "down migration without its up migration".into(),
-                        hint: None,
-                    })
-                }
-                Some((up_name, up)) if up_name.name != name.name => {
-                    return Err(Error::MigrationFile {
-                        path: down.origin.clone(),
-                        message: format!("name does not match its up migration {}", up.origin),
-                        hint: None,
-                    })
-                }
-                Some(_) => {}
+        downs.retain(|version, (name, down)| match ups.get(version) {
+            None if up_files.contains(version) => false,
+            None => {
+                problems.push(FileProblem {
+                    up_missing: Some(*version),
+                    ..problem(
+                        &down.origin,
+                        "down migration without its up migration".into(),
+                        None,
+                    )
+                });
+                false
             }
-        }
+            Some((up_name, up)) if up_name.name != name.name => {
+                problems.push(problem(
+                    &down.origin,
+                    format!("name does not match its up migration {}", up.origin),
+                    None,
+                ));
+                false
+            }
+            Some(_) => true,
+        });
         for (version, (name, up)) in ups {
             let down = downs.remove(&version).map(|(_, script)| script);
             migrations.push(Migration {
@@ -164,7 +253,11 @@ impl MigrationSet {
                 down,
             });
         }
-        Ok(Self { migrations, dir })
+        Ok(Self {
+            migrations,
+            dir,
+            problems,
+        })
     }
 
     pub fn get(&self, version: i64) -> Option<&Migration> {
@@ -429,25 +522,49 @@ mod tests {
 
     #[test]
     fn rejects_broken_sets() {
-        let dup =
-            MigrationSet::from_files(vec![raw("1_a.up.sql", ""), raw("001_b.up.sql", "")], None);
+        let strict = |files| MigrationSet::from_files(files, None).and_then(MigrationSet::strict);
+        let dup = strict(vec![raw("1_a.up.sql", ""), raw("001_b.up.sql", "")]);
         assert!(dup.unwrap_err().to_string().contains("also used by"));
-        let orphan = MigrationSet::from_files(vec![raw("002_a.down.sql", "")], None);
+        let orphan = strict(vec![raw("002_a.down.sql", "")]);
         assert!(orphan.unwrap_err().to_string().contains("without its up"));
-        let mismatch = MigrationSet::from_files(
-            vec![raw("002_a.up.sql", ""), raw("002_b.down.sql", "")],
-            None,
-        );
+        let mismatch = strict(vec![raw("002_a.up.sql", ""), raw("002_b.down.sql", "")]);
         assert!(mismatch.is_err());
         let bad = RawFile {
             file_name: "003_x.up.sql".into(),
             origin: "003_x.up.sql".into(),
             bytes: vec![b's', 0xff, 0xfe],
         };
-        assert!(MigrationSet::from_files(vec![bad], None)
-            .unwrap_err()
-            .to_string()
-            .contains("UTF-8"));
+        assert!(strict(vec![bad]).unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_lenient_set_keeps_the_valid_files_and_lists_the_others() {
+        let set = MigrationSet::from_files(
+            vec![
+                raw("001_a.up.sql", "select 1;"),
+                raw("002_b.down.sql", "select 1;"),
+                raw("003_c.up.sql", "select 'open;"),
+                raw("003_c.down.sql", "select 1;"),
+                raw("4-bad.up.sql", "select 1;"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(set.migrations.len(), 1);
+        let listed: Vec<(&str, Option<i64>)> = set
+            .problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.up_missing))
+            .collect();
+        // 003's down file is not one without its up file: that up file is only unusable.
+        assert_eq!(
+            listed,
+            [
+                ("003_c.up.sql", None),
+                ("4-bad.up.sql", None),
+                ("002_b.down.sql", Some(2))
+            ]
+        );
     }
 
     #[test]

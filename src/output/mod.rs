@@ -60,26 +60,52 @@ pub fn paint(text: &str, tone: Tone, stream: Stream) -> String {
     }
 }
 
-static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Why a result could not be written whole, once one could not.
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether stdout (descriptor 1) is closed (`>&-`). It must run before Rust's runtime
+/// starts: the runtime reopens a closed standard descriptor on the null device (so no file or
+/// socket can take its number), after which every write to it succeeds and a result would be
+/// lost with exit 0. The binary calls it from a constructor (`.init_array`, which the C runtime
+/// runs before `main`); a stdout on the null device by the user's choice (`>/dev/null`, a
+/// parent's DEVNULL) is open, and not taken for closed. What [`emit`] writes to a closed stdout
+/// fails the command.
+pub fn detect_closed_stdout() {
+    #[cfg(unix)]
+    {
+        use std::os::fd::BorrowedFd;
+        // SAFETY: descriptor 1 is only duplicated (and the copy closed), never read or written;
+        // when it is closed the duplication fails with EBADF, which is the answer sought.
+        let stdout = unsafe { BorrowedFd::borrow_raw(1) };
+        let closed = stdout.try_clone_to_owned().is_err();
+        STDOUT_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether the process started with its stdout closed.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Writes results to stdout. A closed or full stdout never panics; it is remembered, and the
 /// command then exits non-zero (`stdout_failed`): a script must not take a cut result for a
 /// whole one.
 pub fn emit(text: &str) {
     use std::io::Write;
+    if stdout_closed() {
+        let _ = STDOUT_FAILED.set("stdout is closed".into());
+        return;
+    }
     let mut out = std::io::stdout().lock();
-    if out
-        .write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .is_err()
-    {
-        STDOUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        let _ = STDOUT_FAILED.set(e.to_string());
     }
 }
 
-/// Whether a result could not be written whole.
-pub fn stdout_failed() -> bool {
-    STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
+/// Why a result could not be written whole, if it could not.
+pub fn stdout_failed() -> Option<&'static str> {
+    STDOUT_FAILED.get().map(String::as_str)
 }
 
 /// `eprintln!` that never panics: progress and diagnostics are best effort, and a closed or

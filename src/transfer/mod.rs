@@ -55,6 +55,7 @@ pub fn dump_command(
     tag: &str,
     extra: &[String],
 ) -> Result<Vec<String>, Error> {
+    refuse_output_args(extra)?;
     let mut argv: Vec<String> = match scope {
         DumpScope::Database(db) => {
             let flag = match format {
@@ -88,6 +89,75 @@ pub fn dump_command(
     };
     argv.extend(extra.iter().cloned());
     Ok(argv)
+}
+
+/// pg_dump's and pg_dumpall's short options that take a value (`-n public`, `-npublic`).
+const SHORT_WITH_VALUE: &str = "deEfFhjnNpStTUZl";
+
+/// Refuses the pass-through arguments that would take the dump's output from us: `-f` /
+/// `--file` writes it inside the pod (the local file stays empty while the command reports
+/// success), and `-F` / `--format` makes a format other than the one `--format` states (a
+/// directory cannot be streamed at all). Short options are read as getopt reads them,
+/// clustered (`-vf x`) or with the value attached (`-Fp`), and a long one by any prefix
+/// getopt would take for it.
+pub fn refuse_output_args(extra: &[String]) -> Result<(), Error> {
+    let mut args = extra.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        let refused = if let Some(long) = arg.strip_prefix("--") {
+            let name = long.split('=').next().unwrap_or_default();
+            if name == "file" {
+                Some('f')
+            } else if name.len() >= 2 && "format".starts_with(name) {
+                Some('F')
+            } else {
+                None
+            }
+        } else if let Some(short) = arg.strip_prefix('-') {
+            let mut refused = None;
+            for (i, c) in short.char_indices() {
+                if c == 'f' || c == 'F' {
+                    refused = Some(c);
+                    break;
+                }
+                if SHORT_WITH_VALUE.contains(c) {
+                    if i + c.len_utf8() == short.len() {
+                        // Its value is the next argument, not an option.
+                        args.next();
+                    }
+                    break;
+                }
+            }
+            refused
+        } else {
+            None
+        };
+        match refused {
+            Some('f') => {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "pg_dump's {arg} would write the dump inside the pod, leaving nothing here"
+                    ),
+                    hint: Some(
+                        "give the local file to kubectl pg dump itself, before the --: kubectl pg dump -f FILE"
+                            .into(),
+                    ),
+                })
+            }
+            Some(_) => {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "pg_dump's {arg}: the format is kubectl pg dump's own --format (custom or plain), which the result reports"
+                    ),
+                    hint: Some("kubectl pg dump --format plain -f FILE (before the --)".into()),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// What an input to restore holds, from its first bytes.
@@ -318,6 +388,54 @@ pub struct RestoreResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_through_arguments_cannot_take_the_output() {
+        let refused = |args: &[&str]| {
+            let extra: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            dump_command(
+                "app",
+                &DumpScope::Database("db".into()),
+                DumpFormat::Custom,
+                "t",
+                &extra,
+            )
+            .err()
+            .map(|e| e.to_string())
+        };
+        for output in [
+            &["-f", "x"][..],
+            &["-fx"],
+            &["-vf", "x"],
+            &["--file", "x"],
+            &["--file=x"],
+        ] {
+            let err = refused(output).unwrap_or_else(|| panic!("{output:?} accepted"));
+            assert!(err.contains("inside the pod"), "{output:?}: {err}");
+        }
+        for format in [
+            &["-F", "d"][..],
+            &["-Fp"],
+            &["--format=directory"],
+            &["--format", "plain"],
+            &["--form=d"],
+            &["-vFc"],
+        ] {
+            let err = refused(format).unwrap_or_else(|| panic!("{format:?} accepted"));
+            assert!(err.contains("--format"), "{format:?}: {err}");
+        }
+        for fine in [
+            &["--schema", "public"][..],
+            &["-n", "-f"],
+            &["-nf"],
+            &["-t", "format"],
+            &["--filter=rules"],
+            &["-v", "--", "-f"],
+            &["-Z", "9"],
+        ] {
+            assert_eq!(refused(fine), None, "{fine:?}");
+        }
+    }
 
     #[test]
     fn dump_commands_carry_no_secret_and_the_users_arguments_last() {

@@ -104,6 +104,70 @@ fn full_or_closed_streams_never_abort() {
     assert_eq!(closed, Some(2));
 }
 
+/// A closed stdout (`>&-`, which Rust's runtime reopens on the null device) loses every
+/// result: exit 1 with the reason on stderr, never 0. A stdout on a file, write-only or
+/// read-write, is written: exit 0.
+#[test]
+fn closed_stdout_and_output_taken_away_are_failures() {
+    let shell = |redirect: &str, args: &[&str]| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("exec \"$0\" \"$@\" {redirect}"))
+            .arg(env!("CARGO_BIN_EXE_kubectl-pg"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("KUBECONFIG", "/nonexistent/kubeconfig");
+        command.output().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = format!(">{}", dir.path().join("out").display());
+    for args in [
+        &["install", "--dry-run"][..],
+        &["completion", "bash"],
+        &["--version"],
+    ] {
+        let out = shell(">&-", args);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("stdout is closed"),
+            "{args:?}: {}",
+            out.describe()
+        );
+        let out = shell(&file, args);
+        expect_code(&out, 0);
+        // Opened read-write, as Python's DEVNULL and daemons open the null device.
+        let out = shell(&format!("1<>{}", dir.path().join("rw").display()), args);
+        expect_code(&out, 0);
+    }
+    // pg_dump arguments that would take the output away: refused before any connection.
+    let local = dir.path().join("x.dump");
+    let local = local.to_str().unwrap();
+    for (args, says) in [
+        (
+            &["dump", "-f", local, "--", "-f", "x"][..],
+            "inside the pod",
+        ),
+        (&["dump", "-f", local, "--", "--format=plain"], "--format"),
+    ] {
+        let out = shell("", args);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains(says),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    assert!(!dir.path().join("x.dump").exists());
+    let out = shell(">&-", &["report", "-f", "-"]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("stdout is closed"),
+        "{}",
+        out.describe()
+    );
+}
+
 /// Runs `command` with its stderr descriptor closed (not /dev/null).
 fn exit_with_stderr_closed(mut command: std::process::Command) -> Option<i32> {
     use std::os::unix::process::CommandExt;

@@ -428,6 +428,157 @@ fn applied_version_missing_from_files_is_refused() {
     assert!(!table_exists(&db, "c"));
 }
 
+/// A directory of `files`, every one applied: the directory and its `--dir` argument.
+fn applied(db: &TestDb, files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in files {
+        write(dir.path(), name, body);
+    }
+    let d = dir_arg(&dir);
+    expect_code(&migrate(db, &["up", "--dir", &d]), 0);
+    (dir, d)
+}
+
+/// An applied migration whose up file is gone while its down file stays is a missing
+/// migration (7, as without any file), for `up`, `down` and `status` alike; a down file
+/// without an up file that was never applied stays an unusable file (1).
+#[test]
+fn an_applied_up_file_missing_beside_its_down_file_is_exit_7() {
+    let db = TestDb::new();
+    let (dir, d) = applied(
+        &db,
+        &[
+            ("001_a.up.sql", "CREATE TABLE a (id int);"),
+            ("001_a.down.sql", "DROP TABLE a;"),
+            ("002_b.up.sql", "CREATE TABLE b (id int);"),
+            ("002_b.down.sql", "DROP TABLE b;"),
+        ],
+    );
+    std::fs::remove_file(dir.path().join("002_b.up.sql")).unwrap();
+    write(dir.path(), "003_c.up.sql", "CREATE TABLE c (id int);");
+    for args in [&["up"][..], &["down"], &["up", "--dry-run"]] {
+        let mut all = args.to_vec();
+        all.extend(["--dir", &d]);
+        let out = migrate(&db, &all);
+        expect_code(&out, 7);
+        assert!(
+            out.stderr_text().contains("002_b") && out.stderr_text().contains("missing"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    let status = migrate(&db, &["status", "--dir", &d]);
+    expect_code(&status, 7);
+    assert!(
+        status.stdout_text().contains("missing") && status.stdout_text().contains("003"),
+        "{}",
+        status.describe()
+    );
+    assert!(!table_exists(&db, "c") && table_exists(&db, "b"));
+    // Never applied: the orphan down file is unusable, exit 1.
+    write(dir.path(), "004_d.down.sql", "select 1;");
+    std::fs::write(dir.path().join("002_b.up.sql"), "CREATE TABLE b (id int);").unwrap();
+    let out = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("004_d.down.sql"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// One invalid file does not hide the others: status lists every valid migration, then names
+/// the invalid file and exits 7.
+#[test]
+fn status_shows_the_valid_migrations_beside_an_invalid_file() {
+    let db = TestDb::new();
+    let (dir, d) = applied(
+        &db,
+        &[
+            ("001_a.up.sql", "CREATE TABLE a (id int);"),
+            ("002_b.up.sql", "CREATE TABLE b (id int);"),
+        ],
+    );
+    write(dir.path(), "003_c.up.sql", "select 'open;");
+    write(dir.path(), "004-bad.up.sql", "select 1;");
+    let out = migrate(&db, &["status", "--dir", &d]);
+    expect_code(&out, 7);
+    let table = out.stdout_text();
+    assert!(
+        table.contains("001") && table.contains("002") && table.contains("applied"),
+        "{}",
+        out.describe()
+    );
+    let err = out.stderr_text();
+    assert!(
+        err.contains("2 migration file(s) cannot be used")
+            && err.contains("003_c.up.sql")
+            && err.contains("unterminated")
+            && err.contains("004-bad.up.sql"),
+        "{}",
+        out.describe()
+    );
+    let doc = migrate(&db, &["status", "--dir", &d, "-o", "json"]);
+    expect_code(&doc, 7);
+    let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
+    assert_eq!(doc["migrations"].as_array().unwrap().len(), 2, "{doc}");
+    // up still refuses the set, as before: exit 1 naming the file.
+    let up = migrate(&db, &["up", "--dir", &d]);
+    expect_code(&up, 1);
+    assert!(
+        up.stderr_text().contains("003_c.up.sql"),
+        "{}",
+        up.describe()
+    );
+}
+
+/// The history is taken from app users, never from its owner: an app user that runs its own
+/// migrations (`--dsn`, on a server where it may create tables) keeps its history run after
+/// run, and another app user gets nothing on it, default privileges notwithstanding.
+#[test]
+fn an_app_user_owning_its_history_keeps_it_and_no_other_app_user_gets_it() {
+    let db = TestDb::new();
+    let (owner, other) = (format!("{}_own", db.name), format!("{}_other", db.name));
+    db.query(&format!(
+        "CREATE ROLE {owner} LOGIN PASSWORD 'owner-password-0123'; \
+         COMMENT ON ROLE {owner} IS 'kubectl-pg application user (readwrite) of database {db}'; \
+         CREATE ROLE {other} LOGIN; \
+         COMMENT ON ROLE {other} IS 'kubectl-pg application user (readonly) of database {db}'; \
+         GRANT CREATE, USAGE ON SCHEMA public TO {owner}, {other}; \
+         ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT SELECT ON TABLES TO {other}",
+        db = db.name
+    ));
+    let dsn = db.dsn();
+    let (_, at) = dsn.split_once('@').unwrap();
+    let as_owner = format!("postgresql://{owner}:owner-password-0123@{at}");
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
+    let d = dir_arg(&dir);
+    for _ in 0..2 {
+        let out = kpg(&["migrate", "up", "--dir", &d, "--dsn", &as_owner]);
+        expect_code(&out, 0);
+    }
+    let privileges = |role: &str| {
+        db.scalar(&format!(
+            "SELECT string_agg(p, ',' ORDER BY p) FROM unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE']) p \
+             WHERE has_table_privilege('{role}', 'kubectl_pg_migrations', p)"
+        ))
+    };
+    assert_eq!(
+        privileges(&owner).as_deref(),
+        Some("DELETE,INSERT,SELECT,UPDATE")
+    );
+    assert_eq!(privileges(&other), None);
+    // The default privileges still reach the migrations' own tables.
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT has_table_privilege('{other}', 'a', 'SELECT')::text"
+        ))
+        .as_deref(),
+        Some("true")
+    );
+}
+
 #[test]
 fn out_of_order_needs_the_flag() {
     let db = TestDb::new();

@@ -70,6 +70,31 @@ fn denied(result: Result<Vec<Vec<Option<String>>>, String>, what: &str) {
     );
 }
 
+/// Every write on both migration history tables is refused to `url`'s user, and so is a read:
+/// the history belongs to the migration runner alone.
+fn history_refused(url: &str, who: &str) {
+    for (table, insert) in [
+        (
+            "kubectl_pg_migrations",
+            "(version, name, checksum) VALUES (999, 'ghost', 'x')",
+        ),
+        (
+            "kubectl_pg_migration_progress",
+            "(version, direction, checksum, statements_done) VALUES (999, 'up', 'x', 0)",
+        ),
+    ] {
+        for sql in [
+            format!("INSERT INTO {table} {insert}"),
+            format!("UPDATE {table} SET checksum = 'forged'"),
+            format!("DELETE FROM {table}"),
+            format!("TRUNCATE {table}"),
+            format!("SELECT count(*) FROM {table}"),
+        ] {
+            denied(query(url, &sql), &format!("{sql} as {who}"));
+        }
+    }
+}
+
 /// create (generated and stdin passwords, read-write and readonly), the grants as the roles
 /// really have them (LearnFlow tables, a table of a later migration, no INSERT when readonly,
 /// no CREATE ROLE), dsn --db-user, list with drift, status, and delete.
@@ -235,6 +260,76 @@ fn application_users() {
         "INSERT as app_ro",
     );
     denied(query(&ro, "DELETE FROM users"), "DELETE as app_ro");
+    history_refused(&rw, "app_rw");
+    history_refused(&ro, "app_ro");
+    // A release of an older version: its users were granted the history like any table. The
+    // next user create takes it back from every app user.
+    superuser_psql(
+        "learnflow",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON kubectl_pg_migrations, kubectl_pg_migration_progress TO app_rw; \
+         GRANT SELECT ON kubectl_pg_migrations, kubectl_pg_migration_progress TO app_ro",
+    );
+    query(&rw, "UPDATE kubectl_pg_migrations SET name = name").expect("the old grant");
+    ok(kpg(&["user", "create", "app_late"]));
+    let admin = admin_url("learnflow");
+    assert_eq!(
+        query(
+            &admin,
+            "SELECT count(*) FROM information_schema.role_table_grants \
+             WHERE table_name LIKE 'kubectl_pg_migration%' AND grantee IN ('app_rw', 'app_ro', 'app_late')"
+        )
+        .unwrap(),
+        [[Some("0".to_string())]]
+    );
+    history_refused(&rw, "app_rw after user create");
+    history_refused(&ro, "app_ro after user create");
+    ok(kpg(&["user", "delete", "app_late", "--yes"]));
+
+    // A local psql as another role gets that role's password from its Secret, never the
+    // superuser's; a role without one gets none (psql asks, and off a terminal gives up).
+    let local_psql = |args: &[&str]| {
+        let mut all = vec!["psql", "pg", "-n", ns, "--local", "--"];
+        all.extend_from_slice(args);
+        scope.kpg(&all)
+    };
+    let as_ro = ok(local_psql(&[
+        "-U",
+        "app_ro",
+        "-At",
+        "-c",
+        "select current_user",
+    ]));
+    assert_eq!(as_ro.stdout_text().trim(), "app_ro", "{}", as_ro.describe());
+    let stranger = local_psql(&["--username=stranger", "-w", "-c", "select 1"]);
+    assert_ne!(stranger.code(), 0, "{}", stranger.describe());
+    assert!(
+        stranger
+            .stderr_text()
+            .contains("psql asks for its password")
+            && stranger.stderr_text().contains("no password supplied"),
+        "{}",
+        stranger.describe()
+    );
+
+    // A result written to a closed stdout (`status >&-`) is a failure, not a silent exit 0.
+    let status = scope.kpg_command(&["status", "pg", "-n", ns]);
+    let closed = std::process::Command::new("sh")
+        .args(["-c", "exec \"$0\" \"$@\" >&-"])
+        .arg(status.get_program())
+        .args(status.get_args())
+        .envs(
+            status
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .output()
+        .unwrap();
+    expect_code(&closed, 1);
+    assert!(
+        closed.stderr_text().contains("stdout is closed"),
+        "{}",
+        closed.describe()
+    );
 
     // The issue's name collision: user `credentials` of release pg, as an older kubectl-pg made
     // it (role and labelled Secret pg-user-credentials), is what release `pg-user` would take
@@ -352,9 +447,31 @@ fn application_users() {
         &secret_value(&scope, "pg-user-etl", "password"),
         "analytics",
     );
+    // Migrations run there after the user exists: the owner's default privileges grant etl
+    // the new tables, the history's too, which the runner takes back as it creates them.
     let admin_analytics = admin_url("analytics");
-    query(&admin_analytics, "CREATE TABLE facts (n INT)").unwrap();
+    let analytics_dir = scope.dir.path().join("analytics");
+    std::fs::create_dir_all(&analytics_dir).unwrap();
+    std::fs::write(
+        analytics_dir.join("001_facts.up.sql"),
+        "CREATE TABLE facts (n INT);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        analytics_dir.join("001_facts.down.sql"),
+        "DROP TABLE facts;\n",
+    )
+    .unwrap();
+    ok(kpg(&[
+        "migrate",
+        "up",
+        "--dsn",
+        &admin_analytics,
+        "--dir",
+        analytics_dir.to_str().unwrap(),
+    ]));
     query(&etl, "INSERT INTO facts VALUES (1)").unwrap();
+    history_refused(&etl, "etl");
     // Its Secret gone, the role's comment still says where its grants are.
     ok(scope.kubectl_ns(&["delete", "secret", "pg-user-etl"]));
     let listed = json(&ok(kpg(&["user", "list", "-o", "json"])));
@@ -540,6 +657,29 @@ fn rotate_password() {
     let status = json(&ok(kpg(&["status", "pg", "-o", "json"])));
     assert_eq!(status["phase"], "Healthy", "{status}");
 
+    // A history an older version granted to its users: the next rotation, and the next
+    // install --upgrade, take it back.
+    let admin = local(&forward, "postgres", &new, "learnflow");
+    let grant_history = || {
+        query(
+            &admin,
+            "CREATE TABLE IF NOT EXISTS kubectl_pg_migrations (version bigint PRIMARY KEY); \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON kubectl_pg_migrations TO app",
+        )
+        .unwrap();
+    };
+    let history_grants = || {
+        query(
+            &admin,
+            "SELECT count(*) FROM information_schema.role_table_grants \
+             WHERE table_name = 'kubectl_pg_migrations' AND grantee = 'app'",
+        )
+        .unwrap()[0][0]
+            .clone()
+    };
+    grant_history();
+    assert_eq!(history_grants().as_deref(), Some("4"));
+
     // An application user's password; the Deployment mounting its Secret is listed.
     let app_old = secret_value(&scope, "pg-user-app", "password");
     let text = ok(kpg(&["rotate-password", "--db-user", "app", "--yes"])).stdout_text();
@@ -552,6 +692,18 @@ fn rotate_password() {
     assert_ne!(app_new, app_old);
     assert!(try_connect(&local(&forward, "app", &app_old, "learnflow")).is_err());
     try_connect(&local(&forward, "app", &app_new, "learnflow")).unwrap();
+    assert_eq!(
+        history_grants().as_deref(),
+        Some("0"),
+        "after rotate-password"
+    );
+    grant_history();
+    ok(kpg(&["install", "pg", "--upgrade", "--timeout", TIMEOUT]));
+    assert_eq!(
+        history_grants().as_deref(),
+        Some("0"),
+        "after install --upgrade"
+    );
     expect_code(
         &kpg(&["rotate-password", "--db-user", "nobody", "--yes"]),
         1,

@@ -13,6 +13,7 @@ use crate::cli::{GlobalArgs, InstallArgs, OutputFormat, Profile};
 use crate::cluster::release::{self, Credentials};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::{volume, Cluster};
+use crate::database::Connector;
 use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::error::Error;
@@ -272,6 +273,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     };
     let ((), checked) = tokio::join!(record, prove);
     let checked = checked?;
+    if live.is_some() {
+        protect_history(&cluster, &spec, &secret.credentials).await?;
+    }
     if let Some(set) = migrations {
         migrate(&cluster, &spec, &secret.credentials, &set).await?;
     }
@@ -612,20 +616,40 @@ pub(crate) async fn health_check(
     }
 }
 
+fn target(spec: &InstallSpec, credentials: &Credentials) -> release::Target {
+    release::Target {
+        release: spec.release.clone(),
+        namespace: spec.namespace.clone(),
+        pod: release::pod_name(&spec.release),
+        port: release::DATABASE_PORT,
+        credentials: credentials.clone(),
+    }
+}
+
+/// Older versions granted app users the migration history: an upgrade takes it back.
+async fn protect_history(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    credentials: &Credentials,
+) -> Result<(), Error> {
+    let client = TunnelConnector::new(cluster, &target(spec, credentials))
+        .connect()
+        .await?;
+    crate::database::roles::run(
+        &client,
+        "cannot revoke app users' privileges on the migration history",
+        &crate::database::roles::protect_history_sql(),
+    )
+    .await
+}
+
 async fn migrate(
     cluster: &Cluster,
     spec: &InstallSpec,
     credentials: &Credentials,
     set: &MigrationSet,
 ) -> Result<(), Error> {
-    let target = release::Target {
-        release: spec.release.clone(),
-        namespace: spec.namespace.clone(),
-        pod: release::pod_name(&spec.release),
-        port: release::DATABASE_PORT,
-        credentials: credentials.clone(),
-    };
-    let connector = TunnelConnector::new(cluster, &target);
+    let connector = TunnelConnector::new(cluster, &target(spec, credentials));
     let settings = Settings {
         lock_timeout: Duration::from_secs(60),
         statement_timeout: None,
