@@ -908,6 +908,14 @@ fn server_major(scope: &Scope, ns: &str, release: &str) -> String {
         .to_string()
 }
 
+/// Runs `argv` in the server container of `pod` (each path argument is mapped to the volume by
+/// the test node, so no shell line): whether it exited 0.
+pub(crate) fn in_pod(scope: &Scope, pod: &str, argv: &[&str]) -> bool {
+    let mut args = vec!["exec", pod, "-c", "postgres", "--"];
+    args.extend_from_slice(argv);
+    scope.kubectl_ns(&args).status.success()
+}
+
 /// One query's result through `kubectl pg psql RELEASE`, stopping at the first error.
 pub(crate) fn release_query(scope: &Scope, ns: &str, release: &str, sql: &str) -> String {
     let out = scope.kpg(&[
@@ -1103,17 +1111,14 @@ fn major_upgrade_is_verified_reversible_and_rolls_back_a_crash() {
     assert_eq!(release_query(&scope, &ns, "up", COUNTS), counts);
     let out = scope.kpg(&["upgrade", "up", "-n", &ns, "--finalize", "--yes"]);
     expect_code(&out, 0);
-    let gone = scope.kubectl_ns(&[
-        "exec",
-        "up-0",
-        "-c",
-        "postgres",
-        "--",
-        "test",
-        "-e",
-        "/var/lib/postgresql/pgdata",
-    ]);
-    assert!(!gone.status.success(), "the old data directory is deleted");
+    assert!(
+        !in_pod(
+            &scope,
+            "up-0",
+            &["test", "-e", "/var/lib/postgresql/pgdata"]
+        ),
+        "the old data directory is deleted"
+    );
     assert_eq!(
         field(
             &scope,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::data::{installed, json, spawn_install, wait_until};
+use crate::data::{in_pod, installed, json, spawn_install, wait_until};
 use crate::scope::Scope;
 use crate::{expect_code, OutputExt};
 
@@ -322,7 +322,7 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
              rules:\n- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch]\n\
              - apiGroups: ['']\n  resources: [pods, services, secrets, events, persistentvolumeclaims]\n  verbs: [get, list, watch, delete]\n\
              - apiGroups: ['']\n  resources: [pods/exec]\n  verbs: [get, create]\n\
-             - apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get, create, update, delete]"
+             - apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  verbs: [get, list, watch, create, update, delete]"
         ),
     );
     let out = scope.kpg(&[
@@ -489,50 +489,22 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
     ]);
     expect_code(&out, 6);
     assert!(out.stderr_text().contains("patch"), "{}", out.describe());
-    let kept = scope.kubectl_ns(&[
-        "exec",
-        "u-0",
-        "-c",
-        "postgres",
-        "--",
-        "test",
-        "-f",
-        "/var/lib/postgresql/pgdata/PG_VERSION",
-    ]);
-    assert!(kept.status.success(), "the old data is still there");
+    assert!(
+        in_pod(
+            &scope,
+            "u-0",
+            &["test", "-f", "/var/lib/postgresql/pgdata/PG_VERSION"]
+        ),
+        "the old data is still there"
+    );
     assert_eq!(annotation(&scope, "upgrade-phase"), "upgraded");
     // An old data directory that is gone (a finalize that deleted it and died): --rollback
     // refuses before switching, and the new major keeps running with its data.
-    // (argv, not a shell line: the test node maps each path argument to the volume.)
-    let exec = |from: &str, to: &str| {
-        let out = scope.kubectl_ns(&["exec", "u-0", "-c", "postgres", "--", "mv", from, to]);
-        assert!(out.status.success(), "{}", out.describe());
-    };
-    exec(
+    let mv = |from: &str, to: &str| assert!(in_pod(&scope, "u-0", &["mv", from, to]));
+    mv(
         "/var/lib/postgresql/pgdata",
         "/var/lib/postgresql/pgdata.away",
     );
-    let out = scope.kpg(&[
-        "upgrade",
-        "u",
-        "-n",
-        &ns,
-        "--rollback",
-        "--yes",
-        "--timeout",
-        TIMEOUT,
-    ]);
-    expect_code(&out, 5);
-    assert!(out.stderr_text().contains("missing"), "{}", out.describe());
-    assert_eq!(major(&scope, &ns), "17");
-    assert_eq!(query(&scope, &ns, bulk), rows);
-    assert_eq!(annotation(&scope, "upgrade-phase"), "upgraded");
-    exec(
-        "/var/lib/postgresql/pgdata.away",
-        "/var/lib/postgresql/pgdata",
-    );
-    // SIGINT during --rollback: the step is recorded; --finalize refuses it, and --rollback
-    // run again finishes it.
     let rollback = [
         "upgrade",
         "u",
@@ -543,6 +515,18 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         "--timeout",
         TIMEOUT,
     ];
+    let out = scope.kpg(&rollback);
+    expect_code(&out, 5);
+    assert!(out.stderr_text().contains("missing"), "{}", out.describe());
+    assert_eq!(major(&scope, &ns), "17");
+    assert_eq!(query(&scope, &ns, bulk), rows);
+    assert_eq!(annotation(&scope, "upgrade-phase"), "upgraded");
+    mv(
+        "/var/lib/postgresql/pgdata.away",
+        "/var/lib/postgresql/pgdata",
+    );
+    // SIGINT during --rollback: the step is recorded; --finalize refuses it, and --rollback
+    // run again finishes it.
     let (code, err) = interrupted_at(&scope, &rollback, "switched back to PostgreSQL 16", "INT");
     assert_eq!(code, Some(130), "{err}");
     assert_eq!(annotation(&scope, "upgrade-phase"), "rolling-back");
@@ -608,15 +592,8 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
     no_record(&scope);
     assert_eq!(major(&scope, &ns), "17");
     assert_eq!(query(&scope, &ns, bulk), rows);
-    let gone = scope.kubectl_ns(&[
-        "exec",
-        "u-0",
-        "-c",
-        "postgres",
-        "--",
-        "test",
-        "-e",
-        "/var/lib/postgresql/pgdata",
-    ]);
-    assert!(!gone.status.success(), "the old data directory is deleted");
+    assert!(
+        !in_pod(&scope, "u-0", &["test", "-e", "/var/lib/postgresql/pgdata"]),
+        "the old data directory is deleted"
+    );
 }
