@@ -3,11 +3,12 @@
 //! once it has gone unrenewed for its whole duration, as this process observed it (no clock
 //! is compared with another machine's).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::wait::await_condition;
 
 use super::access::Cluster;
 use crate::error::Error;
@@ -73,18 +74,23 @@ pub async fn acquire(
                 "waiting up to {}s for the Lease {name} of {other} to lapse",
                 DURATION.as_secs()
             );
-            let seen = Instant::now();
-            while seen.elapsed() < DURATION + RENEW_EVERY {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let now = api
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| cluster.error("get", "leases", e))?;
-                match now {
-                    None => break,
-                    Some(l) if l.metadata.resource_version != version => return Err(busy(&other)),
-                    Some(_) => {}
+            // A watch sees the first renewal or the deletion; silence for the whole
+            // duration means the holder is gone.
+            let seen = version.clone();
+            let changed =
+                move |l: Option<&Lease>| l.is_none_or(|l| l.metadata.resource_version != seen);
+            let wait = await_condition(api.clone(), name, changed);
+            match tokio::time::timeout(DURATION + RENEW_EVERY, wait).await {
+                Ok(Ok(Some(_))) => return Err(busy(&other)),
+                // Deleted (released): free to take.
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => {
+                    return Err(Error::Api {
+                        action: format!("watch Lease {name}"),
+                        message: e.to_string(),
+                    })
                 }
+                Err(_) => {}
             }
             waited = true;
             continue;

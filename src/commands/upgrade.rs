@@ -56,8 +56,10 @@ pub struct UpgradeResult {
 
 /// Every permission an upgrade, its automatic rollback and `--finalize` use: checked before
 /// writes are blocked, so a missing one changes nothing.
-const PERMISSIONS: [Permission; 13] = [
+const PERMISSIONS: [Permission; 15] = [
     ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "list"),
+    ("coordination.k8s.io", "leases", "watch"),
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
     ("coordination.k8s.io", "leases", "delete"),
