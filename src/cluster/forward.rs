@@ -1,11 +1,19 @@
 //! A local listener for a release's database: every accepted connection gets its own
 //! port-forward stream through the API server, to the pod that is ready at that moment.
 //!
-//! One stream per connection means a dropped stream (an API server restart, a proxy's idle
-//! cut) costs that one connection. The ready pod is known from a watch of the release's pods,
+//! A connection has its stream to itself: a dropped stream (an API server restart, a proxy's
+//! idle cut) costs that one connection. The ready pod is known from a watch of the release's pods,
 //! so a connection opens its stream at once, without a lookup, and the listener follows the
 //! release across restarts and pod replacements; until the watch has its first answer, or
 //! when it knows no ready pod, a LIST decides (and says why there is none).
+//!
+//! Connections go over SPDY sessions, as kubectl's do, each session carrying one connection
+//! at a time and kept open for the next (see [`super::spdy`]); where SPDY is refused, over a
+//! WebSocket of their own.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -16,6 +24,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::access::{chain, Cluster};
 use super::release;
+use super::spdy::{Carried, Session};
+
+/// How long an idle session is kept for the next connection. It holds no connection to the
+/// server, only the API server's and the node's resources for an open port-forward.
+const IDLE_LIFE: Duration = Duration::from_secs(30);
+/// At most this many idle sessions are kept, however many connections ran at once.
+const MAX_IDLE: usize = 8;
 
 /// Accepts connections on `listener` forever, each carried to the release's ready pod; the
 /// caller ends it (drops the future) on Ctrl-C. Failures of one connection are noted on
@@ -30,66 +45,163 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, release: String) {
         .for_each(|_| std::future::ready(()));
     // Ended with the listener (the caller drops this future on Ctrl-C).
     let _watching = AbortOnDrop(tokio::spawn(watch));
+    let sessions = Arc::new(Sessions::default());
+    let _sweeping = AbortOnDrop(tokio::spawn(Arc::clone(&sessions).sweep()));
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: transient, keep the listener.
                 crate::note!("accepting a connection failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let (cluster, release, store) = (cluster.clone(), release.clone(), store.clone());
+        let (cluster, release, store, sessions) = (
+            cluster.clone(),
+            release.clone(),
+            store.clone(),
+            Arc::clone(&sessions),
+        );
         tokio::spawn(async move {
-            if let Err(reason) = carry(socket, &cluster, &release, &store).await {
+            if let Err(reason) = carry(socket, &cluster, &release, &store, &sessions).await {
                 crate::note!("connection from {peer} closed: {reason}");
             }
         });
     }
 }
 
-/// One connection: the ready pod now, a stream to it, bytes both ways until either side ends.
+/// One connection: the ready pod now, a SPDY session to it (an idle one if there is one), or
+/// a WebSocket where SPDY is refused; bytes both ways until either side ends.
 async fn carry(
     mut socket: TcpStream,
     cluster: &Cluster,
     release: &str,
     known: &Store<Pod>,
+    sessions: &Sessions,
 ) -> Result<(), String> {
     // PostgreSQL's small messages must not wait for a delayed ACK (kube's reads are 4 KiB).
     let _ = socket.set_nodelay(true);
-    let (pod, port) = match known_ready(known) {
+    let target = match known_ready(known) {
         Some(found) => found,
         None => ready_pod(cluster, release).await?,
     };
+    if let Some(session) = sessions.session(cluster, &target).await {
+        return match session.carry(&mut socket, target.port).await {
+            Ok(Carried::Reusable(session)) => {
+                sessions.keep(target, session);
+                Ok(())
+            }
+            Ok(Carried::Done) => Ok(()),
+            Err(e) => Err(format!("the stream to pod {} broke: {e}", target.name)),
+        };
+    }
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let mut forwarder = pods
-        .portforward(&pod, &[port])
+        .portforward(&target.name, &[target.port])
         .await
-        .map_err(|e| format!("port-forward to pod {pod} failed: {}", chain(&e)))?;
+        .map_err(|e| format!("port-forward to pod {} failed: {}", target.name, chain(&e)))?;
     let mut stream = forwarder
-        .take_stream(port)
-        .ok_or_else(|| format!("the port-forward to pod {pod} opened no stream"))?;
+        .take_stream(target.port)
+        .ok_or_else(|| format!("the port-forward to pod {} opened no stream", target.name))?;
     let copied = tokio::io::copy_bidirectional(&mut socket, &mut stream).await;
     drop(stream);
     let _ = forwarder.join().await;
     copied
         .map(|_| ())
-        .map_err(|e| format!("the stream to pod {pod} broke: {e}"))
+        .map_err(|e| format!("the stream to pod {} broke: {e}", target.name))
+}
+
+/// The pod a connection goes to. The UID tells a replaced pod from its predecessor of the
+/// same name, whose sessions lead nowhere.
+#[derive(Clone, PartialEq, Eq)]
+struct Target {
+    name: String,
+    uid: String,
+    port: u16,
+}
+
+impl Target {
+    fn of(pod: &Pod) -> Target {
+        Target {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            port: release::database_port(pod),
+        }
+    }
+}
+
+/// SPDY sessions waiting for the next connection, newest last.
+#[derive(Default)]
+struct Sessions {
+    idle: Mutex<Vec<(Target, Session)>>,
+    /// Set when the API server (or a proxy) refused a SPDY upgrade: WebSocket from then on.
+    refused: AtomicBool,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Target, Session)>> {
+        // A pool left by a panicking holder is still a valid list.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle session to `target` that is still open, or a new one; `None` when SPDY is
+    /// refused.
+    async fn session(&self, cluster: &Cluster, target: &Target) -> Option<Session> {
+        if self.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        loop {
+            let mut found = {
+                let mut idle = self.lock();
+                // Sessions to a replaced pod are dropped with the others that expired.
+                idle.retain(|(t, s)| t == target && s.idle_since.elapsed() < IDLE_LIFE);
+                match idle.pop() {
+                    Some((_, session)) => session,
+                    None => break,
+                }
+            };
+            if found.alive() {
+                return Some(found);
+            }
+        }
+        match Session::open(&cluster.client, &cluster.namespace, &target.name).await {
+            Ok(session) => Some(session),
+            Err(why) => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    crate::note!("port-forward over SPDY is not available ({why}); using WebSocket, one per connection");
+                }
+                None
+            }
+        }
+    }
+
+    /// Keeps `session` for the next connection to `target`, if there is room.
+    fn keep(&self, target: Target, session: Session) {
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((target, session));
+        }
+    }
+
+    /// Closes sessions idle past their life, so that an idle listener holds nothing open.
+    async fn sweep(self: Arc<Self>) {
+        let mut every = tokio::time::interval(IDLE_LIFE / 3);
+        loop {
+            every.tick().await;
+            self.lock()
+                .retain(|(_, s)| s.idle_since.elapsed() < IDLE_LIFE);
+        }
+    }
 }
 
 /// The ready pod as the watch last saw it, if it has seen one.
-fn known_ready(store: &Store<Pod>) -> Option<(String, u16)> {
+fn known_ready(store: &Store<Pod>) -> Option<Target> {
     store
         .state()
         .iter()
         .find(|p| release::is_ready(p) && p.metadata.deletion_timestamp.is_none())
-        .map(|pod| {
-            (
-                pod.metadata.name.clone().unwrap_or_default(),
-                release::database_port(pod),
-            )
-        })
+        .map(|pod| Target::of(pod))
 }
 
 /// Aborts a background task when the future that owns it ends.
@@ -102,7 +214,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// The name and database port of the release's ready pod.
-pub async fn ready_pod(cluster: &Cluster, release: &str) -> Result<(String, u16), String> {
+async fn ready_pod(cluster: &Cluster, release: &str) -> Result<Target, String> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let list = pods
         .list(&ListParams::default().labels(&release::selector(release)))
@@ -120,8 +232,5 @@ pub async fn ready_pod(cluster: &Cluster, release: &str) -> Result<(String, u16)
                 .unwrap_or_else(|| "no pod exists".into());
             format!("release {release} has no ready pod ({state})")
         })?;
-    Ok((
-        pod.metadata.name.clone().unwrap_or_default(),
-        release::database_port(pod),
-    ))
+    Ok(Target::of(pod))
 }

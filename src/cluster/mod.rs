@@ -10,6 +10,7 @@ pub mod logs;
 pub mod proxy;
 pub mod rbac;
 pub mod release;
+pub mod spdy;
 pub mod transport;
 pub mod tunnel;
 pub mod volume;

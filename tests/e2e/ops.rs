@@ -135,6 +135,31 @@ fn crash_server(scope: &Scope, pod: &str) {
     ]));
 }
 
+/// The established TCP connections to port 5432 in the pod's network namespace, as its kernel
+/// lists them (`/proc/net/tcp` of a process exec'd there): pre-startup ones included, which
+/// `pg_stat_activity` does not show.
+fn server_connections(scope: &Scope, pod: &str) -> usize {
+    let out = scope.kubectl_ns(&[
+        "exec",
+        pod,
+        "-c",
+        "postgres",
+        "--",
+        "cat",
+        "/proc/net/tcp",
+        "/proc/net/tcp6",
+    ]);
+    ok(out)
+        .stdout_text()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address ends in :1538 (5432), state 01 (ESTABLISHED).
+            f.len() > 3 && f[1].ends_with(":1538") && f[3] == "01"
+        })
+        .count()
+}
+
 fn wait_pod(scope: &Scope, pod: &str, condition: &str) {
     ok(scope.kubectl_ns(&[
         "wait",
@@ -431,6 +456,40 @@ fn port_forward_serves_sessions_at_once_and_follows_the_pod() {
         a.get(0)
     });
     assert!(!started.is_empty());
+
+    // The server crashes and its container restarts in the same pod (same UID): the idle
+    // SPDY sessions kept for the next connections still lead to the pod, and to the new server.
+    crash_server(&scope, "pg-0");
+    wait_pod(
+        &scope,
+        "pg-0",
+        "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+    );
+    wait_pod(&scope, "pg-0", "--for=condition=Ready");
+    let restarted: String = sessions(&dsn, 2, async |clients| {
+        pid(&clients[1]).await.unwrap();
+        clients[0]
+            .query_one("select pg_postmaster_start_time()::text", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_ne!(restarted, started, "a session of the restarted server");
+
+    // Connections stop arriving: the listener holds no connection to the server open (its
+    // idle sessions end at the node, not at the server).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = server_connections(&scope, "pg-0");
+        if held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} connections still held by an idle port-forward"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     assert_eq!(forward.terminate(), 0);
 
     // An application user's DSN comes from its Secret; a missing one is exit 1 with a hint.
@@ -844,17 +903,33 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
         assert_eq!(pid(&clients[0]).await.unwrap(), pids[0]);
         assert_eq!(pid(&clients[1]).await.unwrap(), pids[1]);
     });
-    // The listener still serves new connections, each through a stream of its own.
+    // The listener still serves new connections.
     sessions(&dsn, 2, async |clients| {
         pid(&clients[0]).await.unwrap();
         pid(&clients[1]).await.unwrap();
     });
-    let streams = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.path_and_query.contains("/portforward"))
-        .count();
-    assert!(streams >= 5, "one stream per connection: {streams}");
+    // Connections one after another reuse the SPDY session the previous one finished with,
+    // rather than upgrading a request each (a session is returned a moment after its
+    // connection ends, so the next one may still open its own).
+    let upgrades = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query.contains("/portforward"))
+            .map(|r| r.method.clone())
+            .collect::<Vec<_>>()
+    };
+    let before = upgrades().len();
+    for _ in 0..10 {
+        sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());
+    }
+    let all = upgrades();
+    assert!(all.iter().all(|m| m == "POST"), "SPDY upgrades: {all:?}");
+    assert!(
+        all.len() - before <= 5,
+        "10 connections in turn took {} upgrades",
+        all.len() - before
+    );
     assert_eq!(forward.terminate(), 0);
 }
 
