@@ -339,10 +339,14 @@ impl Frames {
             self.start = 0;
             let had = self.pending.len();
             self.pending.resize(had + CHUNK, 0);
-            let n = from
-                .read(&mut self.pending[had..])
-                .await
-                .map_err(|e| format!("the port-forward session broke: {e}"))?;
+            let n = from.read(&mut self.pending[had..]).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    // rustls' words for a TCP connection cut without TLS's goodbye.
+                    "the connection to the API server was cut".to_string()
+                } else {
+                    format!("the port-forward session broke: {e}")
+                }
+            })?;
             self.pending.truncate(had + n);
             if n == 0 {
                 return if had == 0 {

@@ -931,6 +931,38 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
         all.len() - before
     );
     assert_eq!(forward.terminate(), 0);
+
+    // Where a SPDY upgrade is refused (a proxy that passes only WebSocket), the connection
+    // goes over a WebSocket, and so do the next ones, without trying SPDY again.
+    proxy.clear_requests();
+    proxy.fail_next(1, 400, crate::proxy::Matcher::new("POST", "/portforward"));
+    let mut ws = Background::start(
+        &scope,
+        &[
+            "port-forward",
+            "pg",
+            "-n",
+            ns,
+            "127.0.0.1:0",
+            "--show-password",
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+    );
+    ws.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
+    let dsn = ws.seen[0].clone();
+    sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());
+    sessions(&dsn, 2, async |clients| {
+        pid(&clients[0]).await.unwrap();
+        pid(&clients[1]).await.unwrap();
+    });
+    let methods = upgrades();
+    assert_eq!(
+        methods,
+        ["POST", "GET", "GET", "GET"],
+        "one refused SPDY upgrade, then a WebSocket per connection"
+    );
+    assert_eq!(ws.terminate(), 0);
 }
 
 #[test]
