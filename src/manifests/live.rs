@@ -196,4 +196,46 @@ mod tests {
         let templates = claim_templates(&ours).unwrap();
         assert_eq!(templates[0]["metadata"]["name"], "data");
     }
+
+    #[test]
+    fn ephemeral_values_are_kept_set_by_prod_or_given_to_an_older_release() {
+        use crate::manifests::spec::{Ephemeral, Requested};
+        let tuned = Ephemeral {
+            request: "300Mi".into(),
+            limit: "3Gi".into(),
+            tmp: "2Gi".into(),
+            run: "8Mi".into(),
+        };
+        let spec = InstallSpec {
+            ephemeral: tuned.clone(),
+            ..InstallSpec::example(17)
+        };
+        let mut sts: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
+        let live = read(&sts, None, None);
+        assert_eq!(live.ephemeral, tuned);
+        let upgraded = InstallSpec::for_upgrade(&Requested::default(), &live).unwrap();
+        assert_eq!(upgraded.ephemeral, tuned, "--upgrade keeps the live values");
+        let prod = Requested {
+            prod: Some(true),
+            existing_secret: Some("orders-db".into()),
+            ..Requested::default()
+        };
+        let upgraded = InstallSpec::for_upgrade(&prod, &live).unwrap();
+        assert_eq!(upgraded.ephemeral, Ephemeral::prod());
+        // A release made before these values: its profile's, judged by its CPU and memory.
+        let pod = sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        for v in pod.volumes.iter_mut().flatten() {
+            if let Some(dir) = v.empty_dir.as_mut().filter(|_| v.name != "shm") {
+                dir.size_limit = None;
+            }
+        }
+        pod.containers[0].resources = None;
+        assert_eq!(read(&sts, None, None).ephemeral, Ephemeral::dev());
+        let pod = sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        pod.containers[0].resources = serde_json::from_value(serde_json::json!({
+            "limits": { "memory": "2Gi" }
+        }))
+        .unwrap();
+        assert_eq!(read(&sts, None, None).ephemeral, Ephemeral::prod());
+    }
 }
