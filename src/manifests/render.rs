@@ -478,12 +478,7 @@ mod tests {
             assert!(exposed.serves_tls());
             let sts = statefulset(&exposed);
             let pod = &sts["spec"]["template"]["spec"];
-            let volume = pod["volumes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|v| v["name"] == TLS_VOLUME)
-                .unwrap();
+            let volume = volume(&sts, TLS_VOLUME);
             assert_eq!(volume["secret"]["secretName"], "pg-tls");
             assert_eq!(volume["secret"]["defaultMode"], 0o600);
             // The CA key never reaches the pod.
@@ -569,14 +564,18 @@ mod tests {
         }
     }
 
-    /// The volume of `name` in a rendered StatefulSet.
-    fn volume<'a>(sts: &'a Value, name: &str) -> &'a Value {
-        sts["spec"]["template"]["spec"]["volumes"]
-            .as_array()
+    /// The entry of a list (env, volumes, volumeMounts) named `name`.
+    fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+        list.as_array()
             .unwrap()
             .iter()
             .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("no volume {name}"))
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+    }
+
+    /// The volume of `name` in a rendered StatefulSet.
+    fn volume<'a>(sts: &'a Value, name: &str) -> &'a Value {
+        named(&sts["spec"]["template"]["spec"]["volumes"], name)
     }
 
     #[test]
@@ -592,17 +591,9 @@ mod tests {
                 !env.iter().any(|e| e["name"] == "POSTGRES_PASSWORD"),
                 "{env:?}"
             );
-            let file = env
-                .iter()
-                .find(|e| e["name"] == "POSTGRES_PASSWORD_FILE")
-                .unwrap();
+            let file = named(&c["env"], "POSTGRES_PASSWORD_FILE");
             assert_eq!(file["value"], "/etc/postgresql/credentials/password");
-            let mount = c["volumeMounts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["name"] == CREDENTIALS_VOLUME)
-                .unwrap();
+            let mount = named(&c["volumeMounts"], CREDENTIALS_VOLUME);
             assert_eq!(mount["mountPath"], CREDENTIALS_MOUNT);
             assert_eq!(mount["readOnly"], true);
             let volume = &volume(&sts, CREDENTIALS_VOLUME)["secret"];

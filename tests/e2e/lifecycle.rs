@@ -520,6 +520,21 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// One query's result through `kubectl pg psql --local`: the Secret's password over TCP.
+fn local_query(scope: &Scope, sql: &str) -> String {
+    let out = scope.kpg(&["psql", "-n", &scope.ns, "--local", "--", "-Atc", sql]);
+    expect_code(&out, 0);
+    out.stdout_text().trim().to_string()
+}
+
+/// `status` reaches the database with the password of the Secret the release names.
+fn assert_accessible(scope: &Scope) {
+    let status = scope.kpg(&["status", "-n", &scope.ns, "-o", "json"]);
+    expect_code(&status, 0);
+    let accessible = &json(&status)["database_accessible"];
+    assert_eq!(accessible, true, "{}", status.describe());
+}
+
 #[test]
 fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
     let scope = Scope::new("kpg-hba");
@@ -593,14 +608,7 @@ fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
         before.describe()
     );
     // The older form's Secret is found by the commands that read the password.
-    let status = scope.kpg(&["status", "-n", ns, "-o", "json"]);
-    expect_code(&status, 0);
-    assert_eq!(
-        json(&status)["database_accessible"],
-        true,
-        "{}",
-        status.describe()
-    );
+    assert_accessible(&scope);
     let table = scope.kpg(&[
         "psql",
         "-n",
@@ -661,27 +669,10 @@ fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
         .find(|v| v["name"] == "tmp");
     assert_eq!(tmp.unwrap()["emptyDir"]["sizeLimit"], "1Gi");
     // The data and the Secret's password are kept, and the commands find the Secret.
-    let kept = scope.kpg(&[
-        "psql",
-        "-n",
-        ns,
-        "--local",
-        "--",
-        "-Atc",
-        "select answer from kept",
-    ]);
-    expect_code(&kept, 0);
-    assert_eq!(kept.stdout_text().trim(), "42", "{}", kept.describe());
+    assert_eq!(local_query(&scope, "select answer from kept"), "42");
     let rotate = scope.kpg(&["rotate-password", "-n", ns, "--yes"]);
     expect_code(&rotate, 0);
-    let status = scope.kpg(&["status", "-n", ns, "-o", "json"]);
-    expect_code(&status, 0);
-    assert_eq!(
-        json(&status)["database_accessible"],
-        true,
-        "{}",
-        status.describe()
-    );
+    assert_accessible(&scope);
 
     // Scaled to zero, the release is reported stopped, and a wait for it ends at once.
     let scaled = scope.kubectl_ns(&["scale", "sts/postgres", "--replicas", "0"]);
@@ -802,8 +793,7 @@ fn a_new_release_reads_its_password_from_a_file_and_survives_a_long_recovery() {
         !seen.stdout_text().contains(&password),
         "the password is in the environment"
     );
-    let login = scope.kpg(&["psql", "-n", ns, "--local", "--", "-Atc", "select 1"]);
-    expect_code(&login, 0);
+    assert_eq!(local_query(&scope, "select 1"), "1");
 
     // Hold the server in recovery: after a crash of one of its processes the postmaster
     // replays WAL without restarting the container (so no startup probe covers it), and with
@@ -876,20 +866,5 @@ kill -9 $(psql -XAt -U "$POSTGRES_USER" -d postgres -c "select pid from pg_stat_
         ),
         "0"
     );
-    let recovered = scope.kpg(&[
-        "psql",
-        "-n",
-        ns,
-        "--local",
-        "--",
-        "-Atc",
-        "select pg_is_in_recovery()",
-    ]);
-    expect_code(&recovered, 0);
-    assert_eq!(
-        recovered.stdout_text().trim(),
-        "f",
-        "{}",
-        recovered.describe()
-    );
+    assert_eq!(local_query(&scope, "select pg_is_in_recovery()"), "f");
 }
