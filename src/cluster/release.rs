@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Secret, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 
@@ -325,11 +325,9 @@ pub struct CredentialSource {
 impl CredentialSource {
     /// The source of a release: from its StatefulSet when it exists, else ours.
     pub fn of(release: &str, sts: Option<&StatefulSet>) -> Self {
-        let env = sts
-            .and_then(|s| s.spec.as_ref()?.template.spec.as_ref())
-            .and_then(|p| p.containers.iter().find(|c| c.name == "postgres"))
-            .and_then(|c| c.env.clone())
-            .unwrap_or_default();
+        let pod = sts.and_then(|s| s.spec.as_ref()?.template.spec.as_ref());
+        let container = pod.and_then(|p| p.containers.iter().find(|c| c.name == "postgres"));
+        let env = container.and_then(|c| c.env.clone()).unwrap_or_default();
         let find = |name: &str| env.iter().find(|e| e.name == name);
         let value = |name: &str, key: &str| match find(name) {
             Some(e) if e.value_from.is_none() => {
@@ -343,9 +341,16 @@ impl CredentialSource {
             ),
             None => EnvValue::Key(key.to_string()),
         };
+        // Older releases read the password from a key of the Secret (POSTGRES_PASSWORD), newer
+        // ones from a file in a volume of it (POSTGRES_PASSWORD_FILE): both name the Secret.
         let secret = find("POSTGRES_PASSWORD")
             .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
-            .map_or_else(|| secret_name(release), |r| r.name.clone());
+            .map(|r| r.name.clone())
+            .or_else(|| {
+                let path = find("POSTGRES_PASSWORD_FILE")?.value.as_deref()?;
+                file_secret(pod?, container?, path)
+            })
+            .unwrap_or_else(|| secret_name(release));
         Self {
             secret,
             cluster_domain: cluster_domain(sts),
@@ -398,6 +403,30 @@ impl CredentialSource {
             port: values.get("port").and_then(|p| p.parse().ok()),
         })
     }
+}
+
+/// The Secret whose volume holds `path` in the container: the volume mounted at the longest
+/// mount path above it, when that volume is a Secret's.
+fn file_secret(pod: &PodSpec, container: &Container, path: &str) -> Option<String> {
+    let under = |m: &&VolumeMount| {
+        let dir = m.mount_path.trim_end_matches('/');
+        path.strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+    };
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(under)
+        .max_by_key(|m| m.mount_path.trim_end_matches('/').len())?;
+    pod.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)?
+        .secret
+        .as_ref()?
+        .secret_name
+        .clone()
 }
 
 /// A Secret's keys and values as text (`data`, then `stringData`, which the server merges).
@@ -778,5 +807,52 @@ mod tests {
             ("app", "learnflow")
         );
         assert!(!format!("{c:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn both_password_forms_name_the_release_secret() {
+        let sts = |container: serde_json::Value, volumes: serde_json::Value| -> StatefulSet {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "pg" },
+                "spec": {
+                    "selector": {},
+                    "serviceName": "pg-hl",
+                    "template": { "spec": { "containers": [container], "volumes": volumes } },
+                },
+            }))
+            .unwrap()
+        };
+        // As releases were made before POSTGRES_PASSWORD_FILE.
+        let key = sts(
+            serde_json::json!({ "name": "postgres", "env": [{ "name": "POSTGRES_PASSWORD",
+                "valueFrom": { "secretKeyRef": { "name": "orders-db", "key": "password" } } }] }),
+            serde_json::json!([]),
+        );
+        assert_eq!(CredentialSource::of("pg", Some(&key)).secret, "orders-db");
+        let file = |path: &str| {
+            sts(
+                serde_json::json!({
+                    "name": "postgres",
+                    "env": [{ "name": "POSTGRES_PASSWORD_FILE", "value": path }],
+                    "volumeMounts": [
+                        { "name": "etc", "mountPath": "/etc/postgresql" },
+                        { "name": "creds", "mountPath": "/etc/postgresql/credentials/" },
+                    ],
+                }),
+                serde_json::json!([
+                    { "name": "etc", "emptyDir": {} },
+                    { "name": "creds", "secret": { "secretName": "orders-db" } },
+                ]),
+            )
+        };
+        let secret = |path: &str| CredentialSource::of("pg", Some(&file(path))).secret;
+        assert_eq!(secret("/etc/postgresql/credentials/password"), "orders-db");
+        // A file in no Secret's volume: the release's own Secret, as with no variable at all.
+        assert_eq!(secret("/etc/postgresql/password"), "pg-credentials");
+        assert_eq!(
+            secret("/etc/postgresql/credentials-x/password"),
+            "pg-credentials"
+        );
+        assert_eq!(CredentialSource::of("pg", None).secret, "pg-credentials");
     }
 }

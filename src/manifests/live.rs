@@ -3,9 +3,10 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, Service};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
 
-use super::spec::{image_major, InstallSpec, DEFAULT_MAJOR};
+use super::spec::{image_major, Ephemeral, InstallSpec, DEFAULT_MAJOR};
 use crate::cluster::release::{self, LABEL_VERSION};
 
 /// The deployed values. `database` and `username` are those of the Secret when it could be read
@@ -47,6 +48,7 @@ pub fn read(
         .map(|q| q.0.clone())
         .unwrap_or_else(|| "8Gi".into());
     let storage_class = claim_spec.and_then(|s| s.storage_class_name.clone());
+    let ephemeral = ephemeral(sts, container);
     let source = release::CredentialSource::of(&release, Some(sts));
     let existing_secret = (!source.is_ours(&release)).then_some(source.secret);
     InstallSpec {
@@ -76,8 +78,46 @@ pub fn read(
                 || super::spec::DataLayout::default_for(major),
                 |m| super::spec::DataLayout::from_mount(&m.mount_path),
             ),
+        ephemeral,
         release,
         namespace,
+    }
+}
+
+/// The release's node-local disk values; each one the release does not set (a release made
+/// before they were) is its profile's: prod's for a release sized with CPU or memory values
+/// (the dev profile sets none), else dev's.
+fn ephemeral(sts: &StatefulSet, container: Option<&Container>) -> Ephemeral {
+    let resources = container.and_then(|c| c.resources.as_ref());
+    let storage = |map: Option<&std::collections::BTreeMap<String, Quantity>>| {
+        map?.get("ephemeral-storage").map(|q| q.0.clone())
+    };
+    let sized = resources.is_some_and(|r| {
+        [r.requests.as_ref(), r.limits.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|m| m.contains_key("cpu") || m.contains_key("memory"))
+    });
+    let volumes = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref()?.volumes.as_ref());
+    let size_limit = |name: &str| {
+        volumes?
+            .iter()
+            .find(|v| v.name == name)?
+            .empty_dir
+            .as_ref()?
+            .size_limit
+            .as_ref()
+            .map(|q| q.0.clone())
+    };
+    let profile = Ephemeral::of_profile(sized);
+    Ephemeral {
+        request: storage(resources.and_then(|r| r.requests.as_ref())).unwrap_or(profile.request),
+        limit: storage(resources.and_then(|r| r.limits.as_ref())).unwrap_or(profile.limit),
+        tmp: size_limit(super::render::TMP_VOLUME).unwrap_or(profile.tmp),
+        run: size_limit(super::render::RUN_VOLUME).unwrap_or(profile.run),
     }
 }
 
@@ -155,5 +195,47 @@ mod tests {
         assert_eq!(read(&ours, None, None).existing_secret, None);
         let templates = claim_templates(&ours).unwrap();
         assert_eq!(templates[0]["metadata"]["name"], "data");
+    }
+
+    #[test]
+    fn ephemeral_values_are_kept_set_by_prod_or_given_to_an_older_release() {
+        use crate::manifests::spec::{Ephemeral, Requested};
+        let tuned = Ephemeral {
+            request: "300Mi".into(),
+            limit: "3Gi".into(),
+            tmp: "2Gi".into(),
+            run: "8Mi".into(),
+        };
+        let spec = InstallSpec {
+            ephemeral: tuned.clone(),
+            ..InstallSpec::example(17)
+        };
+        let mut sts: StatefulSet = serde_json::from_value(render::statefulset(&spec)).unwrap();
+        let live = read(&sts, None, None);
+        assert_eq!(live.ephemeral, tuned);
+        let upgraded = InstallSpec::for_upgrade(&Requested::default(), &live).unwrap();
+        assert_eq!(upgraded.ephemeral, tuned, "--upgrade keeps the live values");
+        let prod = Requested {
+            prod: Some(true),
+            existing_secret: Some("orders-db".into()),
+            ..Requested::default()
+        };
+        let upgraded = InstallSpec::for_upgrade(&prod, &live).unwrap();
+        assert_eq!(upgraded.ephemeral, Ephemeral::prod());
+        // A release made before these values: its profile's, judged by its CPU and memory.
+        let pod = sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        for v in pod.volumes.iter_mut().flatten() {
+            if let Some(dir) = v.empty_dir.as_mut().filter(|_| v.name != "shm") {
+                dir.size_limit = None;
+            }
+        }
+        pod.containers[0].resources = None;
+        assert_eq!(read(&sts, None, None).ephemeral, Ephemeral::dev());
+        let pod = sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        pod.containers[0].resources = serde_json::from_value(serde_json::json!({
+            "limits": { "memory": "2Gi" }
+        }))
+        .unwrap();
+        assert_eq!(read(&sts, None, None).ephemeral, Ephemeral::prod());
     }
 }

@@ -186,16 +186,11 @@ fn resources(spec: &InstallSpec) -> Value {
             .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), json!(v))))
             .collect()
     };
-    let mut out = serde_json::Map::new();
-    let requests = pairs(&spec.cpu_request, &spec.memory_request);
-    let limits = pairs(&spec.cpu_limit, &spec.memory_limit);
-    if !requests.is_empty() {
-        out.insert("requests".into(), Value::Object(requests));
-    }
-    if !limits.is_empty() {
-        out.insert("limits".into(), Value::Object(limits));
-    }
-    Value::Object(out)
+    let mut requests = pairs(&spec.cpu_request, &spec.memory_request);
+    let mut limits = pairs(&spec.cpu_limit, &spec.memory_limit);
+    requests.insert("ephemeral-storage".into(), json!(spec.ephemeral.request));
+    limits.insert("ephemeral-storage".into(), json!(spec.ephemeral.limit));
+    json!({ "requests": requests, "limits": limits })
 }
 
 fn secret_env(spec: &InstallSpec, name: &str, key: &str) -> Value {
@@ -204,6 +199,34 @@ fn secret_env(spec: &InstallSpec, name: &str, key: &str) -> Value {
 
 /// The pod volume holding the server certificate and key (from Secret `R-tls`).
 pub const TLS_VOLUME: &str = "tls";
+/// The pod volume holding the superuser's password (the credentials Secret's `password` key).
+pub const CREDENTIALS_VOLUME: &str = "credentials";
+/// Where the credentials volume is mounted: `POSTGRES_PASSWORD_FILE` names a file in it.
+pub const CREDENTIALS_MOUNT: &str = "/etc/postgresql/credentials";
+const PASSWORD_KEY: &str = "password";
+/// The emptyDirs of `/tmp` and `/var/run/postgresql`.
+pub const TMP_VOLUME: &str = "tmp";
+pub const RUN_VOLUME: &str = "run";
+
+/// pg_isready over TCP, not the socket: during first start-up the image runs a temporary
+/// server on the socket only, which must not count as ready. Through `sh` because the user and
+/// database come from the Secret, and the kubelet expands `$(VAR)` in a probe's argv only for
+/// literal variables.
+macro_rules! pg_isready {
+    () => {
+        "pg_isready -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -h 127.0.0.1 -p 5432"
+    };
+}
+
+/// Startup and readiness: the server accepts connections (pg_isready exits 0).
+const READY_COMMAND: &str = concat!("exec ", pg_isready!());
+
+/// Liveness: the server answers at all. pg_isready exits 1 when the server is up but rejecting
+/// connections (starting up, or replaying WAL after a backend crashed: the postmaster then
+/// recovers without restarting the container, so no startup probe covers it), 2 when nothing
+/// answers, 3 when it could not try. Killing a server that recovers only starts the recovery
+/// over, so 0 and 1 are alive; pg_isready cannot map its own status, hence the shell's test.
+const ALIVE_COMMAND: &str = concat!(pg_isready!(), "; [ $? -le 1 ]");
 
 /// Adds TLS to the StatefulSet of a release that serves it: the certificate and key of
 /// `R-tls` (only those two keys: the CA key stays out of the pod) mounted read-only with mode
@@ -271,7 +294,9 @@ fn statefulset_plain(spec: &InstallSpec) -> Value {
     };
     let mut env = vec![
         user,
-        secret_env(spec, "POSTGRES_PASSWORD", "password"),
+        // The image reads the password from this file (its `file_env`), so no process's
+        // environment, `kubectl describe` or `exec env` shows it.
+        json!({ "name": "POSTGRES_PASSWORD_FILE", "value": format!("{CREDENTIALS_MOUNT}/{PASSWORD_KEY}") }),
         database,
         // The image's initdb trusts 127.0.0.1 and ::1, which is where a port-forward arrives:
         // require the password on every TCP connection, so a health check proves it.
@@ -280,11 +305,9 @@ fn statefulset_plain(spec: &InstallSpec) -> Value {
     if let Some(pgdata) = pgdata {
         env.push(json!({ "name": "PGDATA", "value": pgdata }));
     }
-    // Over TCP, not the socket: during first start-up the image runs a temporary server on
-    // the socket only, which must not count as ready.
-    let probe = |period: u32, failures: u32| {
+    let probe = |command: &str, period: u32, failures: u32| {
         json!({
-            "exec": { "command": ["sh", "-c", "exec pg_isready -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\" -h 127.0.0.1 -p 5432"] },
+            "exec": { "command": ["sh", "-c", command] },
             "periodSeconds": period,
             "timeoutSeconds": 5,
             "failureThreshold": failures,
@@ -341,20 +364,32 @@ fn statefulset_plain(spec: &InstallSpec) -> Value {
                             "runAsNonRoot": true,
                             "capabilities": { "drop": ["ALL"] },
                         },
-                        "startupProbe": probe(5, 60),
-                        "readinessProbe": probe(5, 3),
-                        "livenessProbe": probe(10, 6),
+                        "startupProbe": probe(READY_COMMAND, 5, 60),
+                        "readinessProbe": probe(READY_COMMAND, 5, 3),
+                        "livenessProbe": probe(ALIVE_COMMAND, 10, 6),
                         "volumeMounts": [
                             { "name": "data", "mountPath": mount },
-                            { "name": "run", "mountPath": "/var/run/postgresql" },
-                            { "name": "tmp", "mountPath": "/tmp" },
+                            { "name": RUN_VOLUME, "mountPath": "/var/run/postgresql" },
+                            { "name": TMP_VOLUME, "mountPath": "/tmp" },
                             { "name": "shm", "mountPath": "/dev/shm" },
+                            { "name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_MOUNT, "readOnly": true },
                         ],
                     }],
                     "volumes": [
-                        { "name": "run", "emptyDir": {} },
-                        { "name": "tmp", "emptyDir": {} },
+                        { "name": RUN_VOLUME, "emptyDir": { "sizeLimit": spec.ephemeral.run } },
+                        { "name": TMP_VOLUME, "emptyDir": { "sizeLimit": spec.ephemeral.tmp } },
                         { "name": "shm", "emptyDir": { "medium": "Memory", "sizeLimit": "256Mi" } },
+                        {
+                            "name": CREDENTIALS_VOLUME,
+                            "secret": {
+                                "secretName": spec.secret_name(),
+                                // Only the password: the pod needs nothing else of the Secret.
+                                "items": [{ "key": PASSWORD_KEY, "path": PASSWORD_KEY }],
+                                // Read-only to owner and group: the kubelet makes the files
+                                // root's with the pod's fsGroup (999), so the server reads it.
+                                "defaultMode": 0o440,
+                            },
+                        },
                     ],
                 },
             },
@@ -443,12 +478,7 @@ mod tests {
             assert!(exposed.serves_tls());
             let sts = statefulset(&exposed);
             let pod = &sts["spec"]["template"]["spec"];
-            let volume = pod["volumes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|v| v["name"] == TLS_VOLUME)
-                .unwrap();
+            let volume = volume(&sts, TLS_VOLUME);
             assert_eq!(volume["secret"]["secretName"], "pg-tls");
             assert_eq!(volume["secret"]["defaultMode"], 0o600);
             // The CA key never reaches the pod.
@@ -491,7 +521,7 @@ mod tests {
             "no inline credentials"
         );
         assert_eq!(
-            c["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+            c["env"][0]["valueFrom"]["secretKeyRef"]["name"],
             "pg-credentials"
         );
         assert_eq!(c["env"][3]["name"], "POSTGRES_INITDB_ARGS");
@@ -501,9 +531,13 @@ mod tests {
             c["volumeMounts"][0]["mountPath"],
             "/var/lib/postgresql/data"
         );
-        assert!(
-            c["resources"].as_object().unwrap().is_empty(),
-            "dev profile sets no resources"
+        assert_eq!(
+            c["resources"],
+            json!({
+                "requests": { "ephemeral-storage": "128Mi" },
+                "limits": { "ephemeral-storage": "2Gi" },
+            }),
+            "dev profile sets no CPU or memory"
         );
         let v18 = statefulset(&spec(18));
         assert_eq!(
@@ -528,5 +562,156 @@ mod tests {
             assert_eq!(labels[LABEL_INSTANCE], "pg");
             assert_eq!(labels[LABEL_VERSION], "18");
         }
+    }
+
+    /// The entry of a list (env, volumes, volumeMounts) named `name`.
+    fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+    }
+
+    /// The volume of `name` in a rendered StatefulSet.
+    fn volume<'a>(sts: &'a Value, name: &str) -> &'a Value {
+        named(&sts["spec"]["template"]["spec"]["volumes"], name)
+    }
+
+    #[test]
+    fn the_password_is_a_file_from_the_secret_never_an_environment_value() {
+        for (existing, secret) in [(None, "pg-credentials"), (Some("orders-db"), "orders-db")] {
+            let sts = statefulset(&InstallSpec {
+                existing_secret: existing.map(str::to_string),
+                ..spec(17)
+            });
+            let c = &sts["spec"]["template"]["spec"]["containers"][0];
+            let env = c["env"].as_array().unwrap();
+            assert!(
+                !env.iter().any(|e| e["name"] == "POSTGRES_PASSWORD"),
+                "{env:?}"
+            );
+            let file = named(&c["env"], "POSTGRES_PASSWORD_FILE");
+            assert_eq!(file["value"], "/etc/postgresql/credentials/password");
+            let mount = named(&c["volumeMounts"], CREDENTIALS_VOLUME);
+            assert_eq!(mount["mountPath"], CREDENTIALS_MOUNT);
+            assert_eq!(mount["readOnly"], true);
+            let volume = &volume(&sts, CREDENTIALS_VOLUME)["secret"];
+            assert_eq!(volume["secretName"], secret);
+            assert_eq!(
+                volume["items"],
+                json!([{ "key": "password", "path": "password" }]),
+                "only the password reaches the pod"
+            );
+            assert_eq!(volume["defaultMode"], 0o440);
+            // uid 999 reads it through the group the kubelet gives the files.
+            assert_eq!(
+                sts["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+                999
+            );
+            let live: k8s_openapi::api::apps::v1::StatefulSet =
+                serde_json::from_value(sts.clone()).unwrap();
+            let source = crate::cluster::release::CredentialSource::of("pg", Some(&live));
+            assert_eq!(source.secret, secret);
+        }
+    }
+
+    #[test]
+    fn node_local_disk_is_requested_limited_and_read_back_per_profile() {
+        use super::super::spec::Ephemeral;
+        for (prod, ephemeral) in [(false, Ephemeral::dev()), (true, Ephemeral::prod())] {
+            let mut req = crate::manifests::Requested {
+                prod: Some(prod),
+                ..Default::default()
+            };
+            if prod {
+                req.existing_secret = Some("orders-db".into());
+            }
+            let spec = InstallSpec::from_request(&req, "pg", "db").unwrap();
+            assert_eq!(spec.ephemeral, ephemeral);
+            let sts = statefulset(&spec);
+            let resources = &sts["spec"]["template"]["spec"]["containers"][0]["resources"];
+            assert_eq!(
+                resources["requests"]["ephemeral-storage"],
+                ephemeral.request
+            );
+            assert_eq!(resources["limits"]["ephemeral-storage"], ephemeral.limit);
+            assert_eq!(
+                volume(&sts, TMP_VOLUME)["emptyDir"]["sizeLimit"],
+                ephemeral.tmp
+            );
+            assert_eq!(
+                volume(&sts, RUN_VOLUME)["emptyDir"]["sizeLimit"],
+                ephemeral.run
+            );
+            assert_eq!(volume(&sts, "shm")["emptyDir"]["sizeLimit"], "256Mi");
+            // The limit holds both emptyDirs and the kubelet's default log rotation (5 x 10Mi).
+            let bytes = |q: &str| super::super::spec::quantity_value(q).unwrap();
+            assert!(
+                bytes(&ephemeral.limit)
+                    >= bytes(&ephemeral.tmp) + bytes(&ephemeral.run) + 50.0 * 1048576.0
+            );
+            assert!(bytes(&ephemeral.request) <= bytes(&ephemeral.limit));
+            let live: k8s_openapi::api::apps::v1::StatefulSet =
+                serde_json::from_value(sts).unwrap();
+            assert_eq!(
+                super::super::live::read(&live, None, None).ephemeral,
+                ephemeral
+            );
+        }
+    }
+
+    /// Runs a probe's `sh -c` command with a pg_isready that exits `code`.
+    fn probe_passes(probe: &Value, code: i32) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("pg_isready");
+        std::fs::write(&fake, format!("#!/bin/sh\nexit {code}\n")).unwrap();
+        let mut perms = std::fs::metadata(&fake).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&fake, perms).unwrap();
+        let argv: Vec<&str> = probe["exec"]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let mut command = std::process::Command::new(argv[0]);
+        command
+            .args(&argv[1..])
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .env("POSTGRES_USER", "postgres")
+            .env("POSTGRES_DB", "learnflow");
+        // A test forking meanwhile may hold the fresh file open for writing until its child
+        // execs: sh then cannot run it (126, "Text file busy").
+        for _ in 0..100 {
+            let status = command.status().unwrap();
+            if status.code() != Some(126) {
+                return status.success();
+            }
+        }
+        panic!("{} stayed busy", fake.display());
+    }
+
+    #[test]
+    fn liveness_counts_a_server_that_rejects_connections_as_alive() {
+        let sts = statefulset(&spec(18));
+        let c = &sts["spec"]["template"]["spec"]["containers"][0];
+        // pg_isready: 0 accepting, 1 rejecting (starting up, recovering), 2 no response,
+        // 3 no attempt.
+        let passes = |probe: &str| -> Vec<bool> {
+            (0..4).map(|code| probe_passes(&c[probe], code)).collect()
+        };
+        assert_eq!(passes("livenessProbe"), [true, true, false, false]);
+        assert_eq!(passes("readinessProbe"), [true, false, false, false]);
+        assert_eq!(passes("startupProbe"), [true, false, false, false]);
+        let command = c["livenessProbe"]["exec"]["command"].to_string();
+        assert!(
+            command.contains("pg_isready") && command.contains("-h 127.0.0.1 -p 5432"),
+            "{command}"
+        );
+        // The window a recovery gets before the first restart stays as it was: 60 s.
+        assert_eq!(c["livenessProbe"]["periodSeconds"], 10);
+        assert_eq!(c["livenessProbe"]["failureThreshold"], 6);
     }
 }

@@ -130,6 +130,62 @@ pub struct InstallSpec {
     pub tls_checksum: Option<String>,
     /// Where the volume is mounted and PGDATA lives (read back from a live release).
     pub layout: DataLayout,
+    /// Node-local disk: the container's ephemeral-storage request and limit and the
+    /// emptyDirs' size limits (read back from a live release).
+    pub ephemeral: Ephemeral,
+}
+
+/// The node-local disk a release's pod uses besides its claim. The server writes almost
+/// nothing there: its sort and hash spills go to `base/pgsql_tmp` in PGDATA (the claim),
+/// `/var/run/postgresql` holds a socket and a lock file, and its log is the container log, which
+/// the kubelet rotates (10Mi x 5 by default) and counts as ephemeral storage. `/tmp` is for what
+/// operators run in the pod (`kubectl exec … psql -o /tmp/…`). A pod past its limit or an emptyDir
+/// past its sizeLimit is evicted, so the limits leave room; the request, which the scheduler
+/// reserves, is what the pod is expected to use. `/dev/shm` is memory, not disk: its
+/// sizeLimit stays with the memory values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ephemeral {
+    /// The container's `ephemeral-storage` request.
+    pub request: String,
+    /// The container's `ephemeral-storage` limit: the emptyDirs' limits and the rotated logs fit
+    /// under it, so the emptyDir that fills up is the one named in the eviction.
+    pub limit: String,
+    /// The `/tmp` emptyDir's sizeLimit.
+    pub tmp: String,
+    /// The `/var/run/postgresql` emptyDir's sizeLimit.
+    pub run: String,
+}
+
+impl Ephemeral {
+    /// dev: fits a laptop cluster's node (kind's disk is the laptop's), reserving little.
+    pub fn dev() -> Self {
+        Self {
+            request: "128Mi".into(),
+            limit: "2Gi".into(),
+            tmp: "1Gi".into(),
+            run: "16Mi".into(),
+        }
+    }
+
+    /// prod: reserves the logs' full rotation and room for an operator's file in `/tmp`; a
+    /// larger limit, since an eviction of the database costs far more than disk.
+    pub fn prod() -> Self {
+        Self {
+            request: "1Gi".into(),
+            limit: "8Gi".into(),
+            tmp: "4Gi".into(),
+            run: "16Mi".into(),
+        }
+    }
+
+    /// The profile's values.
+    pub fn of_profile(prod: bool) -> Self {
+        if prod {
+            Self::prod()
+        } else {
+            Self::dev()
+        }
+    }
 }
 
 /// One optional value of a spec, to compare it with the live release's.
@@ -226,6 +282,7 @@ impl InstallSpec {
             tls: req.tls.unwrap_or(false),
             tls_checksum: None,
             layout: DataLayout::default_for(major),
+            ephemeral: Ephemeral::of_profile(prod),
         };
         spec.validate(prod, None)?;
         Ok(spec)
@@ -335,6 +392,12 @@ impl InstallSpec {
             tls: req.tls.unwrap_or(false) || live.serves_tls(),
             tls_checksum: None,
             layout: live.layout,
+            // As the other profile values: `--profile prod` sets prod's, else the live ones.
+            ephemeral: if req.prod == Some(true) {
+                Ephemeral::prod()
+            } else {
+                live.ephemeral.clone()
+            },
         };
         spec.validate(prod, Some(live))?;
         Ok(spec)
@@ -840,6 +903,7 @@ impl InstallSpec {
             tls: false,
             tls_checksum: None,
             layout: DataLayout::default_for(major),
+            ephemeral: Ephemeral::dev(),
         }
     }
 }

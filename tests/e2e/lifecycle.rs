@@ -504,21 +504,69 @@ fn a_lost_secret_is_replaced_only_when_the_database_takes_its_password() {
     assert_eq!(stored.stdout_text().trim(), "t", "{}", stored.describe());
 }
 
+/// The pod template of the release's StatefulSet, as the apiserver holds it.
+fn pod_template(scope: &Scope) -> Value {
+    let out = scope.kubectl_ns(&["get", "statefulset", "postgres", "-o", "json"]);
+    assert!(out.status.success(), "{}", out.describe());
+    json(&out)["spec"]["template"]["spec"].clone()
+}
+
+/// Names of a list's entries (env, volumes, volumeMounts).
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// One query's result through `kubectl pg psql --local`: the Secret's password over TCP.
+fn local_query(scope: &Scope, sql: &str) -> String {
+    let out = scope.kpg(&["psql", "-n", &scope.ns, "--local", "--", "-Atc", sql]);
+    expect_code(&out, 0);
+    out.stdout_text().trim().to_string()
+}
+
+/// `status` reaches the database with the password of the Secret the release names.
+fn assert_accessible(scope: &Scope) {
+    let status = scope.kpg(&["status", "-n", &scope.ns, "-o", "json"]);
+    expect_code(&status, 0);
+    let accessible = &json(&status)["database_accessible"];
+    assert_eq!(accessible, true, "{}", status.describe());
+}
+
 #[test]
 fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
     let scope = Scope::new("kpg-hba");
     let ns = scope.ns.as_str();
-    // A release as the manifests made it before they set --auth-host=scram-sha-256: the
-    // image's initdb then trusts 127.0.0.1, where a port-forward arrives.
+    // A release as the manifests made it before they set --auth-host=scram-sha-256 (the
+    // image's initdb then trusts 127.0.0.1, where a port-forward arrives), read the password
+    // from an environment variable, and set no ephemeral storage.
     let manifests = scope.kpg(&["install", "-n", ns, "--dry-run", "-o", "json"]);
     expect_code(&manifests, 0);
     let mut doc = json(&manifests);
     for item in doc["items"].as_array_mut().unwrap() {
         if item["kind"] == "StatefulSet" {
-            let env = &mut item["spec"]["template"]["spec"]["containers"][0]["env"];
-            env.as_array_mut()
+            let pod = &mut item["spec"]["template"]["spec"];
+            let container = &mut pod["containers"][0];
+            let env = container["env"].as_array_mut().unwrap();
+            env.retain(|e| e["name"] != "POSTGRES_INITDB_ARGS");
+            for e in env.iter_mut() {
+                if e["name"] == "POSTGRES_PASSWORD_FILE" {
+                    *e = serde_json::json!({ "name": "POSTGRES_PASSWORD", "valueFrom":
+                        { "secretKeyRef": { "name": "postgres-credentials", "key": "password" } } });
+                }
+            }
+            container["volumeMounts"]
+                .as_array_mut()
                 .unwrap()
-                .retain(|e| e["name"] != "POSTGRES_INITDB_ARGS");
+                .retain(|m| m["name"] != "credentials");
+            container.as_object_mut().unwrap().remove("resources");
+            let volumes = pod["volumes"].as_array_mut().unwrap();
+            volumes.retain(|v| v["name"] != "credentials");
+            for v in volumes.iter_mut().filter(|v| v["name"] != "shm") {
+                v["emptyDir"] = serde_json::json!({});
+            }
         }
     }
     let applied = scope.plane.kubectl_stdin(
@@ -559,6 +607,17 @@ fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
         "trusted: {}",
         before.describe()
     );
+    // The older form's Secret is found by the commands that read the password.
+    assert_accessible(&scope);
+    let table = scope.kpg(&[
+        "psql",
+        "-n",
+        ns,
+        "--",
+        "-c",
+        "create table kept as select 42 as answer",
+    ]);
+    expect_code(&table, 0);
 
     let upgrade = scope.kpg(&[
         "install",
@@ -588,6 +647,32 @@ fn upgrade_makes_an_older_release_require_the_password_on_loopback() {
         "{}",
         after.describe()
     );
+    // The upgrade moved the password to a file of the Secret's volume and set the ephemeral
+    // storage (the dev profile's: the release had no CPU or memory values).
+    let pod = pod_template(&scope);
+    let container = &pod["containers"][0];
+    let env = names(&container["env"]);
+    assert!(
+        env.contains(&"POSTGRES_PASSWORD_FILE".to_string())
+            && !env.contains(&"POSTGRES_PASSWORD".to_string()),
+        "{env:?}"
+    );
+    assert!(names(&pod["volumes"]).contains(&"credentials".to_string()));
+    assert_eq!(
+        container["resources"]["requests"]["ephemeral-storage"],
+        "128Mi"
+    );
+    let tmp = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tmp");
+    assert_eq!(tmp.unwrap()["emptyDir"]["sizeLimit"], "1Gi");
+    // The data and the Secret's password are kept, and the commands find the Secret.
+    assert_eq!(local_query(&scope, "select answer from kept"), "42");
+    let rotate = scope.kpg(&["rotate-password", "-n", ns, "--yes"]);
+    expect_code(&rotate, 0);
+    assert_accessible(&scope);
 
     // Scaled to zero, the release is reported stopped, and a wait for it ends at once.
     let scaled = scope.kubectl_ns(&["scale", "sts/postgres", "--replicas", "0"]);
@@ -660,4 +745,126 @@ fn an_interrupted_install_is_completed_by_a_rerun() {
         rerun.describe()
     );
     assert_eq!(status["migrations_pending"], 0, "{}", rerun.describe());
+}
+
+/// `sh -c SCRIPT` in the release's pod (its environment: PGDATA, POSTGRES_USER, the socket).
+fn pod_shell(scope: &Scope, script: &str) -> Output {
+    scope.kubectl_ns(&[
+        "exec",
+        "postgres-0",
+        "-c",
+        "postgres",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+#[test]
+fn a_new_release_reads_its_password_from_a_file_and_survives_a_long_recovery() {
+    let scope = Scope::new("kpg-alive");
+    let ns = scope.ns.as_str();
+    let install = scope.kpg(&["install", "-n", ns, "--timeout", "120s", "-o", "json"]);
+    expect_code(&install, 0);
+    assert_eq!(
+        json(&install)["phase"],
+        "Healthy",
+        "the Secret's password works"
+    );
+
+    // No password in the pod's environment: neither in its spec nor in what a process sees.
+    let pod = pod_template(&scope);
+    let env = names(&pod["containers"][0]["env"]);
+    assert!(!env.contains(&"POSTGRES_PASSWORD".to_string()), "{env:?}");
+    let password = scope.kubectl_ns(&[
+        "get",
+        "secret",
+        "postgres-credentials",
+        "-o",
+        "go-template={{.data.password | base64decode}}",
+    ]);
+    assert!(password.status.success(), "{}", password.describe());
+    let password = password.stdout_text();
+    assert!(password.len() >= 16);
+    let seen = pod_shell(&scope, "env");
+    assert!(seen.status.success(), "{}", seen.describe());
+    assert!(
+        !seen.stdout_text().contains(&password),
+        "the password is in the environment"
+    );
+    assert_eq!(local_query(&scope, "select 1"), "1");
+
+    // Hold the server in recovery: after a crash of one of its processes the postmaster
+    // replays WAL without restarting the container (so no startup probe covers it), and with
+    // recovery.signal the replay asks restore_command first, which waits on a FIFO the test
+    // opens. Meanwhile the server rejects connections (pg_isready exits 1).
+    let hold = pod_shell(
+        &scope,
+        r#"set -e
+cd "$PGDATA"
+mkfifo recovery.gate
+touch recovery.signal
+psql -X -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres \
+  -c "alter system set restore_command = 'test -e recovery.release || cat recovery.gate >/dev/null; exit 1'" \
+  -c 'select pg_reload_conf()'
+case $(psql -XAt -U "$POSTGRES_USER" -d postgres -c 'show restore_command') in
+  *recovery.gate*) ;;
+  *) echo 'restore_command not reloaded' >&2; exit 1 ;;
+esac
+kill -9 $(psql -XAt -U "$POSTGRES_USER" -d postgres -c "select pid from pg_stat_activity where backend_type = 'checkpointer'")"#,
+    );
+    assert!(hold.status.success(), "{}", hold.describe());
+    let unready = scope.kubectl_ns(&[
+        "wait",
+        "--for=condition=Ready=false",
+        "pod/postgres-0",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(unready.status.success(), "{}", unready.describe());
+    let rejecting = pod_shell(&scope, "pg_isready -h 127.0.0.1 -p 5432");
+    assert_eq!(rejecting.code(), 1, "{}", rejecting.describe());
+    assert!(rejecting.stdout_text().contains("rejecting connections"));
+
+    // The liveness window is 60 s (period 10 s x 6 failures) from the crash: a restart within
+    // 80 s more ends this wait early, and is the failure it guards against.
+    let restarted = scope.kubectl_ns(&[
+        "wait",
+        "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+        "pod/postgres-0",
+        "--timeout",
+        "80s",
+    ]);
+    assert!(
+        !restarted.status.success() && restarted.stderr_text().contains("timed out"),
+        "the container was restarted while it recovered: {}",
+        restarted.describe()
+    );
+    let still = pod_shell(&scope, "pg_isready -h 127.0.0.1 -p 5432");
+    assert_eq!(still.code(), 1, "still recovering: {}", still.describe());
+
+    // Released, recovery ends and the same container becomes Ready.
+    let release = pod_shell(
+        &scope,
+        r#"cd "$PGDATA" && touch recovery.release && : <> recovery.gate"#,
+    );
+    assert!(release.status.success(), "{}", release.describe());
+    let ready = scope.kubectl_ns(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/postgres-0",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(ready.status.success(), "{}", ready.describe());
+    assert_eq!(
+        jsonpath(
+            &scope,
+            "pod/postgres-0",
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0"
+    );
+    assert_eq!(local_query(&scope, "select pg_is_in_recovery()"), "f");
 }

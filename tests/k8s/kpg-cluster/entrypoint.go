@@ -12,8 +12,9 @@ import (
 
 // entrypoint does inside the pod what the official image's docker-entrypoint.sh does: it
 // initialises PGDATA on first start (initdb with POSTGRES_USER / POSTGRES_PASSWORD /
-// POSTGRES_INITDB_ARGS, the host rule of POSTGRES_HOST_AUTH_METHOD, POSTGRES_DB created by a
-// socket-only temporary server), then execs the server. It runs as the unprivileged user in
+// POSTGRES_INITDB_ARGS, each also read from the file its _FILE variable names, the host rule
+// of POSTGRES_HOST_AUTH_METHOD, POSTGRES_DB created by a socket-only temporary server), then
+// execs the server. It runs as the unprivileged user in
 // the pod's network namespace; paths inside the container map to the host directories of its
 // volumes (KPG_MOUNT_n=container=host).
 func entrypoint(args []string) {
@@ -98,6 +99,25 @@ func entrypoint(args []string) {
 	if args[0] != "postgres" {
 		binary := bin(args[0])
 		die("exec %s: %v", args[0], syscall.Exec(binary, args, env))
+	}
+	// The image's file_env: VAR_FILE names a file that holds VAR (a Secret's key mounted as a
+	// file), read on every start, and exclusive with VAR itself.
+	for _, name := range []string{"POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_INITDB_ARGS"} {
+		file := os.Getenv(name + "_FILE")
+		if file == "" {
+			continue
+		}
+		if os.Getenv(name) != "" {
+			die("error: both %s and %s_FILE are set (but are exclusive)", name, name)
+		}
+		host, _ := mapPath(file)
+		data, err := os.ReadFile(host)
+		if err != nil {
+			die("/usr/local/bin/docker-entrypoint.sh: line 23: %s: %v", file, err)
+		}
+		value := strings.TrimRight(string(data), "\n")
+		_ = os.Setenv(name, value)
+		env = setEnv(env, name+"="+value)
 	}
 	if _, err := os.Stat(filepath.Join(pgdata, "PG_VERSION")); err != nil {
 		password := os.Getenv("POSTGRES_PASSWORD")
