@@ -34,6 +34,8 @@ const FLAG_FIN: u8 = 0x01;
 const CANCEL: u32 = 5;
 /// The largest frame payload SPDY allows (24-bit lengths).
 const MAX_FRAME: usize = (1 << 24) - 1;
+/// How long a session may be silent before it is pinged, and then how long the answer may take.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
 /// What one read of the local connection may put into a single DATA frame.
 const CHUNK: usize = 64 * 1024;
 
@@ -47,6 +49,8 @@ pub struct Session {
     headers: Compress,
     next_stream: u32,
     next_request: u64,
+    /// Our pings have odd IDs: the node answers those and sends its own even.
+    next_ping: u32,
     /// When it last finished a forwarded connection (or opened).
     pub idle_since: Instant,
 }
@@ -87,6 +91,7 @@ impl Session {
             headers: Compress::new(Compression::default(), true),
             next_stream: 1,
             next_request: 0,
+            next_ping: 1,
             idle_since: Instant::now(),
         })
     }
@@ -142,6 +147,7 @@ impl Session {
             headers,
             next_stream,
             next_request,
+            mut next_ping,
             ..
         } = self;
         let (mut from_pod, to_pod) = tokio::io::split(io);
@@ -174,13 +180,44 @@ impl Session {
             }
         };
         let down = async {
-            let mut frames = Frames { pending, start: 0 };
+            let mut frames = Frames::new(pending);
             let (mut data_done, mut error_done) = (false, false);
             let mut error_text = Vec::new();
             let mut reusable = true;
+            let mut unanswered = None;
             while !(data_done && error_done) {
-                let frame = frames.next(&mut from_pod).await?;
+                let frame = match tokio::time::timeout(QUIET, frames.next(&mut from_pod)).await {
+                    Ok(frame) => frame?,
+                    // A quiet session may be an idle database session or a dead path: a PING
+                    // tells them apart, as the node answers it at once.
+                    Err(_) if unanswered.is_none() => {
+                        let id = next_ping;
+                        next_ping = next_ping.wrapping_add(2);
+                        let mut ping = control_header(PING, 0, 4);
+                        ping.extend(id.to_be_bytes());
+                        // Behind a write that a silent server no longer takes, the ping
+                        // would wait for ever: not being able to send it is the answer.
+                        let sent = tokio::time::timeout(QUIET, async {
+                            to_pod.lock().await.write_all(&ping).await
+                        });
+                        match sent.await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                return Err(format!("the port-forward session broke: {e}"))
+                            }
+                            Err(_) => return Err(silent()),
+                        }
+                        unanswered = Some(id);
+                        continue;
+                    }
+                    Err(_) => return Err(silent()),
+                };
+                // Any frame shows the path is alive.
+                if !matches!(frame, Frame::Ping { .. }) {
+                    unanswered = None;
+                }
                 match frame {
+                    Frame::Ping { id } if id % 2 == 1 => unanswered = None,
                     Frame::Data { stream, fin, body } if stream == data_id => {
                         if !body.is_empty() {
                             to_local
@@ -235,6 +272,7 @@ impl Session {
             headers,
             next_stream,
             next_request,
+            next_ping,
             idle_since: Instant::now(),
         }))
     }
@@ -250,6 +288,13 @@ impl Session {
         frame.extend(block);
         frame
     }
+}
+
+fn silent() -> String {
+    format!(
+        "the API server stopped answering (no answer to a ping in {} s)",
+        QUIET.as_secs()
+    )
 }
 
 fn control_header(kind: u16, flags: u8, length: usize) -> Vec<u8> {
@@ -326,6 +371,17 @@ enum Frame {
 struct Frames {
     pending: Vec<u8>,
     start: usize,
+    scratch: Vec<u8>,
+}
+
+impl Frames {
+    fn new(pending: Vec<u8>) -> Frames {
+        Frames {
+            pending,
+            start: 0,
+            scratch: vec![0; CHUNK],
+        }
+    }
 }
 
 impl Frames {
@@ -338,8 +394,9 @@ impl Frames {
             self.pending.drain(..self.start);
             self.start = 0;
             let had = self.pending.len();
-            self.pending.resize(had + CHUNK, 0);
-            let n = from.read(&mut self.pending[had..]).await.map_err(|e| {
+            // Read aside and then appended, so that a read cancelled by the silence timer
+            // leaves `pending` whole.
+            let n = from.read(&mut self.scratch).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     // rustls' words for a TCP connection cut without TLS's goodbye.
                     "the connection to the API server was cut".to_string()
@@ -347,7 +404,7 @@ impl Frames {
                     format!("the port-forward session broke: {e}")
                 }
             })?;
-            self.pending.truncate(had + n);
+            self.pending.extend_from_slice(&self.scratch[..n]);
             if n == 0 {
                 return if had == 0 {
                     Ok(Frame::Eof)
@@ -477,17 +534,11 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_ends_inside_a_frame_is_an_error() {
         let whole = data_frame(1, 0, b"abcdef");
-        let mut frames = Frames {
-            pending: Vec::new(),
-            start: 0,
-        };
+        let mut frames = Frames::new(Vec::new());
         let mut cut = &whole[..10];
         assert!(frames.next(&mut cut).await.is_err());
         let mut empty: &[u8] = &[];
-        let mut frames = Frames {
-            pending: Vec::new(),
-            start: 0,
-        };
+        let mut frames = Frames::new(Vec::new());
         assert_eq!(frames.next(&mut empty).await.unwrap(), Frame::Eof);
     }
 }

@@ -919,6 +919,20 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
             .map(|r| r.method.clone())
             .collect::<Vec<_>>()
     };
+    // The path goes silent (a proxy that stops passing bytes, a host gone): the session is
+    // pinged after 5 s of silence and the connection ends 5 s later, rather than never.
+    sessions(&dsn, 1, async |clients| {
+        pid(&clients[0]).await.unwrap();
+        proxy.freeze_upgraded();
+        let asked = Instant::now();
+        assert!(pid(&clients[0]).await.is_err(), "the silent session ends");
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+    });
+    proxy.clear_faults();
     let before = upgrades().len();
     for _ in 0..10 {
         sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());

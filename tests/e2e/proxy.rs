@@ -118,6 +118,7 @@ struct Faults {
     hangs: Vec<Matcher>,
     trickles: Vec<(Duration, Matcher)>,
     upgraded_budget: Option<usize>,
+    upgraded_frozen: bool,
 }
 
 impl Faults {
@@ -346,6 +347,12 @@ impl Proxy {
         self.state.faults().upgraded_budget = Some(bytes);
     }
 
+    /// Upgraded streams stop passing bytes, in both directions, without closing: a path gone
+    /// silent. [`Proxy::clear_faults`] cuts the frozen streams.
+    pub fn freeze_upgraded(&self) {
+        self.state.faults().upgraded_frozen = true;
+    }
+
     /// Cuts the connection of every watch (`watch=true` or `watch=1`) received so far, mid-stream
     /// or before its response starts.
     pub fn drop_watches(&self) {
@@ -564,6 +571,12 @@ async fn pump(
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        if state.faults().upgraded_frozen {
+            let mut cleared = state.hangs_cleared.subscribe();
+            let _ = cleared.changed().await;
+            let frozen = "frozen upgraded stream cut by the e2e proxy";
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, frozen));
         }
         let cut_after = state.faults().take_upgraded(n);
         to.write_all(&buf[..cut_after.unwrap_or(n)]).await?;
