@@ -344,7 +344,8 @@ pub struct VersionArgs {
 const INSTALL_EXAMPLES: &str = "\
 Profiles (each value overridable by its flag):
   dev   8Gi, default StorageClass, no requests/limits, ClusterIP service, generated password
-  prod  20Gi, requests 500m/512Mi, limits 2000m/2Gi, LoadBalancer service, --existing-secret required
+  prod  20Gi, requests 500m/512Mi, limits 2000m/2Gi, LoadBalancer service, NetworkPolicy,
+        --existing-secret required
 
 Examples:
   # A development database in namespace postgres, LearnFlow schema applied
@@ -358,6 +359,12 @@ Examples:
 
   # TLS inside the cluster too
   kubectl pg install -n postgres --tls
+
+  # A NetworkPolicy: 5432 from the release's namespace, namespace team-a and app=web pods of apps
+  kubectl pg install -n postgres --network-policy --allow-from namespace=team-a --allow-from namespace=apps,pod=app=web
+
+  # Remove the prod profile's NetworkPolicy from a running release
+  kubectl pg install orders -n prod --upgrade --network-policy=false
 
   # A LoadBalancer only the office and the VPN may reach
   kubectl pg install orders -n prod --upgrade --load-balancer-source-ranges 203.0.113.0/24,10.8.0.0/16
@@ -421,6 +428,16 @@ pub struct InstallArgs {
     /// is reachable from anywhere the load balancer is
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
     pub load_balancer_source_ranges: Option<Vec<String>>,
+    /// Guard the database with NetworkPolicy R: TCP 5432 only from pods of the release's
+    /// namespace and the --allow-from peers (default: on for prod, off for dev; with --upgrade,
+    /// as deployed); --network-policy=false removes it
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub network_policy: Option<bool>,
+    /// Also admit this peer through the NetworkPolicy (turns it on): namespace=NAME,
+    /// namespace=* (every namespace), narrowed by pod=KEY=VALUE (namespace=x,pod=app=web);
+    /// repeat for more peers; with --upgrade, replaces the deployed ones (`none`: no peer)
+    #[arg(long, value_name = "PEER")]
+    pub allow_from: Option<Vec<String>>,
     /// Serve TLS (Secret R-tls; non-local connections need it) even on a ClusterIP Service;
     /// LoadBalancer and NodePort releases always do; remembered by the release
     #[arg(long)]
