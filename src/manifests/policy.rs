@@ -99,8 +99,9 @@ pub fn parse_peer(value: &str) -> Result<Value, Error> {
                     ));
                 }
                 if name != "*" {
-                    crate::cluster::release::validate_namespace(name)
-                        .map_err(|_| invalid(value, &format!("{name:?} is not a namespace name")))?;
+                    crate::cluster::release::validate_namespace(name).map_err(|_| {
+                        invalid(value, &format!("{name:?} is not a namespace name"))
+                    })?;
                 }
             }
             Some(("pod", selector)) => {
@@ -148,10 +149,7 @@ pub fn parse_peer(value: &str) -> Result<Value, Error> {
 pub fn parse_peers(values: &[String]) -> Result<Vec<Value>, Error> {
     if values.iter().any(|v| v.trim() == NONE) {
         if values.len() > 1 {
-            return Err(invalid(
-                NONE,
-                "`none` empties the list and stands alone",
-            ));
+            return Err(invalid(NONE, "`none` empties the list and stands alone"));
         }
         return Ok(Vec::new());
     }
@@ -265,7 +263,10 @@ mod tests {
             json!({ "namespaceSelector": {}, "podSelector": { "matchLabels": { "app": "web" } } })
         );
         for (bad, says) in [
-            ("pod=app=web", "alone selects pods of the release's own namespace"),
+            (
+                "pod=app=web",
+                "alone selects pods of the release's own namespace",
+            ),
             ("namespace=Team", "not a namespace name"),
             ("namespace=", "not a namespace name"),
             ("namespace=a,namespace=b", "one namespace per peer"),
@@ -280,9 +281,16 @@ mod tests {
             ("namespace=a,", "neither"),
         ] {
             let err = parse_peer(bad).expect_err(bad).to_string();
-            assert!(err.contains(says) && err.contains("--allow-from"), "{bad}: {err}");
+            assert!(
+                err.contains(says) && err.contains("--allow-from"),
+                "{bad}: {err}"
+            );
         }
-        let peers = parse_peers(&["namespace=a".into(), "namespace=a".into(), "namespace=*".into()]);
+        let peers = parse_peers(&[
+            "namespace=a".into(),
+            "namespace=a".into(),
+            "namespace=*".into(),
+        ]);
         assert_eq!(peers.unwrap().len(), 2, "a repeated peer counts once");
         assert_eq!(parse_peers(&["none".into()]).unwrap(), Vec::<Value>::new());
         assert!(parse_peers(&["none".into(), "namespace=a".into()]).is_err());
@@ -294,10 +302,22 @@ mod tests {
         let b = parse_peer("namespace=b").unwrap();
         // New releases: off in dev, on in prod, on when asked or given peers.
         assert_eq!(decide(&req(None, &[]), None, None).unwrap(), Plan::Leave);
-        assert_eq!(decide(&req(None, &[]), Some(false), None).unwrap(), Plan::Leave);
-        assert_eq!(decide(&req(None, &[]), Some(true), None).unwrap(), Plan::Apply(vec![]));
-        assert_eq!(decide(&req(Some(false), &[]), Some(true), None).unwrap(), Plan::Leave);
-        assert_eq!(decide(&req(Some(true), &[]), None, None).unwrap(), Plan::Apply(vec![]));
+        assert_eq!(
+            decide(&req(None, &[]), Some(false), None).unwrap(),
+            Plan::Leave
+        );
+        assert_eq!(
+            decide(&req(None, &[]), Some(true), None).unwrap(),
+            Plan::Apply(vec![])
+        );
+        assert_eq!(
+            decide(&req(Some(false), &[]), Some(true), None).unwrap(),
+            Plan::Leave
+        );
+        assert_eq!(
+            decide(&req(Some(true), &[]), None, None).unwrap(),
+            Plan::Apply(vec![])
+        );
         assert_eq!(
             decide(&req(None, &["namespace=a"]), None, None).unwrap(),
             Plan::Apply(vec![a.clone()])
@@ -306,10 +326,22 @@ mod tests {
         assert!(err.to_string().contains("--network-policy=false"), "{err}");
         // Upgrades: no flag keeps what is deployed, peers included.
         let ours = Live::Ours(vec![a.clone()]);
-        assert_eq!(decide(&req(None, &[]), None, Some(&ours)).unwrap(), Plan::Apply(vec![a.clone()]));
-        assert_eq!(decide(&req(None, &[]), None, Some(&Live::Absent)).unwrap(), Plan::Leave);
-        assert_eq!(decide(&req(None, &[]), None, Some(&Live::Unknown)).unwrap(), Plan::Leave);
-        assert_eq!(decide(&req(None, &[]), None, Some(&Live::Foreign)).unwrap(), Plan::Leave);
+        assert_eq!(
+            decide(&req(None, &[]), None, Some(&ours)).unwrap(),
+            Plan::Apply(vec![a.clone()])
+        );
+        assert_eq!(
+            decide(&req(None, &[]), None, Some(&Live::Absent)).unwrap(),
+            Plan::Leave
+        );
+        assert_eq!(
+            decide(&req(None, &[]), None, Some(&Live::Unknown)).unwrap(),
+            Plan::Leave
+        );
+        assert_eq!(
+            decide(&req(None, &[]), None, Some(&Live::Foreign)).unwrap(),
+            Plan::Leave
+        );
         assert_eq!(
             decide(&req(Some(true), &[]), None, Some(&ours)).unwrap(),
             Plan::Apply(vec![a.clone()]),
@@ -329,8 +361,14 @@ mod tests {
             Plan::Apply(vec![]),
             "--profile prod on an upgrade brings the policy"
         );
-        assert_eq!(decide(&req(None, &[]), Some(false), Some(&ours)).unwrap(), Plan::Apply(vec![a]));
-        assert_eq!(decide(&req(Some(false), &[]), None, Some(&ours)).unwrap(), Plan::Remove);
+        assert_eq!(
+            decide(&req(None, &[]), Some(false), Some(&ours)).unwrap(),
+            Plan::Apply(vec![a])
+        );
+        assert_eq!(
+            decide(&req(Some(false), &[]), None, Some(&ours)).unwrap(),
+            Plan::Remove
+        );
         assert_eq!(
             decide(&req(Some(false), &[]), None, Some(&Live::Unknown)).unwrap(),
             Plan::Remove

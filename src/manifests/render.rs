@@ -576,8 +576,15 @@ mod tests {
         );
         assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
         let rules = policy["spec"]["ingress"].as_array().unwrap();
-        assert_eq!(rules.len(), 1, "a ClusterIP release takes nothing from outside");
-        assert_eq!(rules[0]["ports"], json!([{ "protocol": "TCP", "port": 5432 }]));
+        assert_eq!(
+            rules.len(),
+            1,
+            "a ClusterIP release takes nothing from outside"
+        );
+        assert_eq!(
+            rules[0]["ports"],
+            json!([{ "protocol": "TCP", "port": 5432 }])
+        );
         assert_eq!(
             rules[0]["from"],
             json!([
@@ -588,7 +595,10 @@ mod tests {
         // Read back from the object as the apiserver returns it, the extra peers are the same.
         let live: k8s_openapi::api::networking::v1::NetworkPolicy =
             serde_json::from_value(policy.clone()).unwrap();
-        assert_eq!(crate::manifests::policy::read_peers(&live, "db"), vec![peer]);
+        assert_eq!(
+            crate::manifests::policy::read_peers(&live, "db"),
+            vec![peer]
+        );
         let exposed = network_policy(
             &InstallSpec {
                 service_type: "LoadBalancer".into(),

@@ -17,8 +17,8 @@ use crate::database::Connector;
 use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::error::Error;
-use crate::manifests::render::{self, FIELD_MANAGER};
 use crate::manifests::policy::{self as netpol, Plan};
+use crate::manifests::render::{self, FIELD_MANAGER};
 use crate::manifests::{self, InstallSpec, Requested};
 use crate::migration::{Goal, MigrationSet, Runner, Settings};
 use crate::output::{self, emit};
@@ -112,8 +112,11 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         Some(_) => Some(policy::read(&cluster, &spec.namespace, &spec.release).await?),
         None => None,
     };
-    let policy_plan =
-        manifests::policy::decide(&policy_req, req.prod, found_policy.as_ref().map(|f| &f.live))?;
+    let policy_plan = manifests::policy::decide(
+        &policy_req,
+        req.prod,
+        found_policy.as_ref().map(|f| &f.live),
+    )?;
     let policy_permissions: Vec<crate::cluster::rbac::Permission> =
         manifests::policy::verbs(&policy_plan)
             .iter()
@@ -185,7 +188,10 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         });
     }
     if let Plan::Apply(_) = &policy_plan {
-        if found_policy.as_ref().is_none_or(|f| f.live == netpol::Live::Unknown) {
+        if found_policy
+            .as_ref()
+            .is_none_or(|f| f.live == netpol::Live::Unknown)
+        {
             found_policy = Some(policy::read(&cluster, &spec.namespace, &spec.release).await?);
         }
         if let Some(found) = &found_policy {
@@ -273,7 +279,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
             ""
         }
     );
-    if rendered_policy.is_some() && matches!(spec.service_type.as_str(), "LoadBalancer" | "NodePort") {
+    if rendered_policy.is_some()
+        && matches!(spec.service_type.as_str(), "LoadBalancer" | "NodePort")
+    {
         crate::note!(
             "NetworkPolicy {}: the {} Service's clients arrive from addresses no selector matches, so port 5432 takes any address too (TLS, the password{} guard it)",
             spec.release,
@@ -368,7 +376,9 @@ fn dry_run(args: &InstallArgs, global: &GlobalArgs, password: Option<String>) ->
     }
     let password = password.unwrap_or_else(generate_password);
     let mut objects = render::all(&spec, Some(&password));
-    if let Plan::Apply(peers) = manifests::policy::decide(&policy_request(args), requested(args).prod, None)? {
+    if let Plan::Apply(peers) =
+        manifests::policy::decide(&policy_request(args), requested(args).prod, None)?
+    {
         // Before the StatefulSet, so `kubectl apply -f -` starts the pod guarded.
         let at = objects.len() - 1;
         objects.insert(at, render::network_policy(&spec, &peers));

@@ -57,7 +57,11 @@ pub(super) async fn apply(
 
 /// Deletes the release's policy (`--network-policy=false`); one that is not the release's is
 /// named and left alone.
-pub(super) async fn remove(cluster: &Cluster, spec: &InstallSpec, found: Found) -> Result<(), Error> {
+pub(super) async fn remove(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    found: Found,
+) -> Result<(), Error> {
     let found = match found.live {
         // The preflight granted get since: read what is there.
         Live::Unknown => read(cluster, &spec.namespace, &spec.release).await?,
@@ -87,7 +91,11 @@ pub(super) async fn remove(cluster: &Cluster, spec: &InstallSpec, found: Found) 
 
 /// Refuses to apply over a policy of that name that is not the release's (exit 1), or one the
 /// user could not read although the preflight granted `get` (exit 6).
-pub(super) fn refuse_unusable(cluster: &Cluster, spec: &InstallSpec, found: &Found) -> Result<(), Error> {
+pub(super) fn refuse_unusable(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    found: &Found,
+) -> Result<(), Error> {
     match (&found.live, &found.object) {
         (Live::Foreign, Some(object)) => {
             super::preflight::check_owned("NetworkPolicy", &object.metadata, spec)
