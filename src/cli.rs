@@ -360,8 +360,8 @@ Examples:
   # TLS inside the cluster too
   kubectl pg install -n postgres --tls
 
-  # A NetworkPolicy: 5432 from the release's namespace, namespace team-a and app=web pods of apps
-  kubectl pg install -n postgres --network-policy --allow-from namespace=team-a --allow-from namespace=apps,pod=app=web
+  # A NetworkPolicy: 5432 only from pods of namespace postgres and team-a, and app=web pods of apps
+  kubectl pg install -n postgres --allow-from namespace=team-a --allow-from namespace=apps,pod=app=web
 
   # Remove the prod profile's NetworkPolicy from a running release
   kubectl pg install orders -n prod --upgrade --network-policy=false
