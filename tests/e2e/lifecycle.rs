@@ -218,6 +218,29 @@ fn nothing_that_is_not_the_release_is_written_or_deleted() {
     );
     let removed = scope.kubectl_ns(&["delete", "secret", "other-credentials"]);
     assert!(removed.status.success(), "{}", removed.describe());
+    // NetworkPolicies of the releases' names that are someone else's: install refuses to take
+    // one over (before any write), and uninstall leaves one alone.
+    let theirs_policy = |name: &str| {
+        let yaml = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  \
+             namespace: {ns}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
+        );
+        let out = scope.plane.kubectl_stdin(&["apply", "-f", "-"], &yaml);
+        assert!(out.status.success(), "{}", out.describe());
+    };
+    theirs_policy("np");
+    let refused = scope.kpg(&["install", "np", "-n", ns, "--network-policy"]);
+    expect_code(&refused, 1);
+    assert!(
+        refused
+            .stderr_text()
+            .contains("NetworkPolicy \"np\" already exists"),
+        "{}",
+        refused.describe()
+    );
+    let written = scope.kubectl_ns(&["get", "sts,secrets", "-o", "name"]);
+    assert_eq!(written.stdout_text().trim(), "", "{}", written.describe());
+    theirs_policy("app");
 
     // Another release in the same namespace; uninstall leaves the user's Service alone.
     expect_code(
@@ -230,6 +253,17 @@ fn nothing_that_is_not_the_release_is_written_or_deleted() {
     assert_eq!(
         jsonpath(&scope, "svc/postgres", "{.spec.type}"),
         "ExternalName"
+    );
+    assert!(
+        uninstall
+            .stdout_text()
+            .contains("left NetworkPolicy app alone"),
+        "{}",
+        uninstall.describe()
+    );
+    assert_eq!(
+        jsonpath(&scope, "networkpolicy/app", "{.metadata.name}"),
+        "app"
     );
     // The password stays with the data; a reinstall finds both.
     assert!(
