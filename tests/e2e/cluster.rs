@@ -336,81 +336,58 @@ fn unreachable_unauthorised_and_forbidden_clusters() {
     );
 
     // A ServiceAccount that may do everything install needs in its namespace (the krew
-    // caveats' Role, `get` on its own namespace included) but patch StatefulSets: refused
-    // before anything is created.
-    let installer = scope.service_account_kubeconfig(
+    // caveats' Role, `get` on its own namespace included) but one verb: refused before
+    // anything is created, naming the verb.
+    let refused_without = |name: &str, more_rules: &str, args: &[&str], missing: &str| {
+        let kubeconfig = scope.service_account_kubeconfig(
+            name,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  \
+                 namespace: {ns}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods, pods/exec, pods/portforward, pods/log, \
+                 services, secrets, persistentvolumeclaims, events, resourcequotas, configmaps]\n  verbs: [\"*\"]\n\
+                 - apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [get]\n{more_rules}",
+                ns = scope.ns
+            ),
+        );
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut all = vec![
+            "install",
+            "--kubeconfig",
+            &kubeconfig,
+            "--timeout",
+            INSTALL_TIMEOUT,
+        ];
+        all.extend_from_slice(args);
+        let out = scope.kpg(&all);
+        expect_code(&out, 6);
+        assert!(out.stderr_text().contains(missing), "{}", out.describe());
+        let left = kubectl_ok(scope.kubectl_ns(&[
+            "get",
+            "statefulsets,services,secrets,networkpolicies",
+            "-o",
+            "name",
+        ]));
+        assert!(
+            !left.stdout_text().contains("postgres"),
+            "nothing was created: {}",
+            left.describe()
+        );
+    };
+    refused_without(
         "no-sts-patch",
-        &format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: no-sts-patch\n  \
-             namespace: {ns}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods, pods/exec, pods/portforward, pods/log, \
-             services, secrets, persistentvolumeclaims, events, resourcequotas, configmaps]\n  verbs: [\"*\"]\n\
-             - apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [get]\n\
-             - apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch, create, update, delete]\n",
-            ns = scope.ns
-        ),
+        "- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch, create, update, delete]\n",
+        &[],
+        "patch statefulsets",
     );
-    let installer = installer.display().to_string();
-    let out = scope.kpg(&[
-        "install",
-        "--kubeconfig",
-        &installer,
-        "--timeout",
-        INSTALL_TIMEOUT,
-    ]);
-    expect_code(&out, 6);
-    assert!(
-        out.stderr_text().contains("patch statefulsets"),
-        "{}",
-        out.describe()
-    );
-    let left =
-        kubectl_ok(scope.kubectl_ns(&["get", "statefulsets,services,secrets", "-o", "name"]));
-    assert!(
-        !left.stdout_text().contains("postgres"),
-        "nothing was created: {}",
-        left.describe()
-    );
-
-    // The same, with every verb install needs but patch on NetworkPolicies: a release without
-    // one needs none (the caveats' Role, in krew.rs, has none), one with it is refused before
-    // anything is created.
-    let no_policy = scope.service_account_kubeconfig(
+    // NetworkPolicies: a release without one needs no verb on them (the caveats' Role, in
+    // krew.rs, has none); one with it needs patch.
+    refused_without(
         "no-netpol-patch",
-        &format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: no-netpol-patch\n  \
-             namespace: {ns}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods, pods/exec, pods/portforward, pods/log, \
-             services, secrets, persistentvolumeclaims, events, resourcequotas, configmaps]\n  verbs: [\"*\"]\n\
-             - apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [get]\n\
-             - apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [\"*\"]\n\
-             - apiGroups: [networking.k8s.io]\n  resources: [networkpolicies]\n  \
-             verbs: [get, list, watch, create, update, delete]\n",
-            ns = scope.ns
-        ),
-    );
-    let out = scope.kpg(&[
-        "install",
-        "--network-policy",
-        "--kubeconfig",
-        &no_policy.display().to_string(),
-        "--timeout",
-        INSTALL_TIMEOUT,
-    ]);
-    expect_code(&out, 6);
-    assert!(
-        out.stderr_text().contains("patch networkpolicies"),
-        "{}",
-        out.describe()
-    );
-    let left = kubectl_ok(scope.kubectl_ns(&[
-        "get",
-        "statefulsets,services,secrets,networkpolicies",
-        "-o",
-        "name",
-    ]));
-    assert!(
-        !left.stdout_text().contains("postgres"),
-        "nothing was created: {}",
-        left.describe()
+        "- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [\"*\"]\n\
+         - apiGroups: [networking.k8s.io]\n  resources: [networkpolicies]\n  \
+         verbs: [get, list, watch, create, update, delete]\n",
+        &["--network-policy"],
+        "patch networkpolicies",
     );
 }
 
