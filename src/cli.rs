@@ -1175,6 +1175,41 @@ mod tests {
     }
 
     #[test]
+    fn network_policy_flag_takes_an_optional_bool_and_allow_from_repeats() {
+        use clap::Parser;
+        let install =
+            |args: &[&str]| match Cli::try_parse_from(["kubectl-pg", "install"].iter().chain(args))
+                .map(|c| c.command)
+            {
+                Ok(Command::Install(a)) => Ok((a.network_policy, a.allow_from, a.release)),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.kind()),
+            };
+        assert_eq!(install(&[]).unwrap(), (None, None, None));
+        assert_eq!(install(&["--network-policy"]).unwrap().0, Some(true));
+        assert_eq!(install(&["--network-policy=false"]).unwrap().0, Some(false));
+        assert_eq!(
+            install(&["--network-policy", "false"]).unwrap().0,
+            Some(false)
+        );
+        let (_, allow, release) = install(&[
+            "orders",
+            "--allow-from",
+            "namespace=a,pod=app=web",
+            "--allow-from=namespace=*",
+        ])
+        .unwrap();
+        assert_eq!(
+            allow.unwrap(),
+            ["namespace=a,pod=app=web", "namespace=*"],
+            "a comma belongs to the peer"
+        );
+        assert_eq!(release.as_deref(), Some("orders"));
+        // A release name after the flag is not taken for a value silently.
+        assert!(install(&["--network-policy", "orders"]).is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
