@@ -1035,8 +1035,23 @@ fn dry_run_manifests_are_accepted_by_the_api_server() {
         "stored as rendered"
     );
 
-    let yaml = scope.kpg(&["install", "web", "-n", ns, "--dry-run"]);
+    // The YAML form too, here of an exposed release, whose policy also admits any address.
+    let yaml = scope.kpg(&[
+        "install",
+        "web",
+        "-n",
+        ns,
+        "--dry-run",
+        "--service-type",
+        "LoadBalancer",
+        "--network-policy",
+    ]);
     expect_code(&yaml, 0);
+    assert!(
+        yaml.stdout_text().contains("cidr: 0.0.0.0/0"),
+        "{}",
+        yaml.describe()
+    );
     assert!(
         yaml.stdout_text()
             .starts_with("---\napiVersion: v1\nkind: Namespace"),
