@@ -65,7 +65,7 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     };
     // --allow-from is checked before anything else: a bad peer is exit 1 with nothing read.
     let policy_req = policy_request(&args);
-    manifests::policy::check(&policy_req)?;
+    netpol::check(&policy_req)?;
     if args.dry_run {
         return dry_run(&args, global, password);
     }
@@ -112,16 +112,15 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         Some(_) => Some(policy::read(&cluster, &spec.namespace, &spec.release).await?),
         None => None,
     };
-    let policy_plan = manifests::policy::decide(
+    let policy_plan = netpol::decide(
         &policy_req,
         req.prod,
         found_policy.as_ref().map(|f| &f.live),
     )?;
-    let policy_permissions: Vec<crate::cluster::rbac::Permission> =
-        manifests::policy::verbs(&policy_plan)
-            .iter()
-            .map(|verb| ("networking.k8s.io", "networkpolicies", *verb))
-            .collect();
+    let policy_permissions: Vec<crate::cluster::rbac::Permission> = netpol::verbs(&policy_plan)
+        .iter()
+        .map(|verb| ("networking.k8s.io", "networkpolicies", *verb))
+        .collect();
 
     let existing = preflight(&cluster, &spec, &policy_permissions).await?;
     // --upgrade --storage-size grows the claim: shrinking (1) and a class that cannot expand
@@ -376,9 +375,7 @@ fn dry_run(args: &InstallArgs, global: &GlobalArgs, password: Option<String>) ->
     }
     let password = password.unwrap_or_else(generate_password);
     let mut objects = render::all(&spec, Some(&password));
-    if let Plan::Apply(peers) =
-        manifests::policy::decide(&policy_request(args), requested(args).prod, None)?
-    {
+    if let Plan::Apply(peers) = netpol::decide(&policy_request(args), requested(args).prod, None)? {
         // Before the StatefulSet, so `kubectl apply -f -` starts the pod guarded.
         let at = objects.len() - 1;
         objects.insert(at, render::network_policy(&spec, &peers));
@@ -434,8 +431,8 @@ async fn create_namespace(cluster: &Cluster, name: &str) -> Result<(), Error> {
 }
 
 /// `--network-policy` and `--allow-from` as given.
-fn policy_request(args: &InstallArgs) -> manifests::policy::Request {
-    manifests::policy::Request {
+fn policy_request(args: &InstallArgs) -> netpol::Request {
+    netpol::Request {
         enabled: args.network_policy,
         allow_from: args.allow_from.clone(),
     }
