@@ -344,7 +344,8 @@ pub struct VersionArgs {
 const INSTALL_EXAMPLES: &str = "\
 Profiles (each value overridable by its flag):
   dev   8Gi, default StorageClass, no requests/limits, ClusterIP service, generated password
-  prod  20Gi, requests 500m/512Mi, limits 2000m/2Gi, LoadBalancer service, --existing-secret required
+  prod  20Gi, requests 500m/512Mi, limits 2000m/2Gi, LoadBalancer service, NetworkPolicy,
+        --existing-secret required
 
 Examples:
   # A development database in namespace postgres, LearnFlow schema applied
@@ -358,6 +359,12 @@ Examples:
 
   # TLS inside the cluster too
   kubectl pg install -n postgres --tls
+
+  # A NetworkPolicy: 5432 only from pods of namespace postgres and team-a, and app=web pods of apps
+  kubectl pg install -n postgres --allow-from namespace=team-a --allow-from namespace=apps,pod=app=web
+
+  # Remove the prod profile's NetworkPolicy from a running release
+  kubectl pg install orders -n prod --upgrade --network-policy=false
 
   # A LoadBalancer only the office and the VPN may reach
   kubectl pg install orders -n prod --upgrade --load-balancer-source-ranges 203.0.113.0/24,10.8.0.0/16
@@ -421,6 +428,16 @@ pub struct InstallArgs {
     /// is reachable from anywhere the load balancer is
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
     pub load_balancer_source_ranges: Option<Vec<String>>,
+    /// Guard the database with NetworkPolicy R: TCP 5432 only from pods of the release's
+    /// namespace and the --allow-from peers (default: on for prod, off for dev; with --upgrade,
+    /// as deployed); --network-policy=false removes it
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub network_policy: Option<bool>,
+    /// Also admit this peer through the NetworkPolicy (turns it on): namespace=NAME,
+    /// namespace=* (every namespace), narrowed by pod=KEY=VALUE (namespace=x,pod=app=web);
+    /// repeat for more peers; with --upgrade, replaces the deployed ones (`none`: no peer)
+    #[arg(long, value_name = "PEER")]
+    pub allow_from: Option<Vec<String>>,
     /// Serve TLS (Secret R-tls; non-local connections need it) even on a ClusterIP Service;
     /// LoadBalancer and NodePort releases always do; remembered by the release
     #[arg(long)]
@@ -1155,6 +1172,41 @@ mod tests {
             }
         }
         check(&Cli::command(), "kubectl pg");
+    }
+
+    #[test]
+    fn network_policy_flag_takes_an_optional_bool_and_allow_from_repeats() {
+        use clap::Parser;
+        let install =
+            |args: &[&str]| match Cli::try_parse_from(["kubectl-pg", "install"].iter().chain(args))
+                .map(|c| c.command)
+            {
+                Ok(Command::Install(a)) => Ok((a.network_policy, a.allow_from, a.release)),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.kind()),
+            };
+        assert_eq!(install(&[]).unwrap(), (None, None, None));
+        assert_eq!(install(&["--network-policy"]).unwrap().0, Some(true));
+        assert_eq!(install(&["--network-policy=false"]).unwrap().0, Some(false));
+        assert_eq!(
+            install(&["--network-policy", "false"]).unwrap().0,
+            Some(false)
+        );
+        let (_, allow, release) = install(&[
+            "orders",
+            "--allow-from",
+            "namespace=a,pod=app=web",
+            "--allow-from=namespace=*",
+        ])
+        .unwrap();
+        assert_eq!(
+            allow.unwrap(),
+            ["namespace=a,pod=app=web", "namespace=*"],
+            "a comma belongs to the peer"
+        );
+        assert_eq!(release.as_deref(), Some("orders"));
+        // A release name after the flag is not taken for a value silently.
+        assert!(install(&["--network-policy", "orders"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -40,15 +41,17 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
     let ours = |meta: &ObjectMeta| release::made_for(meta, &release);
     let headless = format!("{release}-hl");
     let secret_name = release::secret_name(&release);
     let pvc = pvc_name(&release);
-    let (set, main, hl, secret) = tokio::join!(
+    let (set, main, hl, secret, policy) = tokio::join!(
         sets.get_opt(&release),
         services.get_opt(&release),
         services.get_opt(&headless),
         secrets.get_opt(&secret_name),
+        policies.get_metadata_opt(&release),
     );
     let read = |r: Result<Option<ObjectMeta>, kube::Error>, resource: &str| {
         r.map_err(|e| cluster.error("get", resource, e))
@@ -57,6 +60,17 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
     let main = read(main.map(|o| o.map(|o| o.metadata)), "services")?;
     let hl = read(hl.map(|o| o.map(|o| o.metadata)), "services")?;
     let secret = read(secret.map(|o| o.map(|o| o.metadata)), "secrets")?;
+    // Only a release installed with --network-policy has one: a user who may not read them
+    // still uninstalls the rest, told what may be left.
+    let policy = match policy {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            crate::note!(
+                "note: not allowed to get networkpolicies in namespace {ns}: NetworkPolicy {release}, if the release has one, is left in place"
+            );
+            None
+        }
+        other => read(other.map(|o| o.map(|o| o.metadata)), "networkpolicies")?,
+    };
     // Only what install made for this release: a Service or Secret of the same name that is
     // someone else's is named and left alone. The credentials stay with the claim (same data,
     // same password) and go with --delete-data; a user's --existing-secret is never ours.
@@ -64,6 +78,7 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
         ("statefulsets", "StatefulSet", set),
         ("services", "Service", main),
         ("services", "Service", hl),
+        ("networkpolicies", "NetworkPolicy", policy),
     ];
     let keeps_secret = !args.delete_data && secret.as_ref().is_some_and(&ours);
     if args.delete_data {
@@ -82,6 +97,7 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
         let result = match resource {
             "statefulsets" => sets.delete(&name, &params).await.map(|_| ()),
             "services" => services.delete(&name, &params).await.map(|_| ()),
+            "networkpolicies" => policies.delete(&name, &params).await.map(|_| ()),
             _ => secrets.delete(&name, &params).await.map(|_| ()),
         };
         deleted(&cluster, result, resource)?;

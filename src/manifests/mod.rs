@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod live;
+pub mod policy;
 pub mod render;
 pub mod spec;
 

@@ -418,6 +418,35 @@ pub fn data_pvc_name(spec: &InstallSpec) -> String {
     pvc_name(&spec.release)
 }
 
+/// `NetworkPolicy R`: ingress to the release's pods only on TCP 5432, from every pod of the
+/// release's namespace and from `peers` (`--allow-from`). An exposed release (LoadBalancer,
+/// NodePort) also takes any address in a second rule: its clients reach the pod from client or
+/// node addresses (SNAT), which no pod or namespace selector matches, so the Service's source
+/// ranges, TLS and the password guard that path. Egress is not restricted. No version label:
+/// `kubectl pg upgrade` never re-applies the policy, and it does not change with the major.
+pub fn network_policy(spec: &InstallSpec, peers: &[Value]) -> Value {
+    let port = json!([{ "protocol": "TCP", "port": DATABASE_PORT }]);
+    let mut from = vec![super::policy::own_namespace_peer(&spec.namespace)];
+    from.extend(peers.iter().cloned());
+    let mut ingress = vec![json!({ "from": from, "ports": port })];
+    if matches!(spec.service_type.as_str(), "LoadBalancer" | "NodePort") {
+        ingress.push(json!({
+            "from": [{ "ipBlock": { "cidr": "0.0.0.0/0" } }, { "ipBlock": { "cidr": "::/0" } }],
+            "ports": port,
+        }));
+    }
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": { "name": spec.release, "namespace": spec.namespace, "labels": claim_labels(spec) },
+        "spec": {
+            "podSelector": { "matchLabels": selector(spec) },
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,5 +742,61 @@ mod tests {
         // The window a recovery gets before the first restart stays as it was: 60 s.
         assert_eq!(c["livenessProbe"]["periodSeconds"], 10);
         assert_eq!(c["livenessProbe"]["failureThreshold"], 6);
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_namespace_and_the_peers_on_5432_only() {
+        let peer = crate::manifests::policy::parse_peer("namespace=team-a,pod=app=web").unwrap();
+        let policy = network_policy(&spec(17), std::slice::from_ref(&peer));
+        assert_eq!(policy["apiVersion"], "networking.k8s.io/v1");
+        assert_eq!(policy["metadata"]["name"], "pg");
+        assert_eq!(policy["metadata"]["namespace"], "db");
+        let labels = &policy["metadata"]["labels"];
+        assert_eq!(labels[LABEL_MANAGED_BY], "kubectl-pg");
+        assert_eq!(labels[LABEL_INSTANCE], "pg");
+        // The pods it guards are exactly those the StatefulSet selects.
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"],
+            statefulset(&spec(17))["spec"]["selector"]["matchLabels"]
+        );
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+        let rules = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(
+            rules.len(),
+            1,
+            "a ClusterIP release takes nothing from outside"
+        );
+        assert_eq!(
+            rules[0]["ports"],
+            json!([{ "protocol": "TCP", "port": 5432 }])
+        );
+        assert_eq!(
+            rules[0]["from"],
+            json!([
+                { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "db" } } },
+                peer,
+            ])
+        );
+        // Read back from the object as the apiserver returns it, the extra peers are the same.
+        let live: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(policy.clone()).unwrap();
+        assert_eq!(
+            crate::manifests::policy::read_peers(&live, "db"),
+            vec![peer]
+        );
+        let exposed = network_policy(
+            &InstallSpec {
+                service_type: "LoadBalancer".into(),
+                ..spec(17)
+            },
+            &[],
+        );
+        let rules = exposed["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1]["from"][0]["ipBlock"]["cidr"], "0.0.0.0/0");
+        assert_eq!(rules[1]["ports"][0]["port"], 5432);
+        let live: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(exposed).unwrap();
+        assert!(crate::manifests::policy::read_peers(&live, "db").is_empty());
     }
 }

@@ -336,39 +336,58 @@ fn unreachable_unauthorised_and_forbidden_clusters() {
     );
 
     // A ServiceAccount that may do everything install needs in its namespace (the krew
-    // caveats' Role, `get` on its own namespace included) but patch StatefulSets: refused
-    // before anything is created.
-    let installer = scope.service_account_kubeconfig(
+    // caveats' Role, `get` on its own namespace included) but one verb: refused before
+    // anything is created, naming the verb.
+    let refused_without = |name: &str, more_rules: &str, args: &[&str], missing: &str| {
+        let kubeconfig = scope.service_account_kubeconfig(
+            name,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  \
+                 namespace: {ns}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods, pods/exec, pods/portforward, pods/log, \
+                 services, secrets, persistentvolumeclaims, events, resourcequotas, configmaps]\n  verbs: [\"*\"]\n\
+                 - apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [get]\n{more_rules}",
+                ns = scope.ns
+            ),
+        );
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut all = vec![
+            "install",
+            "--kubeconfig",
+            &kubeconfig,
+            "--timeout",
+            INSTALL_TIMEOUT,
+        ];
+        all.extend_from_slice(args);
+        let out = scope.kpg(&all);
+        expect_code(&out, 6);
+        assert!(out.stderr_text().contains(missing), "{}", out.describe());
+        let left = kubectl_ok(scope.kubectl_ns(&[
+            "get",
+            "statefulsets,services,secrets,networkpolicies",
+            "-o",
+            "name",
+        ]));
+        assert!(
+            !left.stdout_text().contains("postgres"),
+            "nothing was created: {}",
+            left.describe()
+        );
+    };
+    refused_without(
         "no-sts-patch",
-        &format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: no-sts-patch\n  \
-             namespace: {ns}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods, pods/exec, pods/portforward, pods/log, \
-             services, secrets, persistentvolumeclaims, events, resourcequotas, configmaps]\n  verbs: [\"*\"]\n\
-             - apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [get]\n\
-             - apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch, create, update, delete]\n",
-            ns = scope.ns
-        ),
+        "- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [get, list, watch, create, update, delete]\n",
+        &[],
+        "patch statefulsets",
     );
-    let installer = installer.display().to_string();
-    let out = scope.kpg(&[
-        "install",
-        "--kubeconfig",
-        &installer,
-        "--timeout",
-        INSTALL_TIMEOUT,
-    ]);
-    expect_code(&out, 6);
-    assert!(
-        out.stderr_text().contains("patch statefulsets"),
-        "{}",
-        out.describe()
-    );
-    let left =
-        kubectl_ok(scope.kubectl_ns(&["get", "statefulsets,services,secrets", "-o", "name"]));
-    assert!(
-        !left.stdout_text().contains("postgres"),
-        "nothing was created: {}",
-        left.describe()
+    // NetworkPolicies: a release without one needs no verb on them (the caveats' Role, in
+    // krew.rs, has none); one with it needs patch.
+    refused_without(
+        "no-netpol-patch",
+        "- apiGroups: [apps]\n  resources: [statefulsets]\n  verbs: [\"*\"]\n\
+         - apiGroups: [networking.k8s.io]\n  resources: [networkpolicies]\n  \
+         verbs: [get, list, watch, create, update, delete]\n",
+        &["--network-policy"],
+        "patch networkpolicies",
     );
 }
 
@@ -933,6 +952,29 @@ fn dry_run_manifests_are_accepted_by_the_api_server() {
     let scope = Scope::new("kpg-dry");
     let ns = scope.ns.as_str();
     let (proxy, kubeconfig) = proxy::in_front_of(&scope);
+    // A peer that is not one: exit 1 before any request, dry run or not.
+    for dry in [true, false] {
+        let mut args = vec![
+            "install",
+            "web",
+            "-n",
+            ns,
+            "--allow-from",
+            "pod=app=web",
+            "--kubeconfig",
+            &kubeconfig,
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = scope.kpg(&args);
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("--allow-from \"pod=app=web\""),
+            "{}",
+            out.describe()
+        );
+    }
     let out = scope.kpg(&[
         "install",
         "web",
@@ -941,6 +983,11 @@ fn dry_run_manifests_are_accepted_by_the_api_server() {
         "--dry-run",
         "-o",
         "json",
+        "--network-policy",
+        "--allow-from",
+        "namespace=team-a,pod=app=web",
+        "--allow-from",
+        "namespace=*,pod=role=monitor",
         "--kubeconfig",
         &kubeconfig,
     ]);
@@ -956,9 +1003,19 @@ fn dry_run_manifests_are_accepted_by_the_api_server() {
         .collect();
     assert_eq!(
         kinds,
-        ["Namespace", "Secret", "Service", "Service", "StatefulSet"]
+        [
+            "Namespace",
+            "Secret",
+            "Service",
+            "Service",
+            "NetworkPolicy",
+            "StatefulSet"
+        ]
     );
-    // Applied as they are, with the server's strict field validation, they make a database.
+    let from = &list["items"][4]["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 3, "{from}");
+    // Applied as they are, with the server's strict field validation, they make a database
+    // (the NetworkPolicy included: the real apiserver validates it).
     let manifest = write_file(&scope, "manifest.json", &out.stdout_text());
     kubectl_ok(scope.kubectl(&[
         "apply",
@@ -972,9 +1029,29 @@ fn dry_run_manifests_are_accepted_by_the_api_server() {
     let status = scope.kpg(&["status", "web", "-n", ns, "-o", "json"]);
     expect_code(&status, 0);
     assert_eq!(json(&status)["phase"], "Healthy", "{}", status.describe());
+    let stored = get(&scope, ns, "networkpolicy/web").expect("the NetworkPolicy was stored");
+    assert_eq!(
+        stored["spec"]["ingress"][0]["from"], *from,
+        "stored as rendered"
+    );
 
-    let yaml = scope.kpg(&["install", "web", "-n", ns, "--dry-run"]);
+    // The YAML form too, here of an exposed release, whose policy also admits any address.
+    let yaml = scope.kpg(&[
+        "install",
+        "web",
+        "-n",
+        ns,
+        "--dry-run",
+        "--service-type",
+        "LoadBalancer",
+        "--network-policy",
+    ]);
     expect_code(&yaml, 0);
+    assert!(
+        yaml.stdout_text().contains("cidr: 0.0.0.0/0"),
+        "{}",
+        yaml.describe()
+    );
     assert!(
         yaml.stdout_text()
             .starts_with("---\napiVersion: v1\nkind: Namespace"),

@@ -218,6 +218,29 @@ fn nothing_that_is_not_the_release_is_written_or_deleted() {
     );
     let removed = scope.kubectl_ns(&["delete", "secret", "other-credentials"]);
     assert!(removed.status.success(), "{}", removed.describe());
+    // NetworkPolicies of the releases' names that are someone else's: install refuses to take
+    // one over (before any write), and uninstall leaves one alone.
+    let theirs_policy = |name: &str| {
+        let yaml = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  \
+             namespace: {ns}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
+        );
+        let out = scope.plane.kubectl_stdin(&["apply", "-f", "-"], &yaml);
+        assert!(out.status.success(), "{}", out.describe());
+    };
+    theirs_policy("np");
+    let refused = scope.kpg(&["install", "np", "-n", ns, "--network-policy"]);
+    expect_code(&refused, 1);
+    assert!(
+        refused
+            .stderr_text()
+            .contains("NetworkPolicy \"np\" already exists"),
+        "{}",
+        refused.describe()
+    );
+    let written = scope.kubectl_ns(&["get", "sts,secrets", "-o", "name"]);
+    assert_eq!(written.stdout_text().trim(), "", "{}", written.describe());
+    theirs_policy("app");
 
     // Another release in the same namespace; uninstall leaves the user's Service alone.
     expect_code(
@@ -230,6 +253,17 @@ fn nothing_that_is_not_the_release_is_written_or_deleted() {
     assert_eq!(
         jsonpath(&scope, "svc/postgres", "{.spec.type}"),
         "ExternalName"
+    );
+    assert!(
+        uninstall
+            .stdout_text()
+            .contains("left NetworkPolicy app alone"),
+        "{}",
+        uninstall.describe()
+    );
+    assert_eq!(
+        jsonpath(&scope, "networkpolicy/app", "{.metadata.name}"),
+        "app"
     );
     // The password stays with the data; a reinstall finds both.
     assert!(
@@ -407,6 +441,61 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
         .unwrap()
         .starts_with("postgresql://orders:"));
 
+    let policy = network_policy(&scope, ns);
+    // The prod profile's NetworkPolicy guards exactly the release's pods: its selector, asked
+    // of the API, finds them and not the pod of another release in the same namespace.
+    let decoy = scope.kubectl_ns(&[
+        "run",
+        "other-0",
+        "--image=pause",
+        "--restart=Never",
+        "--labels=app.kubernetes.io/name=postgresql,app.kubernetes.io/instance=other",
+    ]);
+    assert!(decoy.status.success(), "{}", decoy.describe());
+    let selector = |labels: &Value| {
+        labels
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let pods = scope.kubectl_ns(&[
+        "get",
+        "pods",
+        "-l",
+        &selector(&policy["spec"]["podSelector"]["matchLabels"]),
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        pods.stdout_text().trim(),
+        "pod/orders-0",
+        "{}",
+        pods.describe()
+    );
+    let everyone = scope.kubectl_ns(&["get", "pods", "-o", "name"]);
+    assert!(everyone.stdout_text().contains("pod/other-0"));
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "a ClusterIP release: {policy}");
+    assert_eq!(
+        rules[0]["ports"],
+        serde_json::json!([{ "protocol": "TCP", "port": 5432 }])
+    );
+    let from = rules[0]["from"].as_array().unwrap();
+    assert_eq!(from.len(), 1, "{policy}");
+    let own = &from[0]["namespaceSelector"]["matchLabels"];
+    assert_eq!(own["kubernetes.io/metadata.name"], ns);
+    let namespaces = scope.kubectl(&["get", "namespaces", "-l", &selector(own), "-o", "name"]);
+    assert_eq!(namespaces.stdout_text().trim(), format!("namespace/{ns}"));
+
+    // The plugin reaches the database through the API server (exec, port-forward), never the
+    // pod network: every command works with the policy applied.
     let status = json(&scope.kpg(&["status", "orders", "-n", ns, "-o", "json"]));
     assert_eq!(status["phase"], "Healthy", "{status}");
     assert!(
@@ -430,7 +519,41 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
     expect_code(&psql, 0);
     assert_eq!(psql.stdout_text().trim(), "orders");
     expect_code(&scope.kpg(&["migrate", "up", "-n", ns]), 0);
-    // An upgrade keeps the Secret without being told again.
+    let dump = scope.dir.path().join("orders.dump");
+    expect_code(
+        &scope.kpg(&["dump", "orders", "-n", ns, "-f", dump.to_str().unwrap()]),
+        0,
+    );
+    assert!(std::fs::metadata(&dump).unwrap().len() > 0);
+    let mut forward = crate::ops::Background::start(
+        &scope,
+        &[
+            "port-forward",
+            "orders",
+            "-n",
+            ns,
+            "127.0.0.1:0",
+            "--show-password",
+        ],
+    );
+    forward.until(std::time::Duration::from_secs(30), "the DSN", |s| {
+        !s.is_empty()
+    });
+    let dsn = forward.seen[0].clone();
+    let user: String = crate::ops::sessions(&dsn, 1, async |clients| {
+        clients[0]
+            .query_one("select current_user", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(user, "orders");
+    assert_eq!(forward.terminate(), 0);
+
+    // An upgrade keeps the Secret without being told again; --allow-from changes the
+    // policy in place (same object), --network-policy=false removes it, --network-policy
+    // brings it back, and uninstall deletes it.
+    let uid = policy["metadata"]["uid"].clone();
     expect_code(
         &scope.kpg(&[
             "install",
@@ -440,15 +563,55 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
             "--upgrade",
             "--memory-limit",
             "1Gi",
+            "--allow-from",
+            "namespace=team-a,pod=app=web",
             "--timeout",
             "120s",
         ]),
         0,
     );
+    let policy = network_policy(&scope, ns);
+    assert_eq!(policy["metadata"]["uid"], uid, "updated, not replaced");
+    let from = &policy["spec"]["ingress"][0]["from"];
+    assert_eq!(
+        from[1],
+        serde_json::json!({
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "team-a" } },
+            "podSelector": { "matchLabels": { "app": "web" } },
+        }),
+        "{policy}"
+    );
+    let upgrade = |flag: &str| {
+        let out = scope.kpg(&[
+            "install",
+            "orders",
+            "-n",
+            ns,
+            "--upgrade",
+            flag,
+            "--timeout",
+            "120s",
+        ]);
+        expect_code(&out, 0);
+    };
+    upgrade("--network-policy=false");
+    let gone = scope.kubectl_ns(&["get", "networkpolicies", "-o", "name"]);
+    assert_eq!(gone.stdout_text().trim(), "", "{}", gone.describe());
+    upgrade("--network-policy");
+    assert_eq!(
+        network_policy(&scope, ns)["spec"]["ingress"][0]["from"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "a new policy admits the namespace alone"
+    );
     expect_code(
         &scope.kpg(&["uninstall", "orders", "-n", ns, "--delete-data", "--yes"]),
         0,
     );
+    let gone = scope.kubectl_ns(&["get", "networkpolicies", "-o", "name"]);
+    assert_eq!(gone.stdout_text().trim(), "", "{}", gone.describe());
     assert_eq!(
         jsonpath(&scope, "secret/orders-db", "{.metadata.resourceVersion}"),
         before,
@@ -456,6 +619,19 @@ fn an_existing_secret_is_used_by_every_command_and_never_touched() {
     );
     let secrets = scope.kubectl_ns(&["get", "secrets", "-o", "name"]);
     assert_eq!(secrets.stdout_text().trim(), "secret/orders-db");
+}
+
+/// The release's NetworkPolicy as the apiserver stores it.
+fn network_policy(scope: &Scope, ns: &str) -> Value {
+    let out = scope.kubectl_ns(&["get", "networkpolicy", "orders", "-o", "json"]);
+    assert!(out.status.success(), "{}", out.describe());
+    let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(policy["metadata"]["namespace"], ns);
+    assert_eq!(
+        policy["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "kubectl-pg"
+    );
+    policy
 }
 
 #[test]

@@ -33,14 +33,14 @@ fn install(scope: &Scope, release: &str) {
 }
 
 /// A kubectl-pg run in the background whose stdout lines arrive on a channel.
-struct Background {
+pub(crate) struct Background {
     child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Background {
-    fn start(scope: &Scope, args: &[&str]) -> Background {
+    pub(crate) fn start(scope: &Scope, args: &[&str]) -> Background {
         let mut child = scope
             .kpg_command(args)
             .stdin(Stdio::null())
@@ -66,7 +66,7 @@ impl Background {
     }
 
     /// Reads lines until one satisfies `want`, failing after `within`.
-    fn until(&mut self, within: Duration, what: &str, want: impl Fn(&[String]) -> bool) {
+    pub(crate) fn until(&mut self, within: Duration, what: &str, want: impl Fn(&[String]) -> bool) {
         let deadline = Instant::now() + within;
         while !want(&self.seen) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -81,7 +81,7 @@ impl Background {
     }
 
     /// SIGTERM, then the exit code.
-    fn terminate(self) -> i32 {
+    pub(crate) fn terminate(self) -> i32 {
         self.terminate_reading().0
     }
 
@@ -339,7 +339,11 @@ fn dsn_port(dsn: &str) -> u16 {
 }
 
 /// Runs `f` with `n` sessions open at once through `dsn`, on one runtime.
-fn sessions<T>(dsn: &str, n: usize, f: impl AsyncFnOnce(Vec<tokio_postgres::Client>) -> T) -> T {
+pub(crate) fn sessions<T>(
+    dsn: &str,
+    n: usize,
+    f: impl AsyncFnOnce(Vec<tokio_postgres::Client>) -> T,
+) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,12 +17,14 @@ use crate::database::Connector;
 use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::error::Error;
+use crate::manifests::policy::{self as netpol, Plan};
 use crate::manifests::render::{self, FIELD_MANAGER};
 use crate::manifests::{self, InstallSpec, Requested};
 use crate::migration::{Goal, MigrationSet, Runner, Settings};
 use crate::output::{self, emit};
 
 mod credentials;
+mod policy;
 mod preflight;
 mod tls;
 
@@ -61,6 +63,9 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     } else {
         None
     };
+    // --allow-from is checked before anything else: a bad peer is exit 1 with nothing read.
+    let policy_req = policy_request(&args);
+    netpol::check(&policy_req)?;
     if args.dry_run {
         return dry_run(&args, global, password);
     }
@@ -102,8 +107,22 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(set) = &migrations {
         set.check_transaction_modes()?;
     }
+    // An upgrade starts from the live NetworkPolicy; a new release only from the flags.
+    let mut found_policy = match &live {
+        Some(_) => Some(policy::read(&cluster, &spec.namespace, &spec.release).await?),
+        None => None,
+    };
+    let policy_plan = netpol::decide(
+        &policy_req,
+        req.prod,
+        found_policy.as_ref().map(|f| &f.live),
+    )?;
+    let policy_permissions: Vec<crate::cluster::rbac::Permission> = netpol::verbs(&policy_plan)
+        .iter()
+        .map(|verb| ("networking.k8s.io", "networkpolicies", *verb))
+        .collect();
 
-    let existing = preflight(&cluster, &spec).await?;
+    let existing = preflight(&cluster, &spec, &policy_permissions).await?;
     // --upgrade --storage-size grows the claim: shrinking (1) and a class that cannot expand
     // (6) are refused here, before anything is written.
     let growth = match (&live, &req.storage_size) {
@@ -167,6 +186,17 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
             )),
         });
     }
+    if let Plan::Apply(_) = &policy_plan {
+        if found_policy
+            .as_ref()
+            .is_none_or(|f| f.live == netpol::Live::Unknown)
+        {
+            found_policy = Some(policy::read(&cluster, &spec.namespace, &spec.release).await?);
+        }
+        if let Some(found) = &found_policy {
+            policy::refuse_unusable(&cluster, &spec, found)?;
+        }
+    }
     if !existing.namespace {
         // A user's Secret cannot live in a namespace that does not exist yet: say so before
         // anything is created, rather than leave an empty namespace behind.
@@ -211,7 +241,20 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     let templates = live
         .as_ref()
         .and_then(|l| manifests::live::claim_templates(&l.sts));
-    apply(&cluster, &spec, templates.as_ref()).await?;
+    let rendered_policy = match &policy_plan {
+        Plan::Apply(peers) => Some(render::network_policy(&spec, peers)),
+        _ => None,
+    };
+    apply(
+        &cluster,
+        &spec,
+        templates.as_ref(),
+        rendered_policy.as_ref(),
+    )
+    .await?;
+    if let (Plan::Remove, Some(found)) = (&policy_plan, found_policy) {
+        policy::remove(&cluster, &spec, found).await?;
+    }
     if let Some(live) = &live {
         forced_rollback(&cluster, &spec, live).await?;
     }
@@ -227,9 +270,24 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         );
     }
     crate::note!(
-        "applied StatefulSet, Services{} (field manager {FIELD_MANAGER})",
-        if secret.created { ", Secret" } else { "" }
+        "applied StatefulSet, Services{}{} (field manager {FIELD_MANAGER})",
+        if secret.created { ", Secret" } else { "" },
+        if rendered_policy.is_some() {
+            ", NetworkPolicy"
+        } else {
+            ""
+        }
     );
+    if rendered_policy.is_some()
+        && matches!(spec.service_type.as_str(), "LoadBalancer" | "NodePort")
+    {
+        crate::note!(
+            "NetworkPolicy {}: the {} Service's clients arrive from addresses no selector matches, so port 5432 takes any address too (TLS, the password{} guard it)",
+            spec.release,
+            spec.service_type,
+            if spec.source_ranges.is_empty() { "" } else { " and the source ranges" }
+        );
+    }
     if spec.service_type == "LoadBalancer" && spec.source_ranges.is_empty() {
         crate::note!(
             "warning: Service {} is a LoadBalancer without --load-balancer-source-ranges: the database is reachable from anywhere the load balancer is (it needs TLS and the password)",
@@ -317,6 +375,11 @@ fn dry_run(args: &InstallArgs, global: &GlobalArgs, password: Option<String>) ->
     }
     let password = password.unwrap_or_else(generate_password);
     let mut objects = render::all(&spec, Some(&password));
+    if let Plan::Apply(peers) = netpol::decide(&policy_request(args), requested(args).prod, None)? {
+        // Before the StatefulSet, so `kubectl apply -f -` starts the pod guarded.
+        let at = objects.len() - 1;
+        objects.insert(at, render::network_policy(&spec, &peers));
+    }
     if let Some(tls) = &tls {
         objects.insert(
             0,
@@ -364,6 +427,14 @@ async fn create_namespace(cluster: &Cluster, name: &str) -> Result<(), Error> {
         // Created meanwhile by someone else: just as good.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(cluster.error("create", "namespaces", e)),
+    }
+}
+
+/// `--network-policy` and `--allow-from` as given.
+fn policy_request(args: &InstallArgs) -> netpol::Request {
+    netpol::Request {
+        enabled: args.network_policy,
+        allow_from: args.allow_from.clone(),
     }
 }
 
@@ -471,8 +542,9 @@ async fn apply(
     cluster: &Cluster,
     spec: &InstallSpec,
     claim_templates: Option<&Value>,
+    network_policy: Option<&Value>,
 ) -> Result<(), Error> {
-    apply_release(cluster, spec, claim_templates, &[]).await
+    apply_all(cluster, spec, claim_templates, &[], None, network_policy).await
 }
 
 /// [`apply`] with extra annotations on the StatefulSet (a major upgrade's rollback record):
@@ -495,6 +567,27 @@ pub(crate) async fn apply_release_at(
     annotations: &[(&str, String)],
     resource_version: Option<&str>,
 ) -> Result<(), Error> {
+    apply_all(
+        cluster,
+        spec,
+        claim_templates,
+        annotations,
+        resource_version,
+        None,
+    )
+    .await
+}
+
+/// [`apply_release_at`] with the release's NetworkPolicy, checked by the same dry run and
+/// applied first, so no pod of a new release runs unguarded.
+async fn apply_all(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    claim_templates: Option<&Value>,
+    annotations: &[(&str, String)],
+    resource_version: Option<&str>,
+    network_policy: Option<&Value>,
+) -> Result<(), Error> {
     let headless = render::headless_service(spec);
     let service = render::service(spec);
     let mut sts = render::statefulset(spec);
@@ -507,7 +600,13 @@ pub(crate) async fn apply_release_at(
     if let Some(version) = resource_version {
         sts["metadata"]["resourceVersion"] = json!(version);
     }
+    if let Some(policy) = network_policy {
+        policy::apply(cluster, spec, policy, true).await?;
+    }
     apply_objects(cluster, spec, &headless, &service, &sts, true).await?;
+    if let Some(policy) = network_policy {
+        policy::apply(cluster, spec, policy, false).await?;
+    }
     apply_objects(cluster, spec, &headless, &service, &sts, false).await
 }
 

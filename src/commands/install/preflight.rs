@@ -23,9 +23,13 @@ pub(super) struct Existing {
     pub(super) pvc_major: Option<u32>,
 }
 
-/// Checks, all at once, what exists, the StorageClass, quotas and permissions; exit 6 with
-/// the missing piece named.
-pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<Existing, Error> {
+/// Checks, all at once, what exists, the StorageClass, quotas and permissions (those install
+/// always needs, and `extra`); exit 6 with the missing piece named.
+pub(super) async fn preflight(
+    cluster: &Cluster,
+    spec: &InstallSpec,
+    extra: &[rbac::Permission],
+) -> Result<Existing, Error> {
     let client = &cluster.client;
     let ns = &spec.namespace;
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -43,7 +47,7 @@ pub(super) async fn preflight(cluster: &Cluster, spec: &InstallSpec) -> Result<E
         quotas.list(&all),
         sets.get_opt(&spec.release),
         pvcs.get_opt(&pvc_name),
-        permissions(cluster, ns),
+        permissions(cluster, ns, extra),
         async { tokio::join!(services.get_opt(&spec.release), services.get_opt(&headless)) },
     );
     let namespace = namespace.map_err(|e| cluster.error("get", "namespaces", e))?;
@@ -95,7 +99,7 @@ fn data_major(pvc: &PersistentVolumeClaim) -> Option<u32> {
 
 /// An object of the release's names that kubectl-pg did not make for this release is someone
 /// else's: install must not take it over (server-side apply would, with `force`).
-fn check_owned(kind: &str, meta: &ObjectMeta, spec: &InstallSpec) -> Result<(), Error> {
+pub(super) fn check_owned(kind: &str, meta: &ObjectMeta, spec: &InstallSpec) -> Result<(), Error> {
     if release::made_for(meta, &spec.release) {
         return Ok(());
     }
@@ -215,7 +219,11 @@ fn check_quotas(
 }
 
 /// SelfSubjectAccessReviews for everything install creates, all at once.
-async fn permissions(cluster: &Cluster, namespace: &str) -> Result<(), Error> {
+async fn permissions(
+    cluster: &Cluster,
+    namespace: &str,
+    extra: &[rbac::Permission],
+) -> Result<(), Error> {
     let mut checks = vec![
         ("apps", "statefulsets", "patch"),
         ("", "services", "patch"),
@@ -225,6 +233,7 @@ async fn permissions(cluster: &Cluster, namespace: &str) -> Result<(), Error> {
     ];
     checks.extend(rbac::PORT_FORWARD);
     checks.extend(rbac::EXEC);
+    checks.extend(extra);
     rbac::require(cluster, namespace, &checks)
         .await
         .map_err(|e| match e {
