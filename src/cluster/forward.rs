@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -22,9 +22,10 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::access::{chain, Cluster};
+use super::access::Cluster;
 use super::release;
 use super::spdy::{Carried, Session};
+use super::websocket;
 
 /// How long an idle session is kept for the next connection. It holds no connection to the
 /// server, only the API server's and the node's resources for an open port-forward.
@@ -86,30 +87,27 @@ async fn carry(
         Some(found) => found,
         None => ready_pod(cluster, release).await?,
     };
-    if let Some(session) = sessions.session(cluster, &target).await {
-        return match session.carry(&mut socket, target.port).await {
+    let started = Instant::now();
+    let spdy = match sessions.expects_short() {
+        true => sessions.session(cluster, &target).await,
+        false => None,
+    };
+    let carried = match spdy {
+        Some(session) => match session.carry(&mut socket, target.port).await {
             Ok(Carried::Reusable(session)) => {
-                sessions.keep(target, session);
+                sessions.keep(target.clone(), session);
                 Ok(())
             }
             Ok(Carried::Done) => Ok(()),
-            Err(e) => Err(format!("the stream to pod {} broke: {e}", target.name)),
-        };
-    }
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let mut forwarder = pods
-        .portforward(&target.name, &[target.port])
-        .await
-        .map_err(|e| format!("port-forward to pod {} failed: {}", target.name, chain(&e)))?;
-    let mut stream = forwarder
-        .take_stream(target.port)
-        .ok_or_else(|| format!("the port-forward to pod {} opened no stream", target.name))?;
-    let copied = tokio::io::copy_bidirectional(&mut socket, &mut stream).await;
-    drop(stream);
-    let _ = forwarder.join().await;
-    copied
-        .map(|_| ())
-        .map_err(|e| format!("the stream to pod {} broke: {e}", target.name))
+            Err(e) => Err(e),
+        },
+        None => {
+            let (client, namespace) = (&cluster.client, &cluster.namespace);
+            websocket::carry(client, namespace, &target.name, target.port, &mut socket).await
+        }
+    };
+    sessions.ended(started);
+    carried.map_err(|e| format!("the stream to pod {} broke: {e}", target.name))
 }
 
 /// The pod a connection goes to. The UID tells a replaced pod from its predecessor of the
@@ -135,6 +133,7 @@ impl Target {
 #[derive(Default)]
 struct Sessions {
     idle: Mutex<Vec<(Target, Session)>>,
+    pace: Mutex<Pace>,
     /// Set when the API server (or a proxy) refused a SPDY upgrade: WebSocket from then on.
     refused: AtomicBool,
 }
@@ -143,6 +142,19 @@ impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Target, Session)>> {
         // A pool left by a panicking holder is still a valid list.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the next connection is expected to be short, and so to be better off on a
+    /// SPDY session.
+    fn expects_short(&self) -> bool {
+        let pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        pace.expects_short(Instant::now())
+    }
+
+    /// Notes a connection's end.
+    fn ended(&self, started: Instant) {
+        let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+        pace.ended(started, Instant::now());
     }
 
     /// An idle session to `target` that is still open, or a new one; `None` when SPDY is
@@ -195,6 +207,35 @@ impl Sessions {
     }
 }
 
+/// A connection that ends within this of its start counts as short.
+const SHORT: Duration = Duration::from_secs(1);
+/// How long a short connection predicts more of them.
+const RECENT: Duration = Duration::from_secs(2);
+
+/// Which transport suits the next connection. A short one costs mostly its set-up, which a
+/// SPDY session kept open saves; a long one costs its messages, which a WebSocket of its own
+/// carries with less work at the node (its SPDY server writes each frame in three pieces, a
+/// packet each). A short connection that just ended predicts more: connections per
+/// transaction, a test suite, a script's loop. A lone or first connection (psql, an IDE, a
+/// pool filling up) is expected to stay.
+#[derive(Default)]
+struct Pace {
+    last_short_end: Option<Instant>,
+}
+
+impl Pace {
+    fn expects_short(&self, now: Instant) -> bool {
+        self.last_short_end
+            .is_some_and(|at| now.saturating_duration_since(at) < RECENT)
+    }
+
+    fn ended(&mut self, started: Instant, now: Instant) {
+        if now.saturating_duration_since(started) < SHORT {
+            self.last_short_end = Some(now);
+        }
+    }
+}
+
 /// The ready pod as the watch last saw it, if it has seen one.
 fn known_ready(store: &Store<Pod>) -> Option<Target> {
     store
@@ -233,4 +274,26 @@ async fn ready_pod(cluster: &Cluster, release: &str) -> Result<Target, String> {
             format!("release {release} has no ready pod ({state})")
         })?;
     Ok(Target::of(pod))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_connection_that_just_ended_predicts_another() {
+        let mut pace = Pace::default();
+        let t0 = Instant::now();
+        // Nothing seen yet: expected to stay (a WebSocket).
+        assert!(!pace.expects_short(t0));
+        // A long connection ends: still not short.
+        pace.ended(t0, t0 + Duration::from_secs(30));
+        assert!(!pace.expects_short(t0 + Duration::from_secs(30)));
+        // A short one ends: the next ones are expected short (SPDY)...
+        let t1 = t0 + Duration::from_secs(40);
+        pace.ended(t1, t1 + Duration::from_millis(20));
+        assert!(pace.expects_short(t1 + Duration::from_millis(30)));
+        // ...until a pause longer than RECENT.
+        assert!(!pace.expects_short(t1 + RECENT + Duration::from_millis(30)));
+    }
 }

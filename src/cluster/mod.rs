@@ -14,5 +14,6 @@ pub mod spdy;
 pub mod transport;
 pub mod tunnel;
 pub mod volume;
+pub mod websocket;
 
 pub use access::Cluster;

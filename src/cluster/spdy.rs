@@ -35,7 +35,7 @@ const CANCEL: u32 = 5;
 /// The largest frame payload SPDY allows (24-bit lengths).
 const MAX_FRAME: usize = (1 << 24) - 1;
 /// How long a session may be silent before it is pinged, and then how long the answer may take.
-const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
 /// What one read of the local connection may put into a single DATA frame.
 const CHUNK: usize = 64 * 1024;
 
@@ -290,7 +290,7 @@ impl Session {
     }
 }
 
-fn silent() -> String {
+pub(crate) fn silent() -> String {
     format!(
         "the API server stopped answering (no answer to a ping in {} s)",
         QUIET.as_secs()

@@ -912,9 +912,6 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
         pid(&clients[0]).await.unwrap();
         pid(&clients[1]).await.unwrap();
     });
-    // Connections one after another reuse the SPDY session the previous one finished with,
-    // rather than upgrading a request each (a session is returned a moment after its
-    // connection ends, so the next one may still open its own).
     let upgrades = || {
         proxy
             .requests()
@@ -923,35 +920,30 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
             .map(|r| r.method.clone())
             .collect::<Vec<_>>()
     };
-    // The path goes silent (a proxy that stops passing bytes, a host gone): the session is
-    // pinged after 5 s of silence and the connection ends 5 s later, rather than never.
-    sessions(&dsn, 1, async |clients| {
-        pid(&clients[0]).await.unwrap();
-        proxy.freeze_upgraded();
-        let asked = Instant::now();
-        assert!(pid(&clients[0]).await.is_err(), "the silent session ends");
-        let waited = asked.elapsed();
-        assert!(
-            waited >= Duration::from_secs(9) && waited < Duration::from_secs(30),
-            "{waited:?}"
-        );
-    });
-    proxy.clear_faults();
+    // Short connections one after another go over SPDY (POST) and reuse the session the
+    // previous one finished with, rather than upgrading a request each (a session is returned
+    // a moment after its connection ends, so the next one may still open its own).
     let before = upgrades().len();
     for _ in 0..10 {
         sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());
     }
     let all = upgrades();
-    assert!(all.iter().all(|m| m == "POST"), "SPDY upgrades: {all:?}");
-    assert!(
-        all.len() - before <= 5,
-        "10 connections in turn took {} upgrades",
-        all.len() - before
-    );
+    let new = &all[before..];
+    assert!(new.len() <= 5, "10 connections in turn took {new:?}");
+    assert!(new.contains(&"POST".to_string()), "{new:?}");
+    // An idle SPDY session (past two ping periods) is kept: the node answers the pings.
+    let before = upgrades().len();
+    idle_then_query(&dsn);
+    assert!(upgrades()[before..].iter().all(|m| m == "POST"));
+    // The path goes silent (a proxy that stops passing bytes, a host gone): the session is
+    // pinged after 5 s of silence and the connection ends 5 s later, rather than never.
+    frozen_session_ends(&proxy, &dsn);
+    proxy.clear_faults();
     assert_eq!(forward.terminate(), 0);
 
     // Where a SPDY upgrade is refused (a proxy that passes only WebSocket), the connection
-    // goes over a WebSocket, and so do the next ones, without trying SPDY again.
+    // goes over a WebSocket, and so do the next ones, without trying SPDY again. A first
+    // connection goes over a WebSocket anyway (it is expected to stay).
     proxy.clear_requests();
     proxy.fail_next(1, 400, crate::proxy::Matcher::new("POST", "/portforward"));
     let mut ws = Background::start(
@@ -969,18 +961,60 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
     );
     ws.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
     let dsn = ws.seen[0].clone();
-    sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());
+    // Short connections in turn until one tries SPDY (a connection's end is noted a moment
+    // after the client sees it, so the next may not know yet).
+    let mut connections = 0;
+    while !upgrades().contains(&"POST".to_string()) {
+        assert!(connections < 10, "SPDY never tried: {:?}", upgrades());
+        sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());
+        connections += 1;
+    }
     sessions(&dsn, 2, async |clients| {
         pid(&clients[0]).await.unwrap();
         pid(&clients[1]).await.unwrap();
     });
     let methods = upgrades();
     assert_eq!(
-        methods,
-        ["POST", "GET", "GET", "GET"],
-        "one refused SPDY upgrade, then a WebSocket per connection"
+        methods.iter().filter(|m| *m == "POST").count(),
+        1,
+        "one refused SPDY upgrade, never tried again: {methods:?}"
     );
+    assert_eq!(
+        methods.iter().filter(|m| *m == "GET").count(),
+        connections + 2,
+        "a WebSocket per connection: {methods:?}"
+    );
+    // The same on a WebSocket: idle is kept, silent ends.
+    idle_then_query(&dsn);
+    frozen_session_ends(&proxy, &dsn);
+    proxy.clear_faults();
     assert_eq!(ws.terminate(), 0);
+}
+
+/// A session idle for 12 s (the forwarder pings after 5 s of quiet and gives up 5 s later)
+/// answers its next query.
+fn idle_then_query(dsn: &str) {
+    sessions(dsn, 1, async |clients| {
+        let first = pid(&clients[0]).await.unwrap();
+        // Idleness is what is tested here: no condition to wait for.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(pid(&clients[0]).await.unwrap(), first);
+    });
+}
+
+/// Upgraded streams frozen by the proxy: the session's query ends in an error within 9-30 s.
+fn frozen_session_ends(proxy: &crate::proxy::Proxy, dsn: &str) {
+    sessions(dsn, 1, async |clients| {
+        pid(&clients[0]).await.unwrap();
+        proxy.freeze_upgraded();
+        let asked = Instant::now();
+        assert!(pid(&clients[0]).await.is_err(), "the silent session ends");
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+    });
 }
 
 #[test]
