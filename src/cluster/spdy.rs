@@ -157,7 +157,7 @@ impl Session {
             .await
             .write_all(&opening)
             .await
-            .map_err(|e| format!("the port-forward session broke: {e}"))?;
+            .map_err(broke)?;
         let (mut from_local, mut to_local) = tokio::io::split(local);
 
         let up = async {
@@ -168,12 +168,7 @@ impl Session {
                     Err(e) => return Err(format!("the local connection broke: {e}")),
                 };
                 let frame = data_frame(data_id, if n == 0 { FLAG_FIN } else { 0 }, &buffer[..n]);
-                to_pod
-                    .lock()
-                    .await
-                    .write_all(&frame)
-                    .await
-                    .map_err(|e| format!("the port-forward session broke: {e}"))?;
+                to_pod.lock().await.write_all(&frame).await.map_err(broke)?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -202,9 +197,7 @@ impl Session {
                         });
                         match sent.await {
                             Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                return Err(format!("the port-forward session broke: {e}"))
-                            }
+                            Ok(Err(e)) => return Err(broke(e)),
                             Err(_) => return Err(silent()),
                         }
                         unanswered = Some(id);
@@ -288,6 +281,10 @@ impl Session {
         frame.extend(block);
         frame
     }
+}
+
+fn broke(e: std::io::Error) -> String {
+    format!("the port-forward session broke: {e}")
 }
 
 pub(crate) fn silent() -> String {

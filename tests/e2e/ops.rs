@@ -876,21 +876,25 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
     let ns = scope.ns.as_str();
     install(&scope, "pg");
     let (proxy, kubeconfig) = crate::proxy::in_front_of(&scope);
-    let mut forward = Background::start(
-        &scope,
-        &[
+    // A listener through the proxy, and its DSN.
+    let listen = || {
+        let args = [
             "port-forward",
             "pg",
             "-n",
             ns,
             "127.0.0.1:0",
             "--show-password",
-            "--kubeconfig",
-            &kubeconfig,
-        ],
-    );
-    forward.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
-    let dsn = forward.seen[0].clone();
+        ];
+        let mut forward = Background::start(
+            &scope,
+            &[&args[..], &["--kubeconfig", &kubeconfig]].concat(),
+        );
+        forward.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
+        let dsn = forward.seen[0].clone();
+        (forward, dsn)
+    };
+    let (forward, dsn) = listen();
     assert_ne!(dsn_port(&dsn), 0);
     sessions(&dsn, 3, async |clients| {
         let mut pids = Vec::new();
@@ -946,21 +950,7 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
     // connection goes over a WebSocket anyway (it is expected to stay).
     proxy.clear_requests();
     proxy.fail_next(1, 400, crate::proxy::Matcher::new("POST", "/portforward"));
-    let mut ws = Background::start(
-        &scope,
-        &[
-            "port-forward",
-            "pg",
-            "-n",
-            ns,
-            "127.0.0.1:0",
-            "--show-password",
-            "--kubeconfig",
-            &kubeconfig,
-        ],
-    );
-    ws.until(Duration::from_secs(30), "the DSN", |s| !s.is_empty());
-    let dsn = ws.seen[0].clone();
+    let (ws, dsn) = listen();
     // Short connections in turn until one tries SPDY (a connection's end is noted a moment
     // after the client sees it, so the next may not know yet).
     let mut connections = 0;
