@@ -145,6 +145,44 @@ impl Drop for PortForward {
     }
 }
 
+/// `kubectl pg port-forward RELEASE LISTEN --show-password`, stopped on drop: the two lines it
+/// printed, as printed.
+pub(crate) struct PluginForward {
+    child: Child,
+    /// The local DSN, with the password.
+    pub(crate) dsn: String,
+    /// `export DATABASE_URL='…'`
+    pub(crate) export: String,
+}
+
+impl PluginForward {
+    pub(crate) fn start(scope: &Scope, ns: &str, release: &str, listen: &str) -> PluginForward {
+        let mut child = scope
+            .kpg_command(&["port-forward", release, "-n", ns, listen, "--show-password"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut line = || lines.next().and_then(Result::ok).unwrap_or_default();
+        let (dsn, export) = (line(), line());
+        if !dsn.starts_with("postgresql://") || !export.starts_with("export DATABASE_URL=") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("port-forward {release} {listen} printed {dsn:?} and {export:?}");
+        }
+        PluginForward { child, dsn, export }
+    }
+}
+
+impl Drop for PluginForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Opens a session with `dsn` and closes it: Err with the server's answer when it refuses.
 pub(crate) fn try_connect(dsn: &str) -> Result<(), String> {
     query(dsn, "SELECT 1").map(|_| ())

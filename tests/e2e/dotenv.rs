@@ -36,44 +36,8 @@ pub fn parsers() -> Option<&'static Parsers> {
 }
 
 fn install() -> Result<Parsers, String> {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dotenv-parsers");
-    let done = root.join("ready");
-    if !done.exists() {
-        // Built aside and renamed into place: another test process may be at it too.
-        let work = root.with_extension(format!("tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-        let run = |program: &str, args: &[&str]| -> Result<(), String> {
-            let out = Command::new(program)
-                .args(args)
-                .current_dir(&work)
-                .output()
-                .map_err(|e| format!("{program}: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{program} {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                ))
-            }
-        };
-        run("python3", &["-m", "venv", "venv"])?;
-        run(
-            "venv/bin/pip",
-            &[
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--timeout",
-                "30",
-                PYTHON_DOTENV,
-            ],
-        )?;
+    let root = crate::tools::installed("dotenv-parsers", |_, run| {
+        crate::tools::python_venv(run, &[PYTHON_DOTENV])?;
         run(
             "npm",
             &[
@@ -85,14 +49,8 @@ fn install() -> Result<Parsers, String> {
                 ".",
                 NODE_DOTENV,
             ],
-        )?;
-        std::fs::write(work.join("ready"), "").map_err(|e| e.to_string())?;
-        if std::fs::rename(&work, &root).is_err() && !done.exists() {
-            let _ = std::fs::remove_dir_all(&root);
-            std::fs::rename(&work, &root).map_err(|e| e.to_string())?;
-        }
-        let _ = std::fs::remove_dir_all(&work);
-    }
+        )
+    })?;
     Ok(Parsers {
         python: root.join("venv/bin/python"),
         node_modules: root.join("node_modules"),

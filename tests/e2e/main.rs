@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binary against a real PostgreSQL server.
 
 mod cli;
+mod clients;
 mod cluster;
 mod data;
 mod dotenv;
@@ -18,6 +19,7 @@ mod real_cluster;
 mod scope;
 mod streams;
 mod terminal;
+mod tools;
 mod upgrade;
 mod users;
 

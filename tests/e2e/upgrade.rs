@@ -3,7 +3,7 @@
 //! the documented recovery, and a `--finalize` by a user who may exec but not patch.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,41 +121,6 @@ fn describe(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
         Some(db) => db.message().to_string(),
         None => format!("{err}"),
-    }
-}
-
-/// `kubectl pg port-forward` on a free local port, with the password in its DSN.
-struct Forward(Child, String);
-
-impl Forward {
-    fn start(scope: &Scope, ns: &str, release: &str) -> Forward {
-        let mut child = scope
-            .kpg_command(&[
-                "port-forward",
-                release,
-                "-n",
-                ns,
-                "127.0.0.1:0",
-                "--show-password",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("postgresql://"), "{line:?}");
-        Forward(child, line.trim().to_string())
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -285,8 +250,8 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         "--timeout",
         TIMEOUT,
     ];
-    let forward = Forward::start(&scope, &ns, "u");
-    let writer = Writer::start(&forward.1);
+    let forward = crate::cluster::PluginForward::start(&scope, &ns, "u", "127.0.0.1:0");
+    let writer = Writer::start(&forward.dsn);
     writer.writes_again(5);
     let no_record = |scope: &Scope| {
         assert_eq!(
@@ -421,7 +386,7 @@ fn upgrade_blocks_every_writer_and_resumes_after_any_interruption() {
         stuck,
         "a commit while writes were blocked"
     );
-    let refused = crate::cluster::try_connect(&forward.1).unwrap_err();
+    let refused = crate::cluster::try_connect(&forward.dsn).unwrap_err();
     assert!(
         refused.contains("pg_hba.conf rejects connection"),
         "{refused}"

@@ -1066,27 +1066,8 @@ fn tls_when_exposed() {
     // kubectl pg port-forward's DSN verifies the server as printed: the certificate names
     // 127.0.0.1, and the CA is written beside the scratch HOME's kubeconfig.
     {
-        let mut child = scope
-            .kpg_command(&[
-                "port-forward",
-                "np",
-                "-n",
-                ns,
-                "127.0.0.1:0",
-                "--show-password",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let local = line.trim().to_string();
+        let forward = crate::cluster::PluginForward::start(&scope, ns, "np", "127.0.0.1:0");
+        let local = forward.dsn.as_str();
         assert!(
             local.contains("@127.0.0.1:")
                 && local.contains("/learnflow?sslmode=verify-full&sslrootcert=%2F"),
@@ -1096,7 +1077,7 @@ fn tls_when_exposed() {
             .args([
                 "-X",
                 "-At",
-                &local,
+                local,
                 "-c",
                 "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
             ])
@@ -1104,8 +1085,6 @@ fn tls_when_exposed() {
             .env_remove("PGPASSWORD")
             .output()
             .unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
         assert_eq!(out.stdout_text().trim(), "t", "{}", out.describe());
     }
 
