@@ -59,3 +59,92 @@ pub(crate) async fn interrupted() -> u8 {
         _ = term.recv() => 143,
     }
 }
+
+/// SIGINT and SIGTERM for a command whose steps must not be cut in half. The handlers are
+/// installed by [`Signals::install`]; the first signal ends at once whatever [`Signals::race`]
+/// waits on (a wait that changes nothing), and is remembered for the command to act on between
+/// its writes ([`Signals::received`]); a write in flight runs to its end under
+/// [`Signals::shielded`], which only a second signal ends.
+pub(crate) struct Signals {
+    received: tokio::sync::watch::Receiver<(Option<u8>, u32)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Signals {
+    pub(crate) fn install() -> Result<Signals, Error> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind| {
+            signal(kind).map_err(|source| Error::Io {
+                context: "cannot install the signal handlers".into(),
+                source,
+            })
+        };
+        let (mut int, mut term) = (
+            install(SignalKind::interrupt())?,
+            install(SignalKind::terminate())?,
+        );
+        let (tx, received) = tokio::sync::watch::channel((None, 0));
+        let task = tokio::spawn(async move {
+            loop {
+                let code = tokio::select! {
+                    _ = int.recv() => 130,
+                    _ = term.recv() => 143,
+                };
+                tx.send_modify(|(first, count)| {
+                    first.get_or_insert(code);
+                    *count += 1;
+                });
+            }
+        });
+        Ok(Signals { received, task })
+    }
+
+    /// The exit code of the first signal, if one came.
+    pub(crate) fn received(&self) -> Option<u8> {
+        self.received.borrow().0
+    }
+
+    /// Until `count` signals came: the first one's exit code.
+    async fn count(&self, count: u32) -> u8 {
+        let mut rx = self.received.clone();
+        let first = rx.wait_for(|(_, n)| *n >= count).await.map(|seen| seen.0);
+        match first {
+            Ok(code) => code.unwrap_or(130),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// `work`, unless a signal comes (or came) first: then [`Error::Exit`] with its code.
+    pub(crate) async fn race<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::select! {
+            biased;
+            code = self.count(1) => Err(Error::Exit(code)),
+            done = work => done,
+        }
+    }
+
+    /// `work` to its end whatever one signal says; a second signal ends it ([`Error::Exit`]),
+    /// after `say` has told what it leaves.
+    pub(crate) async fn shielded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+        say: impl FnOnce(),
+    ) -> Result<T, Error> {
+        tokio::select! {
+            done = work => done,
+            code = self.count(2) => {
+                say();
+                Err(Error::Exit(code))
+            }
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -18,7 +18,32 @@ use crate::migration::MigrationSet;
 /// The annotation `kubectl rollout restart` sets; any change of the template rolls the pod.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
+/// SIGINT or SIGTERM ends the command at once (130/143): the one change it makes, the
+/// annotation, is a single write, and the rollout it starts goes on in the cluster, so a
+/// rerun or `status --wait` sees it through.
 pub async fn run(args: RestartArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let signals = super::Signals::install()?;
+    let annotated = std::cell::Cell::new(None);
+    let done = signals.race(restart(args, global, &annotated)).await;
+    if let Err(Error::Exit(_)) = &done {
+        match annotated.take() {
+            Some((release, ns, confirmed)) => crate::note!(
+                "interrupted: release {release} {} in the cluster all the same; kubectl pg status {release} -n {ns} --wait shows when it is healthy",
+                if confirmed { "is restarting" } else { "may be restarting (the annotation was on its way)" }
+            ),
+            None => crate::note!("interrupted: nothing was changed"),
+        }
+    }
+    done
+}
+
+/// The restart; `annotated` names the release (namespace, whether the API confirmed it) from
+/// the moment its pod template's annotation is sent.
+async fn restart(
+    args: RestartArgs,
+    global: &GlobalArgs,
+    annotated: &std::cell::Cell<Option<(String, String, bool)>>,
+) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = release::resolve(&cluster, args.release.as_deref()).await?;
     let set = MigrationSet::load(None)?;
@@ -59,10 +84,12 @@ pub async fn run(args: RestartArgs, global: &GlobalArgs) -> Result<(), Error> {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
+    annotated.set(Some((release.clone(), ns.clone(), false)));
     let patched = sets
         .patch(&release, &params, &Patch::Merge(&patch))
         .await
         .map_err(|e| cluster.error("patch", "statefulsets", e))?;
+    annotated.set(Some((release.clone(), ns.clone(), true)));
     crate::note!("restarting release {release}: annotated its pod template {RESTARTED_AT}={now}");
     // A StatefulSet never replaces a pod that is not Ready (OrderedReady): a restart of a
     // stuck release deletes that pod itself, only that one (its UID).

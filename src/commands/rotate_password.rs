@@ -9,6 +9,11 @@
 //! Secret holds its password; the next one then starts from that password. A run undoes only
 //! its own change: the old password goes back only while the role still has the verifier this
 //! run set.
+//!
+//! SIGINT or SIGTERM: a wait ends at once (nothing changed yet); a write in flight runs to its
+//! end first. Interrupted after (2) and before (3), the role gets its old password back; after
+//! (3) the rotation stands. Either way the Secret and the database agree, and the command exits
+//! 130/143. A second signal ends even the write in flight, saying what may be left.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -68,10 +73,17 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     if let Some(user) = &args.db_user {
         roles::validate_user_name_syntax(user)?;
     }
-    let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let signals = crate::commands::Signals::install()?;
+    let cluster = signals
+        .race(Cluster::connect(&global.connect_options()))
+        .await?;
+    let release = signals
+        .race(release::resolve(&cluster, args.release.as_deref()))
+        .await?;
     let ns = cluster.namespace.clone();
-    let found = release::find_release(&cluster, &release).await?;
+    let found = signals
+        .race(release::find_release(&cluster, &release))
+        .await?;
     let superuser = found.target.credentials.username.clone();
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
     // What to rotate: the Secret, its credentials, and the role they name.
@@ -101,10 +113,14 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         Some(user) => {
             roles::refuse_superuser(user, &superuser, &release)?;
             let name = roles::secret_name(&release, user);
-            let secret = secrets
-                .get_opt(&name)
-                .await
-                .map_err(|e| cluster.error("get", "secrets", e))?
+            let secret = signals
+                .race(async {
+                    secrets
+                        .get_opt(&name)
+                        .await
+                        .map_err(|e| cluster.error("get", "secrets", e))
+                })
+                .await?
                 .ok_or_else(|| Error::NotFound {
                     message: format!("user {user} of release {release} not found: no Secret {name} in namespace {ns:?}"),
                     hint: Some(format!("kubectl pg user list --release {release} -n {ns}")),
@@ -126,8 +142,14 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         }
     };
     let secret_name = secret.metadata.name.clone().unwrap_or_default();
-    let admin = admin_session(&cluster, &release, found.target).await?;
-    if roles::find_role(&admin, &role).await?.is_none() {
+    let admin = signals
+        .race(admin_session(&cluster, &release, found.target))
+        .await?;
+    if signals
+        .race(roles::find_role(&admin, &role))
+        .await?
+        .is_none()
+    {
         return Err(Error::NotFound {
             message: format!(
                 "role {role:?} does not exist in release {release}'s database: nothing was changed"
@@ -138,23 +160,42 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         });
     }
     if !args.yes {
-        crate::commands::confirm(
-            &format!("set a new password for role {role} and Secret {secret_name}? (apps must reread it)"),
-            "rotate-password",
-        )?;
+        let question = format!(
+            "set a new password for role {role} and Secret {secret_name}? (apps must reread it)"
+        );
+        // On a thread of its own, so that Ctrl-C at the prompt ends the command.
+        let answer = tokio::task::spawn_blocking(move || {
+            crate::commands::confirm(&question, "rotate-password")
+        });
+        signals
+            .race(async {
+                answer
+                    .await
+                    .map_err(|e| Error::invalid(format!("the prompt failed: {e}")))?
+            })
+            .await?;
     }
-    if !roles::try_lock_password(&admin, &role).await? {
+    if !signals
+        .race(roles::try_lock_password(&admin, &role))
+        .await?
+    {
         crate::note!(
             "another rotate-password of role {role} is running: waiting for it to finish (at most {}s)",
             LOCK_WAIT.as_secs()
         );
-        roles::lock_password(&admin, &role, LOCK_WAIT).await?;
+        signals
+            .race(roles::lock_password(&admin, &role, LOCK_WAIT))
+            .await?;
     }
     // Under the lock, the Secret as it is now: a rotation that finished meanwhile wrote it.
-    let secret = secrets
-        .get(&secret_name)
-        .await
-        .map_err(|e| cluster.error("get", "secrets", e))?;
+    let secret = signals
+        .race(async {
+            secrets
+                .get(&secret_name)
+                .await
+                .map_err(|e| cluster.error("get", "secrets", e))
+        })
+        .await?;
     let current = match &args.db_user {
         None => found.source.resolve(&secret)?,
         Some(_) => Credentials::from_secret(&secret)?,
@@ -168,14 +209,34 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     // (1) and (2): the database holds the new password, the Secret still the old one.
     let new = generate_password();
     let verifier = roles::verifier(&new);
-    roles::run(
-        &admin,
-        &format!("cannot set the new password of role {role}"),
-        &roles::set_verifier_sql(&role, &verifier),
-    )
-    .await?;
-    // (3) and (4)
-    if let Err(error) = write_secret(&cluster, &secrets, secret, &old, &new).await {
+    let left = || {
+        crate::note!(
+            "interrupted again: role {role} may have a password that Secret {secret_name} does not hold; kubectl pg rotate-password again sets one in both (for the superuser: kubectl pg psql {release} -n {ns}, then \\password {role}, with the Secret's password)"
+        )
+    };
+    signals
+        .shielded(
+            roles::run(
+                &admin,
+                &format!("cannot set the new password of role {role}"),
+                &roles::set_verifier_sql(&role, &verifier),
+            ),
+            left,
+        )
+        .await?;
+    // (3) and (4), unless a signal came: then the role gets its old password back.
+    let written = match signals.received() {
+        Some(code) => Err(Error::Exit(code)),
+        None => {
+            signals
+                .shielded(
+                    async { Ok(write_secret(&cluster, &secrets, secret, &old, &new).await) },
+                    left,
+                )
+                .await?
+        }
+    };
+    if let Err(error) = written {
         // Only this run's change is undone: a role whose password is no longer the verifier
         // set above was changed by someone else meanwhile (by hand: rotations hold the lock).
         if let Ok(Some(stored)) = roles::stored_verifier(&admin, &role).await {
@@ -198,6 +259,10 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         )
         .await
         {
+            Ok(()) if matches!(error, Error::Exit(_)) => {
+                crate::note!("interrupted: role {role} has its old password again, nothing changed");
+                Err(error)
+            }
             Ok(()) => {
                 crate::note!("Secret {secret_name} could not be updated: role {role} has its old password again, nothing changed");
                 Err(error)
@@ -212,6 +277,12 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
                 code: 1,
             }),
         };
+    }
+    if let Some(code) = signals.received() {
+        crate::note!(
+            "interrupted once the rotation was written: role {role} and Secret {secret_name} hold the new password"
+        );
+        return Err(Error::Exit(code));
     }
     // The Secret holds the new password: the next rotation may start from it.
     let _ = roles::unlock_password(&admin, &role).await;

@@ -179,11 +179,16 @@ impl UserScope {
     }
 }
 
+/// SIGINT or SIGTERM: before the role is made, the command ends at once; from then on the
+/// write in flight (the role, its Secret) runs to its end, then both are taken back, so an
+/// interrupted create leaves nothing and a rerun makes the user. A second signal ends even
+/// that, saying what is left.
 async fn create(
     options: &UserOptions,
     request: CreateRequest,
     global: &GlobalArgs,
 ) -> Result<(), Error> {
+    let signals = super::Signals::install()?;
     let name = request.name.as_str();
     let UserScope {
         cluster,
@@ -193,7 +198,7 @@ async fn create(
         found,
         secret: existing,
         superuser,
-    } = UserScope::read(options, name, global).await?;
+    } = signals.race(UserScope::read(options, name, global)).await?;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
     if let Some(existing) = &existing {
         return Err(Error::InvalidInput {
@@ -219,8 +224,8 @@ async fn create(
         .database
         .clone()
         .unwrap_or_else(|| release_db.clone());
-    let admin = session(&cluster, &found, &release_db).await?;
-    if let Some(role) = roles::find_role(&admin, name).await? {
+    let admin = signals.race(session(&cluster, &found, &release_db)).await?;
+    if let Some(role) = signals.race(roles::find_role(&admin, name)).await? {
         let hint = if role.ours {
             format!("it was made by kubectl-pg and its Secret is gone: kubectl pg user delete {name} --release {release}, then create it again")
         } else {
@@ -233,7 +238,10 @@ async fn create(
             hint: Some(hint),
         });
     }
-    if !roles::database_exists(&admin, &database).await? {
+    if !signals
+        .race(roles::database_exists(&admin, &database))
+        .await?
+    {
         return Err(Error::NotFound {
             message: format!("database {database:?} does not exist in release {release}"),
             hint: Some(format!(
@@ -244,10 +252,13 @@ async fn create(
     let session = if database == release_db {
         admin
     } else {
-        session(&cluster, &found, &database).await?
+        signals.race(session(&cluster, &found, &database)).await?
     };
     // Read before the role is made: the Secret's uri says sslmode for the release's TLS.
-    let tls = release::tls_of(&cluster, &release).await?.is_some();
+    let tls = signals
+        .race(release::tls_of(&cluster, &release))
+        .await?
+        .is_some();
     let grants = UserGrants {
         name,
         database: &database,
@@ -256,12 +267,58 @@ async fn create(
     };
     // A SCRAM verifier, not the password: a statement log can then hold nothing usable.
     let verifier = postgres_protocol::password::scram_sha_256(request.password.as_bytes());
-    roles::run(
-        &session,
-        &format!("cannot create role {name}"),
-        &grants.create_sql(&verifier),
-    )
-    .await?;
+    let left = |what: &str| {
+        crate::note!(
+            "interrupted again: {what}; `kubectl pg user delete {name} --release {release} -n {ns} --yes` removes what is left"
+        )
+    };
+    // What a signal during the writes leaves: nothing, once the writes done are taken back.
+    let take_back = |secret_uid: Option<String>, code: u8| {
+        let (secrets, session, secret_name) = (&secrets, &session, &secret_name);
+        let (cluster, superuser, signals) = (&cluster, &superuser, &signals);
+        let work = async move {
+            if secret_uid.is_some() {
+                match secrets
+                    .delete(secret_name, &release::delete_only(secret_uid))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(cluster.error("delete", "secrets", e)),
+                }
+            }
+            roles::run(
+                session,
+                "cannot drop the new role again",
+                &roles::drop_user_sql(name, superuser),
+            )
+            .await
+        };
+        async move {
+            signals
+                .shielded(work, || left("the new role and its Secret may remain"))
+                .await?;
+            crate::note!("interrupted: user {name} was taken back, nothing was created");
+            Err::<(), Error>(Error::Exit(code))
+        }
+    };
+    signals
+        .shielded(
+            roles::run(
+                &session,
+                &format!("cannot create role {name}"),
+                &grants.create_sql(&verifier),
+            ),
+            || {
+                left(&format!(
+                    "role {name} may have been made without its Secret"
+                ))
+            },
+        )
+        .await?;
+    if let Some(code) = signals.received() {
+        return take_back(None, code).await;
+    }
     let host = found
         .target
         .credentials
@@ -279,16 +336,24 @@ async fn create(
         tls,
     }))
     .map_err(|e| Error::invalid(e.to_string()))?;
-    if let Err(e) = secrets.create(&PostParams::default(), &object).await {
-        let error = cluster.error("create", "secrets", e);
-        // Without its Secret nobody knows the password: take the role back.
-        let dropped = roles::run(
-            &session,
-            "cannot drop the new role again",
-            &roles::drop_user_sql(name, &superuser),
+    let created = signals
+        .shielded(
+            async { Ok(secrets.create(&PostParams::default(), &object).await) },
+            || left(&format!("role {name} was made, its Secret perhaps")),
         )
-        .await;
-        match dropped {
+        .await?;
+    let created = match created {
+        Ok(secret) => secret,
+        Err(e) => {
+            let error = cluster.error("create", "secrets", e);
+            // Without its Secret nobody knows the password: take the role back.
+            let dropped = roles::run(
+                &session,
+                "cannot drop the new role again",
+                &roles::drop_user_sql(name, &superuser),
+            )
+            .await;
+            match dropped {
             Ok(()) => crate::note!(
                 "dropped role {name} again: Secret {secret_name} could not be created, so nothing was made"
             ),
@@ -296,7 +361,11 @@ async fn create(
                 "role {name} exists in database {database} without a Secret ({drop_error}); `kubectl pg user delete {name} --release {release} --yes` removes it"
             ),
         }
-        return Err(error);
+            return Err(error);
+        }
+    };
+    if let Some(code) = signals.received() {
+        return take_back(created.metadata.uid.clone(), code).await;
     }
     let connection = DatabaseConnection::new(
         host,

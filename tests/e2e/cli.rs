@@ -63,12 +63,11 @@ fn migrate_without_a_database_says_how_to_give_one() {
 /// that could not be written whole is a non-zero exit.
 #[test]
 fn full_or_closed_streams_never_abort() {
-    let full = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap()
+    let dev = tempfile::tempdir().unwrap();
+    let Some(device) = crate::sinks::full_device(dev.path()) else {
+        return;
     };
+    let full = || crate::sinks::open(&device);
     let run = |args: &[&str], stdout_full: bool, stderr_full: bool| {
         let mut command = crate::kpg_command(args);
         command.env("KUBECONFIG", "/nonexistent/kubeconfig");

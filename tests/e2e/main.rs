@@ -1,5 +1,6 @@
 //! End-to-end tests: the real binary against a real PostgreSQL server.
 
+mod adversity;
 mod cli;
 mod clients;
 mod cluster;
@@ -17,6 +18,7 @@ mod pg;
 mod proxy;
 mod real_cluster;
 mod scope;
+mod sinks;
 mod streams;
 mod terminal;
 mod tools;

@@ -57,16 +57,10 @@ fn dump_and_restore_end_when_the_other_side_fails() {
 
     // stdout on a full device (a /dev/full node of our own, never the real /dev).
     let dev = tempfile::tempdir().unwrap();
-    let full = dev.path().join("full");
-    let made = std::process::Command::new("mknod")
-        .args([full.to_str().unwrap(), "c", "1", "7"])
-        .status()
-        .unwrap();
-    if made.success() {
-        let sink = std::fs::OpenOptions::new().write(true).open(&full).unwrap();
+    if let Some(full) = crate::sinks::full_device(dev.path()) {
         let child = dump(&[])
             .stdin(Stdio::null())
-            .stdout(Stdio::from(sink))
+            .stdout(crate::sinks::open(&full))
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -77,8 +71,6 @@ fn dump_and_restore_end_when_the_other_side_fails() {
             "{}",
             out.describe()
         );
-    } else {
-        eprintln!("mknod needs root: the /dev/full case is skipped");
     }
 
     // A consumer that reads 100 bytes and exits (`dump | head -c 100`).
@@ -101,29 +93,14 @@ fn dump_and_restore_end_when_the_other_side_fails() {
     // A full tmpfs, mounted in a private mount namespace: exit 1, and nothing left on it.
     let mount = tempfile::tempdir().unwrap();
     let target = mount.path().join("s.sql");
-    let script = format!(
-        "mount -t tmpfs -o size=256k tmpfs {dir} || exit 99; \"$0\" \"$@\"; code=$?; ls -A {dir}; exit $code",
-        dir = mount.path().display()
+    let child = crate::sinks::on_full_tmpfs(
+        &dump(&["-f", target.to_str().unwrap()]),
+        mount.path(),
+        false,
+        None,
     );
-    let tmpfs = dump(&["-f", target.to_str().unwrap()]);
-    let program = tmpfs.get_program().to_owned();
-    let args: Vec<_> = tmpfs.get_args().map(|a| a.to_owned()).collect();
-    let child = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .arg(program)
-        .args(args)
-        .envs(
-            tmpfs
-                .get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let out = timed("dump -f on a full tmpfs", child);
-    if out.code() == 99 {
+    if out.code() == crate::sinks::NO_TMPFS {
         eprintln!("no tmpfs mount here (needs root): {}", out.describe());
     } else {
         expect_code(&out, 1);
@@ -132,7 +109,11 @@ fn dump_and_restore_end_when_the_other_side_fails() {
             "{}",
             out.describe()
         );
-        assert_eq!(out.stdout_text().trim(), "", "no partial file is left");
+        assert_eq!(
+            crate::sinks::left(&out.stderr_text()),
+            Vec::<String>::new(),
+            "no partial file is left"
+        );
     }
 
     // `dump | restore` into a release that does not exist: the restore fails at once, and

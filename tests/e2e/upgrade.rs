@@ -126,7 +126,7 @@ fn describe(err: &tokio_postgres::Error) -> String {
 
 /// Runs an upgrade command and sends `signal` once its progress on stderr shows `point`:
 /// the exit code (None when killed by the signal) and everything it printed on stderr.
-fn interrupted_at(
+pub(crate) fn interrupted_at(
     scope: &Scope,
     args: &[&str],
     point: &str,
@@ -143,7 +143,7 @@ fn interrupted_at(
 
 /// Runs a command and calls `act` with its pid once its progress on stderr shows `point`:
 /// the exit code (None when killed by a signal) and everything it printed on stderr.
-fn run_until(
+pub(crate) fn run_until(
     scope: &Scope,
     args: &[&str],
     point: &str,
