@@ -226,8 +226,19 @@ async fn create(
         .unwrap_or_else(|| release_db.clone());
     let admin = signals.race(session(&cluster, &found, &release_db)).await?;
     if let Some(role) = signals.race(roles::find_role(&admin, name)).await? {
+        let secret_now = signals
+            .race(async {
+                secrets
+                    .get_opt(&secret_name)
+                    .await
+                    .map_err(|e| cluster.error("get", "secrets", e))
+            })
+            .await?;
+        if role.ours && secret_now.is_some() {
+            return Err(roles::made_meanwhile(name));
+        }
         let hint = if role.ours {
-            format!("it was made by kubectl-pg and its Secret is gone: kubectl pg user delete {name} --release {release}, then create it again")
+            format!("it was made by kubectl-pg and its Secret is gone (unless another `user create {name}` is writing it now): kubectl pg user delete {name} --release {release}, then create it again")
         } else {
             "someone made that role by hand: pick another name".into()
         };
@@ -303,18 +314,11 @@ async fn create(
         }
     };
     signals
-        .shielded(
-            roles::run(
-                &session,
-                &format!("cannot create role {name}"),
-                &grants.create_sql(&verifier),
-            ),
-            || {
-                left(&format!(
-                    "role {name} may have been made without its Secret"
-                ))
-            },
-        )
+        .shielded(roles::create_user(&session, &grants, &verifier), || {
+            left(&format!(
+                "role {name} may have been made without its Secret"
+            ))
+        })
         .await?;
     if let Some(code) = signals.received() {
         return take_back(None, code).await;

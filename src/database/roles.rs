@@ -345,6 +345,41 @@ impl UserGrants<'_> {
     }
 }
 
+/// Makes the role as [`UserGrants::create_sql`] says. A role of that name made meanwhile by
+/// another run (between its check and this CREATE) is said as such: the server answers
+/// 42710, or 23505 when both CREATEs met on the catalog's unique index at once.
+pub async fn create_user(
+    client: &Client,
+    grants: &UserGrants<'_>,
+    verifier: &str,
+) -> Result<(), Error> {
+    use tokio_postgres::error::SqlState;
+    let sql = grants.create_sql(verifier);
+    match client.simple_query(&sql).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            Err(made_meanwhile(grants.name))
+        }
+        Err(e) => Err(database_error(
+            &format!("cannot create role {}", grants.name),
+            &e,
+        )),
+    }
+}
+
+/// Another `user create` of `name` got there first: this one made nothing.
+pub fn made_meanwhile(name: &str) -> Error {
+    Error::InvalidInput {
+        message: format!(
+            "role {name:?} exists: another run made it meanwhile, and this one created nothing"
+        ),
+        hint: Some("kubectl pg user list shows it once its Secret is written".into()),
+    }
+}
+
 /// Takes the role's objects and grants away in the session's database: what it owns goes to
 /// `owner`, its privileges and default privileges are revoked (those on shared objects, like
 /// CONNECT, too). Run it in every database the role was used in, then [`drop_role_sql`].

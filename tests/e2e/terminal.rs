@@ -74,25 +74,31 @@ impl Terminal {
         }
     }
 
-    /// Waits until the command is blocked reading its terminal: after a prompt, its echo
-    /// setting is then the one it reads with.
+    /// Waits until the command (one of its threads) is blocked reading its terminal: after a
+    /// prompt, its echo setting is then the one it reads with.
     fn until_reading(&self) {
         let children = format!("/proc/{0}/task/{0}/children", self.script.id());
         let deadline = Instant::now() + WITHIN;
         loop {
             let pid = std::fs::read_to_string(&children).unwrap_or_default();
             let pid = pid.split_whitespace().next().unwrap_or("0").to_string();
-            let syscall =
-                std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-            // read(2) is syscall 0 on x86-64, 63 on aarch64.
-            let number = syscall.split_whitespace().next().unwrap_or("");
-            if number
-                == if cfg!(target_arch = "aarch64") {
-                    "63"
-                } else {
-                    "0"
-                }
-            {
+            // Any of its threads (a prompt may read on a thread of its own).
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten();
+            let reading = tasks.flatten().any(|task| {
+                let syscall =
+                    std::fs::read_to_string(task.path().join("syscall")).unwrap_or_default();
+                // read(2) is syscall 0 on x86-64, 63 on aarch64.
+                let number = syscall.split_whitespace().next().unwrap_or("");
+                number
+                    == if cfg!(target_arch = "aarch64") {
+                        "63"
+                    } else {
+                        "0"
+                    }
+            });
+            if reading {
                 return;
             }
             assert!(
@@ -107,6 +113,13 @@ impl Terminal {
     fn type_line(&mut self, line: &str) {
         let stdin = self.script.stdin.as_mut().unwrap();
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Ctrl-C, as typed: the terminal sends SIGINT to the command.
+    fn interrupt(&mut self) {
+        let stdin = self.script.stdin.as_mut().unwrap();
+        stdin.write_all(b"\x03").unwrap();
         stdin.flush().unwrap();
     }
 
@@ -149,8 +162,8 @@ fn exists(scope: &Scope, what: &str) -> bool {
     scope.kubectl_ns(&["get", what]).status.success()
 }
 
-/// `install --password-stdin` asks twice without echo; `uninstall --delete-data` asks y/N, and
-/// only yes deletes.
+/// `install --password-stdin` asks twice without echo; Ctrl-C at `rotate-password`'s question
+/// ends it; `uninstall --delete-data` asks y/N, and only yes deletes.
 #[test]
 fn prompts_on_a_terminal() {
     let scope = Scope::new("kpg-tty");
@@ -182,6 +195,15 @@ fn prompts_on_a_terminal() {
     let (code, shown) = install("a-terminal-password-0003", "a-terminal-password-0003");
     assert_eq!(code, 0, "{shown}");
     assert!(!shown.contains("a-terminal-password"), "echoed:\n{shown}");
+    assert_eq!(secret_password(&scope), "a-terminal-password-0003");
+
+    // Ctrl-C at rotate-password's question ends it at once, having changed nothing.
+    let mut t = Terminal::run(&scope.kpg_command(&["rotate-password", "pg", "-n", &ns]));
+    t.expect("[y/N] ");
+    t.until_reading();
+    t.interrupt();
+    let (code, shown) = t.finish();
+    assert_eq!(code, 130, "{shown}");
     assert_eq!(secret_password(&scope), "a-terminal-password-0003");
 
     let uninstall = |answer: &str| {
