@@ -712,7 +712,11 @@ pub fn write_ca(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    std::fs::write(&path, ca).map_err(io)?;
+    // As `-f` writes: a full disk or a signal never leaves a half certificate under the name,
+    // nor takes away one written before.
+    let mut file = crate::transfer::file::PendingFile::create(&path)?;
+    file.write(ca.as_bytes()).map_err(io)?;
+    file.commit()?;
     let absolute = std::path::absolute(&path).unwrap_or(path);
     Ok(absolute.display().to_string())
 }

@@ -157,7 +157,8 @@ fn ask_each(scope: &Scope, dsn: &str, export: &str) -> Vec<(&'static str, Output
 /// names make port-forward's `verify-full` pass. On 127.0.0.1 and on ::1, psql, psycopg and
 /// pgjdbc each open a TLS session as the DSN's user with exactly what port-forward printed,
 /// and each refuses the server when trusting a CA with the same name as the release's (made
-/// by the plugin's own code) but another key.
+/// by the plugin's own code) but another key. `dsn --ca-file` on a full disk leaves no half
+/// certificate.
 #[test]
 fn verify_full_through_port_forward_in_psql_psycopg_and_pgjdbc() {
     let scope = Scope::new("kpg-clients");
@@ -188,6 +189,29 @@ fn verify_full_through_port_forward_in_psql_psycopg_and_pgjdbc() {
     .unwrap();
     let wrong_ca = scope.dir.path().join("impostor-ca.crt");
     std::fs::write(&wrong_ca, &impostor.ca_crt).unwrap();
+
+    // `dsn --ca-file` on a full disk: exit 1, and no half certificate under the name.
+    let mount = tempfile::tempdir().unwrap();
+    let target = mount.path().join("ca.crt");
+    let dsn = scope.kpg_command(&["dsn", "c", "-n", &ns, "--ca-file", target.to_str().unwrap()]);
+    let out = crate::output_within(
+        crate::sinks::on_full_tmpfs(&dsn, mount.path(), true, None),
+        std::time::Duration::from_secs(60),
+    );
+    if out.code() != crate::sinks::NO_TMPFS {
+        expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("No space left on device"),
+            "{}",
+            out.describe()
+        );
+        assert_eq!(
+            crate::sinks::left(&out.stderr_text()),
+            Vec::<String>::new(),
+            "{}",
+            out.describe()
+        );
+    }
 
     for (listen, host) in [("127.0.0.1:0", "@127.0.0.1:"), ("[::1]:0", "@[::1]:")] {
         let forward = PluginForward::start(&scope, &ns, "c", listen);
