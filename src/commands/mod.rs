@@ -114,6 +114,11 @@ impl Signals {
         }
     }
 
+    /// The first signal's exit code, once one came.
+    pub(crate) async fn first(&self) -> u8 {
+        self.count(1).await
+    }
+
     /// `work`, unless a signal comes (or came) first: then [`Error::Exit`] with its code.
     pub(crate) async fn race<T>(
         &self,
@@ -121,7 +126,7 @@ impl Signals {
     ) -> Result<T, Error> {
         tokio::select! {
             biased;
-            code = self.count(1) => Err(Error::Exit(code)),
+            code = self.first() => Err(Error::Exit(code)),
             done = work => done,
         }
     }

@@ -64,7 +64,7 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     };
     // Installed before the DSN is printed: a script that reads it and stops us at once must
     // get the clean exit, not the default death by signal.
-    let stop = stop_signal()?;
+    let stop = super::Signals::install()?;
     match args
         .output
         .map(|f| output::document(f, &shown))
@@ -94,7 +94,7 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     );
     tokio::select! {
         () = forward::serve(listener, cluster, release) => {}
-        () = stop => {}
+        _ = stop.first() => {}
     }
     crate::note!("stopped forwarding {local}");
     Ok(())
@@ -125,28 +125,6 @@ fn sslmode(
         );
     }
     connection.with_plain_or_tls(true)
-}
-
-/// SIGINT or SIGTERM: the listener closes, and the command exits 0 (serving until told to
-/// stop is its normal end). The handlers are installed when this is called.
-fn stop_signal() -> Result<impl std::future::Future<Output = ()>, Error> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let install = |kind| {
-        signal(kind).map_err(|source| Error::Io {
-            context: "cannot install the signal handlers".into(),
-            source,
-        })
-    };
-    let (mut int, mut term) = (
-        install(SignalKind::interrupt())?,
-        install(SignalKind::terminate())?,
-    );
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
 }
 
 fn looks_like_port(text: &str) -> bool {

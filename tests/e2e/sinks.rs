@@ -78,3 +78,30 @@ pub fn left(stderr: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Checks a run that wrote to a full device or tmpfs: exit 1 with the system's words for it
+/// and, with `nothing_left`, nothing left on the tmpfs. False (said on stderr) when the run
+/// could not mount its tmpfs.
+#[track_caller]
+pub fn refused_for_space(what: &str, out: &std::process::Output, nothing_left: bool) -> bool {
+    use crate::OutputExt;
+    if out.code() == NO_TMPFS {
+        eprintln!("no tmpfs mount here (needs root): {}", out.describe());
+        return false;
+    }
+    assert_eq!(out.code(), 1, "{what}: {}", out.describe());
+    assert!(
+        out.stderr_text().contains("No space left on device"),
+        "{what}: {}",
+        out.describe()
+    );
+    if nothing_left {
+        assert_eq!(
+            left(&out.stderr_text()),
+            Vec::<String>::new(),
+            "{what} left a file: {}",
+            out.describe()
+        );
+    }
+    true
+}
