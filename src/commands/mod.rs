@@ -131,13 +131,22 @@ impl Signals {
         }
     }
 
-    /// `work` to its end whatever one signal says; a second signal ends it ([`Error::Exit`]),
-    /// after `say` has told what it leaves.
+    /// `work` to its end whatever one signal says (which it acknowledges on stderr); a second
+    /// signal ends it ([`Error::Exit`]), after `say` has told what it leaves.
     pub(crate) async fn shielded<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, Error>>,
         say: impl FnOnce(),
     ) -> Result<T, Error> {
+        tokio::pin!(work);
+        if self.received().is_none() {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = self.first() => crate::note!(
+                    "interrupted: finishing the write in flight first (a second signal stops at once)"
+                ),
+            }
+        }
         tokio::select! {
             done = work => done,
             code = self.count(2) => {

@@ -311,6 +311,64 @@ fn user_create_interrupted(release: &Release, proxy: &Proxy, kubeconfig: &str) {
     release
         .login_with_secret("sig", &format!("{RELEASE}-user-sig"))
         .unwrap();
+
+    // A second signal while the Secret is held: exit 130 at once, naming what may be left,
+    // which `user delete` removes.
+    proxy.clear_requests();
+    proxy.hang(Matcher::new("POST", "/secrets"));
+    let mut child = release.spawn(
+        &["user", "create", "sig2", "--release", RELEASE],
+        &["--kubeconfig", kubeconfig],
+    );
+    let lines = stderr_lines(&mut child);
+    assert!(proxy.wait_for(BOUND, |r| r
+        .iter()
+        .any(|r| r.method == "POST" && r.path_and_query.contains("/secrets"))));
+    signal_pid(child.id(), "INT");
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("finishing the write in flight"))
+    {
+        match lines.recv_timeout(AT_ONCE) {
+            Ok(line) => said.push(line),
+            Err(e) => panic!("the first signal is not acknowledged ({e}): {said:?}"),
+        }
+    }
+    signal_pid(child.id(), "INT");
+    let out = output_within(child, AT_ONCE);
+    proxy.clear_faults();
+    expect_code(&out, 130);
+    said.extend(lines.iter());
+    assert!(
+        said.iter().any(|l| l.contains("interrupted again")),
+        "{said:?}"
+    );
+    let out = release.run(&["user", "delete", "sig2", "--release", RELEASE, "--yes"]);
+    expect_code(&out, 0);
+    assert_eq!(
+        release.secret(&format!("{RELEASE}-user-sig2"), "password"),
+        None
+    );
+    assert_eq!(release.roles_named("sig2"), "0");
+}
+
+/// The child's stderr lines as they come (the channel ends with the child's stderr).
+fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// `rotate-password`: SIGINT while it waits for another rotation's lock (exit 130 at once; the
