@@ -237,18 +237,22 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         }
     };
     if let Err(error) = written {
+        let (why, code) = match &error {
+            Error::Exit(code) => ("interrupted before it was written".to_string(), *code),
+            other => (other.to_string(), 1),
+        };
         // Only this run's change is undone: a role whose password is no longer the verifier
         // set above was changed by someone else meanwhile (by hand: rotations hold the lock).
         if let Ok(Some(stored)) = roles::stored_verifier(&admin, &role).await {
             if stored != verifier {
                 return Err(Error::Deployment {
                     message: format!(
-                        "Secret {secret_name} could not be updated ({error}), and role {role}'s password was changed by someone else meanwhile: it is left as they set it"
+                        "Secret {secret_name} could not be updated ({why}), and role {role}'s password was changed by someone else meanwhile: it is left as they set it"
                     ),
                     hints: vec![format!(
                         "put the password they set into Secret {secret_name}, or run kubectl pg rotate-password again"
                     )],
-                    code: 1,
+                    code,
                 });
             }
         }
@@ -269,12 +273,12 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
             }
             Err(restore) => Err(Error::Deployment {
                 message: format!(
-                    "Secret {secret_name} could not be updated ({error}) and the old password could not be restored ({restore}): role {role} has a password no Secret holds"
+                    "Secret {secret_name} could not be updated ({why}) and the old password could not be restored ({restore}): role {role} has a password no Secret holds"
                 ),
                 hints: vec![format!(
                     "set the Secret's password again: kubectl pg psql {release} -n {ns}, then \\password {role}, entering the password of Secret {secret_name} (kubectl get secret {secret_name} -n {ns} -o jsonpath='{{.data.password}}' | base64 -d)"
                 )],
-                code: 1,
+                code,
             }),
         };
     }

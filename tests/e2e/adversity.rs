@@ -373,9 +373,10 @@ fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
 
 /// `rotate-password`: SIGINT while it waits for another rotation's lock (exit 130 at once; the
 /// other one finishes; an application user's, as the superuser's session of the second run
-/// needs the password the first has not written yet), SIGTERM while the superuser's Secret write
-/// is held (exit 143 once the write ends). The Secret's password logs in after each, and after
-/// a rerun.
+/// needs the password the first has not written yet); SIGINT while its ALTER ROLE waits on a
+/// transaction of ours (exit 130 once it ends, the old password set again); SIGTERM while the
+/// superuser's Secret write is held (exit 143 once the write ends, the rotation stands). The
+/// Secret's password logs in after each, and after a rerun.
 fn rotation_interrupted(release: &Release, proxy: &Proxy, kubeconfig: &str) {
     let user_secret = format!("{RELEASE}-user-sig");
     let rotate_user = ["rotate-password", RELEASE, "--db-user", "sig", "--yes"];
@@ -393,6 +394,71 @@ fn rotation_interrupted(release: &Release, proxy: &Proxy, kubeconfig: &str) {
     assert_eq!(code, Some(130), "{stderr}");
     proxy.clear_faults();
     expect_code(&output_within(first, BOUND), 0);
+    release.login_with_secret("sig", &user_secret).unwrap();
+
+    // SIGINT while its ALTER ROLE waits for a transaction of ours on the same role: the
+    // statement finishes once we roll back, then the role gets its old password again.
+    let before = release.secret(&user_secret, "password");
+    let pod = format!("{RELEASE}-0");
+    let mut holder = std::process::Command::new(&release.scope.plane.kubectl)
+        .env("KUBECONFIG", &release.scope.plane.kubeconfig)
+        .args([
+            "exec",
+            "-i",
+            "-n",
+            &release.ns,
+            &pod,
+            "-c",
+            "postgres",
+            "--",
+        ])
+        .args(["psql", "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to_holder = holder.stdin.take().unwrap();
+    use std::io::Write;
+    writeln!(
+        to_holder,
+        "BEGIN; ALTER ROLE sig PASSWORD 'held-by-the-test-0000';"
+    )
+    .unwrap();
+    to_holder.flush().unwrap();
+    let mut child = release.spawn(&rotate_user, &[]);
+    let lines = stderr_lines(&mut child);
+    crate::data::wait_until(BOUND, "the rotation's ALTER ROLE waits on our lock", || {
+        crate::data::release_query(
+            release.scope,
+            &release.ns,
+            RELEASE,
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query like 'ALTER ROLE%'",
+        ) == "1"
+    });
+    signal_pid(child.id(), "INT");
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("finishing the write in flight"))
+    {
+        match lines.recv_timeout(AT_ONCE) {
+            Ok(line) => said.push(line),
+            Err(e) => panic!("the signal is not acknowledged ({e}): {said:?}"),
+        }
+    }
+    writeln!(to_holder, "ROLLBACK;").unwrap();
+    drop(to_holder);
+    let _ = holder.wait();
+    let out = output_within(child, BOUND);
+    said.extend(lines.iter());
+    expect_code(&out, 130);
+    assert!(
+        said.iter()
+            .any(|l| l.contains("has its old password again")),
+        "{said:?}"
+    );
+    assert_eq!(release.secret(&user_secret, "password"), before);
     release.login_with_secret("sig", &user_secret).unwrap();
 
     let secret = format!("{RELEASE}-credentials");
