@@ -325,16 +325,7 @@ fn user_create_interrupted(release: &Release, proxy: &Proxy, kubeconfig: &str) {
         .iter()
         .any(|r| r.method == "POST" && r.path_and_query.contains("/secrets"))));
     signal_pid(child.id(), "INT");
-    let mut said = Vec::new();
-    while !said
-        .iter()
-        .any(|l: &String| l.contains("finishing the write in flight"))
-    {
-        match lines.recv_timeout(AT_ONCE) {
-            Ok(line) => said.push(line),
-            Err(e) => panic!("the first signal is not acknowledged ({e}): {said:?}"),
-        }
-    }
+    let mut said = acknowledged(&lines);
     signal_pid(child.id(), "INT");
     let out = output_within(child, AT_ONCE);
     proxy.clear_faults();
@@ -351,6 +342,22 @@ fn user_create_interrupted(release: &Release, proxy: &Proxy, kubeconfig: &str) {
         None
     );
     assert_eq!(release.roles_named("sig2"), "0");
+}
+
+/// The stderr lines up to the one where a run acknowledges a signal while it finishes a write
+/// (within [`AT_ONCE`]).
+fn acknowledged(lines: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("finishing the write in flight"))
+    {
+        match lines.recv_timeout(AT_ONCE) {
+            Ok(line) => said.push(line),
+            Err(e) => panic!("the signal is not acknowledged ({e}): {said:?}"),
+        }
+    }
+    said
 }
 
 /// The child's stderr lines as they come (the channel ends with the child's stderr).
@@ -437,16 +444,7 @@ fn rotation_interrupted(release: &Release, proxy: &Proxy, kubeconfig: &str) {
         ) == "1"
     });
     signal_pid(child.id(), "INT");
-    let mut said = Vec::new();
-    while !said
-        .iter()
-        .any(|l: &String| l.contains("finishing the write in flight"))
-    {
-        match lines.recv_timeout(AT_ONCE) {
-            Ok(line) => said.push(line),
-            Err(e) => panic!("the signal is not acknowledged ({e}): {said:?}"),
-        }
-    }
+    let mut said = acknowledged(&lines);
     writeln!(to_holder, "ROLLBACK;").unwrap();
     drop(to_holder);
     let _ = holder.wait();
