@@ -18,6 +18,7 @@ pub mod uninstall;
 pub mod upgrade;
 pub mod user;
 pub mod version;
+pub mod view;
 
 use std::io::{BufRead, IsTerminal};
 

@@ -225,7 +225,7 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
 
     // The status document, as `kubectl pg status -o json` prints it.
     let set = MigrationSet::load(None)?;
-    let status = super::status::read(&cluster, &ns, &release, &set).await;
+    let status = crate::deployment::status::read(&cluster, &ns, &release, &set).await;
     match &status {
         Ok((status, _)) => bundle.add("status.json", to_json(status)),
         Err(e) => notes.push(format!("status: {e}")),

@@ -116,7 +116,7 @@ async fn restart(
         started.elapsed().as_secs_f32()
     );
     let left = args.timeout.saturating_sub(started.elapsed());
-    super::status::wait(
+    super::view::wait(
         &cluster,
         &ns,
         &release,

@@ -105,7 +105,7 @@ pub async fn run(args: UninstallArgs, global: &GlobalArgs) -> Result<(), Error> 
     if args.delete_data {
         // The application users' roles live in the data: their Secrets go with it.
         let params = kube::api::ListParams::default()
-            .labels(&crate::commands::user::user_selector(&release));
+            .labels(&crate::deployment::status::user_selector(&release));
         let users = secrets
             .list_metadata(&params)
             .await

@@ -17,12 +17,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde::Serialize;
 
-use super::install::{self, Live};
 use crate::cli::{GlobalArgs, UpgradeArgs};
 use crate::cluster::lease;
 use crate::cluster::rbac::{self, Permission};
 use crate::cluster::release::{self, Target};
 use crate::cluster::{exec, Cluster};
+use crate::deployment::apply::{self, Live};
 use crate::deployment::writes;
 use crate::error::Error;
 use crate::manifests::render::{self, CONTAINER};
@@ -277,7 +277,7 @@ fn print(args: &UpgradeArgs, result: &UpgradeResult) -> Result<(), Error> {
 }
 
 async fn read(cluster: &Cluster, name: &str) -> Result<Live, Error> {
-    install::read_live(cluster, name)
+    apply::read_live(cluster, name)
         .await?
         .ok_or_else(|| Error::NotFound {
             message: format!(
@@ -516,13 +516,13 @@ async fn record_step(
     record: &Record,
 ) -> Result<(), Error> {
     let templates = manifests::live::claim_templates(&live.sts);
-    install::apply_release(cluster, spec, templates.as_ref(), &record.annotations()).await
+    apply::apply_release(cluster, spec, templates.as_ref(), &record.annotations()).await
 }
 
 /// Removes the record: the release is `spec`, with no upgrade pending.
 async fn clear_record(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> Result<(), Error> {
     let templates = manifests::live::claim_templates(&live.sts);
-    install::apply_release(cluster, spec, templates.as_ref(), &[]).await
+    apply::apply_release(cluster, spec, templates.as_ref(), &[]).await
 }
 
 /// The pod of the release, whether Ready or not (an exec may still reach it).
@@ -603,7 +603,7 @@ async fn upgrade(
     // Step 1: writes blocked, the backup written. Undone by allowing writes again. Recorded
     // only on the StatefulSet this run read: of two runs at once, one goes on.
     let templates = manifests::live::claim_templates(&live.sts);
-    install::apply_release_at(
+    apply::apply_release_at(
         cluster,
         old,
         templates.as_ref(),
@@ -685,7 +685,14 @@ async fn upgrade(
         ));
         record.phase = Phase::Switching;
         record_step(cluster, &new, live, &record).await?;
-        install::wait_ready(cluster, &new, args.timeout, true).await?;
+        crate::deployment::rollout::wait_ready(
+            cluster,
+            &new.namespace,
+            &new.release,
+            args.timeout,
+            true,
+        )
+        .await?;
         let target = release::find_target(cluster, &new.release).await?;
         // The new server is blocked before any data reaches it, until it is verified.
         writes::block(cluster, &target).await?;
@@ -808,7 +815,7 @@ async fn complete(cluster: &Cluster, live: &Live, record: &Record) -> Result<Upg
     let mut record = record.clone();
     record.phase = Phase::Upgraded;
     record_step(cluster, spec, live, &record).await?;
-    install::health_check(cluster, spec, &target.credentials).await?;
+    apply::health_check(cluster, spec, &target.credentials).await?;
     release::record_claim_major(
         cluster,
         &spec.namespace,
@@ -923,7 +930,14 @@ async fn rollback(
                 .await;
         }
     }
-    install::wait_ready(cluster, &old, args.timeout, true).await?;
+    crate::deployment::rollout::wait_ready(
+        cluster,
+        &old.namespace,
+        &old.release,
+        args.timeout,
+        true,
+    )
+    .await?;
     let target = release::find_target(cluster, &old.release).await?;
     step(&format!(
         "PostgreSQL {} is ready: checking that it runs on the data from before the upgrade",

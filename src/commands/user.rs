@@ -11,13 +11,14 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::cli::{GlobalArgs, UserAction, UserArgs, UserOptions};
-use crate::cluster::release::{self, FoundRelease, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::cluster::release::{self, FoundRelease};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
-use crate::commands::install::{generate_password, prompt_password, read_password_for};
 use crate::database::connect_with_retry;
 use crate::database::connection::DatabaseConnection;
+use crate::database::password::{generate_password, prompt_password, read_password_for};
 use crate::database::roles::{self, UserGrants, LABEL_READONLY, LABEL_USER};
+use crate::deployment::status::user_selector;
 use crate::error::Error;
 use crate::manifests::render::{self, UserSecret};
 use crate::output::{self, emit, API_VERSION};
@@ -73,39 +74,6 @@ fn validate_database(database: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
-}
-
-/// The labels that select a release's user Secrets.
-pub fn user_selector(release: &str) -> String {
-    format!("{LABEL_INSTANCE}={release},{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_USER}")
-}
-
-/// The application users of a release as its Secrets record them (name, readonly), for
-/// `status`. Never a password.
-pub async fn summaries(
-    cluster: &Cluster,
-    namespace: &str,
-    release: &str,
-) -> Result<Vec<crate::deployment::report::UserSummary>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), namespace);
-    let list = secrets
-        .list_metadata(&ListParams::default().labels(&user_selector(release)))
-        .await
-        .map_err(|e| cluster.error("list", "secrets", e))?;
-    let mut users: Vec<_> = list
-        .items
-        .iter()
-        .filter_map(|s| {
-            let labels = s.metadata.labels.as_ref()?;
-            Some(crate::deployment::report::UserSummary {
-                name: labels.get(LABEL_USER)?.clone(),
-                readonly: labels.get(LABEL_READONLY).is_some_and(|v| v == "true"),
-                secret: s.metadata.name.clone().unwrap_or_default(),
-            })
-        })
-        .collect();
-    users.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(users)
 }
 
 /// A session of the release's superuser in `database`.

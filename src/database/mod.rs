@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod dotenv;
 pub mod dsn;
+pub mod password;
 pub mod roles;
 pub mod tls;
 

@@ -1,12 +1,14 @@
 //! A release as deployed: what exists (observe), what state it is in (assess), whether its
 //! database answers (probe), and the DeploymentStatus document (report).
 
+pub mod apply;
 pub mod assess;
 pub mod changes;
 pub mod observe;
 pub mod probe;
 pub mod report;
 pub mod rollout;
+pub mod status;
 pub mod writes;
 
 pub use assess::{assess, Phase};

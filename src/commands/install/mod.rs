@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 
 use crate::cli::{GlobalArgs, InstallArgs, OutputFormat, Profile};
@@ -14,8 +14,7 @@ use crate::cluster::release::{self, Credentials};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::{volume, Cluster};
 use crate::database::Connector;
-use crate::deployment::observe;
-use crate::deployment::probe;
+use crate::deployment::apply::{self, health_check, read_live, target, Checked, Live};
 use crate::error::Error;
 use crate::manifests::policy::{self as netpol, Plan};
 use crate::manifests::render::{self, FIELD_MANAGER};
@@ -28,11 +27,9 @@ mod policy;
 mod preflight;
 mod tls;
 
+use crate::database::password::{generate_password, prompt_password};
 use credentials::{ensure_secret, read_password, reset_or_take_back, take_back};
-pub use credentials::{generate_password, prompt_password, read_password_for, PASSWORD_LENGTH};
 use preflight::preflight;
-
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The watched wait of `deployment::rollout` for this spec's release.
 pub(crate) async fn wait_ready(
@@ -460,43 +457,6 @@ fn requested(args: &InstallArgs) -> Requested {
     }
 }
 
-/// A deployed release as it runs: its StatefulSet, its values, and whether its pod is Ready.
-pub(crate) struct Live {
-    pub(crate) sts: StatefulSet,
-    pub(crate) spec: InstallSpec,
-    pub(crate) pod: Option<Pod>,
-}
-
-pub(crate) async fn read_live(cluster: &Cluster, release: &str) -> Result<Option<Live>, Error> {
-    release::validate_release(release)?;
-    let ns = &cluster.namespace;
-    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    let pod_name = release::pod_name(release);
-    let ours = release::secret_name(release);
-    let (sts, svc, pod, secret) = tokio::join!(
-        sets.get_opt(release),
-        services.get_opt(release),
-        pods.get_opt(&pod_name),
-        secrets.get_opt(&ours),
-    );
-    let Some(sts) = sts.map_err(|e| cluster.error("get", "statefulsets", e))? else {
-        return Ok(None);
-    };
-    let svc = svc.map_err(|e| cluster.error("get", "services", e))?;
-    let pod = pod.map_err(|e| cluster.error("get", "pods", e))?;
-    // The credentials as the pod reads them: a user's basic-auth Secret may lack username.
-    let source = release::CredentialSource::of(release, Some(&sts));
-    let credentials = source
-        .secret_from(cluster, ns, release, secret)
-        .await?
-        .and_then(|s| source.resolve(&s).ok());
-    let spec = manifests::live::read(&sts, svc.as_ref(), credentials.as_ref());
-    Ok(Some(Live { sts, spec, pod }))
-}
-
 /// The StatefulSet docs' forced rollback: an OrderedReady StatefulSet never replaces a pod
 /// that is not Running and Ready, so a pod stuck under the old template (a bad image, a
 /// missing key, a crash loop) is deleted once the fixed template is applied.
@@ -535,194 +495,24 @@ async fn forced_rollback(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> 
     Ok(())
 }
 
-/// Server-side apply of the Services and the StatefulSet: first as a dry run of all three, so
-/// a change the server refuses changes nothing, then for real, at once. `claim_templates`, on
-/// an upgrade, are the live ones, applied unchanged.
+/// Server-side apply of the Services and the StatefulSet, with the release's NetworkPolicy:
+/// first as a dry run of them all, so a change the server refuses changes nothing, then for
+/// real, the policy first, so no pod of a new release runs unguarded. `claim_templates`, on an
+/// upgrade, are the live ones, applied unchanged.
 async fn apply(
     cluster: &Cluster,
     spec: &InstallSpec,
     claim_templates: Option<&Value>,
     network_policy: Option<&Value>,
 ) -> Result<(), Error> {
-    apply_all(cluster, spec, claim_templates, &[], None, network_policy).await
-}
-
-/// [`apply`] with extra annotations on the StatefulSet (a major upgrade's rollback record):
-/// annotations applied once and left out of a later apply are removed by server-side apply.
-pub(crate) async fn apply_release(
-    cluster: &Cluster,
-    spec: &InstallSpec,
-    claim_templates: Option<&Value>,
-    annotations: &[(&str, String)],
-) -> Result<(), Error> {
-    apply_release_at(cluster, spec, claim_templates, annotations, None).await
-}
-
-/// [`apply_release`], only if the StatefulSet still has `resource_version` (409 Conflict
-/// otherwise): the first write of a multi-step command, which a concurrent run must not pass.
-pub(crate) async fn apply_release_at(
-    cluster: &Cluster,
-    spec: &InstallSpec,
-    claim_templates: Option<&Value>,
-    annotations: &[(&str, String)],
-    resource_version: Option<&str>,
-) -> Result<(), Error> {
-    apply_all(
-        cluster,
-        spec,
-        claim_templates,
-        annotations,
-        resource_version,
-        None,
-    )
-    .await
-}
-
-/// [`apply_release_at`] with the release's NetworkPolicy, checked by the same dry run and
-/// applied first, so no pod of a new release runs unguarded.
-async fn apply_all(
-    cluster: &Cluster,
-    spec: &InstallSpec,
-    claim_templates: Option<&Value>,
-    annotations: &[(&str, String)],
-    resource_version: Option<&str>,
-    network_policy: Option<&Value>,
-) -> Result<(), Error> {
-    let headless = render::headless_service(spec);
-    let service = render::service(spec);
-    let mut sts = render::statefulset(spec);
-    if let Some(templates) = claim_templates {
-        sts["spec"]["volumeClaimTemplates"] = templates.clone();
+    let (headless, service, sts) = apply::rendered(spec, claim_templates, &[], None);
+    for dry_run in [true, false] {
+        if let Some(policy) = network_policy {
+            policy::apply(cluster, spec, policy, dry_run).await?;
+        }
+        apply::apply_objects(cluster, spec, &headless, &service, &sts, dry_run).await?;
     }
-    for (key, value) in annotations {
-        sts["metadata"]["annotations"][*key] = json!(value);
-    }
-    if let Some(version) = resource_version {
-        sts["metadata"]["resourceVersion"] = json!(version);
-    }
-    if let Some(policy) = network_policy {
-        policy::apply(cluster, spec, policy, true).await?;
-    }
-    apply_objects(cluster, spec, &headless, &service, &sts, true).await?;
-    if let Some(policy) = network_policy {
-        policy::apply(cluster, spec, policy, false).await?;
-    }
-    apply_objects(cluster, spec, &headless, &service, &sts, false).await
-}
-
-async fn apply_objects(
-    cluster: &Cluster,
-    spec: &InstallSpec,
-    headless: &Value,
-    service: &Value,
-    sts: &Value,
-    dry_run: bool,
-) -> Result<(), Error> {
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &spec.namespace);
-    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &spec.namespace);
-    let mut params = PatchParams::apply(FIELD_MANAGER).force();
-    params.dry_run = dry_run;
-    let name = |v: &Value| {
-        v["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (headless_name, service_name) = (name(headless), name(service));
-    let (headless, service, sts) = (
-        Patch::Apply(headless),
-        Patch::Apply(service),
-        Patch::Apply(sts),
-    );
-    let (a, b, c) = tokio::join!(
-        services.patch(&headless_name, &params, &headless),
-        services.patch(&service_name, &params, &service),
-        sets.patch(&spec.release, &params, &sts),
-    );
-    a.map_err(|e| apply_error(cluster, "services", e))?;
-    b.map_err(|e| apply_error(cluster, "services", e))?;
-    c.map_err(|e| apply_error(cluster, "statefulsets", e))?;
     Ok(())
-}
-
-fn apply_error(cluster: &Cluster, resource: &str, e: kube::Error) -> Error {
-    match &e {
-        kube::Error::Api(s) if s.code == 422 && s.message.contains("Forbidden: updates to statefulset spec") => {
-            Error::InvalidInput {
-                message: "the server refused the change to the StatefulSet: only its pod template, replicas, update strategy and retention policy can change (its volumeClaimTemplates, selector and serviceName are fixed at creation); nothing was changed".into(),
-                hint: Some("to change the data volume, grow the claim (kubectl patch pvc), or move the data with kubectl pg dump and restore".into()),
-            }
-        }
-        kube::Error::Api(s) if s.code == 422 => Error::InvalidInput {
-            message: format!("the server refused the change ({}); nothing was changed", s.message),
-            hint: None,
-        },
-        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => {
-            Error::Deployment {
-                message: format!("insufficient resources: {}", s.message),
-                hints: vec![
-                    "raise the namespace's ResourceQuota or lower the release's requests".into(),
-                ],
-                code: 6,
-            }
-        }
-        _ => cluster.error("patch", resource, e),
-    }
-}
-
-/// What the health check saw: the summary is made of it, without reading the release again.
-pub(crate) struct Checked {
-    observed: observe::Observed,
-    check: probe::DbCheck,
-}
-
-/// A real query through a port-forward: exit 8 when no session opens, 5 when it cannot answer.
-pub(crate) async fn health_check(
-    cluster: &Cluster,
-    spec: &InstallSpec,
-    credentials: &Credentials,
-) -> Result<Checked, Error> {
-    let observed = observe::observe(cluster, &spec.namespace, &spec.release).await?;
-    let mut observed = observed;
-    if observed.secret.is_none() || spec.existing_secret.is_some() {
-        // The probe reads credentials from the observed Secret; give it the ones in use.
-        let object = render::secret(spec, &credentials.password);
-        observed.secret = serde_json::from_value(object).ok();
-    }
-    let check = probe::check(cluster, &observed, HEALTH_TIMEOUT, probe::Depth::Full).await;
-    match (check.accessible, check.error.clone()) {
-        (true, _) => Ok(Checked { observed, check }),
-        (false, Some(error))
-            if error.contains("cannot connect") || error.contains("port-forward") =>
-        {
-            Err(Error::Connection {
-                target: format!("release {} in namespace {}", spec.release, spec.namespace),
-                reason: error,
-            })
-        }
-        (false, error) => Err(Error::Deployment {
-            message: format!(
-                "health check failed: {}",
-                error.unwrap_or_else(|| "no answer".into())
-            ),
-            hints: vec![format!(
-                "kubectl logs {} -n {} -c postgres",
-                release::pod_name(&spec.release),
-                spec.namespace
-            )],
-            code: 5,
-        }),
-    }
-}
-
-fn target(spec: &InstallSpec, credentials: &Credentials) -> release::Target {
-    release::Target {
-        release: spec.release.clone(),
-        namespace: spec.namespace.clone(),
-        pod: release::pod_name(&spec.release),
-        port: release::DATABASE_PORT,
-        credentials: credentials.clone(),
-    }
 }
 
 /// Older versions granted app users the migration history: an upgrade takes it back.
@@ -777,9 +567,9 @@ async fn summary(
 ) -> Result<(), Error> {
     let set = MigrationSet::load(args.dir.as_deref())?;
     let (mut status, _) = if args.migrate {
-        crate::commands::status::read(cluster, &spec.namespace, &spec.release, &set).await?
+        crate::deployment::status::read(cluster, &spec.namespace, &spec.release, &set).await?
     } else {
-        crate::commands::status::assemble(
+        crate::deployment::status::assemble(
             &checked.observed,
             &checked.check,
             &crate::deployment::probe::VolumeFacts::default(),
@@ -806,5 +596,5 @@ async fn summary(
     if output::document(format, &status)?.is_none() && std::io::stderr().is_terminal() {
         crate::note!();
     }
-    crate::commands::status::render_one(&status, format)
+    crate::commands::view::render_one(&status, format)
 }

@@ -52,7 +52,7 @@ pub(super) async fn apply(
     api.patch(&spec.release, &params, &Patch::Apply(policy))
         .await
         .map(|_| ())
-        .map_err(|e| super::apply_error(cluster, "networkpolicies", e))
+        .map_err(|e| crate::deployment::apply::apply_error(cluster, "networkpolicies", e))
 }
 
 /// Deletes the release's policy (`--network-policy=false`); one that is not the release's is
