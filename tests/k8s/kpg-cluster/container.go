@@ -35,6 +35,8 @@ type container struct {
 	stopped      bool
 	image        image
 	env          []string
+	// init marks an init container: it runs to completion before the main containers.
+	init bool
 }
 
 func (c *container) snapshot() corev1.ContainerStatus {
@@ -76,7 +78,9 @@ func (c *container) logPath(restart int32) string {
 }
 
 // loop is the kubelet's sync for one container: pull, create, start, wait, back off, restart.
-func (c *container) loop() {
+// It returns once the container is terminated for good (restartPolicy, or an init container's
+// success), true if it exited 0; false also when the pod goes away.
+func (c *container) loop() bool {
 	backoff := 10 * time.Second
 	pullBackoff := 10 * time.Second
 	crashed := false
@@ -90,7 +94,7 @@ func (c *container) loop() {
 				c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: fmt.Sprintf("failed to pull and unpack image %q: %v", c.spec.Image, err)}}
 			})
 			if !c.sleep(2 * time.Second) {
-				return
+				return false
 			}
 			c.event(corev1.EventTypeNormal, "BackOff", "Back-off pulling image %q", c.spec.Image)
 			c.event(corev1.EventTypeWarning, "Failed", "Error: ImagePullBackOff")
@@ -98,7 +102,7 @@ func (c *container) loop() {
 				c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: fmt.Sprintf("Back-off pulling image %q", c.spec.Image)}}
 			})
 			if !c.sleep(pullBackoff) {
-				return
+				return false
 			}
 			pullBackoff = min(pullBackoff*2, 5*time.Minute)
 			continue
@@ -117,7 +121,7 @@ func (c *container) loop() {
 				c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: err.Error()}}
 			})
 			if !c.sleep(5 * time.Second) {
-				return
+				return false
 			}
 			continue
 		}
@@ -126,7 +130,7 @@ func (c *container) loop() {
 		began := time.Now()
 		code, reason, err := c.runOnce(env)
 		if c.pod.gone.Load() {
-			return
+			return false
 		}
 		if err != nil {
 			c.event(corev1.EventTypeWarning, "Failed", "Error: %v", err)
@@ -141,9 +145,11 @@ func (c *container) loop() {
 			c.ready, c.startedProbe = false, false
 		})
 		policy := c.pod.current().Spec.RestartPolicy
-		if policy == corev1.RestartPolicyNever || (policy == corev1.RestartPolicyOnFailure && code == 0) {
+		// An init container that succeeded is done whatever the policy; one that failed is
+		// retried unless the policy is Never (then the pod fails).
+		if policy == corev1.RestartPolicyNever || (code == 0 && (c.init || policy == corev1.RestartPolicyOnFailure)) {
 			c.set(func() { c.state, c.lastState = c.lastState, corev1.ContainerState{}; c.restarts-- })
-			return
+			return code == 0
 		}
 		if time.Since(began) > 10*time.Minute {
 			backoff, crashed = 10*time.Second, false
@@ -159,10 +165,11 @@ func (c *container) loop() {
 			c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: message}}
 		})
 		if !c.sleep(backoff) {
-			return
+			return false
 		}
 		backoff = min(backoff*2, 5*time.Minute)
 	}
+	return false
 }
 
 func (c *container) sleep(d time.Duration) bool {
@@ -204,6 +211,8 @@ func (c *container) runOnce(env []string) (int, string, error) {
 	probeCtx, stopProbes := context.WithCancel(c.pod.ctx)
 	go c.probe(probeCtx, env)
 	err = cmd.Wait()
+	// As when a container's PID 1 exits: whatever it left behind in the container dies too.
+	_ = killGroup(cmd.Process.Pid)
 	stopProbes()
 	close(done)
 	c.set(func() { c.proc = nil })
@@ -264,17 +273,22 @@ func (c *container) mountEnv() []string {
 	return out
 }
 
-// stop sends the image's stop signal (SIGINT: PostgreSQL's fast shutdown), then SIGKILL
-// after the grace period.
+// stop sends the image's stop signal, then SIGKILL after the grace period. The postgres
+// image's STOPSIGNAL is SIGINT (fast shutdown); other images have the runtime's default, SIGTERM,
+// which goes to the container's main process alone, as to a container's PID 1.
 func (c *container) stop(grace time.Duration) {
 	c.mu.Lock()
-	proc, done := c.proc, c.done
+	proc, done, kind := c.proc, c.done, c.image.kind
 	c.stopped = true
 	c.mu.Unlock()
 	if proc == nil || proc.Process == nil {
 		return
 	}
-	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGINT)
+	if kind == imagePostgres {
+		_ = syscall.Kill(-proc.Process.Pid, syscall.SIGINT)
+	} else {
+		_ = syscall.Kill(proc.Process.Pid, syscall.SIGTERM)
+	}
 	select {
 	case <-done:
 	case <-time.After(grace):
