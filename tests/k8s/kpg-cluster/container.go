@@ -114,6 +114,12 @@ func (c *container) loop() bool {
 		if err == nil {
 			err = c.pod.writeSecretVolumes()
 		}
+		if err == nil {
+			err = c.pod.writeProjectedVolumes()
+		}
+		if err == nil {
+			err = c.pod.writeEtc()
+		}
 		if err != nil {
 			c.event(corev1.EventTypeNormal, "Pulled", "Container image %q already present on machine", c.spec.Image)
 			c.event(corev1.EventTypeWarning, "Failed", "Error: %v", err)
@@ -254,9 +260,26 @@ func (c *container) process(env []string, out io.Writer) (*exec.Cmd, error) {
 			argv = []string{"sleep", "infinity"}
 		}
 	}
-	cmd := c.pod.command(context.Background(), env, argv...)
+	// The sandbox helper mounts and drops to the pod's user itself, in mount and UTS
+	// namespaces of the container's own.
+	args := append([]string{"--net=/run/netns/" + c.pod.netns, "--", self, "sandbox"}, c.mountArgs()...)
+	cmd := groupCommand(context.Background(), env, append(append(args, "--"), argv...))
+	cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS
 	cmd.Stdout, cmd.Stderr = out, out
 	return cmd, nil
+}
+
+// command runs argv in the container: the pod's network namespace and, while its main process
+// runs, that process's mount and UTS namespaces (its volumes, /etc files and host name).
+func (c *container) command(ctx context.Context, env []string, argv ...string) *exec.Cmd {
+	c.mu.Lock()
+	proc := c.proc
+	c.mu.Unlock()
+	var ns []string
+	if proc != nil && proc.Process != nil {
+		ns = []string{fmt.Sprintf("--mount=/proc/%d/ns/mnt", proc.Process.Pid), fmt.Sprintf("--uts=/proc/%d/ns/uts", proc.Process.Pid)}
+	}
+	return c.pod.command(ctx, env, ns, argv...)
 }
 
 // mountEnv tells the entrypoint which host directories back the container's paths.
@@ -303,7 +326,13 @@ func (c *container) resolveEnv() ([]string, error) {
 	ctx := context.Background()
 	client := c.pod.n.client.CoreV1()
 	pod := c.pod.current()
-	env := []string{"HOSTNAME=" + pod.Name, "HOME=/root", "LANG=C.UTF-8"}
+	// The apiserver as the kubernetes Service's variables would name it: on loopback until
+	// the node has a pod network.
+	api := c.pod.n.api
+	env := []string{"HOSTNAME=" + c.pod.hostname(), "HOME=/root", "LANG=C.UTF-8",
+		"KUBERNETES_SERVICE_HOST=" + api.Hostname(), "KUBERNETES_SERVICE_PORT=" + api.Port(), "KUBERNETES_SERVICE_PORT_HTTPS=" + api.Port(),
+		"KUBERNETES_PORT=tcp://" + api.Host, "KUBERNETES_PORT_443_TCP=tcp://" + api.Host, "KUBERNETES_PORT_443_TCP_PROTO=tcp",
+		"KUBERNETES_PORT_443_TCP_ADDR=" + api.Hostname(), "KUBERNETES_PORT_443_TCP_PORT=" + api.Port()}
 	values := map[string]string{}
 	expand := func(s string) string {
 		return os.Expand(s, func(k string) string {
@@ -386,20 +415,7 @@ func (c *container) resolveEnv() ([]string, error) {
 			}
 			v = val
 		case e.ValueFrom.FieldRef != nil:
-			switch e.ValueFrom.FieldRef.FieldPath {
-			case "metadata.name":
-				v = pod.Name
-			case "metadata.namespace":
-				v = pod.Namespace
-			case "metadata.uid":
-				v = string(pod.UID)
-			case "spec.nodeName":
-				v = nodeName
-			case "status.podIP":
-				v = c.pod.ip
-			case "status.hostIP":
-				v = "127.0.0.1"
-			}
+			v = c.pod.field(e.ValueFrom.FieldRef.FieldPath)
 		}
 		if _, seen := values[e.Name]; !seen {
 			order = append(order, e.Name)

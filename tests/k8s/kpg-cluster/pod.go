@@ -394,14 +394,10 @@ func (p *podRuntime) writeSecretVolumes() error {
 		if v.Secret.DefaultMode != nil {
 			mode = *v.Secret.DefaultMode
 		}
-		type file struct {
-			data []byte
-			mode int32
-		}
-		files := map[string]file{}
+		files := map[string]volumeFile{}
 		if len(v.Secret.Items) == 0 {
 			for k, d := range s.Data {
-				files[k] = file{d, mode}
+				files[k] = volumeFile{d, mode}
 			}
 		}
 		for _, it := range v.Secret.Items {
@@ -413,25 +409,42 @@ func (p *podRuntime) writeSecretVolumes() error {
 			if it.Mode != nil {
 				m = *it.Mode
 			}
-			files[it.Path] = file{d, m}
+			files[it.Path] = volumeFile{d, m}
 		}
-		dir := filepath.Join(p.dir, "volumes", v.Name)
-		_ = os.RemoveAll(dir)
-		if err := ensureDir(dir, p.n.uid, p.n.gid, 0o755); err != nil {
+		if err := p.writeVolume(v.Name, files); err != nil {
 			return err
 		}
-		for name, f := range files {
-			path := filepath.Join(dir, name)
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return err
-			}
-			if err := os.WriteFile(path, f.data, os.FileMode(f.mode)); err != nil {
-				return err
-			}
-			_ = os.Chmod(path, os.FileMode(f.mode))
-			if err := os.Chown(path, p.n.uid, p.n.gid); err != nil {
-				return err
-			}
+	}
+	return nil
+}
+
+type volumeFile struct {
+	data []byte
+	mode int32
+}
+
+// writeVolume replaces the contents of a volume's directory with these files, owned by the
+// pod's user. The directory itself stays: a running sibling container has it mounted.
+func (p *podRuntime) writeVolume(name string, files map[string]volumeFile) error {
+	dir := filepath.Join(p.dir, "volumes", name)
+	if err := ensureDir(dir, p.n.uid, p.n.gid, 0o755); err != nil {
+		return err
+	}
+	old, _ := os.ReadDir(dir)
+	for _, e := range old {
+		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+	for name, f := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, f.data, os.FileMode(f.mode)); err != nil {
+			return err
+		}
+		_ = os.Chmod(path, os.FileMode(f.mode))
+		if err := os.Chown(path, p.n.uid, p.n.gid); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -445,10 +458,17 @@ func ensureDir(dir string, uid, gid int, mode os.FileMode) error {
 	return os.Chown(dir, uid, gid)
 }
 
-// command runs argv inside the pod's network namespace as the pod's unprivileged user.
-func (p *podRuntime) command(ctx context.Context, env []string, argv ...string) *exec.Cmd {
-	args := []string{"--net=/run/netns/" + p.netns, fmt.Sprintf("--setuid=%d", p.n.uid), fmt.Sprintf("--setgid=%d", p.n.gid), "--"}
-	cmd := exec.CommandContext(ctx, "nsenter", append(args, argv...)...)
+// command runs argv inside the pod's network namespace (and the namespaces ns names, nsenter's
+// options) as the pod's unprivileged user.
+func (p *podRuntime) command(ctx context.Context, env []string, ns []string, argv ...string) *exec.Cmd {
+	args := append([]string{"--net=/run/netns/" + p.netns}, ns...)
+	args = append(args, fmt.Sprintf("--setuid=%d", p.n.uid), fmt.Sprintf("--setgid=%d", p.n.gid), "--")
+	return groupCommand(ctx, env, append(args, argv...))
+}
+
+// groupCommand is nsenter with these arguments in a process group of its own, killed whole.
+func groupCommand(ctx context.Context, env []string, args []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "nsenter", args...)
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }

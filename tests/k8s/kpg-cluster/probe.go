@@ -111,7 +111,7 @@ func (c *container) check(ctx context.Context, env []string, p *corev1.Probe) (b
 	defer cancel()
 	switch {
 	case p.Exec != nil:
-		cmd := c.pod.command(ctx, c.execEnv(env), p.Exec.Command...)
+		cmd := c.command(ctx, c.execEnv(env), p.Exec.Command...)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		err := cmd.Run()
