@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -244,9 +245,10 @@ func (p *podRuntime) field(path string) string {
 func (c *container) mountArgs() []string {
 	var args []string
 	own := map[string]bool{}
+	self, _ := os.Executable()
 	for _, m := range c.spec.VolumeMounts {
 		dir, err := c.pod.volumeDir(m.Name)
-		if err != nil {
+		if err != nil || hides(m.MountPath, c.pod.n.cfg.dir, c.pod.n.cfg.pgRoot, self) {
 			continue
 		}
 		if m.SubPath != "" {
@@ -265,6 +267,19 @@ func (c *container) mountArgs() []string {
 		}
 	}
 	return append(args, "--hostname", c.pod.hostname(), "--uid", strconv.Itoa(c.pod.n.uid), "--gid", strconv.Itoa(c.pod.n.gid))
+}
+
+// hides tells whether a mount at path would cover one of the node's own directories (a
+// volume at /tmp over a state directory in /tmp): the paths the node translates for postgres
+// images and exec must stay reachable, so such a volume is left to that translation.
+func hides(path string, own ...string) bool {
+	path = filepath.Clean(path)
+	for _, o := range own {
+		if o != "" && (o == path || strings.HasPrefix(o, path+"/") || path == "/") {
+			return true
+		}
+	}
+	return false
 }
 
 // sandbox is the helper a container's main process starts as, already in the pod's network
@@ -308,11 +323,22 @@ func sandbox(args []string) {
 	if err := syscall.Mount("tmpfs", "/run", "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755"); err != nil {
 		die(126, "sandbox: tmpfs on /run: %v", err)
 	}
-	for _, b := range binds {
-		info, err := os.Stat(b.src)
+	// Every source is opened before the first mount: a volume mounted at /tmp would hide the
+	// sources under the node's state directory there.
+	sources := make([]string, len(binds))
+	infos := make([]os.FileInfo, len(binds))
+	for i, b := range binds {
+		fd, err := unix.Open(b.src, unix.O_PATH|unix.O_CLOEXEC, 0)
 		if err != nil {
+			die(126, "sandbox: open %s: %v", b.src, err)
+		}
+		if infos[i], err = os.Stat(b.src); err != nil {
 			die(126, "sandbox: %v", err)
 		}
+		sources[i] = fmt.Sprintf("/proc/self/fd/%d", fd)
+	}
+	for i, b := range binds {
+		info := infos[i]
 		if _, err := os.Stat(b.dst); errors.Is(err, os.ErrNotExist) {
 			// Only where a mount point can be made without touching the host's files.
 			if !strings.HasPrefix(b.dst, "/run/") && !strings.HasPrefix(b.dst, "/var/run/") {
@@ -327,7 +353,7 @@ func sandbox(args []string) {
 				die(126, "sandbox: mount point %s: %v", b.dst, err)
 			}
 		}
-		if err := syscall.Mount(b.src, b.dst, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		if err := syscall.Mount(sources[i], b.dst, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
 			die(126, "sandbox: bind %s on %s: %v", b.src, b.dst, err)
 		}
 		if b.ro {
