@@ -395,21 +395,8 @@ func (p *podRuntime) writeSecretVolumes() error {
 			mode = *v.Secret.DefaultMode
 		}
 		files := map[string]volumeFile{}
-		if len(v.Secret.Items) == 0 {
-			for k, d := range s.Data {
-				files[k] = volumeFile{d, mode}
-			}
-		}
-		for _, it := range v.Secret.Items {
-			d, ok := s.Data[it.Key]
-			if !ok {
-				return fmt.Errorf("MountVolume.SetUp failed for volume %q: references non-existent secret key: %s", v.Name, it.Key)
-			}
-			m := mode
-			if it.Mode != nil {
-				m = *it.Mode
-			}
-			files[it.Path] = volumeFile{d, m}
+		if err := keyFiles(files, s.Data, v.Secret.Items, mode, v.Name, "secret"); err != nil {
+			return err
 		}
 		if err := p.writeVolume(v.Name, files); err != nil {
 			return err

@@ -124,25 +124,6 @@ func (p *podRuntime) writeProjectedVolumes() error {
 			mode = *v.Projected.DefaultMode
 		}
 		files := map[string]volumeFile{}
-		keys := func(data map[string][]byte, items []corev1.KeyToPath, what string) error {
-			if len(items) == 0 {
-				for k, d := range data {
-					files[k] = volumeFile{d, mode}
-				}
-			}
-			for _, it := range items {
-				d, ok := data[it.Key]
-				if !ok {
-					return fmt.Errorf("MountVolume.SetUp failed for volume %q: references non-existent %s key: %s", v.Name, what, it.Key)
-				}
-				m := mode
-				if it.Mode != nil {
-					m = *it.Mode
-				}
-				files[it.Path] = volumeFile{d, m}
-			}
-			return nil
-		}
 		for _, src := range v.Projected.Sources {
 			switch {
 			case src.ServiceAccountToken != nil:
@@ -178,7 +159,7 @@ func (p *podRuntime) writeProjectedVolumes() error {
 				for k, b := range cm.BinaryData {
 					data[k] = b
 				}
-				if err := keys(data, src.ConfigMap.Items, "configmap"); err != nil {
+				if err := keyFiles(files, data, src.ConfigMap.Items, mode, v.Name, "configmap"); err != nil {
 					return err
 				}
 			case src.Secret != nil:
@@ -189,7 +170,7 @@ func (p *podRuntime) writeProjectedVolumes() error {
 					}
 					return fmt.Errorf("MountVolume.SetUp failed for volume %q: secret %q not found", v.Name, src.Secret.Name)
 				}
-				if err := keys(s.Data, src.Secret.Items, "secret"); err != nil {
+				if err := keyFiles(files, s.Data, src.Secret.Items, mode, v.Name, "secret"); err != nil {
 					return err
 				}
 			case src.DownwardAPI != nil:
@@ -208,6 +189,28 @@ func (p *podRuntime) writeProjectedVolumes() error {
 		if err := p.writeVolume(v.Name, files); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// keyFiles adds a Secret's or ConfigMap's keys to a volume's files as the kubelet does: every
+// key, or only the listed items (each in its own mode); a listed key that is missing is an error.
+func keyFiles(files map[string]volumeFile, data map[string][]byte, items []corev1.KeyToPath, mode int32, volume, what string) error {
+	if len(items) == 0 {
+		for k, d := range data {
+			files[k] = volumeFile{d, mode}
+		}
+	}
+	for _, it := range items {
+		d, ok := data[it.Key]
+		if !ok {
+			return fmt.Errorf("MountVolume.SetUp failed for volume %q: references non-existent %s key: %s", volume, what, it.Key)
+		}
+		m := mode
+		if it.Mode != nil {
+			m = *it.Mode
+		}
+		files[it.Path] = volumeFile{d, m}
 	}
 	return nil
 }
