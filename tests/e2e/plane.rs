@@ -171,18 +171,41 @@ fn jobs_complete_or_fail_on_their_exit_codes() {
     );
 }
 
+/// HTTPS with a certificate the prober cannot verify (the apiserver's, issued by the plane's CA).
+const HTTPS_SERVER: &str = "import functools, http.server, ssl; \
+    s = http.server.HTTPServer(('', 8443), functools.partial(http.server.SimpleHTTPRequestHandler, directory='/mnt')); \
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain('/mnt/tls.crt', '/mnt/tls.key'); \
+    s.socket = c.wrap_socket(s.socket, server_side=True); s.serve_forever()";
+
 /// An HTTP readiness probe on a named port, from inside the pod's network namespace, fails
-/// (404) until the file it asks for exists, then passes.
+/// (404) until the file it asks for exists, then passes; an HTTPS one passes without verifying
+/// the server's certificate.
 #[test]
 fn http_readiness_probe_passes_once_the_page_exists() {
     let scope = Scope::new("kpg-plane-http");
+    let (crt, key) = (
+        scope.plane.pki("apiserver.crt"),
+        scope.plane.pki("apiserver.key"),
+    );
+    ok(scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "tls",
+        "web-tls",
+        &format!("--cert={}", crt.display()),
+        &format!("--key={}", key.display()),
+    ]));
     apply(
         &scope,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  volumes: [{name: v, emptyDir: {}}]\n  \
-         containers:\n  - name: web\n    image: busybox\n    command: [python3, -m, http.server, '8080', --directory, /mnt]\n    \
-         ports: [{name: http, containerPort: 8080}]\n    volumeMounts: [{name: v, mountPath: /mnt}]\n    \
-         readinessProbe:\n      httpGet: {path: /ready, port: http, httpHeaders: [{name: X-Probe, value: kpg}]}\n      \
+        &format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  volumes: [{{name: v, emptyDir: {{}}}}, {{name: tls, secret: {{secretName: web-tls}}}}]\n  \
+         containers:\n  - name: tls\n    image: busybox\n    command: [python3, -c, \"{HTTPS_SERVER}\"]\n    \
+         volumeMounts: [{{name: tls, mountPath: /mnt}}]\n    \
+         readinessProbe: {{httpGet: {{scheme: HTTPS, path: /tls.crt, port: 8443}}, periodSeconds: 1}}\n  - name: web\n    image: busybox\n    command: [python3, -m, http.server, '8080', --directory, /mnt]\n    \
+         ports: [{{name: http, containerPort: 8080}}]\n    volumeMounts: [{{name: v, mountPath: /mnt}}]\n    \
+         readinessProbe:\n      httpGet: {{path: /ready, port: http, httpHeaders: [{{name: X-Probe, value: kpg}}]}}\n      \
          periodSeconds: 1\n      timeoutSeconds: 2\n",
+        ),
     );
     wait(&scope, "pod/web", "--for=jsonpath={.status.phase}=Running");
     // The probe has answered 404 at least once: its Unhealthy event names the status.
@@ -213,9 +236,18 @@ fn http_readiness_probe_passes_once_the_page_exists() {
         ),
         "False"
     );
-    exec(&scope, "web", &["sh", "-c", "echo ok > /mnt/ready"]);
+    ok(scope.kubectl_ns(&[
+        "exec",
+        "web",
+        "-c",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo ok > /mnt/ready",
+    ]));
     wait(&scope, "pod/web", "--for=condition=Ready");
-    let log = ok(scope.kubectl_ns(&["logs", "web"]));
+    let log = ok(scope.kubectl_ns(&["logs", "web", "-c", "web"]));
     assert!(log.contains("\"GET /ready HTTP/1.1\" 200"), "{log}");
 }
 
