@@ -198,13 +198,16 @@ fn http_readiness_probe_passes_once_the_page_exists() {
     apply(
         &scope,
         &format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  volumes: [{{name: v, emptyDir: {{}}}}, {{name: tls, secret: {{secretName: web-tls}}}}]\n  \
-         containers:\n  - name: tls\n    image: busybox\n    command: [python3, -c, \"{HTTPS_SERVER}\"]\n    \
-         volumeMounts: [{{name: tls, mountPath: /mnt}}]\n    \
-         readinessProbe: {{httpGet: {{scheme: HTTPS, path: /tls.crt, port: 8443}}, periodSeconds: 1}}\n  - name: web\n    image: busybox\n    command: [python3, -m, http.server, '8080', --directory, /mnt]\n    \
-         ports: [{{name: http, containerPort: 8080}}]\n    volumeMounts: [{{name: v, mountPath: /mnt}}]\n    \
-         readinessProbe:\n      httpGet: {{path: /ready, port: http, httpHeaders: [{{name: X-Probe, value: kpg}}]}}\n      \
-         periodSeconds: 1\n      timeoutSeconds: 2\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  \
+             volumes: [{{name: v, emptyDir: {{}}}}, {{name: tls, secret: {{secretName: web-tls}}}}]\n  \
+             containers:\n  - name: tls\n    image: busybox\n    \
+             command: [python3, -c, \"{HTTPS_SERVER}\"]\n    volumeMounts: [{{name: tls, mountPath: /mnt}}]\n    \
+             readinessProbe: {{httpGet: {{scheme: HTTPS, path: /tls.crt, port: 8443}}, periodSeconds: 1}}\n  \
+             - name: web\n    image: busybox\n    command: [python3, -m, http.server, '8080', --directory, /mnt]\n    \
+             ports: [{{name: http, containerPort: 8080}}]\n    volumeMounts: [{{name: v, mountPath: /mnt}}]\n    \
+             readinessProbe:\n      \
+             httpGet: {{path: /ready, port: http, httpHeaders: [{{name: X-Probe, value: kpg}}]}}\n      \
+             periodSeconds: 1\n      timeoutSeconds: 2\n",
         ),
     );
     wait(&scope, "pod/web", "--for=jsonpath={.status.phase}=Running");
