@@ -36,7 +36,8 @@ fn exec(scope: &Scope, pod: &str, command: &[&str]) -> String {
 }
 
 /// Init containers run one after the other, each to completion, before the main container,
-/// which reads what they wrote; their logs are served. A failing one under `Never` fails the pod.
+/// which reads what they wrote; their logs are served. A failing one is retried under `Always`
+/// and fails the pod under `Never`.
 #[test]
 fn init_containers_run_in_order_before_the_main_ones() {
     let scope = Scope::new("kpg-plane-init");
@@ -51,7 +52,11 @@ fn init_containers_run_in_order_before_the_main_ones() {
          command: [sh, -c, 'cat /mnt/order; exec sleep 3600']}\n---\n\
          apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n  restartPolicy: Never\n  \
          initContainers:\n  - {name: fails, image: busybox, command: [sh, -c, 'echo nope; exit 3']}\n  \
-         containers:\n  - {name: never, image: busybox, command: [sleep, '3600']}\n",
+         containers:\n  - {name: never, image: busybox, command: [sleep, '3600']}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: retried}\nspec:\n  volumes: [{name: v, emptyDir: {}}]\n  \
+         initContainers:\n  - {name: flaky, image: busybox, volumeMounts: [{name: v, mountPath: /mnt}], \
+         command: [sh, -c, 'test -e /mnt/tried && exit 0; touch /mnt/tried; exit 1']}\n  \
+         containers:\n  - {name: main, image: busybox, command: [sleep, '3600']}\n",
     );
     wait(&scope, "pod/ordered", "--for=condition=Ready");
     assert_eq!(
@@ -111,6 +116,17 @@ fn init_containers_run_in_order_before_the_main_ones() {
     assert_eq!(
         ok(scope.kubectl_ns(&["logs", "broken", "-c", "fails"])),
         "nope\n"
+    );
+
+    // Under restartPolicy Always a failed init container runs again, then the pod starts.
+    wait(&scope, "pod/retried", "--for=condition=Ready");
+    assert_eq!(
+        get(
+            &scope,
+            "pod/retried",
+            "{.status.initContainerStatuses[0].restartCount}"
+        ),
+        "1"
     );
 }
 
