@@ -13,6 +13,7 @@ mod lifecycle;
 mod migrate;
 mod ops;
 mod pg;
+mod plane;
 // Until the tests against the real apiserver use all of it.
 #[allow(dead_code)]
 mod proxy;

@@ -35,6 +35,8 @@ type container struct {
 	stopped      bool
 	image        image
 	env          []string
+	// init marks an init container: it runs to completion before the main containers.
+	init bool
 }
 
 func (c *container) snapshot() corev1.ContainerStatus {
@@ -76,7 +78,9 @@ func (c *container) logPath(restart int32) string {
 }
 
 // loop is the kubelet's sync for one container: pull, create, start, wait, back off, restart.
-func (c *container) loop() {
+// It returns once the container is terminated for good (restartPolicy, or an init container's
+// success), true if it exited 0; false also when the pod goes away.
+func (c *container) loop() bool {
 	backoff := 10 * time.Second
 	pullBackoff := 10 * time.Second
 	crashed := false
@@ -90,7 +94,7 @@ func (c *container) loop() {
 				c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: fmt.Sprintf("failed to pull and unpack image %q: %v", c.spec.Image, err)}}
 			})
 			if !c.sleep(2 * time.Second) {
-				return
+				return false
 			}
 			c.event(corev1.EventTypeNormal, "BackOff", "Back-off pulling image %q", c.spec.Image)
 			c.event(corev1.EventTypeWarning, "Failed", "Error: ImagePullBackOff")
@@ -98,7 +102,7 @@ func (c *container) loop() {
 				c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: fmt.Sprintf("Back-off pulling image %q", c.spec.Image)}}
 			})
 			if !c.sleep(pullBackoff) {
-				return
+				return false
 			}
 			pullBackoff = min(pullBackoff*2, 5*time.Minute)
 			continue
@@ -110,6 +114,12 @@ func (c *container) loop() {
 		if err == nil {
 			err = c.pod.writeSecretVolumes()
 		}
+		if err == nil {
+			err = c.pod.writeProjectedVolumes()
+		}
+		if err == nil {
+			err = c.pod.writeEtc()
+		}
 		if err != nil {
 			c.event(corev1.EventTypeNormal, "Pulled", "Container image %q already present on machine", c.spec.Image)
 			c.event(corev1.EventTypeWarning, "Failed", "Error: %v", err)
@@ -117,7 +127,7 @@ func (c *container) loop() {
 				c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CreateContainerConfigError", Message: err.Error()}}
 			})
 			if !c.sleep(5 * time.Second) {
-				return
+				return false
 			}
 			continue
 		}
@@ -126,7 +136,7 @@ func (c *container) loop() {
 		began := time.Now()
 		code, reason, err := c.runOnce(env)
 		if c.pod.gone.Load() {
-			return
+			return false
 		}
 		if err != nil {
 			c.event(corev1.EventTypeWarning, "Failed", "Error: %v", err)
@@ -141,9 +151,11 @@ func (c *container) loop() {
 			c.ready, c.startedProbe = false, false
 		})
 		policy := c.pod.current().Spec.RestartPolicy
-		if policy == corev1.RestartPolicyNever || (policy == corev1.RestartPolicyOnFailure && code == 0) {
+		// An init container that succeeded is done whatever the policy; one that failed is
+		// retried unless the policy is Never (then the pod fails).
+		if policy == corev1.RestartPolicyNever || (code == 0 && (c.init || policy == corev1.RestartPolicyOnFailure)) {
 			c.set(func() { c.state, c.lastState = c.lastState, corev1.ContainerState{}; c.restarts-- })
-			return
+			return code == 0
 		}
 		if time.Since(began) > 10*time.Minute {
 			backoff, crashed = 10*time.Second, false
@@ -159,10 +171,11 @@ func (c *container) loop() {
 			c.state = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: message}}
 		})
 		if !c.sleep(backoff) {
-			return
+			return false
 		}
 		backoff = min(backoff*2, 5*time.Minute)
 	}
+	return false
 }
 
 func (c *container) sleep(d time.Duration) bool {
@@ -204,6 +217,8 @@ func (c *container) runOnce(env []string) (int, string, error) {
 	probeCtx, stopProbes := context.WithCancel(c.pod.ctx)
 	go c.probe(probeCtx, env)
 	err = cmd.Wait()
+	// As when a container's PID 1 exits: whatever it left behind in the container dies too.
+	_ = killGroup(cmd.Process.Pid)
 	stopProbes()
 	close(done)
 	c.set(func() { c.proc = nil })
@@ -245,9 +260,26 @@ func (c *container) process(env []string, out io.Writer) (*exec.Cmd, error) {
 			argv = []string{"sleep", "infinity"}
 		}
 	}
-	cmd := c.pod.command(context.Background(), env, argv...)
+	// The sandbox helper mounts and drops to the pod's user itself, in mount and UTS
+	// namespaces of the container's own.
+	args := append([]string{"--net=/run/netns/" + c.pod.netns, "--", self, "sandbox"}, c.mountArgs()...)
+	cmd := groupCommand(context.Background(), env, append(append(args, "--"), argv...))
+	cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS
 	cmd.Stdout, cmd.Stderr = out, out
 	return cmd, nil
+}
+
+// command runs argv in the container: the pod's network namespace and, while its main process
+// runs, that process's mount and UTS namespaces (its volumes, /etc files and host name).
+func (c *container) command(ctx context.Context, env []string, argv ...string) *exec.Cmd {
+	c.mu.Lock()
+	proc := c.proc
+	c.mu.Unlock()
+	var ns []string
+	if proc != nil && proc.Process != nil {
+		ns = []string{fmt.Sprintf("--mount=/proc/%d/ns/mnt", proc.Process.Pid), fmt.Sprintf("--uts=/proc/%d/ns/uts", proc.Process.Pid)}
+	}
+	return c.pod.command(ctx, env, ns, argv...)
 }
 
 // mountEnv tells the entrypoint which host directories back the container's paths.
@@ -264,17 +296,22 @@ func (c *container) mountEnv() []string {
 	return out
 }
 
-// stop sends the image's stop signal (SIGINT: PostgreSQL's fast shutdown), then SIGKILL
-// after the grace period.
+// stop sends the image's stop signal, then SIGKILL after the grace period. The postgres
+// image's STOPSIGNAL is SIGINT (fast shutdown); other images have the runtime's default, SIGTERM,
+// which goes to the container's main process alone, as to a container's PID 1.
 func (c *container) stop(grace time.Duration) {
 	c.mu.Lock()
-	proc, done := c.proc, c.done
+	proc, done, kind := c.proc, c.done, c.image.kind
 	c.stopped = true
 	c.mu.Unlock()
 	if proc == nil || proc.Process == nil {
 		return
 	}
-	_ = syscall.Kill(-proc.Process.Pid, syscall.SIGINT)
+	if kind == imagePostgres {
+		_ = syscall.Kill(-proc.Process.Pid, syscall.SIGINT)
+	} else {
+		_ = syscall.Kill(proc.Process.Pid, syscall.SIGTERM)
+	}
 	select {
 	case <-done:
 	case <-time.After(grace):
@@ -289,7 +326,13 @@ func (c *container) resolveEnv() ([]string, error) {
 	ctx := context.Background()
 	client := c.pod.n.client.CoreV1()
 	pod := c.pod.current()
-	env := []string{"HOSTNAME=" + pod.Name, "HOME=/root", "LANG=C.UTF-8"}
+	// The apiserver as the kubernetes Service's variables would name it: on loopback until
+	// the node has a pod network.
+	api := c.pod.n.api
+	env := []string{"HOSTNAME=" + c.pod.hostname(), "HOME=/root", "LANG=C.UTF-8",
+		"KUBERNETES_SERVICE_HOST=" + api.Hostname(), "KUBERNETES_SERVICE_PORT=" + api.Port(), "KUBERNETES_SERVICE_PORT_HTTPS=" + api.Port(),
+		"KUBERNETES_PORT=tcp://" + api.Host, "KUBERNETES_PORT_443_TCP=tcp://" + api.Host, "KUBERNETES_PORT_443_TCP_PROTO=tcp",
+		"KUBERNETES_PORT_443_TCP_ADDR=" + api.Hostname(), "KUBERNETES_PORT_443_TCP_PORT=" + api.Port()}
 	values := map[string]string{}
 	expand := func(s string) string {
 		return os.Expand(s, func(k string) string {
@@ -372,20 +415,7 @@ func (c *container) resolveEnv() ([]string, error) {
 			}
 			v = val
 		case e.ValueFrom.FieldRef != nil:
-			switch e.ValueFrom.FieldRef.FieldPath {
-			case "metadata.name":
-				v = pod.Name
-			case "metadata.namespace":
-				v = pod.Namespace
-			case "metadata.uid":
-				v = string(pod.UID)
-			case "spec.nodeName":
-				v = nodeName
-			case "status.podIP":
-				v = c.pod.ip
-			case "status.hostIP":
-				v = "127.0.0.1"
-			}
+			v = c.pod.field(e.ValueFrom.FieldRef.FieldPath)
 		}
 		if _, seen := values[e.Name]; !seen {
 			order = append(order, e.Name)

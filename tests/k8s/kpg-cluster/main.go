@@ -144,6 +144,10 @@ func main() {
 		entrypoint(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "sandbox" {
+		sandbox(os.Args[2:])
+		return
+	}
 	flag.Parse()
 	// The streaming library logs every stream a client closes; the components' own logs are in
 	// DIR/logs, and this process reports its errors itself.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -48,6 +49,8 @@ type node struct {
 	factory  informers.SharedInformerFactory
 	port     int
 	uid, gid int
+	// api is the apiserver's address, for the pods' KUBERNETES_SERVICE_* variables.
+	api *url.URL
 
 	mu     sync.Mutex
 	pods   map[types.UID]*podRuntime
@@ -85,7 +88,11 @@ func startNode(ctx context.Context, cfg nodeConfig) error {
 	if err != nil {
 		return err
 	}
-	n := &node{cfg: cfg, client: client, pods: map[types.UID]*podRuntime{}, nextIP: 10}
+	api, err := url.Parse(rc.Host)
+	if err != nil {
+		return err
+	}
+	n := &node{cfg: cfg, client: client, pods: map[types.UID]*podRuntime{}, nextIP: 10, api: api}
 	n.uid, n.gid = postgresAccount()
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})

@@ -91,24 +91,55 @@ func (p *podRuntime) run() {
 		p.update(pod)
 		return
 	}
-	for i := range pod.Spec.Containers {
-		spec := pod.Spec.Containers[i]
-		c := &container{pod: p, spec: spec, state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ContainerCreating"}}}
+	waiting := "ContainerCreating"
+	if len(pod.Spec.InitContainers) > 0 {
+		waiting = "PodInitializing"
+	}
+	add := func(spec corev1.Container, init bool, reason string) {
+		c := &container{pod: p, spec: spec, init: init, state: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason}}}
 		p.mu.Lock()
 		p.containers[spec.Name] = c
 		p.mu.Unlock()
 	}
-	p.kick()
-	for _, c := range p.sortedContainers() {
-		go c.loop()
+	for _, spec := range pod.Spec.InitContainers {
+		add(spec, true, "PodInitializing")
 	}
+	for _, spec := range pod.Spec.Containers {
+		add(spec, false, waiting)
+	}
+	p.kick()
+	go func() {
+		// As the kubelet: each init container to completion, in order, then the main ones.
+		for _, c := range p.inits() {
+			if !c.loop() {
+				return
+			}
+		}
+		for _, c := range p.sortedContainers() {
+			go c.loop()
+		}
+	}()
 }
 
+// sortedContainers is the pod's main containers in spec order.
 func (p *podRuntime) sortedContainers() []*container {
+	return p.ordered(func(s *corev1.PodSpec) []corev1.Container { return s.Containers })
+}
+
+// inits is the pod's init containers in spec order.
+func (p *podRuntime) inits() []*container {
+	return p.ordered(func(s *corev1.PodSpec) []corev1.Container { return s.InitContainers })
+}
+
+func (p *podRuntime) allContainers() []*container {
+	return append(p.inits(), p.sortedContainers()...)
+}
+
+func (p *podRuntime) ordered(specs func(*corev1.PodSpec) []corev1.Container) []*container {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []*container
-	for _, spec := range p.pod.Spec.Containers {
+	for _, spec := range specs(&p.pod.Spec) {
 		if c, ok := p.containers[spec.Name]; ok {
 			out = append(out, c)
 		}
@@ -162,8 +193,24 @@ func (p *podRuntime) status(live *corev1.Pod) corev1.PodStatus {
 	st.PodIP = p.ip
 	st.PodIPs = []corev1.PodIP{{IP: p.ip}}
 	st.StartTime = &p.started
+	var inits []corev1.ContainerStatus
+	initialized := true
+	initFailed := false
+	var incomplete []string
+	for _, c := range p.inits() {
+		cs := c.snapshot()
+		cs.Started = nil
+		inits = append(inits, cs)
+		if t := cs.State.Terminated; t == nil || t.ExitCode != 0 {
+			initialized = false
+			incomplete = append(incomplete, cs.Name)
+			initFailed = initFailed || t != nil
+		}
+	}
+	st.InitContainerStatuses = inits
 	var statuses []corev1.ContainerStatus
 	allReady, anyRunning, allStartedOnce := true, false, true
+	allDone, anyFailed := true, false
 	for _, c := range p.sortedContainers() {
 		cs := c.snapshot()
 		statuses = append(statuses, cs)
@@ -176,11 +223,28 @@ func (p *podRuntime) status(live *corev1.Pod) corev1.PodStatus {
 		if cs.State.Running == nil && cs.RestartCount == 0 && cs.State.Terminated == nil {
 			allStartedOnce = false
 		}
+		if t := cs.State.Terminated; t == nil {
+			allDone = false
+		} else if t.ExitCode != 0 {
+			anyFailed = true
+		} else {
+			anyRunning = true
+		}
 	}
 	st.ContainerStatuses = statuses
-	if anyRunning && allStartedOnce {
+	// The kubelet's getPhase: a Never init container's failure fails the pod; once every main
+	// container is terminated for good (only Never and OnFailure leave one so), the pod
+	// Succeeded if all exited 0, else Failed.
+	switch {
+	case initFailed:
+		st.Phase = corev1.PodFailed
+	case len(statuses) > 0 && allDone && !anyFailed:
+		st.Phase = corev1.PodSucceeded
+	case len(statuses) > 0 && allDone:
+		st.Phase = corev1.PodFailed
+	case initialized && anyRunning && allStartedOnce:
 		st.Phase = corev1.PodRunning
-	} else {
+	default:
 		st.Phase = corev1.PodPending
 	}
 	if len(statuses) == 0 {
@@ -209,14 +273,21 @@ func (p *podRuntime) status(live *corev1.Pod) corev1.PodStatus {
 			notReady = append(notReady, cs.Name)
 		}
 	}
-	msg := ""
+	msg, reason := "", "ContainersNotReady"
 	if len(notReady) > 0 {
 		msg = fmt.Sprintf("containers with unready status: [%s]", strings.Join(notReady, " "))
 	}
+	if st.Phase == corev1.PodSucceeded || st.Phase == corev1.PodFailed {
+		reason, msg = "PodCompleted", ""
+	}
+	initMsg := ""
+	if len(incomplete) > 0 {
+		initMsg = fmt.Sprintf("containers with incomplete status: [%s]", strings.Join(incomplete, " "))
+	}
 	set("PodReadyToStartContainers", true, "", "")
-	set(corev1.PodInitialized, true, "", "")
-	set(corev1.ContainersReady, allReady, "ContainersNotReady", msg)
-	set(corev1.PodReady, allReady, "ContainersNotReady", msg)
+	set(corev1.PodInitialized, initialized, "ContainersNotInitialized", initMsg)
+	set(corev1.ContainersReady, allReady, reason, msg)
+	set(corev1.PodReady, allReady, reason, msg)
 	return st
 }
 
@@ -235,7 +306,7 @@ func (p *podRuntime) terminate(grace time.Duration) {
 func (p *podRuntime) kill(grace time.Duration) {
 	p.killOnce.Do(func() {
 		if pod := p.current(); pod != nil {
-			for _, c := range p.sortedContainers() {
+			for _, c := range p.allContainers() {
 				if c.running() {
 					p.n.recorder.Eventf(pod, corev1.EventTypeNormal, "Killing", "Stopping container %s", c.spec.Name)
 				}
@@ -243,7 +314,7 @@ func (p *podRuntime) kill(grace time.Duration) {
 		}
 		p.gone.Store(true)
 		var wg sync.WaitGroup
-		for _, c := range p.sortedContainers() {
+		for _, c := range p.allContainers() {
 			wg.Add(1)
 			go func() { defer wg.Done(); c.stop(grace) }()
 		}
@@ -323,44 +394,44 @@ func (p *podRuntime) writeSecretVolumes() error {
 		if v.Secret.DefaultMode != nil {
 			mode = *v.Secret.DefaultMode
 		}
-		type file struct {
-			data []byte
-			mode int32
-		}
-		files := map[string]file{}
-		if len(v.Secret.Items) == 0 {
-			for k, d := range s.Data {
-				files[k] = file{d, mode}
-			}
-		}
-		for _, it := range v.Secret.Items {
-			d, ok := s.Data[it.Key]
-			if !ok {
-				return fmt.Errorf("MountVolume.SetUp failed for volume %q: references non-existent secret key: %s", v.Name, it.Key)
-			}
-			m := mode
-			if it.Mode != nil {
-				m = *it.Mode
-			}
-			files[it.Path] = file{d, m}
-		}
-		dir := filepath.Join(p.dir, "volumes", v.Name)
-		_ = os.RemoveAll(dir)
-		if err := ensureDir(dir, p.n.uid, p.n.gid, 0o755); err != nil {
+		files := map[string]volumeFile{}
+		if err := keyFiles(files, s.Data, v.Secret.Items, mode, v.Name, "secret"); err != nil {
 			return err
 		}
-		for name, f := range files {
-			path := filepath.Join(dir, name)
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return err
-			}
-			if err := os.WriteFile(path, f.data, os.FileMode(f.mode)); err != nil {
-				return err
-			}
-			_ = os.Chmod(path, os.FileMode(f.mode))
-			if err := os.Chown(path, p.n.uid, p.n.gid); err != nil {
-				return err
-			}
+		if err := p.writeVolume(v.Name, files); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type volumeFile struct {
+	data []byte
+	mode int32
+}
+
+// writeVolume replaces the contents of a volume's directory with these files, owned by the
+// pod's user. The directory itself stays: a running sibling container has it mounted.
+func (p *podRuntime) writeVolume(name string, files map[string]volumeFile) error {
+	dir := filepath.Join(p.dir, "volumes", name)
+	if err := ensureDir(dir, p.n.uid, p.n.gid, 0o755); err != nil {
+		return err
+	}
+	old, _ := os.ReadDir(dir)
+	for _, e := range old {
+		_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+	for name, f := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, f.data, os.FileMode(f.mode)); err != nil {
+			return err
+		}
+		_ = os.Chmod(path, os.FileMode(f.mode))
+		if err := os.Chown(path, p.n.uid, p.n.gid); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -374,10 +445,17 @@ func ensureDir(dir string, uid, gid int, mode os.FileMode) error {
 	return os.Chown(dir, uid, gid)
 }
 
-// command runs argv inside the pod's network namespace as the pod's unprivileged user.
-func (p *podRuntime) command(ctx context.Context, env []string, argv ...string) *exec.Cmd {
-	args := []string{"--net=/run/netns/" + p.netns, fmt.Sprintf("--setuid=%d", p.n.uid), fmt.Sprintf("--setgid=%d", p.n.gid), "--"}
-	cmd := exec.CommandContext(ctx, "nsenter", append(args, argv...)...)
+// command runs argv inside the pod's network namespace (and the namespaces ns names, nsenter's
+// options) as the pod's unprivileged user.
+func (p *podRuntime) command(ctx context.Context, env []string, ns []string, argv ...string) *exec.Cmd {
+	args := append([]string{"--net=/run/netns/" + p.netns}, ns...)
+	args = append(args, fmt.Sprintf("--setuid=%d", p.n.uid), fmt.Sprintf("--setgid=%d", p.n.gid), "--")
+	return groupCommand(ctx, env, append(args, argv...))
+}
+
+// groupCommand is nsenter with these arguments in a process group of its own, killed whole.
+func groupCommand(ctx context.Context, env []string, args []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "nsenter", args...)
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }

@@ -3,13 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // probe runs the container's startup, readiness and liveness probes as the kubelet's prober
@@ -106,7 +111,7 @@ func (c *container) check(ctx context.Context, env []string, p *corev1.Probe) (b
 	defer cancel()
 	switch {
 	case p.Exec != nil:
-		cmd := c.pod.command(ctx, c.execEnv(env), p.Exec.Command...)
+		cmd := c.command(ctx, c.execEnv(env), p.Exec.Command...)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		err := cmd.Run()
@@ -114,8 +119,10 @@ func (c *container) check(ctx context.Context, env []string, p *corev1.Probe) (b
 			return false, fmt.Sprintf("command %q timed out", strings.Join(p.Exec.Command, " "))
 		}
 		return err == nil, strings.TrimSpace(out.String())
+	case p.HTTPGet != nil:
+		return c.httpCheck(ctx, p.HTTPGet, timeout)
 	case p.TCPSocket != nil:
-		port := p.TCPSocket.Port.IntValue()
+		port := c.port(p.TCPSocket.Port)
 		conn, err := dialPod(c.pod, fmt.Sprintf("127.0.0.1:%d", port), timeout)
 		if err != nil {
 			return false, fmt.Sprintf("dial tcp %s:%d: connect: connection refused", c.pod.ip, port)
@@ -125,6 +132,76 @@ func (c *container) check(ctx context.Context, env []string, p *corev1.Probe) (b
 	default:
 		return true, ""
 	}
+}
+
+// port resolves a probe's port, a number or the name of one of the container's ports.
+func (c *container) port(p intstr.IntOrString) int {
+	if p.Type == intstr.String {
+		for _, cp := range c.spec.Ports {
+			if cp.Name == p.StrVal {
+				return int(cp.ContainerPort)
+			}
+		}
+		return -1
+	}
+	return p.IntValue()
+}
+
+// httpCheck is the kubelet's HTTP prober: a GET from inside the pod's network namespace to the
+// pod's address (or the probe's host), its headers, no certificate check for HTTPS, redirects
+// followed; 200-399 passes.
+func (c *container) httpCheck(ctx context.Context, h *corev1.HTTPGetAction, timeout time.Duration) (bool, string) {
+	host := h.Host
+	if host == "" {
+		host = c.pod.ip
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	scheme := "http"
+	if h.Scheme == corev1.URISchemeHTTPS {
+		scheme = "https"
+	}
+	port := c.port(h.Port)
+	if port <= 0 {
+		return false, fmt.Sprintf("port %s not found in container %s", h.Port.String(), c.spec.Name)
+	}
+	path := h.Path
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	url := fmt.Sprintf("%s://%s%s", scheme, net.JoinHostPort(host, strconv.Itoa(port)), path)
+	transport := &http.Transport{
+		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) {
+			return dialPod(c.pod, addr, timeout)
+		},
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		DisableKeepAlives: true,
+	}
+	defer transport.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false, err.Error()
+	}
+	req.Header.Set("User-Agent", "kube-probe/1.37")
+	req.Header.Set("Accept", "*/*")
+	for _, hd := range h.HTTPHeaders {
+		if strings.EqualFold(hd.Name, "Host") {
+			req.Host = hd.Value
+			continue
+		}
+		req.Header.Add(hd.Name, hd.Value)
+	}
+	resp, err := (&http.Client{Transport: transport, Timeout: timeout}).Do(req)
+	if err != nil {
+		return false, fmt.Sprintf("Get %q: %v", url, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.CopyN(io.Discard, resp.Body, 10*1024)
+	if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+		return false, fmt.Sprintf("HTTP probe failed with statuscode: %d", resp.StatusCode)
+	}
+	return true, ""
 }
 
 func seconds(v int32, def int32) time.Duration {

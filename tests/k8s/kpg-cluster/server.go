@@ -104,7 +104,7 @@ func (e executor) ExecInContainer(ctx context.Context, _ string, _ string, cname
 	c.mu.Lock()
 	env := c.env
 	c.mu.Unlock()
-	run := e.p.command(ctx, c.execEnv(env), c.translateArgs(cmd)...)
+	run := c.command(ctx, c.execEnv(env), c.translateArgs(cmd)...)
 	run.Stdin, run.Stdout, run.Stderr = in, out, errOut
 	if tty {
 		run.Stderr = out
