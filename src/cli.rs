@@ -328,7 +328,9 @@ Examples:
   # zsh
   kubectl pg completion zsh > \"${fpath[1]}/_kubectl-pg\"
   # fish
-  kubectl pg completion fish > ~/.config/fish/completions/kubectl-pg.fish";
+  kubectl pg completion fish > ~/.config/fish/completions/kubectl-pg.fish
+  # PowerShell (add the line to $PROFILE to keep it)
+  kubectl pg completion powershell | Out-String | Invoke-Expression";
 
 /// `kubectl pg version`
 #[derive(Debug, Args)]

@@ -127,25 +127,16 @@ fn sslmode(
     connection.with_plain_or_tls(true)
 }
 
-/// SIGINT or SIGTERM: the listener closes, and the command exits 0 (serving until told to
-/// stop is its normal end). The handlers are installed when this is called.
+/// A request to stop (Ctrl-C, SIGTERM; see `Interrupts`): the listener closes, and the
+/// command exits 0 (serving until told to stop is its normal end). The handlers are installed
+/// when this is called.
 fn stop_signal() -> Result<impl std::future::Future<Output = ()>, Error> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let install = |kind| {
-        signal(kind).map_err(|source| Error::Io {
-            context: "cannot install the signal handlers".into(),
-            source,
-        })
-    };
-    let (mut int, mut term) = (
-        install(SignalKind::interrupt())?,
-        install(SignalKind::terminate())?,
-    );
+    let mut interrupts = super::Interrupts::install().map_err(|source| Error::Io {
+        context: "cannot install the signal handlers".into(),
+        source,
+    })?;
     Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
+        interrupts.recv().await;
     })
 }
 

@@ -20,6 +20,7 @@ mod streams;
 mod terminal;
 mod upgrade;
 mod users;
+mod windows;
 
 use std::process::{Command, Output};
 
