@@ -71,6 +71,12 @@ pub fn home_dir() -> Option<PathBuf> {
     std::env::home_dir().filter(|h| !h.as_os_str().is_empty())
 }
 
+/// A path that opens this process's stdout, for writers that take a path (`report -f -`):
+/// `/dev/stdout` on Unix; Windows has none (`CONOUT$` is the console, not a redirection).
+pub fn stdout_path() -> Option<PathBuf> {
+    cfg!(unix).then(|| PathBuf::from("/dev/stdout"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

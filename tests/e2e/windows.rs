@@ -177,6 +177,17 @@ fn json_of(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.describe()))
 }
 
+/// Ctrl-C as Wine delivers it (SIGINT to the Windows process, which Wine turns into a
+/// CTRL_C_EVENT), then the exit.
+fn interrupt(child: Child) -> Output {
+    let int = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(int.success());
+    crate::output_within(child, Duration::from_secs(30))
+}
+
 /// Lines of a child's stdout, read on a thread, so a wait can have a deadline.
 fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
@@ -339,6 +350,21 @@ fn windows_binary_under_wine() {
         migrations.describe()
     );
 
+    // logs -f ends with Ctrl-C: exit 130, as on Unix (an unhandled Ctrl-C would end it with
+    // STATUS_CONTROL_C_EXIT).
+    let mut command = wine.command(&["logs", "pg", "-n", ns, "-f", "--tail", "1"]);
+    command.env("KUBECONFIG", &kubeconfig);
+    let mut logs = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wine runs");
+    let lines = lines_of(&mut logs);
+    lines
+        .recv_timeout(Duration::from_secs(120))
+        .expect("logs -f prints the last line");
+    expect_code(&interrupt(logs), 130);
+
     // psql --local finds `psql.exe` on the Windows PATH: a copy of kubectl-pg.exe stands in
     // for it (no Windows psql here), and answers `--version` as itself.
     std::fs::copy(&wine.exe, bin.join("psql.exe")).unwrap();
@@ -367,7 +393,7 @@ fn windows_binary_under_wine() {
     command.env("KUBECONFIG", &kubeconfig);
     let mut forward = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("wine runs");
     let lines = lines_of(&mut forward);
@@ -385,10 +411,14 @@ fn windows_binary_under_wine() {
         .stdin(Stdio::null())
         .output()
         .expect("psql runs");
-    // Wine cannot deliver a console Ctrl-C to a process started without a console (no
-    // wineconsole here), so the documented Ctrl-C exit is not what stops it: SIGKILL is.
-    let _ = forward.kill();
-    let _ = forward.wait();
+    // Wine turns SIGINT into the console's CTRL_C_EVENT: the clean stop of Ctrl-C.
+    let stopped = interrupt(forward);
+    expect_code(&stopped, 0);
+    assert!(
+        stopped.stderr_text().contains("stopped forwarding"),
+        "{}",
+        stopped.describe()
+    );
     assert!(sessions.status.success(), "{dsn}\n{}", sessions.describe());
     let applied: u64 = sessions.stdout_text().trim().parse().unwrap();
     assert!(applied > 0, "{}", sessions.describe());
