@@ -21,45 +21,21 @@ use crate::{expect_code, OutputExt};
 
 const TARGET: &str = "x86_64-pc-windows-gnu";
 
-/// Where the cross builds, their dist output and the Wine prefix are cached.
-pub fn cross_dir() -> PathBuf {
-    std::env::var_os("KUBECTL_PG_CROSS_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(
-            || PathBuf::from("/var/cache/kubectl-pg-cross"),
-            PathBuf::from,
-        )
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-/// Fails in CI, where `.ci/run` installs the tools; elsewhere says loudly what did not run.
-pub fn skip_or_fail(test: &str, why: &str) {
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "{test}: {why} (.ci/cross install provides it)"
-    );
-    eprintln!("\n*** SKIPPED {test}: {why} (run .ci/cross install) ***\n");
-}
-
 /// Builds the Windows binary (a no-op when fresh) and returns its path.
 fn windows_binary() -> Option<PathBuf> {
     for (program, package) in [
         ("x86_64-w64-mingw32-gcc", "gcc-mingw-w64-x86-64"),
         ("wine", "wine64"),
     ] {
-        if !on_path(program) {
-            skip_or_fail(
+        if !crate::on_path(program) {
+            crate::skip_or_fail(
                 "windows_binary_under_wine",
                 &format!("{program} not found ({package})"),
             );
             return None;
         }
     }
-    let target_dir = cross_dir().join("target");
+    let target_dir = crate::cross_dir().join("target");
     let out = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -100,7 +76,7 @@ impl Wine {
         // A prefix of its own, kept between runs: making one costs seconds.
         let wine = Wine {
             exe,
-            prefix: cross_dir().join("wineprefix"),
+            prefix: crate::cross_dir().join("wineprefix"),
         };
         let system32 = wine.prefix.join("drive_c/windows/system32");
         if !system32.is_dir() {
