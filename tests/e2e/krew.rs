@@ -433,6 +433,60 @@ fn render_fails_when_an_archive_is_missing() {
     );
 }
 
+/// `--partial` (krew/dist on a machine that cannot build every platform) leaves out the
+/// platforms whose archive is missing, names them, and keeps the others whole; with no archive
+/// at all it still fails.
+#[test]
+fn render_partial_leaves_out_missing_platforms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let built: Vec<_> = PLATFORMS
+        .iter()
+        .copied()
+        .filter(|(os, _)| *os != "darwin")
+        .collect();
+    let dist = placeholder_dist(&tmp.path().join("some"), VERSION, &built);
+    let partial = |dist: &Path| {
+        spawn_python3([
+            krew_script("render").as_os_str(),
+            "--version".as_ref(),
+            VERSION.as_ref(),
+            "--dist".as_ref(),
+            dist.as_os_str(),
+            "--partial".as_ref(),
+        ])
+    };
+    let some = partial(&dist);
+    let empty = tmp.path().join("none");
+    fs::create_dir_all(&empty).unwrap();
+    let none = partial(&empty);
+
+    let out = finish(some);
+    expect_success(&out, "krew/render --partial");
+    let doc: Value = serde_saphyr::from_str(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    let platforms = doc["spec"]["platforms"].as_array().unwrap();
+    let listed: Vec<(&str, &str)> = platforms
+        .iter()
+        .map(|p| {
+            (
+                str_at(p, "/selector/matchLabels/os"),
+                str_at(p, "/selector/matchLabels/arch"),
+            )
+        })
+        .collect();
+    assert_eq!(listed, built);
+    for platform in platforms {
+        assert!(platform["bin"].is_string() && platform["files"].is_array());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    for arch in ["amd64", "arm64"] {
+        let name = archive_name(VERSION, "darwin", arch);
+        assert!(said.contains(&name), "{said}");
+    }
+
+    let out = finish(none);
+    expect_failure(&out, "krew/render --partial without any archive");
+}
+
 #[test]
 fn render_accepts_only_semver_tags() {
     let tmp = tempfile::tempdir().unwrap();
