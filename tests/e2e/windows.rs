@@ -131,14 +131,7 @@ impl Wine {
     fn run(&self, args: &[&str], kubeconfig: &str) -> Output {
         let mut command = self.command(args);
         command.env("KUBECONFIG", kubeconfig);
-        crate::output_within(
-            command
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("wine runs"),
-            Duration::from_secs(300),
-        )
+        finished(command)
     }
 
     /// `%USERPROFILE%` in the prefix, as a Unix path.
@@ -146,6 +139,16 @@ impl Wine {
         let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
         self.prefix.join("drive_c/users").join(user)
     }
+}
+
+/// Runs `command` to its end (five minutes at most), stdout and stderr collected.
+fn finished(mut command: Command) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wine runs");
+    crate::output_within(child, Duration::from_secs(300))
 }
 
 fn json_of(out: &Output) -> Value {
@@ -187,11 +190,14 @@ fn windows_binary_under_wine() {
     let wine = Wine::new(exe);
     let kubeconfig = z(&plane.kubeconfig);
 
-    let version = wine.run(&["version", "-o", "json"], &kubeconfig);
-    expect_code(&version, 0);
-    let doc = json_of(&version);
-    assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(doc["server_version"], format!("v{}", plane.version));
+    // `version -o json` that reached the control plane (its server version).
+    let reached = |out: &Output| {
+        expect_code(out, 0);
+        let doc = json_of(out);
+        assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(doc["server_version"], format!("v{}", plane.version));
+    };
+    reached(&wine.run(&["version", "-o", "json"], &kubeconfig));
 
     // KUBECONFIG is a list split on `;` (each entry holds a `:` after its drive letter): the
     // cluster and context in one file, the user's credentials in the other, merged.
@@ -204,31 +210,15 @@ fn windows_binary_under_wine() {
     let users = json!({"apiVersion": "v1", "kind": "Config", "users": admin["users"]});
     std::fs::write(&b, users.to_string()).unwrap();
     let merged = wine.run(&["version", "-o", "json"], &format!("{};{}", z(&a), z(&b)));
-    expect_code(&merged, 0);
-    assert_eq!(
-        json_of(&merged)["server_version"],
-        format!("v{}", plane.version)
-    );
+    reached(&merged);
 
     // No KUBECONFIG: %USERPROFILE%\.kube\config, as kubectl on Windows.
     let default = wine.profile().join(".kube");
     std::fs::create_dir_all(&default).unwrap();
     std::fs::copy(&plane.kubeconfig, default.join("config")).unwrap();
-    let mut command = wine.command(&["version", "-o", "json"]);
-    let found = crate::output_within(
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(120),
-    );
+    let found = finished(wine.command(&["version", "-o", "json"]));
     std::fs::remove_file(default.join("config")).unwrap();
-    expect_code(&found, 0);
-    assert_eq!(
-        json_of(&found)["server_version"],
-        format!("v{}", plane.version)
-    );
+    reached(&found);
 
     // An exec credential plugin named without its extension is found as kubectl finds it
     // (PATHEXT): here a batch file, `kpg-token.cmd`, on the Windows PATH (WINEPATH).
@@ -257,19 +247,8 @@ fn windows_binary_under_wine() {
     command
         .env("KUBECONFIG", z(&plugin_file))
         .env("WINEPATH", z(&bin));
-    let plugged = crate::output_within(
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(120),
-    );
-    expect_code(&plugged, 0);
-    assert_eq!(
-        json_of(&plugged)["server_version"],
-        format!("v{}", plane.version)
-    );
+    let plugged = finished(command);
+    reached(&plugged);
 
     let dry = wine.run(&["install", "pg", "-n", ns, "--dry-run"], &kubeconfig);
     expect_code(&dry, 0);
@@ -348,14 +327,7 @@ fn windows_binary_under_wine() {
     command
         .env("KUBECONFIG", &kubeconfig)
         .env("WINEPATH", z(&bin));
-    let local = crate::output_within(
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(120),
-    );
+    let local = finished(command);
     expect_code(&local, 0);
     assert!(
         local.stdout_text().starts_with("kubectl-pg "),
