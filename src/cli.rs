@@ -43,7 +43,8 @@ pub struct Cli {
 /// Flags valid after any subcommand, as kubectl's own global flags are.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Path to the kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config)
+    /// Path to the kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config;
+    /// %USERPROFILE%\.kube\config on Windows)
     #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// The name of the kubeconfig context to use

@@ -71,6 +71,13 @@ pub fn home_dir() -> Option<PathBuf> {
     std::env::home_dir().filter(|h| !h.as_os_str().is_empty())
 }
 
+/// The kubeconfig read when KUBECONFIG is unset, as the platform's users write it.
+pub const DEFAULT_KUBECONFIG: &str = if cfg!(windows) {
+    r"%USERPROFILE%\.kube\config"
+} else {
+    "~/.kube/config"
+};
+
 /// A path that opens this process's stdout, for writers that take a path (`report -f -`):
 /// `/dev/stdout` on Unix; Windows has none (`CONOUT$` is the console, not a redirection).
 pub fn stdout_path() -> Option<PathBuf> {
