@@ -5,6 +5,7 @@ use std::{env, fs, path::Path};
 
 fn main() {
     stamp_build();
+    main_thread_stack();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<String> = fs::read_dir(&dir)
@@ -27,6 +28,19 @@ fn main() {
     let target = Path::new(&env::var("OUT_DIR").expect("OUT_DIR is set by cargo"))
         .join("embedded_migrations.rs");
     fs::write(target, out).expect("OUT_DIR is writable");
+}
+
+/// The commands run on the main thread (a current-thread runtime), whose stack is 8 MiB on
+/// Linux and macOS but 1 MiB on Windows, where `install` overflowed it (a debug build under
+/// Wine): give Windows' main thread the same 8 MiB.
+fn main_thread_stack() {
+    const STACK: u32 = 8 << 20;
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("windows") {
+        match env::var("CARGO_CFG_TARGET_ENV").as_deref() {
+            Ok("msvc") => println!("cargo:rustc-link-arg-bins=/STACK:{STACK}"),
+            _ => println!("cargo:rustc-link-arg-bins=-Wl,--stack,{STACK}"),
+        }
+    }
 }
 
 /// Records the git commit and build date for `kubectl pg version` (SOURCE_DATE_EPOCH wins,

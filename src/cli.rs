@@ -43,7 +43,8 @@ pub struct Cli {
 /// Flags valid after any subcommand, as kubectl's own global flags are.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Path to the kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config)
+    /// Path to the kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config;
+    /// %USERPROFILE%\.kube\config on Windows)
     #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// The name of the kubeconfig context to use
@@ -328,7 +329,9 @@ Examples:
   # zsh
   kubectl pg completion zsh > \"${fpath[1]}/_kubectl-pg\"
   # fish
-  kubectl pg completion fish > ~/.config/fish/completions/kubectl-pg.fish";
+  kubectl pg completion fish > ~/.config/fish/completions/kubectl-pg.fish
+  # PowerShell (add the line to $PROFILE to keep it)
+  kubectl pg completion powershell | Out-String | Invoke-Expression";
 
 /// `kubectl pg version`
 #[derive(Debug, Args)]

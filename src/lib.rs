@@ -14,6 +14,7 @@ pub mod error;
 pub mod manifests;
 pub mod migration;
 pub mod output;
+pub mod platform;
 pub mod transfer;
 
 pub use error::Error;

@@ -329,7 +329,10 @@ fn load_kubeconfig(global: &ConnectOptions) -> Result<Kubeconfig, Error> {
     };
     result.map_err(|e| match e {
         KubeconfigError::FindPath => Error::Kubeconfig {
-            message: "no kubeconfig found: $KUBECONFIG is unset and ~/.kube/config does not exist".into(),
+            message: format!(
+                "no kubeconfig found: $KUBECONFIG is unset and {} does not exist",
+                crate::platform::DEFAULT_KUBECONFIG
+            ),
             hint: Some("point to one with --kubeconfig PATH or KUBECONFIG, or create a cluster (kind create cluster)".into()),
         },
         KubeconfigError::ReadConfig(io, path)

@@ -91,7 +91,10 @@ async fn run(
     command: &str,
     timeout: Option<Duration>,
 ) -> Result<Vec<u8>, String> {
-    let mut cmd = tokio::process::Command::new(command);
+    // Found as kubectl finds it: on Windows `aws` is also `aws.cmd` (PATHEXT), which the
+    // standard library's own lookup (`.exe` only) would miss.
+    let program = crate::platform::find_program(command).unwrap_or_else(|| command.into());
+    let mut cmd = tokio::process::Command::new(program);
     cmd.args(exec.args.iter().flatten());
     for pair in exec.env.iter().flatten() {
         if let (Some(name), Some(value)) = (pair.get("name"), pair.get("value")) {

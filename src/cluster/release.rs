@@ -693,14 +693,11 @@ pub fn write_ca(
     let path = match given {
         Some(p) => p.to_path_buf(),
         None => {
-            let home = std::env::var_os("HOME")
-                .filter(|h| !h.is_empty())
-                .ok_or_else(|| Error::InvalidInput {
-                    message: "HOME is not set: no place for the release's CA certificate".into(),
-                    hint: Some("give one with --ca-file PATH".into()),
-                })?;
-            std::path::PathBuf::from(home)
-                .join(".kube")
+            let home = crate::platform::home_dir().ok_or_else(|| Error::InvalidInput {
+                message: "no home directory (HOME, or USERPROFILE on Windows): no place for the release's CA certificate".into(),
+                hint: Some("give one with --ca-file PATH".into()),
+            })?;
+            home.join(".kube")
                 .join("kubectl-pg")
                 .join(format!("{namespace}-{release}-ca.crt"))
         }

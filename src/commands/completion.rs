@@ -169,6 +169,16 @@ fn contexts(global: &GlobalArgs) -> Vec<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn powershell_gets_an_argument_completer_for_the_binary() {
+        let text = script(Shell::PowerShell);
+        assert!(
+            text.contains("Register-ArgumentCompleter -Native -CommandName 'kubectl-pg'"),
+            "{text}"
+        );
+        assert!(text.contains("'port-forward'"), "subcommands are offered");
+    }
+
     fn args(words: &[&str]) -> Vec<String> {
         words.iter().map(|s| s.to_string()).collect()
     }

@@ -21,9 +21,14 @@ pub async fn run(args: LogsArgs, global: &GlobalArgs) -> Result<(), Error> {
         crate::note!("warning: the release's Secrets could not be read, so the log cannot be cleared of their passwords: {e}");
     }
     let redactor = redact::current();
-    logs::read(&cluster, &release, &options, |line| {
+    let reading = logs::read(&cluster, &release, &options, |line| {
         emit(&format!("{}\n", redactor.redact(line)));
         output::stdout_failed().is_none()
-    })
-    .await
+    });
+    // `-f` ends with Ctrl-C: exit 130 on Windows too, where an unhandled Ctrl-C ends a process
+    // with STATUS_CONTROL_C_EXIT instead.
+    tokio::select! {
+        read = reading => read,
+        code = super::interrupted() => Err(Error::Exit(code)),
+    }
 }

@@ -45,23 +45,104 @@ pub fn confirm(question: &str, command: &str) -> Result<(), Error> {
     }
 }
 
-/// The first SIGINT or SIGTERM, as the exit code a shell gives it (130, 143): long commands
-/// race their work against it and clean up before they exit.
-pub(crate) async fn interrupted() -> u8 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => 130,
-        _ = term.recv() => 143,
+/// The requests to stop that this process takes itself, so that a command cleans up and exits
+/// with the code a shell gives the signal: Ctrl-C is 130 on both families; on Unix SIGTERM is
+/// 143; on Windows Ctrl-Break is 130 (it is the console's other interrupt key) and closing
+/// the console window (or a logoff or shutdown) 143, as the nearest to a termination request.
+/// While one is installed, Ctrl-C no longer ends the process by itself.
+pub(crate) struct Interrupts {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    ctrl_break: tokio::signal::windows::CtrlBreak,
+    #[cfg(windows)]
+    ctrl_close: tokio::signal::windows::CtrlClose,
+}
+
+impl Interrupts {
+    /// Installs the handlers now: a request that arrives before `recv` is kept for it.
+    pub(crate) fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(windows)]
+        {
+            use tokio::signal::windows;
+            Ok(Self {
+                ctrl_c: windows::ctrl_c()?,
+                ctrl_break: windows::ctrl_break()?,
+                ctrl_close: windows::ctrl_close()?,
+            })
+        }
+    }
+
+    /// The next request, as its exit code (130 or 143).
+    pub(crate) async fn recv(&mut self) -> u8 {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => 130,
+            _ = self.term.recv() => 143,
+        }
+        #[cfg(windows)]
+        tokio::select! {
+            _ = self.ctrl_c.recv() => 130,
+            _ = self.ctrl_break.recv() => 130,
+            _ = self.ctrl_close.recv() => 143,
+        }
     }
 }
 
-/// SIGINT and SIGTERM for a command whose steps must not be cut in half. The handlers are
+/// While the guard lives, Ctrl-C (and Ctrl-Break on Windows) no longer end this process: for a
+/// child on the same console that answers them itself (psql sends a cancel request), which we
+/// must outlive. SIGTERM still ends us on Unix. The guard must be kept: on Windows a console
+/// event nobody listens to any more goes on to the default handler, which exits.
+pub(crate) struct CtrlCGuard {
+    #[cfg(unix)]
+    _int: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    _ctrl_c: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    _ctrl_break: tokio::signal::windows::CtrlBreak,
+}
+
+pub(crate) fn outlive_ctrl_c() -> std::io::Result<CtrlCGuard> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(CtrlCGuard {
+            _int: signal(SignalKind::interrupt())?,
+        })
+    }
+    #[cfg(windows)]
+    {
+        use tokio::signal::windows;
+        Ok(CtrlCGuard {
+            _ctrl_c: windows::ctrl_c()?,
+            _ctrl_break: windows::ctrl_break()?,
+        })
+    }
+}
+
+/// The first request to stop (see [`Interrupts`]), as the exit code a shell gives it (130,
+/// 143): long commands race their work against it and clean up before they exit.
+pub(crate) async fn interrupted() -> u8 {
+    match Interrupts::install() {
+        Ok(mut interrupts) => interrupts.recv().await,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The requests to stop of [`Interrupts`] (SIGINT and SIGTERM on Unix) for a command whose
+/// steps must not be cut in half. The handlers are
 /// installed by [`Signals::install`]; the first signal ends at once whatever [`Signals::race`]
 /// waits on (a wait that changes nothing), and is remembered for the command to act on between
 /// its writes ([`Signals::received`]); a write in flight runs to its end under
@@ -73,24 +154,14 @@ pub(crate) struct Signals {
 
 impl Signals {
     pub(crate) fn install() -> Result<Signals, Error> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let install = |kind| {
-            signal(kind).map_err(|source| Error::Io {
-                context: "cannot install the signal handlers".into(),
-                source,
-            })
-        };
-        let (mut int, mut term) = (
-            install(SignalKind::interrupt())?,
-            install(SignalKind::terminate())?,
-        );
+        let mut interrupts = Interrupts::install().map_err(|source| Error::Io {
+            context: "cannot install the signal handlers".into(),
+            source,
+        })?;
         let (tx, received) = tokio::sync::watch::channel((None, 0));
         let task = tokio::spawn(async move {
             loop {
-                let code = tokio::select! {
-                    _ = int.recv() => 130,
-                    _ = term.recv() => 143,
-                };
+                let code = interrupts.recv().await;
                 tx.send_modify(|(first, count)| {
                     first.get_or_insert(code);
                     *count += 1;

@@ -51,20 +51,13 @@ fn kubectl_path() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("KUBECTL_PATH").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(path));
     }
-    find_in_path("kubectl").ok_or_else(|| Error::InvalidInput {
+    crate::platform::find_program("kubectl").ok_or_else(|| Error::InvalidInput {
         message: "kubectl not found on PATH".into(),
         hint: Some(
             "install kubectl, set KUBECTL_PATH, or use `kubectl pg psql --local` with a local psql"
                 .into(),
         ),
     })
-}
-
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Whether the user's psql arguments already choose the user or database.
@@ -153,7 +146,7 @@ pub fn exec_argv(
 
 /// Runs the local psql against a loopback port that tunnels each connection to the pod.
 async fn run_local(cluster: &Cluster, target: &Target, psql_args: &[String]) -> Result<i32, Error> {
-    let psql = find_in_path("psql").ok_or_else(|| Error::InvalidInput {
+    let psql = crate::platform::find_program("psql").ok_or_else(|| Error::InvalidInput {
         message: "psql not found on PATH (needed by --local)".into(),
         hint: Some(
             "install the PostgreSQL client (apt-get install postgresql-client), or drop --local"
@@ -189,9 +182,8 @@ async fn run_local(cluster: &Cluster, target: &Target, psql_args: &[String]) -> 
     });
     // Ctrl-C reaches psql and us alike (one process group). psql answers it with a cancel
     // request, which comes through this tunnel, and keeps its session: so we must outlive it,
-    // as kubectl exec does. The handler stays installed until the process ends.
-    let _interrupts =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    // as kubectl exec does.
+    let _outlive = super::outlive_ctrl_c().ok();
     let c = &target.credentials;
     // `-U NAME` of another role: that user's own password from its Secret, or none (psql
     // asks): the superuser's password is never sent for another role.

@@ -56,7 +56,12 @@ fn destination(file: Option<PathBuf>, stdout_terminal: bool) -> Result<Option<Pa
                     ),
                 });
             }
-            Ok(Some(PathBuf::from("/dev/stdout")))
+            crate::platform::stdout_path()
+                .map(Some)
+                .ok_or_else(|| Error::InvalidInput {
+                    message: "-f - (stdout) is not available on Windows".into(),
+                    hint: Some("give a file name: -f report.tar.gz".into()),
+                })
         }
         file => Ok(file),
     }

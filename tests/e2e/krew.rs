@@ -433,6 +433,60 @@ fn render_fails_when_an_archive_is_missing() {
     );
 }
 
+/// `--partial` (krew/dist on a machine that cannot build every platform) leaves out the
+/// platforms whose archive is missing, names them, and keeps the others whole; with no archive
+/// at all it still fails.
+#[test]
+fn render_partial_leaves_out_missing_platforms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let built: Vec<_> = PLATFORMS
+        .iter()
+        .copied()
+        .filter(|(os, _)| *os != "darwin")
+        .collect();
+    let dist = placeholder_dist(&tmp.path().join("some"), VERSION, &built);
+    let partial = |dist: &Path| {
+        spawn_python3([
+            krew_script("render").as_os_str(),
+            "--version".as_ref(),
+            VERSION.as_ref(),
+            "--dist".as_ref(),
+            dist.as_os_str(),
+            "--partial".as_ref(),
+        ])
+    };
+    let some = partial(&dist);
+    let empty = tmp.path().join("none");
+    fs::create_dir_all(&empty).unwrap();
+    let none = partial(&empty);
+
+    let out = finish(some);
+    expect_success(&out, "krew/render --partial");
+    let doc: Value = serde_saphyr::from_str(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    let platforms = doc["spec"]["platforms"].as_array().unwrap();
+    let listed: Vec<(&str, &str)> = platforms
+        .iter()
+        .map(|p| {
+            (
+                str_at(p, "/selector/matchLabels/os"),
+                str_at(p, "/selector/matchLabels/arch"),
+            )
+        })
+        .collect();
+    assert_eq!(listed, built);
+    for platform in platforms {
+        assert!(platform["bin"].is_string() && platform["files"].is_array());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    for arch in ["amd64", "arm64"] {
+        let name = archive_name(VERSION, "darwin", arch);
+        assert!(said.contains(&name), "{said}");
+    }
+
+    let out = finish(none);
+    expect_failure(&out, "krew/render --partial without any archive");
+}
+
 #[test]
 fn render_accepts_only_semver_tags() {
     let tmp = tempfile::tempdir().unwrap();
@@ -490,45 +544,59 @@ fn release_like_binary(dir: &Path) -> PathBuf {
     }
 }
 
-/// `krew install --manifest --archive` of the real binary packaged by krew/package, with the
-/// manifest krew/render made; then kubectl finds the plugin in KREW_ROOT/bin and `kubectl pg
-/// version` reaches the control plane. A manifest whose sha256 is not the archive's is refused.
+/// `krew/dist` for linux/amd64 into `dir/dist`, as CI and the release run it: the static musl
+/// build (profile `cross`, in the cross builds' shared target directory, so after `.ci/cross`
+/// only a freshness check), packaged, and the manifest rendered with `--partial` (the other
+/// platforms are not built here). Without cargo-zigbuild (`.ci/cross install`), outside CI, it
+/// packages the host build instead (`--binary`), and says so.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn dist_for_linux_amd64(dir: &Path) -> PathBuf {
+    let dist = dir.join("dist");
+    let mut command = Command::new(python3());
+    command
+        .arg(krew_script("dist"))
+        .args(["--version", VERSION, "--partial", "--out"])
+        .arg(&dist)
+        .env("CARGO_TARGET_DIR", crate::cross_dir().join("target"))
+        .stdin(Stdio::null());
+    let zigbuild = crate::cross_dir().join("venv/bin/cargo-zigbuild");
+    if zigbuild.is_file() || crate::on_path("cargo-zigbuild") {
+        command.args(["--platform", "linux/amd64", "--profile", "cross"]);
+    } else {
+        crate::skip_or_fail(
+            "krew_installs_the_plugin_and_kubectl_runs_it (the musl build)",
+            "cargo-zigbuild not found: packaging the host build instead",
+        );
+        let mut binary = std::ffi::OsString::from("linux/amd64=");
+        binary.push(release_like_binary(dir));
+        command.arg("--binary").arg(binary);
+    }
+    let out = command.output().expect("krew/dist runs");
+    expect_success(&out, "krew/dist");
+    dist
+}
+
+/// `krew install --manifest --archive` of what `krew/dist` made (the static Linux build and the
+/// manifest it rendered); then kubectl finds the plugin in KREW_ROOT/bin and `kubectl pg
+/// version` reaches the control plane. An archive whose sha256 is not the manifest's is refused.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
 fn krew_installs_the_plugin_and_kubectl_runs_it() {
     let plane = crate::k8s::control_plane();
     let tmp = tempfile::tempdir().unwrap();
-    let license = tmp.path().join("LICENSE");
-    fs::write(&license, "Apache License, Version 2.0 (test copy)\n").unwrap();
-    let binary = release_like_binary(tmp.path());
-    // The other platforms only need an archive to hash.
-    let others: Vec<_> = PLATFORMS
-        .iter()
-        .copied()
-        .filter(|p| *p != ("linux", "amd64"))
-        .collect();
-    let dist = placeholder_dist(tmp.path(), VERSION, &others);
-    let out = finish(spawn_python3([
-        krew_script("package").as_os_str(),
-        "--version".as_ref(),
-        VERSION.as_ref(),
-        "--os".as_ref(),
-        "linux".as_ref(),
-        "--arch".as_ref(),
-        "amd64".as_ref(),
-        "--binary".as_ref(),
-        binary.as_os_str(),
-        "--license".as_ref(),
-        license.as_os_str(),
-        "--out".as_ref(),
-        dist.as_os_str(),
-    ]));
-    expect_success(&out, "krew/package of the built binary");
+    let dist = dist_for_linux_amd64(tmp.path());
     let archive = dist.join(archive_name(VERSION, "linux", "amd64"));
-    let out = finish(spawn_render(&dist, VERSION));
-    expect_success(&out, "krew/render");
-    let manifest = tmp.path().join("pg.yaml");
-    fs::write(&manifest, &out.stdout).unwrap();
+    let manifest = dist.join("pg.yaml");
+    let rendered = fs::read_to_string(&manifest).expect("krew/dist rendered pg.yaml");
+    assert!(
+        rendered.contains(&sha256_hex(&fs::read(&archive).unwrap())),
+        "the manifest holds the archive's sha256:\n{rendered}"
+    );
+    // An archive of that name with other bytes.
+    let wrong_dir = tmp.path().join("wrong");
+    fs::create_dir_all(&wrong_dir).unwrap();
+    let wrong = wrong_dir.join(archive_name(VERSION, "linux", "amd64"));
+    fs::write(&wrong, "not the archive the manifest hashes").unwrap();
 
     let krew_root = tmp.path().join("krew");
     let home = tmp.path().join("home");
@@ -550,7 +618,6 @@ fn krew_installs_the_plugin_and_kubectl_runs_it() {
     };
 
     // An archive that is not the one the manifest hashes: refused, nothing installed.
-    let wrong = dist.join(archive_name(VERSION, "linux", "arm64"));
     let refused = krew(&[
         "install".as_ref(),
         &flag("manifest", &manifest),

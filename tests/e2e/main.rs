@@ -1,4 +1,9 @@
 //! End-to-end tests: the real binary against a real PostgreSQL server.
+//!
+//! Unix only: the control plane and its node are Linux programs, and the tests use Unix
+//! processes, signals and modes. The Windows build is tested from here, under Wine
+//! (`windows.rs`).
+#![cfg(unix)]
 
 mod adversity;
 mod cli;
@@ -25,6 +30,7 @@ mod terminal;
 mod tools;
 mod upgrade;
 mod users;
+mod windows;
 
 use std::process::{Command, Output};
 
@@ -89,6 +95,32 @@ pub fn output_within(child: std::process::Child, limit: std::time::Duration) -> 
             panic!("process {pid} was still running after {limit:?}");
         }
     }
+}
+
+/// Where the cross builds (`.ci/cross`), their target directory and the Wine prefix are
+/// cached: `$KUBECTL_PG_CROSS_DIR`, default `/var/cache/kubectl-pg-cross`.
+pub fn cross_dir() -> std::path::PathBuf {
+    std::env::var_os("KUBECTL_PG_CROSS_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from("/var/cache/kubectl-pg-cross"),
+            std::path::PathBuf::from,
+        )
+}
+
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// A test that needs a cross tool it cannot find: fails in CI (`CI=true`), where `.ci/run`
+/// installs them; elsewhere a loud SKIPPED line says what did not run.
+pub fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{test}: {why} (.ci/cross install provides it)"
+    );
+    eprintln!("\n*** SKIPPED {test}: {why} (run .ci/cross install) ***\n");
 }
 
 /// Asserts the exit code, showing the whole run when it differs.

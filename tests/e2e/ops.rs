@@ -95,16 +95,21 @@ impl Background {
     }
 
     fn stop(&mut self) -> i32 {
+        self.signal("TERM")
+    }
+
+    /// Sends SIG`name`, then the exit code (-1 for a death by signal).
+    fn signal(&mut self, name: &str) -> i32 {
         let pid = self.child.id().to_string();
         let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "no exit 20s after SIGTERM");
+            assert!(Instant::now() < deadline, "no exit 20s after SIG{name}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -1113,4 +1118,7 @@ fn logs_follow_waits_for_a_container_that_has_not_started() {
     follow.until(Duration::from_secs(90), "ready line", |s| {
         count(s, READY_LINE) >= 1
     });
+    // Ctrl-C ends following with the documented 130 (an exit, as on Windows, where Ctrl-C is
+    // no signal), not a death by SIGINT.
+    assert_eq!(follow.signal("INT"), 130);
 }
