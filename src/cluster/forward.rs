@@ -11,8 +11,10 @@
 //! at a time and kept open for the next (see [`super::spdy`]); where SPDY is refused, over a
 //! WebSocket of their own.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -20,6 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::access::Cluster;
@@ -92,6 +95,12 @@ async fn carry(
         true => sessions.session(cluster, &target).await,
         false => None,
     };
+    let mut socket = EndNoted {
+        socket: &mut socket,
+        sessions,
+        started,
+        noted: false,
+    };
     let carried = match spdy {
         Some(session) => match session.carry(&mut socket, target.port).await {
             Ok(Carried::Reusable(session)) => {
@@ -108,6 +117,52 @@ async fn carry(
     };
     sessions.ended(started);
     carried.map_err(|e| format!("the stream to pod {} broke: {e}", target.name))
+}
+
+/// The local socket, noting the connection's end in [`Sessions`] the moment its client ends
+/// its side: the next connection may come at once (a client that reconnects), before the
+/// stream's own end has gone round the pod, and must already know this one was short.
+struct EndNoted<'a> {
+    socket: &'a mut TcpStream,
+    sessions: &'a Sessions,
+    started: Instant,
+    noted: bool,
+}
+
+impl AsyncRead for EndNoted<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let (room, before) = (buf.remaining(), buf.filled().len());
+        let polled = Pin::new(&mut *this.socket).poll_read(cx, buf);
+        let at_end = matches!(polled, Poll::Ready(Ok(()))) && room > 0;
+        if at_end && buf.filled().len() == before && !this.noted {
+            this.noted = true;
+            this.sessions.ended(this.started);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for EndNoted<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().socket).poll_shutdown(cx)
+    }
 }
 
 /// The pod a connection goes to. The UID tells a replaced pod from its predecessor of the

@@ -179,38 +179,36 @@ impl Session {
             let (mut data_done, mut error_done) = (false, false);
             let mut error_text = Vec::new();
             let mut reusable = true;
-            let mut unanswered = None;
+            let mut quiet = Quiet::new();
             while !(data_done && error_done) {
-                let frame = match tokio::time::timeout(QUIET, frames.next(&mut from_pod)).await {
-                    Ok(frame) => frame?,
-                    // A quiet session may be an idle database session or a dead path: a PING
-                    // tells them apart, as the node answers it at once.
-                    Err(_) if unanswered.is_none() => {
-                        let id = next_ping;
-                        next_ping = next_ping.wrapping_add(2);
-                        let mut ping = control_header(PING, 0, 4);
-                        ping.extend(id.to_be_bytes());
-                        // Behind a write that a silent server no longer takes, the ping
-                        // would wait for ever: not being able to send it is the answer.
-                        let sent = tokio::time::timeout(QUIET, async {
-                            to_pod.lock().await.write_all(&ping).await
-                        });
-                        match sent.await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => return Err(broke(e)),
-                            Err(_) => return Err(silent()),
+                let frame = tokio::select! {
+                    frame = frames.next(&mut from_pod) => frame?,
+                    silence = quiet.tick() => {
+                        if silence == Silence::Ping {
+                            let id = next_ping;
+                            next_ping = next_ping.wrapping_add(2);
+                            let mut ping = control_header(PING, 0, 4);
+                            ping.extend(id.to_be_bytes());
+                            // Behind a write that a silent server no longer takes, the ping
+                            // would wait for ever: not being able to send it is the answer.
+                            let sent = tokio::time::timeout(QUIET, async {
+                                to_pod.lock().await.write_all(&ping).await
+                            });
+                            match sent.await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => return Err(broke(e)),
+                                Err(_) => return Err(silent()),
+                            }
+                        } else if silence == Silence::Dead {
+                            return Err(silent());
                         }
-                        unanswered = Some(id);
                         continue;
                     }
-                    Err(_) => return Err(silent()),
                 };
-                // Any frame shows the path is alive.
-                if !matches!(frame, Frame::Ping { .. }) {
-                    unanswered = None;
-                }
+                // Any frame, a ping's answer included, shows the path is alive.
+                quiet.heard();
                 match frame {
-                    Frame::Ping { id } if id % 2 == 1 => unanswered = None,
+                    Frame::Ping { id } if id % 2 == 1 => {}
                     Frame::Data { stream, fin, body } if stream == data_id => {
                         if !body.is_empty() {
                             to_local
@@ -287,10 +285,65 @@ fn broke(e: std::io::Error) -> String {
     format!("the port-forward session broke: {e}")
 }
 
+/// What a tick of [`Quiet`] found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Silence {
+    /// Something came since the last tick.
+    Heard,
+    /// Nothing came for a whole period: ask the other side.
+    Ping,
+    /// Not even the answer to the ping came.
+    Dead,
+}
+
+/// Tells a quiet path from a dead one without a timer per message (a stream carries thousands
+/// a second): a tick every [`QUIET`], and whether anything came in between. A ping goes out
+/// after 5-10 s of silence; the connection ends after 10-15 s.
+pub(crate) struct Quiet {
+    tick: tokio::time::Interval,
+    heard: bool,
+    pinged: bool,
+}
+
+impl Quiet {
+    pub(crate) fn new() -> Quiet {
+        let start = tokio::time::Instant::now() + QUIET;
+        let mut tick = tokio::time::interval_at(start, QUIET);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Quiet {
+            tick,
+            heard: false,
+            pinged: false,
+        }
+    }
+
+    pub(crate) fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// Waits for the next tick and says what the silence since the last one means.
+    pub(crate) async fn tick(&mut self) -> Silence {
+        self.tick.tick().await;
+        Self::judge(&mut self.heard, &mut self.pinged)
+    }
+
+    fn judge(heard: &mut bool, pinged: &mut bool) -> Silence {
+        if std::mem::take(heard) {
+            *pinged = false;
+            Silence::Heard
+        } else if !*pinged {
+            *pinged = true;
+            Silence::Ping
+        } else {
+            Silence::Dead
+        }
+    }
+}
+
 pub(crate) fn silent() -> String {
     format!(
-        "the API server stopped answering (no answer to a ping in {} s)",
-        QUIET.as_secs()
+        "the API server stopped answering (nothing, not even the answer to a ping, for {} s)",
+        2 * QUIET.as_secs()
     )
 }
 
@@ -519,6 +572,19 @@ mod tests {
         for cut in 0..used {
             assert!(parse(&bytes[..cut]).unwrap().is_none(), "{cut}");
         }
+    }
+
+    #[test]
+    fn silence_is_pinged_then_dead_and_anything_heard_resets_it() {
+        let (mut heard, mut pinged) = (false, false);
+        assert_eq!(Quiet::judge(&mut heard, &mut pinged), Silence::Ping);
+        assert_eq!(Quiet::judge(&mut heard, &mut pinged), Silence::Dead);
+        heard = true;
+        assert_eq!(Quiet::judge(&mut heard, &mut pinged), Silence::Heard);
+        assert_eq!(Quiet::judge(&mut heard, &mut pinged), Silence::Ping);
+        heard = true; // the answer
+        assert_eq!(Quiet::judge(&mut heard, &mut pinged), Silence::Heard);
+        assert!(!pinged);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use kube::Client;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::spdy::{silent, QUIET};
+use super::spdy::{silent, Quiet, Silence, QUIET};
 
 const DATA: u8 = 0;
 const ERROR: u8 = 1;
@@ -73,31 +73,35 @@ where
         // The first message of each channel names the port, and carries nothing else.
         let mut named = [false, false];
         let mut error = Vec::new();
-        let mut pinged = false;
+        let mut quiet = Quiet::new();
         loop {
-            let message = match tokio::time::timeout(QUIET, from_pod.next()).await {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(e))) => return Err(format!("the port-forward stream broke: {e}")),
-                Ok(None) => break,
+            let message = tokio::select! {
+                message = from_pod.next() => match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => return Err(format!("the port-forward stream broke: {e}")),
+                    None => break,
+                },
                 // Quiet: an idle session or a dead path; the node answers a ping at once.
-                Err(_) if !pinged => {
-                    // Behind a send a silent server no longer takes, the ping would wait for
-                    // ever: not being able to send it is the answer.
-                    let ping = async {
-                        let mut sink = to_pod.lock().await;
-                        sink.send(Message::Ping(Vec::new().into())).await
-                    };
-                    match tokio::time::timeout(QUIET, ping).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(format!("the port-forward stream broke: {e}")),
-                        Err(_) => return Err(silent()),
+                silence = quiet.tick() => {
+                    if silence == Silence::Ping {
+                        // Behind a send a silent server no longer takes, the ping would wait
+                        // for ever: not being able to send it is the answer.
+                        let ping = async {
+                            let mut sink = to_pod.lock().await;
+                            sink.send(Message::Ping(Vec::new().into())).await
+                        };
+                        match tokio::time::timeout(QUIET, ping).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return Err(format!("the port-forward stream broke: {e}")),
+                            Err(_) => return Err(silent()),
+                        }
+                    } else if silence == Silence::Dead {
+                        return Err(silent());
                     }
-                    pinged = true;
                     continue;
                 }
-                Err(_) => return Err(silent()),
             };
-            pinged = false;
+            quiet.heard();
             let bytes = match message {
                 Message::Binary(bytes) => bytes,
                 Message::Close(_) => break,

@@ -930,22 +930,23 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
             .collect::<Vec<_>>()
     };
     // Short connections one after another go over SPDY (POST) and reuse the session the
-    // previous one finished with, rather than upgrading a request each (a session is returned
-    // a moment after its connection ends, so the next one may still open its own).
+    // previous one finished with, rather than upgrading a request each (a session is returned,
+    // and a connection's end noted, a moment after the client closes, so the next one may
+    // still open its own, or a WebSocket).
     let before = upgrades().len();
     for _ in 0..10 {
         sessions(&dsn, 1, async |clients| pid(&clients[0]).await.unwrap());
     }
     let all = upgrades();
     let new = &all[before..];
-    assert!(new.len() <= 5, "10 connections in turn took {new:?}");
+    assert!(new.len() <= 7, "10 connections in turn took {new:?}");
     assert!(new.contains(&"POST".to_string()), "{new:?}");
     // An idle SPDY session (past two ping periods) is kept: the node answers the pings.
     let before = upgrades().len();
     idle_then_query(&dsn);
     assert!(upgrades()[before..].iter().all(|m| m == "POST"));
     // The path goes silent (a proxy that stops passing bytes, a host gone): the session is
-    // pinged after 5 s of silence and the connection ends 5 s later, rather than never.
+    // pinged after 5-10 s of silence and the connection ends 5 s later, rather than never.
     frozen_session_ends(&proxy, &dsn);
     proxy.clear_faults();
     assert_eq!(forward.terminate(), 0);
@@ -986,8 +987,8 @@ fn port_forward_loses_only_the_connection_whose_stream_is_cut() {
     assert_eq!(ws.terminate(), 0);
 }
 
-/// A session idle for 12 s (the forwarder pings after 5 s of quiet and gives up 5 s later)
-/// answers its next query.
+/// A session idle for 12 s (the forwarder pings after 5-10 s of quiet and gives up 5 s
+/// later) answers its next query.
 fn idle_then_query(dsn: &str) {
     sessions(dsn, 1, async |clients| {
         let first = pid(&clients[0]).await.unwrap();
