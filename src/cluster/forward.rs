@@ -264,29 +264,36 @@ impl Sessions {
 
 /// A connection that ends within this of its start counts as short.
 const SHORT: Duration = Duration::from_secs(1);
-/// How long a short connection predicts more of them.
+/// This many short connections ended within [`RECENT`] predict more of them.
+const BURST: usize = 3;
 const RECENT: Duration = Duration::from_secs(2);
 
 /// Which transport suits the next connection. A short one costs mostly its set-up, which a
 /// SPDY session kept open saves; a long one costs its messages, which a WebSocket of its own
 /// carries with less work at the node (its SPDY server writes each frame in three pieces, a
-/// packet each). A short connection that just ended predicts more: connections per
-/// transaction, a test suite, a script's loop. A lone or first connection (psql, an IDE, a
-/// pool filling up) is expected to stay.
+/// packet each). Short connections ending in a burst predict more: connections per
+/// transaction, a test suite, a script's loop. A lone one does not: an application's check
+/// before it fills its pool, psql, an IDE.
 #[derive(Default)]
 struct Pace {
-    last_short_end: Option<Instant>,
+    short_ends: std::collections::VecDeque<Instant>,
 }
 
 impl Pace {
     fn expects_short(&self, now: Instant) -> bool {
-        self.last_short_end
-            .is_some_and(|at| now.saturating_duration_since(at) < RECENT)
+        self.short_ends.len() == BURST
+            && self
+                .short_ends
+                .front()
+                .is_some_and(|first| now.saturating_duration_since(*first) < RECENT)
     }
 
     fn ended(&mut self, started: Instant, now: Instant) {
         if now.saturating_duration_since(started) < SHORT {
-            self.last_short_end = Some(now);
+            if self.short_ends.len() == BURST {
+                self.short_ends.pop_front();
+            }
+            self.short_ends.push_back(now);
         }
     }
 }
@@ -336,19 +343,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_short_connection_that_just_ended_predicts_another() {
+    fn a_burst_of_short_connections_predicts_more() {
         let mut pace = Pace::default();
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         // Nothing seen yet: expected to stay (a WebSocket).
         assert!(!pace.expects_short(t0));
         // A long connection ends: still not short.
         pace.ended(t0, t0 + Duration::from_secs(30));
-        assert!(!pace.expects_short(t0 + Duration::from_secs(30)));
-        // A short one ends: the next ones are expected short (SPDY)...
+        // One short connection (a check before a pool fills up) is not a burst.
         let t1 = t0 + Duration::from_secs(40);
-        pace.ended(t1, t1 + Duration::from_millis(20));
-        assert!(pace.expects_short(t1 + Duration::from_millis(30)));
-        // ...until a pause longer than RECENT.
-        assert!(!pace.expects_short(t1 + RECENT + Duration::from_millis(30)));
+        pace.ended(t1, t1 + ms(20));
+        assert!(!pace.expects_short(t1 + ms(30)));
+        // Three within RECENT are: SPDY...
+        pace.ended(t1 + ms(30), t1 + ms(50));
+        pace.ended(t1 + ms(60), t1 + ms(80));
+        assert!(pace.expects_short(t1 + ms(90)));
+        // ...until the oldest of the last three is older than RECENT.
+        assert!(!pace.expects_short(t1 + ms(20) + RECENT));
     }
 }
