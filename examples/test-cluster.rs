@@ -2,8 +2,11 @@
 //! leaves it running, so `kubectl` and `kubectl pg` can be pointed at it:
 //!
 //! ```text
-//! cargo run --example test-cluster -- --kubeconfig /tmp/e2e.kubeconfig
+//! cargo run --example test-cluster -- --kubeconfig /tmp/e2e.kubeconfig [--cnpg]
 //! ```
+//!
+//! `--cnpg` also starts CloudNativePG's operator (CRDs first) and prints `cnpg: ready` once it
+//! answers.
 //!
 //! Ctrl-C stops every process it started.
 
@@ -13,17 +16,19 @@ mod k8s;
 
 use std::path::PathBuf;
 
-const USAGE: &str = "usage: test-cluster [--kubeconfig PATH]";
+const USAGE: &str = "usage: test-cluster [--kubeconfig PATH] [--cnpg]";
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut target: Option<PathBuf> = None;
+    let mut cnpg = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--kubeconfig" => target = args.next().map(PathBuf::from),
             other if other.starts_with("--kubeconfig=") => {
                 target = Some(PathBuf::from(&other["--kubeconfig=".len()..]))
             }
+            "--cnpg" => cnpg = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return;
@@ -52,6 +57,18 @@ fn main() {
         path.display(),
         plane.kubectl.display()
     );
+    if cnpg {
+        match plane.cnpg() {
+            Ok(()) => println!(
+                "cnpg: ready\n  kubectl-cnpg: {}",
+                plane.kubectl_cnpg().display()
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     println!("\nPods run real PostgreSQL servers on this machine. Press Ctrl-C to stop.");
     // Ctrl-C reaches the whole process group: kpg-cluster stops its components and pods
     // itself; this process only waits for it to finish.

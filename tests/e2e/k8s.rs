@@ -25,8 +25,13 @@ pub struct ControlPlane {
     pub version: String,
     /// The PostgreSQL builds the node runs (`clients/bin` holds psql and the other clients).
     pub postgres: PathBuf,
-    // Closing it (when the test process exits) stops the control plane and every pod.
-    _stdin: Mutex<ChildStdin>,
+    /// CloudNativePG's build: `manager`, `kubectl-cnpg` and `crd/`.
+    pub cnpg_dir: PathBuf,
+    // Closing it (when the test process exits) stops the control plane and every pod; a line
+    // on it is a request (`cnpg`), answered on stdout.
+    stdin: Mutex<ChildStdin>,
+    answers: Mutex<std::sync::mpsc::Receiver<String>>,
+    cnpg: OnceLock<Result<(), String>>,
     #[allow(dead_code)] // read by wait(), which only the hand-run example calls
     child: Mutex<Child>,
 }
@@ -77,6 +82,10 @@ fn start() -> ControlPlane {
             &var("KPG_K8S_BIN"),
             "-postgres",
             &var("KPG_POSTGRES"),
+            "-coredns",
+            &var("KPG_COREDNS"),
+            "-cnpg",
+            &var("KPG_CNPG"),
         ])
         .arg("-dir")
         .arg(&state)
@@ -110,8 +119,16 @@ fn start() -> ControlPlane {
             state.display()
         )
     }));
-    // Keep draining stdout so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining stdout so the process never blocks on a full pipe; answers to requests
+    // go to whoever asked.
+    let (send, answers) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.starts_with("cnpg: ") {
+                let _ = send.send(line);
+            }
+        }
+    });
     let text = std::fs::read_to_string(&kubeconfig).unwrap();
     let server = text
         .lines()
@@ -133,7 +150,10 @@ fn start() -> ControlPlane {
         state,
         version,
         postgres: PathBuf::from(var("KPG_POSTGRES")),
-        _stdin: Mutex::new(stdin),
+        cnpg_dir: PathBuf::from(var("KPG_CNPG")),
+        stdin: Mutex::new(stdin),
+        answers: Mutex::new(answers),
+        cnpg: OnceLock::new(),
         child: Mutex::new(child),
     }
 }
@@ -160,6 +180,53 @@ impl ControlPlane {
                 .env("KUBECONFIG", &self.kubeconfig),
             stdin,
         )
+    }
+
+    /// Starts CloudNativePG's operator in the node (its CRDs first), once per run, and waits
+    /// until it answers. Tests that never call this pay nothing for it.
+    pub fn cnpg(&self) -> Result<(), String> {
+        self.cnpg
+            .get_or_init(|| {
+                use std::io::Write;
+                let answers = self.answers.lock().unwrap();
+                writeln!(self.stdin.lock().unwrap(), "cnpg")
+                    .map_err(|e| format!("kpg-cluster: {e}"))?;
+                match answers.recv_timeout(std::time::Duration::from_secs(240)) {
+                    Ok(line) if line == "cnpg: ready" => Ok(()),
+                    Ok(line) => Err(line),
+                    Err(e) => Err(format!("no answer from kpg-cluster: {e}")),
+                }
+            })
+            .clone()
+    }
+
+    /// Starts `kubectl port-forward -n NS TARGET :PORT` and returns it with the local port it
+    /// printed; kill the child to stop it.
+    pub fn port_forward(&self, ns: &str, target: &str, port: u16) -> (Child, u16) {
+        let mut child = Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["port-forward", "-n", ns, target, &format!(":{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl port-forward runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .expect("kubectl port-forward's first line");
+        // "Forwarding from 127.0.0.1:PORT -> 5432"
+        let local = line
+            .trim()
+            .rsplit_once(" -> ")
+            .and_then(|(l, _)| l.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("kubectl port-forward said {line:?}"));
+        (child, local)
+    }
+
+    /// The reference client built from CloudNativePG's module.
+    pub fn kubectl_cnpg(&self) -> PathBuf {
+        self.cnpg_dir.join("kubectl-cnpg")
     }
 
     /// The PEM files of the cluster CA and the admin client certificate.

@@ -9,6 +9,7 @@ mod adversity;
 mod cli;
 mod clients;
 mod cluster;
+mod cnpg;
 mod data;
 mod dotenv;
 mod k8s;

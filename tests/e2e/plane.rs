@@ -305,11 +305,19 @@ fn pods_get_their_token_and_etc_files() {
         format!("system:serviceaccount:{}:reader client", scope.ns)
     );
 
-    let server = scope
-        .plane
-        .server
-        .trim_start_matches("https://")
-        .to_string();
+    // The variables name the `kubernetes` Service, as on a real node.
+    let server = format!(
+        "{}:443",
+        ok(scope.plane.kubectl(&[
+            "get",
+            "service",
+            "kubernetes",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.clusterIP}"
+        ]))
+    );
     assert_eq!(
         exec(
             &scope,
@@ -390,5 +398,128 @@ fn deleted_pods_get_sigterm_then_sigkill() {
     assert!(
         began.elapsed() >= Duration::from_secs(2),
         "killed only after the grace period"
+    );
+}
+
+/// A pod reaches another pod by its IP, a Service by its DNS name (kube-proxy's ClusterIP,
+/// CoreDNS's answer through the search path), itself through its own Service (hairpin), and the
+/// apiserver through `kubernetes.default.svc` with its token; `kubectl port-forward svc/…`
+/// works. From the host, pod addresses route only into the node's namespace and Service
+/// addresses are unreachable: nothing goes out by the default route.
+#[test]
+fn pods_reach_pods_services_dns_and_the_apiserver() {
+    let scope = Scope::new("kpg-plane-net");
+    apply(
+        &scope,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  \
+         containers:\n  - name: web\n    image: busybox\n    \
+         command: [sh, -c, 'mkdir -p /tmp/www-$HOSTNAME && cd /tmp/www-$HOSTNAME && echo served-by-$HOSTNAME > index.html && exec python3 -m http.server 8080']\n    \
+         ports: [{name: http, containerPort: 8080}]\n    \
+         readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: site}\nspec:\n  selector: {app: web}\n  \
+         ports: [{port: 80, targetPort: http}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  \
+         containers:\n  - {name: c, image: busybox, command: [sleep, '3600']}\n",
+    );
+    wait(&scope, "pod/web", "--for=condition=Ready");
+    wait(&scope, "pod/client", "--for=condition=Ready");
+    let web_ip = get(&scope, "pod/web", "{.status.podIP}");
+    let cluster_ip = get(&scope, "service/site", "{.spec.clusterIP}");
+    let fetch = |pod: &str, url: &str| {
+        exec(
+            &scope,
+            pod,
+            &[
+                "python3",
+                "-c",
+                "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().strip())",
+                url,
+            ],
+        )
+    };
+    assert_eq!(
+        fetch("client", &format!("http://{web_ip}:8080/")),
+        "served-by-web\n"
+    );
+    // The short name goes through resolv.conf's search path (ndots:5) to CoreDNS.
+    // CoreDNS and kube-proxy follow the Service and its EndpointSlice by their watches: the
+    // first answer may come a moment after the pod is Ready.
+    let until_ok = |script: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = scope.kubectl_ns(&["exec", "client", "--", "python3", "-c", script]);
+            if out.status.success() || Instant::now() > deadline {
+                break ok(out);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let resolved = until_ok("import socket; print(socket.gethostbyname('site'))");
+    assert_eq!(resolved.trim(), cluster_ip);
+    let via_service = until_ok(
+        "import urllib.request; print(urllib.request.urlopen('http://site/', timeout=5).read().decode().strip())",
+    );
+    assert_eq!(via_service, "served-by-web\n");
+    assert_eq!(
+        fetch(
+            "web",
+            &format!("http://site.{}.svc.cluster.local/", scope.ns)
+        ),
+        "served-by-web\n",
+        "hairpin: a pod through its own Service"
+    );
+    let version = exec(
+        &scope,
+        "client",
+        &[
+            "python3",
+            "-c",
+            "import json, ssl, urllib.request\n\
+             d = '/var/run/secrets/kubernetes.io/serviceaccount/'\n\
+             ctx = ssl.create_default_context(cafile=d + 'ca.crt')\n\
+             req = urllib.request.Request('https://kubernetes.default.svc/version', headers={'Authorization': 'Bearer ' + open(d + 'token').read()})\n\
+             print(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))['gitVersion'])",
+        ],
+    );
+    assert_eq!(version.trim(), format!("v{}", scope.plane.version));
+
+    // kubectl port-forward to the Service reaches the pod behind it.
+    let (mut child, port) = scope.plane.port_forward(&scope.ns, "svc/site", 80);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.ends_with("served-by-web\n"), "{answer}");
+
+    // From the host: the pod's address routes into the node's namespace, never by the default
+    // route's device; a Service address is unreachable.
+    let route = |ip: &str| {
+        std::process::Command::new("ip")
+            .args(["route", "get", ip])
+            .output()
+            .unwrap()
+    };
+    let default = std::process::Command::new("ip")
+        .args(["route", "show", "default"])
+        .output()
+        .unwrap();
+    let default_dev = String::from_utf8_lossy(&default.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .map(str::to_string);
+    let pod_route = String::from_utf8_lossy(&route(&web_ip).stdout).to_string();
+    assert!(pod_route.contains("-host "), "{pod_route}");
+    if let Some(dev) = default_dev {
+        assert!(!pod_route.contains(&format!("dev {dev} ")), "{pod_route}");
+    }
+    let service_route = route(&cluster_ip);
+    assert!(
+        !service_route.status.success()
+            && String::from_utf8_lossy(&service_route.stderr).contains("No route to host"),
+        "{}",
+        service_route.describe()
     );
 }

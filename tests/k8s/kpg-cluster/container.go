@@ -107,6 +107,9 @@ func (c *container) loop() bool {
 			pullBackoff = min(pullBackoff*2, 5*time.Minute)
 			continue
 		}
+		if img.kind == imagePostgres && c.pod.rooted() {
+			img.kind = imageRooted
+		}
 		c.mu.Lock()
 		c.image = img
 		c.mu.Unlock()
@@ -249,7 +252,20 @@ func (c *container) process(env []string, out io.Writer) (*exec.Cmd, error) {
 		return nil, err
 	}
 	var argv []string
+	sandboxArgs := c.mountArgs
 	switch c.image.kind {
+	case imageOperator, imageRooted:
+		argv = append(append([]string{}, c.spec.Command...), c.spec.Args...)
+		if len(argv) == 0 {
+			return nil, fmt.Errorf("the image %s has no default command on this node: give one", c.spec.Image)
+		}
+		sandboxArgs = func() []string {
+			args, err := c.rootArgs()
+			if err != nil {
+				return []string{"--fail", err.Error()}
+			}
+			return args
+		}
 	case imagePostgres:
 		argv = append([]string{self, "entrypoint"}, append(c.spec.Command, c.spec.Args...)...)
 		env = append(env, "KPG_BIN="+c.image.bin, "KPG_CLIENTS="+clientsBin(c.pod.n.cfg.pgRoot), "KPG_MAJOR="+strconv.Itoa(c.image.major))
@@ -262,7 +278,7 @@ func (c *container) process(env []string, out io.Writer) (*exec.Cmd, error) {
 	}
 	// The sandbox helper mounts and drops to the pod's user itself, in mount and UTS
 	// namespaces of the container's own.
-	args := append([]string{"--net=/run/netns/" + c.pod.netns, "--", self, "sandbox"}, c.mountArgs()...)
+	args := append([]string{"--net=/run/netns/" + c.pod.netns, "--", self, "sandbox"}, sandboxArgs()...)
 	cmd := groupCommand(context.Background(), env, append(append(args, "--"), argv...))
 	cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS
 	cmd.Stdout, cmd.Stderr = out, out
@@ -279,7 +295,8 @@ func (c *container) command(ctx context.Context, env []string, argv ...string) *
 	if proc != nil && proc.Process != nil {
 		ns = []string{fmt.Sprintf("--mount=/proc/%d/ns/mnt", proc.Process.Pid), fmt.Sprintf("--uts=/proc/%d/ns/uts", proc.Process.Pid)}
 	}
-	return c.pod.command(ctx, env, ns, argv...)
+	uid, gid, _ := c.identity()
+	return c.pod.command(ctx, env, ns, uid, gid, argv...)
 }
 
 // mountEnv tells the entrypoint which host directories back the container's paths.
@@ -326,13 +343,16 @@ func (c *container) resolveEnv() ([]string, error) {
 	ctx := context.Background()
 	client := c.pod.n.client.CoreV1()
 	pod := c.pod.current()
-	// The apiserver as the kubernetes Service's variables would name it: on loopback until
-	// the node has a pod network.
-	api := c.pod.n.api
-	env := []string{"HOSTNAME=" + c.pod.hostname(), "HOME=/root", "LANG=C.UTF-8",
-		"KUBERNETES_SERVICE_HOST=" + api.Hostname(), "KUBERNETES_SERVICE_PORT=" + api.Port(), "KUBERNETES_SERVICE_PORT_HTTPS=" + api.Port(),
-		"KUBERNETES_PORT=tcp://" + api.Host, "KUBERNETES_PORT_443_TCP=tcp://" + api.Host, "KUBERNETES_PORT_443_TCP_PROTO=tcp",
-		"KUBERNETES_PORT_443_TCP_ADDR=" + api.Hostname(), "KUBERNETES_PORT_443_TCP_PORT=" + api.Port()}
+	// The apiserver as the kubernetes Service's variables name it: its ClusterIP on port 443.
+	api := theNet.apiServiceIP()
+	path := defaultPath
+	if c.image.kind == imageRooted {
+		path = c.image.bin + ":" + path
+	}
+	env := []string{"PATH=" + path, "HOSTNAME=" + c.pod.hostname(), "HOME=/root", "LANG=C.UTF-8",
+		"KUBERNETES_SERVICE_HOST=" + api, "KUBERNETES_SERVICE_PORT=443", "KUBERNETES_SERVICE_PORT_HTTPS=443",
+		"KUBERNETES_PORT=tcp://" + api + ":443", "KUBERNETES_PORT_443_TCP=tcp://" + api + ":443", "KUBERNETES_PORT_443_TCP_PROTO=tcp",
+		"KUBERNETES_PORT_443_TCP_ADDR=" + api, "KUBERNETES_PORT_443_TCP_PORT=443"}
 	values := map[string]string{}
 	expand := func(s string) string {
 		return os.Expand(s, func(k string) string {

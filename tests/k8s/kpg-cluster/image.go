@@ -14,6 +14,11 @@ type imageKind int
 const (
 	imagePostgres imageKind = iota
 	imagePlain
+	// imageOperator is CloudNativePG's operator image: its /manager is the built manager.
+	imageOperator
+	// imageRooted is a postgres image in a rooted (CloudNativePG) pod: its command runs as
+	// given, with the major's binaries first on PATH.
+	imageRooted
 )
 
 // image is what "pulling" an image name gives on this node: a PostgreSQL major whose
@@ -49,6 +54,12 @@ func resolveImage(ref, pgRoot string) (image, error) {
 	name = strings.TrimPrefix(strings.TrimPrefix(name, "docker.io/"), "library/")
 	if plainImages[name] {
 		return image{kind: imagePlain, ref: name + ":" + tag}, nil
+	}
+	if name == cnpgImage && *cnpgDir != "" && tag == cnpgVersion {
+		return image{kind: imageOperator, bin: filepath.Join(*cnpgDir, "manager"), ref: ref}, nil
+	}
+	if name == cnpgPostgresImage {
+		name = "postgres"
 	}
 	if name != "postgres" {
 		return image{}, fmt.Errorf("rpc error: code = NotFound desc = failed to resolve reference \"%s\": %s: not found", ref, ref)

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -20,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +40,8 @@ var (
 	removeDir   = flag.Bool("remove-dir", false, "remove the state directory (volumes, logs) once stopped")
 	nodeCPU     = flag.String("node-cpu", "4", "the node's allocatable cpu")
 	nodeMemory  = flag.String("node-memory", "16Gi", "the node's allocatable memory")
+	cnpgDir     = flag.String("cnpg", "", "directory holding CloudNativePG's manager, kubectl-cnpg and crd/ (its images and operator)")
+	coreDNS     = flag.String("coredns", "", "the CoreDNS binary, the pod network's DNS")
 	startupWait = flag.Duration("startup-timeout", 3*time.Minute, "how long the control plane may take to answer")
 )
 
@@ -48,14 +52,28 @@ type supervisor struct {
 }
 
 func (s *supervisor) start(name string, args ...string) error {
+	return s.startPath(name, filepath.Join(*binDir, name), args...)
+}
+
+// startInNode starts a component in the node's network namespace (kube-proxy, CoreDNS).
+func (s *supervisor) startInNode(name, path string, args ...string) error {
+	return s.startPath(name, "nsenter", append([]string{"--net=/run/netns/" + theNet.ns, "--", path}, args...)...)
+}
+
+func (s *supervisor) startPath(name, path string, args ...string) error {
+	return s.startCmd(name, exec.Command(path, args...))
+}
+
+func (s *supervisor) startCmd(name string, cmd *exec.Cmd) error {
 	log, err := os.Create(filepath.Join(s.dir, "logs", name+".log"))
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(*binDir, name), args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	// A kill -9 of this process takes its components with it: no apiserver, kube-proxy or
+	// CoreDNS outlives the run (and holds its network namespace).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := spawn(cmd); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	s.mu.Lock()
@@ -88,6 +106,26 @@ func (s *supervisor) stop() {
 			_ = syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// spawner is the one OS thread that starts components. The parent-death signal is tied to the
+// thread that forked, and this program ends threads (the ones it moves into network
+// namespaces), so components are forked from a thread that lives as long as the process.
+var spawner = func() chan func() {
+	work := make(chan func())
+	go func() {
+		runtime.LockOSThread()
+		for f := range work {
+			f()
+		}
+	}()
+	return work
+}()
+
+func spawn(cmd *exec.Cmd) error {
+	done := make(chan error)
+	spawner <- func() { done <- cmd.Start() }
+	return <-done
 }
 
 // freePort picks a free port below the kernel's ephemeral range (32768 and up), so that no
@@ -153,8 +191,8 @@ func main() {
 	// DIR/logs, and this process reports its errors itself.
 	klog.LogToStderr(false)
 	klog.SetOutput(io.Discard)
-	if *binDir == "" || *pgRoot == "" {
-		fail("-bin and -postgres are required")
+	if *binDir == "" || *pgRoot == "" || *coreDNS == "" {
+		fail("-bin, -postgres and -coredns are required")
 	}
 	dir := *stateDir
 	if dir == "" {
@@ -173,6 +211,11 @@ func main() {
 	if *kubeconfig == "" {
 		*kubeconfig = filepath.Join(dir, "admin.kubeconfig")
 	}
+	network, err := setupNetwork()
+	if err != nil {
+		fail("pod network: %v", err)
+	}
+	theNet = network
 	sup := &supervisor{dir: dir}
 	ctx, cancel := context.WithCancel(context.Background())
 	shutdown := func(code int) {
@@ -180,6 +223,7 @@ func main() {
 		cancel()
 		stopNode()
 		sup.stop()
+		theNet.teardown()
 		if *removeDir && code == 0 {
 			_ = os.RemoveAll(dir)
 		}
@@ -189,7 +233,16 @@ func main() {
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	go func() { <-signals; shutdown(0) }()
 	if *watchStdin {
-		go func() { _, _ = io.Copy(io.Discard, os.Stdin); shutdown(0) }()
+		// Lines on stdin are requests: "cnpg" starts CloudNativePG's operator.
+		go func() {
+			lines := bufio.NewScanner(os.Stdin)
+			for lines.Scan() {
+				if strings.TrimSpace(lines.Text()) == "cnpg" {
+					go answerCNPG(ctx, sup, dir)
+				}
+			}
+			shutdown(0)
+		}()
 	}
 	if err := run(ctx, sup, dir); err != nil {
 		fmt.Fprintf(os.Stderr, "kpg-cluster: %v (logs in %s)\n", err, filepath.Join(dir, "logs"))
@@ -215,6 +268,8 @@ func run(ctx context.Context, sup *supervisor, dir string) error {
 		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, false},
 		{"controller-manager", "system:kube-controller-manager", nil, false},
 		{"scheduler", "system:kube-scheduler", nil, false},
+		{"kube-proxy", "system:kube-proxy", nil, false},
+		{"cnpg-webhook", "cnpg-webhook-service.cnpg-system.svc", nil, true},
 	} {
 		if err := ca.issue(c.name, c.cn, c.groups, c.server); err != nil {
 			return err
@@ -250,7 +305,7 @@ func run(ctx context.Context, sup *supervisor, dir string) error {
 		"--kubelet-preferred-address-types=InternalIP",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p("sa.pub"), "--service-account-signing-key-file="+p("sa.key"),
-		"--service-cluster-ip-range=10.96.0.0/16",
+		"--service-cluster-ip-range="+theNet.serviceCIDR(),
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NodeRestriction",
 		"--allow-privileged=false",
@@ -269,6 +324,9 @@ func run(ctx context.Context, sup *supervisor, dir string) error {
 	}
 	if err := waitReady(ctx, server, p("ca.crt"), p("admin.crt"), p("admin.key")); err != nil {
 		return err
+	}
+	if err := startPodNetwork(ctx, sup, dir, apiPort); err != nil {
+		return fmt.Errorf("pod network: %w", err)
 	}
 	cmKubeconfig := filepath.Join(dir, "controller-manager.kubeconfig")
 	if err := sup.start("kube-controller-manager",
@@ -308,6 +366,7 @@ func run(ctx context.Context, sup *supervisor, dir string) error {
 	fmt.Printf("kubeconfig: %s\n", *kubeconfig)
 	fmt.Printf("kubectl: %s\n", filepath.Join(*binDir, "kubectl"))
 	fmt.Printf("state: %s\n", dir)
+	close(planeReady)
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -49,12 +48,9 @@ type node struct {
 	factory  informers.SharedInformerFactory
 	port     int
 	uid, gid int
-	// api is the apiserver's address, for the pods' KUBERNETES_SERVICE_* variables.
-	api *url.URL
 
-	mu     sync.Mutex
-	pods   map[types.UID]*podRuntime
-	nextIP int
+	mu   sync.Mutex
+	pods map[types.UID]*podRuntime
 }
 
 var theNode *node
@@ -88,11 +84,7 @@ func startNode(ctx context.Context, cfg nodeConfig) error {
 	if err != nil {
 		return err
 	}
-	api, err := url.Parse(rc.Host)
-	if err != nil {
-		return err
-	}
-	n := &node{cfg: cfg, client: client, pods: map[types.UID]*podRuntime{}, nextIP: 10, api: api}
+	n := &node{cfg: cfg, client: client, pods: map[types.UID]*podRuntime{}}
 	n.uid, n.gid = postgresAccount()
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
@@ -162,6 +154,8 @@ func (n *node) register(ctx context.Context) error {
 			},
 		},
 	}
+	obj.Spec.PodCIDR = theNet.podCIDR()
+	obj.Spec.PodCIDRs = []string{theNet.podCIDR()}
 	if _, err := n.client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
@@ -273,8 +267,7 @@ func (n *node) sync(pod *corev1.Pod) {
 			n.mu.Unlock()
 			return
 		}
-		n.nextIP++
-		rt = newPodRuntime(n, pod, fmt.Sprintf("10.244.0.%d", n.nextIP%250+2))
+		rt = newPodRuntime(n, pod, theNet.allocate())
 		n.pods[pod.UID] = rt
 		n.mu.Unlock()
 		go rt.run()

@@ -44,7 +44,7 @@ func newPodRuntime(n *node, pod *corev1.Pod, ip string) *podRuntime {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &podRuntime{
 		n: n, ns: pod.Namespace, name: pod.Name, uid: string(pod.UID), ip: ip,
-		netns: "kpg-" + string(pod.UID)[:13], dir: hostDir("pods", string(pod.UID)),
+		netns: theNet.podNetns(string(pod.UID)), dir: hostDir("pods", string(pod.UID)),
 		pod: pod, containers: map[string]*container{}, ctx: ctx, cancel: cancel,
 		killed: make(chan struct{}), statusKick: make(chan struct{}, 1), started: metav1.Now(),
 	}
@@ -79,11 +79,16 @@ func (p *podRuntime) run() {
 		p.n.recorder.Eventf(p.pod, corev1.EventTypeWarning, "FailedCreatePodSandBox", "Failed to create pod sandbox: %s", out)
 		return
 	}
-	_ = exec.Command("ip", "netns", "exec", p.netns, "ip", "link", "set", "lo", "up").Run()
-	// The pod's own address answers inside the pod, as on a real node: a connection to it is
-	// not a loopback one (pg_hba tells them apart).
-	if p.ip != "" {
-		_ = exec.Command("ip", "netns", "exec", p.netns, "ip", "addr", "add", p.ip+"/32", "dev", "lo").Run()
+	_ = ipCmd(p.netns, "link", "set", "lo", "up")
+	// eth0 on the node's bridge, with the pod's address: a connection to it is not a loopback
+	// one (pg_hba tells them apart), and other pods, Services and the host reach it.
+	if p.ip == "" {
+		p.n.recorder.Eventf(p.pod, corev1.EventTypeWarning, "FailedCreatePodSandBox", "Failed to create pod sandbox: no free address in %s", theNet.podCIDR())
+		return
+	}
+	if err := theNet.attach(p.netns, p.ip); err != nil {
+		p.n.recorder.Eventf(p.pod, corev1.EventTypeWarning, "FailedCreatePodSandBox", "Failed to create pod sandbox: %v", err)
+		return
 	}
 	go p.statusLoop()
 	pod := p.current()
@@ -321,6 +326,7 @@ func (p *podRuntime) kill(grace time.Duration) {
 		wg.Wait()
 		p.cancel()
 		_ = exec.Command("ip", "netns", "del", p.netns).Run()
+		theNet.release(p.ip)
 		close(p.killed)
 	})
 	<-p.killed
@@ -360,9 +366,16 @@ func (p *podRuntime) volumeDir(name string) (string, error) {
 		switch {
 		case v.EmptyDir != nil:
 			dir := filepath.Join(p.dir, "volumes", name)
-			return dir, ensureDir(dir, p.n.uid, p.n.gid, 0o777)
+			uid, gid := p.volumeOwner()
+			return dir, ensureDir(dir, uid, gid, 0o777)
 		case v.PersistentVolumeClaim != nil:
-			return claimDir(p.n, p.ns, v.PersistentVolumeClaim.ClaimName)
+			dir, err := claimDir(p.n, p.ns, v.PersistentVolumeClaim.ClaimName)
+			if err == nil && p.rooted() {
+				// fsGroup's ownership, as the kubelet applies it to the volume's root.
+				uid, gid := p.volumeOwner()
+				err = ensureDir(dir, uid, gid, 0o2775)
+			}
+			return dir, err
 		case v.HostPath != nil:
 			return v.HostPath.Path, nil
 		default:
@@ -414,7 +427,8 @@ type volumeFile struct {
 // pod's user. The directory itself stays: a running sibling container has it mounted.
 func (p *podRuntime) writeVolume(name string, files map[string]volumeFile) error {
 	dir := filepath.Join(p.dir, "volumes", name)
-	if err := ensureDir(dir, p.n.uid, p.n.gid, 0o755); err != nil {
+	uid, gid := p.volumeOwner()
+	if err := ensureDir(dir, uid, gid, 0o755); err != nil {
 		return err
 	}
 	old, _ := os.ReadDir(dir)
@@ -430,7 +444,7 @@ func (p *podRuntime) writeVolume(name string, files map[string]volumeFile) error
 			return err
 		}
 		_ = os.Chmod(path, os.FileMode(f.mode))
-		if err := os.Chown(path, p.n.uid, p.n.gid); err != nil {
+		if err := os.Chown(path, uid, gid); err != nil {
 			return err
 		}
 	}
@@ -447,9 +461,9 @@ func ensureDir(dir string, uid, gid int, mode os.FileMode) error {
 
 // command runs argv inside the pod's network namespace (and the namespaces ns names, nsenter's
 // options) as the pod's unprivileged user.
-func (p *podRuntime) command(ctx context.Context, env []string, ns []string, argv ...string) *exec.Cmd {
+func (p *podRuntime) command(ctx context.Context, env []string, ns []string, uid, gid int, argv ...string) *exec.Cmd {
 	args := append([]string{"--net=/run/netns/" + p.netns}, ns...)
-	args = append(args, fmt.Sprintf("--setuid=%d", p.n.uid), fmt.Sprintf("--setgid=%d", p.n.gid), "--")
+	args = append(args, fmt.Sprintf("--setuid=%d", uid), fmt.Sprintf("--setgid=%d", gid), "--")
 	return groupCommand(ctx, env, append(args, argv...))
 }
 

@@ -39,7 +39,7 @@ func (p *podRuntime) hostname() string {
 }
 
 // writeEtc writes the pod's hosts, hostname and resolv.conf as the kubelet's managed files.
-// DNS is the cluster's (kube-dns's address, 10.96.0.10): nothing answers there yet.
+// DNS is the cluster's: kube-dns's Service address, CoreDNS behind it.
 func (p *podRuntime) writeEtc() error {
 	pod := p.current()
 	dir := filepath.Join(p.dir, "etc")
@@ -73,7 +73,7 @@ func (p *podRuntime) writeEtc() error {
 // service domain with ndots:5; None takes dnsConfig alone; Default is the host's file.
 func (p *podRuntime) resolvConf() string {
 	pod := p.current()
-	servers := []string{"10.96.0.10"}
+	servers := []string{theNet.dnsServiceIP()}
 	search := []string{p.ns + ".svc.cluster.local", "svc.cluster.local", "cluster.local"}
 	options := []string{"ndots:5"}
 	switch pod.Spec.DNSPolicy {
@@ -294,6 +294,8 @@ func sandbox(args []string) {
 		os.Exit(code)
 	}
 	var uid, gid int
+	var root, workdir string
+	var groups []int
 	type bind struct {
 		src, dst string
 		ro       bool
@@ -317,14 +319,27 @@ func sandbox(args []string) {
 			uid, _ = strconv.Atoi(val)
 		case "--gid":
 			gid, _ = strconv.Atoi(val)
+		case "--fail":
+			die(126, "sandbox: %s", val)
+		case "--root":
+			root = val
+		case "--workdir":
+			workdir = val
+		case "--groups":
+			for _, g := range strings.Split(val, ",") {
+				n, _ := strconv.Atoi(g)
+				groups = append(groups, n)
+			}
 		}
 	}
 	argv := args[min(i+1, len(args)):]
 	if len(argv) == 0 {
 		die(126, "sandbox: no command")
 	}
-	if err := syscall.Mount("tmpfs", "/run", "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755"); err != nil {
-		die(126, "sandbox: tmpfs on /run: %v", err)
+	if root == "" {
+		if err := syscall.Mount("tmpfs", "/run", "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "mode=0755"); err != nil {
+			die(126, "sandbox: tmpfs on /run: %v", err)
+		}
 	}
 	// Every source is opened before the first mount: a volume mounted at /tmp would hide the
 	// sources under the node's state directory there.
@@ -339,6 +354,16 @@ func sandbox(args []string) {
 			die(126, "sandbox: %v", err)
 		}
 		sources[i] = fmt.Sprintf("/proc/self/fd/%d", fd)
+	}
+	if root != "" {
+		var rb []rootBind
+		for i, b := range binds {
+			rb = append(rb, rootBind{src: sources[i], dst: b.dst, dir: infos[i].IsDir(), ro: b.ro})
+		}
+		if err := makeRoot(root, rb); err != nil {
+			die(126, "sandbox: %v", err)
+		}
+		binds = nil
 	}
 	for i, b := range binds {
 		info := infos[i]
@@ -365,7 +390,7 @@ func sandbox(args []string) {
 			}
 		}
 	}
-	if err := syscall.Setgroups(nil); err != nil {
+	if err := syscall.Setgroups(groups); err != nil {
 		die(126, "sandbox: setgroups: %v", err)
 	}
 	if err := syscall.Setgid(gid); err != nil {
@@ -373,6 +398,11 @@ func sandbox(args []string) {
 	}
 	if err := syscall.Setuid(uid); err != nil {
 		die(126, "sandbox: setuid: %v", err)
+	}
+	if workdir != "" {
+		if err := os.Chdir(workdir); err != nil {
+			die(126, "sandbox: working directory %s: %v", workdir, err)
+		}
 	}
 	if os.Getenv("PATH") == "" {
 		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")

@@ -127,6 +127,9 @@ func (e executor) ExecInContainer(ctx context.Context, _ string, _ string, cname
 // image's binaries, PGHOST its socket directory (the official image's compiled-in default),
 // and paths inside the container point at the host directories behind them.
 func (c *container) execEnv(env []string) []string {
+	if c.image.kind == imageOperator || c.image.kind == imageRooted {
+		return env
+	}
 	out := make([]string, 0, len(env)+4)
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -165,6 +168,9 @@ func hasKey(env []string, key string) bool {
 
 // translateArgs rewrites arguments that are paths under a volume mount.
 func (c *container) translateArgs(cmd []string) []string {
+	if c.image.kind == imageOperator || c.image.kind == imageRooted {
+		return cmd
+	}
 	out := make([]string, len(cmd))
 	for i, a := range cmd {
 		out[i] = a

@@ -1,0 +1,195 @@
+//! The test plane runs the real CloudNativePG operator: a 3-instance Cluster applied with plain
+//! kubectl becomes Ready with two streaming replicas, replicates a row, fails over when its
+//! primary is deleted (the old primary rejoining as a replica), serves `kubectl port-forward
+//! svc/R-rw`, and answers `kubectl-cnpg status`, the reference client.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::scope::Scope;
+use crate::OutputExt;
+
+#[track_caller]
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "{}", out.describe());
+    out.stdout_text()
+}
+
+fn get(scope: &Scope, what: &str, jsonpath: &str) -> String {
+    ok(scope.kubectl_ns(&["get", what, "-o", &format!("jsonpath={jsonpath}")]))
+}
+
+/// `psql` inside an instance, through its socket, as the postgres superuser.
+fn sql(scope: &Scope, pod: &str, query: &str) -> Output {
+    scope.kubectl_ns(&[
+        "exec",
+        pod,
+        "-c",
+        "postgres",
+        "--",
+        "psql",
+        "-XtAq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        query,
+    ])
+}
+
+/// Waits for `check` to hold, up to `limit`: replication and failover are the operator's and
+/// the servers' work, which nothing here can be told about by a watch.
+#[track_caller]
+fn until(limit: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what} within {limit:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+fn streaming(scope: &Scope, primary: &str) -> Result<(), String> {
+    let out = sql(
+        scope,
+        primary,
+        "select count(*) from pg_stat_replication where state = 'streaming'",
+    );
+    match out.stdout_text().trim() {
+        "2" => Ok(()),
+        _ => Err(out.describe()),
+    }
+}
+
+#[test]
+fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
+    let scope = Scope::new("kpg-cnpg");
+    if let Err(e) = scope.plane.cnpg() {
+        panic!("CloudNativePG's operator did not start: {e}");
+    }
+    let started = Instant::now();
+    ok(scope.plane.kubectl_stdin(
+        &["apply", "-n", &scope.ns, "-f", "-"],
+        "apiVersion: postgresql.cnpg.io/v1\nkind: Cluster\nmetadata: {name: pg}\nspec:\n  \
+         instances: 3\n  storage: {size: 1Gi}\n",
+    ));
+    ok(scope.kubectl_ns(&[
+        "wait",
+        "--for=condition=Ready",
+        "cluster/pg",
+        "--timeout=300s",
+    ]));
+    eprintln!(
+        "cnpg: 3 instances Ready {:?} after apply",
+        started.elapsed()
+    );
+    let primary = get(&scope, "cluster/pg", "{.status.currentPrimary}");
+    until(Duration::from_secs(60), "2 streaming replicas", || {
+        streaming(&scope, &primary)
+    });
+
+    // A row written on the primary is read on both replicas.
+    ok(sql(
+        &scope,
+        &primary,
+        "create table t (v text); insert into t values ('replicated')",
+    ));
+    let replicas: Vec<String> = ["pg-1", "pg-2", "pg-3"]
+        .iter()
+        .filter(|p| **p != primary)
+        .map(|p| p.to_string())
+        .collect();
+    for replica in &replicas {
+        until(Duration::from_secs(30), "the row on a replica", || {
+            let out = sql(&scope, replica, "select v from t");
+            (out.stdout_text() == "replicated\n")
+                .then_some(())
+                .ok_or_else(|| out.describe())
+        });
+    }
+
+    // kubectl port-forward to the read-write Service reaches the primary, with the app
+    // credentials CNPG made.
+    let password = ok(scope.kubectl_ns(&[
+        "get",
+        "secret/pg-app",
+        "-o",
+        "go-template={{.data.password | base64decode}}",
+    ]));
+    let (mut forward, port) = scope.plane.port_forward(&scope.ns, "svc/pg-rw", 5432);
+    let port = port.to_string();
+    let psql = scope.plane.postgres.join("clients/bin/psql");
+    let through = Command::new(&psql)
+        .env("PGPASSWORD", &password)
+        .args([
+            "-XtAq",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-c",
+            "select pg_is_in_recovery()",
+        ])
+        .output()
+        .unwrap();
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(ok(through), "f\n");
+
+    // The reference client.
+    let status = Command::new(scope.plane.kubectl_cnpg())
+        .env("KUBECONFIG", &scope.plane.kubeconfig)
+        .args(["status", "pg", "-n", &scope.ns])
+        .output()
+        .unwrap();
+    let text = ok(status);
+    assert!(
+        text.contains(&primary) && text.contains("Streaming Replication status"),
+        "{text}"
+    );
+
+    // Deleting the primary promotes a replica; the old primary comes back as a replica.
+    let deleted = Instant::now();
+    ok(scope.kubectl_ns(&["delete", "pod", &primary, "--wait=false"]));
+    let mut promoted = String::new();
+    until(Duration::from_secs(120), "a new primary", || {
+        let now = get(&scope, "cluster/pg", "{.status.currentPrimary}");
+        if now != primary && !now.is_empty() {
+            let out = sql(&scope, &now, "insert into t values ('after failover')");
+            if out.status.success() {
+                promoted = now;
+                return Ok(());
+            }
+            return Err(out.describe());
+        }
+        Err(format!("still {now}"))
+    });
+    eprintln!(
+        "cnpg: {promoted} took writes {:?} after {primary} was deleted",
+        deleted.elapsed()
+    );
+    until(
+        Duration::from_secs(180),
+        "the old primary back as a replica",
+        || {
+            let out = sql(
+                &scope,
+                &primary,
+                "select pg_is_in_recovery(), count(*) from t",
+            );
+            (out.stdout_text() == "t|2\n")
+                .then_some(())
+                .ok_or_else(|| out.describe())
+        },
+    );
+    until(
+        Duration::from_secs(60),
+        "2 streaming replicas again",
+        || streaming(&scope, &promoted),
+    );
+}
