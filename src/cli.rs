@@ -766,12 +766,24 @@ pub struct DsnArgs {
     /// (`--user` is kubectl's: the kubeconfig user)
     #[arg(long, value_name = "NAME")]
     pub db_user: Option<String>,
+    /// For a CloudNativePG cluster: the read-write endpoint (rw, the primary), the read-only one
+    /// (ro, the replicas) or any instance (r). A single instance has only rw.
+    #[arg(long, value_enum, default_value_t = DsnEndpoint::Rw)]
+    pub endpoint: DsnEndpoint,
     /// Hide the password
     #[arg(long)]
     pub mask: bool,
     /// Print the DatabaseConnection document as json or yaml
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<OutputFormat>,
+}
+
+/// `dsn --endpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DsnEndpoint {
+    Rw,
+    Ro,
+    R,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -579,6 +579,18 @@ pub async fn find_release(cluster: &Cluster, release: &str) -> Result<FoundRelea
 }
 
 /// Whether the pod's Ready condition is True.
+/// The restarts of every container of these pods.
+pub fn restarts(pods: &[Pod]) -> i32 {
+    pods.iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum()
+}
+
 pub fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()

@@ -6,10 +6,12 @@ use owo_colors::Stream;
 use crate::cli::{GlobalArgs, OutputFormat, StatusArgs};
 use crate::cluster::release;
 use crate::cluster::Cluster;
+use crate::deployment::cnpg;
+use crate::deployment::kind::Release;
 use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::deployment::report::{DeploymentStatus, DeploymentStatusList};
-use crate::deployment::status::{assess_observed, read};
+use crate::deployment::status::assess_observed;
 use crate::error::Error;
 use crate::migration::MigrationSet;
 use crate::output::{self, emit, paint};
@@ -27,10 +29,15 @@ pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<(), Error> {
         (Some(r), _) => Some(r.clone()),
         (None, true) => None,
         (None, false) => {
-            let releases = observe::list_releases(&cluster, false).await?;
-            match releases.len() {
-                0 => Some(release::DEFAULT_RELEASE.to_string()),
-                1 => Some(releases[0].1.clone()),
+            let (releases, clusters) = tokio::join!(
+                observe::list_releases(&cluster, false),
+                cnpg::names(&cluster, &cluster.namespace)
+            );
+            let (releases, clusters) = (releases?, clusters?);
+            match (releases.len(), clusters.len()) {
+                (0, 0) => Some(release::DEFAULT_RELEASE.to_string()),
+                (1, 0) => Some(releases[0].1.clone()),
+                (0, 1) => Some(clusters[0].clone()),
                 _ => None,
             }
         }
@@ -44,7 +51,10 @@ pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<(), Error> {
     let namespace = cluster.namespace.clone();
     match args.wait {
         None => {
-            let status = read(&cluster, &namespace, &release, &set).await?.0;
+            let status = Release::locate(&cluster, &release)
+                .await?
+                .status(&cluster, &set)
+                .await?;
             render_one(&status, args.output)
         }
         Some(want) => {

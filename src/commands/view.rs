@@ -139,7 +139,9 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
         ),
         (
             "TLS",
-            if s.tls {
+            if s.tls && s.instances.len() > 1 {
+                "on".to_string()
+            } else if s.tls {
                 format!(
                     "on (Secret {}-tls; clients outside the pod need it)",
                     s.release
@@ -176,6 +178,30 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
         .iter()
         .map(|(k, v)| format!("{:<width$}{v}\n", format!("{k}:")))
         .collect();
+    // Several instances: each one's role, readiness and replication, as the primary sees it.
+    if s.instances.len() > 1 {
+        out.push_str("\nInstances:\n");
+        let rows = s
+            .instances
+            .iter()
+            .map(|i| {
+                vec![
+                    i.name.clone(),
+                    i.role.clone(),
+                    if i.ready { "yes" } else { "no" }.to_string(),
+                    i.replication.clone().unwrap_or_else(|| "-".into()),
+                    i.lag_bytes.map_or_else(|| "-".into(), |b| b.to_string()),
+                ]
+            })
+            .collect();
+        let table = output::table(
+            &["NAME", "ROLE", "READY", "REPLICATION", "LAG (BYTES)"],
+            rows,
+        );
+        for line in table.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     if s.phase == "NotDeployed" {
         out.push_str(&format!(
             "\nNothing deployed. Install it with: kubectl pg install {} -n {}\n",

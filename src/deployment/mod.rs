@@ -4,6 +4,8 @@
 pub mod apply;
 pub mod assess;
 pub mod changes;
+pub mod cnpg;
+pub mod kind;
 pub mod observe;
 pub mod probe;
 pub mod report;

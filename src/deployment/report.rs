@@ -71,6 +71,11 @@ pub struct DeploymentStatus {
     /// The application users (`kubectl pg user`), from their Secrets; filled by `status`.
     pub users: Vec<UserSummary>,
     pub problems: Vec<Problem>,
+    /// The instances and their roles: the one pod `R-0` of a StatefulSet release, each
+    /// instance of a CloudNativePG Cluster with its replication state and lag.
+    pub instances: Vec<crate::deployment::cnpg::Instance>,
+    /// The instance that takes writes.
+    pub primary: Option<String>,
 }
 
 /// `kind: DeploymentStatusList`, for several releases.
@@ -104,16 +109,7 @@ impl DeploymentStatus {
             .iter()
             .filter(|p| release::is_ready(p))
             .count();
-        let restarts = observed
-            .pods
-            .iter()
-            .flat_map(|p| {
-                p.status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-            })
-            .map(|c| c.restart_count)
-            .sum();
+        let restarts = release::restarts(&observed.pods);
         let pvc = observed.pvc.as_ref().map(|p| PvcInfo {
             name: p.metadata.name.clone().unwrap_or_default(),
             phase: p
@@ -229,6 +225,18 @@ impl DeploymentStatus {
                 }),
             users: Vec::new(),
             problems: assessment.problems.clone(),
+            instances: observed
+                .pods
+                .iter()
+                .map(|p| crate::deployment::cnpg::Instance {
+                    name: p.metadata.name.clone().unwrap_or_default(),
+                    role: "primary".into(),
+                    ready: release::is_ready(p),
+                    replication: None,
+                    lag_bytes: None,
+                })
+                .collect(),
+            primary: observed.pods.first().and_then(|p| p.metadata.name.clone()),
         }
     }
 }

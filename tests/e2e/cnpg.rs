@@ -141,6 +141,58 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
     let _ = forward.wait();
     assert_eq!(ok(through), "f\n");
 
+    // kubectl-pg on a Cluster the team made with plain kubectl: `status` (the namespace's only
+    // release, found without its name) names the primary and each replica's replication, and
+    // `dsn` prints the app credentials' DSN for the read-write (and read-only) Service, with
+    // sslmode=require: it works as printed from inside the cluster, through DNS and TLS.
+    let status = ok(scope.kpg(&["status", "-n", &scope.ns, "-o", "json"]));
+    let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(doc["release"], "pg", "{doc}");
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    assert_eq!(doc["primary"], primary.as_str(), "{doc}");
+    let instances = doc["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3, "{doc}");
+    for i in instances {
+        if i["name"] == primary.as_str() {
+            assert_eq!(i["role"], "primary", "{doc}");
+        } else {
+            assert_eq!(i["role"], "replica", "{doc}");
+            assert_eq!(i["replication"], "streaming", "{doc}");
+            assert!(i["lag_bytes"].as_i64().is_some(), "{doc}");
+        }
+        assert_eq!(i["ready"], true, "{doc}");
+    }
+    let text = ok(scope.kpg(&["status", "pg", "-n", &scope.ns]));
+    assert!(
+        text.contains("Instances:") && text.contains("streaming"),
+        "{text}"
+    );
+    for (endpoint, in_recovery) in [("rw", "f"), ("ro", "t")] {
+        let dsn = ok(scope.kpg(&["dsn", "pg", "-n", &scope.ns, "--endpoint", endpoint]));
+        let dsn = dsn.trim();
+        assert!(
+            dsn.contains(&format!(
+                "@pg-{endpoint}.{}.svc.cluster.local:5432/app",
+                scope.ns
+            )) && dsn.contains("sslmode=require"),
+            "{dsn}"
+        );
+        let client = replicas[0].as_str();
+        let answer = ok(scope.kubectl_ns(&[
+            "exec",
+            client,
+            "-c",
+            "postgres",
+            "--",
+            "psql",
+            "-XtAq",
+            dsn,
+            "-c",
+            "select pg_is_in_recovery(), current_user, (select ssl from pg_stat_ssl where pid = pg_backend_pid())",
+        ]));
+        assert_eq!(answer, format!("{in_recovery}|app|t\n"), "{endpoint}");
+    }
+
     // The reference client.
     let status = Command::new(scope.plane.kubectl_cnpg())
         .env("KUBECONFIG", &scope.plane.kubeconfig)

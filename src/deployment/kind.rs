@@ -1,0 +1,362 @@
+//! A release is a value that knows its kind: kubectl-pg's own single instance (a StatefulSet)
+//! or a CloudNativePG Cluster, made by kubectl-pg or by the team. Commands ask it for its
+//! status and its endpoints and never look at the kind themselves.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::{Api, ListParams};
+
+use crate::cluster::release::{self, Credentials, ReleaseTls, DATABASE_PORT};
+use crate::cluster::Cluster;
+use crate::deployment::cnpg::{self, CnpgCluster, Which};
+use crate::deployment::report::DeploymentStatus;
+use crate::deployment::status;
+use crate::error::Error;
+use crate::migration::MigrationSet;
+
+/// One release, as found now.
+#[derive(Debug, Clone)]
+pub enum Release {
+    /// kubectl-pg's single instance: StatefulSet `R`, pod `R-0`, Service `R` (also a release
+    /// not installed yet, whose status says so).
+    StatefulSet { name: String, namespace: String },
+    /// A CloudNativePG Cluster `R` and its instances.
+    Cnpg(Box<CnpgCluster>),
+}
+
+/// How a client reaches a release.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Credentials,
+    /// The TLS the server serves, with the CA to verify it; none for a plain release.
+    pub tls: Option<ReleaseTls>,
+}
+
+/// The release to act on: the one named; else the only one in the namespace, of either kind;
+/// else `postgres`.
+pub async fn resolve(cluster: &Cluster, named: Option<&str>) -> Result<Release, Error> {
+    if named.is_some() {
+        let name = release::resolve(cluster, named).await?;
+        return Release::locate(cluster, &name).await;
+    }
+    let (ours, theirs) = tokio::join!(
+        release::resolve(cluster, None),
+        cnpg::names(cluster, &cluster.namespace)
+    );
+    let ours = ours?;
+    let theirs = theirs?;
+    // No StatefulSet release (the default name came back) and one Cluster: that Cluster.
+    if ours == release::DEFAULT_RELEASE && theirs.len() == 1 {
+        return Release::locate(cluster, &theirs[0]).await;
+    }
+    Release::locate(cluster, &ours).await
+}
+
+impl Release {
+    /// Finds release `name` in the cluster's namespace: kubectl-pg's StatefulSet when there is
+    /// one, else a CloudNativePG Cluster of that name, else a StatefulSet release not (yet)
+    /// installed. Two reads at once.
+    pub async fn locate(cluster: &Cluster, name: &str) -> Result<Self, Error> {
+        let namespace = cluster.namespace.clone();
+        let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &namespace);
+        let (sts, found) = tokio::join!(
+            sets.get_metadata_opt(name),
+            cnpg::get(cluster, &namespace, name)
+        );
+        let ours = sts
+            .map_err(|e| cluster.error("get", "statefulsets", e))?
+            .is_some_and(|s| release::made_for(&s.metadata, name));
+        match found? {
+            Some(c) if !ours => Ok(Release::Cnpg(Box::new(c))),
+            _ => Ok(Release::StatefulSet {
+                name: name.to_string(),
+                namespace,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Release::StatefulSet { name, .. } => name,
+            Release::Cnpg(c) => &c.name,
+        }
+    }
+
+    /// The release's status document, with its database checked.
+    pub async fn status(
+        &self,
+        cluster: &Cluster,
+        set: &MigrationSet,
+    ) -> Result<DeploymentStatus, Error> {
+        match self {
+            Release::StatefulSet { name, namespace } => {
+                Ok(status::read(cluster, namespace, name, set).await?.0)
+            }
+            Release::Cnpg(c) => cnpg_status(cluster, c).await,
+        }
+    }
+
+    /// Where a client connects, as whom, and with what TLS: `which` endpoint (a single instance
+    /// has only its read-write one), from outside the cluster when `external`, as application
+    /// user `db_user` when named.
+    pub async fn endpoint(
+        &self,
+        cluster: &Cluster,
+        which: Which,
+        external: bool,
+        db_user: Option<&str>,
+    ) -> Result<Endpoint, Error> {
+        match self {
+            Release::StatefulSet { name, .. } => {
+                if which != Which::ReadWrite {
+                    return Err(Error::InvalidInput {
+                        message: format!(
+                            "release {name:?} is a single instance: it has only the read-write endpoint"
+                        ),
+                        hint: Some("leave out --endpoint, or give --endpoint rw".into()),
+                    });
+                }
+                statefulset_endpoint(cluster, name, external, db_user).await
+            }
+            Release::Cnpg(c) => {
+                let (credentials, address) = tokio::join!(
+                    async {
+                        match db_user {
+                            Some(user) => {
+                                release::app_user_credentials(cluster, &c.name, user).await
+                            }
+                            None => c.credentials(cluster).await,
+                        }
+                    },
+                    async {
+                        if external {
+                            Some(external_address(cluster, &c.service(which), &c.name).await)
+                        } else {
+                            None
+                        }
+                    }
+                );
+                let (host, port) = match address {
+                    Some(a) => a?,
+                    None => (c.host(which, release::DEFAULT_CLUSTER_DOMAIN), c.port()),
+                };
+                let tls = c.tls(cluster, &host).await?;
+                Ok(Endpoint {
+                    host,
+                    port,
+                    credentials: credentials?,
+                    tls: Some(tls),
+                })
+            }
+        }
+    }
+}
+
+async fn statefulset_endpoint(
+    cluster: &Cluster,
+    release: &str,
+    external: bool,
+    db_user: Option<&str>,
+) -> Result<Endpoint, Error> {
+    let (found, address, tls) = tokio::join!(
+        release::secret_of(cluster, release),
+        async {
+            if external {
+                Some(external_address(cluster, release, release).await)
+            } else {
+                None
+            }
+        },
+        release::tls_of(cluster, release)
+    );
+    let (source, secret) = found?;
+    let credentials = match db_user {
+        Some(user) => release::app_user_credentials(cluster, release, user).await?,
+        None => {
+            let secret_name = &source.secret;
+            let secret = secret.ok_or_else(|| Error::NotFound {
+                message: format!(
+                    "Secret {secret_name:?} of release {release:?} not found in namespace {:?}",
+                    cluster.namespace
+                ),
+                hint: Some(format!(
+                    "is the release installed? kubectl pg status -n {}",
+                    cluster.namespace
+                )),
+            })?;
+            source.resolve(&secret)?
+        }
+    };
+    let (host, port) = match address {
+        Some(address) => address?,
+        None => (
+            credentials.host.clone().unwrap_or_else(|| {
+                release::service_host(release, &cluster.namespace, &source.cluster_domain)
+            }),
+            credentials.port.unwrap_or(DATABASE_PORT),
+        ),
+    };
+    Ok(Endpoint {
+        host,
+        port,
+        credentials,
+        tls: tls?,
+    })
+}
+
+/// The address a laptop can use for Service `service` of `release`: a LoadBalancer's
+/// ingress, or a node address and NodePort.
+async fn external_address(
+    cluster: &Cluster,
+    service: &str,
+    release: &str,
+) -> Result<(String, u16), Error> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let found = services
+        .get_opt(service)
+        .await
+        .map_err(|e| cluster.error("get", "services", e))?
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
+                "Service {service:?} not found in namespace {:?}",
+                cluster.namespace
+            ),
+            hint: None,
+        })?;
+    let spec = found.spec.clone().unwrap_or_default();
+    let port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("postgresql") || p.name.as_deref() == Some("postgres"))
+        .or_else(|| spec.ports.iter().flatten().next());
+    let none = |why: String| {
+        Error::NotFound {
+        message: format!("no address outside the cluster for release {release:?}: {why}"),
+        hint: Some(format!(
+            "use `kubectl pg psql {release} -n {ns}`, or `kubectl pg port-forward {release} -n {ns}` and connect to 127.0.0.1",
+            ns = cluster.namespace
+        )),
+    }
+    };
+    match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "LoadBalancer" => {
+            let ingress = found
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .and_then(|i| i.into_iter().next());
+            let host = ingress.and_then(|i| i.ip.or(i.hostname));
+            let port = port.map_or(DATABASE_PORT as i32, |p| p.port);
+            match host {
+                Some(host) => Ok((host, port as u16)),
+                None => Err(none("its LoadBalancer has no ingress address yet".into())),
+            }
+        }
+        "NodePort" => {
+            let node_port = port
+                .and_then(|p| p.node_port)
+                .ok_or_else(|| none("no nodePort assigned".into()))?;
+            let nodes: Api<Node> = Api::all(cluster.client.clone());
+            let list = nodes
+                .list(&ListParams::default().limit(1))
+                .await
+                .map_err(|e| cluster.error("list", "nodes", e))?;
+            let addresses = list
+                .items
+                .into_iter()
+                .flat_map(|n| n.status.and_then(|s| s.addresses).unwrap_or_default());
+            let mut best = None;
+            for a in addresses {
+                if a.type_ == "ExternalIP" {
+                    best = Some(a.address);
+                    break;
+                }
+                if a.type_ == "InternalIP" && best.is_none() {
+                    best = Some(a.address);
+                }
+            }
+            best.map(|host| (host, node_port as u16))
+                .ok_or_else(|| none("no node reports an address".into()))
+        }
+        other => Err(none(format!("its Service is of type {other}"))),
+    }
+}
+
+/// A CloudNativePG Cluster's status: the operator's phase, each instance's role, readiness,
+/// replication state and lag (asked of the primary, in its pod), and the read-write endpoint.
+async fn cnpg_status(cluster: &Cluster, c: &CnpgCluster) -> Result<DeploymentStatus, Error> {
+    use crate::deployment::assess::{Problem, Severity};
+    let replication = c.replication(cluster).await.unwrap_or_default();
+    let instances = c.instances(&replication.replicas);
+    let phase = c.phase();
+    let mut problems = Vec::new();
+    if phase != "Healthy" && phase != "Hibernated" {
+        problems.push(Problem {
+            severity: Severity::Warning,
+            reason: "OperatorPhase".into(),
+            message: format!(
+                "the operator reports: {}",
+                c.operator_phase().unwrap_or_else(|| {
+                    "no phase yet (is the CloudNativePG operator running?)".into()
+                })
+            ),
+            hint: None,
+            exit_code: 4,
+        });
+    }
+    for i in instances.iter().filter(|i| i.role != "primary") {
+        if i.replication.as_deref() != Some("streaming") {
+            problems.push(Problem {
+                severity: Severity::Warning,
+                reason: "ReplicaNotStreaming".into(),
+                message: format!(
+                    "replica {} is {} on the primary",
+                    i.name,
+                    i.replication.as_deref().unwrap_or("not connected")
+                ),
+                hint: None,
+                exit_code: 4,
+            });
+        }
+    }
+    let restarts = release::restarts(&c.pods);
+    let host = c.host(Which::ReadWrite, release::DEFAULT_CLUSTER_DOMAIN);
+    Ok(DeploymentStatus {
+        api_version: crate::output::API_VERSION,
+        kind: "DeploymentStatus",
+        release: c.name.clone(),
+        namespace: c.namespace.clone(),
+        phase: phase.into(),
+        pods_ready: instances.iter().filter(|i| i.ready).count(),
+        pods_total: c.wanted().max(c.pods.len()),
+        restarts,
+        pvc_bound: true,
+        pvc: None,
+        database_accessible: replication.answered,
+        round_trip_ms: replication.round_trip_ms,
+        server_version: replication.server_version.clone(),
+        migrations_applied: Vec::new(),
+        migrations_applied_count: 0,
+        latest_migration: None,
+        migrations_pending: None,
+        database_sizes: Vec::new(),
+        image: c.image(),
+        service_type: None,
+        endpoint: Some(format!("{host}:{}", c.port())),
+        connection_string: None,
+        last_updated: c
+            .object
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string()),
+        tls: true,
+        users: Vec::new(),
+        problems,
+        instances,
+        primary: c.primary(),
+    })
+}
