@@ -39,10 +39,10 @@ const MAX_IDLE: usize = 8;
 /// Accepts connections on `listener` forever, each carried to the release's ready pod; the
 /// caller ends it (drops the future) on Ctrl-C. Failures of one connection are noted on
 /// stderr and end that connection only.
-pub async fn serve(listener: TcpListener, cluster: Cluster, release: String) {
+pub async fn serve(listener: TcpListener, cluster: Cluster, release: String, selector: String) {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let (store, writer) = reflector::store::<Pod>();
-    let config = watcher::Config::default().labels(&release::selector(&release));
+    let config = watcher::Config::default().labels(&selector);
     let watch = reflector::reflector(writer, watcher(pods, config))
         .default_backoff()
         .touched_objects()
@@ -61,14 +61,16 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, release: String) {
                 continue;
             }
         };
-        let (cluster, release, store, sessions) = (
+        let (cluster, release, selector, store, sessions) = (
             cluster.clone(),
             release.clone(),
+            selector.clone(),
             store.clone(),
             Arc::clone(&sessions),
         );
         tokio::spawn(async move {
-            if let Err(reason) = carry(socket, &cluster, &release, &store, &sessions).await {
+            let writer = (release.as_str(), selector.as_str());
+            if let Err(reason) = carry(socket, &cluster, writer, &store, &sessions).await {
                 crate::note!("connection from {peer} closed: {reason}");
             }
         });
@@ -80,7 +82,7 @@ pub async fn serve(listener: TcpListener, cluster: Cluster, release: String) {
 async fn carry(
     mut socket: TcpStream,
     cluster: &Cluster,
-    release: &str,
+    (release, selector): (&str, &str),
     known: &Store<Pod>,
     sessions: &Sessions,
 ) -> Result<(), String> {
@@ -88,7 +90,7 @@ async fn carry(
     let _ = socket.set_nodelay(true);
     let target = match known_ready(known) {
         Some(found) => found,
-        None => ready_pod(cluster, release).await?,
+        None => ready_pod(cluster, release, selector).await?,
     };
     let started = Instant::now();
     let spdy = match sessions.expects_short() {
@@ -317,10 +319,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// The name and database port of the release's ready pod.
-async fn ready_pod(cluster: &Cluster, release: &str) -> Result<Target, String> {
+async fn ready_pod(cluster: &Cluster, release: &str, selector: &str) -> Result<Target, String> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let list = pods
-        .list(&ListParams::default().labels(&release::selector(release)))
+        .list(&ListParams::default().labels(selector))
         .await
         .map_err(|e| cluster.error("list", "pods", e).to_string())?;
     let pod = list

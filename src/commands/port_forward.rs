@@ -9,6 +9,7 @@ use crate::cli::{GlobalArgs, PortForwardArgs};
 use crate::cluster::release::{self, DATABASE_PORT};
 use crate::cluster::{forward, Cluster};
 use crate::database::connection::{shell_quote, DatabaseConnection};
+use crate::deployment::kind;
 use crate::error::Error;
 use crate::output::{self, emit};
 
@@ -27,8 +28,9 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
     }
     let app_user = args.db_user.clone();
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, args.release.as_deref()).await?;
-    let target = release::find_target(&cluster, &release).await?;
+    let found = kind::resolve(&cluster, args.release.as_deref()).await?;
+    let release = found.name().to_string();
+    let target = found.target(&cluster).await?;
     let (username, password, database) = match &app_user {
         None => {
             let c = &target.credentials;
@@ -44,7 +46,7 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
         context: "cannot read the listening address".into(),
         source,
     })?;
-    let tls = release::tls_of(&cluster, &release).await?;
+    let tls = found.tls(&cluster).await?;
     let connection = sslmode(
         DatabaseConnection::new(
             local.ip().to_string(),
@@ -93,7 +95,7 @@ pub async fn run(mut args: PortForwardArgs, global: &GlobalArgs) -> Result<(), E
         target.port
     );
     tokio::select! {
-        () = forward::serve(listener, cluster, release) => {}
+        () = forward::serve(listener, cluster, release, found.writer_selector()) => {}
         _ = stop.first() => {}
     }
     crate::note!("stopped forwarding {local}");

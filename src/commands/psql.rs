@@ -12,16 +12,20 @@ use crate::cli::{GlobalArgs, PsqlArgs};
 use crate::cluster::release::{self, Target};
 use crate::cluster::Cluster;
 use crate::database::roles;
+use crate::deployment::kind;
 use crate::error::Error;
 use crate::manifests::render::CONTAINER;
 
 pub async fn run(args: PsqlArgs, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, args.release.as_deref()).await?;
-    let target = release::find_target(&cluster, &release).await?;
+    let release = kind::resolve(&cluster, args.release.as_deref()).await?;
+    let mut target = release.target(&cluster).await?;
     let code = if args.local {
         run_local(&cluster, &target, &args.psql_args).await?
     } else {
+        if let Some(user) = release.socket_user() {
+            target.credentials.username = user.to_string();
+        }
         let kubectl = kubectl_path()?;
         let argv = exec_argv(
             global,

@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
 
-use crate::cluster::release::{self, Credentials, ReleaseTls, DATABASE_PORT};
+use crate::cluster::release::{self, Credentials, ReleaseTls, Target, DATABASE_PORT};
 use crate::cluster::Cluster;
 use crate::deployment::cnpg::{self, CnpgCluster, Which};
 use crate::deployment::report::DeploymentStatus;
@@ -81,6 +81,71 @@ impl Release {
         match self {
             Release::StatefulSet { name, .. } => name,
             Release::Cnpg(c) => &c.name,
+        }
+    }
+
+    /// The pod that takes writes now, its database port, and the credentials a client logs in
+    /// with: `R-0` and the release's Secret; a Cluster's primary and its application owner.
+    pub async fn target(&self, cluster: &Cluster) -> Result<Target, Error> {
+        match self {
+            Release::StatefulSet { name, .. } => release::find_target(cluster, name).await,
+            Release::Cnpg(c) => {
+                let credentials = c.credentials(cluster).await?;
+                let pod = c.primary().ok_or_else(|| Error::NotFound {
+                    message: format!(
+                        "Cluster {:?} has no primary yet ({})",
+                        c.name,
+                        c.operator_phase().unwrap_or_else(|| "no phase".into())
+                    ),
+                    hint: Some(format!(
+                        "wait for it: kubectl pg status {} -n {}",
+                        c.name, c.namespace
+                    )),
+                })?;
+                Ok(Target {
+                    release: c.name.clone(),
+                    namespace: c.namespace.clone(),
+                    pod,
+                    port: c.port(),
+                    credentials,
+                })
+            }
+        }
+    }
+
+    /// The label selector of the pod that takes writes: a port-forward follows it across
+    /// restarts, replacements and failovers (CloudNativePG moves the primary label).
+    pub fn writer_selector(&self) -> String {
+        match self {
+            Release::StatefulSet { name, .. } => release::selector(name),
+            Release::Cnpg(c) => format!(
+                "{}={},{}=primary",
+                cnpg::LABEL_CLUSTER,
+                c.name,
+                cnpg::LABEL_ROLE
+            ),
+        }
+    }
+
+    /// The database role psql runs as inside the pod, when not the target's user: a Cluster's
+    /// instances let only `postgres` in over their socket (peer authentication).
+    pub fn socket_user(&self) -> Option<&'static str> {
+        match self {
+            Release::StatefulSet { .. } => None,
+            Release::Cnpg(_) => Some("postgres"),
+        }
+    }
+
+    /// The TLS the server serves: a StatefulSet release's `R-tls` when it has one; a
+    /// Cluster's CA (its certificates name only the Services, not a local address).
+    pub async fn tls(&self, cluster: &Cluster) -> Result<Option<ReleaseTls>, Error> {
+        match self {
+            Release::StatefulSet { name, .. } => release::tls_of(cluster, name).await,
+            Release::Cnpg(c) => {
+                let mut tls = c.tls(cluster, "").await?;
+                tls.sans.clear();
+                Ok(Some(tls))
+            }
         }
     }
 
