@@ -361,7 +361,13 @@ impl<'a, C: Connector> Runner<'a, C> {
                 checksum = literal(&m.up.checksum),
                 down = literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
                 by = literal(&format!(" via {}", self.settings.applied_by)),
-            ),
+            ) + if m.repeatable {
+                // A repeatable migration runs again when it changes: its row follows.
+                " ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, \
+                 applied_at = now(), execution_ms = EXCLUDED.execution_ms, applied_by = EXCLUDED.applied_by"
+            } else {
+                ""
+            },
             Direction::Down => format!("DELETE FROM {} WHERE version = {}", tables.history, m.version),
         };
         format!("{AS_SESSION_USER_SQL} {record}")
@@ -377,7 +383,7 @@ impl<'a, C: Connector> Runner<'a, C> {
         // rejected bodies ending inside a quote or block comment.
         let batch = format!(
             "{prefix}{}\n;\n{};\nCOMMIT;\n{SESSION_RESET_SQL};",
-            script.sql,
+            script.body,
             self.record_sql(tables, step)
         );
         match client.simple_query(&batch).await {
@@ -386,7 +392,7 @@ impl<'a, C: Connector> Runner<'a, C> {
             Err(e) => {
                 // The explicit transaction is aborted: end it so the session stays usable.
                 let _ = client.simple_query("ROLLBACK").await;
-                let line = error_line(&e, prefix.chars().count(), &script.sql);
+                let line = error_line(&e, prefix.chars().count(), &script.body);
                 Err(StepError::Failed(self.step_failed(step, line, &e, None)))
             }
         }
