@@ -87,7 +87,7 @@ pub fn not_adopted(found: &Found, dir: Option<&std::path::Path>) -> Error {
                 "adopt it: kubectl pg migrate adopt --from {}{dir} (add --dry-run to see what it records)",
                 found.tool
             ),
-            format!("{}'s table is left in place, so {} keeps working", found.table, found.tool),
+            format!("adopting leaves {} in place, so {} keeps working on the database", found.table, found.tool),
         ],
     }
 }
@@ -110,6 +110,8 @@ pub struct Row {
     pub checksum: Option<String>,
     pub execution_ms: Option<i64>,
     pub installed_by: Option<String>,
+    /// When the tool applied it (Flyway, sqlx), UTC.
+    pub installed_on: Option<String>,
 }
 
 /// Reads the tool's table.
@@ -117,18 +119,18 @@ pub async fn read(client: &Client, found: &Found) -> Result<Vec<Row>, tokio_post
     let t = &found.table;
     let sql = match found.tool {
         Format::GolangMigrate => format!(
-            "SELECT 0, version::text, '', '', 't', dirty::text, NULL, NULL, NULL FROM {t}"
+            "SELECT 0, version::text, '', '', 't', dirty::text, NULL, NULL, NULL, NULL FROM {t}"
         ),
         Format::Dbmate => format!(
-            "SELECT row_number() OVER (ORDER BY version), version::text, '', '', 't', 'false', NULL, NULL, NULL FROM {t}"
+            "SELECT row_number() OVER (ORDER BY version), version::text, '', '', 't', 'false', NULL, NULL, NULL, NULL FROM {t}"
         ),
         Format::Flyway => format!(
             "SELECT installed_rank, version, description, type, success::text, 'false', checksum::text, \
-             execution_time, installed_by FROM {t} ORDER BY installed_rank"
+             execution_time, installed_by, (installed_on::timestamptz AT TIME ZONE 'UTC')::text FROM {t} ORDER BY installed_rank"
         ),
         Format::Sqlx => format!(
             "SELECT version, version::text, description, '', success::text, 'false', encode(checksum, 'hex'), \
-             execution_time / 1000000, NULL FROM {t} ORDER BY version"
+             execution_time / 1000000, NULL, (installed_on AT TIME ZONE 'UTC')::text FROM {t} ORDER BY version"
         ),
         Format::KubectlPg => return Ok(Vec::new()),
     };
@@ -146,6 +148,7 @@ pub async fn read(client: &Client, found: &Found) -> Result<Vec<Row>, tokio_post
                 checksum: text(6),
                 execution_ms: text(7).and_then(|v| v.parse().ok()),
                 installed_by: text(8),
+                installed_on: text(9),
             }
         })
         .collect())
@@ -160,6 +163,7 @@ pub struct Adopted<'a> {
     pub checksum: String,
     pub execution_ms: Option<i64>,
     pub installed_by: Option<String>,
+    pub installed_on: Option<String>,
 }
 
 /// What `adopt` records, and what it found changed.
@@ -172,10 +176,8 @@ pub struct Plan<'a> {
 
 /// Decides what adoption records from the tool's rows and the files.
 pub fn plan<'a>(set: &'a MigrationSet, tool: Format, rows: &[Row]) -> Result<Plan<'a>, Error> {
-    let mut applied: std::collections::BTreeMap<
-        i64,
-        (Option<i64>, Option<String>, Option<String>),
-    > = Default::default();
+    // Per version: the row that applied it (its time, duration, user and checksum).
+    let mut applied: std::collections::BTreeMap<i64, Option<Row>> = Default::default();
     let mut repeatables: std::collections::BTreeMap<String, Row> = Default::default();
     let mut unknown = Vec::new();
     let key_of = |version: &str| -> Result<i64, Error> {
@@ -233,18 +235,16 @@ pub fn plan<'a>(set: &'a MigrationSet, tool: Format, rows: &[Row]) -> Result<Pla
                     .iter()
                     .filter(|m| !m.repeatable && m.version <= upto)
                 {
-                    applied.insert(m.version, (None, row.installed_by.clone(), None));
+                    let baseline = Row {
+                        checksum: None,
+                        execution_ms: None,
+                        ..row.clone()
+                    };
+                    applied.insert(m.version, Some(baseline));
                 }
             }
             (Format::Flyway, "SQL" | "JDBC" | "SCRIPT", Some(v)) => {
-                applied.insert(
-                    key_of(v)?,
-                    (
-                        row.execution_ms,
-                        row.installed_by.clone(),
-                        row.checksum.clone(),
-                    ),
-                );
+                applied.insert(key_of(v)?, Some(row.clone()));
             }
             (Format::Flyway, _, _) => {}
             (Format::GolangMigrate, _, Some(v)) => {
@@ -254,32 +254,32 @@ pub fn plan<'a>(set: &'a MigrationSet, tool: Format, rows: &[Row]) -> Result<Pla
                     unknown.push(v.clone());
                 }
                 for m in set.migrations.iter().filter(|m| m.version <= upto) {
-                    applied.insert(m.version, (None, None, None));
+                    applied.insert(m.version, None);
                 }
             }
             (_, _, Some(v)) => {
-                applied.insert(key_of(v)?, (row.execution_ms, None, row.checksum.clone()));
+                applied.insert(key_of(v)?, Some(row.clone()));
             }
             (_, _, None) => {}
         }
     }
     let mut result = Plan::default();
-    for (key, (execution_ms, installed_by, recorded)) in &applied {
+    for (key, row) in &applied {
         let Some(m) = set.get(*key) else {
             unknown.push(set.label(*key));
             continue;
         };
-        if recorded
-            .as_deref()
-            .is_some_and(|r| !same_checksum(tool, m, r))
-        {
+        let row = row.as_ref();
+        let recorded = row.and_then(|r| r.checksum.as_deref());
+        if recorded.is_some_and(|r| !same_checksum(tool, m, r)) {
             result.changed.push(m.id());
         }
         result.adopted.push(Adopted {
             migration: m,
             checksum: m.up.checksum.clone(),
-            execution_ms: *execution_ms,
-            installed_by: installed_by.clone(),
+            execution_ms: row.and_then(|r| r.execution_ms),
+            installed_by: row.and_then(|r| r.installed_by.clone()),
+            installed_on: row.and_then(|r| r.installed_on.clone()),
         });
     }
     if !unknown.is_empty() {
@@ -315,6 +315,7 @@ pub fn plan<'a>(set: &'a MigrationSet, tool: Format, rows: &[Row]) -> Result<Pla
             },
             execution_ms: row.execution_ms,
             installed_by: row.installed_by.clone(),
+            installed_on: row.installed_on.clone(),
         });
     }
     Ok(result)
@@ -380,8 +381,12 @@ pub fn record_sql(tables: &Tables, tool: Format, plan: &Plan<'_>, via: &str) -> 
                 literal(&format!(" (adopted from {tool}{via})"))
             ),
         };
+        let at = a.installed_on.as_deref().map_or_else(
+            || "now()".into(),
+            |t| format!("{}::timestamp AT TIME ZONE 'UTC'", literal(t)),
+        );
         sql.push_str(&format!(
-            "INSERT INTO {} (version, name, checksum, down_checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {}, {}, {by});\n",
+            "INSERT INTO {} (version, name, checksum, down_checksum, execution_ms, applied_by, applied_at) VALUES ({}, {}, {}, {}, {}, {by}, {at});\n",
             tables.history,
             m.version,
             literal(&m.name),
@@ -425,6 +430,7 @@ mod tests {
             checksum: None,
             execution_ms: None,
             installed_by: None,
+            installed_on: None,
         }
     }
 
