@@ -21,7 +21,8 @@ pub struct Settings {
     /// Bound on each statement inside migrations; `None` leaves the server's setting.
     pub statement_timeout: Option<Duration>,
     pub allow_out_of_order: bool,
-    /// Recorded in `applied_by`, beside the database user.
+    /// Recorded in `applied_by` after the database user (` via kubectl pg install`, ` via
+    /// kubeconfig user NAME`), or nothing.
     pub applied_by: String,
 }
 
@@ -360,7 +361,7 @@ impl<'a, C: Connector> Runner<'a, C> {
                 name = literal(&m.name),
                 checksum = literal(&m.up.checksum),
                 down = literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
-                by = literal(&format!(" via {}", self.settings.applied_by)),
+                by = literal(&self.settings.applied_by),
             ) + if m.repeatable {
                 // A repeatable migration runs again when it changes: its row follows.
                 " ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, \

@@ -130,7 +130,7 @@ pub async fn read(client: &Client, found: &Found) -> Result<Vec<Row>, tokio_post
         ),
         Format::Sqlx => format!(
             "SELECT version, version::text, description, '', success::text, 'false', encode(checksum, 'hex'), \
-             execution_time / 1000000, NULL, (installed_on AT TIME ZONE 'UTC')::text FROM {t} ORDER BY version"
+             execution_time / 1000000, NULL, (installed_on AT TIME ZONE 'UTC')::text FROM {t} ORDER BY 1"
         ),
         Format::KubectlPg => return Ok(Vec::new()),
     };

@@ -11,6 +11,7 @@ mod clients;
 mod cluster;
 mod data;
 mod dotenv;
+mod formats;
 mod k8s;
 mod krew;
 mod kubectl;
