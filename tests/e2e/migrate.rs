@@ -647,15 +647,17 @@ fn bad_files_exit_1_naming_the_file_and_apply_nothing() {
             "unterminated",
             &["up"],
         ),
+        // kubectl-pg's own format asks for the directive (detected, such a file is
+        // golang-migrate's, which runs it without a transaction: tests/e2e/formats.rs).
         (
             &[("001_a.up.sql", b"create index concurrently i on t (a);")],
             "CONCURRENTLY",
-            &["up"],
+            &["up", "--format", "kubectl-pg"],
         ),
         (
             &[("001_a.up.sql", b"create index concurrently i on t (a);")],
             "no-transaction",
-            &["up", "--dry-run"],
+            &["up", "--dry-run", "--format", "kubectl-pg"],
         ),
         (
             &[("001_a.up.sql", b"create table a (i int); commit;")],
