@@ -1,8 +1,8 @@
 // Flyway's own engine (flyway-core) driven from the command line: `migrate`, `info` and
 // `repair`, with the URL, user, password and locations from FLYWAY_* environment variables. It stands in
 // for flyway-commandline 13.12.2, which Maven Central serves but which cannot start here: its
-// Main loads org.flywaydb.mcp.McpConfigurationLoader from flyway-command-mcp, whose POM only
-// repo.gradle.org serves.
+// Main loads org.flywaydb.mcp.McpConfigurationLoader from flyway-command-mcp, which Maven
+// Central does not serve.
 import org.flywaydb.core.Flyway;
 import org.flywaydb.core.api.MigrationInfo;
 
