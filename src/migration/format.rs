@@ -68,6 +68,15 @@ impl Format {
         }
     }
 
+    /// Where a migration's down would be, for the error of one without it.
+    pub fn down_of(self, m: &super::source::Migration) -> String {
+        match self {
+            Format::Flyway => format!("U{}__{}.sql", m.label, m.name),
+            Format::Dbmate => "a `-- migrate:down` section with a statement".into(),
+            _ => format!("{}.down.sql", m.id()),
+        }
+    }
+
     /// A history key written as the files write versions, when no file has it.
     pub fn label_of(self, key: i64) -> String {
         match self {

@@ -249,10 +249,10 @@ pub fn plan_down<'a>(
             return Err(Error::MigrationFile {
                 path: migration.up.origin.clone(),
                 message: format!(
-                    "no down migration ({}.down.sql) to revert it with",
-                    migration.id()
+                    "no down migration ({}) to revert it with",
+                    set.format.down_of(migration)
                 ),
-                hint: Some("write the down file, then run the command again".into()),
+                hint: Some("write it, then run the command again".into()),
             });
         }
         steps.push(Step {

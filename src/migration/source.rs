@@ -558,6 +558,20 @@ pub fn create_pair(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), Error> 
         source,
     })?;
     let set = MigrationSet::from_dir(dir)?;
+    if !matches!(set.format, Format::KubectlPg | Format::GolangMigrate) {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "create writes NNN_name.up.sql/.down.sql pairs, and {} holds {} files",
+                dir.display(),
+                set.format
+            ),
+            hint: Some(format!(
+                "name the new file as {} does: {}",
+                set.format,
+                format::name_hint(set.format)
+            )),
+        });
+    }
     let (next, width) = match set.migrations.last() {
         Some(last) => (last.version + 1, last.label.len().max(3)),
         None => (1, 3),
