@@ -74,12 +74,6 @@ async fn run_with<C: Connector>(
 ) -> Result<(), Error> {
     let options = &args.options;
     let by = Actor(kubeconfig_user);
-    if matches!(
-        args.action,
-        MigrateAction::Up { .. } | MigrateAction::Status { .. }
-    ) {
-        refuse_foreign_history(connector.as_ref(), set).await?;
-    }
     if !matches!(args.action, MigrateAction::Status { .. }) {
         refuse_missing_up_files(set, connector.as_ref()).await?;
     }
@@ -95,7 +89,8 @@ async fn run_with<C: Connector>(
             _ => None,
         };
         if let Some(goal) = goal {
-            let history = read_history(connector.as_ref()).await?;
+            let refuse_foreign = matches!(goal, Goal::Up { .. });
+            let history = read_history_checked(connector.as_ref(), set, refuse_foreign).await?;
             let planned = match goal {
                 Goal::Up { to } => plan::plan_up(set, &history, to, options.allow_out_of_order)?,
                 Goal::Down(target) => plan::plan_down(set, &history, target)?,
@@ -229,31 +224,6 @@ fn version_key(set: &MigrationSet, version: Option<&str>) -> Result<Option<i64>,
         })
 }
 
-/// A database migrated by another tool and not by us: `status` and `up` refuse it (exit 7),
-/// naming the tool, its table and the adopt command. Reads only.
-async fn refuse_foreign_history<C: Connector>(
-    connector: Option<&C>,
-    set: &MigrationSet,
-) -> Result<(), Error> {
-    let Some(connector) = connector else {
-        return Ok(());
-    };
-    let client = connect_with_retry(connector).await?;
-    let read = |e: tokio_postgres::Error| Error::Database {
-        context: "cannot read the migration history".into(),
-        message: describe(&e),
-    };
-    let ours = history::read(&client).await.map_err(read)?;
-    if !ours.applied.is_empty() || !ours.partial.is_empty() {
-        return Ok(());
-    }
-    let found = foreign::find(&client).await.map_err(read)?;
-    match found.first() {
-        Some(found) => Err(foreign::not_adopted(found, set.dir.as_deref())),
-        None => Ok(()),
-    }
-}
-
 /// Who runs the command, for the history's `applied_by` (after the database role, which the
 /// server records itself): the kubeconfig user through the cluster; with `--dsn`, the role
 /// alone.
@@ -298,6 +268,33 @@ fn settings(options: &MigrateOptions, by: &Actor) -> Settings {
         allow_out_of_order: options.allow_out_of_order,
         applied_by: by.via(),
     }
+}
+
+/// [`read_history`], refusing (`refuse_foreign`) a database that another tool migrated and we
+/// did not: `status` and `up` would show or run again what the tool applied. In one session.
+async fn read_history_checked<C: Connector>(
+    connector: Option<&C>,
+    set: &MigrationSet,
+    refuse_foreign: bool,
+) -> Result<History, Error> {
+    let Some(connector) = connector else {
+        return Ok(History::default());
+    };
+    let client = connect_with_retry(connector).await?;
+    let read = |e: tokio_postgres::Error| Error::Database {
+        context: "cannot read the migration history".into(),
+        message: describe(&e),
+    };
+    let history = history::read(&client).await.map_err(read)?;
+    if refuse_foreign {
+        if let Some(refusal) = foreign::refusal(&client, &history, set.dir.as_deref())
+            .await
+            .map_err(read)?
+        {
+            return Err(refusal);
+        }
+    }
+    Ok(history)
 }
 
 /// Reads the history without changing anything; no database means an empty history.
@@ -434,6 +431,9 @@ async fn apply<C: Connector>(
     let settings = settings(options, by);
     let interrupt = Interrupt::default();
     let mut runner = Runner::new(connector, set, &settings).with_interrupt(&interrupt);
+    if matches!(goal, Goal::Up { .. }) {
+        runner = runner.refusing_foreign_history();
+    }
     // With -o json|yaml stdout carries the document only; progress goes to stderr.
     let document = is_document(options.output);
     let say = |line: String| {
@@ -508,7 +508,7 @@ async fn status<C: Connector>(
     set: &MigrationSet,
     format: OutputFormat,
 ) -> Result<(), Error> {
-    let history = read_history(Some(connector)).await?;
+    let history = read_history_checked(Some(connector), set, true).await?;
     let doc = MigrationStatus::build(set, &history, connector.target());
     if let Some(text) = output::document(format, &doc)? {
         emit(&text);

@@ -123,6 +123,8 @@ pub struct Runner<'a, C: Connector> {
     tables: Option<Tables>,
     /// Whether the progress table records per-statement checksums (see [`History`]).
     statement_checksums: bool,
+    /// Whether the first session refuses a database that another tool migrated and we did not.
+    refuse_foreign: bool,
 }
 
 enum StepError {
@@ -141,7 +143,15 @@ impl<'a, C: Connector> Runner<'a, C> {
             interrupt: None,
             tables: None,
             statement_checksums: false,
+            refuse_foreign: false,
         }
+    }
+
+    /// Refuses, in the first session and before creating anything, a database that holds
+    /// another tool's history and none of ours (see [`super::foreign::refusal`]).
+    pub fn refusing_foreign_history(mut self) -> Self {
+        self.refuse_foreign = true;
+        self
     }
 
     /// Lets a signal stop the run: see [`Interrupt`].
@@ -264,6 +274,25 @@ impl<'a, C: Connector> Runner<'a, C> {
         let client = connect_with_retry(self.connector)
             .await
             .map_err(StepError::Failed)?;
+        if self.tables.is_none() && self.refuse_foreign {
+            let checked = match history::read(&client).await {
+                Ok(ours) => super::foreign::refusal(&client, &ours, self.set.dir.as_deref()).await,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(None) => {}
+                Ok(Some(refusal)) => return Err(StepError::Failed(refusal)),
+                Err(e) if is_connection_loss(&e, &client) => {
+                    return Err(StepError::Lost(describe(&e)))
+                }
+                Err(e) => {
+                    return Err(StepError::Failed(Error::Database {
+                        context: "cannot read the migration history".into(),
+                        message: describe(&e),
+                    }))
+                }
+            }
+        }
         let tables = match &self.tables {
             Some(tables) => tables.clone(),
             // A fresh session: no migration has changed its search_path yet.

@@ -92,6 +92,19 @@ pub fn not_adopted(found: &Found, dir: Option<&std::path::Path>) -> Error {
     }
 }
 
+/// The refusal of [`not_adopted`] when the session's database holds another tool's history and
+/// none of ours (`ours`, already read), else `None`.
+pub async fn refusal(
+    client: &Client,
+    ours: &super::history::History,
+    dir: Option<&std::path::Path>,
+) -> Result<Option<Error>, tokio_postgres::Error> {
+    if !ours.applied.is_empty() || !ours.partial.is_empty() {
+        return Ok(None);
+    }
+    Ok(find(client).await?.first().map(|f| not_adopted(f, dir)))
+}
+
 /// One row of the tool's history, as far as adoption cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
