@@ -23,7 +23,12 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let MigrateAction::Create { name } = &args.action {
         return create(options, name);
     }
-    let set = MigrationSet::load_lenient(options.dir.as_deref(), options.format)?;
+    // The files of a database that `adopt --from TOOL` takes over are that tool's.
+    let format = match (&args.action, options.format) {
+        (MigrateAction::Adopt { from, .. }, None) => Some(*from),
+        (_, format) => format,
+    };
+    let set = MigrationSet::load_lenient(options.dir.as_deref(), format)?;
     // Status shows the valid files beside the invalid ones; any other action refuses an
     // invalid file before any connection, except a down file without its up file: whether
     // that up file belonged to an applied migration (exit 7) is for the history to say.

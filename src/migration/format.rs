@@ -344,7 +344,8 @@ fn has_sql(text: &str) -> bool {
 /// Detects a directory's format from its files' names and texts: Flyway by its `V…__`,
 /// `U…__` and `R__` names; dbmate by a `-- migrate:up` line; sqlx by a `{version}_{desc}.sql`
 /// file or a `-- no-transaction` first line; golang-migrate by a pair that wraps itself in
-/// `BEGIN … COMMIT` or holds a statement that cannot run in a transaction; else kubectl-pg
+/// `BEGIN … COMMIT`, holds a statement that cannot run in a transaction or has a title
+/// kubectl-pg's names do not allow (`1_add.users.up.sql`); else kubectl-pg
 /// (whose pairs are named as golang-migrate's, and run the same way when they are plain).
 pub fn detect<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Format {
     let files: Vec<(&str, &str)> = files.into_iter().collect();
@@ -389,13 +390,16 @@ pub fn detect<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -
         return Format::Sqlx;
     }
     let golang = files.iter().any(|(name, text)| {
-        split_direction(name).is_some()
-            && super::lexer::split(text).is_ok_and(|statements| {
-                statements.iter().any(|s| {
-                    super::lexer::transaction_control(s).is_some()
-                        || super::lexer::non_transactional_reason(s).is_some()
+        let title_only_golang = parse_name(Format::KubectlPg, name).is_err()
+            && parse_name(Format::GolangMigrate, name).is_ok();
+        title_only_golang
+            || split_direction(name).is_some()
+                && super::lexer::split(text).is_ok_and(|statements| {
+                    statements.iter().any(|s| {
+                        super::lexer::transaction_control(s).is_some()
+                            || super::lexer::non_transactional_reason(s).is_some()
+                    })
                 })
-            })
     });
     if golang {
         Format::GolangMigrate
@@ -526,6 +530,10 @@ mod tests {
             Format::GolangMigrate
         );
         assert_eq!(detect([("1_a.up.sql", "select 1;")]), Format::KubectlPg);
+        assert_eq!(
+            detect([("1_add.users.up.sql", "select 1;")]),
+            Format::GolangMigrate
+        );
         assert_eq!(
             detect([(
                 "1_a.up.sql",
