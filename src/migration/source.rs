@@ -713,6 +713,75 @@ mod tests {
     }
 
     #[test]
+    fn each_format_maps_its_files_to_migrations() {
+        let load = |format, files: Vec<RawFile>| {
+            MigrationSet::from_files(files, None, Some(format))
+                .and_then(MigrationSet::strict)
+                .unwrap()
+        };
+        // dbmate: one file, both directions, each with its own transaction mode.
+        let set = load(
+            Format::Dbmate,
+            vec![raw(
+                "20240101000000_idx.sql",
+                "-- migrate:up transaction:false\ncreate index concurrently i on t (a);\n-- migrate:down\ndrop index i;\n",
+            )],
+        );
+        let m = &set.migrations[0];
+        assert!(m.up.no_transaction && m.up.auto_no_transaction.is_none());
+        assert_eq!(m.up.statements[0].line, 2);
+        assert!(!m.down.as_ref().unwrap().no_transaction);
+        // Flyway: V with its U, R on its own, in Flyway's version order.
+        let set = load(
+            Format::Flyway,
+            vec![
+                raw("V10__c.sql", "select 10;"),
+                raw("V2_1__b.sql", "select 2;"),
+                raw("U2_1__b.sql", "select -2;"),
+                raw("V1__a.sql", "select 1;"),
+                raw("R__views.sql", "select 0;"),
+            ],
+        );
+        let ids: Vec<String> = set.migrations.iter().map(Migration::id).collect();
+        assert_eq!(ids, ["R__views", "1_a", "2.1_b", "10_c"]);
+        assert!(set.migrations[2].down.is_some() && set.migrations[0].repeatable);
+        // sqlx: a simple file, and a pair.
+        let set = load(
+            Format::Sqlx,
+            vec![
+                raw("1_a.sql", "-- no-transaction\nvacuum;"),
+                raw("2_b.up.sql", "select 1;"),
+                raw("2_b.down.sql", "select 1;"),
+            ],
+        );
+        assert!(set.migrations[0].up.no_transaction && set.migrations[1].down.is_some());
+        // golang-migrate: the outer BEGIN/COMMIT is blanked in place, lines kept.
+        let set = load(
+            Format::GolangMigrate,
+            vec![raw(
+                "1_a.up.sql",
+                "BEGIN;\ncreate table t (a int);\nCOMMIT;\n",
+            )],
+        );
+        let up = &set.migrations[0].up;
+        assert!(up.wrapped && !up.no_transaction);
+        assert_eq!(up.body, "      \ncreate table t (a int);\n       \n");
+        assert_eq!(up.statements.len(), 1);
+        assert_eq!(up.checksum, checksum(&up.sql));
+        // A concurrent index inside the wrapper cannot run at all: refused with the fix.
+        let bad = MigrationSet::from_files(
+            vec![raw(
+                "1_a.up.sql",
+                "BEGIN;\ncreate index concurrently i on t (a);\nCOMMIT;\n",
+            )],
+            None,
+            Some(Format::GolangMigrate),
+        )
+        .unwrap();
+        assert!(bad.problems[0].message.contains("wraps itself in"));
+    }
+
+    #[test]
     fn transaction_modes_are_checked() {
         let set = MigrationSet::from_files(
             vec![raw("1_i.up.sql", "create index concurrently i on t (a);")],
