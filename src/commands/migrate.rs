@@ -330,6 +330,9 @@ struct PlanStep {
     name: String,
     direction: &'static str,
     transaction: bool,
+    /// Why a step runs outside a transaction: its first statement that cannot run in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_transaction_reason: Option<String>,
     resume_at_statement: Option<usize>,
     checksum: String,
 }
@@ -347,6 +350,11 @@ impl PlanDocument {
                     name: s.migration.name.clone(),
                     direction: s.direction.as_str(),
                     transaction: !s.script().no_transaction,
+                    no_transaction_reason: s
+                        .script()
+                        .non_transactional()
+                        .first()
+                        .map(|(st, reason)| format!("line {}: {reason}", st.line)),
                     resume_at_statement: (s.resume_from > 0).then_some(s.resume_from + 1),
                     checksum: s.script().checksum.clone(),
                 })

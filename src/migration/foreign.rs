@@ -342,7 +342,7 @@ pub fn flyway_description(name: &str) -> String {
 fn same_checksum(tool: Format, m: &Migration, recorded: &str) -> bool {
     match tool {
         Format::Flyway => recorded.parse::<i32>().ok() == Some(flyway_crc32(&m.up.sql)),
-        Format::Sqlx => recorded.eq_ignore_ascii_case(&sqlx_checksum(&m.up.sql)),
+        Format::Sqlx => recorded.eq_ignore_ascii_case(&m.up.raw_sha384),
         _ => true,
     }
 }
@@ -364,12 +364,6 @@ pub fn flyway_crc32(text: &str) -> i32 {
         }
     }
     (!crc) as i32
-}
-
-/// sqlx's checksum of a file: SHA-384 of its text, hex.
-pub fn sqlx_checksum(text: &str) -> String {
-    use sha2::{Digest, Sha384};
-    hex::encode(Sha384::digest(text.as_bytes()))
 }
 
 /// The table a tool keeps its history in.
@@ -504,6 +498,11 @@ mod tests {
         assert_eq!(p.adopted.len(), 2);
     }
 
+    fn sqlx_checksum(text: &str) -> String {
+        use sha2::{Digest, Sha384};
+        hex::encode(Sha384::digest(text.as_bytes()))
+    }
+
     #[test]
     fn sqlx_checksums_are_compared() {
         let s = set(Format::Sqlx, &[("1_a.sql", "select 1;")]);
@@ -515,5 +514,10 @@ mod tests {
             .is_empty());
         r.checksum = Some(sqlx_checksum("select 2;"));
         assert_eq!(plan(&s, Format::Sqlx, &[r]).unwrap().changed, ["1_a"]);
+        // sqlx hashes the file's bytes as they are: a CRLF file is compared as such.
+        let crlf = set(Format::Sqlx, &[("1_a.sql", "select 1;\r\n")]);
+        let mut r = row(Some("1"), "");
+        r.checksum = Some(sqlx_checksum("select 1;\r\n"));
+        assert!(plan(&crlf, Format::Sqlx, &[r]).unwrap().changed.is_empty());
     }
 }

@@ -25,6 +25,9 @@ pub struct Script {
     pub sql: String,
     /// SHA-256 hex of `sql`.
     pub checksum: String,
+    /// SHA-384 hex of the file's bytes as they are (BOM and CRLF kept): sqlx's checksum, which
+    /// `adopt --from sqlx` compares. Empty for a dbmate section.
+    pub raw_sha384: String,
     /// Whether the file runs outside a transaction, statement by statement.
     pub no_transaction: bool,
     /// Why a file of another tool's format runs outside a transaction without asking: the
@@ -363,6 +366,13 @@ impl Script {
         let sql = canonicalize(decode(&origin, bytes)?);
         let no_transaction = first_line_is(&sql, NO_TRANSACTION_DIRECTIVE);
         Self::from_text(origin, sql, Format::KubectlPg, no_transaction)
+            .map(|script| script.with_raw(bytes))
+    }
+
+    fn with_raw(mut self, bytes: &[u8]) -> Self {
+        use sha2::Sha384;
+        self.raw_sha384 = hex::encode(Sha384::digest(bytes));
+        self
     }
 
     /// The up script of a file, and the down script a dbmate file also holds.
@@ -396,9 +406,13 @@ impl Script {
             }
             Format::Sqlx => {
                 let no_transaction = first_line_is(&sql, format::SQLX_NO_TRANSACTION);
-                Ok((Self::from_text(origin, sql, format, no_transaction)?, None))
+                let script = Self::from_text(origin, sql, format, no_transaction)?;
+                Ok((script.with_raw(bytes), None))
             }
-            _ => Ok((Self::from_text(origin, sql, format, false)?, None)),
+            _ => Ok((
+                Self::from_text(origin, sql, format, false)?.with_raw(bytes),
+                None,
+            )),
         }
     }
 
@@ -456,6 +470,7 @@ impl Script {
             wrapped,
             statements,
             statement_checksums,
+            raw_sha384: String::new(),
         })
     }
 

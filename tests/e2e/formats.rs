@@ -204,6 +204,15 @@ fn golang_migrate_files_apply_unchanged_on_a_fresh_database() {
         "{}",
         plan.describe()
     );
+    let doc = migrate(&db, dir.path(), &["up", "--dry-run", "-o", "json"]);
+    expect_code(&doc, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
+    assert_eq!(doc["steps"][0]["transaction"], true, "{doc}");
+    assert_eq!(doc["steps"][1]["transaction"], false, "{doc}");
+    assert_eq!(
+        doc["steps"][1]["no_transaction_reason"], "line 1: CREATE INDEX CONCURRENTLY",
+        "{doc}"
+    );
     let up = migrate(&db, dir.path(), &["up"]);
     expect_code(&up, 0);
     assert!(
