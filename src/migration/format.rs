@@ -347,7 +347,7 @@ fn has_sql(text: &str) -> bool {
 /// `BEGIN … COMMIT`, holds a statement that cannot run in a transaction or has a title
 /// kubectl-pg's names do not allow (`1_add.users.up.sql`); else kubectl-pg
 /// (whose pairs are named as golang-migrate's, and run the same way when they are plain).
-pub fn detect<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> Format {
+pub fn detect<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Format {
     let files: Vec<(&str, &str)> = files.into_iter().collect();
     let is_flyway = |name: &str| {
         name.ends_with(".sql")
