@@ -189,7 +189,12 @@ impl<'a, C: Connector> Runner<'a, C> {
             // The re-read history settles it: a migration recorded (or gone, going down) was
             // run by us, and counts as such.
             if let Some((version, direction, id, started)) = in_flight.take() {
-                let applied = history.applied.contains_key(&version);
+                // A repeatable migration is recorded before it runs again: it ran when its row
+                // has the file's checksum.
+                let applied = match (history.applied.get(&version), self.set.get(version)) {
+                    (Some(row), Some(m)) if m.repeatable => row.checksum == m.up.checksum,
+                    (row, _) => row.is_some(),
+                };
                 let millis = started.elapsed().as_millis();
                 match direction {
                     Direction::Up if applied => {
