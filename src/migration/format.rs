@@ -82,7 +82,7 @@ impl Format {
         match self {
             Format::Flyway if key < 0 => "R".into(),
             Format::Flyway => {
-                let (major, minor, patch) = (key / 1_000_000, key / 1000 % 1000, key % 1000);
+                let (major, minor, patch) = (key / 10_000, key / 100 % 100, key % 100);
                 match (minor, patch) {
                     (0, 0) => major.to_string(),
                     (_, 0) => format!("{major}.{minor}"),
@@ -236,12 +236,13 @@ pub fn name_hint(format: Format) -> &'static str {
 }
 
 /// The largest major version a Flyway key holds.
-const FLYWAY_MAX_MAJOR: i64 = i64::MAX / 1_000_000;
+const FLYWAY_MAX_MAJOR: i64 = i64::MAX / 10_000;
 
 /// The history key of a Flyway version (`1`, `1.1`, `2_1`, `1.2.3`): its parts compared as
 /// numbers, trailing zero parts ignored (Flyway's own order: 1 < 1.1 < 2_1 < 10, and 1.0 is 1),
-/// packed as `major * 10^6 + minor * 10^3 + patch`. So the key keeps Flyway's order in the
-/// history's bigint, within these bounds: three parts, the second and third below 1000.
+/// packed as `major * 10^4 + minor * 10^2 + patch`. So the key keeps Flyway's order in the
+/// history's bigint, within these bounds: three parts, the second and third below 100, the
+/// first up to 15 digits (a `yyyyMMddHHmmss` timestamp fits).
 pub fn flyway_key(version: &str) -> Result<i64, String> {
     let parts: Vec<&str> = version.split(['.', '_']).collect();
     if parts
@@ -260,9 +261,9 @@ pub fn flyway_key(version: &str) -> Result<i64, String> {
         numbers.pop();
     }
     let too_large = || {
-        format!("Flyway version {version} is beyond what kubectl-pg can record: at most three parts, the second and third below 1000, the first at most {FLYWAY_MAX_MAJOR}")
+        format!("Flyway version {version} is beyond what kubectl-pg can record: at most three parts, the second and third below 100, the first at most {FLYWAY_MAX_MAJOR}")
     };
-    if numbers.len() > 3 || numbers.iter().skip(1).any(|n| *n >= 1000) {
+    if numbers.len() > 3 || numbers.iter().skip(1).any(|n| *n >= 100) {
         return Err(too_large());
     }
     let major = i64::try_from(numbers[0])
@@ -270,7 +271,7 @@ pub fn flyway_key(version: &str) -> Result<i64, String> {
         .filter(|m| *m <= FLYWAY_MAX_MAJOR)
         .ok_or_else(too_large)?;
     let part = |i: usize| numbers.get(i).copied().unwrap_or(0) as i64;
-    Ok(major * 1_000_000 + part(1) * 1000 + part(2))
+    Ok(major * 10_000 + part(1) * 100 + part(2))
 }
 
 /// The history key of a Flyway repeatable: negative (below every version, so `down` and the
@@ -465,7 +466,12 @@ mod tests {
         assert_eq!(flyway_key("1.0").unwrap(), flyway_key("1").unwrap());
         assert_eq!(flyway_key("2.1").unwrap(), flyway_key("2_1").unwrap());
         assert!(flyway_key("1.2.3").unwrap() < flyway_key("1.10").unwrap());
-        assert!(flyway_key("1.1000").is_err());
+        assert!(flyway_key("1.100").is_err());
+        assert!(flyway_key("20230101120000").is_ok());
+        assert_eq!(
+            Format::Flyway.label_of(flyway_key("1.2.3").unwrap()),
+            "1.2.3"
+        );
         assert!(flyway_key("1.2.3.4").is_err());
         assert!(flyway_key("1..2").is_err());
         assert_eq!(Format::Flyway.label_of(flyway_key("2_1").unwrap()), "2.1");
