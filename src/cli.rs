@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::migration::Format;
+
 pub use crate::output::{ColorChoice, OutputFormat};
 
 const ABOUT: &str =
@@ -919,7 +921,16 @@ const MIGRATE_EXAMPLES: &str = "\
 Without --dsn, migrate reaches the release's database through the cluster: a port-forward to its
 pod (no local port), with the credentials of its Secret.
 
-Migration files are NNN_name.up.sql / NNN_name.down.sql. Each migration runs in one transaction
+Migration files are NNN_name.up.sql / NNN_name.down.sql, or those of another tool, detected per
+directory (or named by --format): golang-migrate ({version}_{title}.up.sql/.down.sql; an outer
+BEGIN … COMMIT becomes the migration's transaction), dbmate (one file with -- migrate:up and
+-- migrate:down sections, transaction:false), flyway (V1.1__desc.sql, U… undo files as down, R__…
+repeatables re-applied when they change, after the versioned ones) and sqlx ({version}_{desc}.sql,
+or .up.sql/.down.sql; -- no-transaction). In those formats a file with a statement that cannot run
+in a transaction (CREATE INDEX CONCURRENTLY, VACUUM, ALTER SYSTEM, …) runs without one, statement
+by statement. A database migrated by one of those tools is taken over with `migrate adopt --from TOOL`.
+
+Each migration runs in one transaction
 together with its history row (table kubectl_pg_migrations in the session's current schema, named
 schema-qualified, so a file may change search_path). Each migration starts from a reset session:
 what one sets (search_path, SET ROLE, temporary tables, prepared statements) never reaches the next.
@@ -948,7 +959,11 @@ Examples:
   kubectl pg migrate down --to 0 --dsn \"$DATABASE_URL\"
 
   # Start a new migration in ./migrations
-  kubectl pg migrate create add_user_tags --dir ./migrations";
+  kubectl pg migrate create add_user_tags --dir ./migrations
+
+  # Take over a database that golang-migrate migrated, then apply what it had not
+  kubectl pg migrate adopt --from golang-migrate --dir ./migrations --dsn \"$DATABASE_URL\"
+  kubectl pg migrate up --dir ./migrations --dsn \"$DATABASE_URL\"";
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -989,6 +1004,9 @@ pub struct MigrateOptions {
     /// Output format of status: table, json or yaml
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// The files' format, instead of detecting it: golang-migrate, dbmate, flyway, sqlx or kubectl-pg
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = parse_format)]
+    pub format: Option<Format>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1003,7 +1021,7 @@ pub enum MigrateAction {
         release: Option<String>,
         /// Stop after this version
         #[arg(long, value_name = "VERSION", value_parser = parse_up_version)]
-        to: Option<i64>,
+        to: Option<String>,
     },
     /// Revert applied migrations (one by default)
     #[command(
@@ -1018,7 +1036,7 @@ pub enum MigrateAction {
         steps: Option<u64>,
         /// Revert every migration above this version (0 reverts all)
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
-        to: Option<i64>,
+        to: Option<String>,
     },
     /// Show applied, pending, changed and missing migrations
     #[command(
@@ -1044,7 +1062,7 @@ pub enum MigrateAction {
         #[arg(value_name = "RELEASE")]
         release: Option<String>,
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
-        version: i64,
+        version: String,
     },
     /// Accept the current file of an applied migration (re-record its checksum), or forget the progress of a partly applied no-transaction one whose applied statements changed
     #[command(
@@ -1055,12 +1073,34 @@ pub enum MigrateAction {
         #[arg(value_name = "RELEASE")]
         release: Option<String>,
         #[arg(long, value_name = "VERSION", value_parser = parse_version)]
-        version: i64,
+        version: String,
         /// Confirm the repair
         #[arg(long)]
         yes: bool,
     },
+    /// Take over a database migrated by golang-migrate, dbmate, Flyway or sqlx: record every version it applied, in one transaction, leaving its table in place
+    #[command(after_help = ADOPT_EXAMPLES)]
+    Adopt {
+        /// The release whose database to migrate when no --dsn is given (default: the only one in the namespace, else "postgres")
+        #[arg(value_name = "RELEASE")]
+        release: Option<String>,
+        /// The tool that migrated the database: golang-migrate, dbmate, flyway or sqlx
+        #[arg(long, value_name = "TOOL", value_parser = parse_tool)]
+        from: Format,
+    },
 }
+
+const ADOPT_EXAMPLES: &str = "\
+adopt reads the tool's history table (golang-migrate's and dbmate's schema_migrations, Flyway's
+flyway_schema_history, sqlx's _sqlx_migrations) and records each version it applied in
+kubectl_pg_migrations with the checksum of today's file, without running anything. Flyway's CRC32
+and sqlx's SHA-384 are compared with the files: a file changed since is reported. A dirty
+golang-migrate version, a failed Flyway migration or a failed sqlx one is refused with its fix.
+The tool's table is left in place, so the tool still works on the database.
+
+Examples:
+  kubectl pg migrate adopt --from golang-migrate --dir ./migrations --dsn \"$DATABASE_URL\"
+  kubectl pg migrate adopt --from flyway --dir ./sql --dry-run -n postgres";
 
 impl MigrateAction {
     /// The RELEASE argument, for the subcommands that take one.
@@ -1070,28 +1110,55 @@ impl MigrateAction {
             | MigrateAction::Down { release, .. }
             | MigrateAction::Status { release }
             | MigrateAction::Baseline { release, .. }
-            | MigrateAction::Repair { release, .. } => release.as_deref(),
+            | MigrateAction::Repair { release, .. }
+            | MigrateAction::Adopt { release, .. } => release.as_deref(),
             MigrateAction::Create { .. } => None,
         }
     }
 }
 
 /// A migration version: digits, leading zeros allowed (`003`).
-pub fn parse_version(s: &str) -> Result<i64, String> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+/// A migration version as the files write it: digits (`003`), or Flyway's parts (`1.1`, `2_1`);
+/// the set's format turns it into its history key.
+pub fn parse_version(s: &str) -> Result<String, String> {
+    let valid = s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'_');
+    if !valid {
         return Err(format!(
-            "{s:?} is not a migration version (digits, like 003)"
+            "{s:?} is not a migration version (digits, like 003, or Flyway's 1.1)"
         ));
     }
-    s.parse()
-        .map_err(|_| format!("{s:?} is too large for a migration version"))
+    if !s.contains(['.', '_']) && s.parse::<i64>().is_err() {
+        return Err(format!("{s:?} is too large for a migration version"));
+    }
+    Ok(s.to_string())
 }
 
 /// `--to` of `migrate up`: a version, which starts at 1 (`down --to 0` reverts everything).
-pub fn parse_up_version(s: &str) -> Result<i64, String> {
-    match parse_version(s)? {
-        0 => Err("0 is no migration version: versions start at 1".into()),
-        v => Ok(v),
+pub fn parse_up_version(s: &str) -> Result<String, String> {
+    let v = parse_version(s)?;
+    if v.bytes().all(|b| b == b'0' || b == b'.' || b == b'_') {
+        return Err("0 is no migration version: versions start at 1".into());
+    }
+    Ok(v)
+}
+
+/// `--format`: a migration file format.
+pub fn parse_format(s: &str) -> Result<Format, String> {
+    Format::from_name(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a migration format: {}",
+            Format::ALL.map(Format::name).join(", ")
+        )
+    })
+}
+
+/// `adopt --from`: another tool's format.
+pub fn parse_tool(s: &str) -> Result<Format, String> {
+    match parse_format(s)? {
+        Format::KubectlPg => Err("kubectl-pg's own history needs no adoption".into()),
+        tool => Ok(tool),
     }
 }
 
@@ -1237,7 +1304,11 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(parse_version("003"), Ok(3));
+        assert_eq!(parse_version("003").as_deref(), Ok("003"));
+        assert_eq!(parse_version("2_1").as_deref(), Ok("2_1"));
+        assert!(parse_up_version("0.0").is_err());
+        assert_eq!(parse_tool("flyway"), Ok(Format::Flyway));
+        assert!(parse_tool("kubectl-pg").is_err());
         assert!(parse_version("v3").is_err());
         assert!(parse_version("99999999999999999999999").is_err());
     }

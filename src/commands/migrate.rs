@@ -9,6 +9,7 @@ use crate::cluster::Cluster;
 use crate::database::{connect_with_retry, Connector, DsnConnector};
 use crate::error::Error;
 use crate::migration::engine::{describe, lock_failure};
+use crate::migration::foreign;
 use crate::migration::history::{self, literal, History, Tables};
 use crate::migration::plan::{self, Step};
 use crate::migration::status::MigrationStatus;
@@ -22,7 +23,12 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let MigrateAction::Create { name } = &args.action {
         return create(options, name);
     }
-    let set = MigrationSet::load_lenient(options.dir.as_deref())?;
+    // The files of a database that `adopt --from TOOL` takes over are that tool's.
+    let format = match (&args.action, options.format) {
+        (MigrateAction::Adopt { from, .. }, None) => Some(*from),
+        (_, format) => format,
+    };
+    let set = MigrationSet::load_lenient(options.dir.as_deref(), format)?;
     // Status shows the valid files beside the invalid ones; any other action refuses an
     // invalid file before any connection, except a down file without its up file: whether
     // that up file belonged to an applied migration (exit 7) is for the history to say.
@@ -34,14 +40,14 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     set.check_transaction_modes()?;
     check_target(&args.action, &set)?;
     if let Some(dsn) = &options.dsn {
-        return run_with(&args, &set, Some(DsnConnector::new(dsn)?)).await;
+        return run_with(&args, &set, Some(DsnConnector::new(dsn)?), None).await;
     }
     let cluster = match Cluster::connect(&global.connect_options()).await {
         Ok(cluster) => cluster,
         // A plan needs no database: without one, plan against an empty history.
         Err(Error::Kubeconfig { .. }) if options.dry_run && global.kubeconfig.is_none() => {
             crate::note!("note: no --dsn and no kubeconfig: planning against an empty history");
-            return run_with::<DsnConnector>(&args, &set, None).await;
+            return run_with::<DsnConnector>(&args, &set, None, None).await;
         }
         Err(Error::Kubeconfig { message, .. }) => {
             return Err(Error::Kubeconfig {
@@ -53,26 +59,43 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
     };
     let release = release::resolve(&cluster, args.action.release()).await?;
     let target = release::find_target(&cluster, &release).await?;
-    run_with(&args, &set, Some(TunnelConnector::new(&cluster, &target))).await
+    let via = Some(cluster.user.clone());
+    run_with(
+        &args,
+        &set,
+        Some(TunnelConnector::new(&cluster, &target)),
+        via,
+    )
+    .await
 }
 
+/// Runs the action; `kubeconfig_user` is who acts through the cluster (`None` with `--dsn`,
+/// where the database role alone says who).
 async fn run_with<C: Connector>(
     args: &MigrateArgs,
     set: &MigrationSet,
     connector: Option<C>,
+    kubeconfig_user: Option<String>,
 ) -> Result<(), Error> {
     let options = &args.options;
+    let by = Actor(kubeconfig_user);
     if !matches!(args.action, MigrateAction::Status { .. }) {
         refuse_missing_up_files(set, connector.as_ref()).await?;
     }
     if options.dry_run {
         let goal = match &args.action {
-            MigrateAction::Up { to, .. } => Some(Goal::Up { to: *to }),
-            MigrateAction::Down { steps, to, .. } => Some(Goal::Down(down_target(*steps, *to))),
+            MigrateAction::Up { to, .. } => Some(Goal::Up {
+                to: version_key(set, to.as_deref())?,
+            }),
+            MigrateAction::Down { steps, to, .. } => Some(Goal::Down(down_target(
+                *steps,
+                version_key(set, to.as_deref())?,
+            ))),
             _ => None,
         };
         if let Some(goal) = goal {
-            let history = read_history(connector.as_ref()).await?;
+            let refuse_foreign = matches!(goal, Goal::Up { .. });
+            let history = read_history_checked(connector.as_ref(), set, refuse_foreign).await?;
             let planned = match goal {
                 Goal::Up { to } => plan::plan_up(set, &history, to, options.allow_out_of_order)?,
                 Goal::Down(target) => plan::plan_down(set, &history, target)?,
@@ -98,23 +121,24 @@ async fn run_with<C: Connector>(
     }
     let connector = connector.ok_or_else(no_database)?;
     match &args.action {
-        MigrateAction::Up { to, .. } => apply(&connector, set, options, Goal::Up { to: *to }).await,
+        MigrateAction::Up { to, .. } => {
+            let to = version_key(set, to.as_deref())?;
+            apply(&connector, set, options, &by, Goal::Up { to }).await
+        }
         MigrateAction::Down { steps, to, .. } => {
-            apply(
-                &connector,
-                set,
-                options,
-                Goal::Down(down_target(*steps, *to)),
-            )
-            .await
+            let target = down_target(*steps, version_key(set, to.as_deref())?);
+            apply(&connector, set, options, &by, Goal::Down(target)).await
         }
         MigrateAction::Status { .. } => status(&connector, set, options.output).await,
         MigrateAction::Baseline { version, .. } => {
-            baseline(&connector, set, options, *version).await
+            let version = version_key(set, Some(version))?.unwrap_or_default();
+            baseline(&connector, set, options, &by, version).await
         }
         MigrateAction::Repair { version, yes, .. } => {
-            repair(&connector, set, options, *version, *yes).await
+            let version = version_key(set, Some(version))?.unwrap_or_default();
+            repair(&connector, set, options, &by, version, *yes).await
         }
+        MigrateAction::Adopt { from, .. } => adopt(&connector, set, options, &by, *from).await,
         MigrateAction::Create { name } => create(options, name),
     }
 }
@@ -172,11 +196,12 @@ fn invalid_files(set: &MigrationSet) -> Result<(), Error> {
 /// `--to` names a migration of the set (or 0, going down): checked before any connection.
 fn check_target(action: &MigrateAction, set: &MigrationSet) -> Result<(), Error> {
     let to = match action {
-        MigrateAction::Up { to: Some(v), .. } => *v,
-        MigrateAction::Down { to: Some(v), .. } if *v != 0 => *v,
+        MigrateAction::Up { to: Some(v), .. } => v,
+        MigrateAction::Down { to: Some(v), .. } => v,
         _ => return Ok(()),
     };
-    if set.get(to).is_some() {
+    let key = version_key(set, Some(to))?.unwrap_or_default();
+    if set.get(key).is_some() || matches!(action, MigrateAction::Down { .. } if key == 0) {
         return Ok(());
     }
     let known: Vec<String> = set.migrations.iter().map(|m| m.label.clone()).collect();
@@ -188,6 +213,34 @@ fn check_target(action: &MigrateAction, set: &MigrationSet) -> Result<(), Error>
             format!("versions in the set: {}", known.join(", "))
         }),
     })
+}
+
+/// A version as the user wrote it, as the set's format keys it in the history.
+fn version_key(set: &MigrationSet, version: Option<&str>) -> Result<Option<i64>, Error> {
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    set.format
+        .key_of(version)
+        .map(Some)
+        .ok_or_else(|| Error::InvalidInput {
+            message: format!("{version:?} is not a version of the {} format", set.format),
+            hint: Some(crate::migration::format::name_hint(set.format).into()),
+        })
+}
+
+/// Who runs the command, for the history's `applied_by` (after the database role, which the
+/// server records itself): the kubeconfig user through the cluster; with `--dsn`, the role
+/// alone.
+struct Actor(Option<String>);
+
+impl Actor {
+    /// ` via kubeconfig user NAME`, or nothing.
+    fn via(&self) -> String {
+        self.0
+            .as_deref()
+            .map_or_else(String::new, |user| format!(" via kubeconfig user {user}"))
+    }
 }
 
 fn down_target(steps: Option<u64>, to: Option<i64>) -> DownTarget {
@@ -213,22 +266,40 @@ fn target_name<C: Connector>(connector: Option<&C>) -> String {
     )
 }
 
-fn settings(options: &MigrateOptions) -> Settings {
-    let os_user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into());
+fn settings(options: &MigrateOptions, by: &Actor) -> Settings {
     Settings {
         lock_timeout: options.lock_timeout,
         statement_timeout: options.statement_timeout,
         allow_out_of_order: options.allow_out_of_order,
-        applied_by: format!("{os_user}@{host}"),
+        applied_by: by.via(),
     }
+}
+
+/// [`read_history`], refusing (`refuse_foreign`) a database that another tool migrated and we
+/// did not: `status` and `up` would show or run again what the tool applied. In one session.
+async fn read_history_checked<C: Connector>(
+    connector: Option<&C>,
+    set: &MigrationSet,
+    refuse_foreign: bool,
+) -> Result<History, Error> {
+    let Some(connector) = connector else {
+        return Ok(History::default());
+    };
+    let client = connect_with_retry(connector).await?;
+    let read = |e: tokio_postgres::Error| Error::Database {
+        context: "cannot read the migration history".into(),
+        message: describe(&e),
+    };
+    let history = history::read(&client).await.map_err(read)?;
+    if refuse_foreign {
+        if let Some(refusal) = foreign::refusal(&client, &history, set.dir.as_deref())
+            .await
+            .map_err(read)?
+        {
+            return Err(refusal);
+        }
+    }
+    Ok(history)
 }
 
 /// Reads the history without changing anything; no database means an empty history.
@@ -259,6 +330,9 @@ struct PlanStep {
     name: String,
     direction: &'static str,
     transaction: bool,
+    /// Why a step runs outside a transaction: its first statement that cannot run in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_transaction_reason: Option<String>,
     resume_at_statement: Option<usize>,
     checksum: String,
 }
@@ -276,6 +350,11 @@ impl PlanDocument {
                     name: s.migration.name.clone(),
                     direction: s.direction.as_str(),
                     transaction: !s.script().no_transaction,
+                    no_transaction_reason: s
+                        .script()
+                        .non_transactional()
+                        .first()
+                        .map(|(st, reason)| format!("line {}: {reason}", st.line)),
                     resume_at_statement: (s.resume_from > 0).then_some(s.resume_from + 1),
                     checksum: s.script().checksum.clone(),
                 })
@@ -316,34 +395,58 @@ fn render_plan(steps: &[Step<'_>], target: &str) -> String {
         rows,
     ));
     for s in steps {
-        let statements = s.script().non_transactional();
+        let script = s.script();
+        if script.wrapped {
+            out.push_str(&format!(
+                "\n{} wraps itself in BEGIN … COMMIT: that is the migration's transaction, with its history row inside\n",
+                script.origin
+            ));
+        }
+        let statements = script.non_transactional();
         if statements.is_empty() {
             continue;
         }
+        let why = if script.auto_no_transaction.is_some() {
+            " (a file of another tool's format needs no directive for it)"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "\n{} runs outside a transaction, statement by statement; these cannot run in one:\n",
-            s.script().origin
+            "\n{} runs outside a transaction, statement by statement, because these cannot run in one{why}:\n",
+            script.origin
         ));
         for (statement, reason) in statements {
-            let first_line = statement.sql.lines().next().unwrap_or_default();
             out.push_str(&format!(
-                "  line {}: {reason}: {first_line}\n",
-                statement.line
+                "  line {}: {reason}: {}\n",
+                statement.line,
+                excerpt(&statement.sql)
             ));
         }
     }
     out
 }
 
+/// A statement's first line of SQL: the comment lines before it (a directive among them) skipped.
+fn excerpt(sql: &str) -> &str {
+    sql.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .unwrap_or_default()
+}
+
 async fn apply<C: Connector>(
     connector: &C,
     set: &MigrationSet,
     options: &MigrateOptions,
+    by: &Actor,
     goal: Goal,
 ) -> Result<(), Error> {
-    let settings = settings(options);
+    let settings = settings(options, by);
     let interrupt = Interrupt::default();
     let mut runner = Runner::new(connector, set, &settings).with_interrupt(&interrupt);
+    if matches!(goal, Goal::Up { .. }) {
+        runner = runner.refusing_foreign_history();
+    }
     // With -o json|yaml stdout carries the document only; progress goes to stderr.
     let document = is_document(options.output);
     let say = |line: String| {
@@ -418,7 +521,7 @@ async fn status<C: Connector>(
     set: &MigrationSet,
     format: OutputFormat,
 ) -> Result<(), Error> {
-    let history = read_history(Some(connector)).await?;
+    let history = read_history_checked(Some(connector), set, true).await?;
     let doc = MigrationStatus::build(set, &history, connector.target());
     if let Some(text) = output::document(format, &doc)? {
         emit(&text);
@@ -431,10 +534,10 @@ async fn status<C: Connector>(
         .map(|m| {
             use crate::migration::status::State;
             let tone = match m.state {
-                State::Applied | State::Baseline => Tone::Good,
+                State::Applied | State::Baseline | State::Adopted => Tone::Good,
                 State::Pending => Tone::Dim,
-                State::Partial => Tone::Warn,
-                State::Drifted | State::Missing => Tone::Bad,
+                State::Partial | State::Outdated => Tone::Warn,
+                State::Drifted | State::Missing | State::Invalid => Tone::Bad,
             };
             let mut row = vec![
                 m.version.clone(),
@@ -522,6 +625,7 @@ async fn baseline<C: Connector>(
     connector: &C,
     set: &MigrationSet,
     options: &MigrateOptions,
+    by: &Actor,
     version: i64,
 ) -> Result<(), Error> {
     let included: Vec<_> = set
@@ -550,7 +654,7 @@ async fn baseline<C: Connector>(
             ],
         });
     }
-    let by = settings(options).applied_by;
+    let by = by.via();
     let mut batch = String::from("BEGIN;\n");
     for m in &included {
         batch.push_str(&format!(
@@ -560,7 +664,7 @@ async fn baseline<C: Connector>(
             literal(&m.name),
             literal(&m.up.checksum),
             history::literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
-            literal(&format!(" via {by} (baseline)")),
+            literal(&format!("{by} (baseline)")),
         ));
     }
     batch.push_str("COMMIT;");
@@ -598,6 +702,7 @@ async fn repair<C: Connector>(
     connector: &C,
     set: &MigrationSet,
     options: &MigrateOptions,
+    by: &Actor,
     version: i64,
     yes: bool,
 ) -> Result<(), Error> {
@@ -636,7 +741,15 @@ async fn repair<C: Connector>(
         ));
         return Ok(());
     }
-    let by = settings(options).applied_by;
+    // The database role that repairs, and the kubeconfig user through the cluster.
+    let role = client
+        .simple_query("SELECT current_user")
+        .await
+        .ok()
+        .and_then(|m| history::rows(&m).into_iter().next())
+        .and_then(|r| r.into_iter().next().flatten())
+        .unwrap_or_else(|| "the database role".into());
+    let by = format!("{role}{}", by.via());
     let audit = format!(
         "repaired {}: checksum {} -> {} (recorded by {} on {}; repaired by {by})",
         migration.id(),
@@ -650,11 +763,14 @@ async fn repair<C: Connector>(
         return Ok(());
     }
     let sql = format!(
-        "UPDATE {} SET checksum = {}, down_checksum = {}, name = {} WHERE version = {}",
+        "UPDATE {} SET checksum = {}, down_checksum = {}, name = {}, \
+         applied_by = applied_by || ' (repaired by ' || current_user || {} || ' on ' || \
+         to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ')' WHERE version = {}",
         tables.history,
         literal(&migration.up.checksum),
         history::literal_opt(new_down),
         literal(&migration.name),
+        literal(by_via(&by, &role)),
         version
     );
     client
@@ -663,6 +779,11 @@ async fn repair<C: Connector>(
         .map_err(|e| Error::migration(format!("repair failed: {}", describe(&e))))?;
     emit(&format!("{audit}\n"));
     Ok(())
+}
+
+/// What follows the role in a repair's record: the kubeconfig user, when there is one.
+fn by_via<'a>(by: &'a str, role: &str) -> &'a str {
+    by.strip_prefix(role).unwrap_or(by)
 }
 
 /// `repair` of a partly applied no-transaction migration. Its applied statements are what
@@ -713,6 +834,127 @@ async fn repair_partial(
         .map_err(|e| Error::migration(format!("repair failed: {}", describe(&e))))?;
     emit(&format!(
         "{audit}\n(it assumes you undid by hand what those statements did)\n"
+    ));
+    Ok(())
+}
+
+/// `adopt --from TOOL`: records as applied every version the tool applied, with today's
+/// files' checksums, in one transaction under the migration lock (the tool's table locked
+/// against its writes meanwhile); the tool's table stays.
+async fn adopt<C: Connector>(
+    connector: &C,
+    set: &MigrationSet,
+    options: &MigrateOptions,
+    by: &Actor,
+    tool: crate::migration::Format,
+) -> Result<(), Error> {
+    if set.dir.is_none() {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "adopt needs --dir: the {tool} migration files the database was migrated with"
+            ),
+            hint: Some(format!(
+                "for example: kubectl pg migrate adopt --from {tool} --dir ./migrations"
+            )),
+        });
+    }
+    let database = |context: &str| {
+        let context = context.to_string();
+        move |e: tokio_postgres::Error| Error::Database {
+            context,
+            message: describe(&e),
+        }
+    };
+    let (client, tables, ours) = if options.dry_run {
+        let client = connect_with_retry(connector).await?;
+        let ours = history::read(&client)
+            .await
+            .map_err(database("cannot read the migration history"))?;
+        (client, None, ours)
+    } else {
+        let (client, tables, ours) = locked_session(connector, options).await?;
+        (client, Some(tables), ours)
+    };
+    if !ours.applied.is_empty() {
+        return Err(Error::Migration {
+            message: format!(
+                "the database already has kubectl-pg's history ({} migration(s), latest {}): there is nothing to adopt",
+                ours.applied.len(),
+                ours.max_applied().map(|v| set.label(v)).unwrap_or_default()
+            ),
+            hints: vec!["`kubectl pg migrate status` shows it".into()],
+        });
+    }
+    let found = foreign::find(&client)
+        .await
+        .map_err(database("cannot look for the tool's history"))?;
+    let Some(table) = found.iter().find(|f| f.tool == tool) else {
+        let other = found
+            .first()
+            .map(|f| {
+                format!(
+                    " (it holds {}'s: table {}; adopt with --from {})",
+                    f.tool, f.table, f.tool
+                )
+            })
+            .unwrap_or_default();
+        return Err(Error::Migration {
+            message: format!("no {tool} history in the session's current schema{other}"),
+            hints: vec![format!(
+                "{tool} keeps it in {}; connect to the database (and search_path) it migrated",
+                foreign::table_name(tool)
+            )],
+        });
+    };
+    if !options.dry_run {
+        client
+            .simple_query(&format!("BEGIN; LOCK TABLE {} IN SHARE MODE", table.table))
+            .await
+            .map_err(database("cannot lock the tool's history"))?;
+    }
+    let rows = foreign::read(&client, table)
+        .await
+        .map_err(database("cannot read the tool's history"))?;
+    let plan = foreign::plan(set, tool, &rows)?;
+    let ids: Vec<String> = plan.adopted.iter().map(|a| a.migration.id()).collect();
+    for changed in &plan.changed {
+        crate::note!(
+            "{} {changed} changed since {tool} applied it (its checksum differs from the one {tool} recorded): recorded with today's file{}",
+            paint("warning:", Tone::Warn, Stream::Stderr),
+            if changed.starts_with("R__") { "'s name, to run again at the next up" } else { "" }
+        );
+    }
+    if options.dry_run {
+        emit(&format!(
+            "Would record {} migration(s) of {tool}'s history ({}) as applied, without running them: {}
+",
+            ids.len(),
+            table.table,
+            ids.join(", ")
+        ));
+        return Ok(());
+    }
+    let Some(tables) = tables else {
+        return Ok(());
+    };
+    let sql = format!(
+        "{} COMMIT;",
+        foreign::record_sql(&tables, tool, &plan, &by.via())
+    );
+    if let Err(e) = client.simple_query(&sql).await {
+        let _ = client.simple_query("ROLLBACK").await;
+        return Err(Error::migration(format!("adopt failed: {}", describe(&e))));
+    }
+    for id in &ids {
+        emit(&format!(
+            "{} {id} (not run)\n",
+            paint("adopted", Tone::Good, Stream::Stdout)
+        ));
+    }
+    emit(&format!(
+        "{} migration(s) of {tool}'s history recorded; {} is left in place.\n",
+        ids.len(),
+        table.table
     ));
     Ok(())
 }

@@ -21,7 +21,8 @@ pub struct Settings {
     /// Bound on each statement inside migrations; `None` leaves the server's setting.
     pub statement_timeout: Option<Duration>,
     pub allow_out_of_order: bool,
-    /// Recorded in `applied_by`, beside the database user.
+    /// Recorded in `applied_by` after the database user (` via kubectl pg install`, ` via
+    /// kubeconfig user NAME`), or nothing.
     pub applied_by: String,
 }
 
@@ -122,6 +123,8 @@ pub struct Runner<'a, C: Connector> {
     tables: Option<Tables>,
     /// Whether the progress table records per-statement checksums (see [`History`]).
     statement_checksums: bool,
+    /// Whether the first session refuses a database that another tool migrated and we did not.
+    refuse_foreign: bool,
 }
 
 enum StepError {
@@ -140,7 +143,15 @@ impl<'a, C: Connector> Runner<'a, C> {
             interrupt: None,
             tables: None,
             statement_checksums: false,
+            refuse_foreign: false,
         }
+    }
+
+    /// Refuses, in the first session and before creating anything, a database that holds
+    /// another tool's history and none of ours (see [`super::foreign::refusal`]).
+    pub fn refusing_foreign_history(mut self) -> Self {
+        self.refuse_foreign = true;
+        self
     }
 
     /// Lets a signal stop the run: see [`Interrupt`].
@@ -178,7 +189,12 @@ impl<'a, C: Connector> Runner<'a, C> {
             // The re-read history settles it: a migration recorded (or gone, going down) was
             // run by us, and counts as such.
             if let Some((version, direction, id, started)) = in_flight.take() {
-                let applied = history.applied.contains_key(&version);
+                // A repeatable migration is recorded before it runs again: it ran when its row
+                // has the file's checksum.
+                let applied = match (history.applied.get(&version), self.set.get(version)) {
+                    (Some(row), Some(m)) if m.repeatable => row.checksum == m.up.checksum,
+                    (row, _) => row.is_some(),
+                };
                 let millis = started.elapsed().as_millis();
                 match direction {
                     Direction::Up if applied => {
@@ -263,6 +279,25 @@ impl<'a, C: Connector> Runner<'a, C> {
         let client = connect_with_retry(self.connector)
             .await
             .map_err(StepError::Failed)?;
+        if self.tables.is_none() && self.refuse_foreign {
+            let checked = match history::read(&client).await {
+                Ok(ours) => super::foreign::refusal(&client, &ours, self.set.dir.as_deref()).await,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(None) => {}
+                Ok(Some(refusal)) => return Err(StepError::Failed(refusal)),
+                Err(e) if is_connection_loss(&e, &client) => {
+                    return Err(StepError::Lost(describe(&e)))
+                }
+                Err(e) => {
+                    return Err(StepError::Failed(Error::Database {
+                        context: "cannot read the migration history".into(),
+                        message: describe(&e),
+                    }))
+                }
+            }
+        }
         let tables = match &self.tables {
             Some(tables) => tables.clone(),
             // A fresh session: no migration has changed its search_path yet.
@@ -360,8 +395,14 @@ impl<'a, C: Connector> Runner<'a, C> {
                 name = literal(&m.name),
                 checksum = literal(&m.up.checksum),
                 down = literal_opt(m.down.as_ref().map(|d| d.checksum.as_str())),
-                by = literal(&format!(" via {}", self.settings.applied_by)),
-            ),
+                by = literal(&self.settings.applied_by),
+            ) + if m.repeatable {
+                // A repeatable migration runs again when it changes: its row follows.
+                " ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, \
+                 applied_at = now(), execution_ms = EXCLUDED.execution_ms, applied_by = EXCLUDED.applied_by"
+            } else {
+                ""
+            },
             Direction::Down => format!("DELETE FROM {} WHERE version = {}", tables.history, m.version),
         };
         format!("{AS_SESSION_USER_SQL} {record}")
@@ -377,7 +418,7 @@ impl<'a, C: Connector> Runner<'a, C> {
         // rejected bodies ending inside a quote or block comment.
         let batch = format!(
             "{prefix}{}\n;\n{};\nCOMMIT;\n{SESSION_RESET_SQL};",
-            script.sql,
+            script.body,
             self.record_sql(tables, step)
         );
         match client.simple_query(&batch).await {
@@ -386,7 +427,7 @@ impl<'a, C: Connector> Runner<'a, C> {
             Err(e) => {
                 // The explicit transaction is aborted: end it so the session stays usable.
                 let _ = client.simple_query("ROLLBACK").await;
-                let line = error_line(&e, prefix.chars().count(), &script.sql);
+                let line = error_line(&e, prefix.chars().count(), &script.body);
                 Err(StepError::Failed(self.step_failed(step, line, &e, None)))
             }
         }

@@ -17,6 +17,9 @@ pub struct Statement {
     pub line: usize,
     /// Upper-cased leading keywords (comments and whitespace skipped), up to six.
     pub keywords: Vec<String>,
+    /// Byte range in the file, from the statement's first significant character to its `;`
+    /// (included when there is one): what to blank out to drop the statement in place.
+    pub span: std::ops::Range<usize>,
 }
 
 /// Why a file could not be split.
@@ -245,6 +248,7 @@ fn push_statement(
         sql: text.trim().to_string(),
         line: leading_lines + 1 + text[..first].matches('\n').count(),
         keywords,
+        span: start + first..(end + 1).min(sql.len()),
     });
     Ok(())
 }

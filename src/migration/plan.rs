@@ -55,6 +55,8 @@ pub fn check_history(set: &MigrationSet, history: &History) -> Result<(), Error>
     for applied in history.applied.values() {
         match set.get(applied.version) {
             None => missing.push(format!("{}_{}", set.label(applied.version), applied.name)),
+            // A changed repeatable migration is not drift: it runs again.
+            Some(m) if m.repeatable => {}
             Some(m) if m.up.checksum != applied.checksum => drifts.push(Drift {
                 migration: m.id(),
                 recorded: applied.checksum.clone(),
@@ -164,7 +166,8 @@ pub fn check_partial(m: &Migration, partial: &Partial) -> Result<(), Error> {
     })
 }
 
-/// The pending migrations up to `to`, in version order.
+/// The pending migrations up to `to`, in version order, then the repeatable ones that are new
+/// or changed since they ran, by name (Flyway's order).
 pub fn plan_up<'a>(
     set: &'a MigrationSet,
     history: &History,
@@ -172,12 +175,24 @@ pub fn plan_up<'a>(
     allow_out_of_order: bool,
 ) -> Result<Vec<Step<'a>>, Error> {
     check_history(set, history)?;
-    let pending: Vec<&Migration> = set
+    let mut pending: Vec<&Migration> = set
         .migrations
         .iter()
-        .filter(|m| !history.applied.contains_key(&m.version))
+        .filter(|m| !m.repeatable && !history.applied.contains_key(&m.version))
         .filter(|m| to.is_none_or(|to| m.version <= to))
         .collect();
+    let mut repeatable: Vec<&Migration> = set
+        .migrations
+        .iter()
+        .filter(|m| m.repeatable)
+        .filter(|m| {
+            history
+                .applied
+                .get(&m.version)
+                .is_none_or(|a| a.checksum != m.up.checksum)
+        })
+        .collect();
+    repeatable.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(max) = history.max_applied() {
         let late: Vec<String> = pending
             .iter()
@@ -198,6 +213,7 @@ pub fn plan_up<'a>(
             });
         }
     }
+    pending.extend(repeatable);
     Ok(pending
         .into_iter()
         .map(|migration| Step {
@@ -217,7 +233,8 @@ pub fn plan_down<'a>(
     target: DownTarget,
 ) -> Result<Vec<Step<'a>>, Error> {
     check_history(set, history)?;
-    let applied = history.applied.keys().rev();
+    // Repeatable migrations (negative keys) are never reverted.
+    let applied = history.applied.keys().rev().filter(|v| **v >= 0);
     let versions: Vec<i64> = match target {
         DownTarget::Steps(n) => applied.take(n).copied().collect(),
         DownTarget::To(to) => applied.filter(|v| **v > to).copied().collect(),
@@ -232,10 +249,10 @@ pub fn plan_down<'a>(
             return Err(Error::MigrationFile {
                 path: migration.up.origin.clone(),
                 message: format!(
-                    "no down migration ({}.down.sql) to revert it with",
-                    migration.id()
+                    "no down migration ({}) to revert it with",
+                    set.format.down_of(migration)
                 ),
-                hint: Some("write the down file, then run the command again".into()),
+                hint: Some("write it, then run the command again".into()),
             });
         }
         steps.push(Step {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::format::{self, Format, Role, Wrapping};
 use super::lexer::{self, Statement};
 use crate::error::Error;
 
@@ -24,8 +25,20 @@ pub struct Script {
     pub sql: String,
     /// SHA-256 hex of `sql`.
     pub checksum: String,
-    /// Whether the file asks to run outside a transaction.
+    /// SHA-384 hex of the file's bytes as they are (BOM and CRLF kept): sqlx's checksum, which
+    /// `adopt --from sqlx` compares. Empty for a dbmate section.
+    pub raw_sha384: String,
+    /// Whether the file runs outside a transaction, statement by statement.
     pub no_transaction: bool,
+    /// Why a file of another tool's format runs outside a transaction without asking: the
+    /// first statement that cannot run in one.
+    pub auto_no_transaction: Option<(usize, &'static str)>,
+    /// What runs in the migration's transaction: `sql`, less an outer `BEGIN … COMMIT` of
+    /// another tool's format (blanked in place, so lines keep their numbers).
+    pub body: String,
+    /// Whether the file wrapped itself in `BEGIN … COMMIT` (dropped: see `body`).
+    pub wrapped: bool,
+    /// The statements that run (an outer `BEGIN … COMMIT` left out).
     pub statements: Vec<Statement>,
     /// SHA-256 hex of each statement's text, in order: what protects the applied statements of
     /// a partly applied no-transaction migration (see [`super::plan::check_partial`]).
@@ -41,12 +54,19 @@ pub struct Migration {
     pub name: String,
     pub up: Script,
     pub down: Option<Script>,
+    /// A Flyway `R__` file: applied after the versioned ones, again whenever it changes, never
+    /// reverted.
+    pub repeatable: bool,
 }
 
 impl Migration {
-    /// `001_initial_schema`
+    /// `001_initial_schema`; `R__views` for a repeatable one.
     pub fn id(&self) -> String {
-        format!("{}_{}", self.label, self.name)
+        if self.repeatable {
+            format!("R__{}", self.name)
+        } else {
+            format!("{}_{}", self.label, self.name)
+        }
     }
 }
 
@@ -59,6 +79,8 @@ pub struct MigrationSet {
     /// The files left out because they cannot be used ([`MigrationSet::load_lenient`] only:
     /// the other loaders refuse the set).
     pub problems: Vec<FileProblem>,
+    /// The files' format, detected or forced.
+    pub format: Format,
 }
 
 /// A migration file that cannot be used, and why.
@@ -109,20 +131,21 @@ impl MigrationSet {
                 bytes: bytes.to_vec(),
             })
             .collect();
-        Self::from_files(files, None)?.strict()
+        Self::from_files(files, None, Some(Format::KubectlPg))?.strict()
     }
 
     /// Reads every `*.sql` file of `dir`; other files are ignored. A file that cannot be used
     /// refuses the whole set.
     pub fn from_dir(dir: &Path) -> Result<Self, Error> {
-        Self::from_files(Self::read_dir(dir)?, Some(dir.to_path_buf()))?.strict()
+        Self::from_files(Self::read_dir(dir)?, Some(dir.to_path_buf()), None)?.strict()
     }
 
     /// Like [`MigrationSet::load`], but a file that cannot be used is left out and listed in
-    /// `problems` (what `migrate status` shows beside the valid ones).
-    pub fn load_lenient(dir: Option<&Path>) -> Result<Self, Error> {
+    /// `problems` (what `migrate status` shows beside the valid ones); `format` forces the
+    /// files' format instead of detecting it.
+    pub fn load_lenient(dir: Option<&Path>, format: Option<Format>) -> Result<Self, Error> {
         match dir {
-            Some(dir) => Self::from_files(Self::read_dir(dir)?, Some(dir.to_path_buf())),
+            Some(dir) => Self::from_files(Self::read_dir(dir)?, Some(dir.to_path_buf()), format),
             None => Self::embedded(),
         }
     }
@@ -172,8 +195,24 @@ impl MigrationSet {
         }
     }
 
-    fn from_files(mut files: Vec<RawFile>, dir: Option<PathBuf>) -> Result<Self, Error> {
+    fn from_files(
+        mut files: Vec<RawFile>,
+        dir: Option<PathBuf>,
+        format: Option<Format>,
+    ) -> Result<Self, Error> {
         files.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        let format = format.unwrap_or_else(|| {
+            let texts: Vec<(String, String)> = files
+                .iter()
+                .map(|f| {
+                    (
+                        f.file_name.clone(),
+                        String::from_utf8_lossy(&f.bytes).into_owned(),
+                    )
+                })
+                .collect();
+            format::detect(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+        });
         let mut ups: BTreeMap<i64, (FileName, Script)> = BTreeMap::new();
         let mut downs: BTreeMap<i64, (FileName, Script)> = BTreeMap::new();
         let mut problems = Vec::new();
@@ -187,37 +226,56 @@ impl MigrationSet {
             up_missing: None,
         };
         for file in files {
-            let Some(parsed) = FileName::parse(&file.file_name) else {
-                problems.push(problem(
-                    &file.origin,
-                    "malformed migration file name".into(),
-                    Some("name migration files NNN_name.up.sql and NNN_name.down.sql (e.g. 007_add_tags.up.sql)".into()),
-                ));
-                continue;
+            let parsed = match format::parse_name(format, &file.file_name) {
+                Ok(parsed) => parsed,
+                Err(why) => {
+                    let hint = format::name_hint(format);
+                    let message = if why == hint {
+                        format!("malformed migration file name for the {format} format")
+                    } else {
+                        format!("malformed migration file name: {why}")
+                    };
+                    problems.push(problem(&file.origin, message, Some(hint.into())));
+                    continue;
+                }
             };
-            if parsed.up {
-                up_files.insert(parsed.version);
+            let up = parsed.role != Role::Down;
+            let name = FileName {
+                version: parsed.key,
+                label: parsed.label,
+                name: parsed.name,
+                repeatable: parsed.role == Role::Repeatable,
+            };
+            if up {
+                up_files.insert(name.version);
             }
-            let script = match Script::from_bytes(file.origin, &file.bytes) {
-                Ok(script) => script,
+            let scripts = match Script::of_file(format, &parsed.role, file.origin, &file.bytes) {
+                Ok(scripts) => scripts,
                 Err(e) => {
                     problems.push(FileProblem::from_error(e)?);
                     continue;
                 }
             };
-            let map = if parsed.up { &mut ups } else { &mut downs };
-            if let Some((_, existing)) = map.get(&parsed.version) {
+            let (script, down) = scripts;
+            let map = if up { &mut ups } else { &mut downs };
+            if let Some((existing_name, existing)) = map.get(&name.version) {
+                let message = if name.repeatable && existing_name.repeatable {
+                    format!("its key collides with that of {}", existing.origin)
+                } else {
+                    format!("version {} is also used by {}", name.label, existing.origin)
+                };
                 problems.push(problem(
                     &script.origin,
-                    format!(
-                        "version {} is also used by {}",
-                        parsed.label, existing.origin
-                    ),
+                    message,
                     Some("every migration needs a version of its own".into()),
                 ));
                 continue;
             }
-            map.insert(parsed.version, (parsed, script));
+            let version = name.version;
+            map.insert(version, (name.clone(), script));
+            if let Some(down) = down {
+                downs.insert(version, (name, down));
+            }
         }
         let mut migrations = Vec::new();
         downs.retain(|version, (name, down)| match ups.get(version) {
@@ -233,7 +291,8 @@ impl MigrationSet {
                 });
                 false
             }
-            Some((up_name, up)) if up_name.name != name.name => {
+            // Flyway's undo files may describe their migration otherwise.
+            Some((up_name, up)) if up_name.name != name.name && format != Format::Flyway => {
                 problems.push(problem(
                     &down.origin,
                     format!("name does not match its up migration {}", up.origin),
@@ -251,12 +310,14 @@ impl MigrationSet {
                 name: name.name,
                 up,
                 down,
+                repeatable: name.repeatable,
             });
         }
         Ok(Self {
             migrations,
             dir,
             problems,
+            format,
         })
     }
 
@@ -267,11 +328,11 @@ impl MigrationSet {
             .map(|i| &self.migrations[i])
     }
 
-    /// A version as the files write it, or zero-padded to three digits when no file has it.
+    /// A version as the files write it, or as the format writes versions when no file has it.
     pub fn label(&self, version: i64) -> String {
         self.get(version)
             .map(|m| m.label.clone())
-            .unwrap_or_else(|| format!("{version:03}"))
+            .unwrap_or_else(|| self.format.label_of(version))
     }
 
     /// Rejects statements that cannot run where the file would run them.
@@ -291,71 +352,125 @@ struct RawFile {
     bytes: Vec<u8>,
 }
 
+#[derive(Clone)]
 struct FileName {
     version: i64,
     label: String,
     name: String,
-    up: bool,
-}
-
-impl FileName {
-    /// `NNN_name.up.sql` / `NNN_name.down.sql`; the name holds letters, digits, `_` and `-`.
-    fn parse(file_name: &str) -> Option<Self> {
-        let (stem, up) = if let Some(stem) = file_name.strip_suffix(".up.sql") {
-            (stem, true)
-        } else {
-            (file_name.strip_suffix(".down.sql")?, false)
-        };
-        let (label, name) = stem.split_once('_')?;
-        if label.is_empty()
-            || label.len() > 18
-            || !label.bytes().all(|b| b.is_ascii_digit())
-            || name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return None;
-        }
-        Some(Self {
-            version: label.parse().ok()?,
-            label: label.to_string(),
-            name: name.to_string(),
-            up,
-        })
-    }
+    repeatable: bool,
 }
 
 impl Script {
-    /// Canonicalises, checksums and splits a file.
+    /// Canonicalises, checksums and splits a file of the kubectl-pg format.
     pub fn from_bytes(origin: String, bytes: &[u8]) -> Result<Self, Error> {
-        let text = std::str::from_utf8(bytes).map_err(|e| Error::MigrationFile {
-            path: origin.clone(),
-            message: format!(
-                "not valid UTF-8 (invalid byte at offset {})",
-                e.valid_up_to()
-            ),
-            hint: Some("save the file as UTF-8".into()),
-        })?;
-        let sql = canonicalize(text);
+        let sql = canonicalize(decode(&origin, bytes)?);
+        let no_transaction = first_line_is(&sql, NO_TRANSACTION_DIRECTIVE);
+        Self::from_text(origin, sql, Format::KubectlPg, no_transaction)
+            .map(|script| script.with_raw(bytes))
+    }
+
+    fn with_raw(mut self, bytes: &[u8]) -> Self {
+        use sha2::Sha384;
+        self.raw_sha384 = hex::encode(Sha384::digest(bytes));
+        self
+    }
+
+    /// The up script of a file, and the down script a dbmate file also holds.
+    fn of_file(
+        format: Format,
+        role: &Role,
+        origin: String,
+        bytes: &[u8],
+    ) -> Result<(Self, Option<Self>), Error> {
+        let sql = canonicalize(decode(&origin, bytes)?);
+        match format {
+            Format::KubectlPg => Ok((Self::from_bytes(origin, bytes)?, None)),
+            Format::Dbmate if *role == Role::Whole => {
+                let sections =
+                    format::dbmate_sections(&sql).map_err(|message| Error::MigrationFile {
+                        path: origin.clone(),
+                        message,
+                        hint: Some(format::name_hint(format).into()),
+                    })?;
+                let down = match sections.down {
+                    Some(down) => Some(Self::from_text(
+                        origin.clone(),
+                        down,
+                        format,
+                        !sections.down_transaction,
+                    )?),
+                    None => None,
+                };
+                let up = Self::from_text(origin, sections.up, format, !sections.up_transaction)?;
+                Ok((up, down))
+            }
+            Format::Sqlx => {
+                let no_transaction = first_line_is(&sql, format::SQLX_NO_TRANSACTION);
+                let script = Self::from_text(origin, sql, format, no_transaction)?;
+                Ok((script.with_raw(bytes), None))
+            }
+            _ => Ok((
+                Self::from_text(origin, sql, format, false)?.with_raw(bytes),
+                None,
+            )),
+        }
+    }
+
+    /// Checksums and splits canonical text. Another tool's format drops an outer `BEGIN …
+    /// COMMIT` and runs a file with a statement that cannot run in a transaction without one.
+    fn from_text(
+        origin: String,
+        sql: String,
+        format: Format,
+        mut no_transaction: bool,
+    ) -> Result<Self, Error> {
         let checksum = checksum(&sql);
-        let no_transaction = sql
-            .lines()
-            .next()
-            .is_some_and(|first| first.trim_end() == NO_TRANSACTION_DIRECTIVE);
-        let statements = lexer::split(&sql).map_err(|e| Error::MigrationFile {
+        let mut statements = lexer::split(&sql).map_err(|e| Error::MigrationFile {
             path: origin.clone(),
             message: e.to_string(),
             hint: None,
         })?;
+        let mut body = sql.clone();
+        let mut wrapped = false;
+        let mut auto_no_transaction = None;
+        if format.is_foreign() && !no_transaction {
+            if let Wrapping::Wrapped(first, last) = format::wrapping(&statements) {
+                for index in [first, last] {
+                    blank(&mut body, statements[index].span.clone());
+                }
+                statements.remove(last);
+                statements.remove(first);
+                wrapped = true;
+            }
+            let found = statements
+                .iter()
+                .find_map(|s| lexer::non_transactional_reason(s).map(|r| (s.line, r)));
+            if let Some((line, reason)) = found {
+                if wrapped {
+                    return Err(Error::MigrationFile {
+                        path: origin,
+                        message: format!(
+                            "line {line}: {reason} cannot run inside the BEGIN … COMMIT the file wraps itself in"
+                        ),
+                        hint: Some("remove the BEGIN and COMMIT lines: the file then runs statement by statement, outside a transaction".into()),
+                    });
+                }
+                no_transaction = true;
+                auto_no_transaction = Some((line, reason));
+            }
+        }
         let statement_checksums = statements.iter().map(|s| self::checksum(&s.sql)).collect();
         Ok(Self {
             origin,
             sql,
             checksum,
             no_transaction,
+            auto_no_transaction,
+            body,
+            wrapped,
             statements,
             statement_checksums,
+            raw_sha384: String::new(),
         })
     }
 
@@ -398,6 +513,32 @@ impl Script {
     }
 }
 
+fn decode<'a>(origin: &str, bytes: &'a [u8]) -> Result<&'a str, Error> {
+    std::str::from_utf8(bytes).map_err(|e| Error::MigrationFile {
+        path: origin.to_string(),
+        message: format!(
+            "not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ),
+        hint: Some("save the file as UTF-8".into()),
+    })
+}
+
+fn first_line_is(sql: &str, directive: &str) -> bool {
+    sql.lines()
+        .next()
+        .is_some_and(|first| first.trim_end() == directive)
+}
+
+/// Blanks a range of text in place, keeping its line breaks (and so every line's number).
+fn blank(text: &mut String, range: std::ops::Range<usize>) {
+    let replaced: String = text[range.clone()]
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    text.replace_range(range, &replaced);
+}
+
 /// Removes a UTF-8 BOM and turns CRLF and CR into LF; nothing else is normalised.
 pub fn canonicalize(text: &str) -> String {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -432,6 +573,20 @@ pub fn create_pair(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), Error> 
         source,
     })?;
     let set = MigrationSet::from_dir(dir)?;
+    if !matches!(set.format, Format::KubectlPg | Format::GolangMigrate) {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "create writes NNN_name.up.sql/.down.sql pairs, and {} holds {} files",
+                dir.display(),
+                set.format
+            ),
+            hint: Some(format!(
+                "name the new file as {} does: {}",
+                set.format,
+                format::name_hint(set.format)
+            )),
+        });
+    }
     let (next, width) = match set.migrations.last() {
         Some(last) => (last.version + 1, last.label.len().max(3)),
         None => (1, 3),
@@ -503,10 +658,11 @@ mod tests {
 
     #[test]
     fn parses_names() {
-        let f = FileName::parse("007_add-tags_2.down.sql").unwrap();
+        let parse = |name| format::parse_name(Format::KubectlPg, name);
+        let f = parse("007_add-tags_2.down.sql").unwrap();
         assert_eq!(
-            (f.version, f.label.as_str(), f.name.as_str(), f.up),
-            (7, "007", "add-tags_2", false)
+            (f.key, f.label.as_str(), f.name.as_str(), f.role),
+            (7, "007", "add-tags_2", Role::Down)
         );
         for bad in [
             "1.up.sql",
@@ -516,13 +672,16 @@ mod tests {
             "01_.up.sql",
             "01_x y.up.sql",
         ] {
-            assert!(FileName::parse(bad).is_none(), "{bad}");
+            assert!(parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn rejects_broken_sets() {
-        let strict = |files| MigrationSet::from_files(files, None).and_then(MigrationSet::strict);
+        let strict = |files| {
+            MigrationSet::from_files(files, None, Some(Format::KubectlPg))
+                .and_then(MigrationSet::strict)
+        };
         let dup = strict(vec![raw("1_a.up.sql", ""), raw("001_b.up.sql", "")]);
         assert!(dup.unwrap_err().to_string().contains("also used by"));
         let orphan = strict(vec![raw("002_a.down.sql", "")]);
@@ -548,6 +707,7 @@ mod tests {
                 raw("4-bad.up.sql", "select 1;"),
             ],
             None,
+            Some(Format::KubectlPg),
         )
         .unwrap();
         assert_eq!(set.migrations.len(), 1);
@@ -568,10 +728,80 @@ mod tests {
     }
 
     #[test]
+    fn each_format_maps_its_files_to_migrations() {
+        let load = |format, files: Vec<RawFile>| {
+            MigrationSet::from_files(files, None, Some(format))
+                .and_then(MigrationSet::strict)
+                .unwrap()
+        };
+        // dbmate: one file, both directions, each with its own transaction mode.
+        let set = load(
+            Format::Dbmate,
+            vec![raw(
+                "20240101000000_idx.sql",
+                "-- migrate:up transaction:false\ncreate index concurrently i on t (a);\n-- migrate:down\ndrop index i;\n",
+            )],
+        );
+        let m = &set.migrations[0];
+        assert!(m.up.no_transaction && m.up.auto_no_transaction.is_none());
+        assert_eq!(m.up.statements[0].line, 2);
+        assert!(!m.down.as_ref().unwrap().no_transaction);
+        // Flyway: V with its U, R on its own, in Flyway's version order.
+        let set = load(
+            Format::Flyway,
+            vec![
+                raw("V10__c.sql", "select 10;"),
+                raw("V2_1__b.sql", "select 2;"),
+                raw("U2_1__b.sql", "select -2;"),
+                raw("V1__a.sql", "select 1;"),
+                raw("R__views.sql", "select 0;"),
+            ],
+        );
+        let ids: Vec<String> = set.migrations.iter().map(Migration::id).collect();
+        assert_eq!(ids, ["R__views", "1_a", "2.1_b", "10_c"]);
+        assert!(set.migrations[2].down.is_some() && set.migrations[0].repeatable);
+        // sqlx: a simple file, and a pair.
+        let set = load(
+            Format::Sqlx,
+            vec![
+                raw("1_a.sql", "-- no-transaction\nvacuum;"),
+                raw("2_b.up.sql", "select 1;"),
+                raw("2_b.down.sql", "select 1;"),
+            ],
+        );
+        assert!(set.migrations[0].up.no_transaction && set.migrations[1].down.is_some());
+        // golang-migrate: the outer BEGIN/COMMIT is blanked in place, lines kept.
+        let set = load(
+            Format::GolangMigrate,
+            vec![raw(
+                "1_a.up.sql",
+                "BEGIN;\ncreate table t (a int);\nCOMMIT;\n",
+            )],
+        );
+        let up = &set.migrations[0].up;
+        assert!(up.wrapped && !up.no_transaction);
+        assert_eq!(up.body, "      \ncreate table t (a int);\n       \n");
+        assert_eq!(up.statements.len(), 1);
+        assert_eq!(up.checksum, checksum(&up.sql));
+        // A concurrent index inside the wrapper cannot run at all: refused with the fix.
+        let bad = MigrationSet::from_files(
+            vec![raw(
+                "1_a.up.sql",
+                "BEGIN;\ncreate index concurrently i on t (a);\nCOMMIT;\n",
+            )],
+            None,
+            Some(Format::GolangMigrate),
+        )
+        .unwrap();
+        assert!(bad.problems[0].message.contains("wraps itself in"));
+    }
+
+    #[test]
     fn transaction_modes_are_checked() {
         let set = MigrationSet::from_files(
             vec![raw("1_i.up.sql", "create index concurrently i on t (a);")],
             None,
+            Some(Format::KubectlPg),
         )
         .unwrap();
         assert!(set
@@ -580,11 +810,17 @@ mod tests {
             .to_string()
             .contains("CONCURRENTLY"));
         let ok = format!("{NO_TRANSACTION_DIRECTIVE}\ncreate index concurrently i on t (a);");
-        let set = MigrationSet::from_files(vec![raw("1_i.up.sql", &ok)], None).unwrap();
+        let set =
+            MigrationSet::from_files(vec![raw("1_i.up.sql", &ok)], None, Some(Format::KubectlPg))
+                .unwrap();
         assert!(set.migrations[0].up.no_transaction);
         set.check_transaction_modes().unwrap();
-        let commit =
-            MigrationSet::from_files(vec![raw("1_c.up.sql", "select 1; commit;")], None).unwrap();
+        let commit = MigrationSet::from_files(
+            vec![raw("1_c.up.sql", "select 1; commit;")],
+            None,
+            Some(Format::KubectlPg),
+        )
+        .unwrap();
         assert!(commit.check_transaction_modes().is_err());
     }
 }

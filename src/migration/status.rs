@@ -14,6 +14,8 @@ pub enum State {
     Applied,
     /// Recorded by `baseline`, never run by us.
     Baseline,
+    /// Recorded by `adopt`: applied by another tool.
+    Adopted,
     Pending,
     /// Applied, but the file changed since.
     Drifted,
@@ -21,6 +23,10 @@ pub enum State {
     Missing,
     /// A no-transaction migration stopped part-way.
     Partial,
+    /// A repeatable migration changed since it ran: it runs again.
+    Outdated,
+    /// A file that cannot be used (named in `name`): the error after the table says why.
+    Invalid,
 }
 
 impl State {
@@ -28,10 +34,13 @@ impl State {
         match self {
             State::Applied => "applied",
             State::Baseline => "baseline",
+            State::Adopted => "adopted",
             State::Pending => "pending",
             State::Drifted => "drifted",
             State::Missing => "missing",
             State::Partial => "partial",
+            State::Outdated => "outdated",
+            State::Invalid => "invalid",
         }
     }
 }
@@ -39,6 +48,9 @@ impl State {
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrationEntry {
     pub version: String,
+    /// Where the entry sorts: the history key (invalid files last).
+    #[serde(skip)]
+    pub key: (u8, i64),
     pub name: String,
     pub state: State,
     pub no_transaction: bool,
@@ -74,20 +86,23 @@ impl MigrationStatus {
             let recorded = history.applied.get(&m.version);
             let partial = history.partial(m.version, true);
             let state = match (recorded, partial) {
+                (Some(r), _) if m.repeatable && r.checksum != m.up.checksum => State::Outdated,
                 (Some(r), _) if r.checksum != m.up.checksum => State::Drifted,
+                (Some(r), _) if r.applied_by.contains(" (adopted from ") => State::Adopted,
                 (Some(r), _) if r.execution_ms.is_none() => State::Baseline,
                 (Some(_), _) => State::Applied,
                 (None, Some(_)) => State::Partial,
                 (None, None) => State::Pending,
             };
             entries.push(MigrationEntry {
+                key: (u8::from(m.repeatable), m.version),
                 version: m.label.clone(),
                 name: m.name.clone(),
                 state,
                 no_transaction: m.up.no_transaction,
                 checksum: m.up.checksum.clone(),
                 recorded_checksum: recorded
-                    .filter(|r| r.checksum != m.up.checksum)
+                    .filter(|r| r.checksum != m.up.checksum && !m.repeatable)
                     .map(|r| r.checksum.clone()),
                 applied_at: recorded.map(|r| r.applied_at.clone()),
                 execution_ms: recorded.and_then(|r| r.execution_ms),
@@ -101,6 +116,7 @@ impl MigrationStatus {
             .filter(|r| set.get(r.version).is_none())
         {
             entries.push(MigrationEntry {
+                key: (u8::from(r.version < 0), r.version),
                 version: set.label(r.version),
                 name: r.name.clone(),
                 state: State::Missing,
@@ -113,11 +129,30 @@ impl MigrationStatus {
                 statements_done: None,
             });
         }
-        entries.sort_by_key(|e| e.version.parse::<i64>().unwrap_or_default());
+        for problem in &set.problems {
+            let file = std::path::Path::new(&problem.path).file_name().map_or_else(
+                || problem.path.clone(),
+                |f| f.to_string_lossy().into_owned(),
+            );
+            entries.push(MigrationEntry {
+                key: (2, 0),
+                version: "-".into(),
+                name: file,
+                state: State::Invalid,
+                no_transaction: false,
+                checksum: "-".into(),
+                recorded_checksum: None,
+                applied_at: None,
+                execution_ms: None,
+                applied_by: None,
+                statements_done: None,
+            });
+        }
+        entries.sort_by_key(|e| e.key);
         let applied = history.applied.len();
         let pending = entries
             .iter()
-            .filter(|e| matches!(e.state, State::Pending | State::Partial))
+            .filter(|e| matches!(e.state, State::Pending | State::Partial | State::Outdated))
             .count();
         Self {
             api_version: API_VERSION,

@@ -528,6 +528,7 @@ impl ScriptGuard {
             sql: String::new(),
             line: self.held_line,
             keywords: self.words.clone(),
+            span: 0..0,
         };
         match transaction_control(&statement) {
             Some(what) => self.refuse(format!(

@@ -22,6 +22,13 @@ fn version_and_help() {
         "--kubeconfig",
         "up",
         "baseline",
+        // The formats it reads, and the command that takes over another tool's database.
+        "adopt",
+        "--format",
+        "golang-migrate",
+        "dbmate",
+        "flyway",
+        "sqlx",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }

@@ -1769,6 +1769,12 @@ fn migrate_through_the_cluster_survives_a_dropped_stream() {
     let status = json(&status);
     assert_eq!(status["applied"], 30, "{status}");
     assert_eq!(status["pending"], 0, "{status}");
+    // Through the cluster the history names the kubeconfig user after the database role.
+    let by = status["migrations"][0]["applied_by"].as_str().unwrap();
+    assert!(
+        by.starts_with("postgres via kubeconfig user ") && !by.contains("unknown"),
+        "{by}"
+    );
     // Each migration ran exactly once, seen from outside the plugin.
     let secret = scope.kpg(&["dsn", "-n", ns, "-o", "json"]);
     expect_code(&secret, 0);

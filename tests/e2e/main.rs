@@ -12,6 +12,7 @@ mod cluster;
 mod cnpg;
 mod data;
 mod dotenv;
+mod formats;
 mod k8s;
 mod krew;
 mod kubectl;

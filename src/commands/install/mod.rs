@@ -543,7 +543,7 @@ async fn migrate(
         lock_timeout: Duration::from_secs(60),
         statement_timeout: None,
         allow_out_of_order: false,
-        applied_by: "kubectl pg install".into(),
+        applied_by: " via kubectl pg install".into(),
     };
     let mut runner = Runner::new(&connector, set, &settings);
     let count = runner
