@@ -3,10 +3,10 @@
 use owo_colors::Stream;
 
 use crate::cli::{GlobalArgs, MigrateAction, MigrateArgs, MigrateOptions, OutputFormat};
-use crate::cluster::release;
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::{connect_with_retry, Connector, DsnConnector};
+use crate::deployment::kind;
 use crate::error::Error;
 use crate::migration::engine::{describe, lock_failure};
 use crate::migration::foreign;
@@ -57,8 +57,11 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
         Err(e) => return Err(e),
     };
-    let release = release::resolve(&cluster, args.action.release()).await?;
-    let target = release::find_target(&cluster, &release).await?;
+    // The writer of either kind of release: R-0, or a CloudNativePG Cluster's primary.
+    let target = kind::resolve(&cluster, args.action.release())
+        .await?
+        .target(&cluster)
+        .await?;
     let via = Some(cluster.user.clone());
     run_with(
         &args,

@@ -226,6 +226,14 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
     };
     assert_eq!(ok(through_forward("select pg_is_in_recovery()")), "f\n");
     ok(through_forward("create table f (v text)"));
+    // migrate applies the built-in LearnFlow schema on the primary, as the application owner.
+    ok(scope.kpg(&["migrate", "up", "pg", "-n", &scope.ns]));
+    assert_eq!(
+        ok(through_forward(
+            "select count(*) > 0, bool_and(checksum <> '') from kubectl_pg_migrations"
+        )),
+        "t|t\n"
+    );
 
     // Deleting the primary promotes a replica: the port-forward's next connection writes to
     // it, and kubectl-pg's status and psql name and reach it. The old primary comes back as a
