@@ -390,6 +390,10 @@ Examples:
 pub struct InstallArgs {
     /// The release name (default: postgres)
     pub release: Option<String>,
+    /// Instances: 1 (default) is kubectl-pg's single instance; 2 to 10 make a highly available
+    /// CloudNativePG Cluster (one primary, streaming replicas), which needs its operator
+    #[arg(long, value_name = "N")]
+    pub instances: Option<u32>,
     /// Values to start from (default: dev; with --upgrade, the deployed values)
     #[arg(long, value_enum)]
     pub profile: Option<Profile>,

@@ -377,6 +377,183 @@ impl Which {
     }
 }
 
+/// The most instances `install --instances` makes: one primary and up to nine replicas.
+pub const MAX_INSTANCES: u32 = 10;
+
+/// The image of a major for CloudNativePG's instances: its own PostgreSQL images (the
+/// official `postgres` image lacks what the instance manager expects), by major tag.
+pub fn image_for(major: u32) -> String {
+    format!("ghcr.io/cloudnative-pg/postgresql:{major}")
+}
+
+/// The Cluster `install --instances N` applies: the profile's storage and resources, the
+/// database and its owner (from `--existing-secret` when given; else the operator makes
+/// `R-app`), the major's image. CloudNativePG always serves TLS.
+pub fn render_cluster(spec: &crate::manifests::InstallSpec, instances: u32, image: &str) -> Value {
+    use crate::cluster::release::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY};
+    let mut storage = serde_json::json!({ "size": spec.storage_size });
+    if let Some(class) = &spec.storage_class {
+        storage["storageClass"] = class.clone().into();
+    }
+    let mut resources = serde_json::json!({});
+    let mut set = |kind: &str, name: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            resources[kind][name] = v.clone().into();
+        }
+    };
+    set("requests", "cpu", &spec.cpu_request);
+    set("requests", "memory", &spec.memory_request);
+    set("limits", "cpu", &spec.cpu_limit);
+    set("limits", "memory", &spec.memory_limit);
+    let mut initdb = serde_json::json!({ "database": spec.database, "owner": spec.username });
+    if let Some(secret) = &spec.existing_secret {
+        initdb["secret"] = serde_json::json!({ "name": secret });
+    }
+    serde_json::json!({
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": {
+            "name": spec.release,
+            "namespace": spec.namespace,
+            "labels": {
+                LABEL_NAME: "postgresql",
+                LABEL_INSTANCE: spec.release,
+                LABEL_MANAGED_BY: MANAGED_BY,
+            },
+        },
+        "spec": {
+            "instances": instances,
+            "imageName": image,
+            "storage": storage,
+            "resources": resources,
+            "bootstrap": { "initdb": initdb },
+        },
+    })
+}
+
+/// Whether the API serves `postgresql.cnpg.io/v1` (its CRDs are installed): discovery, which
+/// every authenticated user may read.
+pub async fn served(cluster: &Cluster) -> Result<bool, Error> {
+    let request = http::Request::get("/apis/postgresql.cnpg.io/v1")
+        .body(Vec::new())
+        .map_err(|e| Error::invalid(e.to_string()))?;
+    match cluster.client.request::<Value>(request).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(cluster.error("get", "apis/postgresql.cnpg.io/v1", e)),
+    }
+}
+
+/// The error for a cluster without CloudNativePG (exit 6): what is missing and how to install
+/// it. kubectl-pg never installs an operator itself.
+pub fn operator_missing(what: &str) -> Error {
+    Error::Deployment {
+        message: format!("CloudNativePG is needed for --instances above 1: {what}"),
+        hints: vec![
+            "install the operator (a cluster admin's task): kubectl apply --server-side -f https://raw.githubusercontent.com/cloudnative-pg/cloudnative-pg/release-1.30/releases/cnpg-1.30.0.yaml".into(),
+            "or with Helm: helm repo add cnpg https://cloudnative-pg.github.io/charts && helm upgrade --install cnpg --namespace cnpg-system --create-namespace cnpg/cloudnative-pg".into(),
+        ],
+        code: 6,
+    }
+}
+
+/// Applies the Cluster server-side (field manager kubectl-pg).
+pub async fn apply(cluster: &Cluster, object: &Value) -> Result<(), Error> {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), namespace, &resource());
+    let params = kube::api::PatchParams::apply(crate::manifests::render::FIELD_MANAGER).force();
+    api.patch(name, &params, &kube::api::Patch::Apply(object))
+        .await
+        .map(|_| ())
+        .map_err(|e| cluster.error("patch", "clusters.postgresql.cnpg.io", e))
+}
+
+/// Waits, on a watch of the Cluster, until the operator reports it healthy with every instance
+/// ready, saying each change of phase and readiness on stderr. No status at all after
+/// `silence` means no operator runs (exit 6); the deadline passing is exit 4.
+pub async fn wait_healthy(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    timeout: std::time::Duration,
+    silence: std::time::Duration,
+) -> Result<(), Error> {
+    use futures_util::StreamExt;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), namespace, &resource());
+    let started = tokio::time::Instant::now();
+    let stream = kube::runtime::watcher::watch_object(api, name);
+    futures_util::pin_mut!(stream);
+    let mut said = String::new();
+    let mut seen_status = false;
+    loop {
+        let limit = if seen_status {
+            timeout
+        } else {
+            silence.min(timeout)
+        };
+        let next = tokio::time::timeout_at(started + limit, stream.next()).await;
+        let object = match next {
+            Err(_) if !seen_status && silence < timeout => {
+                return Err(operator_missing(&format!(
+                    "no operator reconciled Cluster {name} within {}s (it has no status)",
+                    silence.as_secs()
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Deployment {
+                    message: format!(
+                        "Cluster {name} is not healthy after {}s: {}",
+                        timeout.as_secs(),
+                        if said.is_empty() { "no status".into() } else { said }
+                    ),
+                    hints: vec![format!(
+                        "see why: kubectl pg status {name} -n {namespace}; kubectl describe cluster {name} -n {namespace}"
+                    )],
+                    code: 4,
+                })
+            }
+            Ok(None) => {
+                return Err(Error::invalid(format!("the watch of Cluster {name} ended")))
+            }
+            Ok(Some(Err(e))) => {
+                crate::note!("watching Cluster {name}: {e}; watching again");
+                continue;
+            }
+            Ok(Some(Ok(None))) => continue,
+            Ok(Some(Ok(Some(object)))) => object,
+        };
+        let status = object.data.get("status");
+        let phase = status
+            .and_then(|s| s.get("phase"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let ready = status
+            .and_then(|s| s.get("readyInstances"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let wanted = object
+            .data
+            .get("spec")
+            .and_then(|s| s.get("instances"))
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        if !phase.is_empty() {
+            seen_status = true;
+        }
+        let now = format!("{phase} ({ready}/{wanted} instances ready)");
+        if now != said && !phase.is_empty() {
+            crate::note!("Cluster {name}: {now}");
+            said = now;
+        }
+        if phase == "Cluster in healthy state" && ready >= wanted {
+            return Ok(());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,3 +291,85 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
         || streaming(&scope, &promoted),
     );
 }
+
+/// `install --instances 3 --migrate`: a CloudNativePG Cluster from the plugin's flags, waited
+/// for until healthy, with one primary, two streaming replicas and the LearnFlow schema applied
+/// on the primary. Bad counts and flags it does not take yet are exit 1 before any request.
+#[test]
+fn install_instances_makes_a_healthy_migrated_cluster() {
+    let scope = Scope::new("kpg-ha");
+    for (args, needle) in [
+        (&["--instances", "11"][..], "--instances 11"),
+        (&["--instances", "0"], "--instances 0"),
+        (
+            &["--instances", "3", "--service-type", "LoadBalancer"],
+            "--service-type",
+        ),
+        (&["--instances", "3", "--username", "postgres"], "superuser"),
+    ] {
+        let mut all = vec![
+            "install",
+            "ha",
+            "-n",
+            &scope.ns,
+            "--kubeconfig",
+            "/nonexistent",
+        ];
+        all.extend_from_slice(args);
+        let out = scope.kpg(&all);
+        crate::expect_code(&out, 1);
+        assert!(out.stderr_text().contains(needle), "{}", out.describe());
+    }
+    let install = |extra: &[&str]| {
+        let mut all = vec![
+            "install",
+            "ha",
+            "-n",
+            &scope.ns,
+            "--instances",
+            "3",
+            "-o",
+            "json",
+        ];
+        all.extend_from_slice(extra);
+        ok(scope.kpg(&all))
+    };
+    let dry = install(&["--dry-run"]);
+    let rendered: serde_json::Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(rendered["kind"], "Cluster");
+    assert_eq!(rendered["spec"]["instances"], 3);
+    assert_eq!(rendered["spec"]["bootstrap"]["initdb"]["owner"], "app");
+
+    if let Err(e) = scope.plane.cnpg() {
+        panic!("CloudNativePG's operator did not start: {e}");
+    }
+    let started = Instant::now();
+    let text = install(&["--migrate", "--timeout", "5m"]);
+    eprintln!(
+        "cnpg: install --instances 3 --migrate took {:?}",
+        started.elapsed()
+    );
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    let instances = doc["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 3, "{doc}");
+    let replicas: Vec<_> = instances
+        .iter()
+        .filter(|i| i["role"] == "replica")
+        .collect();
+    assert_eq!(replicas.len(), 2, "{doc}");
+    assert!(
+        replicas.iter().all(|r| r["replication"] == "streaming"),
+        "{doc}"
+    );
+    let primary = doc["primary"].as_str().unwrap().to_string();
+    let applied = ok(scope.kubectl_ns(&[
+        "exec", &primary, "-c", "postgres", "--", "psql", "-XtAq", "-d", "learnflow", "-c",
+        "select count(*) > 0, (select count(*) from pg_tables where tableowner = 'app' and tablename = 'users') from kubectl_pg_migrations",
+    ]));
+    assert_eq!(applied, "t|1\n");
+    // A rerun finds it healthy and changes nothing.
+    let again = install(&[]);
+    let doc: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(doc["primary"], primary.as_str(), "{doc}");
+}

@@ -23,6 +23,7 @@ use crate::migration::{Goal, MigrationSet, Runner, Settings};
 use crate::output::{self, emit};
 
 mod credentials;
+mod ha;
 mod policy;
 mod preflight;
 mod tls;
@@ -63,8 +64,44 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
     // --allow-from is checked before anything else: a bad peer is exit 1 with nothing read.
     let policy_req = policy_request(&args);
     netpol::check(&policy_req)?;
+    // --instances above 1: a CloudNativePG Cluster; its flags are checked before any request.
+    let instances = ha::wanted(&args)?;
+    if let Some(n) = instances.filter(|_| args.dry_run) {
+        let namespace = global
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::cluster::access::DEFAULT_NAMESPACE.into());
+        let release = args.release.as_deref().unwrap_or(release::DEFAULT_RELEASE);
+        let mut spec = InstallSpec::from_request(&requested(&args), release, &namespace)?;
+        ha::owner(&args, &mut spec)?;
+        return ha::dry_run(&args, &spec, n);
+    }
     if args.dry_run {
         return dry_run(&args, global, password);
+    }
+    if let Some(n) = instances {
+        let migrations = if args.migrate {
+            let set = MigrationSet::load(args.dir.as_deref())?;
+            set.check_transaction_modes()?;
+            Some(set)
+        } else {
+            None
+        };
+        let cluster = Cluster::connect(&global.connect_options()).await?;
+        let release = args.release.as_deref().unwrap_or(release::DEFAULT_RELEASE);
+        let mut spec = InstallSpec::from_request(&requested(&args), release, &cluster.namespace)?;
+        ha::owner(&args, &mut spec)?;
+        let ns: Api<Namespace> = Api::all(cluster.client.clone());
+        if ns
+            .get_metadata_opt(&spec.namespace)
+            .await
+            .map_err(|e| cluster.error("get", "namespaces", e))?
+            .is_none()
+        {
+            create_namespace(&cluster, &spec.namespace).await?;
+            crate::note!("created namespace {}", spec.namespace);
+        }
+        return ha::run(&args, &cluster, &spec, n, migrations.as_ref()).await;
     }
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = match &args.release {
@@ -539,22 +576,30 @@ async fn migrate(
     set: &MigrationSet,
 ) -> Result<(), Error> {
     let connector = TunnelConnector::new(cluster, &target(spec, credentials));
+    let count = apply_migrations(&connector, set).await?;
+    crate::note!("{count} migration(s) applied");
+    Ok(())
+}
+
+/// Applies every pending migration through `connector`, saying each one on stderr.
+pub(crate) async fn apply_migrations(
+    connector: &TunnelConnector,
+    set: &MigrationSet,
+) -> Result<usize, Error> {
     let settings = Settings {
         lock_timeout: Duration::from_secs(60),
         statement_timeout: None,
         allow_out_of_order: false,
         applied_by: " via kubectl pg install".into(),
     };
-    let mut runner = Runner::new(&connector, set, &settings);
-    let count = runner
+    let mut runner = Runner::new(connector, set, &settings);
+    runner
         .run(Goal::Up { to: None }, &mut |event| {
             if let crate::migration::Event::Applied { id, millis } = event {
                 crate::note!("applied {id} ({millis} ms)");
             }
         })
-        .await?;
-    crate::note!("{count} migration(s) applied");
-    Ok(())
+        .await
 }
 
 /// Prints the release's status: from the health check's observation when nothing changed
