@@ -168,6 +168,9 @@ pub enum Command {
     /// Set a new password in the database, then in its Secret (the superuser's, or a user's with --db-user)
     #[command(after_help = ROTATE_EXAMPLES)]
     RotatePassword(RotatePasswordArgs),
+    /// Promote a replica of a highly available release to primary, and wait until it takes writes
+    #[command(after_help = SWITCHOVER_EXAMPLES)]
+    Switchover(SwitchoverArgs),
     /// Print the plugin's version, build, supported PostgreSQL majors and the cluster's version
     #[command(after_help = VERSION_EXAMPLES)]
     Version(VersionArgs),
@@ -239,6 +242,37 @@ pub struct RestartArgs {
     pub release: Option<String>,
     /// How long to wait for the restarted release to be healthy
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Output: the resulting status as table, json or yaml
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+const SWITCHOVER_EXAMPLES: &str = "\
+A planned switchover of a release made with --instances N (a CloudNativePG Cluster): the
+operator shuts the primary down cleanly, promotes the replica, and the other instances follow
+it; the read-write Service moves with the primary. Without --to, the ready streaming replica
+least behind is promoted. The command waits until the operator reports the new primary and a
+healthy Cluster, then checks that the new primary takes writes through a tunnel. A Cluster
+kubectl-pg did not make is never changed (exit 1). Exit 4 on timeout.
+
+Examples:
+  # Promote the best replica of release orders
+  kubectl pg switchover orders -n prod
+
+  # Promote a given instance, print the resulting status as JSON
+  kubectl pg switchover orders -n prod --to orders-2 -o json";
+
+/// `kubectl pg switchover`
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    /// The release (default: the only one in the namespace, else "postgres")
+    pub release: Option<String>,
+    /// The instance (pod) to promote (default: the ready streaming replica least behind)
+    #[arg(long, value_name = "INSTANCE")]
+    pub to: Option<String>,
+    /// How long to wait for the new primary
+    #[arg(long, default_value = "3m", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
     /// Output: the resulting status as table, json or yaml
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]

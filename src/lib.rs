@@ -37,7 +37,7 @@ pub(crate) fn fuzz_config(default: u32) -> proptest::test_runner::Config {
 use cli::{Cli, Command};
 use commands::{
     completion, dsn, dump, install, logs, migrate, port_forward, psql, report, restart, restore,
-    rotate_password, status, uninstall, upgrade, user, version,
+    rotate_password, status, switchover, uninstall, upgrade, user, version,
 };
 
 /// Answers kubectl's `__complete` request (see [`completion::complete`]).
@@ -84,6 +84,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Command::Report(args) => report::run(args, &cli.global).await,
             Command::User(args) => user::run(args, &cli.global).await,
             Command::RotatePassword(args) => rotate_password::run(args, &cli.global).await,
+            Command::Switchover(args) => switchover::run(args, &cli.global).await,
         }
     });
     // Dropping the runtime would wait for its blocking threads, and a read of stdin stays

@@ -14,6 +14,7 @@ pub mod restart;
 pub mod restore;
 pub mod rotate_password;
 pub mod status;
+pub mod switchover;
 pub mod uninstall;
 pub mod upgrade;
 pub mod user;

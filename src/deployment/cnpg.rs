@@ -554,9 +554,117 @@ pub async fn wait_healthy(
     }
 }
 
+/// Whether kubectl-pg made this Cluster (its managed-by and instance labels): only those does
+/// it change.
+pub fn made_by_us(c: &CnpgCluster) -> bool {
+    release::made_for(&c.object.metadata, &c.name)
+}
+
+/// The replica to promote when none is named: a ready one that streams, least behind.
+pub fn best_replica(instances: &[Instance]) -> Option<String> {
+    instances
+        .iter()
+        .filter(|i| i.role != "primary" && i.ready && i.replication.as_deref() == Some("streaming"))
+        .min_by_key(|i| i.lag_bytes.unwrap_or(i64::MAX))
+        .map(|i| i.name.clone())
+}
+
+/// Asks the operator to promote `to`, as CloudNativePG's own plugin does: the Cluster's status
+/// names the target primary, and the operator switches over (a fast shutdown of the old
+/// primary, its replicas following the new one).
+pub async fn request_switchover(cluster: &Cluster, c: &CnpgCluster, to: &str) -> Result<(), Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), &c.namespace, &resource());
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({
+        "status": {
+            "targetPrimary": to,
+            "targetPrimaryTimestamp": now,
+            "phase": "Switchover in progress",
+            "phaseReason": format!("Switching over to {to} (kubectl pg switchover)"),
+        }
+    });
+    api.patch_status(
+        &c.name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| cluster.error("patch", "clusters.postgresql.cnpg.io/status", e))
+}
+
+/// Waits, on a watch, until the operator reports `to` as the current primary and the Cluster
+/// healthy again.
+pub async fn wait_primary(
+    cluster: &Cluster,
+    c: &CnpgCluster,
+    to: &str,
+    timeout: std::time::Duration,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), &c.namespace, &resource());
+    let done = |o: Option<&DynamicObject>| {
+        o.and_then(|o| o.data.get("status")).is_some_and(|s| {
+            s.get("currentPrimary").and_then(Value::as_str) == Some(to)
+                && s.get("phase").and_then(Value::as_str) == Some("Cluster in healthy state")
+        })
+    };
+    let wait = kube::runtime::wait::await_condition(api, &c.name, done);
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Error::invalid(format!("watching Cluster {}: {e}", c.name))),
+        Err(_) => Err(Error::Deployment {
+            message: format!(
+                "Cluster {} did not make {to} its primary within {}s",
+                c.name,
+                timeout.as_secs()
+            ),
+            hints: vec![format!(
+                "see why: kubectl pg status {} -n {}; kubectl describe cluster {0} -n {1}",
+                c.name, c.namespace
+            )],
+            code: 4,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn instance(
+        name: &str,
+        role: &str,
+        ready: bool,
+        state: Option<&str>,
+        lag: Option<i64>,
+    ) -> Instance {
+        Instance {
+            name: name.into(),
+            role: role.into(),
+            ready,
+            replication: state.map(Into::into),
+            lag_bytes: lag,
+        }
+    }
+
+    #[test]
+    fn the_best_replica_is_ready_streaming_and_least_behind() {
+        let all = [
+            instance("r-1", "primary", true, None, None),
+            instance("r-2", "replica", true, Some("streaming"), Some(900)),
+            instance("r-3", "replica", true, Some("streaming"), Some(10)),
+            instance("r-4", "replica", false, Some("streaming"), Some(0)),
+            instance("r-5", "replica", true, Some("catchup"), Some(0)),
+        ];
+        assert_eq!(best_replica(&all).as_deref(), Some("r-3"));
+        assert_eq!(best_replica(&all[..1]), None);
+        assert_eq!(
+            best_replica(&[all[0].clone(), all[3].clone(), all[4].clone()]),
+            None
+        );
+    }
 
     #[test]
     fn replication_lines_give_states_lags_and_version() {

@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
 
 use crate::cluster::release::{self, Credentials, ReleaseTls, Target, DATABASE_PORT};
+use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
+use crate::database::Connector;
 use crate::deployment::cnpg::{self, CnpgCluster, Which};
 use crate::deployment::report::DeploymentStatus;
 use crate::deployment::status;
@@ -147,6 +149,114 @@ impl Release {
                 Ok(Some(tls))
             }
         }
+    }
+
+    /// Moves the primary to `to` (else the most caught-up streaming replica), the way the
+    /// operator does it, and waits until the new primary takes writes. Only a Cluster that
+    /// kubectl-pg made: never one the team owns. Returns the new primary.
+    pub async fn switchover(
+        &self,
+        cluster: &Cluster,
+        to: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<String, Error> {
+        let c = match self {
+            Release::StatefulSet { name, .. } => {
+                return Err(Error::InvalidInput {
+                    message: format!(
+                        "release {name:?} is a single instance: there is no replica to switch over to"
+                    ),
+                    hint: Some(format!(
+                        "a highly available release has replicas: kubectl pg install NAME -n {} --instances 3",
+                        cluster.namespace
+                    )),
+                })
+            }
+            Release::Cnpg(c) => c,
+        };
+        if !cnpg::made_by_us(c) {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "Cluster {:?} was not made by kubectl-pg: switchover will not change it",
+                    c.name
+                ),
+                hint: Some(format!(
+                    "its owners can: kubectl cnpg promote {} INSTANCE -n {}",
+                    c.name, c.namespace
+                )),
+            });
+        }
+        let replication = c.replication(cluster).await?;
+        let instances = c.instances(&replication.replicas);
+        let target = match to {
+            Some(name) => {
+                let found = instances.iter().find(|i| i.name == name);
+                match found {
+                    Some(i) if i.role != "primary" && i.ready => name.to_string(),
+                    Some(i) if i.role == "primary" => {
+                        return Err(Error::InvalidInput {
+                            message: format!("{name} is already the primary of Cluster {}", c.name),
+                            hint: None,
+                        })
+                    }
+                    _ => {
+                        return Err(Error::InvalidInput {
+                            message: format!(
+                                "{name} is not a ready replica of Cluster {} (its instances: {})",
+                                c.name,
+                                instances
+                                    .iter()
+                                    .map(|i| format!(
+                                        "{} {}{}",
+                                        i.name,
+                                        i.role,
+                                        if i.ready { "" } else { ", not ready" }
+                                    ))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            ),
+                            hint: Some(format!("kubectl pg status {} -n {}", c.name, c.namespace)),
+                        })
+                    }
+                }
+            }
+            None => cnpg::best_replica(&instances).ok_or_else(|| Error::Deployment {
+                message: format!(
+                    "Cluster {} has no ready, streaming replica to promote",
+                    c.name
+                ),
+                hints: vec![format!("kubectl pg status {} -n {}", c.name, c.namespace)],
+                code: 4,
+            })?,
+        };
+        cnpg::request_switchover(cluster, c, &target).await?;
+        crate::note!(
+            "asked the operator to promote {target} (primary was {})",
+            c.primary().unwrap_or_default()
+        );
+        cnpg::wait_primary(cluster, c, &target, timeout).await?;
+        Ok(target)
+    }
+
+    /// A connector to the writer, once `query` has run there in one session through a tunnel
+    /// (`SELECT 1` proves it answers; `SELECT pg_current_xact_id()` that it takes writes,
+    /// which a standby refuses).
+    pub async fn writer(
+        &self,
+        cluster: &Cluster,
+        query: &str,
+    ) -> Result<(Target, TunnelConnector), Error> {
+        let target = self.target(cluster).await?;
+        let connector = TunnelConnector::new(cluster, &target);
+        let client = connector.connect().await?;
+        client
+            .simple_query(query)
+            .await
+            .map_err(|e| Error::Connection {
+                target: connector.target(),
+                reason: e.to_string(),
+            })?;
+        Ok((target, connector))
     }
 
     /// The release's status document, with its database checked.

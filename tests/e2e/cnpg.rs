@@ -290,6 +290,18 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
         "2 streaming replicas again",
         || streaming(&scope, &promoted),
     );
+    // A Cluster the team made is never changed by switchover: exit 1, its primary unchanged.
+    let refused = scope.kpg(&["switchover", "pg", "-n", &scope.ns]);
+    crate::expect_code(&refused, 1);
+    assert!(
+        refused.stderr_text().contains("not made by kubectl-pg"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(
+        get(&scope, "cluster/pg", "{.status.currentPrimary}"),
+        promoted
+    );
 }
 
 /// `install --instances 3 --migrate`: a CloudNativePG Cluster from the plugin's flags, waited
@@ -371,5 +383,64 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     // A rerun finds it healthy and changes nothing.
     let again = install(&[]);
     let doc: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(doc["primary"], primary.as_str(), "{doc}");
+
+    // switchover: the primary itself and an unknown instance are refused before any change;
+    // without --to the best replica is promoted, takes writes, and the old primary follows it.
+    for (to, needle) in [
+        (primary.as_str(), "already the primary"),
+        ("ha-9", "not a ready replica"),
+    ] {
+        let out = scope.kpg(&["switchover", "ha", "-n", &scope.ns, "--to", to]);
+        crate::expect_code(&out, 1);
+        assert!(out.stderr_text().contains(needle), "{}", out.describe());
+    }
+    let started = Instant::now();
+    let out = scope.kpg(&["switchover", "ha", "-n", &scope.ns, "-o", "json"]);
+    eprintln!("cnpg: switchover took {:?}", started.elapsed());
+    let text = ok(out);
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let promoted = doc["primary"].as_str().unwrap().to_string();
+    assert_ne!(promoted, primary, "{doc}");
+    assert_eq!(
+        get(&scope, "cluster/ha", "{.status.currentPrimary}"),
+        promoted
+    );
+    let written = ok(scope.kubectl_ns(&[
+        "exec",
+        &promoted,
+        "-c",
+        "postgres",
+        "--",
+        "psql",
+        "-XtAq",
+        "-d",
+        "learnflow",
+        "-c",
+        "select pg_is_in_recovery(), (select count(*) > 0 from kubectl_pg_migrations)",
+    ]));
+    assert_eq!(written, "f|t\n");
+    until(
+        Duration::from_secs(120),
+        "the old primary streaming from the new one",
+        || {
+            let out = sql(&scope, &primary, "select pg_is_in_recovery()");
+            (out.stdout_text() == "t\n")
+                .then_some(())
+                .ok_or_else(|| out.describe())
+        },
+    );
+    // And back, by name.
+    let back = ok(scope.kpg(&[
+        "switchover",
+        "ha",
+        "-n",
+        &scope.ns,
+        "--to",
+        &primary,
+        "-o",
+        "json",
+    ]));
+    let doc: serde_json::Value = serde_json::from_str(&back).unwrap();
     assert_eq!(doc["primary"], primary.as_str(), "{doc}");
 }

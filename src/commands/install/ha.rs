@@ -9,10 +9,7 @@ use kube::api::Api;
 use serde_json::Value;
 
 use crate::cli::{InstallArgs, OutputFormat};
-use crate::cluster::release;
-use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
-use crate::database::Connector;
 use crate::deployment::cnpg;
 use crate::deployment::kind::Release;
 use crate::error::Error;
@@ -146,14 +143,7 @@ pub async fn run(
         ));
     }
     if let Some(Release::Cnpg(live)) = Some(Release::locate(cluster, &spec.release).await?) {
-        let ours = live
-            .object
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(release::LABEL_MANAGED_BY))
-            .is_some_and(|m| m == release::MANAGED_BY);
-        if !ours {
+        if !cnpg::made_by_us(&live) {
             return Err(Error::InvalidInput {
                 message: format!(
                     "Cluster {} in namespace {} was not made by kubectl-pg: install will not change it",
@@ -189,17 +179,7 @@ pub async fn run(
     );
     // The database answers the owner through a tunnel to the primary.
     let found = Release::locate(cluster, &spec.release).await?;
-    let target = found.target(cluster).await?;
-    let connector = TunnelConnector::new(cluster, &target);
-    let client = connector.connect().await?;
-    client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|e| Error::Connection {
-            target: connector.target(),
-            reason: e.to_string(),
-        })?;
-    drop(client);
+    let (target, connector) = found.writer(cluster, "SELECT 1").await?;
     if let Some(set) = migrations {
         let count = super::apply_migrations(&connector, set).await?;
         crate::note!("{count} migration(s) applied on the primary {}", target.pod);
