@@ -598,6 +598,9 @@ pub struct PsqlArgs {
     /// Run the local psql through a port-forward instead of psql in the pod
     #[arg(long)]
     pub local: bool,
+    /// Connect to a ready replica of a highly available release instead of its primary
+    #[arg(long)]
+    pub replica: bool,
     /// Arguments for psql, after `--` (-U and -d given here win over the release's)
     #[arg(last = true, value_name = "PSQL_ARGS")]
     pub psql_args: Vec<String>,
@@ -619,6 +622,9 @@ Examples:
   # Roles and every database (pg_dumpall, plain SQL)
   kubectl pg dump --all -f cluster.sql
 
+  # A highly available release, read from a replica
+  kubectl pg dump orders -n prod --replica -f orders.dump
+
   # Arguments after -- go to pg_dump; -o json describes the file written
   kubectl pg dump -f users.dump -o json -- --table users
 
@@ -636,6 +642,9 @@ pub struct DumpArgs {
     /// Dump roles and every database with pg_dumpall (plain SQL)
     #[arg(long)]
     pub all: bool,
+    /// Dump from a ready replica of a highly available release, sparing its primary
+    #[arg(long)]
+    pub replica: bool,
     /// Write the dump to this file (default: stdout, which must not be a terminal)
     #[arg(short = 'f', long, value_name = "FILE")]
     pub file: Option<PathBuf>,

@@ -4,8 +4,8 @@
 use std::io::{IsTerminal, Write};
 
 use crate::cli::{DumpArgs, GlobalArgs};
-use crate::cluster::release;
 use crate::cluster::{exec, Cluster};
+use crate::deployment::kind;
 use crate::error::Error;
 use crate::manifests::render::CONTAINER;
 use crate::output::{self, emit, API_VERSION};
@@ -39,8 +39,14 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
     // directory, a socket) is refused first, and a FIFO's reader is waited for first.
     let mut pending = args.file.as_deref().map(PendingFile::create).transpose()?;
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, args.release.as_deref()).await?;
-    let target = release::find_target(&cluster, &release).await?;
+    let found = kind::resolve(&cluster, args.release.as_deref()).await?;
+    let release = found.name().to_string();
+    let target = if args.replica {
+        found.reader(&cluster).await?
+    } else {
+        found.target(&cluster).await?
+    };
+    let (user, _) = found.socket_roles(&target);
     let scope = if args.all {
         DumpScope::Cluster
     } else {
@@ -51,13 +57,7 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
         )
     };
     let tag = transfer::session_tag();
-    let command = transfer::dump_command(
-        &target.credentials.username,
-        &scope,
-        format,
-        &tag,
-        &args.dump_args,
-    )?;
+    let command = transfer::dump_command(&user, &scope, format, &tag, &args.dump_args)?;
     let tool = command[0].clone();
     let mut progress = Progress::new(std::io::stderr().is_terminal(), "dumped");
     let mut stdout = std::io::stdout().lock();
@@ -86,7 +86,7 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
     let outcome = match outcome {
         Ok(outcome) => outcome?,
         Err(code) => {
-            transfer::terminate(&cluster, &target, &tag).await;
+            transfer::terminate(&cluster, &target, &user, &tag).await;
             match pending.take() {
                 Some(file) if file.writes_through() => {
                     crate::note!("interrupted: {}", file.failure_note())

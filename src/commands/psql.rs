@@ -19,13 +19,15 @@ use crate::manifests::render::CONTAINER;
 pub async fn run(args: PsqlArgs, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
     let release = kind::resolve(&cluster, args.release.as_deref()).await?;
-    let mut target = release.target(&cluster).await?;
+    let mut target = if args.replica {
+        release.reader(&cluster).await?
+    } else {
+        release.target(&cluster).await?
+    };
     let code = if args.local {
         run_local(&cluster, &target, &args.psql_args).await?
     } else {
-        if let Some(user) = release.socket_user() {
-            target.credentials.username = user.to_string();
-        }
+        target.credentials.username = release.socket_roles(&target).0;
         let kubectl = kubectl_path()?;
         let argv = exec_argv(
             global,

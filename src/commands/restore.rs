@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::cluster::release;
 use crate::cluster::{exec, Cluster};
+use crate::deployment::kind;
 use crate::error::Error;
 use crate::manifests::render::CONTAINER;
 use crate::output::{self, emit, API_VERSION};
@@ -49,7 +49,7 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     let kind = transfer::sniff(&head);
     // The command is checked before any connection: a refused combination changes nothing.
-    transfer::restore_command(kind, "", "", args.clean, "", &args.restore_args)?;
+    transfer::restore_command(kind, "", None, "", args.clean, "", &args.restore_args)?;
     // A script is judged as far as it can be before anything runs: a file whole, stdin as
     // far as its head; the rest as it streams.
     let mut guard = script::ScriptGuard::new();
@@ -80,8 +80,10 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
     }
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, args.release.as_deref()).await?;
-    let target = release::find_target(&cluster, &release).await?;
+    let found = kind::resolve(&cluster, args.release.as_deref()).await?;
+    let release = found.name().to_string();
+    let target = found.target(&cluster).await?;
+    let (user, role) = found.socket_roles(&target);
     let database = args
         .database
         .clone()
@@ -95,7 +97,8 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
     let tag = transfer::session_tag();
     let command = transfer::restore_command(
         kind,
-        &target.credentials.username,
+        &user,
+        role.as_deref(),
         &database,
         args.clean,
         &tag,
@@ -138,7 +141,7 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
         outcome = watched => outcome,
         code = super::interrupted() => {
             // Its session ends, and the transaction with it: nothing was committed.
-            transfer::terminate(&cluster, &target, &tag).await;
+            transfer::terminate(&cluster, &target, &user, &tag).await;
             crate::note!("interrupted: the restore was stopped and rolled back");
             return Err(Error::Exit(code));
         }
@@ -151,7 +154,7 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
     if let Some(why) = why {
         // psql never received what was refused, nor a COMMIT: its session ends, and with it
         // the transaction and whatever the script had done.
-        transfer::terminate(&cluster, &target, &tag).await;
+        transfer::terminate(&cluster, &target, &user, &tag).await;
         return Err(rejected(why, Some(&database)));
     }
     let outcome = outcome?;

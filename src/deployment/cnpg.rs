@@ -53,6 +53,27 @@ pub struct Instance {
     pub lag_bytes: Option<i64>,
 }
 
+/// The instance count of Cluster `name`, when there is one (one metadata read; none without
+/// the CRD or the right to read Clusters, as for [`get`]).
+pub async fn instances_of(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<usize>, Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), namespace, &resource());
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found.map(|o| {
+            o.data
+                .pointer("/spec/instances")
+                .and_then(Value::as_u64)
+                .unwrap_or(1) as usize
+        })),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => Ok(None),
+        Err(e) => Err(cluster.error("get", "clusters.postgresql.cnpg.io", e)),
+    }
+}
+
 /// Reads the Cluster named `name` and its pods; none when there is no such Cluster, or no
 /// CloudNativePG CRD at all (both are a 404).
 pub async fn get(
@@ -115,6 +136,11 @@ impl CnpgCluster {
 
     fn text(&self, path: &[&str]) -> Option<String> {
         self.field(path)?.as_str().map(str::to_string)
+    }
+
+    /// The Clusters of its namespace, to read, patch or watch this one.
+    pub fn api(&self, cluster: &Cluster) -> Api<DynamicObject> {
+        Api::namespaced_with(cluster.client.clone(), &self.namespace, &resource())
     }
 
     /// The current primary, as the operator records it.
@@ -554,6 +580,105 @@ pub async fn wait_healthy(
     }
 }
 
+/// The annotation that hibernates a Cluster: the operator deletes its pods and keeps its
+/// volumes; removing it brings the instances back on the same data.
+pub const HIBERNATION: &str = "cnpg.io/hibernation";
+
+/// Whether the Cluster is hibernated, or asked to be.
+pub fn hibernating(c: &CnpgCluster) -> bool {
+    c.object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HIBERNATION))
+        .is_some_and(|v| v == "on")
+}
+
+/// Sets (`on`) or removes the hibernation annotation, as kubectl-pg's field manager.
+pub async fn set_hibernation(cluster: &Cluster, c: &CnpgCluster, on: bool) -> Result<(), Error> {
+    let api = c.api(cluster);
+    let value = if on { Value::from("on") } else { Value::Null };
+    let patch = serde_json::json!({ "metadata": { "annotations": { HIBERNATION: value } } });
+    let params = kube::api::PatchParams {
+        field_manager: Some(crate::manifests::render::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&c.name, &params, &kube::api::Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| cluster.error("patch", "clusters.postgresql.cnpg.io", e))
+}
+
+/// Waits, on a watch, until the operator reports the Cluster hibernated (its condition
+/// `cnpg.io/hibernation` True: every pod deleted, the volumes kept).
+pub async fn wait_hibernated(
+    cluster: &Cluster,
+    c: &CnpgCluster,
+    timeout: std::time::Duration,
+) -> Result<(), Error> {
+    let done = |o: Option<&DynamicObject>| {
+        o.and_then(|o| o.data.pointer("/status/conditions"))
+            .and_then(Value::as_array)
+            .is_some_and(|conditions| {
+                conditions.iter().any(|k| {
+                    k.get("type").and_then(Value::as_str) == Some(HIBERNATION)
+                        && k.get("status").and_then(Value::as_str) == Some("True")
+                })
+            })
+    };
+    let what = format!("Cluster {} to hibernate", c.name);
+    watch_until(cluster, c, done, timeout, &what).await
+}
+
+/// Deletes the Cluster in the foreground (its pods, volumes, Services and Secrets are the
+/// operator's, owned by it) and waits until it is gone.
+pub async fn delete(
+    cluster: &Cluster,
+    c: &CnpgCluster,
+    timeout: std::time::Duration,
+) -> Result<(), Error> {
+    let api = c.api(cluster);
+    let uid = c.object.metadata.uid.clone().unwrap_or_default();
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..kube::api::DeleteParams::foreground()
+    };
+    match api.delete(&c.name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(cluster.error("delete", "clusters.postgresql.cnpg.io", e)),
+    }
+    let what = format!("Cluster {} to be deleted", c.name);
+    let gone = kube::runtime::wait::conditions::is_deleted(&uid);
+    watch_until(cluster, c, gone, timeout, &what).await
+}
+
+/// A watch of the Cluster until `done`; past `timeout` exit 4.
+async fn watch_until(
+    cluster: &Cluster,
+    c: &CnpgCluster,
+    done: impl kube::runtime::wait::Condition<DynamicObject>,
+    timeout: std::time::Duration,
+    what: &str,
+) -> Result<(), Error> {
+    let wait = kube::runtime::wait::await_condition(c.api(cluster), &c.name, done);
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Error::invalid(format!("watching Cluster {}: {e}", c.name))),
+        Err(_) => Err(Error::Deployment {
+            message: format!("timed out after {}s waiting for {what}", timeout.as_secs()),
+            hints: vec![format!(
+                "see why: kubectl pg status {} -n {}; kubectl describe cluster {0} -n {1}",
+                c.name, c.namespace
+            )],
+            code: 4,
+        }),
+    }
+}
+
 /// Whether kubectl-pg made this Cluster (its managed-by and instance labels): only those does
 /// it change.
 pub fn made_by_us(c: &CnpgCluster) -> bool {
@@ -573,8 +698,7 @@ pub fn best_replica(instances: &[Instance]) -> Option<String> {
 /// names the target primary, and the operator switches over (a fast shutdown of the old
 /// primary, its replicas following the new one).
 pub async fn request_switchover(cluster: &Cluster, c: &CnpgCluster, to: &str) -> Result<(), Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(cluster.client.clone(), &c.namespace, &resource());
+    let api = c.api(cluster);
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = serde_json::json!({
         "status": {
@@ -602,31 +726,14 @@ pub async fn wait_primary(
     to: &str,
     timeout: std::time::Duration,
 ) -> Result<(), Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(cluster.client.clone(), &c.namespace, &resource());
     let done = |o: Option<&DynamicObject>| {
         o.and_then(|o| o.data.get("status")).is_some_and(|s| {
             s.get("currentPrimary").and_then(Value::as_str) == Some(to)
                 && s.get("phase").and_then(Value::as_str) == Some("Cluster in healthy state")
         })
     };
-    let wait = kube::runtime::wait::await_condition(api, &c.name, done);
-    match tokio::time::timeout(timeout, wait).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Error::invalid(format!("watching Cluster {}: {e}", c.name))),
-        Err(_) => Err(Error::Deployment {
-            message: format!(
-                "Cluster {} did not make {to} its primary within {}s",
-                c.name,
-                timeout.as_secs()
-            ),
-            hints: vec![format!(
-                "see why: kubectl pg status {} -n {}; kubectl describe cluster {0} -n {1}",
-                c.name, c.namespace
-            )],
-            code: 4,
-        }),
-    }
+    let what = format!("Cluster {} to make {to} its primary", c.name);
+    watch_until(cluster, c, done, timeout, &what).await
 }
 
 #[cfg(test)]

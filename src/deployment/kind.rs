@@ -13,6 +13,7 @@ use crate::database::Connector;
 use crate::deployment::cnpg::{self, CnpgCluster, Which};
 use crate::deployment::report::DeploymentStatus;
 use crate::deployment::status;
+use crate::deployment::uninstall;
 use crate::error::Error;
 use crate::migration::MigrationSet;
 
@@ -238,6 +239,50 @@ impl Release {
         Ok(target)
     }
 
+    /// The target with a ready replica as its pod, for reads that should spare the primary
+    /// (`psql --replica`, `dump --replica`). A single instance has none: exit 1.
+    pub async fn reader(&self, cluster: &Cluster) -> Result<Target, Error> {
+        let c = match self {
+            Release::StatefulSet { name, .. } => {
+                return Err(Error::InvalidInput {
+                    message: format!("release {name:?} is a single instance: it has no replica"),
+                    hint: Some("drop --replica: its one pod serves reads and writes".into()),
+                })
+            }
+            Release::Cnpg(c) => c,
+        };
+        let mut target = self.target(cluster).await?;
+        let replica = c
+            .instances(&Default::default())
+            .into_iter()
+            .find(|i| i.ready && i.role != "primary" && Some(&i.name) != Some(&target.pod))
+            .ok_or_else(|| Error::Deployment {
+                message: format!("Cluster {} has no ready replica now", c.name),
+                hints: vec![
+                    format!(
+                        "see its instances: kubectl pg status {} -n {}",
+                        c.name, c.namespace
+                    ),
+                    "drop --replica to read from the primary".into(),
+                ],
+                code: 8,
+            })?;
+        target.pod = replica.name;
+        Ok(target)
+    }
+
+    /// The role a tool run in the pod over its socket logs in as (psql, pg_dump, pg_restore),
+    /// and, when it is not the owner, the owner it should `SET ROLE` to so that what it creates
+    /// is the owner's: a Cluster's socket admits only `postgres` (peer authentication).
+    pub fn socket_roles(&self, target: &Target) -> (String, Option<String>) {
+        match self.socket_user() {
+            Some(user) if user != target.credentials.username => {
+                (user.to_string(), Some(target.credentials.username.clone()))
+            }
+            _ => (target.credentials.username.clone(), None),
+        }
+    }
+
     /// A connector to the writer, once `query` has run there in one session through a tunnel
     /// (`SELECT 1` proves it answers; `SELECT pg_current_xact_id()` that it takes writes,
     /// which a standby refuses).
@@ -257,6 +302,25 @@ impl Release {
                 reason: e.to_string(),
             })?;
         Ok((target, connector))
+    }
+
+    /// Uninstalls the release, keeping its data unless `delete_data` (asked of `confirm`
+    /// first): a StatefulSet's objects one by one, a Cluster hibernated or deleted whole.
+    pub async fn uninstall(
+        &self,
+        cluster: &Cluster,
+        delete_data: bool,
+        timeout: std::time::Duration,
+        confirm: impl FnOnce(&str) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        match self {
+            Release::StatefulSet { name, .. } => {
+                uninstall::statefulset(cluster, name, delete_data, timeout, confirm).await
+            }
+            Release::Cnpg(c) => {
+                uninstall::cloudnative_pg(cluster, c, delete_data, timeout, confirm).await
+            }
+        }
     }
 
     /// The release's status document, with its database checked.

@@ -11,6 +11,7 @@ pub mod probe;
 pub mod report;
 pub mod rollout;
 pub mod status;
+pub mod uninstall;
 pub mod writes;
 
 pub use assess::{assess, Phase};

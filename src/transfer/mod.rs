@@ -208,6 +208,7 @@ pub fn sniff(head: &[u8]) -> InputKind {
 pub fn restore_command(
     kind: InputKind,
     user: &str,
+    role: Option<&str>,
     database: &str,
     clean: bool,
     tag: &str,
@@ -232,6 +233,9 @@ pub fn restore_command(
             if clean {
                 argv.extend(["--clean".into(), "--if-exists".into()]);
             }
+            if let Some(role) = role {
+                argv.push(format!("--role={role}"));
+            }
             argv
         }
         InputKind::Sql if clean => {
@@ -243,22 +247,31 @@ pub fn restore_command(
                 ),
             })
         }
-        InputKind::Sql => [
-            "psql",
-            "-X",
-            "-q",
-            "-U",
-            user,
-            "-d",
-            database,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "-",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        InputKind::Sql => {
+            let mut argv: Vec<String> = [
+                "psql",
+                "-X",
+                "-q",
+                "-U",
+                user,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            // psql runs -c and -f in their order: the script's session is the owner's.
+            if let Some(role) = role {
+                argv.extend([
+                    "-c".into(),
+                    format!("SET ROLE {}", crate::migration::history::quote_ident(role)),
+                ]);
+            }
+            argv.extend(["-f".into(), "-".into()]);
+            argv
+        }
         InputKind::ClusterSql => {
             return Err(Error::InvalidInput {
                 message: "this is a pg_dumpall script of a whole cluster (roles, CREATE DATABASE): it cannot run in one transaction, so restore does not take it".into(),
@@ -323,14 +336,14 @@ pub fn conninfo(database: &str, tag: &str) -> String {
     )
 }
 
-/// Ends the sessions of an interrupted transfer, through a psql of its own in the pod; best
-/// effort (the interrupt's exit code is what the user gets either way).
+/// Ends the sessions of an interrupted transfer, through a psql of its own in the pod as
+/// `user` (the transfer's socket role); best effort (the interrupt's exit code is what the user gets either way).
 pub async fn terminate(
     cluster: &crate::cluster::Cluster,
     target: &crate::cluster::release::Target,
+    user: &str,
     tag: &str,
 ) {
-    let user = target.credentials.username.as_str();
     let _ = crate::cluster::exec::run(
         cluster,
         &target.namespace,
@@ -480,7 +493,8 @@ mod tests {
 
     #[test]
     fn restores_are_one_transaction_that_stops_at_the_first_error() {
-        let archive = restore_command(InputKind::Archive, "app", "db", true, "t", &[]).unwrap();
+        let archive =
+            restore_command(InputKind::Archive, "app", None, "db", true, "t", &[]).unwrap();
         let text = archive.join(" ");
         assert!(
             text.starts_with("pg_restore -U app -d dbname='db' application_name='t'"),
@@ -494,10 +508,40 @@ mod tests {
         ] {
             assert!(archive.iter().any(|a| a == flag), "{flag}: {text}");
         }
-        let sql = restore_command(InputKind::Sql, "app", "db", false, "t", &[]).unwrap();
+        let sql = restore_command(InputKind::Sql, "app", None, "db", false, "t", &[]).unwrap();
         let text = sql.join(" ");
         assert!(text.contains("ON_ERROR_STOP=1"), "{text}");
-        assert!(restore_command(InputKind::Sql, "app", "db", true, "t", &[]).is_err());
-        assert!(restore_command(InputKind::ClusterSql, "app", "db", false, "t", &[]).is_err());
+        assert!(restore_command(InputKind::Sql, "app", None, "db", true, "t", &[]).is_err());
+        assert!(
+            restore_command(InputKind::ClusterSql, "app", None, "db", false, "t", &[]).is_err()
+        );
+    }
+
+    #[test]
+    fn a_restore_as_the_socket_role_creates_what_the_owner_owns() {
+        let archive = restore_command(
+            InputKind::Archive,
+            "postgres",
+            Some("app"),
+            "db",
+            false,
+            "t",
+            &[],
+        )
+        .unwrap();
+        assert!(archive.iter().any(|a| a == "--role=app"), "{archive:?}");
+        let sql = restore_command(
+            InputKind::Sql,
+            "postgres",
+            Some("a\"b"),
+            "db",
+            false,
+            "t",
+            &[],
+        )
+        .unwrap();
+        let at = sql.iter().position(|a| a == "-c").unwrap();
+        assert_eq!(sql[at + 1], "SET ROLE \"a\"\"b\"");
+        assert_eq!(&sql[at + 2..], ["-f", "-"]);
     }
 }

@@ -36,6 +36,12 @@ fn sql(scope: &Scope, pod: &str, query: &str) -> Output {
     ])
 }
 
+/// `kubectl pg psql RELEASE -- -XtAc QUERY`: its output.
+#[track_caller]
+fn kpg_psql(scope: &Scope, release: &str, query: &str) -> String {
+    ok(scope.kpg(&["psql", release, "-n", &scope.ns, "--", "-XtAc", query]))
+}
+
 /// Waits for `check` to hold, up to `limit`: replication and failover are the operator's and
 /// the servers' work, which nothing here can be told about by a watch.
 #[track_caller]
@@ -207,15 +213,7 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
 
     // kubectl-pg's psql (in the primary's pod) and port-forward (each connection to the pod
     // that holds the primary label) reach the primary.
-    let psql_out = ok(scope.kpg(&[
-        "psql",
-        "pg",
-        "-n",
-        &scope.ns,
-        "--",
-        "-XtAc",
-        "select pg_is_in_recovery()",
-    ]));
+    let psql_out = kpg_psql(&scope, "pg", "select pg_is_in_recovery()");
     assert_eq!(psql_out, "f\n");
     let forward = crate::cluster::PluginForward::start(&scope, &scope.ns, "pg", "127.0.0.1:0");
     let through_forward = |statement: &str| {
@@ -261,15 +259,7 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
     let status = ok(scope.kpg(&["status", "pg", "-n", &scope.ns, "-o", "json"]));
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc["primary"], promoted.as_str(), "{doc}");
-    let psql_out = ok(scope.kpg(&[
-        "psql",
-        "pg",
-        "-n",
-        &scope.ns,
-        "--",
-        "-XtAc",
-        "select pg_is_in_recovery(), count(*) from f",
-    ]));
+    let psql_out = kpg_psql(&scope, "pg", "select pg_is_in_recovery(), count(*) from f");
     assert_eq!(psql_out, "f|1\n");
     until(
         Duration::from_secs(180),
@@ -298,6 +288,20 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
         "{}",
         refused.describe()
     );
+    // Nor uninstalled, nor turned into a single instance by install.
+    for (args, needle) in [
+        (
+            &["uninstall", "pg", "--delete-data", "--yes"][..],
+            "not made by kubectl-pg",
+        ),
+        (&["install", "pg"], "--instances 3"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["-n", &scope.ns]);
+        let out = scope.kpg(&all);
+        crate::expect_code(&out, 1);
+        assert!(out.stderr_text().contains(needle), "{}", out.describe());
+    }
     assert_eq!(
         get(&scope, "cluster/pg", "{.status.currentPrimary}"),
         promoted
@@ -307,6 +311,9 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
 /// `install --instances 3 --migrate`: a CloudNativePG Cluster from the plugin's flags, waited
 /// for until healthy, with one primary, two streaming replicas and the LearnFlow schema applied
 /// on the primary. Bad counts and flags it does not take yet are exit 1 before any request.
+/// Then: `psql --replica` reads what the primary wrote, `dump --replica` restores row for row
+/// into a single instance, a script restored into the Cluster is its owner's, and `switchover`
+/// moves the primary there and back.
 #[test]
 fn install_instances_makes_a_healthy_migrated_cluster() {
     let scope = Scope::new("kpg-ha");
@@ -385,6 +392,68 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     let doc: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(doc["primary"], primary.as_str(), "{doc}");
 
+    // Rows written on the primary are read on a replica; a dump taken there restores, row
+    // for row, into a single-instance release; a script restored into the Cluster runs as its
+    // owner.
+    ok(scope.kpg(&[
+        "psql", "ha", "-n", &scope.ns, "--", "-v", "ON_ERROR_STOP=1", "-XtAqc",
+        "set role app; create table notes (v int); insert into notes select generate_series(1, 1000)",
+    ]));
+    until(Duration::from_secs(30), "the rows on a replica", || {
+        let out = scope.kpg(&[
+            "psql",
+            "ha",
+            "-n",
+            &scope.ns,
+            "--replica",
+            "--",
+            "-XtAc",
+            "select pg_is_in_recovery(), count(*) from notes",
+        ]);
+        (out.stdout_text() == "t|1000\n")
+            .then_some(())
+            .ok_or_else(|| out.describe())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("ha.dump");
+    let archive = archive.to_str().unwrap();
+    ok(scope.kpg(&["dump", "ha", "-n", &scope.ns, "--replica", "-f", archive]));
+    ok(scope.kpg(&["install", "one", "-n", &scope.ns, "--timeout", "3m"]));
+    ok(scope.kpg(&[
+        "restore",
+        "one",
+        "-n",
+        &scope.ns,
+        "-f",
+        archive,
+        "--",
+        "--no-owner",
+        "--no-acl",
+    ]));
+    let copied = kpg_psql(&scope, "one", "select count(*), sum(v) from notes");
+    assert_eq!(copied, "1000|500500\n");
+    let script = dir.path().join("more.sql");
+    std::fs::write(
+        &script,
+        "create table restored (v int);\ninsert into restored values (1);\n",
+    )
+    .unwrap();
+    ok(scope.kpg(&[
+        "restore",
+        "ha",
+        "-n",
+        &scope.ns,
+        "--allow-partial",
+        "-f",
+        script.to_str().unwrap(),
+    ]));
+    let owner = kpg_psql(
+        &scope,
+        "ha",
+        "select tableowner from pg_tables where tablename = 'restored'",
+    );
+    assert_eq!(owner, "app\n");
+
     // switchover: the primary itself and an unknown instance are refused before any change;
     // without --to the best replica is promoted, takes writes, and the old primary follows it.
     for (to, needle) in [
@@ -443,4 +512,44 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     ]));
     let doc: serde_json::Value = serde_json::from_str(&back).unwrap();
     assert_eq!(doc["primary"], primary.as_str(), "{doc}");
+
+    // uninstall hibernates the Cluster: its pods go, its volumes stay, and install brings the
+    // same rows back; --delete-data deletes the Cluster with its volumes.
+    let started = Instant::now();
+    let out = ok(scope.kpg(&["uninstall", "ha", "-n", &scope.ns]));
+    eprintln!("cnpg: uninstall (hibernation) took {:?}", started.elapsed());
+    assert!(out.contains("hibernated"), "{out}");
+    let instances = "cnpg.io/cluster=ha,cnpg.io/podRole=instance";
+    assert_eq!(
+        ok(scope.kubectl_ns(&["get", "pods", "-l", instances, "-o", "name"])),
+        ""
+    );
+    assert_eq!(
+        ok(scope.kubectl_ns(&["get", "pvc", "-l", "cnpg.io/cluster=ha", "-o", "name"]))
+            .lines()
+            .count(),
+        3
+    );
+    let status = ok(scope.kpg(&["status", "ha", "-n", &scope.ns, "-o", "json"]));
+    let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(doc["phase"], "Hibernated", "{doc}");
+    let started = Instant::now();
+    let doc: serde_json::Value = serde_json::from_str(&install(&[])).unwrap();
+    eprintln!("cnpg: install woke the Cluster in {:?}", started.elapsed());
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    let kept = kpg_psql(&scope, "ha", "select count(*), sum(v) from notes");
+    assert_eq!(kept, "1000|500500\n");
+    ok(scope.kpg(&["uninstall", "ha", "-n", &scope.ns, "--delete-data", "--yes"]));
+    assert_eq!(
+        ok(scope.kubectl_ns(&[
+            "get",
+            "clusters,pvc",
+            "-l",
+            "cnpg.io/cluster=ha",
+            "-o",
+            "name"
+        ])),
+        ""
+    );
+    assert!(ok(scope.kubectl_ns(&["get", "clusters", "-o", "name"])).is_empty());
 }

@@ -142,7 +142,7 @@ pub async fn run(
             "the API does not serve postgresql.cnpg.io/v1 (its CRDs are not installed)",
         ));
     }
-    if let Some(Release::Cnpg(live)) = Some(Release::locate(cluster, &spec.release).await?) {
+    if let Release::Cnpg(live) = Release::locate(cluster, &spec.release).await? {
         if !cnpg::made_by_us(&live) {
             return Err(Error::InvalidInput {
                 message: format!(
@@ -154,6 +154,14 @@ pub async fn run(
                     spec.release, spec.namespace
                 )),
             });
+        }
+        // An uninstalled Cluster is hibernated with its volumes: the same data comes back.
+        if cnpg::hibernating(&live) {
+            cnpg::set_hibernation(cluster, &live, false).await?;
+            crate::note!(
+                "waking Cluster {}: it was uninstalled with its data kept (hibernated)",
+                spec.release
+            );
         }
     }
     let object: Value = cnpg::render_cluster(spec, instances, &image(args, spec));

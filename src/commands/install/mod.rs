@@ -15,6 +15,7 @@ use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::{volume, Cluster};
 use crate::database::Connector;
 use crate::deployment::apply::{self, health_check, read_live, target, Checked, Live};
+use crate::deployment::cnpg;
 use crate::error::Error;
 use crate::manifests::policy::{self as netpol, Plan};
 use crate::manifests::render::{self, FIELD_MANAGER};
@@ -133,6 +134,20 @@ pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
         Some(live) => InstallSpec::for_upgrade(&req, &live.spec)?,
         None => InstallSpec::from_request(&req, &release, &cluster.namespace)?,
     };
+    // A Cluster of that name is not turned into a StatefulSet beside it: it is rerun (woken,
+    // when uninstalled) with its instance count.
+    if let Some(n) = cnpg::instances_of(&cluster, &spec.namespace, &spec.release).await? {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "release {} in namespace {} is a CloudNativePG Cluster of {} instances",
+                spec.release, cluster.namespace, n
+            ),
+            hint: Some(format!(
+                "rerun it as one: kubectl pg install {} -n {} --instances {}",
+                spec.release, cluster.namespace, n
+            )),
+        });
+    }
     let migrations = if args.migrate {
         Some(MigrationSet::load(args.dir.as_deref())?)
     } else {
