@@ -7,7 +7,7 @@ use crate::cli::{GlobalArgs, OutputFormat, StatusArgs};
 use crate::cluster::release;
 use crate::cluster::Cluster;
 use crate::deployment::cnpg;
-use crate::deployment::kind::Release;
+use crate::deployment::kind::{self, Release};
 use crate::deployment::observe;
 use crate::deployment::probe;
 use crate::deployment::report::{DeploymentStatus, DeploymentStatusList};
@@ -83,14 +83,26 @@ async fn list(
     all: bool,
     format: OutputFormat,
 ) -> Result<(), Error> {
-    let observed = observe::observe_all(cluster, all).await?;
+    let (observed, clusters) = tokio::join!(
+        observe::observe_all(cluster, all),
+        kind::clusters(cluster, all)
+    );
+    let (observed, clusters) = (observed?, clusters?);
     // `buffered` keeps the listing's order.
-    let items: Vec<DeploymentStatus> = futures_util::stream::iter(observed)
+    let mut items: Vec<DeploymentStatus> = futures_util::stream::iter(observed)
         .map(|o| assess_observed(cluster, o, set, probe::Depth::Brief))
         .buffered(PROBES_AT_ONCE)
         .map(|(status, _)| status)
         .collect()
         .await;
+    // A Cluster's status asks its primary for replication, in its pod: as many at once.
+    let managed: Vec<Result<DeploymentStatus, Error>> = futures_util::stream::iter(clusters)
+        .map(|r| async move { r.status(cluster, set).await })
+        .buffered(PROBES_AT_ONCE)
+        .collect()
+        .await;
+    items.extend(managed.into_iter().collect::<Result<Vec<_>, _>>()?);
+    items.sort_by(|a, b| (&a.namespace, &a.release).cmp(&(&b.namespace, &b.release)));
     if let Some(text) = output::document(format, &DeploymentStatusList::new(items.clone()))? {
         emit(&text);
         return Ok(());

@@ -113,6 +113,62 @@ pub async fn get(
     }))
 }
 
+/// Every Cluster of the namespace, or of every namespace, with its instances' pods: two list
+/// requests whatever their number (none without the CRD or the right to list Clusters).
+pub async fn list(cluster: &Cluster, all_namespaces: bool) -> Result<Vec<CnpgCluster>, Error> {
+    let (api, pods): (Api<DynamicObject>, Api<Pod>) = if all_namespaces {
+        (
+            Api::all_with(cluster.client.clone(), &resource()),
+            Api::all(cluster.client.clone()),
+        )
+    } else {
+        (
+            Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &resource()),
+            Api::namespaced(cluster.client.clone(), &cluster.namespace),
+        )
+    };
+    let objects = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => return Ok(Vec::new()),
+        Err(e) => return Err(cluster.error("list", "clusters.postgresql.cnpg.io", e)),
+    };
+    if objects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params = ListParams::default().labels(&format!("{LABEL_CLUSTER},{LABEL_ROLE}"));
+    let mut pods = pods
+        .list(&params)
+        .await
+        .map_err(|e| cluster.error("list", "pods", e))?
+        .items;
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(objects
+        .into_iter()
+        .map(|object| {
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let namespace = object.metadata.namespace.clone().unwrap_or_default();
+            let mine = pods
+                .iter()
+                .filter(|p| {
+                    p.metadata.namespace.as_deref() == Some(&namespace)
+                        && p.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(LABEL_CLUSTER))
+                            == Some(&name)
+                })
+                .cloned()
+                .collect();
+            CnpgCluster {
+                name,
+                namespace,
+                object,
+                pods: mine,
+            }
+        })
+        .collect())
+}
+
 /// The names of the Clusters in a namespace (none without the CRD, or without the right to
 /// list them).
 pub async fn names(cluster: &Cluster, namespace: &str) -> Result<Vec<String>, Error> {

@@ -57,6 +57,15 @@ pub async fn resolve(cluster: &Cluster, named: Option<&str>) -> Result<Release, 
     Release::locate(cluster, &ours).await
 }
 
+/// Every CloudNativePG Cluster of the namespace, or of all, as releases (two list requests).
+pub async fn clusters(cluster: &Cluster, all_namespaces: bool) -> Result<Vec<Release>, Error> {
+    Ok(cnpg::list(cluster, all_namespaces)
+        .await?
+        .into_iter()
+        .map(|c| Release::Cnpg(Box::new(c)))
+        .collect())
+}
+
 impl Release {
     /// Finds release `name` in the cluster's namespace: kubectl-pg's StatefulSet when there is
     /// one, else a CloudNativePG Cluster of that name, else a StatefulSet release not (yet)

@@ -419,6 +419,21 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     let archive = archive.to_str().unwrap();
     ok(scope.kpg(&["dump", "ha", "-n", &scope.ns, "--replica", "-f", archive]));
     ok(scope.kpg(&["install", "one", "-n", &scope.ns, "--timeout", "3m"]));
+    // Both kinds in one listing.
+    let listed = ok(scope.kpg(&["status", "-n", &scope.ns, "-o", "json"]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let names: Vec<_> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["release"].as_str().unwrap(),
+                i["pods_total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("ha", 3), ("one", 1)], "{listed}");
     ok(scope.kpg(&[
         "restore",
         "one",
