@@ -36,10 +36,10 @@ fn sql(scope: &Scope, pod: &str, query: &str) -> Output {
     ])
 }
 
-/// `kubectl pg psql RELEASE -- -XtAc QUERY`: its output.
+/// `kubectl pg psql RELEASE -- -XtAc QUERY` run by `kpg`: its output.
 #[track_caller]
-fn kpg_psql(scope: &Scope, release: &str, query: &str) -> String {
-    ok(scope.kpg(&["psql", release, "-n", &scope.ns, "--", "-XtAc", query]))
+fn kpg_psql(kpg: &dyn Fn(&[&str]) -> Output, ns: &str, release: &str, query: &str) -> String {
+    ok(kpg(&["psql", release, "-n", ns, "--", "-XtAc", query]))
 }
 
 /// Waits for `check` to hold, up to `limit`: replication and failover are the operator's and
@@ -213,7 +213,12 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
 
     // kubectl-pg's psql (in the primary's pod) and port-forward (each connection to the pod
     // that holds the primary label) reach the primary.
-    let psql_out = kpg_psql(&scope, "pg", "select pg_is_in_recovery()");
+    let psql_out = kpg_psql(
+        &|a| scope.kpg(a),
+        &scope.ns,
+        "pg",
+        "select pg_is_in_recovery()",
+    );
     assert_eq!(psql_out, "f\n");
     let forward = crate::cluster::PluginForward::start(&scope, &scope.ns, "pg", "127.0.0.1:0");
     let through_forward = |statement: &str| {
@@ -259,7 +264,12 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
     let status = ok(scope.kpg(&["status", "pg", "-n", &scope.ns, "-o", "json"]));
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc["primary"], promoted.as_str(), "{doc}");
-    let psql_out = kpg_psql(&scope, "pg", "select pg_is_in_recovery(), count(*) from f");
+    let psql_out = kpg_psql(
+        &|a| scope.kpg(a),
+        &scope.ns,
+        "pg",
+        "select pg_is_in_recovery(), count(*) from f",
+    );
     assert_eq!(psql_out, "f|1\n");
     until(
         Duration::from_secs(180),
@@ -339,6 +349,16 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         crate::expect_code(&out, 1);
         assert!(out.stderr_text().contains(needle), "{}", out.describe());
     }
+    // Everything from here runs as a ServiceAccount holding exactly the caveats' permissions
+    // for a highly available release.
+    let (account, _grant) = crate::krew::caveats_account(&scope, true);
+    let account = account.to_str().unwrap().to_string();
+    let kpg = |args: &[&str]| {
+        let mut all = args.to_vec();
+        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
+        all.splice(at..at, ["--kubeconfig", account.as_str()]);
+        scope.kpg(&all)
+    };
     let install = |extra: &[&str]| {
         let mut all = vec![
             "install",
@@ -351,7 +371,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
             "json",
         ];
         all.extend_from_slice(extra);
-        ok(scope.kpg(&all))
+        ok(kpg(&all))
     };
     let dry = install(&["--dry-run"]);
     let rendered: serde_json::Value = serde_json::from_str(&dry).unwrap();
@@ -395,12 +415,12 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     // Rows written on the primary are read on a replica; a dump taken there restores, row
     // for row, into a single-instance release; a script restored into the Cluster runs as its
     // owner.
-    ok(scope.kpg(&[
+    ok(kpg(&[
         "psql", "ha", "-n", &scope.ns, "--", "-v", "ON_ERROR_STOP=1", "-XtAqc",
         "set role app; create table notes (v int); insert into notes select generate_series(1, 1000)",
     ]));
     until(Duration::from_secs(30), "the rows on a replica", || {
-        let out = scope.kpg(&[
+        let out = kpg(&[
             "psql",
             "ha",
             "-n",
@@ -417,10 +437,18 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("ha.dump");
     let archive = archive.to_str().unwrap();
-    ok(scope.kpg(&["dump", "ha", "-n", &scope.ns, "--replica", "-f", archive]));
-    ok(scope.kpg(&["install", "one", "-n", &scope.ns, "--timeout", "3m"]));
+    ok(kpg(&[
+        "dump",
+        "ha",
+        "-n",
+        &scope.ns,
+        "--replica",
+        "-f",
+        archive,
+    ]));
+    ok(kpg(&["install", "one", "-n", &scope.ns, "--timeout", "3m"]));
     // Both kinds in one listing.
-    let listed = ok(scope.kpg(&["status", "-n", &scope.ns, "-o", "json"]));
+    let listed = ok(kpg(&["status", "-n", &scope.ns, "-o", "json"]));
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let names: Vec<_> = listed["items"]
         .as_array()
@@ -434,7 +462,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         })
         .collect();
     assert_eq!(names, [("ha", 3), ("one", 1)], "{listed}");
-    ok(scope.kpg(&[
+    ok(kpg(&[
         "restore",
         "one",
         "-n",
@@ -445,7 +473,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         "--no-owner",
         "--no-acl",
     ]));
-    let copied = kpg_psql(&scope, "one", "select count(*), sum(v) from notes");
+    let copied = kpg_psql(&kpg, &scope.ns, "one", "select count(*), sum(v) from notes");
     assert_eq!(copied, "1000|500500\n");
     let script = dir.path().join("more.sql");
     std::fs::write(
@@ -453,7 +481,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         "create table restored (v int);\ninsert into restored values (1);\n",
     )
     .unwrap();
-    ok(scope.kpg(&[
+    ok(kpg(&[
         "restore",
         "ha",
         "-n",
@@ -463,7 +491,8 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         script.to_str().unwrap(),
     ]));
     let owner = kpg_psql(
-        &scope,
+        &kpg,
+        &scope.ns,
         "ha",
         "select tableowner from pg_tables where tablename = 'restored'",
     );
@@ -475,12 +504,12 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         (primary.as_str(), "already the primary"),
         ("ha-9", "not a ready replica"),
     ] {
-        let out = scope.kpg(&["switchover", "ha", "-n", &scope.ns, "--to", to]);
+        let out = kpg(&["switchover", "ha", "-n", &scope.ns, "--to", to]);
         crate::expect_code(&out, 1);
         assert!(out.stderr_text().contains(needle), "{}", out.describe());
     }
     let started = Instant::now();
-    let out = scope.kpg(&["switchover", "ha", "-n", &scope.ns, "-o", "json"]);
+    let out = kpg(&["switchover", "ha", "-n", &scope.ns, "-o", "json"]);
     eprintln!("cnpg: switchover took {:?}", started.elapsed());
     let text = ok(out);
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -515,7 +544,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         },
     );
     // And back, by name.
-    let back = ok(scope.kpg(&[
+    let back = ok(kpg(&[
         "switchover",
         "ha",
         "-n",
@@ -531,7 +560,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     // uninstall hibernates the Cluster: its pods go, its volumes stay, and install brings the
     // same rows back; --delete-data deletes the Cluster with its volumes.
     let started = Instant::now();
-    let out = ok(scope.kpg(&["uninstall", "ha", "-n", &scope.ns]));
+    let out = ok(kpg(&["uninstall", "ha", "-n", &scope.ns]));
     eprintln!("cnpg: uninstall (hibernation) took {:?}", started.elapsed());
     assert!(out.contains("hibernated"), "{out}");
     let instances = "cnpg.io/cluster=ha,cnpg.io/podRole=instance";
@@ -545,16 +574,23 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
             .count(),
         3
     );
-    let status = ok(scope.kpg(&["status", "ha", "-n", &scope.ns, "-o", "json"]));
+    let status = ok(kpg(&["status", "ha", "-n", &scope.ns, "-o", "json"]));
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc["phase"], "Hibernated", "{doc}");
     let started = Instant::now();
     let doc: serde_json::Value = serde_json::from_str(&install(&[])).unwrap();
     eprintln!("cnpg: install woke the Cluster in {:?}", started.elapsed());
     assert_eq!(doc["phase"], "Healthy", "{doc}");
-    let kept = kpg_psql(&scope, "ha", "select count(*), sum(v) from notes");
+    let kept = kpg_psql(&kpg, &scope.ns, "ha", "select count(*), sum(v) from notes");
     assert_eq!(kept, "1000|500500\n");
-    ok(scope.kpg(&["uninstall", "ha", "-n", &scope.ns, "--delete-data", "--yes"]));
+    ok(kpg(&[
+        "uninstall",
+        "ha",
+        "-n",
+        &scope.ns,
+        "--delete-data",
+        "--yes",
+    ]));
     assert_eq!(
         ok(scope.kubectl_ns(&[
             "get",

@@ -695,7 +695,7 @@ struct CaveatRule {
 /// The caveats' RBAC, read from the template: the rules of the section "In the namespace of
 /// the release" and those of "At cluster scope". Every line of a section must be a rule, so
 /// a permission written any other way fails here instead of being silently left out.
-fn caveat_rules() -> (Vec<CaveatRule>, Vec<CaveatRule>) {
+fn caveat_rules() -> (Vec<CaveatRule>, Vec<CaveatRule>, Vec<CaveatRule>) {
     const VERBS: [&str; 8] = [
         "get",
         "list",
@@ -714,7 +714,7 @@ fn caveat_rules() -> (Vec<CaveatRule>, Vec<CaveatRule>) {
         .take_while(|l| l.trim().is_empty() || l.starts_with("    "))
         .collect();
     assert!(!caveats.is_empty(), "krew/pg.yaml has no caveats block");
-    let (mut namespaced, mut cluster) = (Vec::new(), Vec::new());
+    let (mut namespaced, mut cluster, mut ha) = (Vec::new(), Vec::new(), Vec::new());
     let mut section: Option<&mut Vec<CaveatRule>> = None;
     for line in caveats {
         let line = line.trim();
@@ -724,6 +724,10 @@ fn caveat_rules() -> (Vec<CaveatRule>, Vec<CaveatRule>) {
             section = Some(&mut namespaced);
         } else if line.starts_with("At cluster scope") {
             section = Some(&mut cluster);
+        } else if line.starts_with("Only for a highly available release") {
+            section = Some(&mut ha);
+        } else if line.ends_with("in its namespace:") && section.is_some() {
+            // The second line of the section's heading.
         } else if let Some(rules) = section.as_mut() {
             let (name, rest) = line
                 .split_once(": ")
@@ -741,7 +745,15 @@ fn caveat_rules() -> (Vec<CaveatRule>, Vec<CaveatRule>) {
                     "caveat line {line:?}: {verb:?} is not an RBAC verb"
                 );
             }
-            let (resource, group) = name.split_once('.').unwrap_or((name, ""));
+            // RESOURCE[.GROUP][/SUBRESOURCE]
+            let (base, sub) = name.split_once('/').unwrap_or((name, ""));
+            let (resource, group) = base.split_once('.').unwrap_or((base, ""));
+            let resource = if sub.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource}/{sub}")
+            };
+            let resource = resource.as_str();
             assert!(
                 resource
                     .bytes()
@@ -755,7 +767,7 @@ fn caveat_rules() -> (Vec<CaveatRule>, Vec<CaveatRule>) {
             });
         }
     }
-    (namespaced, cluster)
+    (namespaced, cluster, ha)
 }
 
 fn rules_yaml(rules: &[CaveatRule]) -> String {
@@ -779,8 +791,51 @@ fn rules_yaml(rules: &[CaveatRule]) -> String {
         .collect()
 }
 
+/// A ServiceAccount of the scope's namespace holding exactly the caveats' permissions: the
+/// namespace's rules (with the highly available release's when `ha`) in a Role, the cluster
+/// scope's in a ClusterRole, dropped with the returned grant. Its kubeconfig's context names
+/// the namespace.
+pub(crate) fn caveats_account<'a>(
+    scope: &'a crate::scope::Scope,
+    ha: bool,
+) -> (PathBuf, ClusterGrant<'a>) {
+    let (mut namespaced, cluster, ha_rules) = caveat_rules();
+    assert!(
+        !ha_rules.is_empty(),
+        "no caveat rules for a highly available release"
+    );
+    if ha {
+        namespaced.extend(ha_rules);
+    }
+    let ns = scope.ns.as_str();
+    let name = "caveats";
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  \
+         namespace: {ns}\nrules:\n{}",
+        rules_yaml(&namespaced)
+    );
+    let kubeconfig = scope.service_account_kubeconfig(name, &role);
+    let grant = ClusterGrant {
+        plane: scope.plane,
+        name: format!("{ns}-caveats"),
+    };
+    let cluster_yaml = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {g}\n\
+         rules:\n{rules}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+         metadata:\n  name: {g}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  \
+         name: {g}\nsubjects:\n- kind: ServiceAccount\n  name: {name}\n  namespace: {ns}\n",
+        g = grant.name,
+        rules = rules_yaml(&cluster)
+    );
+    let out = scope
+        .plane
+        .kubectl_stdin(&["apply", "-f", "-"], &cluster_yaml);
+    assert!(out.status.success(), "{}", crate::OutputExt::describe(&out));
+    (kubeconfig, grant)
+}
+
 /// A ClusterRole and ClusterRoleBinding, removed when dropped (namespaces are the scope's).
-struct ClusterGrant<'a> {
+pub(crate) struct ClusterGrant<'a> {
     plane: &'a crate::k8s::ControlPlane,
     name: String,
 }
@@ -806,7 +861,7 @@ fn the_caveats_rbac_is_enough_for_every_day_commands() {
     use crate::scope::Scope;
     use crate::OutputExt;
 
-    let (namespaced, cluster) = caveat_rules();
+    let (namespaced, cluster, _) = caveat_rules();
     for resource in RBAC_RESOURCES {
         assert!(
             namespaced
@@ -818,29 +873,7 @@ fn the_caveats_rbac_is_enough_for_every_day_commands() {
     }
     let scope = Scope::new("kpg-caveats");
     let ns = scope.ns.as_str();
-    let name = "caveats";
-    let role = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  \
-         namespace: {ns}\nrules:\n{}",
-        rules_yaml(&namespaced)
-    );
-    let kubeconfig = scope.service_account_kubeconfig(name, &role);
-    let grant = ClusterGrant {
-        plane: scope.plane,
-        name: format!("{ns}-caveats"),
-    };
-    let cluster_yaml = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {g}\n\
-         rules:\n{rules}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
-         metadata:\n  name: {g}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  \
-         name: {g}\nsubjects:\n- kind: ServiceAccount\n  name: {name}\n  namespace: {ns}\n",
-        g = grant.name,
-        rules = rules_yaml(&cluster)
-    );
-    let out = scope
-        .plane
-        .kubectl_stdin(&["apply", "-f", "-"], &cluster_yaml);
-    assert!(out.status.success(), "{}", out.describe());
+    let (kubeconfig, grant) = caveats_account(&scope, false);
 
     // No -n: the namespace comes from the ServiceAccount's context.
     let run = |args: &[&str]| {
