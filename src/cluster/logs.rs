@@ -13,7 +13,7 @@ use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, LogParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, LogParams};
 use kube::runtime::{watcher, WatchStreamExt};
 
 use super::access::Cluster;
@@ -29,6 +29,34 @@ pub struct LogOptions {
     pub since: Option<Duration>,
     pub previous: bool,
     pub timestamps: bool,
+}
+
+/// Where a release's server log is: the pods that may hold it, the one preferred among them,
+/// and the object whose deletion ends a followed log. The release says (`Release::log_source`):
+/// `R-0` among its StatefulSet's pods; a Cluster's primary, whichever instance that is now.
+#[derive(Debug, Clone)]
+pub struct LogSource {
+    pub release: String,
+    /// The label selector of the pods to look at and watch.
+    pub selector: String,
+    /// The pod to read when it is among them; else the first.
+    pub preferred: Option<String>,
+    /// The object that owns the pods, and what to call it when it is gone.
+    pub owner: ApiResource,
+    pub owner_kind: &'static str,
+}
+
+impl LogSource {
+    /// A StatefulSet release's: its pods, `R-0` first.
+    pub fn stateful_set(release: &str) -> Self {
+        LogSource {
+            release: release.to_string(),
+            selector: release::selector(release),
+            preferred: Some(release::pod_name(release)),
+            owner: ApiResource::erase::<StatefulSet>(&()),
+            owner_kind: "StatefulSet",
+        }
+    }
 }
 
 /// How soon following looks again after a stream ended with nothing changed in the pods: the
@@ -51,7 +79,7 @@ enum Next {
 /// `out` says false (stdout closed: nobody reads any more).
 pub async fn read(
     cluster: &Cluster,
-    release: &str,
+    source: &LogSource,
     options: &LogOptions,
     mut out: impl FnMut(&str) -> bool,
 ) -> Result<(), Error> {
@@ -66,8 +94,9 @@ pub async fn read(
         timestamps: options.timestamps || options.follow,
         ..LogParams::default()
     };
+    let release = source.release.as_str();
     if !options.follow {
-        let pod = find_pod(cluster, release)
+        let pod = find_pod(cluster, source)
             .await?
             .ok_or_else(|| no_pod(cluster, release))?;
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -90,10 +119,11 @@ pub async fn read(
 
     // Following: each stream ends when its container exits (or the stream is cut); the
     // server is then found again, and the log goes on from the last line printed.
-    let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let owners: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), &cluster.namespace, &source.owner);
     // The release's pods, watched: a watch error (retried with back-off) counts as a change,
     // so a watch that is refused degrades to looking at the back-off's pace.
-    let config = watcher::Config::default().labels(&release::selector(release));
+    let config = watcher::Config::default().labels(&source.selector);
     let mut changes = std::pin::pin!(watcher(pods.clone(), config).default_backoff());
     let mut cursor = Cursor::default();
     let mut first = true;
@@ -113,7 +143,7 @@ pub async fn read(
             }
         }
         next = Next::OnChange;
-        let pod = match find_pod(cluster, release).await {
+        let pod = match find_pod(cluster, source).await {
             Ok(pod) => pod,
             // The API server restarting, a network blip: look again soon.
             Err(Error::ClusterUnreachable { .. }) if !first => {
@@ -126,9 +156,12 @@ pub async fn read(
             if first {
                 return Err(no_pod(cluster, release));
             }
-            match sets.get_opt(release).await {
+            match owners.get_opt(release).await {
                 Ok(None) => {
-                    crate::note!("release {release}'s StatefulSet is gone: no more log to follow");
+                    crate::note!(
+                        "release {release}'s {} is gone: no more log to follow",
+                        source.owner_kind
+                    );
                     return Ok(());
                 }
                 Ok(Some(_)) | Err(_) => continue,
@@ -166,15 +199,31 @@ pub async fn read(
         };
         first = false;
         let mut lines = stream.lines();
-        while let Some(Ok(line)) = lines.next().await {
-            if cursor
-                .take(&line, options.timestamps)
-                .is_some_and(|t| !out(t))
-            {
-                return Ok(());
+        next = Next::Soon;
+        loop {
+            tokio::select! {
+                line = lines.next() => {
+                    let Some(Ok(line)) = line else { break };
+                    if cursor
+                        .take(&line, options.timestamps)
+                        .is_some_and(|t| !out(t))
+                    {
+                        return Ok(());
+                    }
+                }
+                // The log to read may move while this one goes on: a Cluster's primary is
+                // another instance after a switchover, whose old primary keeps running.
+                _ = changes.next() => {
+                    let moved = find_pod(cluster, source).await.ok().flatten().filter(|p| {
+                        p.metadata.name.as_deref() != Some(name.as_str()) && container_running(p)
+                    });
+                    if moved.is_some() {
+                        next = Next::Now;
+                        break;
+                    }
+                }
             }
         }
-        next = Next::Soon;
     }
 }
 
@@ -241,18 +290,17 @@ impl Tail {
     }
 }
 
-/// The release's pod: the one named `R-0` among those with its labels, else the first.
-pub async fn find_pod(cluster: &Cluster, release: &str) -> Result<Option<Pod>, Error> {
+/// The release's pod: the preferred one among those the source selects, else the first.
+pub async fn find_pod(cluster: &Cluster, source: &LogSource) -> Result<Option<Pod>, Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let list = pods
-        .list(&ListParams::default().labels(&release::selector(release)))
+        .list(&ListParams::default().labels(&source.selector))
         .await
         .map_err(|e| cluster.error("list", "pods", e))?;
-    let wanted = release::pod_name(release);
     let mut items = list.items;
     let index = items
         .iter()
-        .position(|p| p.metadata.name.as_deref() == Some(wanted.as_str()))
+        .position(|p| p.metadata.name.is_some() && p.metadata.name == source.preferred)
         .unwrap_or(0);
     Ok((!items.is_empty()).then(|| items.swap_remove(index)))
 }

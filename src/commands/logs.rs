@@ -3,13 +3,14 @@
 
 use crate::cli::{GlobalArgs, LogsArgs};
 use crate::cluster::logs::{self, LogOptions};
-use crate::cluster::{release, Cluster};
+use crate::cluster::Cluster;
+use crate::deployment::kind;
 use crate::error::Error;
 use crate::output::{self, emit, redact};
 
 pub async fn run(args: LogsArgs, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let found = kind::resolve(&cluster, args.release.as_deref()).await?;
     let options = LogOptions {
         follow: args.follow,
         tail: args.tail,
@@ -17,11 +18,12 @@ pub async fn run(args: LogsArgs, global: &GlobalArgs) -> Result<(), Error> {
         previous: args.previous,
         timestamps: args.timestamps,
     };
-    if let Err(e) = release::learn_secrets(&cluster, &release).await {
+    if let Err(e) = found.learn_secrets(&cluster).await {
         crate::note!("warning: the release's Secrets could not be read, so the log cannot be cleared of their passwords: {e}");
     }
     let redactor = redact::current();
-    let reading = logs::read(&cluster, &release, &options, |line| {
+    let source = found.log_source();
+    let reading = logs::read(&cluster, &source, &options, |line| {
         emit(&format!("{}\n", redactor.redact(line)));
         output::stdout_failed().is_none()
     });

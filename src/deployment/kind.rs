@@ -6,6 +6,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
 
+use crate::cluster::logs::LogSource;
 use crate::cluster::release::{self, Credentials, ReleaseTls, Target, DATABASE_PORT};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
@@ -289,6 +290,32 @@ impl Release {
                 (user.to_string(), Some(target.credentials.username.clone()))
             }
             _ => (target.credentials.username.clone(), None),
+        }
+    }
+
+    /// Where its server log is: a StatefulSet's `R-0`; a Cluster's primary, followed to the
+    /// next primary after a failover or switchover, until the Cluster is deleted.
+    pub fn log_source(&self) -> LogSource {
+        match self {
+            Release::StatefulSet { name, .. } => LogSource::stateful_set(name),
+            Release::Cnpg(c) => LogSource {
+                release: c.name.clone(),
+                selector: self.writer_selector(),
+                preferred: c.primary(),
+                owner: cnpg::resource(),
+                owner_kind: "Cluster",
+            },
+        }
+    }
+
+    /// Reads the release's Secrets, so their passwords are cut out of what is printed (a log
+    /// line may quote one).
+    pub async fn learn_secrets(&self, cluster: &Cluster) -> Result<(), Error> {
+        match self {
+            Release::StatefulSet { name, .. } => {
+                release::learn_secrets(cluster, name).await.map(|_| ())
+            }
+            Release::Cnpg(c) => c.credentials(cluster).await.map(|_| ()),
         }
     }
 

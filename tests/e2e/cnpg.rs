@@ -508,12 +508,64 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         crate::expect_code(&out, 1);
         assert!(out.stderr_text().contains(needle), "{}", out.describe());
     }
+    // logs reads the primary's server log, its passwords cut out, and -f follows the primary
+    // to the instance a switchover promotes.
+    let password =
+        ok(scope.kubectl_ns(&["get", "secret", "ha-app", "-o", "jsonpath={.data.password}"]));
+    let password =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, password.trim())
+            .unwrap();
+    let password = String::from_utf8(password).unwrap();
+    ok(kpg(&[
+        "psql",
+        "ha",
+        "-n",
+        &scope.ns,
+        "--",
+        "-XtAqc",
+        &format!("do $$ begin raise log 'logged %', '{password}'; end $$"),
+    ]));
+    let tail = ok(kpg(&["logs", "ha", "-n", &scope.ns, "--tail", "200"]));
+    assert!(
+        tail.contains(&format!("\"logging_pod\":\"{primary}\"")),
+        "{tail}"
+    );
+    assert!(tail.contains("logged "), "{tail}");
+    assert!(
+        !tail.contains(&password),
+        "the password is in the log: {tail}"
+    );
+    let mut follow = crate::ops::Background::start(
+        &scope,
+        &[
+            "logs",
+            "ha",
+            "-n",
+            &scope.ns,
+            "-f",
+            "--tail",
+            "1",
+            "--kubeconfig",
+            &account,
+        ],
+    );
+    follow.until(Duration::from_secs(30), "a first log line", |seen| {
+        !seen.is_empty()
+    });
+
     let started = Instant::now();
     let out = kpg(&["switchover", "ha", "-n", &scope.ns, "-o", "json"]);
     eprintln!("cnpg: switchover took {:?}", started.elapsed());
     let text = ok(out);
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let promoted = doc["primary"].as_str().unwrap().to_string();
+    let theirs = format!("\"logging_pod\":\"{promoted}\"");
+    follow.until(
+        Duration::from_secs(60),
+        "a line of the new primary's log",
+        |seen| seen.iter().any(|l| l.contains(&theirs)),
+    );
+    assert_eq!(follow.terminate(), 143);
     assert_ne!(promoted, primary, "{doc}");
     assert_eq!(
         get(&scope, "cluster/ha", "{.status.currentPrimary}"),
