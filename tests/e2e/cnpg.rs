@@ -351,7 +351,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     }
     // Everything from here runs as a ServiceAccount holding exactly the caveats' permissions
     // for a highly available release.
-    let (account, _grant) = crate::krew::caveats_account(&scope, true);
+    let (account, _grant) = crate::krew::caveats_account(&scope, true, None);
     let account = account.to_str().unwrap().to_string();
     let kpg = |args: &[&str]| {
         let mut all = args.to_vec();
@@ -552,6 +552,29 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     follow.until(Duration::from_secs(30), "a first log line", |seen| {
         !seen.is_empty()
     });
+
+    // Without the one verb switchover writes with, it is exit 6 naming it, and nothing moves.
+    let (less, _less_grant) =
+        crate::krew::caveats_account(&scope, true, Some(("clusters/status", "patch")));
+    let out = scope.kpg(&[
+        "switchover",
+        "ha",
+        "-n",
+        &scope.ns,
+        "--kubeconfig",
+        less.to_str().unwrap(),
+    ]);
+    crate::expect_code(&out, 6);
+    assert!(
+        out.stderr_text()
+            .contains("clusters.postgresql.cnpg.io/status"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        get(&scope, "cluster/ha", "{.status.currentPrimary}"),
+        primary
+    );
 
     let started = Instant::now();
     let out = kpg(&["switchover", "ha", "-n", &scope.ns, "-o", "json"]);

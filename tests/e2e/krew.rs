@@ -795,9 +795,11 @@ fn rules_yaml(rules: &[CaveatRule]) -> String {
 /// namespace's rules (with the highly available release's when `ha`) in a Role, the cluster
 /// scope's in a ClusterRole, dropped with the returned grant. Its kubeconfig's context names
 /// the namespace.
+/// With `without` (a resource and a verb), that one verb is left out.
 pub(crate) fn caveats_account<'a>(
     scope: &'a crate::scope::Scope,
     ha: bool,
+    without: Option<(&str, &str)>,
 ) -> (PathBuf, ClusterGrant<'a>) {
     let (mut namespaced, cluster, ha_rules) = caveat_rules();
     assert!(
@@ -807,8 +809,20 @@ pub(crate) fn caveats_account<'a>(
     if ha {
         namespaced.extend(ha_rules);
     }
+    if let Some((resource, verb)) = without {
+        let rule = namespaced
+            .iter_mut()
+            .find(|r| r.resource == resource)
+            .unwrap_or_else(|| panic!("no caveat rule for {resource}"));
+        rule.verbs.retain(|v| v != verb);
+        namespaced.retain(|r| !r.verbs.is_empty());
+    }
     let ns = scope.ns.as_str();
-    let name = "caveats";
+    let name = if without.is_some() {
+        "caveats-less"
+    } else {
+        "caveats"
+    };
     let role = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  \
          namespace: {ns}\nrules:\n{}",
@@ -817,7 +831,7 @@ pub(crate) fn caveats_account<'a>(
     let kubeconfig = scope.service_account_kubeconfig(name, &role);
     let grant = ClusterGrant {
         plane: scope.plane,
-        name: format!("{ns}-caveats"),
+        name: format!("{ns}-{name}"),
     };
     let cluster_yaml = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {g}\n\
@@ -873,7 +887,7 @@ fn the_caveats_rbac_is_enough_for_every_day_commands() {
     }
     let scope = Scope::new("kpg-caveats");
     let ns = scope.ns.as_str();
-    let (kubeconfig, grant) = caveats_account(&scope, false);
+    let (kubeconfig, grant) = caveats_account(&scope, false, None);
 
     // No -n: the namespace comes from the ServiceAccount's context.
     let run = |args: &[&str]| {
