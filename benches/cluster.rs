@@ -21,32 +21,14 @@ mod pg;
 #[path = "../tests/e2e/k8s.rs"]
 mod k8s;
 
+#[allow(dead_code)]
+mod common;
+use common::{median, ms, timed};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const MIGRATIONS: usize = 100;
 const ROUNDS: usize = 15;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn timed(command: &mut Command) -> Duration {
-    let started = Instant::now();
-    let out = command.output().expect("command runs");
-    let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    elapsed
-}
 
 /// What a command costs, per run: the median wall time, and the mean CPU time of the command
 /// itself and of the whole machine while it runs.

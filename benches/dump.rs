@@ -11,15 +11,13 @@ mod pg;
 #[path = "../tests/e2e/k8s.rs"]
 mod k8s;
 
+#[allow(dead_code)]
+mod common;
+use common::median;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 5;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

@@ -17,32 +17,14 @@ mod pg;
 #[path = "../tests/e2e/k8s.rs"]
 mod k8s;
 
+#[allow(dead_code)]
+mod common;
+use common::{median, ms, timed};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 15;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn timed(command: &mut Command) -> Duration {
-    let started = Instant::now();
-    let out = command.output().expect("command runs");
-    let elapsed = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    elapsed
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

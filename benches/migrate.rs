@@ -9,6 +9,9 @@
 #[allow(dead_code)]
 mod pg;
 
+#[allow(dead_code)]
+mod common;
+use common::median;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,11 +25,6 @@ fn body(v: usize) -> String {
          CREATE INDEX bench_{v}_created ON bench_{v} (created_at);\n\
          INSERT INTO bench_{v} (payload) SELECT md5(g::text) FROM generate_series(1, 20) g;\n"
     )
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
 }
 
 fn run(command: &mut Command) -> Duration {
