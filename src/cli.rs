@@ -228,6 +228,11 @@ kubectl.kubernetes.io/restartedAt (as `kubectl rollout restart` sets it), the co
 replaces the pod, and the command waits, as install does, until the release is Healthy. The
 data volume is kept. Exit 4 on timeout, 5 when the new pod fails.
 
+A highly available release (a CloudNativePG Cluster kubectl-pg made) gets the same annotation
+on its Cluster, as `kubectl cnpg restart` sets it: the operator restarts the replicas one by one,
+switches over to one of them, then restarts the old primary. Writes pause only for the
+switchover. A Cluster kubectl-pg did not make is not changed (exit 1).
+
 Examples:
   # Restart release postgres in namespace postgres
   kubectl pg restart -n postgres
@@ -959,6 +964,9 @@ pub struct RotatePasswordArgs {
     /// Do not ask for confirmation (needed when not on a terminal)
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// How long a highly available release's operator may take to set the new password
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
     /// Print the result as json or yaml
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<OutputFormat>,

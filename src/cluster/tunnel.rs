@@ -19,6 +19,9 @@ pub struct TunnelConnector {
     port: u16,
     config: tokio_postgres::Config,
     target: String,
+    /// The label selector of the pod to reach, looked up at each connect (a Cluster's primary
+    /// moves); none for a fixed pod.
+    follow: Option<String>,
 }
 
 impl TunnelConnector {
@@ -51,7 +54,33 @@ impl TunnelConnector {
                 target.pod,
                 cluster.context
             ),
+            follow: None,
         }
+    }
+
+    /// Reaches, at each connect, the ready pod that `selector` matches (else the pod given),
+    /// and refuses a server in recovery: after a failover or switchover the next session is
+    /// the new primary's, never a demoted one's.
+    pub fn following(mut self, selector: String) -> Self {
+        self.follow = Some(selector);
+        self
+    }
+
+    async fn pod(&self) -> String {
+        let Some(selector) = &self.follow else {
+            return self.pod.clone();
+        };
+        let params = kube::api::ListParams::default().labels(selector);
+        let found = match self.pods.list(&params).await {
+            Ok(list) => list.items,
+            Err(_) => Vec::new(),
+        };
+        found
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && super::release::is_ready(p))
+            .filter_map(|p| p.metadata.name.clone())
+            .min()
+            .unwrap_or_else(|| self.pod.clone())
     }
 }
 
@@ -65,17 +94,12 @@ impl Connector for TunnelConnector {
             target: self.target.clone(),
             reason,
         };
+        let pod = self.pod().await;
         let mut forwarder = self
             .pods
-            .portforward(&self.pod, &[self.port])
+            .portforward(&pod, &[self.port])
             .await
-            .map_err(|e| {
-                fail(format!(
-                    "port-forward to pod {} failed: {}",
-                    self.pod,
-                    chain(&e)
-                ))
-            })?;
+            .map_err(|e| fail(format!("port-forward to pod {pod} failed: {}", chain(&e))))?;
         let stream = forwarder
             .take_stream(self.port)
             .ok_or_else(|| fail("the port-forward opened no stream".into()))?;
@@ -89,6 +113,18 @@ impl Connector for TunnelConnector {
             let _ = connection.await;
             let _ = forwarder.join().await;
         });
+        if self.follow.is_some() {
+            let standby = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(|e| connection_error(&self.target, &e))?
+                .get::<_, bool>(0);
+            if standby {
+                return Err(fail(format!(
+                    "pod {pod} is a standby now: the primary is moving (a switchover or failover)"
+                )));
+            }
+        }
         Ok(client)
     }
 }

@@ -3,7 +3,6 @@
 use owo_colors::Stream;
 
 use crate::cli::{GlobalArgs, MigrateAction, MigrateArgs, MigrateOptions, OutputFormat};
-use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::{connect_with_retry, Connector, DsnConnector};
 use crate::deployment::kind;
@@ -58,18 +57,10 @@ pub async fn run(args: MigrateArgs, global: &GlobalArgs) -> Result<(), Error> {
         Err(e) => return Err(e),
     };
     // The writer of either kind of release: R-0, or a CloudNativePG Cluster's primary.
-    let target = kind::resolve(&cluster, args.action.release())
-        .await?
-        .target(&cluster)
-        .await?;
+    let found = kind::resolve(&cluster, args.action.release()).await?;
+    let target = found.target(&cluster).await?;
     let via = Some(cluster.user.clone());
-    run_with(
-        &args,
-        &set,
-        Some(TunnelConnector::new(&cluster, &target)),
-        via,
-    )
-    .await
+    run_with(&args, &set, Some(found.connector(&cluster, &target)), via).await
 }
 
 /// Runs the action; `kubeconfig_user` is who acts through the cluster (`None` with `--dsn`,

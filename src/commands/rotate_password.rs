@@ -33,6 +33,7 @@ use crate::database::connection::{sslmode_of, DatabaseConnection};
 use crate::database::password::generate_password;
 use crate::database::roles::{self, LABEL_USER};
 use crate::database::{connect_with_retry, is_password_refused};
+use crate::deployment::kind;
 use crate::error::Error;
 use crate::output::{self, emit, API_VERSION};
 
@@ -77,9 +78,13 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     let cluster = signals
         .race(Cluster::connect(&global.connect_options()))
         .await?;
-    let release = signals
-        .race(release::resolve(&cluster, args.release.as_deref()))
+    let located = signals
+        .race(kind::resolve(&cluster, args.release.as_deref()))
         .await?;
+    if located.operator_sets_passwords() {
+        return through_operator(&args, &cluster, &located, &signals).await;
+    }
+    let release = located.name().to_string();
     let ns = cluster.namespace.clone();
     let found = signals
         .race(release::find_release(&cluster, &release))
@@ -160,20 +165,11 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         });
     }
     if !args.yes {
-        let question = format!(
-            "set a new password for role {role} and Secret {secret_name}? (apps must reread it)"
-        );
-        // On a thread of its own, so that Ctrl-C at the prompt ends the command.
-        let answer = tokio::task::spawn_blocking(move || {
-            crate::commands::confirm(&question, "rotate-password")
-        });
-        signals
-            .race(async {
-                answer
-                    .await
-                    .map_err(|e| Error::invalid(format!("the prompt failed: {e}")))?
-            })
-            .await?;
+        confirm(
+            &signals,
+            format!("set a new password for role {role} and Secret {secret_name}? (apps must reread it)"),
+        )
+        .await?;
     }
     if !signals
         .race(roles::try_lock_password(&admin, &role))
@@ -314,6 +310,17 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         rotated_at: k8s_openapi::jiff::Timestamp::now().to_string(),
         workloads,
     };
+    report(&args, document)
+}
+
+/// Prints the rotation: the document for -o, else what was rotated and who must reread it.
+fn report(args: &RotatePasswordArgs, document: RotationDocument) -> Result<(), Error> {
+    let (role, release, secret_name, ns) = (
+        &document.role,
+        &document.release,
+        &document.secret,
+        &document.namespace,
+    );
     if let Some(format) = args.output {
         if let Some(text) = output::document(format, &document)? {
             emit(&text);
@@ -343,6 +350,85 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     }
     emit(&text);
     Ok(())
+}
+
+/// A Cluster's owner: the new password goes into the Secret its operator applies, and the
+/// command waits until the primary takes it. A signal before the write changes nothing; after
+/// it, the operator carries the rotation through, so the Secret and the database agree.
+async fn through_operator(
+    args: &RotatePasswordArgs,
+    cluster: &Cluster,
+    found: &kind::Release,
+    signals: &crate::commands::Signals,
+) -> Result<(), Error> {
+    let (release, ns) = (found.name().to_string(), cluster.namespace.clone());
+    if let Some(user) = &args.db_user {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "--db-user {user}: application users of a CloudNativePG Cluster are not built yet; rotate-password rotates its owner"
+            ),
+            hint: Some(format!("kubectl pg rotate-password {release} -n {ns}")),
+        });
+    }
+    found.check_operator_rotation()?;
+    if !args.yes {
+        confirm(
+            signals,
+            format!("set a new password for the owner of Cluster {release}? (apps must reread its Secret)"),
+        )
+        .await?;
+    }
+    let new = generate_password();
+    let done = signals
+        .race(found.rotate_through_operator(cluster, &new, args.timeout))
+        .await;
+    let rotated = match done {
+        Ok(r) => r,
+        Err(Error::Exit(code)) => {
+            crate::note!(
+                "interrupted: if the Secret was written, the operator sets its password in the database; kubectl pg rotate-password {release} -n {ns} rotates again"
+            );
+            return Err(Error::Exit(code));
+        }
+        Err(e) => return Err(e),
+    };
+    let workloads = match users_of(cluster, &ns, &release, &rotated.secret).await {
+        Ok(w) => w,
+        Err(e) => {
+            crate::note!(
+                "warning: cannot list the workloads that use Secret {}: {e}",
+                rotated.secret
+            );
+            Vec::new()
+        }
+    };
+    report(
+        args,
+        RotationDocument {
+            api_version: API_VERSION,
+            kind: "PasswordRotation",
+            release,
+            namespace: ns,
+            role: rotated.role,
+            secret: rotated.secret,
+            rotated_at: k8s_openapi::jiff::Timestamp::now().to_string(),
+            workloads,
+        },
+    )
+}
+
+/// Asks `question` on the terminal, on a thread of its own so that Ctrl-C at the prompt ends
+/// the command.
+async fn confirm(signals: &crate::commands::Signals, question: String) -> Result<(), Error> {
+    let answer =
+        tokio::task::spawn_blocking(move || crate::commands::confirm(&question, "rotate-password"));
+    signals
+        .race(async {
+            answer
+                .await
+                .map_err(|e| Error::invalid(format!("the prompt failed: {e}")))?
+        })
+        .await
 }
 
 /// The superuser's session. A refused password is read again from the Secret a few times: a

@@ -48,27 +48,10 @@ pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
         return list(&cluster, &set, args.all_namespaces, args.output).await;
     };
-    let namespace = cluster.namespace.clone();
+    let found = Release::locate(&cluster, &release).await?;
     match args.wait {
-        None => {
-            let status = Release::locate(&cluster, &release)
-                .await?
-                .status(&cluster, &set)
-                .await?;
-            render_one(&status, args.output)
-        }
-        Some(want) => {
-            wait(
-                &cluster,
-                &namespace,
-                &release,
-                &set,
-                want,
-                args.timeout,
-                args.output,
-            )
-            .await
-        }
+        None => render_one(&found.status(&cluster, &set).await?, args.output),
+        Some(want) => wait(&cluster, &found, &set, want, args.timeout, args.output).await,
     }
 }
 

@@ -8,12 +8,10 @@ use futures_util::StreamExt;
 use owo_colors::Stream;
 
 use crate::cli::{OutputFormat, WaitFor};
-use crate::cluster::release;
 use crate::cluster::Cluster;
 use crate::deployment::assess::Severity;
+use crate::deployment::kind::Release;
 use crate::deployment::report::DeploymentStatus;
-use crate::deployment::status::read;
-use crate::deployment::Phase;
 use crate::error::Error;
 use crate::migration::MigrationSet;
 use crate::output::{self, emit, paint, Tone};
@@ -229,50 +227,46 @@ fn detail_view(s: &DeploymentStatus, wide: bool) -> String {
     out
 }
 
-/// Waits, driven by watches on the release's pods, PVCs and events, until the release reaches
-/// `want` (exit 0), fails (exit 5), or the timeout passes (exit 4).
+/// Waits, driven by watches on the release's objects (a StatefulSet's pods, PVCs and events; a
+/// Cluster and its pods), until the release reaches `want` (exit 0), fails (exit 5), or the
+/// timeout passes (exit 4).
 pub async fn wait(
     cluster: &Cluster,
-    namespace: &str,
-    release: &str,
+    release: &Release,
     set: &MigrationSet,
     want: WaitFor,
     timeout: Duration,
     format: OutputFormat,
 ) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let selector = release::selector(release);
-    let mut changes = crate::deployment::changes::changes(cluster, namespace, release);
+    let name = release.name().to_string();
+    let mut changes = release.changes(cluster);
     let mut last_line = String::new();
     loop {
-        let (status, assessment) = read(cluster, namespace, release, set).await?;
+        let status = release.current(cluster).await?.status(cluster, set).await?;
         let reached = match want {
-            WaitFor::Ready => matches!(assessment.phase, Phase::Ready | Phase::Healthy),
-            WaitFor::Healthy => assessment.phase == Phase::Healthy,
+            WaitFor::Ready => matches!(status.phase.as_str(), "Ready" | "Healthy"),
+            WaitFor::Healthy => status.phase == "Healthy",
         };
         if reached {
             return render_one(&status, format);
         }
-        if assessment.phase == Phase::Failed {
+        if status.phase == "Failed" {
             render_one(&status, format)?;
-            let failure = assessment
-                .failure()
-                .map(|p| p.message.clone())
-                .unwrap_or_default();
+            let failure = status
+                .problems
+                .iter()
+                .find(|p| p.severity == Severity::Error);
             return Err(Error::Deployment {
-                message: format!("release {release} failed: {failure}"),
-                hints: assessment
-                    .failure()
-                    .and_then(|p| p.hint.clone())
-                    .into_iter()
-                    .collect(),
+                message: format!(
+                    "release {name} failed: {}",
+                    failure.map(|p| p.message.clone()).unwrap_or_default()
+                ),
+                hints: failure.and_then(|p| p.hint.clone()).into_iter().collect(),
                 code: 5,
             });
         }
-        let line = format!(
-            "waiting for {release} to be {want:?}: phase {}",
-            status.phase
-        );
+        let line = format!("waiting for {name} to be {want:?}: phase {}", status.phase);
         if line != last_line {
             crate::note!("{line}");
             last_line = line;
@@ -281,16 +275,20 @@ pub async fn wait(
         let recheck = tokio::time::sleep(Duration::from_millis(500));
         tokio::select! {
             _ = changes.next() => {}
-            _ = recheck, if assessment.phase == Phase::Ready => {}
+            _ = recheck, if status.phase == "Ready" => {}
             _ = tokio::time::sleep_until(deadline) => {
                 render_one(&status, format)?;
                 return Err(Error::Deployment {
                     message: format!(
-                        "timed out after {}s waiting for release {release} to be {want:?} (phase {})",
+                        "timed out after {}s waiting for release {name} to be {want:?} (phase {})",
                         timeout.as_secs(),
                         status.phase
                     ),
-                    hints: vec![format!("see what it is waiting for: kubectl describe pod -l {selector} -n {namespace}")],
+                    hints: vec![format!(
+                        "see what it is waiting for: kubectl describe pod -l {} -n {}",
+                        release.pod_selector(),
+                        release.namespace()
+                    )],
                     code: 4,
                 });
             }

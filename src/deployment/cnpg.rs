@@ -19,6 +19,8 @@ use crate::error::Error;
 pub const LABEL_CLUSTER: &str = "cnpg.io/cluster";
 /// The instance's role, on its pod: `primary` or `replica`.
 pub const LABEL_ROLE: &str = "cnpg.io/instanceRole";
+/// The operator's phase of a Cluster that needs nothing.
+pub const HEALTHY: &str = "Cluster in healthy state";
 /// The container that runs PostgreSQL (and psql, as the operator's image ships it).
 pub const CONTAINER: &str = "postgres";
 
@@ -232,7 +234,7 @@ impl CnpgCluster {
         }
         let ready = self.pods.iter().filter(|p| release::is_ready(p)).count();
         match self.operator_phase().as_deref() {
-            Some("Cluster in healthy state") if ready >= self.wanted() => "Healthy",
+            Some(HEALTHY) if ready >= self.wanted() => "Healthy",
             _ => "Progressing",
         }
     }
@@ -247,6 +249,11 @@ impl CnpgCluster {
     pub fn app_secret(&self) -> String {
         self.text(&["spec", "bootstrap", "initdb", "secret", "name"])
             .unwrap_or_else(|| format!("{}-app", self.name))
+    }
+
+    /// The owner's Secret the Cluster was given (`--existing-secret`), when it was.
+    pub fn existing_secret(&self) -> Option<String> {
+        self.text(&["spec", "bootstrap", "initdb", "secret", "name"])
     }
 
     /// The Secret holding the CA that signs the server certificates.
@@ -506,6 +513,9 @@ pub fn render_cluster(spec: &crate::manifests::InstallSpec, instances: u32, imag
         "spec": {
             "instances": instances,
             "imageName": image,
+            // The primary restarts last, after a switchover, so writes pause for seconds only
+            // (the operator's default restarts it in place).
+            "primaryUpdateMethod": "switchover",
             "storage": storage,
             "resources": resources,
             "bootstrap": { "initdb": initdb },
@@ -630,7 +640,7 @@ pub async fn wait_healthy(
             crate::note!("Cluster {name}: {now}");
             said = now;
         }
-        if phase == "Cluster in healthy state" && ready >= wanted {
+        if phase == HEALTHY && ready >= wanted {
             return Ok(());
         }
     }
@@ -785,7 +795,7 @@ pub async fn wait_primary(
     let done = |o: Option<&DynamicObject>| {
         o.and_then(|o| o.data.get("status")).is_some_and(|s| {
             s.get("currentPrimary").and_then(Value::as_str) == Some(to)
-                && s.get("phase").and_then(Value::as_str) == Some("Cluster in healthy state")
+                && s.get("phase").and_then(Value::as_str) == Some(HEALTHY)
         })
     };
     let what = format!("Cluster {} to make {to} its primary", c.name);

@@ -2,6 +2,7 @@
 //! or a CloudNativePG Cluster, made by kubectl-pg or by the team. Commands ask it for its
 //! status and its endpoints and never look at the kind themselves.
 
+use futures_util::stream::BoxStream;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
@@ -11,8 +12,11 @@ use crate::cluster::release::{self, Credentials, ReleaseTls, Target, DATABASE_PO
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::Connector;
+use crate::deployment::changes;
 use crate::deployment::cnpg::{self, CnpgCluster, Which};
 use crate::deployment::report::DeploymentStatus;
+use crate::deployment::restart;
+use crate::deployment::rotation;
 use crate::deployment::status;
 use crate::deployment::uninstall;
 use crate::error::Error;
@@ -94,6 +98,47 @@ impl Release {
         match self {
             Release::StatefulSet { name, .. } => name,
             Release::Cnpg(c) => &c.name,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        match self {
+            Release::StatefulSet { namespace, .. } => namespace,
+            Release::Cnpg(c) => &c.namespace,
+        }
+    }
+
+    /// The label selector of every pod of the release (`kubectl describe pod -l …`).
+    pub fn pod_selector(&self) -> String {
+        match self {
+            Release::StatefulSet { name, .. } => release::selector(name),
+            Release::Cnpg(c) => format!("{}={}", cnpg::LABEL_CLUSTER, c.name),
+        }
+    }
+
+    /// The release as it is now: a Cluster and its pods read again (a StatefulSet release is
+    /// only its name: its status reads the rest).
+    pub async fn current(&self, cluster: &Cluster) -> Result<Self, Error> {
+        match self {
+            Release::StatefulSet { .. } => Ok(self.clone()),
+            Release::Cnpg(c) => cnpg::get(cluster, &c.namespace, &c.name)
+                .await?
+                .map(|c| Release::Cnpg(Box::new(c)))
+                .ok_or_else(|| Error::NotFound {
+                    message: format!(
+                        "Cluster {:?} is gone from namespace {:?}",
+                        c.name, c.namespace
+                    ),
+                    hint: None,
+                }),
+        }
+    }
+
+    /// Yields whenever something about the release may have changed (watches, not polling).
+    pub fn changes(&self, cluster: &Cluster) -> BoxStream<'static, ()> {
+        match self {
+            Release::StatefulSet { name, namespace } => changes::changes(cluster, namespace, name),
+            Release::Cnpg(c) => changes::cluster_changes(cluster, &c.namespace, &c.name),
         }
     }
 
@@ -319,6 +364,16 @@ impl Release {
         }
     }
 
+    /// A connector to `target` that follows the writer: a Cluster's next session goes to its
+    /// primary of the moment.
+    pub fn connector(&self, cluster: &Cluster, target: &Target) -> TunnelConnector {
+        let connector = TunnelConnector::new(cluster, target);
+        match self {
+            Release::StatefulSet { .. } => connector,
+            Release::Cnpg(_) => connector.following(self.writer_selector()),
+        }
+    }
+
     /// A connector to the writer, once `query` has run there in one session through a tunnel
     /// (`SELECT 1` proves it answers; `SELECT pg_current_xact_id()` that it takes writes,
     /// which a standby refuses).
@@ -328,7 +383,7 @@ impl Release {
         query: &str,
     ) -> Result<(Target, TunnelConnector), Error> {
         let target = self.target(cluster).await?;
-        let connector = TunnelConnector::new(cluster, &target);
+        let connector = self.connector(cluster, &target);
         let client = connector.connect().await?;
         client
             .simple_query(query)
@@ -338,6 +393,52 @@ impl Release {
                 reason: e.to_string(),
             })?;
         Ok((target, connector))
+    }
+
+    /// Restarts the release and waits until every pod runs again: a StatefulSet's pod
+    /// replaced; a Cluster's instances restarted by the operator, replicas first. `sent` says
+    /// whether the one write was made, for what an interruption leaves.
+    pub async fn restart(
+        &self,
+        cluster: &Cluster,
+        timeout: std::time::Duration,
+        sent: &std::cell::Cell<restart::Sent>,
+    ) -> Result<(), Error> {
+        match self {
+            Release::StatefulSet { name, .. } => {
+                restart::statefulset(cluster, name, timeout, sent).await
+            }
+            Release::Cnpg(c) => restart::cloudnative_pg(cluster, c, timeout, sent).await,
+        }
+    }
+
+    /// Whether an operator keeps the owner's password in step with its Secret (a Cluster's
+    /// instance manager does): a rotation then writes only the Secret.
+    pub fn operator_sets_passwords(&self) -> bool {
+        matches!(self, Release::Cnpg(_))
+    }
+
+    /// Checks, before any write or prompt, that the owner's password may be rotated through
+    /// the operator (see [`rotation::check`]).
+    pub fn check_operator_rotation(&self) -> Result<(), Error> {
+        match self {
+            Release::StatefulSet { name, .. } => Err(no_operator(name)),
+            Release::Cnpg(c) => rotation::check(c),
+        }
+    }
+
+    /// Rotates the owner's password to `new` through the Secret the operator applies, and
+    /// waits until the primary takes it.
+    pub async fn rotate_through_operator(
+        &self,
+        cluster: &Cluster,
+        new: &str,
+        timeout: std::time::Duration,
+    ) -> Result<rotation::Rotated, Error> {
+        match self {
+            Release::StatefulSet { name, .. } => Err(no_operator(name)),
+            Release::Cnpg(c) => rotation::through_operator(cluster, self, c, new, timeout).await,
+        }
     }
 
     /// Uninstalls the release, keeping its data unless `delete_data` (asked of `confirm`
@@ -427,6 +528,12 @@ impl Release {
             }
         }
     }
+}
+
+fn no_operator(name: &str) -> Error {
+    Error::invalid(format!(
+        "release {name:?} has no operator to set its passwords"
+    ))
 }
 
 async fn statefulset_endpoint(

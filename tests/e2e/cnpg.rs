@@ -298,10 +298,15 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
         "{}",
         refused.describe()
     );
-    // Nor uninstalled, nor turned into a single instance by install.
+    // Nor uninstalled, restarted, given a new password, or turned into a single instance.
     for (args, needle) in [
         (
             &["uninstall", "pg", "--delete-data", "--yes"][..],
+            "not made by kubectl-pg",
+        ),
+        (&["restart", "pg"], "kubectl cnpg restart pg"),
+        (
+            &["rotate-password", "pg", "--yes"],
             "not made by kubectl-pg",
         ),
         (&["install", "pg"], "--instances 3"),
@@ -678,4 +683,260 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         ""
     );
     assert!(ok(scope.kubectl_ns(&["get", "clusters", "-o", "name"])).is_empty());
+}
+
+/// The life of a highly available release after install, as the Krew caveats' ServiceAccount:
+/// a rolling restart (every instance restarted, replicas first, the primary after a
+/// switchover, no row lost), a password rotation through the operator's Secret (the old
+/// password refused, the new one in every key), scaling from 2 to 3 instances, and a
+/// migration cut by a switchover that leaves nothing half-applied and resumes on a rerun.
+#[test]
+fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
+    let scope = Scope::new("kpg-ha-life");
+    let ns = scope.ns.clone();
+    if let Err(e) = scope.plane.cnpg() {
+        panic!("CloudNativePG's operator did not start: {e}");
+    }
+    let (account, _grant) = crate::krew::caveats_account(&scope, true, None);
+    let account = account.to_str().unwrap().to_string();
+    let kpg = |args: &[&str]| {
+        let mut all = args.to_vec();
+        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
+        all.splice(at..at, ["--kubeconfig", account.as_str()]);
+        scope.kpg(&all)
+    };
+    let json = |out: Output| -> serde_json::Value { serde_json::from_str(&ok(out)).unwrap() };
+    let doc = json(kpg(&[
+        "install",
+        "life",
+        "-n",
+        &ns,
+        "--instances",
+        "2",
+        "--timeout",
+        "5m",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    let primary = doc["primary"].as_str().unwrap().to_string();
+    ok(kpg(&[
+        "psql",
+        "life",
+        "-n",
+        &ns,
+        "--",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-XtAqc",
+        "set role app; create table kept (v int); insert into kept select generate_series(1, 500)",
+    ]));
+
+    // restart: a rolling restart the operator carries out; every instance runs again with the
+    // stamp it was given, the primary moved by a switchover, and the rows are all there.
+    let uids = |scope: &Scope| {
+        get(
+            scope,
+            "pods",
+            "{range .items[?(@.metadata.labels.cnpg\\.io/podRole=='instance')]}{.metadata.uid}{' '}{end}",
+        )
+    };
+    let before = uids(&scope);
+    let started = Instant::now();
+    let doc = json(kpg(&["restart", "life", "-n", &ns, "-o", "json"]));
+    eprintln!("cnpg: restart of 2 instances took {:?}", started.elapsed());
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    let after = uids(&scope);
+    for uid in before.split_whitespace() {
+        assert!(!after.contains(uid), "pod {uid} was not restarted: {after}");
+    }
+    let stamp = get(
+        &scope,
+        "cluster/life",
+        "{.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
+    );
+    let stamps = get(
+        &scope,
+        "pods",
+        "{range .items[?(@.metadata.labels.cnpg\\.io/podRole=='instance')]}{.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}{' '}{end}",
+    );
+    assert_eq!(
+        stamps.split_whitespace().collect::<Vec<_>>(),
+        [stamp.as_str(); 2]
+    );
+    assert_ne!(
+        doc["primary"],
+        primary.as_str(),
+        "the primary restarts after a switchover: {doc}"
+    );
+    assert_eq!(
+        kpg_psql(&kpg, &ns, "life", "select count(*) from kept"),
+        "500\n"
+    );
+
+    // rotate-password: the operator's Secret gets the new password in every key, the primary
+    // takes it, and the old one is refused.
+    let secret = |key: &str| {
+        let value = get(&scope, "secret/life-app", &format!("{{.data.{key}}}"));
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value.trim())
+                .unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    let old = secret("password");
+    let started = Instant::now();
+    let rotated = json(kpg(&[
+        "rotate-password",
+        "life",
+        "-n",
+        &ns,
+        "--yes",
+        "-o",
+        "json",
+    ]));
+    eprintln!("cnpg: rotate-password took {:?}", started.elapsed());
+    assert_eq!(rotated["role"], "app", "{rotated}");
+    assert_eq!(rotated["secret"], "life-app", "{rotated}");
+    let new = secret("password");
+    assert_ne!(new, old);
+    for key in ["uri", "jdbc-uri", "pgpass", "fqdn-uri", "fqdn-jdbc-uri"] {
+        let value = secret(key);
+        assert!(value.contains(&new) && !value.contains(&old), "{key}");
+    }
+    let dbname = secret("dbname");
+    let login = |password: &str| {
+        scope.kubectl_ns(&[
+            "exec",
+            doc["primary"].as_str().unwrap(),
+            "-c",
+            "postgres",
+            "--",
+            "env",
+            &format!("PGPASSWORD={password}"),
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "app",
+            "-d",
+            &dbname,
+            "-XtAc",
+            "select 1",
+        ])
+    };
+    assert_eq!(ok(login(&new)), "1\n");
+    let refused = login(&old);
+    assert!(!refused.status.success(), "{}", refused.describe());
+    assert!(
+        refused
+            .stderr_text()
+            .contains("password authentication failed"),
+        "{}",
+        refused.describe()
+    );
+    // The plugin's own clients read the new password: migrate logs in with it.
+    ok(kpg(&["migrate", "status", "life", "-n", &ns]));
+
+    // Scaling: a rerun with --instances 3 adds a streaming replica to the same data.
+    let started = Instant::now();
+    let doc = json(kpg(&[
+        "install",
+        "life",
+        "-n",
+        &ns,
+        "--instances",
+        "3",
+        "--timeout",
+        "5m",
+        "-o",
+        "json",
+    ]));
+    eprintln!("cnpg: scaling 2 -> 3 took {:?}", started.elapsed());
+    assert_eq!(doc["instances"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(
+        doc["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["replication"] == "streaming")
+            .count(),
+        2,
+        "{doc}"
+    );
+
+    // A migration cut by a switchover: it is applied once, never half.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("001_slow.up.sql"),
+        "CREATE TABLE slow (v int);\nINSERT INTO slow VALUES (1);\nSELECT pg_sleep(30);\nINSERT INTO slow VALUES (2);\n",
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let migrate = scope
+        .kpg_command(&[
+            "migrate",
+            "up",
+            "life",
+            "-n",
+            &ns,
+            "--dir",
+            &d,
+            "--kubeconfig",
+            &account,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let before = doc["primary"].as_str().unwrap().to_string();
+    until(
+        Duration::from_secs(60),
+        "the migration sleeping on the primary",
+        || {
+            let out = sql(&scope, &before, "select count(*) from pg_stat_activity where query like '%pg_sleep(30)%' and pid <> pg_backend_pid()");
+            (out.stdout_text() == "1\n")
+                .then_some(())
+                .ok_or_else(|| out.describe())
+        },
+    );
+    ok(kpg(&["switchover", "life", "-n", &ns]));
+    let out = migrate.wait_with_output().unwrap();
+    eprintln!(
+        "cnpg: the migration across the switchover: {}",
+        out.describe()
+    );
+    // Either the session lost to the switchover is taken up on the new primary (the migration
+    // runs again there, whole), or the run fails cleanly (7 or 8) and a rerun applies it.
+    match out.status.code() {
+        Some(0) => assert!(
+            out.stderr_text().contains("reconnected"),
+            "the switchover did not cut the migration: {}",
+            out.describe()
+        ),
+        Some(7) | Some(8) => {
+            let check = "select count(*) from pg_tables where tablename = 'slow'";
+            assert_eq!(kpg_psql(&kpg, &ns, "life", check), "0\n");
+            ok(kpg(&["migrate", "up", "life", "-n", &ns, "--dir", &d]));
+        }
+        _ => panic!("{}", out.describe()),
+    }
+    let status = json(kpg(&[
+        "migrate", "status", "life", "-n", &ns, "--dir", &d, "-o", "json",
+    ]));
+    assert_eq!(status["applied"], 1, "{status}");
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(
+        kpg_psql(&kpg, &ns, "life", "select count(*), sum(v) from slow"),
+        "2|3\n"
+    );
+
+    ok(kpg(&[
+        "uninstall",
+        "life",
+        "-n",
+        &ns,
+        "--delete-data",
+        "--yes",
+    ]));
 }
