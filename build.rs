@@ -1,12 +1,13 @@
 //! Embeds the LearnFlow migrations (`migrations/*.sql`) into the binary, so
 //! `kubectl pg migrate up` works from any directory.
 
-use std::{env, fs, path::Path};
+use std::path::{Path, PathBuf};
+use std::{env, fs};
 
 fn main() {
     stamp_build();
     main_thread_stack();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let dir = manifest_dir().join("migrations");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<String> = fs::read_dir(&dir)
         .expect("migrations/ exists")
@@ -68,8 +69,14 @@ fn stamp_build() {
     println!("cargo:rustc-env=KUBECTL_PG_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=KUBECTL_PG_BUILD_DATE={date}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
-    let head = Path::new(env!("CARGO_MANIFEST_DIR")).join(".git/HEAD");
+    let head = manifest_dir().join(".git/HEAD");
     if head.exists() {
         println!("cargo:rerun-if-changed={}", head.display());
     }
+}
+
+/// The package's directory as cargo gives it to this run, not as it was when this script was
+/// compiled: a target directory shared by clones at other paths reuses the compiled script.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
 }

@@ -3,12 +3,11 @@
 //! not answer) becomes a note in the bundle, not the end of the report. No password is
 //! written: Secret values are redacted, and every known secret value is cut out of every file.
 
-use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, LogParams};
 use serde::Serialize;
@@ -16,13 +15,10 @@ use serde_json::Value;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::cli::{GlobalArgs, ReportArgs};
-use crate::cluster::release::{self, secret_values};
-use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::{logs, Cluster};
 use crate::database::Connector;
-use crate::deployment::observe;
+use crate::deployment::kind::{self, Release};
 use crate::error::Error;
-use crate::manifests::render::CONTAINER;
 use crate::migration::status::MigrationStatus;
 use crate::migration::{history, MigrationSet};
 use crate::output::archive::Bundle;
@@ -78,18 +74,10 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
         None => false,
     };
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, args.release.as_deref()).await?;
+    let found = kind::resolve(&cluster, args.release.as_deref()).await?;
+    let release = found.name().to_string();
     let ns = cluster.namespace.clone();
-    let observed = observe::observe(&cluster, &ns, &release).await?;
-    if !observed.exists() {
-        return Err(Error::NotFound {
-            message: format!(
-                "release {release:?} not found in namespace {ns:?} (context {:?}): nothing to report",
-                cluster.context
-            ),
-            hint: Some(format!("the releases here: kubectl pg status -n {ns}")),
-        });
-    }
+    let evidence = found.evidence(&cluster).await?;
     let now = Timestamp::now();
     let stamp = now.strftime("%Y%m%dT%H%M%SZ").to_string();
     let root = format!("report-{release}-{stamp}");
@@ -100,62 +88,17 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
     crate::note!("collecting the report of release {release} in namespace {ns}");
 
     let mut bundle = Bundle::new(&root);
-    let mut notes: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = evidence.notes.clone();
     let client = &cluster.client;
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let (headless_name, all) = (format!("{release}-hl"), ListParams::default());
-    let (headless, our_secrets, event_list, server) = tokio::join!(
-        services.get_opt(&headless_name),
-        release::learn_secrets(&cluster, &release),
-        events.list(&all),
-        client.apiserver_version(),
-    );
+    let all = ListParams::default();
+    let (event_list, server) = tokio::join!(events.list(&all), client.apiserver_version(),);
 
-    // Every secret value the release has, ours and a user's --existing-secret, is now known
-    // to the redactor, which every file goes through (a log, a setting may quote one).
-    let mut release_secrets: Vec<Secret> = our_secrets.unwrap_or_else(|e| {
-        notes.push(format!("secrets: not listed: {e}"));
-        observed.secret.iter().cloned().collect()
-    });
-    for secret in &release_secrets {
-        secret_values(secret);
+    // Objects; Secrets with their values replaced.
+    for (file, items) in &evidence.objects {
+        add_yaml(&mut bundle, &mut notes, file, items.iter());
     }
-
-    // Objects.
-    add_yaml(
-        &mut bundle,
-        &mut notes,
-        "objects/statefulset.yaml",
-        observed.statefulset.iter(),
-    );
-    let headless = headless.unwrap_or_else(|e| {
-        notes.push(format!(
-            "headless service: {}",
-            cluster.error("get", "services", e)
-        ));
-        None
-    });
-    add_yaml(
-        &mut bundle,
-        &mut notes,
-        "objects/services.yaml",
-        observed.service.iter().chain(headless.iter()),
-    );
-    add_yaml(
-        &mut bundle,
-        &mut notes,
-        "objects/pvc.yaml",
-        observed.pvc.iter(),
-    );
-    add_yaml(
-        &mut bundle,
-        &mut notes,
-        "objects/pods.yaml",
-        observed.pods.iter(),
-    );
-    release_secrets.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let redacted: Vec<Secret> = release_secrets.iter().map(redact).collect();
+    let redacted: Vec<Secret> = evidence.secrets.iter().map(redact).collect();
     add_yaml(
         &mut bundle,
         &mut notes,
@@ -164,20 +107,6 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
     );
 
     // Events about those objects.
-    let mut names: BTreeSet<String> = [
-        release.clone(),
-        format!("{release}-hl"),
-        observe::pvc_name(&release),
-        release::pod_name(&release),
-    ]
-    .into_iter()
-    .collect();
-    names.extend(observed.pods.iter().filter_map(|p| p.metadata.name.clone()));
-    names.extend(
-        release_secrets
-            .iter()
-            .filter_map(|s| s.metadata.name.clone()),
-    );
     match event_list {
         Ok(list) => {
             let mut items: Vec<Event> = list
@@ -187,7 +116,7 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
                     e.involved_object
                         .name
                         .as_ref()
-                        .is_some_and(|n| names.contains(n))
+                        .is_some_and(|n| evidence.names.contains(n))
                 })
                 .collect();
             items.sort_by_key(|e| {
@@ -205,7 +134,7 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
 
     // Logs, current and previous, of every pod of the release.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    for pod in &observed.pods {
+    for pod in &evidence.pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
         for previous in [false, true] {
             let file = format!(
@@ -213,7 +142,7 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
                 if previous { ".previous.log" } else { ".log" }
             );
             let params = LogParams {
-                container: Some(CONTAINER.into()),
+                container: Some(evidence.container.into()),
                 previous,
                 timestamps: true,
                 ..LogParams::default()
@@ -230,16 +159,16 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
 
     // The status document, as `kubectl pg status -o json` prints it.
     let set = MigrationSet::load(None)?;
-    let status = crate::deployment::status::read(&cluster, &ns, &release, &set).await;
+    let status = found.status(&cluster, &set).await;
     match &status {
-        Ok((status, _)) => bundle.add("status.json", to_json(status)),
+        Ok(status) => bundle.add("status.json", to_json(status)),
         Err(e) => notes.push(format!("status: {e}")),
     }
 
     // The database: settings, activity, migrations, version.
     let database = match tokio::time::timeout(
         DATABASE_TIMEOUT,
-        database_part(&cluster, &release, &set, &mut bundle),
+        database_part(&cluster, &found, &set, &mut bundle),
     )
     .await
     {
@@ -274,7 +203,7 @@ pub async fn run(mut args: ReportArgs, global: &GlobalArgs) -> Result<(), Error>
         plugin_commit: env!("KUBECTL_PG_GIT_COMMIT"),
         kubernetes_server: server_version,
         postgresql: database,
-        image: status.as_ref().ok().and_then(|(s, _)| s.image.clone()),
+        image: status.as_ref().ok().and_then(|s| s.image.clone()),
     };
     bundle.add("versions.json", to_json(&versions));
 
@@ -323,12 +252,12 @@ struct Versions {
 /// migration status; returns the server's `version()`.
 async fn database_part(
     cluster: &Cluster,
-    release: &str,
+    found: &Release,
     set: &MigrationSet,
     bundle: &mut Bundle,
 ) -> Result<String, Error> {
-    let target = release::find_target(cluster, release).await?;
-    let db = TunnelConnector::new(cluster, &target).connect().await?;
+    let target = found.target(cluster).await?;
+    let db = found.connector(cluster, &target).connect().await?;
     let version = query(&db, "SELECT version()").await?;
     let version = version
         .get(1)
@@ -362,6 +291,14 @@ async fn database_part(
             tsv(&activity)
         ),
     );
+    // A Cluster's replicas as its primary sees them (none on a single instance).
+    let replication = query(
+        &db,
+        "SELECT application_name, client_addr, state, sync_state, sent_lsn, write_lsn, flush_lsn, \
+         replay_lsn, write_lag, flush_lag, replay_lag FROM pg_stat_replication ORDER BY 1",
+    )
+    .await?;
+    bundle.add("database/pg_stat_replication.tsv", tsv(&replication));
     match history::read(&db).await {
         Ok(history) => {
             let status = MigrationStatus::build(set, &history, target.credentials.database.clone());

@@ -523,6 +523,125 @@ pub fn render_cluster(spec: &crate::manifests::InstallSpec, instances: u32, imag
     })
 }
 
+/// A rerun of `install --instances` starts from the live Cluster: what no flag names keeps its
+/// live value (size, class, resources, image, database, owner, Secret). What cannot change on
+/// a Cluster is exit 1 before any write: a smaller volume, another StorageClass, another
+/// major, another database, owner or owner's Secret (the operator bootstraps them once).
+/// Returns the live image, which no flag replaced.
+pub fn keep_live(
+    spec: &mut crate::manifests::InstallSpec,
+    req: &crate::manifests::spec::Requested,
+    live: &CnpgCluster,
+) -> Result<Option<String>, Error> {
+    use crate::manifests::spec::{image_major, quantity_value};
+    let text = |path: &[&str]| live.text(path);
+    let refuse = |what: String, hint: &str| {
+        Err(Error::InvalidInput {
+            message: format!("Cluster {}: {what}", live.name),
+            hint: Some(hint.to_string()),
+        })
+    };
+    let fixed = "the operator sets it once, when it bootstraps the Cluster; leave the flag out";
+    for (given, path, flag) in [
+        (
+            &req.database,
+            ["spec", "bootstrap", "initdb", "database"],
+            "--database",
+        ),
+        (
+            &req.username,
+            ["spec", "bootstrap", "initdb", "owner"],
+            "--username",
+        ),
+    ] {
+        if let (Some(given), Some(now)) = (given, text(&path)) {
+            if *given != now {
+                return refuse(format!("{flag} is {now}, not {given}"), fixed);
+            }
+        }
+    }
+    if req.existing_secret.is_some() && req.existing_secret != live.existing_secret() {
+        return refuse(
+            format!(
+                "its owner's Secret is {}, not {}",
+                live.app_secret(),
+                req.existing_secret.as_deref().unwrap_or_default()
+            ),
+            fixed,
+        );
+    }
+    spec.database =
+        text(&["spec", "bootstrap", "initdb", "database"]).unwrap_or(spec.database.clone());
+    spec.username =
+        text(&["spec", "bootstrap", "initdb", "owner"]).unwrap_or(spec.username.clone());
+    spec.existing_secret = live.existing_secret();
+    let mut kept = None;
+    if let Some(image) = text(&["spec", "imageName"]) {
+        let live_major = image_major(&image);
+        let asked = req
+            .major
+            .or_else(|| req.image.as_deref().and_then(image_major));
+        if let (Some(asked), Some(now)) = (asked, live_major) {
+            if asked != now {
+                return refuse(
+                    format!("it runs PostgreSQL {now}: install never changes the major (asked for {asked})"),
+                    "a major upgrade of a Cluster is not built yet; leave --postgres-version out",
+                );
+            }
+        }
+        if let Some(major) = live_major {
+            spec.major = major;
+        }
+        if req.image.is_none() && req.major.is_none() {
+            kept = Some(image);
+        }
+    }
+    if let Some(size) = text(&["spec", "storage", "size"]) {
+        match &req.storage_size {
+            Some(asked) if quantity_value(asked) < quantity_value(&size) => {
+                return refuse(
+                    format!("its volumes are {size}: --storage-size {asked} would shrink them"),
+                    "a volume only grows; give a size at least as large",
+                )
+            }
+            Some(_) => {}
+            None => spec.storage_size = size,
+        }
+    }
+    let class = text(&["spec", "storage", "storageClass"]);
+    match &req.storage_class {
+        Some(asked) if class.as_ref() != Some(asked) => {
+            return refuse(
+                format!(
+                    "its volumes' StorageClass is {}: it cannot become {asked}",
+                    class.as_deref().unwrap_or("the cluster default")
+                ),
+                "move the data with kubectl pg dump and kubectl pg restore into a new release",
+            )
+        }
+        _ => spec.storage_class = class,
+    }
+    for (given, slot, path) in [
+        (&req.cpu_request, &mut spec.cpu_request, ["requests", "cpu"]),
+        (
+            &req.memory_request,
+            &mut spec.memory_request,
+            ["requests", "memory"],
+        ),
+        (&req.cpu_limit, &mut spec.cpu_limit, ["limits", "cpu"]),
+        (
+            &req.memory_limit,
+            &mut spec.memory_limit,
+            ["limits", "memory"],
+        ),
+    ] {
+        if given.is_none() && req.prod.is_none() {
+            *slot = text(&["spec", "resources", path[0], path[1]]);
+        }
+    }
+    Ok(kept)
+}
+
 /// Whether the API serves `postgresql.cnpg.io/v1` (its CRDs are installed): discovery, which
 /// every authenticated user may read.
 pub async fn served(cluster: &Cluster) -> Result<bool, Error> {
@@ -850,6 +969,85 @@ mod tests {
         assert_eq!(r.replicas["pg-2"], ("streaming".to_string(), 0));
         assert_eq!(r.replicas["pg-3"], ("catchup".to_string(), 16384));
         assert_eq!(r.round_trip_ms, Some(12.3));
+    }
+
+    #[test]
+    fn a_rerun_keeps_what_no_flag_names_and_refuses_what_cannot_change() {
+        use crate::manifests::spec::Requested;
+        use crate::manifests::InstallSpec;
+        let mut object = DynamicObject::new("pg", &resource()).within("ns");
+        object.data = serde_json::json!({"spec": {
+            "instances": 3,
+            "imageName": "ghcr.io/cloudnative-pg/postgresql:17",
+            "storage": {"size": "5Gi", "storageClass": "fast"},
+            "resources": {"requests": {"memory": "1Gi"}},
+            "bootstrap": {"initdb": {"database": "shop", "owner": "shopper"}},
+        }});
+        let live = CnpgCluster {
+            name: "pg".into(),
+            namespace: "ns".into(),
+            object,
+            pods: Vec::new(),
+        };
+        let fresh = || InstallSpec::from_request(&Requested::default(), "pg", "ns").unwrap();
+        let mut spec = fresh();
+        let kept = keep_live(&mut spec, &Requested::default(), &live).unwrap();
+        assert_eq!(
+            kept.as_deref(),
+            Some("ghcr.io/cloudnative-pg/postgresql:17")
+        );
+        assert_eq!(
+            (spec.storage_size.as_str(), spec.storage_class.as_deref()),
+            ("5Gi", Some("fast"))
+        );
+        assert_eq!(spec.memory_request.as_deref(), Some("1Gi"));
+        assert_eq!(
+            (spec.database.as_str(), spec.username.as_str()),
+            ("shop", "shopper")
+        );
+        assert_eq!(spec.major, 17);
+        let grow = Requested {
+            storage_size: Some("10Gi".into()),
+            ..Default::default()
+        };
+        let mut spec = InstallSpec::from_request(&grow, "pg", "ns").unwrap();
+        keep_live(&mut spec, &grow, &live).unwrap();
+        assert_eq!(spec.storage_size, "10Gi");
+        for (req, needle) in [
+            (
+                Requested {
+                    storage_size: Some("1Gi".into()),
+                    ..Default::default()
+                },
+                "shrink",
+            ),
+            (
+                Requested {
+                    storage_class: Some("slow".into()),
+                    ..Default::default()
+                },
+                "StorageClass",
+            ),
+            (
+                Requested {
+                    major: Some(18),
+                    ..Default::default()
+                },
+                "PostgreSQL 17",
+            ),
+            (
+                Requested {
+                    database: Some("other".into()),
+                    ..Default::default()
+                },
+                "--database",
+            ),
+        ] {
+            let error = keep_live(&mut fresh(), &req, &live)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(needle), "{error}");
+        }
     }
 
     #[test]

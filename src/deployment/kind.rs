@@ -14,6 +14,7 @@ use crate::cluster::Cluster;
 use crate::database::Connector;
 use crate::deployment::changes;
 use crate::deployment::cnpg::{self, CnpgCluster, Which};
+use crate::deployment::evidence;
 use crate::deployment::report::DeploymentStatus;
 use crate::deployment::restart;
 use crate::deployment::rotation;
@@ -438,6 +439,14 @@ impl Release {
         match self {
             Release::StatefulSet { name, .. } => Err(no_operator(name)),
             Release::Cnpg(c) => rotation::through_operator(cluster, self, c, new, timeout).await,
+        }
+    }
+
+    /// What a diagnostics report collects of it (not found when it is not installed).
+    pub async fn evidence(&self, cluster: &Cluster) -> Result<evidence::Evidence, Error> {
+        match self {
+            Release::StatefulSet { name, .. } => evidence::statefulset(cluster, name).await,
+            Release::Cnpg(c) => evidence::cloudnative_pg(cluster, c).await,
         }
     }
 

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod assess;
 pub mod changes;
 pub mod cnpg;
+pub mod evidence;
 pub mod kind;
 pub mod observe;
 pub mod probe;

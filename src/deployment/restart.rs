@@ -193,6 +193,7 @@ async fn wait_restarted(
     stamp: &str,
     timeout: Duration,
 ) -> Result<(), Error> {
+    let mut stamp = stamp.to_string();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &c.namespace);
     let selector = format!("{}={}", cnpg::LABEL_CLUSTER, c.name);
     let (store, writer) = reflector::store();
@@ -218,6 +219,12 @@ async fn wait_restarted(
             Some(object) = cluster_events.next() => {
                 let text = |p: &str| object.data.pointer(p).and_then(Value::as_str).map(str::to_string);
                 phase = text("/status/phase").unwrap_or_default();
+                // A later restart (another run's) supersedes this one: its end is this one's.
+                let now = object.metadata.annotations.as_ref().and_then(|a| a.get(RESTARTED_AT));
+                if let Some(now) = now.filter(|now| now.as_str() > stamp.as_str()) {
+                    crate::note!("Cluster {} was restarted again meanwhile ({now}): waiting for that restart", c.name);
+                    stamp = now.clone();
+                }
                 wanted = object.data.pointer("/spec/instances").and_then(Value::as_u64).unwrap_or(1) as usize;
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -237,7 +244,7 @@ async fn wait_restarted(
         }
         let state = store.state();
         let pods: Vec<&Pod> = state.iter().map(|p| p.as_ref()).collect();
-        let (done, all) = restarted(&pods, wanted, stamp);
+        let (done, all) = restarted(&pods, wanted, &stamp);
         let now = format!("{phase} ({done}/{wanted} instances restarted)");
         if now != said {
             crate::note!("Cluster {}: {now}", c.name);

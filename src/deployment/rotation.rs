@@ -14,7 +14,7 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::cluster::release::{self, Credentials};
+use crate::cluster::release;
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::{connect_with_retry, is_password_refused};
@@ -144,8 +144,10 @@ pub async fn through_operator(
     Ok(Rotated { role, secret: name })
 }
 
-/// Waits until the primary accepts `new`: tried at once, then on each change of the Cluster
-/// (the operator records the Secret's version in its status), at least every two seconds.
+/// Waits until the primary accepts the password the Secret holds: tried at once, then on each
+/// change of the Cluster (the operator records the Secret's version in its status), at least
+/// every two seconds. Another rotation that wrote the Secret after this one supersedes it: its
+/// password is then the one waited for, as the Secret is the one source.
 async fn wait_accepted(
     cluster: &Cluster,
     found: &Release,
@@ -155,12 +157,17 @@ async fn wait_accepted(
 ) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut changes = found.changes(cluster);
+    let mut said = false;
     loop {
-        let mut target = found.current(cluster).await?.target(cluster).await?;
-        target.credentials = Credentials {
-            password: new.to_string(),
-            ..target.credentials
-        };
+        let current = found.current(cluster).await?;
+        let target = current.target(cluster).await?;
+        if target.credentials.password != new && !said {
+            crate::note!(
+                "another rotation wrote Secret {} meanwhile: waiting for its password instead",
+                c.app_secret()
+            );
+            said = true;
+        }
         let last = match connect_with_retry(&TunnelConnector::new(cluster, &target)).await {
             Ok(_) => return Ok(()),
             Err(e) if is_password_refused(&e) => e,

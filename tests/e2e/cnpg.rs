@@ -685,11 +685,37 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
     assert!(ok(scope.kubectl_ns(&["get", "clusters", "-o", "name"])).is_empty());
 }
 
+/// The Cluster's restart stamp, once each of its `n` instances carries it.
+#[track_caller]
+fn restarted_with_the_clusters_stamp(scope: &Scope, cluster: &str, n: usize) -> String {
+    let stamp = get(
+        scope,
+        &format!("cluster/{cluster}"),
+        "{.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
+    );
+    let instances = format!("cnpg.io/cluster={cluster},cnpg.io/podRole=instance");
+    let stamps = ok(scope.kubectl_ns(&[
+        "get",
+        "pods",
+        "-l",
+        &instances,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}{' '}{end}",
+    ]));
+    assert_eq!(
+        stamps.split_whitespace().collect::<Vec<_>>(),
+        vec![stamp.as_str(); n]
+    );
+    stamp
+}
+
 /// The life of a highly available release after install, as the Krew caveats' ServiceAccount:
-/// a rolling restart (every instance restarted, replicas first, the primary after a
-/// switchover, no row lost), a password rotation through the operator's Secret (the old
-/// password refused, the new one in every key), scaling from 2 to 3 instances, and a
-/// migration cut by a switchover that leaves nothing half-applied and resumes on a rerun.
+/// a rolling restart (every instance restarted, the primary after a switchover, no row lost),
+/// refused without patch on clusters, killed with -9 and run again; a password rotation through
+/// the operator's Secret (the old password refused, the new one in every key), refused without
+/// patch on Secrets, and two at once; scaling from 2 to 3 instances; a rerun that would shrink
+/// the volumes refused, one that grows them; the report; and a migration cut by a switchover,
+/// applied once, never half.
 #[test]
 fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
     let scope = Scope::new("kpg-ha-life");
@@ -750,20 +776,7 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
     for uid in before.split_whitespace() {
         assert!(!after.contains(uid), "pod {uid} was not restarted: {after}");
     }
-    let stamp = get(
-        &scope,
-        "cluster/life",
-        "{.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
-    );
-    let stamps = get(
-        &scope,
-        "pods",
-        "{range .items[?(@.metadata.labels.cnpg\\.io/podRole=='instance')]}{.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}{' '}{end}",
-    );
-    assert_eq!(
-        stamps.split_whitespace().collect::<Vec<_>>(),
-        [stamp.as_str(); 2]
-    );
+    let stamp = restarted_with_the_clusters_stamp(&scope, "life", 2);
     assert_ne!(
         doc["primary"],
         primary.as_str(),
@@ -773,6 +786,49 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
         kpg_psql(&kpg, &ns, "life", "select count(*) from kept"),
         "500\n"
     );
+
+    // Without patch on clusters, restart is exit 6 naming it, and the Cluster keeps its stamp.
+    let (less, _less_grant) =
+        crate::krew::caveats_account(&scope, true, Some(("clusters", "patch")));
+    let out = scope.kpg(&[
+        "restart",
+        "life",
+        "-n",
+        &ns,
+        "--kubeconfig",
+        less.to_str().unwrap(),
+    ]);
+    crate::expect_code(&out, 6);
+    assert!(
+        out.stderr_text().contains("clusters.postgresql.cnpg.io"),
+        "{}",
+        out.describe()
+    );
+    let annotation = "{.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}";
+    assert_eq!(get(&scope, "cluster/life", annotation), stamp);
+    // kill -9 once the Cluster is annotated: the operator carries the restart on, and a
+    // rerun restarts again and sees its own restart through.
+    let mut killed = scope
+        .kpg_command(&["restart", "life", "-n", &ns, "--kubeconfig", &account])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until(
+        Duration::from_secs(60),
+        "the Cluster annotated again",
+        || {
+            let now = get(&scope, "cluster/life", annotation);
+            (now != stamp).then_some(()).ok_or(now)
+        },
+    );
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let doc = json(kpg(&["restart", "life", "-n", &ns, "-o", "json"]));
+    assert_eq!(doc["phase"], "Healthy", "{doc}");
+    let last = restarted_with_the_clusters_stamp(&scope, "life", 2);
+    assert_ne!(last, stamp);
 
     // rotate-password: the operator's Secret gets the new password in every key, the primary
     // takes it, and the old one is refused.
@@ -836,6 +892,46 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
     );
     // The plugin's own clients read the new password: migrate logs in with it.
     ok(kpg(&["migrate", "status", "life", "-n", &ns]));
+    // Without patch on Secrets, rotation is exit 6 and the password stays.
+    let (less, _less_grant) =
+        crate::krew::caveats_account(&scope, true, Some(("secrets", "patch")));
+    let out = scope.kpg(&[
+        "rotate-password",
+        "life",
+        "-n",
+        &ns,
+        "--yes",
+        "--kubeconfig",
+        less.to_str().unwrap(),
+    ]);
+    crate::expect_code(&out, 6);
+    assert_eq!(secret("password"), new);
+    // Two rotations at once: both end, and the database takes what the Secret holds.
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            scope
+                .kpg_command(&[
+                    "rotate-password",
+                    "life",
+                    "-n",
+                    &ns,
+                    "--yes",
+                    "--kubeconfig",
+                    &account,
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in both {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", out.describe());
+    }
+    let new = secret("password");
+    assert_eq!(ok(login(&new)), "1\n");
 
     // Scaling: a rerun with --instances 3 adds a streaming replica to the same data.
     let started = Instant::now();
@@ -863,6 +959,101 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
         2,
         "{doc}"
     );
+
+    // A rerun starts from the live Cluster: a smaller volume is refused before any write; a
+    // larger one grows every instance's claim (the operator resizes them).
+    let out = kpg(&[
+        "install",
+        "life",
+        "-n",
+        &ns,
+        "--instances",
+        "3",
+        "--storage-size",
+        "256Mi",
+    ]);
+    crate::expect_code(&out, 1);
+    assert!(out.stderr_text().contains("shrink"), "{}", out.describe());
+    let started = Instant::now();
+    ok(kpg(&[
+        "install",
+        "life",
+        "-n",
+        &ns,
+        "--instances",
+        "3",
+        "--storage-size",
+        "20Gi",
+        "--timeout",
+        "5m",
+    ]));
+    assert_eq!(get(&scope, "cluster/life", "{.spec.storage.size}"), "20Gi");
+    until(
+        Duration::from_secs(120),
+        "every claim grown to 20Gi",
+        || {
+            let sizes = get(
+            &scope,
+            "pvc",
+            "{range .items[?(@.metadata.labels.cnpg\\.io/cluster=='life')]}{.status.capacity.storage}{' '}{end}",
+        );
+            (sizes.split_whitespace().collect::<Vec<_>>() == ["20Gi"; 3])
+                .then_some(())
+                .ok_or(sizes)
+        },
+    );
+    eprintln!("cnpg: growing 3 volumes took {:?}", started.elapsed());
+
+    // report: the Cluster with the operator's view, every instance's pod and log, the
+    // replication the primary sees, and no password in any file.
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("life.tar.gz");
+    let out = kpg(&["report", "life", "-n", &ns, "-f", archive.to_str().unwrap()]);
+    assert!(
+        out.status.success() && !out.stderr_text().contains("not collected"),
+        "{}",
+        out.describe()
+    );
+    let tar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(work.path())
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{}", tar.describe());
+    let root = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let text = |path: &str| {
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let object = text("objects/cluster.yaml");
+    assert!(
+        object.contains("kind: Cluster") && object.contains("currentPrimary:"),
+        "{object}"
+    );
+    for instance in doc["instances"].as_array().unwrap() {
+        let name = instance["name"].as_str().unwrap();
+        assert!(text("objects/pods.yaml").contains(&format!("name: {name}\n")));
+        assert!(
+            text(&format!("logs/{name}.log")).contains("logging_pod"),
+            "{name}"
+        );
+    }
+    assert_eq!(text("database/pg_stat_replication.tsv").lines().count(), 3);
+    assert!(text("objects/secrets.yaml").contains("name: life-app"));
+    assert!(text("objects/services.yaml").contains("name: life-rw"));
+    let status: serde_json::Value = serde_json::from_str(&text("status.json")).unwrap();
+    assert_eq!(status["instances"].as_array().unwrap().len(), 3, "{status}");
+    let unpacked = std::process::Command::new("grep")
+        .args(["-rlF", &new])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(unpacked.stdout_text(), "", "the password is in the report");
 
     // A migration cut by a switchover: it is applied once, never half.
     let dir = tempfile::tempdir().unwrap();

@@ -142,6 +142,8 @@ pub async fn run(
             "the API does not serve postgresql.cnpg.io/v1 (its CRDs are not installed)",
         ));
     }
+    let mut spec = spec.clone();
+    let mut kept = None;
     if let Release::Cnpg(live) = Release::locate(cluster, &spec.release).await? {
         if !cnpg::made_by_us(&live) {
             return Err(Error::InvalidInput {
@@ -155,6 +157,7 @@ pub async fn run(
                 )),
             });
         }
+        kept = cnpg::keep_live(&mut spec, &super::requested(args), &live)?;
         // An uninstalled Cluster is hibernated with its volumes: the same data comes back.
         if cnpg::hibernating(&live) {
             cnpg::set_hibernation(cluster, &live, false).await?;
@@ -164,7 +167,12 @@ pub async fn run(
             );
         }
     }
-    let object: Value = cnpg::render_cluster(spec, instances, &image(args, spec));
+    let image = args
+        .image
+        .clone()
+        .or(kept)
+        .unwrap_or_else(|| image(args, &spec));
+    let object: Value = cnpg::render_cluster(&spec, instances, &image);
     let started = std::time::Instant::now();
     cnpg::apply(cluster, &object).await?;
     crate::note!(
