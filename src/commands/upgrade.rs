@@ -105,7 +105,9 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
         return Err(Error::Exit(code));
     }
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let name = release::resolve(&cluster, args.release.as_deref()).await?;
+    let name = crate::deployment::kind::resolve(&cluster, args.release.as_deref())
+        .await?
+        .single_instance("upgrade")?;
     let live = read(&cluster, &name).await?;
     if !release::made_for(&live.sts.metadata, &name) {
         return Err(Error::InvalidInput {

@@ -18,6 +18,7 @@ use crate::database::connect_with_retry;
 use crate::database::connection::DatabaseConnection;
 use crate::database::password::{generate_password, prompt_password, read_password_for};
 use crate::database::roles::{self, UserGrants, LABEL_READONLY, LABEL_USER};
+use crate::deployment::kind;
 use crate::deployment::status::user_selector;
 use crate::error::Error;
 use crate::manifests::render::{self, UserSecret};
@@ -123,7 +124,9 @@ struct UserScope {
 impl UserScope {
     async fn read(options: &UserOptions, name: &str, global: &GlobalArgs) -> Result<Self, Error> {
         let cluster = Cluster::connect(&global.connect_options()).await?;
-        let release = release::resolve(&cluster, options.release.as_deref()).await?;
+        let release = kind::resolve(&cluster, options.release.as_deref())
+            .await?
+            .single_instance("user")?;
         let ns = cluster.namespace.clone();
         let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
         let secret_name = roles::secret_name(&release, name);
@@ -406,7 +409,9 @@ struct UserList {
 
 async fn list(options: &UserOptions, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = release::resolve(&cluster, options.release.as_deref()).await?;
+    let release = kind::resolve(&cluster, options.release.as_deref())
+        .await?
+        .single_instance("user")?;
     let ns = cluster.namespace.clone();
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
     let params = ListParams::default().labels(&user_selector(&release));

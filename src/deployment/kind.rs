@@ -413,6 +413,24 @@ impl Release {
         }
     }
 
+    /// Refuses, with exit 1 and before any write, a command that only knows the single-instance
+    /// kind: its name when this release is one.
+    pub fn single_instance(self, command: &str) -> Result<String, Error> {
+        match self {
+            Release::StatefulSet { name, .. } => Ok(name),
+            Release::Cnpg(c) => Err(Error::InvalidInput {
+                message: format!(
+                    "release {} is a CloudNativePG Cluster: kubectl pg {command} on a Cluster is not built yet",
+                    c.name
+                ),
+                hint: Some(format!(
+                    "kubectl pg psql {} -n {} reaches its primary as postgres",
+                    c.name, c.namespace
+                )),
+            }),
+        }
+    }
+
     /// Whether an operator keeps the owner's password in step with its Secret (a Cluster's
     /// instance manager does): a rotation then writes only the Secret.
     pub fn operator_sets_passwords(&self) -> bool {

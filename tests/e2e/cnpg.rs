@@ -758,6 +758,51 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
         "set role app; create table kept (v int); insert into kept select generate_series(1, 500)",
     ]));
 
+    // status asks the API the same requests whatever the instance count (counted through a
+    // recording proxy here, at 2 instances, and again at 3 below).
+    let (proxy, proxied) = crate::proxy::in_front_of(&scope);
+    let status_requests = || {
+        proxy.clear_requests();
+        ok(scope.kpg(&["status", "life", "-n", &ns, "--kubeconfig", &proxied]));
+        let mut paths: Vec<String> = proxy
+            .requests()
+            .into_iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r.method,
+                    r.path_and_query.split('?').next().unwrap_or_default()
+                )
+            })
+            .collect();
+        paths.sort();
+        paths
+    };
+    let at_two = status_requests();
+
+    // What acts only on a single instance says so, before any write.
+    for args in [
+        &[
+            "user",
+            "create",
+            "reader",
+            "--release",
+            "life",
+            "--password-stdin",
+        ][..],
+        &["upgrade", "life", "--postgres-version", "18", "--yes"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["-n", &ns]);
+        let out = scope.kpg_stdin(&all, "a-long-enough-password\n");
+        crate::expect_code(&out, 1);
+        assert!(
+            out.stderr_text().contains("not built yet"),
+            "{}",
+            out.describe()
+        );
+    }
+
     // restart: a rolling restart the operator carries out; every instance runs again with the
     // stamp it was given, the primary moved by a switchover, and the rows are all there.
     let uids = |scope: &Scope| {
@@ -958,6 +1003,24 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
             .count(),
         2,
         "{doc}"
+    );
+
+    let at_three = status_requests();
+    eprintln!(
+        "cnpg: status of a Cluster: {} API requests at 2 and 3 instances",
+        at_three.len()
+    );
+    let shape = |paths: &[String]| -> Vec<String> {
+        // The exec names the primary, which moves: compare the kind of request, not the pod.
+        paths
+            .iter()
+            .map(|p| p.replace(|c: char| c.is_ascii_digit(), "#"))
+            .collect()
+    };
+    assert_eq!(
+        shape(&at_two),
+        shape(&at_three),
+        "{at_two:#?}\n{at_three:#?}"
     );
 
     // A rerun starts from the live Cluster: a smaller volume is refused before any write; a
