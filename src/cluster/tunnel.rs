@@ -62,6 +62,10 @@ impl TunnelConnector {
     /// and refuses a server in recovery: after a failover or switchover the next session is
     /// the new primary's, never a demoted one's.
     pub fn following(mut self, selector: String) -> Self {
+        // Messages name the primary, not the pod it was when the command began.
+        self.target = self
+            .target
+            .replacen(" (pod ", " (the primary, first pod ", 1);
         self.follow = Some(selector);
         self
     }
@@ -87,6 +91,16 @@ impl TunnelConnector {
 impl Connector for TunnelConnector {
     fn target(&self) -> String {
         self.target.clone()
+    }
+
+    /// Following a Cluster's primary: a switchover or failover takes up to half a minute
+    /// before a new primary is labelled and ready (about 36 s of attempts).
+    fn attempts(&self) -> u32 {
+        if self.follow.is_some() {
+            22
+        } else {
+            7
+        }
     }
 
     async fn connect(&self) -> Result<Client, Error> {

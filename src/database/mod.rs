@@ -28,6 +28,11 @@ pub trait Connector {
     fn target(&self) -> String;
     /// Opens one session; its connection task runs on the current runtime.
     fn connect(&self) -> impl Future<Output = Result<Client, Error>>;
+    /// How many times [`connect_with_retry`] tries: a connector that follows a moving primary
+    /// waits out a failover (tens of seconds), a fixed one a restart.
+    fn attempts(&self) -> u32 {
+        7
+    }
 }
 
 /// Connects straight to the address of a connection string.
@@ -103,15 +108,16 @@ fn is_permanent(e: &Error) -> bool {
                 || reason.contains("pg_hba.conf"))
 }
 
-/// Opens a session, retrying with bounded exponential backoff (about 6 s in all), so a
-/// server restart or a dropped tunnel does not fail a run.
+/// Opens a session, retrying with bounded exponential backoff (about 6 s in all for 7
+/// attempts, 2 s more for each further one), so a server restart, a failover or a dropped
+/// tunnel does not fail a run.
 pub async fn connect_with_retry<C: Connector>(connector: &C) -> Result<Client, Error> {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
         match connector.connect().await {
             Ok(client) => return Ok(client),
-            Err(e) if attempt >= 7 || is_permanent(&e) => return Err(e),
+            Err(e) if attempt >= connector.attempts() || is_permanent(&e) => return Err(e),
             Err(_) => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
