@@ -293,7 +293,20 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
         &roles::protect_history_sql(),
     )
     .await?;
-    let workloads = match users_of(&cluster, &ns, &release, &secret_name).await {
+    report(&args, &cluster, &release, &role, &secret_name).await
+}
+
+/// Prints the rotation, with the workloads that read the Secret: the document for -o, else
+/// what was rotated and who must reread it.
+async fn report(
+    args: &RotatePasswordArgs,
+    cluster: &Cluster,
+    release: &str,
+    role: &str,
+    secret_name: &str,
+) -> Result<(), Error> {
+    let ns = &cluster.namespace;
+    let workloads = match users_of(cluster, ns, release, secret_name).await {
         Ok(w) => w,
         Err(e) => {
             crate::note!("warning: cannot list the workloads that use Secret {secret_name}: {e}");
@@ -303,24 +316,13 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     let document = RotationDocument {
         api_version: API_VERSION,
         kind: "PasswordRotation",
-        release: release.clone(),
+        release: release.to_string(),
         namespace: ns.clone(),
-        role: role.clone(),
-        secret: secret_name.clone(),
+        role: role.to_string(),
+        secret: secret_name.to_string(),
         rotated_at: k8s_openapi::jiff::Timestamp::now().to_string(),
         workloads,
     };
-    report(&args, document)
-}
-
-/// Prints the rotation: the document for -o, else what was rotated and who must reread it.
-fn report(args: &RotatePasswordArgs, document: RotationDocument) -> Result<(), Error> {
-    let (role, release, secret_name, ns) = (
-        &document.role,
-        &document.release,
-        &document.secret,
-        &document.namespace,
-    );
     if let Some(format) = args.output {
         if let Some(text) = output::document(format, &document)? {
             emit(&text);
@@ -392,29 +394,7 @@ async fn through_operator(
         }
         Err(e) => return Err(e),
     };
-    let workloads = match users_of(cluster, &ns, &release, &rotated.secret).await {
-        Ok(w) => w,
-        Err(e) => {
-            crate::note!(
-                "warning: cannot list the workloads that use Secret {}: {e}",
-                rotated.secret
-            );
-            Vec::new()
-        }
-    };
-    report(
-        args,
-        RotationDocument {
-            api_version: API_VERSION,
-            kind: "PasswordRotation",
-            release,
-            namespace: ns,
-            role: rotated.role,
-            secret: rotated.secret,
-            rotated_at: k8s_openapi::jiff::Timestamp::now().to_string(),
-            workloads,
-        },
-    )
+    report(args, cluster, &release, &rotated.role, &rotated.secret).await
 }
 
 /// Asks `question` on the terminal, on a thread of its own so that Ctrl-C at the prompt ends

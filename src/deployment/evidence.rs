@@ -141,8 +141,12 @@ pub async fn cloudnative_pg(cluster: &Cluster, c: &CnpgCluster) -> Result<Eviden
     }
     evidence.push("cluster.yaml", [&c.object]);
     evidence.push("services.yaml", found.iter());
+    let mut claims = Vec::new();
     match found_pvcs {
-        Ok(list) => evidence.push("pvc.yaml", list.items.iter()),
+        Ok(list) => {
+            claims.extend(list.items.iter().filter_map(|p| p.metadata.name.clone()));
+            evidence.push("pvc.yaml", list.items.iter());
+        }
         Err(e) => evidence.notes.push(format!(
             "volumes: {}",
             cluster.error("list", "persistentvolumeclaims", e)
@@ -165,6 +169,7 @@ pub async fn cloudnative_pg(cluster: &Cluster, c: &CnpgCluster) -> Result<Eviden
         .into_iter()
         .chain(service_names)
         .chain(secret_names)
+        .chain(claims)
         .collect();
     evidence.pods = c.pods.clone();
     evidence.fill_names();
@@ -176,15 +181,7 @@ impl Evidence {
     fn fill_names(&mut self) {
         let pods = self.pods.iter().filter_map(|p| p.metadata.name.clone());
         let secrets = self.secrets.iter().filter_map(|s| s.metadata.name.clone());
-        let claims: Vec<String> = self
-            .objects
-            .iter()
-            .filter(|(file, _)| file == "objects/pvc.yaml")
-            .flat_map(|(_, items)| items.iter())
-            .filter_map(|v| v.pointer("/metadata/name").and_then(Value::as_str))
-            .map(str::to_string)
-            .collect();
-        self.names.extend(pods.chain(secrets).chain(claims));
+        self.names.extend(pods.chain(secrets));
     }
 }
 

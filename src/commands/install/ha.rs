@@ -167,11 +167,8 @@ pub async fn run(
             );
         }
     }
-    let image = args
-        .image
-        .clone()
-        .or(kept)
-        .unwrap_or_else(|| image(args, &spec));
+    // keep_live keeps the live image only when neither --image nor --postgres-version is given.
+    let image = kept.unwrap_or_else(|| image(args, &spec));
     let object: Value = cnpg::render_cluster(&spec, instances, &image);
     let started = std::time::Instant::now();
     cnpg::apply(cluster, &object).await?;
