@@ -414,7 +414,11 @@ Examples:
   kubectl pg install orders -n prod --upgrade --load-balancer-source-ranges 203.0.113.0/24,10.8.0.0/16
 
   # Change resources of a running release and wait for the rollout
-  kubectl pg install orders -n prod --upgrade --memory-limit 4Gi";
+  kubectl pg install orders -n prod --upgrade --memory-limit 4Gi
+
+  # Move a single instance, every row, to a 3-instance CloudNativePG Cluster; later keep it
+  kubectl pg install orders -n prod --upgrade --instances 3
+  kubectl pg install orders -n prod --finalize   # or --rollback: back to the single instance";
 
 const UNINSTALL_EXAMPLES: &str = "\
 Examples:
@@ -493,9 +497,25 @@ pub struct InstallArgs {
     /// Read the password from stdin (16 characters at least) instead of generating one
     #[arg(long)]
     pub password_stdin: bool,
-    /// Apply the new spec to an existing release and wait for the rollout
+    /// Apply the new spec to an existing release and wait for the rollout; with --instances N
+    /// on a single instance, move it with every row to a CloudNativePG Cluster (writes blocked
+    /// meanwhile; the single instance is kept until --finalize)
     #[arg(long)]
     pub upgrade: bool,
+    /// After a move to a Cluster: delete the single instance (its StatefulSet and volume)
+    #[arg(long, conflicts_with_all = ["rollback", "dry_run"])]
+    pub finalize: bool,
+    /// After a move to a Cluster, or one that stopped: return to the single instance and
+    /// delete the Cluster the move made (writes made on it since are lost)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub rollback: bool,
+    /// Where a move to a Cluster writes its full dump (default:
+    /// ./RELEASE-NAMESPACE-pgMAJOR-TIME.sql)
+    #[arg(long, value_name = "FILE", requires = "upgrade")]
+    pub backup_file: Option<PathBuf>,
+    /// Do not ask for confirmation (a move, --finalize and --rollback need it off a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// Apply migrations once healthy (the built-in LearnFlow set, or --dir)
     #[arg(long)]
     pub migrate: bool,

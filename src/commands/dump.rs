@@ -8,7 +8,7 @@ use crate::cluster::{exec, Cluster};
 use crate::deployment::kind;
 use crate::error::Error;
 use crate::manifests::render::CONTAINER;
-use crate::output::{self, emit, API_VERSION};
+use crate::output::{self, API_VERSION};
 use crate::transfer::{self, DumpFormat, DumpResult, DumpScope, PendingFile, Progress};
 
 pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
@@ -143,21 +143,16 @@ pub async fn run(args: DumpArgs, global: &GlobalArgs) -> Result<(), Error> {
         format,
         duration_ms: millis,
     };
-    match args
-        .output
-        .and_then(|f| output::document(f, &result).transpose())
-    {
-        Some(text) => emit(&text?),
-        None => emit(&format!(
+    output::emit_result(args.output, &result, |result| {
+        format!(
             "dumped {} to {} ({}, {} format) in {:.1}s\n",
             describe(&scope),
             result.file,
             transfer::human_bytes(bytes),
             format.name(),
             millis as f64 / 1000.0
-        )),
-    }
-    Ok(())
+        )
+    })
 }
 
 fn describe(scope: &DumpScope) -> String {

@@ -10,7 +10,7 @@ use crate::cluster::{exec, Cluster};
 use crate::deployment::kind;
 use crate::error::Error;
 use crate::manifests::render::CONTAINER;
-use crate::output::{self, emit, API_VERSION};
+use crate::output::{self, API_VERSION};
 use crate::transfer::{self, script, InputKind, RestoreResult};
 
 /// How much of the input is read to tell its kind.
@@ -191,12 +191,8 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
         clean: args.clean,
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    match args
-        .output
-        .and_then(|f| output::document(f, &result).transpose())
-    {
-        Some(text) => emit(&text?),
-        None => emit(&format!(
+    output::emit_result(args.output, &result, |result| {
+        format!(
             "restored {} ({}, {}) into database {} in {:.1}s\n",
             if result.input == "-" {
                 "stdin"
@@ -211,8 +207,8 @@ pub async fn run(args: RestoreArgs, global: &GlobalArgs) -> Result<(), Error> {
             transfer::human_bytes(result.bytes),
             result.database,
             result.duration_ms as f64 / 1000.0
-        )),
-    }
+        )
+    })?;
     Ok(())
 }
 

@@ -71,6 +71,12 @@ async fn list(
         kind::clusters(cluster, all)
     );
     let (observed, clusters) = (observed?, clusters?);
+    // A single instance moved to a Cluster is listed once, as the Cluster it now is.
+    let observed = observed.into_iter().filter(|o| {
+        !o.statefulset
+            .as_ref()
+            .is_some_and(|s| crate::deployment::to_cluster::moved(&s.metadata))
+    });
     // `buffered` keeps the listing's order.
     let mut items: Vec<DeploymentStatus> = futures_util::stream::iter(observed)
         .map(|o| assess_observed(cluster, o, set, probe::Depth::Brief))

@@ -9,8 +9,6 @@
 //! ([`Phase`]) before it acts, and a rerun, `--rollback` or `--finalize` goes on from whatever
 //! was recorded, after a signal, `kill -9`, a lost connection or a refused permission.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -20,7 +18,7 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, UpgradeArgs};
 use crate::cluster::lease;
 use crate::cluster::rbac::{self, Permission};
-use crate::cluster::release::{self, Target};
+use crate::cluster::release;
 use crate::cluster::{exec, Cluster};
 use crate::deployment::apply::{self, Live};
 use crate::deployment::writes;
@@ -28,9 +26,8 @@ use crate::error::Error;
 use crate::manifests::render::{self, CONTAINER};
 use crate::manifests::spec::{pinned_image, DataLayout, IMAGES};
 use crate::manifests::{self, InstallSpec};
-use crate::output::{self, emit, API_VERSION};
-use crate::transfer::filter::LineFilter;
-use crate::transfer::{self, snapshot, PendingFile, Progress};
+use crate::output::{self, API_VERSION};
+use crate::transfer::{self, snapshot, whole, PendingFile};
 
 /// `kind: UpgradeResult`.
 #[derive(Debug, Clone, Serialize)]
@@ -268,14 +265,7 @@ async fn locked(
 }
 
 fn print(args: &UpgradeArgs, result: &UpgradeResult) -> Result<(), Error> {
-    match args
-        .output
-        .and_then(|f| output::document(f, result).transpose())
-    {
-        Some(text) => emit(&text?),
-        None => emit(&summary(result)),
-    }
-    Ok(())
+    output::emit_result(args.output, result, summary)
 }
 
 async fn read(cluster: &Cluster, name: &str) -> Result<Live, Error> {
@@ -527,23 +517,6 @@ async fn clear_record(cluster: &Cluster, spec: &InstallSpec, live: &Live) -> Res
     apply::apply_release(cluster, spec, templates.as_ref(), &[]).await
 }
 
-/// The pod of the release, whether Ready or not (an exec may still reach it).
-fn pod_target(spec: &InstallSpec) -> Target {
-    Target {
-        release: spec.release.clone(),
-        namespace: spec.namespace.clone(),
-        pod: release::pod_name(&spec.release),
-        port: release::DATABASE_PORT,
-        credentials: release::Credentials {
-            username: spec.username.clone(),
-            password: String::new(),
-            database: spec.database.clone(),
-            host: None,
-            port: None,
-        },
-    }
-}
-
 async fn upgrade(
     cluster: &Cluster,
     live: &Live,
@@ -568,7 +541,7 @@ async fn upgrade(
     let backup_path = args
         .backup_file
         .clone()
-        .unwrap_or_else(|| default_backup(old));
+        .unwrap_or_else(|| whole::default_backup(&old.release, &old.namespace, old.major));
     if !args.yes {
         super::confirm(&format!(
             "Upgrade release {} in namespace {} from PostgreSQL {} to {to}? Writes stop until it is done.",
@@ -588,7 +561,7 @@ async fn upgrade(
         old_system: None,
         to_major: Some(to),
         to_image: Some(image),
-        backup: Some(absolute(&backup_path)),
+        backup: Some(whole::absolute(&backup_path)),
     };
     let new = record
         .new_spec(old)
@@ -640,7 +613,7 @@ async fn upgrade(
             snapshot::tables(&before),
             backup_path.display()
         ));
-        let bytes = dump_all(cluster, &target, &mut pending).await?;
+        let bytes = whole::dump_all(cluster, &target, &mut pending).await?;
         pending.commit()?;
         Ok::<_, Error>((before, bytes))
     };
@@ -699,11 +672,11 @@ async fn upgrade(
         // The new server is blocked before any data reaches it, until it is verified.
         writes::block(cluster, &target).await?;
         step(&format!("restoring the backup into PostgreSQL {to}"));
-        restore_all(
+        whole::restore_all(
             cluster,
             &target,
             &backup_path,
-            &target.credentials.username,
+            &[target.credentials.username.as_str()],
             &old.database,
         )
         .await?;
@@ -855,7 +828,7 @@ async fn rollback(
     let old = record.old_spec(current);
     if record.phase == Phase::Blocking {
         // Never switched: the old server runs; only the block is undone.
-        let target = pod_target(current);
+        let target = apply::socket_target(current);
         writes::unblock(cluster, &target, None).await?;
         clear_record(cluster, current, live).await?;
         step(&format!(
@@ -1108,161 +1081,6 @@ async fn finalize(
         tables_verified: None,
         old_data_dir: None,
     })
-}
-
-/// pg_dumpall of the old server into the pending backup file.
-async fn dump_all(
-    cluster: &Cluster,
-    target: &Target,
-    file: &mut PendingFile,
-) -> Result<u64, Error> {
-    let tag = transfer::session_tag();
-    let command = transfer::dump_command(
-        &target.credentials.username,
-        &transfer::DumpScope::Cluster,
-        transfer::DumpFormat::Plain,
-        &tag,
-        &[],
-    )?;
-    let mut progress = Progress::new(std::io::stderr().is_terminal(), "backed up");
-    let outcome = exec::stream(
-        cluster,
-        &target.namespace,
-        &target.pod,
-        CONTAINER,
-        &command,
-        None::<tokio::io::Empty>,
-        |chunk: &[u8]| {
-            file.write(chunk)?;
-            progress.add(chunk.len());
-            Ok(())
-        },
-    )
-    .await?;
-    progress.finish();
-    if !outcome.success {
-        return Err(Error::Tool {
-            tool: "pg_dumpall".into(),
-            message: outcome.reason(),
-            hints: Vec::new(),
-        });
-    }
-    Ok(outcome.bytes_out)
-}
-
-/// Restores the backup into the new, freshly initialised server: the database its entrypoint
-/// created is dropped (the dump creates it), and the dump's `CREATE ROLE` of the user that
-/// runs the restore (initdb made it) is left out, so every other statement must succeed.
-async fn restore_all(
-    cluster: &Cluster,
-    target: &Target,
-    backup: &Path,
-    user: &str,
-    database: &str,
-) -> Result<(), Error> {
-    if database != "postgres" {
-        let quote = format!("\"{}\"", database.replace('"', "\"\""));
-        snapshot::psql(
-            cluster,
-            target,
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {quote} WITH (FORCE);\n"),
-        )
-        .await?;
-    }
-    let file = tokio::fs::File::open(backup)
-        .await
-        .map_err(|source| Error::Io {
-            context: format!("cannot open {}", backup.display()),
-            source,
-        })?;
-    let skip = [
-        format!("CREATE ROLE {user};"),
-        format!("CREATE ROLE \"{}\";", user.replace('"', "\"\"")),
-    ];
-    let mut filter = LineFilter::new(move |line| skip.iter().any(|s| s == line));
-    let (reader, mut writer) = tokio::io::simplex(256 * 1024);
-    let feed = async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut file = file;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut passed = Vec::with_capacity(256 * 1024);
-        loop {
-            let n = file.read(&mut buf).await?;
-            passed.clear();
-            let mut keep = |b: &[u8]| {
-                passed.extend_from_slice(b);
-                Ok(())
-            };
-            if n == 0 {
-                filter.finish(&mut keep)?;
-            } else {
-                filter.feed(&buf[..n], &mut keep)?;
-            }
-            if writer.write_all(&passed).await.is_err() || n == 0 {
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-        Ok::<(), std::io::Error>(())
-    };
-    let command: Vec<String> = [
-        "psql",
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-U",
-        user,
-        "-d",
-        "postgres",
-        "-f",
-        "-",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let run = exec::stream(
-        cluster,
-        &target.namespace,
-        &target.pod,
-        CONTAINER,
-        &command,
-        Some(reader),
-        |_: &[u8]| Ok(()),
-    );
-    let (fed, outcome) = tokio::join!(feed, run);
-    fed.map_err(|source| Error::Io {
-        context: format!("cannot read {}", backup.display()),
-        source,
-    })?;
-    let outcome = outcome?;
-    if !outcome.success {
-        return Err(Error::Tool {
-            tool: "psql".into(),
-            message: format!("restoring the backup: {}", outcome.reason()),
-            hints: Vec::new(),
-        });
-    }
-    Ok(())
-}
-
-/// `./R-N-pgM-UNIXTIME.sql`
-fn default_backup(spec: &InstallSpec) -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    PathBuf::from(format!(
-        "{}-{}-pg{}-{secs}.sql",
-        spec.release, spec.namespace, spec.major
-    ))
-}
-
-fn absolute(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
 }
 
 fn step(text: &str) {

@@ -212,6 +212,24 @@ pub async fn health_check(
     }
 }
 
+/// The single instance's pod, Ready or not, as a target for tools run there over its socket
+/// as the release's user (no password needed there).
+pub fn socket_target(spec: &InstallSpec) -> release::Target {
+    release::Target {
+        release: spec.release.clone(),
+        namespace: spec.namespace.clone(),
+        pod: release::pod_name(&spec.release),
+        port: release::DATABASE_PORT,
+        credentials: release::Credentials {
+            username: spec.username.clone(),
+            password: String::new(),
+            database: spec.database.clone(),
+            host: None,
+            port: None,
+        },
+    }
+}
+
 /// Where the release's database is, for a tunnel.
 pub fn target(spec: &InstallSpec, credentials: &Credentials) -> release::Target {
     release::Target {

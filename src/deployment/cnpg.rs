@@ -21,6 +21,11 @@ pub const LABEL_CLUSTER: &str = "cnpg.io/cluster";
 pub const LABEL_ROLE: &str = "cnpg.io/instanceRole";
 /// The operator's phase of a Cluster that needs nothing.
 pub const HEALTHY: &str = "Cluster in healthy state";
+/// On a Cluster kubectl-pg made from a single instance: the Secret its clients' credentials
+/// are in (the release's own, which the Cluster takes for the owner or the superuser).
+pub const ANNOTATION_CREDENTIALS: &str = "kubectl-pg.io/credentials-secret";
+/// On a Cluster kubectl-pg made from a single instance: the uid of that StatefulSet.
+pub const ANNOTATION_MOVED_FROM: &str = "kubectl-pg.io/moved-from";
 /// The container that runs PostgreSQL (and psql, as the operator's image ships it).
 pub const CONTAINER: &str = "postgres";
 
@@ -188,6 +193,11 @@ pub async fn names(cluster: &Cluster, namespace: &str) -> Result<Vec<String>, Er
 }
 
 impl CnpgCluster {
+    /// One of the Cluster's annotations.
+    pub fn annotation(&self, key: &str) -> Option<String> {
+        self.object.metadata.annotations.as_ref()?.get(key).cloned()
+    }
+
     fn field(&self, path: &[&str]) -> Option<&Value> {
         path.iter().try_fold(&self.object.data, |v, k| v.get(k))
     }
@@ -247,7 +257,8 @@ impl CnpgCluster {
 
     /// The Secret holding the application owner's credentials.
     pub fn app_secret(&self) -> String {
-        self.text(&["spec", "bootstrap", "initdb", "secret", "name"])
+        self.annotation(ANNOTATION_CREDENTIALS)
+            .or_else(|| self.text(&["spec", "bootstrap", "initdb", "secret", "name"]))
             .unwrap_or_else(|| format!("{}-app", self.name))
     }
 
@@ -640,6 +651,22 @@ pub fn keep_live(
         }
     }
     Ok(kept)
+}
+
+/// What a rerun must keep of a Cluster made from a single instance, which no flag renders: its
+/// annotations and its superuser access with the release's Secret (server-side apply would
+/// otherwise remove them, and the clients' password with them).
+pub fn carry_moved(live: &CnpgCluster, object: &mut Value) {
+    for key in [ANNOTATION_MOVED_FROM, ANNOTATION_CREDENTIALS] {
+        if let Some(v) = live.annotation(key) {
+            object["metadata"]["annotations"][key] = v.into();
+        }
+    }
+    for key in ["enableSuperuserAccess", "superuserSecret"] {
+        if let Some(v) = live.field(&["spec", key]) {
+            object["spec"][key] = v.clone();
+        }
+    }
 }
 
 /// Whether the API serves `postgresql.cnpg.io/v1` (its CRDs are installed): discovery, which

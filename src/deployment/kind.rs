@@ -83,11 +83,16 @@ impl Release {
             sets.get_metadata_opt(name),
             cnpg::get(cluster, &namespace, name)
         );
+        let sts = sts.map_err(|e| cluster.error("get", "statefulsets", e))?;
         let ours = sts
-            .map_err(|e| cluster.error("get", "statefulsets", e))?
+            .as_ref()
             .is_some_and(|s| release::made_for(&s.metadata, name));
+        // A single instance moved to a Cluster: the Cluster is the release now.
+        let moved = sts
+            .as_ref()
+            .is_some_and(|s| crate::deployment::to_cluster::moved(&s.metadata));
         match found? {
-            Some(c) if !ours => Ok(Release::Cnpg(Box::new(c))),
+            Some(c) if !ours || moved => Ok(Release::Cnpg(Box::new(c))),
             _ => Ok(Release::StatefulSet {
                 name: name.to_string(),
                 namespace,

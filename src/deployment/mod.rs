@@ -14,6 +14,7 @@ pub mod restart;
 pub mod rollout;
 pub mod rotation;
 pub mod status;
+pub mod to_cluster;
 pub mod uninstall;
 pub mod writes;
 

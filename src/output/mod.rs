@@ -136,6 +136,20 @@ macro_rules! note_inline {
     }};
 }
 
+/// Prints a command's result: the document in `format` (`-o json|yaml`), else its summary
+/// line(s) for people.
+pub fn emit_result<T: Serialize>(
+    format: Option<OutputFormat>,
+    value: &T,
+    summary: impl FnOnce(&T) -> String,
+) -> Result<(), Error> {
+    match format.and_then(|f| document(f, value).transpose()) {
+        Some(text) => emit(&text?),
+        None => emit(&summary(value)),
+    }
+    Ok(())
+}
+
 /// Serialises a document as JSON or YAML; `None` for the human formats.
 pub fn document<T: Serialize>(format: OutputFormat, value: &T) -> Result<Option<String>, Error> {
     let text = match format {

@@ -8,6 +8,7 @@ pub mod locks;
 pub mod progress;
 pub mod script;
 pub mod snapshot;
+pub mod whole;
 
 pub use file::PendingFile;
 pub use progress::{human_bytes, Progress};

@@ -72,13 +72,13 @@ pub fn differences(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     for (key, old) in before {
         match after.get(key) {
-            None => out.push(format!("{key}: missing after the upgrade")),
+            None => out.push(format!("{key}: missing after the copy")),
             Some(new) if new != old => out.push(format!("{key}: {old} before, {new} after")),
             Some(_) => {}
         }
     }
     for key in after.keys().filter(|k| !before.contains_key(*k)) {
-        out.push(format!("{key}: new after the upgrade"));
+        out.push(format!("{key}: new after the copy"));
     }
     out
 }
@@ -153,9 +153,9 @@ mod tests {
         assert_eq!(
             diff,
             vec![
-                "db/app/migration/6: missing after the upgrade",
+                "db/app/migration/6: missing after the copy",
                 "db/app/table/public.users: 120 before, 119 after",
-                "role/extra: new after the upgrade",
+                "role/extra: new after the copy",
             ]
         );
         assert_eq!(tables(&before), 1);

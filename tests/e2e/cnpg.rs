@@ -1194,3 +1194,314 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
         "--yes",
     ]));
 }
+
+/// A single instance with the LearnFlow schema and 500 rows of its own moves to a Cluster:
+/// refused before any write without --upgrade, off a terminal without --yes, beside another
+/// object of an operator's name, and without one RBAC verb; killed with -9 while the Cluster
+/// is being made (writes stay blocked), then rolled back; moved for real to 3 instances with
+/// every row, the old Service name and password reaching the new primary; finalized.
+#[test]
+fn a_single_instance_moves_to_a_cluster_with_every_row() {
+    let scope = Scope::new("kpg-move");
+    let ns = scope.ns.clone();
+    if let Err(e) = scope.plane.cnpg() {
+        panic!("CloudNativePG's operator did not start: {e}");
+    }
+    let (account, _grant) = crate::krew::caveats_account(&scope, true, None);
+    let account = account.to_str().unwrap().to_string();
+    let kpg = |args: &[&str]| {
+        let mut all = args.to_vec();
+        let at = all.iter().position(|a| *a == "--").unwrap_or(all.len());
+        all.splice(at..at, ["--kubeconfig", account.as_str()]);
+        scope.kpg(&all)
+    };
+    let json = |out: Output| -> serde_json::Value { serde_json::from_str(&ok(out)).unwrap() };
+    ok(kpg(&[
+        "install",
+        "mv",
+        "-n",
+        &ns,
+        "--migrate",
+        "--timeout",
+        "3m",
+    ]));
+    let write = |query: &str| {
+        kpg(&[
+            "psql",
+            "mv",
+            "-n",
+            &ns,
+            "--",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-XtAqc",
+            query,
+        ])
+    };
+    ok(write(
+        "create table moved (id int primary key, note text); \
+         insert into moved select g, md5(g::text) from generate_series(1, 500) g",
+    ));
+    let phase = || {
+        get(
+            &scope,
+            "statefulset/mv",
+            "{.metadata.annotations.kubectl-pg\\.io/to-cluster-phase}",
+        )
+    };
+    let password = ok(scope.kubectl_ns(&[
+        "get",
+        "secret/mv-credentials",
+        "-o",
+        "go-template={{.data.password | base64decode}}",
+    ]));
+    // A client nobody here wrote, through the release's own Service, with its password.
+    let through_service = |query: &str| {
+        let (mut forward, port) = scope.plane.port_forward(&ns, "svc/mv", 5432);
+        let out = Command::new(scope.plane.postgres.join("clients/bin/psql"))
+            .env("PGPASSWORD", &password)
+            .args([
+                "-XtAq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "learnflow",
+                "-c",
+                query,
+            ])
+            .output()
+            .unwrap();
+        let _ = forward.kill();
+        let _ = forward.wait();
+        out
+    };
+    let move_args = [
+        "install",
+        "mv",
+        "-n",
+        ns.as_str(),
+        "--upgrade",
+        "--instances",
+        "3",
+    ];
+    let moving = |extra: &[&str]| {
+        let mut all = move_args.to_vec();
+        all.extend_from_slice(extra);
+        kpg(&all)
+    };
+
+    // Refused before any write.
+    let out = kpg(&["install", "mv", "-n", &ns, "--instances", "3"]);
+    crate::expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("--upgrade --instances 3"),
+        "{}",
+        out.describe()
+    );
+    let out = moving(&[]);
+    crate::expect_code(&out, 1);
+    assert!(out.stderr_text().contains("--yes"), "{}", out.describe());
+    ok(scope.kubectl_ns(&[
+        "create",
+        "secret",
+        "generic",
+        "mv-app",
+        "--from-literal=k=v",
+    ]));
+    let out = moving(&["--yes"]);
+    crate::expect_code(&out, 1);
+    assert!(out.stderr_text().contains("mv-app"), "{}", out.describe());
+    ok(scope.kubectl_ns(&["delete", "secret", "mv-app"]));
+    let (less, _less_grant) =
+        crate::krew::caveats_account(&scope, true, Some(("clusters", "create")));
+    let out = scope.kpg(&[
+        "install",
+        "mv",
+        "-n",
+        &ns,
+        "--upgrade",
+        "--instances",
+        "3",
+        "--yes",
+        "--kubeconfig",
+        less.to_str().unwrap(),
+    ]);
+    crate::expect_code(&out, 6);
+    assert!(out.stderr_text().contains("clusters"), "{}", out.describe());
+    assert_eq!(phase(), "");
+    ok(write(
+        "insert into moved values (501, 'after the refusals')",
+    ));
+
+    // While the Cluster is made the single instance takes writes; kill -9 once they are
+    // blocked: the record says so, no client can write to the single instance, and
+    // --rollback returns to it and deletes the Cluster.
+    let backup = scope.dir.path().join("killed.sql");
+    let mut killed = scope
+        .kpg_command(&[
+            "install",
+            "mv",
+            "-n",
+            &ns,
+            "--upgrade",
+            "--instances",
+            "2",
+            "--yes",
+            "--backup-file",
+            backup.to_str().unwrap(),
+            "--kubeconfig",
+            &account,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until(
+        Duration::from_secs(120),
+        "the move making its Cluster",
+        || {
+            let now = phase();
+            (now == "preparing").then_some(()).ok_or(now)
+        },
+    );
+    ok(through_service(
+        "insert into moved values (502, 'while the Cluster is made')",
+    ));
+    let blocked = ["blocking-writes", "copying", "verified"];
+    until(Duration::from_secs(180), "the move blocking writes", || {
+        let now = phase();
+        blocked.contains(&now.as_str()).then_some(()).ok_or(now)
+    });
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let stopped = phase();
+    assert!(blocked.contains(&stopped.as_str()), "{stopped}");
+    let out = through_service("insert into moved values (999, 'while blocked')");
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr_text().contains("pg_hba.conf rejects"),
+        "{}",
+        out.describe()
+    );
+    let doc = json(kpg(&[
+        "install",
+        "mv",
+        "-n",
+        &ns,
+        "--rollback",
+        "--yes",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(doc["result"], "RolledBack", "{doc}");
+    assert_eq!(phase(), "");
+    let out = scope.kubectl_ns(&["get", "cluster", "mv", "-o", "name", "--ignore-not-found"]);
+    assert_eq!(ok(out), "");
+    ok(write(
+        "insert into moved values (503, 'after the rollback')",
+    ));
+
+    // The move: every row, verified, and the release is the Cluster.
+    let started = Instant::now();
+    let backup = scope.dir.path().join("moved.sql");
+    let doc = json(moving(&[
+        "--yes",
+        "--backup-file",
+        backup.to_str().unwrap(),
+        "-o",
+        "json",
+    ]));
+    eprintln!(
+        "cnpg: the move to 3 instances took {:?}: {doc}",
+        started.elapsed()
+    );
+    assert_eq!(doc["result"], "Moved", "{doc}");
+    assert!(doc["tables_verified"].as_u64().unwrap() >= 2, "{doc}");
+    assert!(doc["downtime_ms"].as_u64().is_some(), "{doc}");
+    let dsn = doc["dsn"].as_str().unwrap();
+    assert!(dsn.contains(&format!("@mv-rw.{ns}.svc")), "{doc}");
+
+    assert!(!dsn.contains(&password), "{doc}");
+    assert_eq!(phase(), "moved");
+    let status = json(kpg(&["status", "mv", "-n", &ns, "-o", "json"]));
+    assert_eq!(status["phase"], "Healthy", "{status}");
+    assert_eq!(status["instances"].as_array().unwrap().len(), 3, "{status}");
+    let primary = status["primary"].as_str().unwrap().to_string();
+    assert_eq!(
+        ok(write("select count(*), sum(id) from moved")),
+        "503|126756\n"
+    );
+    ok(write("insert into moved values (504, 'on the Cluster')"));
+    let migrations = ok(sql_db(
+        &scope,
+        &primary,
+        "learnflow",
+        "select count(*) > 0 from kubectl_pg_migrations",
+    ));
+    assert_eq!(migrations, "t\n");
+    // The old Service name and the old password reach the new primary.
+    assert_eq!(
+        ok(through_service("insert into moved values (505, 'through Service mv'); select pg_is_in_recovery(), count(*) from moved")),
+        "f|505\n"
+    );
+    // A rerun is the Cluster's, and keeps the superuser access the clients' password needs.
+    ok(kpg(&["install", "mv", "-n", &ns, "--instances", "3"]));
+    assert_eq!(
+        get(&scope, "cluster/mv", "{.spec.superuserSecret.name}"),
+        "mv-credentials"
+    );
+
+    // --finalize: the single instance goes; the Cluster keeps every row.
+    let doc = json(kpg(&[
+        "install",
+        "mv",
+        "-n",
+        &ns,
+        "--finalize",
+        "--yes",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(doc["result"], "Finalized", "{doc}");
+    let left = ok(scope.kubectl_ns(&[
+        "get",
+        "statefulset/mv",
+        "pvc/data-mv-0",
+        "service/mv-hl",
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ]));
+    assert_eq!(left, "");
+    assert_eq!(
+        get(&scope, "service/mv", "{.metadata.ownerReferences[0].kind}"),
+        "Cluster"
+    );
+    assert_eq!(ok(write("select count(*) from moved")), "505\n");
+}
+
+/// `psql` inside an instance, in database `db`.
+fn sql_db(scope: &Scope, pod: &str, db: &str, query: &str) -> Output {
+    scope.kubectl_ns(&[
+        "exec",
+        pod,
+        "-c",
+        "postgres",
+        "--",
+        "psql",
+        "-XtAq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        db,
+        "-c",
+        query,
+    ])
+}

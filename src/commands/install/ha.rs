@@ -12,6 +12,7 @@ use crate::cli::{InstallArgs, OutputFormat};
 use crate::cluster::Cluster;
 use crate::deployment::cnpg;
 use crate::deployment::kind::Release;
+use crate::deployment::to_cluster::moved as to_cluster_moved;
 use crate::error::Error;
 use crate::manifests::InstallSpec;
 use crate::migration::MigrationSet;
@@ -43,12 +44,6 @@ pub fn wanted(args: &InstallArgs) -> Result<Option<u32>, Error> {
         })
     };
     owner_name(args)?;
-    if args.upgrade {
-        return refuse(
-            "--upgrade",
-            "moving a release between one instance and a Cluster is not built yet",
-        );
-    }
     if args.password_stdin {
         return refuse(
             "--password-stdin",
@@ -122,20 +117,32 @@ pub async fn run(
     instances: u32,
     migrations: Option<&MigrationSet>,
 ) -> Result<(), Error> {
-    // A single instance of this name stays what it is.
+    // A single instance of this name becomes a Cluster only by a move (--upgrade); once moved,
+    // the Cluster is the release and a rerun is the Cluster's.
     let sets: Api<StatefulSet> = Api::namespaced(cluster.client.clone(), &spec.namespace);
     let (sts, served) = tokio::join!(sets.get_metadata_opt(&spec.release), cnpg::served(cluster));
-    if sts
-        .map_err(|e| cluster.error("get", "statefulsets", e))?
-        .is_some()
-    {
-        return Err(Error::InvalidInput {
-            message: format!(
-                "release {} in namespace {} is a single instance (StatefulSet {0}): it cannot become a Cluster this way",
-                spec.release, spec.namespace
-            ),
-            hint: Some("choose another release name for the Cluster".into()),
-        });
+    if let Some(sts) = sts.map_err(|e| cluster.error("get", "statefulsets", e))? {
+        if !to_cluster_moved(&sts.metadata) {
+            if args.upgrade {
+                return super::to_cluster::run(args, cluster, &spec.release, instances, migrations)
+                    .await;
+            }
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "release {} in namespace {} is a single instance (StatefulSet {0}): install without --upgrade does not change it into a Cluster",
+                    spec.release, spec.namespace
+                ),
+                hint: Some(format!(
+                    "move it, with every row: kubectl pg install {} -n {} --upgrade --instances {instances}",
+                    spec.release, spec.namespace
+                )),
+            });
+        }
+        crate::note!(
+            "release {} was moved to this Cluster; its single instance stays until: kubectl pg install {0} -n {} --finalize",
+            spec.release,
+            spec.namespace
+        );
     }
     if !served? {
         return Err(cnpg::operator_missing(
@@ -144,6 +151,7 @@ pub async fn run(
     }
     let mut spec = spec.clone();
     let mut kept = None;
+    let mut moved = None;
     if let Release::Cnpg(live) = Release::locate(cluster, &spec.release).await? {
         if !cnpg::made_by_us(&live) {
             return Err(Error::InvalidInput {
@@ -158,6 +166,7 @@ pub async fn run(
             });
         }
         kept = cnpg::keep_live(&mut spec, &super::requested(args), &live)?;
+        moved = Some(live.clone());
         // An uninstalled Cluster is hibernated with its volumes: the same data comes back.
         if cnpg::hibernating(&live) {
             cnpg::set_hibernation(cluster, &live, false).await?;
@@ -169,7 +178,10 @@ pub async fn run(
     }
     // keep_live keeps the live image only when neither --image nor --postgres-version is given.
     let image = kept.unwrap_or_else(|| image(args, &spec));
-    let object: Value = cnpg::render_cluster(&spec, instances, &image);
+    let mut object: Value = cnpg::render_cluster(&spec, instances, &image);
+    if let Some(live) = &moved {
+        cnpg::carry_moved(live, &mut object);
+    }
     let started = std::time::Instant::now();
     cnpg::apply(cluster, &object).await?;
     crate::note!(

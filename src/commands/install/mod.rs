@@ -28,6 +28,7 @@ mod ha;
 mod policy;
 mod preflight;
 mod tls;
+mod to_cluster;
 
 use crate::database::password::{generate_password, prompt_password};
 use credentials::{ensure_secret, read_password, reset_or_take_back, take_back};
@@ -51,6 +52,10 @@ pub(crate) async fn wait_ready(
 }
 
 pub async fn run(args: InstallArgs, global: &GlobalArgs) -> Result<(), Error> {
+    // The end of a move to a Cluster: the release is read, not rendered from flags.
+    if args.finalize || args.rollback {
+        return to_cluster::settle(&args, global).await;
+    }
     let deadline = std::time::Instant::now() + args.timeout;
     let password = if args.password_stdin {
         // On a terminal nothing is piped: ask, without echo, as psql's \password does.
