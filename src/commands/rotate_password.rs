@@ -27,13 +27,12 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, RotatePasswordArgs};
 use crate::cluster::release::{self, Credentials, DATABASE_PORT, LABEL_MANAGED_BY, MANAGED_BY};
-use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::connection::{sslmode_of, DatabaseConnection};
 use crate::database::password::generate_password;
 use crate::database::roles::{self, LABEL_USER};
 use crate::database::{connect_with_retry, is_password_refused};
-use crate::deployment::kind;
+use crate::deployment::kind::{self, Release};
 use crate::error::Error;
 use crate::output::{self, emit, API_VERSION};
 
@@ -81,13 +80,14 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     let located = signals
         .race(kind::resolve(&cluster, args.release.as_deref()))
         .await?;
-    if located.operator_sets_passwords() {
+    // A Cluster's owner is the operator's to set; its application users are ours.
+    if located.operator_sets_passwords() && args.db_user.is_none() {
         return through_operator(&args, &cluster, &located, &signals).await;
     }
     let release = located.name().to_string();
     let ns = cluster.namespace.clone();
     let found = signals
-        .race(release::find_release(&cluster, &release))
+        .race(located.admin(&cluster, "rotate-password --db-user"))
         .await?;
     let superuser = found.target.credentials.username.clone();
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
@@ -148,7 +148,7 @@ pub async fn run(args: RotatePasswordArgs, global: &GlobalArgs) -> Result<(), Er
     };
     let secret_name = secret.metadata.name.clone().unwrap_or_default();
     let admin = signals
-        .race(admin_session(&cluster, &release, found.target))
+        .race(admin_session(&cluster, &located, found.target))
         .await?;
     if signals
         .race(roles::find_role(&admin, &role))
@@ -364,14 +364,6 @@ async fn through_operator(
     signals: &crate::commands::Signals,
 ) -> Result<(), Error> {
     let (release, ns) = (found.name().to_string(), cluster.namespace.clone());
-    if let Some(user) = &args.db_user {
-        return Err(Error::InvalidInput {
-            message: format!(
-                "--db-user {user}: application users of a CloudNativePG Cluster are not built yet; rotate-password rotates its owner"
-            ),
-            hint: Some(format!("kubectl pg rotate-password {release} -n {ns}")),
-        });
-    }
     found.check_operator_rotation()?;
     if !args.yes {
         confirm(
@@ -416,16 +408,16 @@ async fn confirm(signals: &crate::commands::Signals, question: String) -> Result
 /// before it writes the Secret.
 async fn admin_session(
     cluster: &Cluster,
-    release: &str,
+    located: &Release,
     mut target: release::Target,
 ) -> Result<tokio_postgres::Client, Error> {
     let mut delay = Duration::from_millis(200);
     for attempt in 1.. {
-        match connect_with_retry(&TunnelConnector::new(cluster, &target)).await {
+        match connect_with_retry(&located.connector(cluster, &target)).await {
             Err(e) if is_password_refused(&e) && attempt < ADMIN_ATTEMPTS => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
-                target = release::find_target(cluster, release).await?;
+                target = located.admin(cluster, "rotate-password").await?.target;
             }
             other => return other,
         }

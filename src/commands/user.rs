@@ -12,13 +12,12 @@ use tokio_postgres::Client;
 
 use crate::cli::{GlobalArgs, UserAction, UserArgs, UserOptions};
 use crate::cluster::release::{self, FoundRelease};
-use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::connect_with_retry;
 use crate::database::connection::DatabaseConnection;
 use crate::database::password::{generate_password, prompt_password, read_password_for};
 use crate::database::roles::{self, UserGrants, LABEL_READONLY, LABEL_USER};
-use crate::deployment::kind;
+use crate::deployment::kind::{self, Release};
 use crate::deployment::status::user_selector;
 use crate::error::Error;
 use crate::manifests::render::{self, UserSecret};
@@ -77,14 +76,14 @@ fn validate_database(database: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A session of the release's superuser in `database`.
-async fn session(cluster: &Cluster, found: &FoundRelease, database: &str) -> Result<Client, Error> {
-    connect_with_retry(&TunnelConnector::for_database(
-        cluster,
-        &found.target,
-        database,
-    ))
-    .await
+/// A session of the release's superuser in `database` (a Cluster's follows its primary).
+async fn session(
+    cluster: &Cluster,
+    located: &Release,
+    found: &FoundRelease,
+    database: &str,
+) -> Result<Client, Error> {
+    connect_with_retry(&located.database_connector(cluster, &found.target, database)).await
 }
 
 struct CreateRequest {
@@ -110,9 +109,11 @@ struct UserDocument {
 }
 
 /// What `user create` and `user delete` both start from: the release, its superuser, and the
-/// user's Secret as it is now. The superuser is refused as a user name here.
+/// user's Secret as it is now. The owner of the release's objects (a single instance's
+/// superuser, a Cluster's database owner) is refused as a user name here.
 struct UserScope {
     cluster: Cluster,
+    located: Release,
     release: String,
     ns: String,
     secret_name: String,
@@ -124,22 +125,22 @@ struct UserScope {
 impl UserScope {
     async fn read(options: &UserOptions, name: &str, global: &GlobalArgs) -> Result<Self, Error> {
         let cluster = Cluster::connect(&global.connect_options()).await?;
-        let release = kind::resolve(&cluster, options.release.as_deref())
-            .await?
-            .single_instance("user")?;
+        let located = kind::resolve(&cluster, options.release.as_deref()).await?;
+        let release = located.name().to_string();
         let ns = cluster.namespace.clone();
         let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
         let secret_name = roles::secret_name(&release, name);
         let (found, secret) = tokio::join!(
-            release::find_release(&cluster, &release),
+            located.admin(&cluster, "user"),
             secrets.get_opt(&secret_name)
         );
         let found = found?;
         let secret = secret.map_err(|e| cluster.error("get", "secrets", e))?;
-        let superuser = found.target.credentials.username.clone();
+        let superuser = located.objects_owner(&found);
         roles::refuse_superuser(name, &superuser, &release)?;
         Ok(Self {
             cluster,
+            located,
             release,
             ns,
             secret_name,
@@ -163,6 +164,7 @@ async fn create(
     let name = request.name.as_str();
     let UserScope {
         cluster,
+        located,
         release,
         ns,
         secret_name,
@@ -195,7 +197,9 @@ async fn create(
         .database
         .clone()
         .unwrap_or_else(|| release_db.clone());
-    let admin = signals.race(session(&cluster, &found, &release_db)).await?;
+    let admin = signals
+        .race(session(&cluster, &located, &found, &release_db))
+        .await?;
     if let Some(role) = signals.race(roles::find_role(&admin, name)).await? {
         let secret_now = signals
             .race(async {
@@ -234,13 +238,12 @@ async fn create(
     let session = if database == release_db {
         admin
     } else {
-        signals.race(session(&cluster, &found, &database)).await?
+        signals
+            .race(session(&cluster, &located, &found, &database))
+            .await?
     };
     // Read before the role is made: the Secret's uri says sslmode for the release's TLS.
-    let tls = signals
-        .race(release::tls_of(&cluster, &release))
-        .await?
-        .is_some();
+    let tls = signals.race(located.tls(&cluster)).await?.is_some();
     let grants = UserGrants {
         name,
         database: &database,
@@ -409,19 +412,21 @@ struct UserList {
 
 async fn list(options: &UserOptions, global: &GlobalArgs) -> Result<(), Error> {
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let release = kind::resolve(&cluster, options.release.as_deref())
-        .await?
-        .single_instance("user")?;
+    let located = kind::resolve(&cluster, options.release.as_deref()).await?;
+    let release = located.name().to_string();
     let ns = cluster.namespace.clone();
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns);
     let params = ListParams::default().labels(&user_selector(&release));
-    let (found, listed) = tokio::join!(
-        release::find_release(&cluster, &release),
-        secrets.list(&params)
-    );
+    let (found, listed) = tokio::join!(located.admin(&cluster, "user"), secrets.list(&params));
     let found = found?;
     let listed = listed.map_err(|e| cluster.error("list", "secrets", e))?;
-    let admin = session(&cluster, &found, &found.target.credentials.database).await?;
+    let admin = session(
+        &cluster,
+        &located,
+        &found,
+        &found.target.credentials.database,
+    )
+    .await?;
     let server_roles = roles::our_roles(&admin).await?;
     let mut items: BTreeMap<String, UserItem> = BTreeMap::new();
     for secret in &listed.items {
@@ -523,6 +528,7 @@ async fn delete(
 ) -> Result<(), Error> {
     let UserScope {
         cluster,
+        located,
         release,
         ns,
         secret_name,
@@ -548,7 +554,7 @@ async fn delete(
         }
     }
     let release_db = found.target.credentials.database.clone();
-    let admin = session(&cluster, &found, &release_db).await?;
+    let admin = session(&cluster, &located, &found, &release_db).await?;
     let role = roles::find_role(&admin, name).await?;
     let drop_role = match &role {
         Some(r) => r.ours || secret.is_some(),
@@ -623,7 +629,7 @@ async fn delete(
         // release's, in one transaction with DROP ROLE, so a role that cannot be dropped keeps
         // its objects and grants there, and the failure is the command's.
         for db in &databases[1..] {
-            let other = session(&cluster, &found, db).await?;
+            let other = session(&cluster, &located, &found, db).await?;
             roles::run(
                 &other,
                 &format!("cannot take role {name}'s objects and grants away in database {db}"),

@@ -262,6 +262,26 @@ impl CnpgCluster {
             .unwrap_or_else(|| format!("{}-app", self.name))
     }
 
+    /// The Secret of the `postgres` superuser's password, while superuser access is on.
+    pub fn superuser_secret(&self) -> Option<String> {
+        (self.field(&["spec", "enableSuperuserAccess"]) == Some(&Value::Bool(true))).then(|| {
+            self.text(&["spec", "superuserSecret", "name"])
+                .unwrap_or_else(|| format!("{}-superuser", self.name))
+        })
+    }
+
+    /// The application database's owner.
+    pub fn owner(&self) -> String {
+        self.text(&["spec", "bootstrap", "initdb", "owner"])
+            .unwrap_or_else(|| "app".into())
+    }
+
+    /// The application database.
+    pub fn database(&self) -> String {
+        self.text(&["spec", "bootstrap", "initdb", "database"])
+            .unwrap_or_else(|| "app".into())
+    }
+
     /// The owner's Secret the Cluster was given (`--existing-secret`), when it was.
     pub fn existing_secret(&self) -> Option<String> {
         self.text(&["spec", "bootstrap", "initdb", "secret", "name"])
@@ -527,6 +547,10 @@ pub fn render_cluster(spec: &crate::manifests::InstallSpec, instances: u32, imag
             // The primary restarts last, after a switchover, so writes pause for seconds only
             // (the operator's default restarts it in place).
             "primaryUpdateMethod": "switchover",
+            // `user` and `rotate-password --db-user` manage roles as the superuser, whose
+            // password the operator then keeps in Secret R-superuser (a single instance's is in
+            // R-credentials).
+            "enableSuperuserAccess": true,
             "storage": storage,
             "resources": resources,
             "bootstrap": { "initdb": initdb },

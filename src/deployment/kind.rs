@@ -4,11 +4,11 @@
 
 use futures_util::stream::BoxStream;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use kube::api::{Api, ListParams};
 
 use crate::cluster::logs::LogSource;
-use crate::cluster::release::{self, Credentials, ReleaseTls, Target, DATABASE_PORT};
+use crate::cluster::release::{self, Credentials, FoundRelease, ReleaseTls, Target, DATABASE_PORT};
 use crate::cluster::tunnel::TunnelConnector;
 use crate::cluster::Cluster;
 use crate::database::Connector;
@@ -366,18 +366,117 @@ impl Release {
             Release::StatefulSet { name, .. } => {
                 release::learn_secrets(cluster, name).await.map(|_| ())
             }
-            Release::Cnpg(c) => c.credentials(cluster).await.map(|_| ()),
+            Release::Cnpg(c) => {
+                if let Some(name) = c.superuser_secret() {
+                    let secrets: Api<Secret> =
+                        Api::namespaced(cluster.client.clone(), &c.namespace);
+                    if let Ok(Some(secret)) = secrets.get_opt(&name).await {
+                        release::secret_values(&secret);
+                    }
+                }
+                c.credentials(cluster).await.map(|_| ())
+            }
         }
     }
 
     /// A connector to `target` that follows the writer: a Cluster's next session goes to its
     /// primary of the moment.
     pub fn connector(&self, cluster: &Cluster, target: &Target) -> TunnelConnector {
-        let connector = TunnelConnector::new(cluster, target);
+        self.database_connector(cluster, target, &target.credentials.database)
+    }
+
+    /// [`Release::connector`] to another database of the same server.
+    pub fn database_connector(
+        &self,
+        cluster: &Cluster,
+        target: &Target,
+        database: &str,
+    ) -> TunnelConnector {
+        let connector = TunnelConnector::for_database(cluster, target, database);
         match self {
             Release::StatefulSet { .. } => connector,
             Release::Cnpg(_) => connector.following(self.writer_selector()),
         }
+    }
+
+    /// The role that owns the release's objects, for grants and for what a dropped user owned:
+    /// a single instance's superuser (`found`'s user), a Cluster's database owner.
+    pub fn objects_owner(&self, found: &FoundRelease) -> String {
+        match self {
+            Release::StatefulSet { .. } => found.target.credentials.username.clone(),
+            Release::Cnpg(c) => c.owner(),
+        }
+    }
+
+    /// The superuser's credentials and where they log in, for the commands that manage roles
+    /// (`user`, `rotate-password --db-user`): a single instance's own user and Secret; a
+    /// Cluster's `postgres`, from the Secret the operator keeps while superuser access is on
+    /// (new Clusters have it). A Cluster the team made is refused: its roles are theirs.
+    pub async fn admin(&self, cluster: &Cluster, command: &str) -> Result<FoundRelease, Error> {
+        let c = match self {
+            Release::StatefulSet { name, .. } => return release::find_release(cluster, name).await,
+            Release::Cnpg(c) => c,
+        };
+        let (name, ns) = (&c.name, &c.namespace);
+        if !cnpg::made_by_us(c) {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "Cluster {name:?} was not made by kubectl-pg: {command} will not change its roles"
+                ),
+                hint: Some(format!(
+                    "its owners manage roles declaratively: kubectl explain cluster.spec.managed.roles; kubectl pg psql {name} -n {ns} connects"
+                )),
+            });
+        }
+        let Some(secret_name) = c.superuser_secret() else {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "Cluster {name:?} has no superuser access, which {command} needs to manage roles"
+                ),
+                hint: Some(format!(
+                    "turn it on with a rerun (the operator then keeps the postgres password in Secret {name}-superuser): kubectl pg install {name} -n {ns} --instances {}",
+                    c.wanted()
+                )),
+            });
+        };
+        let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+        let secret = secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(|e| cluster.error("get", "secrets", e))?
+            .ok_or_else(|| Error::NotFound {
+                message: format!("Secret {secret_name:?} of Cluster {name:?} not found"),
+                hint: Some(format!(
+                    "the operator makes it while superuser access is on: kubectl get cluster {name} -n {ns}"
+                )),
+            })?;
+        let values = release::secret_values(&secret);
+        let password = values.get("password").cloned().unwrap_or_default();
+        if password.is_empty() {
+            return Err(release::missing_key(&secret_name, "password"));
+        }
+        let owner = c.credentials(cluster).await?;
+        let mut target = self.target(cluster).await?;
+        target.credentials = Credentials {
+            username: values
+                .get("username")
+                .cloned()
+                .unwrap_or_else(|| "postgres".into()),
+            password,
+            database: owner.database,
+            host: Some(c.host(Which::ReadWrite, release::DEFAULT_CLUSTER_DOMAIN)),
+            port: None,
+        };
+        Ok(FoundRelease {
+            target,
+            source: release::CredentialSource {
+                secret: secret_name,
+                cluster_domain: release::DEFAULT_CLUSTER_DOMAIN.into(),
+                username: release::EnvValue::Key("username".into()),
+                database: release::EnvValue::Literal(c.database()),
+            },
+            secret,
+        })
     }
 
     /// A connector to the writer, once `query` has run there in one session through a tunnel

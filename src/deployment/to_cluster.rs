@@ -280,6 +280,7 @@ fn operator_names(name: &str, instances: u32) -> Vec<(&'static str, String)> {
         ("secrets", format!("{name}-ca")),
         ("secrets", format!("{name}-server")),
         ("secrets", format!("{name}-replication")),
+        ("secrets", format!("{name}-superuser")),
     ];
     out.extend((1..=instances).map(|i| ("persistentvolumeclaims", format!("{name}-{i}"))));
     out

@@ -310,10 +310,25 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
             "not made by kubectl-pg",
         ),
         (&["install", "pg"], "--instances 3"),
+        (
+            &[
+                "user",
+                "create",
+                "intruder",
+                "--release",
+                "pg",
+                "--password-stdin",
+            ],
+            "not made by kubectl-pg",
+        ),
+        (
+            &["rotate-password", "pg", "--db-user", "app", "--yes"],
+            "not made by kubectl-pg",
+        ),
     ] {
         let mut all = args.to_vec();
         all.extend(["-n", &scope.ns]);
-        let out = scope.kpg(&all);
+        let out = scope.kpg_stdin(&all, "a-long-enough-password\n");
         crate::expect_code(&out, 1);
         assert!(out.stderr_text().contains(needle), "{}", out.describe());
     }
@@ -327,8 +342,8 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
 /// for until healthy, with one primary, two streaming replicas and the LearnFlow schema applied
 /// on the primary. Bad counts and flags it does not take yet are exit 1 before any request.
 /// Then: `psql --replica` reads what the primary wrote, `dump --replica` restores row for row
-/// into a single instance, a script restored into the Cluster is its owner's, and `switchover`
-/// moves the primary there and back.
+/// into a single instance, a script restored into the Cluster is its owner's, and `switchover
+/// --to` moves the primary to the named replica, the old primary following it.
 #[test]
 fn install_instances_makes_a_healthy_migrated_cluster() {
     let scope = Scope::new("kpg-ha");
@@ -581,8 +596,19 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         primary
     );
 
+    // By name (`switchover life` in the life test lets kubectl-pg pick the replica).
+    let to = if primary == "ha-1" { "ha-2" } else { "ha-1" };
     let started = Instant::now();
-    let out = kpg(&["switchover", "ha", "-n", &scope.ns, "-o", "json"]);
+    let out = kpg(&[
+        "switchover",
+        "ha",
+        "-n",
+        &scope.ns,
+        "--to",
+        to,
+        "-o",
+        "json",
+    ]);
     eprintln!("cnpg: switchover took {:?}", started.elapsed());
     let text = ok(out);
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -594,7 +620,7 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
         |seen| seen.iter().any(|l| l.contains(&theirs)),
     );
     assert_eq!(follow.terminate(), 143);
-    assert_ne!(promoted, primary, "{doc}");
+    assert_eq!(promoted, to, "{doc}");
     assert_eq!(
         get(&scope, "cluster/ha", "{.status.currentPrimary}"),
         promoted
@@ -623,19 +649,6 @@ fn install_instances_makes_a_healthy_migrated_cluster() {
                 .ok_or_else(|| out.describe())
         },
     );
-    // And back, by name.
-    let back = ok(kpg(&[
-        "switchover",
-        "ha",
-        "-n",
-        &scope.ns,
-        "--to",
-        &primary,
-        "-o",
-        "json",
-    ]));
-    let doc: serde_json::Value = serde_json::from_str(&back).unwrap();
-    assert_eq!(doc["primary"], primary.as_str(), "{doc}");
 
     // uninstall hibernates the Cluster: its pods go, its volumes stay, and install brings the
     // same rows back; --delete-data deletes the Cluster with its volumes.
@@ -781,27 +794,81 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
     let at_two = status_requests();
 
     // What acts only on a single instance says so, before any write.
-    for args in [
+    let out = scope.kpg(&[
+        "upgrade",
+        "life",
+        "--postgres-version",
+        "18",
+        "--yes",
+        "-n",
+        &ns,
+    ]);
+    crate::expect_code(&out, 1);
+    assert!(
+        out.stderr_text().contains("not built yet"),
+        "{}",
+        out.describe()
+    );
+    // An application user: made as the Cluster's superuser, it reads the owner's tables (and
+    // only reads), over TCP on the primary, with the password of its Secret.
+    let made = scope.kpg_stdin(
         &[
             "user",
             "create",
             "reader",
             "--release",
             "life",
+            "--readonly",
             "--password-stdin",
-        ][..],
-        &["upgrade", "life", "--postgres-version", "18", "--yes"],
-    ] {
-        let mut all = args.to_vec();
-        all.extend(["-n", &ns]);
-        let out = scope.kpg_stdin(&all, "a-long-enough-password\n");
-        crate::expect_code(&out, 1);
-        assert!(
-            out.stderr_text().contains("not built yet"),
-            "{}",
-            out.describe()
-        );
-    }
+            "-n",
+            &ns,
+            "--kubeconfig",
+            &account,
+        ],
+        "a-long-enough-password\n",
+    );
+    ok(made);
+    let as_reader = |password: &str, query: &str| {
+        let primary = get(&scope, "cluster/life", "{.status.currentPrimary}");
+        scope.kubectl_ns(&[
+            "exec",
+            &primary,
+            "-c",
+            "postgres",
+            "--",
+            "env",
+            &format!("PGPASSWORD={password}"),
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "reader",
+            "-d",
+            "learnflow",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-XtAc",
+            query,
+        ])
+    };
+    assert_eq!(
+        ok(as_reader(
+            "a-long-enough-password",
+            "select count(*) from kept"
+        )),
+        "500\n"
+    );
+    let denied = as_reader("a-long-enough-password", "insert into kept values (0)");
+    assert!(
+        denied.stderr_text().contains("permission denied"),
+        "{}",
+        denied.describe()
+    );
+    let dsn = ok(kpg(&["dsn", "life", "-n", &ns, "--db-user", "reader"]));
+    assert!(
+        dsn.contains("reader:") && dsn.contains(&format!("@life-rw.{ns}.svc")),
+        "{dsn}"
+    );
 
     // restart: a rolling restart the operator carries out; every instance runs again with the
     // stamp it was given, the primary moved by a switchover, and the rows are all there.
@@ -1184,6 +1251,45 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
         kpg_psql(&kpg, &ns, "life", "select count(*), sum(v) from slow"),
         "2|3\n"
     );
+
+    // The user survived the switchover (the roles live in the replicated data); its password
+    // rotates through kubectl-pg (the operator does not know it), and it is deleted.
+    assert_eq!(
+        ok(as_reader(
+            "a-long-enough-password",
+            "select count(*) from kept"
+        )),
+        "500\n"
+    );
+    ok(kpg(&[
+        "rotate-password",
+        "life",
+        "-n",
+        &ns,
+        "--db-user",
+        "reader",
+        "--yes",
+    ]));
+    let rotated = get(&scope, "secret/life-user-reader", "{.data.password}");
+    let rotated = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, rotated.trim()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ok(as_reader(&rotated, "select 1")), "1\n");
+    assert!(!as_reader("a-long-enough-password", "select 1")
+        .status
+        .success());
+    ok(kpg(&[
+        "user",
+        "delete",
+        "reader",
+        "--release",
+        "life",
+        "-n",
+        &ns,
+        "--yes",
+    ]));
+    assert!(!as_reader(&rotated, "select 1").status.success());
 
     ok(kpg(&[
         "uninstall",
