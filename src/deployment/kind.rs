@@ -455,7 +455,7 @@ impl Release {
         if password.is_empty() {
             return Err(release::missing_key(&secret_name, "password"));
         }
-        let owner = c.credentials(cluster).await?;
+        // The owner's target, read once: its pod is the primary, its database the one to use.
         let mut target = self.target(cluster).await?;
         target.credentials = Credentials {
             username: values
@@ -463,7 +463,7 @@ impl Release {
                 .cloned()
                 .unwrap_or_else(|| "postgres".into()),
             password,
-            database: owner.database,
+            database: std::mem::take(&mut target.credentials.database),
             host: Some(c.host(Which::ReadWrite, release::DEFAULT_CLUSTER_DOMAIN)),
             port: None,
         };

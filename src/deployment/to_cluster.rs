@@ -319,6 +319,8 @@ pub async fn check_names(cluster: &Cluster, name: &str, instances: u32) -> Resul
 /// What a move did.
 #[derive(Debug, Clone)]
 pub struct Copied {
+    /// The record as the copy left it (`verified`).
+    pub record: Record,
     pub tables: usize,
     pub backup_bytes: u64,
     /// When writes were blocked: the downtime runs until the Service points at the Cluster.
@@ -430,6 +432,7 @@ pub async fn copy(
     record_now.phase = Phase::Verified;
     record(cluster, ns, name, Some(&record_now), None).await?;
     Ok(Copied {
+        record: record_now,
         tables: snapshot::tables(&after),
         backup_bytes,
         blocked_at,
@@ -602,22 +605,7 @@ pub async fn finalize(
             .map_err(|e| cluster.error("patch", "secrets", e))?;
     }
     // Deleted last, and only what the single instance alone used.
-    let headless = format!("{name}-hl");
-    if let Some(meta) = services
-        .get_metadata_opt(&headless)
-        .await
-        .map_err(|e| cluster.error("get", "services", e))?
-        .map(|s| s.metadata)
-        .filter(ours)
-    {
-        gone(
-            cluster,
-            services
-                .delete(&headless, &release::delete_only(meta.uid))
-                .await,
-            "services",
-        )?;
-    }
+    delete_ours(cluster, &services, &format!("{name}-hl"), name, "services").await?;
     let policies: Api<NetworkPolicy> = Api::namespaced(cluster.client.clone(), ns);
     if let Ok(Some(meta)) = policies
         .get_metadata_opt(name)
@@ -633,19 +621,7 @@ pub async fn finalize(
         }
     }
     let tls = crate::manifests::certs::secret_name(name);
-    if let Some(meta) = secrets
-        .get_metadata_opt(&tls)
-        .await
-        .map_err(|e| cluster.error("get", "secrets", e))?
-        .map(|s| s.metadata)
-        .filter(ours)
-    {
-        gone(
-            cluster,
-            secrets.delete(&tls, &release::delete_only(meta.uid)).await,
-            "secrets",
-        )?;
-    }
+    delete_ours(cluster, &secrets, &tls, name, "secrets").await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), ns);
     let claim = crate::deployment::observe::pvc_name(name);
     let claim_uid = claims
@@ -681,6 +657,32 @@ pub async fn finalize(
         }
     }
     Ok(())
+}
+
+/// Deletes `object` if kubectl-pg made it for `release` (its uid the precondition); absent or
+/// another's, it is left alone.
+async fn delete_ours<K>(
+    cluster: &Cluster,
+    api: &Api<K>,
+    object: &str,
+    release: &str,
+    resource: &str,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let found = api
+        .get_metadata_opt(object)
+        .await
+        .map_err(|e| cluster.error("get", resource, e))?;
+    match found.map(|o| o.metadata) {
+        Some(meta) if release::made_for(&meta, release) => gone(
+            cluster,
+            api.delete(object, &release::delete_only(meta.uid)).await,
+            resource,
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// A delete's outcome: gone already is fine.

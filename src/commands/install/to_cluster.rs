@@ -287,9 +287,7 @@ async fn moving(
             });
         }
     };
-    let live = read(cluster, name).await?;
-    let record = Record::read(&live.sts.metadata)?
-        .ok_or_else(|| Error::invalid("the move's record vanished"))?;
+    let record = copied.record;
     let primary = guarded(
         name,
         &ns,
