@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::scope::Scope;
-use crate::OutputExt;
+use crate::{until, OutputExt};
 
 #[track_caller]
 fn ok(out: Output) -> String {
@@ -45,17 +45,6 @@ fn kpg_psql(kpg: &dyn Fn(&[&str]) -> Output, ns: &str, release: &str, query: &st
 /// Waits for `check` to hold, up to `limit`: replication and failover are the operator's and
 /// the servers' work, which nothing here can be told about by a watch.
 #[track_caller]
-fn until(limit: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what} within {limit:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
-
 fn streaming(scope: &Scope, primary: &str) -> Result<(), String> {
     let out = sql(
         scope,

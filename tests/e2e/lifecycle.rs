@@ -1042,5 +1042,14 @@ kill -9 $(psql -XAt -U "$POSTGRES_USER" -d postgres -c "select pid from pg_stat_
         ),
         "0"
     );
-    assert_eq!(local_query(&scope, "select pg_is_in_recovery()"), "f");
+    // With hot standby the server takes connections (and so is Ready) once it is consistent,
+    // a moment before the end of recovery promotes it.
+    crate::until(
+        std::time::Duration::from_secs(30),
+        "the end of recovery",
+        || match local_query(&scope, "select pg_is_in_recovery()").as_str() {
+            "f" => Ok(()),
+            other => Err(format!("pg_is_in_recovery() = {other}")),
+        },
+    );
 }

@@ -130,3 +130,22 @@ pub fn skip_or_fail(test: &str, why: &str) {
 pub fn expect_code(output: &Output, code: i32) {
     assert_eq!(output.code(), code, "{}", output.describe());
 }
+
+/// Checks until `check` passes, failing the test with its last error after `limit`: a wait on a
+/// condition, never a fixed sleep.
+pub fn until(
+    limit: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("{what} within {limit:?}: {e}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    }
+}
