@@ -752,6 +752,11 @@ counts per table, the migration history, extensions and roles are compared. Any 
 back to the old major and data (exit 5). Until --finalize removes the old data directory,
 --rollback returns to it.
 
+On a CloudNativePG Cluster kubectl-pg made: the operator's in-place pg_upgrade, with writes
+blocked by a reject rule in the Cluster's pg_hba, the same backup and the same comparison
+before writes come back. --rollback returns to the old image until pg_upgrade has run;
+--finalize allows writes on an upgrade whose verification failed.
+
 Examples:
   # 16 -> 17, the backup in the current directory (its path is printed)
   kubectl pg upgrade -n postgres --postgres-version 17

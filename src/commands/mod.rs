@@ -235,3 +235,19 @@ impl Drop for Signals {
         self.task.abort();
     }
 }
+
+/// Runs `work` against `signal`: on one, the step in progress stands recorded, `how` (what to
+/// run to go on) is said on stderr, and the command exits 130 or 143.
+pub(crate) async fn until_signal<T>(
+    signal: std::pin::Pin<&mut impl std::future::Future<Output = u8>>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+    how: &str,
+) -> Result<T, Error> {
+    tokio::select! {
+        done = work => done,
+        code = signal => {
+            crate::note!("interrupted: {how}");
+            Err(Error::Exit(code))
+        }
+    }
+}

@@ -198,7 +198,8 @@ impl CnpgCluster {
         self.object.metadata.annotations.as_ref()?.get(key).cloned()
     }
 
-    fn field(&self, path: &[&str]) -> Option<&Value> {
+    /// The value at `path` in the Cluster's object.
+    pub(crate) fn field(&self, path: &[&str]) -> Option<&Value> {
         path.iter().try_fold(&self.object.data, |v, k| v.get(k))
     }
 
@@ -620,7 +621,7 @@ pub fn keep_live(
             if asked != now {
                 return refuse(
                     format!("it runs PostgreSQL {now}: install never changes the major (asked for {asked})"),
-                    "a major upgrade of a Cluster is not built yet; leave --postgres-version out",
+                    "to upgrade its major: kubectl pg upgrade RELEASE --postgres-version N",
                 );
             }
         }

@@ -535,6 +535,25 @@ impl Release {
         }
     }
 
+    /// The Cluster whose operator upgrades the major in place (`upgrade`), or none for a single
+    /// instance, which the command upgrades itself. A Cluster kubectl-pg did not make is
+    /// refused, with exit 1 and before any write: its spec is the team's.
+    pub fn upgraded_by_operator(&self) -> Result<Option<&CnpgCluster>, Error> {
+        match self {
+            Release::StatefulSet { .. } => Ok(None),
+            Release::Cnpg(c) if cnpg::made_by_us(c) => Ok(Some(c)),
+            Release::Cnpg(c) => Err(Error::InvalidInput {
+                message: format!(
+                    "Cluster {} in namespace {} was not made by kubectl-pg: upgrade will not change it",
+                    c.name, c.namespace
+                ),
+                hint: Some(
+                    "CloudNativePG upgrades a major when its spec.imageName names the new one".into(),
+                ),
+            }),
+        }
+    }
+
     /// Whether an operator keeps the owner's password in step with its Secret (a Cluster's
     /// instance manager does): a rotation then writes only the Secret.
     pub fn operator_sets_passwords(&self) -> bool {

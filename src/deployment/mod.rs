@@ -5,6 +5,7 @@ pub mod apply;
 pub mod assess;
 pub mod changes;
 pub mod cnpg;
+pub mod cnpg_upgrade;
 pub mod evidence;
 pub mod kind;
 pub mod observe;

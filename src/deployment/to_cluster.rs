@@ -287,22 +287,18 @@ fn operator_names(name: &str, instances: u32) -> Vec<(&'static str, String)> {
 }
 
 /// Refuses, before any write, a move whose Cluster would collide with objects already there.
+/// What an earlier Cluster `name` left behind (owned by it, so the garbage collector removes
+/// it after a rollback deleted the Cluster) is waited for instead.
 pub async fn check_names(cluster: &Cluster, name: &str, instances: u32) -> Result<(), Error> {
-    let ns = &cluster.namespace;
-    let services: Api<Service> = Api::namespaced(cluster.client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), ns);
     for (resource, object) in operator_names(name, instances) {
         let found = match resource {
-            "services" => services
-                .get_metadata_opt(&object)
-                .await
-                .map(|o| o.is_some()),
-            "secrets" => secrets.get_metadata_opt(&object).await.map(|o| o.is_some()),
-            _ => claims.get_metadata_opt(&object).await.map(|o| o.is_some()),
+            "services" => absent::<Service>(cluster, name, &object).await,
+            "secrets" => absent::<Secret>(cluster, name, &object).await,
+            _ => absent::<PersistentVolumeClaim>(cluster, name, &object).await,
         }
         .map_err(|e| cluster.error("get", resource, e))?;
-        if found {
+        if !found {
+            let ns = &cluster.namespace;
             return Err(Error::InvalidInput {
                 message: format!(
                     "{resource} {object} already exists in namespace {ns}: the operator would make one of that name for Cluster {name}; nothing was changed"
@@ -314,6 +310,41 @@ pub async fn check_names(cluster: &Cluster, name: &str, instances: u32) -> Resul
         }
     }
     Ok(())
+}
+
+/// Whether `object` is absent, or goes within 60 s when it belongs to a Cluster `owner` (none
+/// exists while a move starts: it is a deleted one's, being collected).
+async fn absent<K>(cluster: &Cluster, owner: &str, object: &str) -> Result<bool, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let Some(meta) = api.get_metadata_opt(object).await? else {
+        return Ok(true);
+    };
+    let collected = meta.metadata.owner_references.iter().flatten().any(|o| {
+        o.kind == "Cluster" && o.name == owner && o.api_version.starts_with("postgresql.cnpg.io/")
+    });
+    if !collected {
+        return Ok(false);
+    }
+    crate::note!("waiting for {object}, left by a deleted Cluster {owner}, to be collected");
+    let uid = meta.metadata.uid.unwrap_or_default();
+    let gone = kube::runtime::wait::await_condition(
+        api,
+        object,
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    );
+    Ok(matches!(
+        tokio::time::timeout(Duration::from_secs(60), gone).await,
+        Ok(Ok(_))
+    ))
 }
 
 /// What a move did.

@@ -18,9 +18,7 @@ use crate::transfer::snapshot;
 pub const MARK: &str = "# kubectl-pg: writes blocked during a major upgrade";
 
 /// The shell script that edits pg_hba.conf (`$1` is `block` or `unblock`, `$2` a pg_hba.conf
-/// to start from instead of the server's own), reloads, and waits until a TCP login shows the
-/// running server applies the rule: refused by pg_hba.conf when blocked, anything else when
-/// not.
+/// to start from instead of the server's own) and reloads; [`WAIT_APPLIED`] follows it.
 const SCRIPT: &str = r#"set -u
 f="$PGDATA/pg_hba.conf"
 mark='MARK'
@@ -39,16 +37,22 @@ unblock)
     fi ;;
 esac
 psql -X -q -At -U "$POSTGRES_USER" -d postgres -c 'select pg_reload_conf()' >/dev/null || exit 1
-i=0
+login="$POSTGRES_USER"
+"#;
+
+/// The end of a script that waits, up to a minute, until the running server applies the rule
+/// (`$1` is `block` or `unblock`): a TCP login as `$login` refused by pg_hba.conf when blocked,
+/// anything else when not.
+pub const WAIT_APPLIED: &str = r#"i=0
 while :; do
-    out=$(PGCONNECT_TIMEOUT=5 psql -X -w -h 127.0.0.1 -U "$POSTGRES_USER" -d postgres -c 'select 1' 2>&1)
+    out=$(PGCONNECT_TIMEOUT=5 psql -X -w -h 127.0.0.1 -U "$login" -d postgres -c 'select 1' 2>&1)
     case "$1:$out" in
         block:*"pg_hba.conf rejects"*) break ;;
         unblock:*"pg_hba.conf rejects"*) ;;
         unblock:*) break ;;
     esac
     i=$((i + 1))
-    [ "$i" -lt 100 ] || { echo "the server did not apply pg_hba.conf: $out" >&2; exit 1; }
+    [ "$i" -lt 600 ] || { echo "the server did not apply pg_hba.conf: $out" >&2; exit 1; }
     sleep 0.1
 done
 "#;
@@ -82,7 +86,7 @@ async fn edit(
     what: &str,
     from: Option<&str>,
 ) -> Result<(), Error> {
-    let script = SCRIPT.replace("MARK", MARK);
+    let script = format!("{}{WAIT_APPLIED}", SCRIPT.replace("MARK", MARK));
     let mut argv = vec!["sh", "-c", &script, "kubectl-pg", what];
     if let Some(from) = from {
         argv.push(from);
@@ -132,7 +136,7 @@ mod tests {
 
     #[test]
     fn the_blocking_line_is_a_valid_pg_hba_rule_with_its_mark() {
-        let script = SCRIPT.replace("MARK", MARK);
+        let script = format!("{}{WAIT_APPLIED}", SCRIPT.replace("MARK", MARK));
         assert!(script.contains("printf 'host all all all reject %s\\n' \"$mark\""));
         assert!(script.contains(&format!("mark='{MARK}'")));
         // The mark is a pg_hba comment and holds no quote that would end the shell word.

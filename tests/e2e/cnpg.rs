@@ -314,6 +314,10 @@ fn cnpg_cluster_replicates_fails_over_and_serves_clients() {
             &["rotate-password", "pg", "--db-user", "app", "--yes"],
             "not made by kubectl-pg",
         ),
+        (
+            &["upgrade", "pg", "--postgres-version", "18", "--yes"],
+            "not made by kubectl-pg",
+        ),
     ] {
         let mut all = args.to_vec();
         all.extend(["-n", &scope.ns]);
@@ -782,7 +786,7 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
     };
     let at_two = status_requests();
 
-    // What acts only on a single instance says so, before any write.
+    // An upgrade goes to a higher major, refused before any write.
     let out = scope.kpg(&[
         "upgrade",
         "life",
@@ -794,7 +798,7 @@ fn ha_restart_rotation_scaling_and_a_migration_across_a_switchover() {
     ]);
     crate::expect_code(&out, 1);
     assert!(
-        out.stderr_text().contains("not built yet"),
+        out.stderr_text().contains("higher major"),
         "{}",
         out.describe()
     );
@@ -1316,6 +1320,8 @@ fn a_single_instance_moves_to_a_cluster_with_every_row() {
         "mv",
         "-n",
         &ns,
+        "--postgres-version",
+        "17",
         "--migrate",
         "--timeout",
         "3m",
@@ -1580,6 +1586,119 @@ fn a_single_instance_moves_to_a_cluster_with_every_row() {
         "Cluster"
     );
     assert_eq!(ok(write("select count(*) from moved")), "505\n");
+
+    // The major upgrade, the operator's way (pg_upgrade in its Job): refused before any change
+    // without the one verb it writes with; killed once the operator has the new image, a
+    // rerun waits for it and verifies every row before any client may write.
+    let upgrade_phase = || {
+        get(
+            &scope,
+            "cluster/mv",
+            "{.metadata.annotations.kubectl-pg\\.io/upgrade-phase}",
+        )
+    };
+    let upgrade_args = [
+        "upgrade",
+        "mv",
+        "-n",
+        ns.as_str(),
+        "--postgres-version",
+        "18",
+        "--yes",
+    ];
+    let (unpatched, _unpatched_grant) =
+        crate::krew::caveats_account(&scope, true, Some(("clusters", "patch")));
+    let mut all = upgrade_args.to_vec();
+    all.extend(["--kubeconfig", unpatched.to_str().unwrap()]);
+    let out = scope.kpg(&all);
+    crate::expect_code(&out, 6);
+    assert!(out.stderr_text().contains("clusters"), "{}", out.describe());
+    assert_eq!(upgrade_phase(), "");
+    // An image that cannot be pulled: the operator's upgrade pod never starts pg_upgrade, and
+    // the command goes back to the old image and allows writes (exit 5).
+    let bad = scope.dir.path().join("bad.sql");
+    let mut all = upgrade_args.to_vec();
+    all.extend([
+        "--image",
+        "registry.invalid/postgresql:18",
+        "--backup-file",
+        bad.to_str().unwrap(),
+        "--kubeconfig",
+        &account,
+    ]);
+    let out = scope.kpg(&all);
+    crate::expect_code(&out, 5);
+    assert!(
+        out.stderr_text().contains("cannot pull"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(upgrade_phase(), "");
+    assert_eq!(
+        ok(write(
+            "select current_setting('server_version_num')::int / 10000, count(*) from moved"
+        )),
+        "17|505\n"
+    );
+    let backup = scope.dir.path().join("pg17.sql");
+    let mut all = upgrade_args.to_vec();
+    all.extend([
+        "--backup-file",
+        backup.to_str().unwrap(),
+        "--kubeconfig",
+        &account,
+    ]);
+    let started = Instant::now();
+    let mut killed = scope
+        .kpg_command(&all)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until(
+        Duration::from_secs(120),
+        "the upgrade asking for PostgreSQL 18",
+        || {
+            let now = upgrade_phase();
+            (now == "upgrading").then_some(()).ok_or(now)
+        },
+    );
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(std::fs::metadata(&backup).unwrap().len() > 0);
+    let doc = json(kpg(&[
+        "upgrade",
+        "mv",
+        "-n",
+        &ns,
+        "--postgres-version",
+        "18",
+        "--yes",
+        "-o",
+        "json",
+    ]));
+    eprintln!(
+        "cnpg: the upgrade 17 -> 18 of 3 instances took {:?}: {doc}",
+        started.elapsed()
+    );
+    assert_eq!(doc["result"], "Upgraded", "{doc}");
+    assert_eq!(
+        (doc["from_major"].as_u64(), doc["to_major"].as_u64()),
+        (Some(17), Some(18)),
+        "{doc}"
+    );
+    assert!(doc["tables_verified"].as_u64().unwrap() >= 2, "{doc}");
+    // The downtime counts from the killed run's block, which the record kept.
+    assert!(doc["downtime_ms"].as_u64().is_some(), "{doc}");
+    assert_eq!(upgrade_phase(), "");
+    let status = json(kpg(&["status", "mv", "-n", &ns, "-o", "json"]));
+    assert_eq!(status["phase"], "Healthy", "{status}");
+    assert_eq!(status["instances"].as_array().unwrap().len(), 3, "{status}");
+    assert_eq!(
+        ok(write("insert into moved values (506, 'on 18'); select current_setting('server_version_num')::int / 10000, count(*) from moved")),
+        "18|506\n"
+    );
 }
 
 /// `psql` inside an instance, in database `db`.

@@ -26,6 +26,7 @@ pub struct Scope {
     pub ns: String,
     pub dir: tempfile::TempDir,
     extra: Mutex<Vec<String>>,
+    started: std::time::Instant,
     _guard: Guard,
 }
 
@@ -52,6 +53,7 @@ impl Scope {
             ns,
             dir: tempfile::tempdir().unwrap(),
             extra: Mutex::new(Vec::new()),
+            started: std::time::Instant::now(),
             _guard: guard,
         }
     }
@@ -150,5 +152,19 @@ impl Drop for Scope {
         let mut args = vec!["delete", "namespace", "--wait=false", "--ignore-not-found"];
         args.extend(all.iter().map(String::as_str));
         let _ = self.plane.kubectl(&args);
+        // Each test's time, for ordering and trimming the suite (the harness prints none).
+        let line = format!(
+            "{:.1}\t{}\n",
+            self.started.elapsed().as_secs_f64(),
+            std::thread::current().name().unwrap_or(&self.ns)
+        );
+        let times = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-times.tsv");
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(times)
+        {
+            let _ = std::io::Write::write_all(&mut file, line.as_bytes());
+        }
     }
 }

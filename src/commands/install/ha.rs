@@ -165,6 +165,20 @@ pub async fn run(
                 )),
             });
         }
+        if let Some(record) = crate::deployment::cnpg_upgrade::Record::read(&live)? {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "Cluster {} has an unfinished major upgrade to {} (step: {}): install will not change it",
+                    spec.release,
+                    record.to_image,
+                    record.phase.name()
+                ),
+                hint: Some(format!(
+                    "finish it first: kubectl pg upgrade {} -n {} (see its --help)",
+                    spec.release, spec.namespace
+                )),
+            });
+        }
         kept = cnpg::keep_live(&mut spec, &super::requested(args), &live)?;
         moved = Some(live.clone());
         // An uninstalled Cluster is hibernated with its volumes: the same data comes back.

@@ -151,15 +151,10 @@ async fn guarded<T>(
     signal: Pin<&mut impl Future<Output = u8>>,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    tokio::select! {
-        done = work => done,
-        code = signal => {
-            crate::note!(
-                "interrupted: the step in progress is recorded on StatefulSet {name}; run the same command again to finish it, or: kubectl pg install {name} -n {namespace} --rollback"
-            );
-            Err(Error::Exit(code))
-        }
-    }
+    let how = format!(
+        "the step in progress is recorded on StatefulSet {name}; run the same command again to finish it, or: kubectl pg install {name} -n {namespace} --rollback"
+    );
+    crate::commands::until_signal(signal, work, &how).await
 }
 
 async fn moving(

@@ -29,6 +29,8 @@ use crate::manifests::{self, InstallSpec};
 use crate::output::{self, API_VERSION};
 use crate::transfer::{self, snapshot, whole, PendingFile};
 
+mod cluster;
+
 /// `kind: UpgradeResult`.
 #[derive(Debug, Clone, Serialize)]
 pub struct UpgradeResult {
@@ -37,7 +39,8 @@ pub struct UpgradeResult {
     pub kind: &'static str,
     pub release: String,
     pub namespace: String,
-    /// `Upgraded`, `RolledBack` or `Finalized`.
+    /// `Upgraded`, `RolledBack`, `Finalized`, or `Accepted` (a Cluster's unverified upgrade
+    /// taken as it is).
     pub result: &'static str,
     pub from_major: u32,
     pub to_major: u32,
@@ -51,15 +54,19 @@ pub struct UpgradeResult {
     pub old_data_dir: Option<String>,
 }
 
-/// Every permission an upgrade, its automatic rollback and `--finalize` use: checked before
-/// writes are blocked, so a missing one changes nothing.
-const PERMISSIONS: [Permission; 15] = [
+/// The upgrade lease's permissions: one upgrade (or move) of a release at a time.
+const PERMISSION_LEASES: [Permission; 6] = [
     ("coordination.k8s.io", "leases", "get"),
     ("coordination.k8s.io", "leases", "list"),
     ("coordination.k8s.io", "leases", "watch"),
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
     ("coordination.k8s.io", "leases", "delete"),
+];
+
+/// Every permission an upgrade, its automatic rollback and `--finalize` use: checked before
+/// writes are blocked, so a missing one changes nothing.
+const PERMISSIONS: [Permission; 9] = [
     ("apps", "statefulsets", "get"),
     ("apps", "statefulsets", "patch"),
     ("", "services", "patch"),
@@ -102,9 +109,11 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
         return Err(Error::Exit(code));
     }
     let cluster = Cluster::connect(&global.connect_options()).await?;
-    let name = crate::deployment::kind::resolve(&cluster, args.release.as_deref())
-        .await?
-        .single_instance("upgrade")?;
+    let found = crate::deployment::kind::resolve(&cluster, args.release.as_deref()).await?;
+    if let Some(c) = found.upgraded_by_operator()? {
+        return cluster::run(&args, &cluster, c, signal.as_mut()).await;
+    }
+    let name = found.single_instance("upgrade")?;
     let live = read(&cluster, &name).await?;
     if !release::made_for(&live.sts.metadata, &name) {
         return Err(Error::InvalidInput {
@@ -112,7 +121,12 @@ pub async fn run(args: UpgradeArgs, global: &GlobalArgs) -> Result<(), Error> {
             hint: None,
         });
     }
-    rbac::require(&cluster, &cluster.namespace, &PERMISSIONS).await?;
+    rbac::require(
+        &cluster,
+        &cluster.namespace,
+        &[&PERMISSION_LEASES[..], &PERMISSIONS[..]].concat(),
+    )
+    .await?;
     // One run at a time: a record found under the lease is one no live run is working on.
     let held = lease::acquire(
         &cluster,
@@ -305,36 +319,46 @@ async fn guarded<T>(
     signal: std::pin::Pin<&mut impl std::future::Future<Output = u8>>,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    tokio::select! {
-        done = work => done,
-        code = signal => {
-            crate::note!(
-                "interrupted: the step in progress is recorded on StatefulSet {name}; run the same command again to finish it (kubectl pg status {name} -n {} shows where it stands)",
-                cluster.namespace
-            );
-            Err(Error::Exit(code))
-        }
-    }
+    let how = format!(
+        "the step in progress is recorded on StatefulSet {name}; run the same command again to finish it (kubectl pg status {name} -n {} shows where it stands)",
+        cluster.namespace
+    );
+    super::until_signal(signal, work, &how).await
 }
 
 fn summary(r: &UpgradeResult) -> String {
     match r.result {
-        "Upgraded" => format!(
-            "release {} upgraded from PostgreSQL {} to {} ({}): {} tables verified, downtime {:.1}s\nbackup: {}\nold data kept in {} until: kubectl pg upgrade {} -n {} --finalize (or --rollback)\n",
-            r.release,
-            r.from_major,
-            r.to_major,
-            r.image,
-            r.tables_verified.unwrap_or_default(),
-            r.downtime_ms.unwrap_or_default() as f64 / 1000.0,
-            r.backup_file.as_deref().unwrap_or("-"),
-            r.old_data_dir.as_deref().unwrap_or("-"),
-            r.release,
-            r.namespace
-        ),
+        "Upgraded" => {
+            let mut text = format!(
+                "release {} upgraded from PostgreSQL {} to {} ({}): {} tables verified{}\nbackup: {}\n",
+                r.release,
+                r.from_major,
+                r.to_major,
+                r.image,
+                r.tables_verified.unwrap_or_default(),
+                r.downtime_ms.map_or(String::new(), |ms| format!(
+                    ", downtime {:.1}s",
+                    ms as f64 / 1000.0
+                )),
+                r.backup_file.as_deref().unwrap_or("-"),
+            );
+            if let Some(dir) = &r.old_data_dir {
+                text.push_str(&format!(
+                    "old data kept in {dir} until: kubectl pg upgrade {} -n {} --finalize (or --rollback)\n",
+                    r.release, r.namespace
+                ));
+            }
+            text
+        }
         "RolledBack" => format!(
             "release {} is back on PostgreSQL {} ({}) with its data from before the upgrade\n",
             r.release, r.to_major, r.image
+        ),
+        "Accepted" => format!(
+            "release {} takes writes on PostgreSQL {} as it is; the data from before the upgrade is in {}\n",
+            r.release,
+            r.to_major,
+            r.backup_file.as_deref().unwrap_or("-")
         ),
         _ => format!(
             "release {} stays on PostgreSQL {}: the old data directory was deleted\n",
