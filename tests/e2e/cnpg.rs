@@ -1664,6 +1664,15 @@ fn a_single_instance_moves_to_a_cluster_with_every_row() {
             (now == "upgrading").then_some(()).ok_or(now)
         },
     );
+    // A second run meanwhile is refused by the release's lease, before any write.
+    let twin = kpg(&upgrade_args);
+    crate::expect_code(&twin, 1);
+    assert!(
+        twin.stderr_text()
+            .contains("another upgrade of release mv is running"),
+        "{}",
+        twin.describe()
+    );
     killed.kill().unwrap();
     killed.wait().unwrap();
     assert!(std::fs::metadata(&backup).unwrap().len() > 0);
