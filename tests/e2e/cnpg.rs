@@ -1710,6 +1710,50 @@ fn a_single_instance_moves_to_a_cluster_with_every_row() {
     );
 }
 
+/// Without the operator's API (no `postgresql.cnpg.io` CRDs: discovery and every request under
+/// it answer a plain 404 page, as the API server does), `install --instances` is exit 6 naming
+/// what is missing and how to install it, and writes nothing.
+#[test]
+fn install_instances_without_the_operators_api_is_exit_6() {
+    let scope = Scope::new("kpg-nocrd");
+    let (proxy, kubeconfig) = crate::proxy::in_front_of(&scope);
+    proxy.fail_next_html(
+        1000,
+        404,
+        crate::proxy::Matcher::path("/apis/postgresql.cnpg.io/"),
+    );
+    let out = scope.kpg(&[
+        "install",
+        "nocrd",
+        "-n",
+        &scope.ns,
+        "--instances",
+        "3",
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    crate::expect_code(&out, 6);
+    let err = out.stderr_text();
+    assert!(err.contains("postgresql.cnpg.io/v1"), "{}", out.describe());
+    assert!(
+        err.contains("kubectl apply --server-side -f https://"),
+        "{}",
+        out.describe()
+    );
+    let writes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| !["GET", "HEAD"].contains(&r.method.as_str()))
+        .filter(|r| !r.path_and_query.contains("selfsubjectaccessreviews"))
+        .map(|r| format!("{} {}", r.method, r.path_and_query))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    assert_eq!(
+        ok(scope.kubectl_ns(&["get", "all,secrets,pvc", "-o", "name"])),
+        ""
+    );
+}
+
 /// `psql` inside an instance, in database `db`.
 fn sql_db(scope: &Scope, pod: &str, db: &str, query: &str) -> Output {
     scope.kubectl_ns(&[
