@@ -48,8 +48,14 @@ const BLOCK_RULE: &str =
 const TERMINATE_CLIENTS: &str = "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
      WHERE pid <> pg_backend_pid() AND backend_type = 'client backend' AND client_addr IS NOT NULL;\n";
 
-/// The label of the pod the operator's upgrade Job runs.
-const JOB_ROLE: &str = "cnpg.io/jobRole=major-upgrade";
+/// The pods of the operator's upgrade Job for Cluster `c`.
+fn job_selector(c: &CnpgCluster) -> String {
+    format!(
+        "{}={},cnpg.io/jobRole=major-upgrade",
+        cnpg::LABEL_CLUSTER,
+        c.name
+    )
+}
 
 /// Each step, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,8 +246,9 @@ async fn wait_rule(cluster: &Cluster, target: &Target, blocked: bool) -> Result<
     }
 }
 
-/// The Cluster's primary, for tools run there over the socket as `postgres`.
-async fn primary(cluster: &Cluster, c: &CnpgCluster) -> Result<Target, Error> {
+/// The Cluster's primary, for tools run there over the socket as `postgres` (the only role
+/// its peer authentication admits).
+pub async fn primary(cluster: &Cluster, c: &CnpgCluster) -> Result<Target, Error> {
     let mut target = Release::Cnpg(Box::new(c.clone())).target(cluster).await?;
     target.credentials.username = "postgres".into();
     Ok(target)
@@ -264,7 +271,7 @@ pub async fn start(
     let from_image = c
         .image()
         .ok_or_else(|| Error::invalid(format!("Cluster {} names no image", c.name)))?;
-    let mut pending = PendingFile::create_regular(backup)?;
+    let pending = PendingFile::create_regular(backup)?;
     let mut record = Record {
         phase: Phase::Blocking,
         from_image,
@@ -281,14 +288,7 @@ pub async fn start(
     let target = primary(cluster, c).await?;
     wait_rule(cluster, &target, true).await?;
     snapshot::psql(cluster, &target, "postgres", TERMINATE_CLIENTS).await?;
-    let before = snapshot::take(cluster, &target).await?;
-    crate::note!(
-        "snapshot: {} tables; writing the backup {}",
-        snapshot::tables(&before),
-        backup.display()
-    );
-    let bytes = whole::dump_all(cluster, &target, &mut pending).await?;
-    pending.commit()?;
+    let (before, bytes) = whole::snapshot_and_backup(cluster, &target, pending, backup).await?;
     crate::note!(
         "backup complete: {} ({})",
         backup.display(),
@@ -316,7 +316,7 @@ pub async fn wait_upgraded(
 ) -> Result<CnpgCluster, Error> {
     let api = c.api(cluster);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &c.namespace);
-    let selector = format!("{}={},{JOB_ROLE}", cnpg::LABEL_CLUSTER, c.name);
+    let selector = job_selector(c);
     let config = kube::runtime::watcher::Config::default().labels(&selector);
     let jobs = kube::runtime::WatchStreamExt::applied_objects(
         kube::runtime::WatchStreamExt::default_backoff(kube::runtime::watcher(pods, config)),
@@ -510,7 +510,7 @@ fn job_failure(pod: &Pod) -> Option<String> {
 /// must wait for it. A pod still pending has not touched the data.
 pub async fn job_running(cluster: &Cluster, c: &CnpgCluster) -> Result<bool, Error> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &c.namespace);
-    let selector = format!("{}={},{JOB_ROLE}", cnpg::LABEL_CLUSTER, c.name);
+    let selector = job_selector(c);
     let list = pods
         .list(&kube::api::ListParams::default().labels(&selector))
         .await

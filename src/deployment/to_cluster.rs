@@ -374,10 +374,7 @@ async fn read_cluster(cluster: &Cluster, name: &str) -> Result<CnpgCluster, Erro
 /// The Cluster's primary, for tools run there over the socket as `postgres` (the only role its
 /// peer authentication admits).
 async fn primary_target(cluster: &Cluster, name: &str) -> Result<Target, Error> {
-    let found = Release::Cnpg(Box::new(read_cluster(cluster, name).await?));
-    let mut target = found.target(cluster).await?;
-    target.credentials.username = "postgres".into();
-    Ok(target)
+    super::cnpg_upgrade::primary(cluster, &read_cluster(cluster, name).await?).await
 }
 
 /// Steps 1 to 3: the Cluster made and waited for while the single instance still takes writes
@@ -394,7 +391,7 @@ pub async fn copy(
     let spec = &live.spec;
     let name = spec.release.as_str();
     let ns = spec.namespace.as_str();
-    let mut pending = PendingFile::create_regular(backup)?;
+    let pending = PendingFile::create_regular(backup)?;
     let mut record_now = Record {
         phase: Phase::Preparing,
         instances,
@@ -422,14 +419,8 @@ pub async fn copy(
     let blocked_at = Instant::now();
     let source = crate::deployment::apply::socket_target(spec);
     writes::block(cluster, &source).await?;
-    let before = snapshot::take(cluster, &source).await?;
-    crate::note!(
-        "snapshot: {} tables; writing the backup {}",
-        snapshot::tables(&before),
-        backup.display()
-    );
-    let backup_bytes = whole::dump_all(cluster, &source, &mut pending).await?;
-    pending.commit()?;
+    let (before, backup_bytes) =
+        whole::snapshot_and_backup(cluster, &source, pending, backup).await?;
     crate::note!(
         "backup complete: {} ({})",
         backup.display(),

@@ -54,6 +54,26 @@ pub async fn dump_all(
     Ok(outcome.bytes_out)
 }
 
+/// What a copy or an upgrade takes of a server whose writes are blocked, before it changes
+/// anything: its snapshot, then its pg_dumpall into `pending` (at `path`), committed. Returns
+/// the snapshot and the backup's bytes.
+pub async fn snapshot_and_backup(
+    cluster: &Cluster,
+    target: &Target,
+    mut pending: PendingFile,
+    path: &Path,
+) -> Result<(snapshot::Snapshot, u64), Error> {
+    let before = snapshot::take(cluster, target).await?;
+    crate::note!(
+        "snapshot: {} tables; writing the backup {}",
+        snapshot::tables(&before),
+        path.display()
+    );
+    let bytes = dump_all(cluster, target, &mut pending).await?;
+    pending.commit()?;
+    Ok((before, bytes))
+}
+
 /// Restores a pg_dumpall `backup` into the freshly initialised server of `target`, as its
 /// user over the socket. `database`, which the new server's bootstrap created, is dropped
 /// first (the dump creates it), and the dump's `CREATE ROLE` of each of `existing` (roles the

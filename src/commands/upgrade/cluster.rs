@@ -64,9 +64,10 @@ async fn locked(
     mut signal: Pin<&mut impl Future<Output = u8>>,
 ) -> Result<UpgradeResult, Error> {
     // Read under the lease: what an earlier run left is what no live run is working on.
-    let c = &cnpg::get(cluster, &c.namespace, &c.name)
+    let mut live = cnpg::get(cluster, &c.namespace, &c.name)
         .await?
         .ok_or_else(|| Error::invalid(format!("Cluster {} is gone", c.name)))?;
+    let c = &live.clone();
     let record = Record::read(c)?;
     let name = &c.name;
     let ns = &c.namespace;
@@ -128,6 +129,10 @@ async fn locked(
                     upgrade::rollback(cluster, c, &record, args.timeout),
                 )
                 .await?;
+                // Writes are allowed again: the upgrade starts from the Cluster as it is now.
+                live = cnpg::get(cluster, ns, name)
+                    .await?
+                    .ok_or_else(|| Error::invalid(format!("Cluster {name} is gone")))?;
             }
             phase => {
                 let flag = match phase {
@@ -148,9 +153,7 @@ async fn locked(
             }
         }
     }
-    let c = &cnpg::get(cluster, ns, name)
-        .await?
-        .ok_or_else(|| Error::invalid(format!("Cluster {name} is gone")))?;
+    let c = &live;
     let from = upgrade::data_major(c)
         .or_else(|| c.image().as_deref().and_then(image_major))
         .ok_or_else(|| Error::invalid(format!("Cluster {name} reports no major")))?;

@@ -596,7 +596,7 @@ async fn upgrade(
         ));
     }
     // Nothing is changed before the backup file can be written.
-    let mut pending = PendingFile::create_regular(&backup_path)?;
+    let pending = PendingFile::create_regular(&backup_path)?;
     record.old_system = Some(writes::system_identifier(cluster, &target).await?);
 
     // Step 1: writes blocked, the backup written. Undone by allowing writes again. Recorded
@@ -631,15 +631,7 @@ async fn upgrade(
     let downtime = Instant::now();
     let prepared = async {
         writes::block(cluster, &target).await?;
-        let before = snapshot::take(cluster, &target).await?;
-        step(&format!(
-            "snapshot: {} tables; writing the backup {}",
-            snapshot::tables(&before),
-            backup_path.display()
-        ));
-        let bytes = whole::dump_all(cluster, &target, &mut pending).await?;
-        pending.commit()?;
-        Ok::<_, Error>((before, bytes))
+        whole::snapshot_and_backup(cluster, &target, pending, &backup_path).await
     };
     let prepared = tokio::select! {
         done = prepared => done,
